@@ -1,0 +1,1 @@
+"""The mlharbor command line."""

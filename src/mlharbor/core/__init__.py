@@ -1,0 +1,1 @@
+"""Vocabulary shared by every stage: references, records, signatures, errors, clock."""

@@ -1,0 +1,121 @@
+"""The one exception tree of mlharbor.
+
+Every error a user can see is a subclass of :class:`MlharborError`. Each carries a stable,
+machine-readable ``code`` and a message that says what happened, what was expected, what was
+received and how to fix it. Adapters (HTTP, GraphQL, CLI) map these classes to their own shape in
+one place each: ``mlharbor.api.errors`` for HTTP statuses, ``mlharbor.cli.main`` for exit codes.
+
+    MlharborError
+    ├── InvalidInputError          bad argument, name, reference, request body, config value
+    │   ├── InvalidNameError       a model / alias / file name that is not allowed
+    │   ├── SchemaError            input that does not match a model signature
+    │   └── ConfigError            settings or configuration files that cannot be used
+    ├── NotFoundError              a model, version, alias, key ... that does not exist
+    ├── ConflictError              the action contradicts stored state (alias in use, exists)
+    ├── IntegrityError             stored bytes do not match their digest or signature
+    ├── UnsafeArtifactError        loading would run untrusted code or escape the bundle
+    ├── AuthenticationError        no or bad credentials
+    ├── PermissionDeniedError      credentials fine, permission missing
+    ├── LimitExceededError         body too large, rate limit, too many requests in flight
+    ├── TimeoutError_              work took longer than allowed
+    └── UnavailableError           a backing service (database, object store, KMS) failed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MlharborError(Exception):
+    """Base of every error mlharbor raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details: dict[str, Any] = details
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} {self.hint}"
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form used in HTTP bodies and `--json` CLI output."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            body["hint"] = self.hint
+        if self.details:
+            body["details"] = {k: _jsonable(v) for k, v in self.details.items()}
+        return body
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class InvalidInputError(MlharborError):
+    code = "invalid_input"
+
+
+class InvalidNameError(InvalidInputError):
+    code = "invalid_name"
+
+
+class SchemaError(InvalidInputError):
+    code = "schema_mismatch"
+
+
+class ConfigError(InvalidInputError):
+    code = "invalid_config"
+
+
+class NotFoundError(MlharborError):
+    code = "not_found"
+
+
+class ConflictError(MlharborError):
+    code = "conflict"
+
+
+class IntegrityError(MlharborError):
+    code = "integrity_error"
+
+
+class UnsafeArtifactError(MlharborError):
+    code = "unsafe_artifact"
+
+
+class AuthenticationError(MlharborError):
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(MlharborError):
+    code = "permission_denied"
+
+
+class LimitExceededError(MlharborError):
+    code = "limit_exceeded"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after: float | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, hint=hint, **details)
+        self.retry_after = retry_after
+
+
+class TimeoutError_(MlharborError):  # noqa: N801 - the builtin name is taken on purpose
+    code = "timeout"
+
+
+class UnavailableError(MlharborError):
+    code = "unavailable"

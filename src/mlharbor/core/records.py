@@ -1,0 +1,103 @@
+"""Records the stages hand to each other (see DESIGN.md section 1).
+
+Frozen dataclasses, cheap to import, JSON-friendly through :func:`to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class VersionStatus(enum.StrEnum):
+    """Lifecycle of a model version: ``registering`` then ``ready`` or ``failed``."""
+
+    REGISTERING = "registering"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VersionFile:
+    """One file of a version's bundle: its path inside the bundle, digest and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    name: str
+    description: str
+    tags: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One immutable version of a registered model and everything known about where it came from."""
+
+    name: str
+    version: int
+    status: VersionStatus
+    archived: bool
+    description: str
+    created_at: datetime
+    created_by: str
+    status_reason: str | None
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, str]
+    lineage: dict[str, Any]
+    manifest: dict[str, Any] | None
+    files: tuple[VersionFile, ...]
+    aliases: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AliasMove:
+    """One entry of the deployment ledger: an alias set, moved or removed."""
+
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """A page of results and the token for the next one (``None`` on the last page)."""
+
+    items: list[T]
+    next_page_token: str | None
+    total: int
+
+
+def to_dict(record: Any) -> Any:
+    """JSON-friendly form of a record (datetimes as ISO 8601, enums as values)."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_dict(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, enum.Enum):
+        return record.value
+    if isinstance(record, datetime):
+        return record.isoformat()
+    if isinstance(record, dict):
+        return {str(k): to_dict(v) for k, v in record.items()}
+    if isinstance(record, list | tuple):
+        return [to_dict(v) for v in record]
+    return record

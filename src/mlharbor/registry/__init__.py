@@ -1,0 +1,1 @@
+"""Registry: models, versions, aliases and their artifacts."""

@@ -1,0 +1,1 @@
+"""Artifact stores: content-addressed blobs on local disk or S3."""

@@ -1,0 +1,202 @@
+"""One typed settings tree, read once at the entry point and passed down.
+
+Sources, highest precedence first: arguments given in code, ``MLHARBOR_*`` environment variables
+(nested fields use ``__``: ``MLHARBOR_SERVER__PORT=9000``), an optional config file (YAML or TOML,
+named by ``MLHARBOR_CONFIG`` or ``--config``), then defaults. Nothing below the entry point reads
+``os.environ``.
+
+Each stage owns one section class below; add fields there, with a type, a default and a
+description, rather than reading environment variables elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mlharbor.core.errors import ConfigError
+
+CONFIG_ENV_VAR = "MLHARBOR_CONFIG"
+
+
+class ServerSettings(BaseModel):
+    """The control-plane and serving HTTP server."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    debug: bool = Field(False, description="Include stack traces in error bodies.")
+    tls_certfile: Path | None = Field(None, description="PEM certificate for HTTPS.")
+    tls_keyfile: Path | None = Field(None, description="PEM private key for HTTPS.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Request body size limit.")
+
+
+class SecuritySettings(BaseModel):
+    """Authentication, authorization, encryption and signing."""
+
+    master_key: SecretStr | None = Field(
+        None, description="Base64 256-bit master key for envelope encryption of artifacts."
+    )
+    master_key_file: Path | None = Field(None, description="File holding the master key.")
+
+
+class FormatSettings(BaseModel):
+    """Model formats and safe loading."""
+
+    skops_trusted_types: list[str] = Field(
+        default_factory=list,
+        description="Extra fully-qualified type names skops may load, beyond scikit-learn's own.",
+    )
+    onnx_parity_tolerance: float = Field(1e-5, gt=0, description="Max |p_native - p_onnx|.")
+
+
+class Settings(BaseSettings):
+    """Everything mlharbor can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLHARBOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(Path(".mlharbor"), description="Where local state lives.")
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the metadata store; default SQLite in the home."
+    )
+    artifact_uri: str | None = Field(
+        None, description="Artifact store: a folder, file:// URL or s3://bucket/prefix."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO, moto ...).")
+    s3_region: str = Field("us-east-1", description="Region for S3 and KMS clients.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    formats: FormatSettings = Field(default_factory=FormatSettings)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = SecretStr(f"sqlite:///{self.home / 'mlharbor.db'}")
+        if self.artifact_uri is None:
+            self.artifact_uri = str(self.home / "artifacts")
+        return self
+
+    @property
+    def database_url_value(self) -> str:
+        assert self.database_url is not None
+        return self.database_url.get_secret_value()
+
+    @property
+    def artifact_uri_value(self) -> str:
+        assert self.artifact_uri is not None
+        return self.artifact_uri
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with every secret masked, for display."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = mask_url(self.database_url_value)
+        return _mask_secrets(self, data)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML/TOML file named by ``MLHARBOR_CONFIG``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path_text = os.environ.get(CONFIG_ENV_VAR)
+        if not path_text:
+            return {}
+        return read_config_file(Path(path_text))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML or TOML config file into a dict, with errors that name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot read the config file {str(path)!r}: {exc.strerror}.",
+            hint=f"Fix the path in {CONFIG_ENV_VAR} or --config.",
+        ) from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise ConfigError(f"The config file {str(path)!r} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"The config file {str(path)!r} must hold a mapping of settings; "
+            f"it holds a {type(data).__name__}."
+        )
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once, at an entry point, turning validation errors into ConfigError."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV_VAR] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(
+            f"Invalid settings: {problems}.",
+            hint="Check MLHARBOR_* environment variables and the config file.",
+        ) from exc
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _mask_secrets(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr) and name != "database_url":
+            data[name] = "***" if value.get_secret_value() else ""
+        elif isinstance(value, BaseModel):
+            data[name] = _mask_secrets(value, data[name])
+    return data
