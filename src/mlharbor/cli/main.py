@@ -1,0 +1,121 @@
+"""The ``mlharbor`` command: one Typer app whose subcommands import their stage lazily.
+
+Errors are caught here, once: a :class:`MlharborError` becomes one readable line on stderr and a
+non-zero exit code chosen from :data:`EXIT_CODES`; anything else becomes one line too, and a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+import typer
+
+from mlharbor.core import errors
+
+# Subcommand modules. Each exposes ``register(app: typer.Typer) -> None`` and imports heavy
+# libraries only inside its commands, so `mlharbor --help` stays fast.
+COMMAND_MODULES: tuple[str, ...] = (
+    "mlharbor.cli.config",
+    "mlharbor.cli.models",
+    "mlharbor.cli.server",
+    "mlharbor.cli.demo",
+)
+
+EXIT_CODES: dict[type[errors.MlharborError], int] = {
+    errors.InvalidInputError: 2,
+    errors.NotFoundError: 3,
+    errors.ConflictError: 4,
+    errors.IntegrityError: 5,
+    errors.UnsafeArtifactError: 5,
+    errors.AuthenticationError: 6,
+    errors.PermissionDeniedError: 6,
+    errors.LimitExceededError: 7,
+    errors.TimeoutError_: 7,
+    errors.UnavailableError: 8,
+}
+
+
+def exit_code_for(exc: errors.MlharborError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]  # type: ignore[index]
+    return 1
+
+
+def create_app() -> typer.Typer:
+    app = typer.Typer(
+        name="mlharbor",
+        help="Train, register, serve and monitor machine-learning models.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _root(
+        ctx: typer.Context,
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+        config: str = typer.Option(
+            None, "--config", help="YAML or TOML settings file (also MLHARBOR_CONFIG)."
+        ),
+    ) -> None:
+        ctx.obj = {"debug": debug, "config": config}
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    app = create_app()
+    try:
+        app(args=args, prog_name="mlharbor", standalone_mode=False)
+    except errors.MlharborError as exc:
+        if debug:
+            raise
+        _fail(f"error: {exc}", exit_code_for(exc))
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            1,
+        )
+
+
+def _fail(message: str, code: int) -> None:
+    one_line = " ".join(message.split())
+    sys.stderr.write(one_line + "\n")
+    sys.exit(code)
+
+
+def settings_from(ctx: typer.Context) -> Any:
+    """Read the settings once for this invocation (the CLI's entry point)."""
+    from pathlib import Path
+
+    from mlharbor.settings import load_settings
+
+    root = ctx.find_root()
+    obj = root.obj or {}
+    if "settings" not in obj:
+        config = obj.get("config")
+        obj["settings"] = load_settings(Path(config) if config else None)
+        root.obj = obj
+    return obj["settings"]
