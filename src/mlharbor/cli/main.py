@@ -42,7 +42,7 @@ EXIT_CODES: dict[type[errors.MlharborError], int] = {
 def exit_code_for(exc: errors.MlharborError) -> int:
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1
 
 

@@ -1,0 +1,61 @@
+"""The control-plane application: ``create_app(settings)`` builds it, nothing at import time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+
+from mlharbor import __version__
+from mlharbor.api.errors import error_body, install_error_handlers
+from mlharbor.api.requests import RequestIdMiddleware
+
+if TYPE_CHECKING:
+    from mlharbor.registry.service import Registry
+    from mlharbor.settings import Settings
+
+# Routes anyone may call, also without credentials: orchestrators probe them.
+PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+    """Build the control-plane app for ``settings`` (opening the registry unless given)."""
+    from mlharbor.api.routes import models as model_routes
+    from mlharbor.registry.service import Registry as _Registry
+
+    app = FastAPI(
+        title="mlharbor",
+        version=__version__,
+        default_response_class=ORJSONResponse,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.registry = registry or _Registry.from_settings(settings)
+    install_error_handlers(app, debug=settings.server.debug)
+    app.include_router(model_routes.router)
+
+    @app.get("/livez", tags=["health"])
+    def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], response_model=None)
+    def readyz(request: Request) -> Any:
+        from sqlalchemy import text
+
+        reg: _Registry = request.app.state.registry
+        try:
+            with reg.store.db.read() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return ORJSONResponse(
+                error_body("unavailable", f"metadata database unavailable: "
+                           f"{type(exc).__name__}"),
+                status_code=503,
+            )
+        return {"status": "ready"}
+
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,103 @@
+"""HTTP status mapping, drawn once, and the JSON error body every route answers with.
+
+Body: ``{"error": {"code": ..., "message": ..., "hint": ..., "details": ...}}``; the status
+comes from :data:`STATUS_BY_ERROR`. Stack traces appear only when debug is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mlharbor.core import errors
+
+log = logging.getLogger("mlharbor.api")
+
+STATUS_BY_ERROR: dict[type[errors.MlharborError], int] = {
+    errors.InvalidInputError: 400,
+    errors.SchemaError: 422,
+    errors.NotFoundError: 404,
+    errors.ConflictError: 409,
+    errors.IntegrityError: 409,
+    errors.UnsafeArtifactError: 422,
+    errors.AuthenticationError: 401,
+    errors.PermissionDeniedError: 403,
+    errors.LimitExceededError: 429,
+    errors.TimeoutError_: 504,
+    errors.UnavailableError: 503,
+}
+
+
+def status_for(exc: errors.MlharborError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
+    @app.exception_handler(errors.MlharborError)
+    async def _mlharbor(request: Request, exc: errors.MlharborError) -> ORJSONResponse:
+        headers = {}
+        if isinstance(exc, errors.LimitExceededError) and exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if isinstance(exc, errors.AuthenticationError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return ORJSONResponse({"error": exc.to_dict()}, status_code=status_for(exc),
+                              headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            problems.append({
+                "field": ".".join(loc) or "body",
+                "message": err.get("msg", "invalid"),
+                "expected": err.get("type"),
+                "received": _short(err.get("input")),
+            })
+        first = problems[0] if problems else {"field": "body", "message": "invalid"}
+        return ORJSONResponse(
+            error_body("invalid_input", f"{first['field']}: {first['message']}",
+                       details=problems),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"No route {request.method} {request.url.path}."
+        return ORJSONResponse(error_body(code, message), status_code=exc.status_code,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path,
+                  type(exc).__name__, exc_info=exc)
+        extra: dict[str, Any] = {}
+        if debug:
+            extra["traceback"] = traceback.format_exception(exc)
+        return ORJSONResponse(
+            error_body("internal_error", "The server failed to handle this request; it has "
+                       "been logged.", **extra),
+            status_code=500,
+        )
+
+
+def _short(value: Any) -> Any:
+    text = repr(value)
+    return value if len(text) <= 200 and isinstance(value, str | int | float | bool) \
+        else text[:200]

@@ -1,0 +1,261 @@
+"""Registry routes under ``/api/v1``: models, versions, files, aliases and their history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from mlharbor.api.context import actor_of, registry_of, request_id_of
+from mlharbor.core.errors import InvalidInputError, NotFoundError
+from mlharbor.core.records import to_dict
+from mlharbor.core.refs import ModelRef
+
+router = APIRouter(prefix="/api/v1", tags=["registry"])
+NameParam = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class ModelCreate(BaseModel):
+    name: NameParam
+    description: str = Field("", max_length=20_000)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelPatch(BaseModel):
+    description: str | None = Field(None, max_length=20_000)
+    tags: dict[str, str] | None = None
+
+
+class AliasSet(BaseModel):
+    version: int = Field(..., ge=1, le=2**31 - 1)
+    reason: str = Field("", max_length=2000)
+
+
+def _tag_filter(tag: list[str] | None) -> dict[str, str] | None:
+    if not tag:
+        return None
+    parsed: dict[str, str] = {}
+    for item in tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(
+                f"tag filter {item!r} is not KEY=VALUE.", field="tag",
+                hint="Pass tag=team=risk to keep models whose tag team is risk.",
+            )
+        parsed[key] = value
+    return parsed
+
+
+def _ref(name: str, version: int) -> ModelRef:
+    return ModelRef.parse(f"{name}:{version}")
+
+
+@router.get("/models")
+def list_models(
+    request: Request,
+    name_contains: str | None = Query(None, max_length=255),
+    tag: list[str] | None = Query(None, description="KEY=VALUE, repeatable"),
+    page_size: int = Query(100, ge=1, le=1000),
+    page_token: str | None = Query(None, max_length=64),
+) -> dict[str, Any]:
+    page = registry_of(request).list_models(
+        name_contains=name_contains, tags=_tag_filter(tag), page_size=page_size,
+        page_token=page_token,
+    )
+    return to_dict(page)  # type: ignore[no-any-return]
+
+
+@router.post("/models", status_code=201)
+def create_model(request: Request, body: ModelCreate) -> dict[str, Any]:
+    model = registry_of(request).create_model(
+        body.name, description=body.description, tags=body.tags, actor=actor_of(request),
+        request_id=request_id_of(request),
+    )
+    return to_dict(model)  # type: ignore[no-any-return]
+
+
+@router.get("/models/{name}")
+def get_model(request: Request, name: str) -> dict[str, Any]:
+    return to_dict(registry_of(request).get_model(name))  # type: ignore[no-any-return]
+
+
+@router.patch("/models/{name}")
+def update_model(request: Request, name: str, body: ModelPatch) -> dict[str, Any]:
+    model = registry_of(request).update_model(
+        name, description=body.description, tags=body.tags, actor=actor_of(request),
+        request_id=request_id_of(request),
+    )
+    return to_dict(model)  # type: ignore[no-any-return]
+
+
+@router.delete("/models/{name}", status_code=204)
+def delete_model(request: Request, name: str) -> None:
+    registry_of(request).delete_model(name, actor=actor_of(request),
+                                      request_id=request_id_of(request))
+
+
+@router.get("/models/{name}/versions")
+def list_versions(
+    request: Request,
+    name: str,
+    status: str | None = Query(None, pattern="^(registering|ready|failed)$"),
+    include_archived: bool = Query(True),
+    tag: list[str] | None = Query(None, description="KEY=VALUE, repeatable"),
+    page_size: int = Query(100, ge=1, le=1000),
+    page_token: str | None = Query(None, max_length=64),
+) -> dict[str, Any]:
+    page = registry_of(request).list_versions(
+        name, status=status, include_archived=include_archived, tags=_tag_filter(tag),
+        page_size=page_size, page_token=page_token,
+    )
+    return to_dict(page)  # type: ignore[no-any-return]
+
+
+@router.post("/models/{name}/versions", status_code=201)
+def upload_version(
+    request: Request,
+    name: str,
+    files: list[UploadFile] = File(..., description="Bundle files; filename = path in bundle"),
+    description: str = Form("", max_length=20_000),
+    tags: str = Form("{}", description="JSON object of string tags"),
+    metrics: str = Form("{}", description="JSON object of numeric metrics"),
+    params: str = Form("{}", description="JSON object of parameters"),
+) -> dict[str, Any]:
+    """Register a version from uploaded files (stored as sent; use the CLI to build bundles)."""
+    parsed = {key: _json_object(key, text) for key, text in
+              (("tags", tags), ("metrics", metrics), ("params", params))}
+    staging = Path(tempfile.mkdtemp(prefix="mlharbor-upload-"))
+    try:
+        for upload in files:
+            rel = _safe_relative(upload.filename or "")
+            dest = staging / rel
+            if dest.exists():
+                raise InvalidInputError(f"The file {str(rel)!r} was uploaded twice.",
+                                        field="files")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with dest.open("wb") as out:
+                shutil.copyfileobj(upload.file, out)
+        version = registry_of(request).register_version(
+            name, staging, description=description, tags=parsed["tags"],
+            metrics=parsed["metrics"], params=parsed["params"], actor=actor_of(request),
+            request_id=request_id_of(request),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return to_dict(version)  # type: ignore[no-any-return]
+
+
+@router.get("/models/{name}/versions/{version}")
+def get_version(request: Request, name: str, version: int) -> dict[str, Any]:
+    return to_dict(registry_of(request).get_version(_ref(name, version)))  # type: ignore[no-any-return]
+
+
+@router.patch("/models/{name}/versions/{version}")
+def update_version(request: Request, name: str, version: int, body: ModelPatch) -> dict[str, Any]:
+    mv = registry_of(request).update_version(
+        _ref(name, version), description=body.description, tags=body.tags,
+        actor=actor_of(request), request_id=request_id_of(request),
+    )
+    return to_dict(mv)  # type: ignore[no-any-return]
+
+
+@router.delete("/models/{name}/versions/{version}", status_code=204)
+def delete_version(request: Request, name: str, version: int) -> None:
+    registry_of(request).delete_version(_ref(name, version), actor=actor_of(request),
+                                        request_id=request_id_of(request))
+
+
+@router.post("/models/{name}/versions/{version}/archive")
+def archive_version(request: Request, name: str, version: int) -> dict[str, Any]:
+    mv = registry_of(request).archive_version(_ref(name, version), actor=actor_of(request),
+                                              request_id=request_id_of(request))
+    return to_dict(mv)  # type: ignore[no-any-return]
+
+
+@router.post("/models/{name}/versions/{version}/unarchive")
+def unarchive_version(request: Request, name: str, version: int) -> dict[str, Any]:
+    mv = registry_of(request).unarchive_version(_ref(name, version), actor=actor_of(request),
+                                                request_id=request_id_of(request))
+    return to_dict(mv)  # type: ignore[no-any-return]
+
+
+@router.get("/models/{name}/versions/{version}/files/{path:path}")
+def download_file(request: Request, name: str, version: int, path: str) -> FileResponse:
+    registry = registry_of(request)
+    mv = registry.get_version(_ref(name, version))
+    rel = str(_safe_relative(path))
+    if rel not in {f.path for f in mv.files}:
+        raise NotFoundError(f"Version {mv.ref} has no file {rel!r}.",
+                            hint=f"Files: {', '.join(f.path for f in mv.files)}.")
+    folder = registry.download(mv)
+    return FileResponse(folder / rel, filename=PurePosixPath(rel).name)
+
+
+@router.get("/models/{name}/aliases/{alias}")
+def resolve_alias(request: Request, name: str, alias: str) -> dict[str, Any]:
+    ref = ModelRef.parse(f"{name}@{alias}")
+    return to_dict(registry_of(request).get_version(ref))  # type: ignore[no-any-return]
+
+
+@router.put("/models/{name}/aliases/{alias}")
+def set_alias(request: Request, name: str, alias: str, body: AliasSet) -> dict[str, Any]:
+    move = registry_of(request).set_alias(
+        name, alias, body.version, actor=actor_of(request), reason=body.reason,
+        request_id=request_id_of(request),
+    )
+    return to_dict(move)  # type: ignore[no-any-return]
+
+
+@router.delete("/models/{name}/aliases/{alias}")
+def delete_alias(
+    request: Request, name: str, alias: str, reason: str = Query("", max_length=2000)
+) -> dict[str, Any]:
+    move = registry_of(request).delete_alias(name, alias, actor=actor_of(request), reason=reason,
+                                             request_id=request_id_of(request))
+    return to_dict(move)  # type: ignore[no-any-return]
+
+
+@router.get("/models/{name}/alias-history")
+def alias_history(
+    request: Request, name: str, alias: str | None = Query(None, max_length=255)
+) -> dict[str, Any]:
+    moves = registry_of(request).alias_history(name, alias)
+    return {"items": to_dict(moves)}
+
+
+@router.get("/resolve/{reference}")
+def resolve(request: Request, reference: str) -> dict[str, Any]:
+    """Resolve ``name``, ``name:3``, ``name:latest`` or ``name@alias`` to a version."""
+    return to_dict(registry_of(request).get_version(reference))  # type: ignore[no-any-return]
+
+
+def _json_object(field: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{field} is not valid JSON: {exc.msg}.", field=field) from exc
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{field} must be a JSON object; received "
+                                f"{type(value).__name__}.", field=field)
+    return value
+
+
+def _safe_relative(text: str) -> PurePosixPath:
+    """A bundle-relative path that cannot escape the bundle."""
+    cleaned = text.replace("\\", "/")
+    path = PurePosixPath(cleaned)
+    if (not cleaned or "\x00" in cleaned or path.is_absolute()
+            or any(part in ("..", "") for part in cleaned.split("/"))
+            or ":" in path.parts[0]):
+        raise InvalidInputError(
+            f"File path {text!r} is not allowed: it must be relative, inside the bundle, "
+            "with no '..' parts.",
+            field="files",
+        )
+    return path

@@ -1,0 +1,15 @@
+"""``mlharbor demo``: the main job behind ``make run``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(ctx: typer.Context) -> None:
+        """Train the demo model on the bundled churn data, register it and show where to look."""
+        from mlharbor.cli.main import settings_from
+        from mlharbor.demo.job import run_demo
+
+        run_demo(settings_from(ctx))

@@ -1,0 +1,157 @@
+"""Connections to the metadata database: SQLite (WAL) by default, PostgreSQL for teams.
+
+Two kinds of transaction: ``read()`` and ``write()``. On SQLite a write transaction starts with
+``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy timeout instead of failing when
+a read lock is upgraded; on PostgreSQL row locks and an advisory lock (for the audit chain) do
+the same job. The schema is created and upgraded only by Alembic migrations, under a lock, so
+several processes can open a fresh database at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from mlharbor.core.errors import ConfigError, UnavailableError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Arbitrary, fixed keys for PostgreSQL advisory locks.
+PG_MIGRATION_LOCK = 0x6D6C6801
+PG_AUDIT_LOCK = 0x6D6C6802
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+class Database:
+    """An engine plus the transaction rules above."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(
+                "The database URL is not a valid SQLAlchemy URL.",
+                hint="Use sqlite:///path/to/file.db or postgresql+psycopg://user@host/db.",
+            ) from exc
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"Unsupported database {self.dialect!r}; supported: sqlite, postgresql."
+            )
+        if self.dialect == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.engine = self._make_engine(parsed, echo=echo)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def _make_engine(self, url: Any, *, echo: bool) -> Engine:
+        if self.dialect == "sqlite":
+            if url.database and url.database != ":memory:":
+                Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url,
+                echo=echo,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+            )
+            _install_sqlite_hooks(engine)
+            return engine
+        return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only unit of work."""
+        with self._translate_errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A unit of work that changes data: all of it commits or none of it does."""
+        with (
+            self._translate_errors(),
+            self.engine.connect().execution_options(mlharbor_write=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def lock_audit_chain(self, conn: Connection) -> None:
+        """Serialise appends to the audit chain (SQLite's write lock already does)."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_AUDIT_LOCK})
+
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise UnavailableError(
+                f"The metadata database is unavailable ({self.dialect}): "
+                f"{_first_line(exc.orig)}.",
+                hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
+            ) from exc
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration, safely from many processes."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        try:
+            with self.engine.connect() as conn:
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return
+            with self.write() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK}
+                    )
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise UnavailableError(
+                f"Cannot reach the metadata database ({self.dialect}): {_first_line(exc.orig)}.",
+                hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
+            ) from exc
+        except SQLAlchemyError as exc:
+            raise UnavailableError(
+                f"Migrating the metadata database failed: {_first_line(exc)}."
+            ) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("mlharbor_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,110 @@
+"""The metadata schema, as SQLAlchemy Core tables.
+
+The tables are created and changed only by Alembic migrations (``registry/migrations``); this
+module is the shape the code reads and writes, and the migrations must agree with it (a test
+compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+models = Table(
+    "registered_models",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", JSON, nullable=False),
+    # Version numbers are handed out by incrementing this counter in the writer's transaction,
+    # so concurrent registrations get 1, 2, 3 ... with no gap and no duplicate.
+    Column("last_version", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, ForeignKey("registered_models.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_reason", Text, nullable=True),
+    Column("archived", Boolean, nullable=False, default=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("lineage", JSON, nullable=False),
+    Column("manifest", JSON, nullable=True),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),
+)
+
+version_files = Table(
+    "version_files",
+    metadata,
+    Column("version_id", Integer, ForeignKey("model_versions.id"), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+)
+
+aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_id", Integer, ForeignKey("registered_models.id"), primary_key=True),
+    Column("alias", String(255), primary_key=True),
+    Column("version_id", Integer, ForeignKey("model_versions.id"), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+alias_history = Table(
+    "alias_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(255), nullable=False),
+    Column("alias", String(255), nullable=False),
+    Column("from_version", Integer, nullable=True),
+    Column("to_version", Integer, nullable=True),
+    Column("actor", String(255), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_alias_history_model_alias", "model_name", "alias"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # seq is assigned by the writer under the chain lock, never by the database, so that the
+    # order of the chain is the order of the commits.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(1024), nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

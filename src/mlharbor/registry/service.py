@@ -1,0 +1,333 @@
+"""The registry: registered models, immutable versions, aliases and their history.
+
+The Python API users see. It enforces the registry's rules through :class:`MetadataStore`
+(one transaction per change, each audited) and keeps bundle files in an
+:class:`ArtifactStore`. Callers pass the acting identity (``actor``) down for the audit trail;
+authorization happens at the edges (HTTP, CLI), never here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.core.errors import InvalidInputError, MlharborError, UnsafeArtifactError
+from mlharbor.core.names import validate_alias, validate_name
+from mlharbor.core.records import (
+    AliasMove,
+    ModelVersion,
+    Page,
+    RegisteredModel,
+    VersionFile,
+    VersionStatus,
+)
+from mlharbor.core.refs import ModelRef
+from mlharbor.registry.artifacts.base import ArtifactStore, open_artifact_store
+from mlharbor.registry.database import Database
+from mlharbor.registry.lineage import environment_lineage
+from mlharbor.registry.store import MetadataStore
+
+if TYPE_CHECKING:
+    from mlharbor.settings import Settings
+
+LOCAL_ACTOR = "local"
+MAX_BUNDLE_FILES = 10_000
+AliasGuard = Callable[[ModelVersion], None]
+
+
+class Registry:
+    """Models, versions and aliases, backed by a metadata database and an artifact store."""
+
+    def __init__(
+        self, store: MetadataStore, artifacts: ArtifactStore, *, cache_dir: Path,
+        alias_guard: AliasGuard | None = None,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.cache_dir = cache_dir
+        self.alias_guard = alias_guard
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, artifacts: ArtifactStore | None = None,
+        alias_guard: AliasGuard | None = None, migrate: bool = True,
+    ) -> Registry:
+        """Open (and create or upgrade, unless ``migrate=False``) the configured registry."""
+        db = Database(settings.database_url_value)
+        if migrate:
+            db.migrate()
+        store = artifacts or open_artifact_store(settings.artifact_uri_value, settings)
+        return cls(MetadataStore(db), store, cache_dir=settings.home / "cache" / "bundles",
+                   alias_guard=alias_guard)
+
+    def close(self) -> None:
+        self.store.db.dispose()
+
+    # -- models ---------------------------------------------------------------------------
+
+    def create_model(
+        self, name: str, *, description: str = "", tags: dict[str, str] | None = None,
+        actor: str = LOCAL_ACTOR, request_id: str | None = None,
+    ) -> RegisteredModel:
+        return self.store.create_model(
+            validate_name(name), description=description, tags=_check_tags(tags),
+            actor=actor, request_id=request_id,
+        )
+
+    def get_model(self, name: str) -> RegisteredModel:
+        return self.store.get_model(validate_name(name))
+
+    def list_models(
+        self, *, name_contains: str | None = None, tags: dict[str, str] | None = None,
+        page_size: int = 100, page_token: str | None = None,
+    ) -> Page[RegisteredModel]:
+        return self.store.list_models(name_contains=name_contains, tags=tags,
+                                      page_size=page_size, page_token=page_token)
+
+    def update_model(
+        self, name: str, *, description: str | None = None, tags: dict[str, str] | None = None,
+        actor: str = LOCAL_ACTOR, request_id: str | None = None,
+    ) -> RegisteredModel:
+        return self.store.update_model(validate_name(name), description=description,
+                                       tags=_check_tags(tags) if tags is not None else None,
+                                       actor=actor, request_id=request_id)
+
+    def delete_model(
+        self, name: str, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+    ) -> None:
+        self.store.delete_model(validate_name(name), actor=actor, request_id=request_id)
+
+    # -- versions -------------------------------------------------------------------------
+
+    def register_version(
+        self, name: str, bundle_dir: Path | str, *, description: str = "",
+        tags: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+        params: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None,
+        manifest: dict[str, Any] | None = None, actor: str = LOCAL_ACTOR,
+        status: VersionStatus | str = VersionStatus.READY, status_reason: str | None = None,
+        request_id: str | None = None,
+    ) -> ModelVersion:
+        """Store every file under ``bundle_dir`` as a new version of ``name``.
+
+        The version number is taken first (status ``registering``), the files are uploaded,
+        then the version becomes ``ready`` (or ``failed``, when ``status`` says so, e.g. after a
+        failed promotion gate) in one audited transaction. A crash in between leaves a
+        ``registering`` version without files, which nothing resolves to.
+        """
+        validate_name(name)
+        final_status = VersionStatus(status)
+        if final_status is VersionStatus.REGISTERING:
+            raise InvalidInputError("status must be 'ready' or 'failed'.", field="status")
+        files = _bundle_files(Path(bundle_dir))
+        version_id, _number = self.store.begin_version(
+            name, actor=actor, description=description, tags=_check_tags(tags),
+            metrics=_check_metrics(metrics),
+            params={k: str(v) for k, v in (params or {}).items()},
+            lineage={**environment_lineage(), **(lineage or {})},
+        )
+        try:
+            stored = []
+            for rel, path in files:
+                info = self.artifacts.put_file(path)
+                stored.append(VersionFile(rel, info.sha256, info.size))
+        except BaseException as exc:
+            reason = f"uploading files failed: {exc}" if isinstance(exc, Exception) \
+                else "registration was interrupted"
+            with contextlib.suppress(Exception):
+                self.store.finish_version(version_id, status=VersionStatus.FAILED,
+                                          status_reason=reason, files=[], manifest=None,
+                                          actor=actor, request_id=request_id)
+            raise
+        return self.store.finish_version(
+            version_id, status=final_status, status_reason=status_reason, files=stored,
+            manifest=manifest, actor=actor, request_id=request_id,
+        )
+
+    def get_version(self, ref: str | ModelRef) -> ModelVersion:
+        return self.store.get_version(_ref(ref))
+
+    def list_versions(
+        self, name: str, *, status: VersionStatus | str | None = None,
+        include_archived: bool = True, tags: dict[str, str] | None = None,
+        page_size: int = 100, page_token: str | None = None,
+    ) -> Page[ModelVersion]:
+        return self.store.list_versions(
+            validate_name(name), status=VersionStatus(status) if status else None,
+            include_archived=include_archived, tags=tags, page_size=page_size,
+            page_token=page_token,
+        )
+
+    def update_version(
+        self, ref: str | ModelRef, *, description: str | None = None,
+        tags: dict[str, str] | None = None, actor: str = LOCAL_ACTOR,
+        request_id: str | None = None,
+    ) -> ModelVersion:
+        return self.store.update_version(
+            _ref(ref), description=description,
+            tags=_check_tags(tags) if tags is not None else None, actor=actor,
+            request_id=request_id,
+        )
+
+    def archive_version(
+        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+    ) -> ModelVersion:
+        return self.store.set_archived(_ref(ref), True, actor=actor, request_id=request_id)
+
+    def unarchive_version(
+        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+    ) -> ModelVersion:
+        return self.store.set_archived(_ref(ref), False, actor=actor, request_id=request_id)
+
+    def delete_version(
+        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+    ) -> None:
+        """Delete a version (refused while an alias points to it) and its unshared blobs."""
+        orphans = self.store.delete_version(_ref(ref), actor=actor, request_id=request_id)
+        for digest in orphans:
+            with contextlib.suppress(MlharborError, OSError):
+                self.artifacts.delete(digest)
+
+    def sweep_stale_registrations(self, older_than: timedelta = timedelta(hours=1)) -> list[str]:
+        """Mark registrations abandoned (e.g. by a killed process) as failed."""
+        return self.store.sweep_stale(older_than)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def set_alias(
+        self, name: str, alias: str, version: int, *, actor: str = LOCAL_ACTOR,
+        reason: str = "", request_id: str | None = None,
+    ) -> AliasMove:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidInputError(
+                f"version must be a positive whole number; received {version!r}.",
+                field="version",
+            )
+        return self.store.set_alias(validate_name(name), validate_alias(alias), version,
+                                    actor=actor, reason=reason, request_id=request_id,
+                                    guard=self.alias_guard)
+
+    def delete_alias(
+        self, name: str, alias: str, *, actor: str = LOCAL_ACTOR, reason: str = "",
+        request_id: str | None = None,
+    ) -> AliasMove:
+        return self.store.delete_alias(validate_name(name), validate_alias(alias), actor=actor,
+                                       reason=reason, request_id=request_id)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        return self.store.alias_history(validate_name(name),
+                                        validate_alias(alias) if alias else None)
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def download(self, ref: str | ModelRef | ModelVersion) -> Path:
+        """A local folder holding the version's files, every digest verified.
+
+        Copies are cached per version; a cached copy is re-hashed before it is handed out and
+        fetched again from the store when it no longer matches.
+        """
+        mv = ref if isinstance(ref, ModelVersion) else self.get_version(ref)
+        if mv.status is not VersionStatus.READY:
+            raise InvalidInputError(
+                f"Version {mv.ref} is {mv.status.value}; only ready versions can be loaded.",
+                hint=mv.status_reason or None,
+            )
+        target = self.cache_dir / mv.name / str(mv.version)
+        if target.is_dir() and _matches(target, mv.files):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{mv.version}-"))
+        try:
+            for f in mv.files:
+                self.artifacts.get_file(
+                    f.sha256, staging / f.path,
+                    label=f"{f.path!r} of {mv.ref}",
+                )
+            if target.exists():
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                # Another process put an identical copy in place first.
+                if not _matches(target, mv.files):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def _ref(ref: str | ModelRef) -> ModelRef:
+    return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+
+
+def _matches(folder: Path, files: tuple[VersionFile, ...]) -> bool:
+    from mlharbor.registry.artifacts.base import digest_file
+
+    for f in files:
+        path = folder / f.path
+        if not path.is_file() or path.stat().st_size != f.size:
+            return False
+        if digest_file(path).sha256 != f.sha256:
+            return False
+    return True
+
+
+def _bundle_files(root: Path) -> list[tuple[str, Path]]:
+    """The files to store, with bundle-relative POSIX paths; refuses links leaving the bundle."""
+    if root.is_file():
+        return [(root.name, root)]
+    if not root.is_dir():
+        raise InvalidInputError(
+            f"{str(root)!r} is neither a file nor a folder.",
+            hint="Pass the model file or the bundle folder to register.",
+        )
+    base = root.resolve()
+    found: list[tuple[str, Path]] = []
+    for path in sorted(root.rglob("*")):
+        if path.is_dir():
+            continue
+        resolved = path.resolve()
+        if not resolved.is_relative_to(base):
+            raise UnsafeArtifactError(
+                f"{str(path)!r} links outside the bundle folder; refusing to register it.",
+                hint="Copy the file into the bundle instead of linking it.",
+            )
+        rel = PurePosixPath(path.relative_to(root).as_posix())
+        found.append((str(rel), path))
+        if len(found) > MAX_BUNDLE_FILES:
+            raise InvalidInputError(f"The bundle holds more than {MAX_BUNDLE_FILES} files.")
+    if not found:
+        raise InvalidInputError(f"The folder {str(root)!r} is empty; nothing to register.")
+    return found
+
+
+def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise InvalidInputError("tags must be a mapping of strings to strings.", field="tags")
+    for key, value in tags.items():
+        validate_name(key, kind="tag key")
+        if not isinstance(value, str) or len(value) > 5000:
+            raise InvalidInputError(
+                f"Tag {key!r} must have a string value of at most 5000 characters.",
+                field=f"tags.{key}",
+            )
+    return dict(tags)
+
+
+def _check_metrics(metrics: dict[str, float] | None) -> dict[str, float]:
+    clean: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInputError(
+                f"Metric {key!r} must be a number; received {type(value).__name__}.",
+                field=f"metrics.{key}",
+            )
+        clean[str(key)] = float(value)
+    return clean
