@@ -22,6 +22,7 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the control-plane app for ``settings`` (opening the registry unless given)."""
     from mlharbor.api.routes import models as model_routes
+    from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
 
     app = FastAPI(
@@ -33,7 +34,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.registry = registry or _Registry.from_settings(settings)
+    app.state.registry = registry or open_registry(settings)
     install_error_handlers(app, debug=settings.server.debug)
     app.include_router(model_routes.router)
 

@@ -16,10 +16,10 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
 def _registry(ctx: typer.Context) -> Registry:
+    from mlharbor.bootstrap import open_registry
     from mlharbor.cli.main import settings_from
-    from mlharbor.registry.service import Registry
 
-    return Registry.from_settings(settings_from(ctx))
+    return open_registry(settings_from(ctx))
 
 
 def _parse_tags(items: list[str] | None) -> dict[str, str]:

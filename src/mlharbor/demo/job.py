@@ -34,7 +34,7 @@ def run_demo(settings: Settings) -> None:
 
     from mlharbor.cli.models import _version_rows
     from mlharbor.cli.output import print_kv
-    from mlharbor.registry.service import Registry
+    from mlharbor.bootstrap import open_registry
 
     console = Console()
     frame = pd.read_csv(dataset_path())
@@ -55,7 +55,7 @@ def run_demo(settings: Settings) -> None:
     predicted = model.predict(x_test)
     metrics = {"accuracy": float(accuracy_score(y_test, predicted)),
                "f1": float(f1_score(y_test, predicted))}
-    registry = Registry.from_settings(settings)
+    registry = open_registry(settings)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp)
         sio.dump(model, bundle / "model.skops")
