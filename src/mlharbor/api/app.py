@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
 
 from mlharbor import __version__
 from mlharbor.api.errors import error_body, install_error_handlers
 from mlharbor.api.requests import RequestIdMiddleware
+from mlharbor.api.responses import JsonResponse
 
 if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
@@ -28,10 +28,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app = FastAPI(
         title="mlharbor",
         version=__version__,
-        default_response_class=ORJSONResponse,
         docs_url="/docs",
         openapi_url="/openapi.json",
         redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.registry = registry or open_registry(settings)
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             with reg.store.db.read() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            return ORJSONResponse(
+            return JsonResponse(
                 error_body("unavailable", f"metadata database unavailable: "
                            f"{type(exc).__name__}"),
                 status_code=503,

@@ -12,9 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mlharbor.api.responses import JsonResponse
 from mlharbor.core import errors
 
 log = logging.getLogger("mlharbor.api")
@@ -47,17 +47,17 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
     @app.exception_handler(errors.MlharborError)
-    async def _mlharbor(request: Request, exc: errors.MlharborError) -> ORJSONResponse:
+    async def _mlharbor(request: Request, exc: errors.MlharborError) -> JsonResponse:
         headers = {}
         if isinstance(exc, errors.LimitExceededError) and exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         if isinstance(exc, errors.AuthenticationError):
             headers["WWW-Authenticate"] = "Bearer"
-        return ORJSONResponse({"error": exc.to_dict()}, status_code=status_for(exc),
+        return JsonResponse({"error": exc.to_dict()}, status_code=status_for(exc),
                               headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JsonResponse:
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
@@ -68,29 +68,29 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
                 "received": _short(err.get("input")),
             })
         first = problems[0] if problems else {"field": "body", "message": "invalid"}
-        return ORJSONResponse(
+        return JsonResponse(
             error_body("invalid_input", f"{first['field']}: {first['message']}",
                        details=problems),
             status_code=422,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JsonResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = f"No route {request.method} {request.url.path}."
-        return ORJSONResponse(error_body(code, message), status_code=exc.status_code,
+        return JsonResponse(error_body(code, message), status_code=exc.status_code,
                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JsonResponse:
         log.error("unhandled error on %s %s: %s", request.method, request.url.path,
                   type(exc).__name__, exc_info=exc)
         extra: dict[str, Any] = {}
         if debug:
             extra["traceback"] = traceback.format_exception(exc)
-        return ORJSONResponse(
+        return JsonResponse(
             error_body("internal_error", "The server failed to handle this request; it has "
                        "been logged.", **extra),
             status_code=500,

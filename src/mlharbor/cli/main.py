@@ -11,7 +11,6 @@ import importlib
 import sys
 from typing import Any
 
-import click
 import typer
 
 from mlharbor.core import errors
@@ -23,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.models",
     "mlharbor.cli.server",
     "mlharbor.cli.demo",
+    "mlharbor.cli.train",
 )
 
 EXIT_CODES: dict[type[errors.MlharborError], int] = {
@@ -82,22 +82,35 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(f"error: {exc}", exit_code_for(exc))
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:
+        kind = _click_kind(exc)
+        if kind == "usage":
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if kind == "exit":
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if kind == "abort":
+            _fail("aborted", 130)
         if debug:
             raise
         _fail(
             f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             1,
         )
+
+
+def _click_kind(exc: BaseException) -> str | None:
+    """Typer ships its own copy of click, so its exceptions are recognised by name."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "ClickException" in names:
+        return "usage"
+    if "Exit" in names and hasattr(exc, "exit_code"):
+        return "exit"
+    if "Abort" in names:
+        return "abort"
+    return None
 
 
 def _fail(message: str, code: int) -> None:
