@@ -47,6 +47,42 @@ class SecuritySettings(BaseModel):
         None, description="Base64 256-bit master key for envelope encryption of artifacts."
     )
     master_key_file: Path | None = Field(None, description="File holding the master key.")
+    kms_key_id: str | None = Field(
+        None, description="AWS KMS key id/ARN wrapping artifact data keys (instead of a "
+        "master key); the KMS endpoint follows s3_region and kms_endpoint_url."
+    )
+    kms_endpoint_url: str | None = Field(None, description="KMS API endpoint (moto, LocalStack).")
+    jwks_file: Path | None = Field(None, description="JWKS file verifying OIDC bearer tokens.")
+    jwks_url: str | None = Field(None, description="JWKS URL verifying OIDC bearer tokens.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` of bearer tokens.")
+    jwt_audience: str | None = Field(None, description="Required `aud` of bearer tokens.")
+    jwt_role_claim: str = Field("roles", description="Claim whose values map to roles.")
+    jwt_subject_claim: str = Field("sub", description="Claim naming the caller in the audit.")
+    jwt_role_map: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Claim value -> grants, e.g. {\"ml-ops\": [\"deployer@model:churn\"]}.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; none by default."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host headers accepted besides localhost, 127.0.0.1, [::1] and server.host.",
+    )
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="Requests per minute per key or token (0 = no limit)."
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Requests allowed at once per key.")
+    require_signed_aliases: list[str] = Field(
+        default_factory=list,
+        description="Aliases (e.g. production) that may only point at signed versions.",
+    )
+    signing_key_file: Path | None = Field(
+        None, description="Ed25519 private key (PEM) signing versions at registration."
+    )
+    trusted_signing_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM) accepted as signers."
+    )
 
 
 class FormatSettings(BaseModel):
@@ -57,6 +93,59 @@ class FormatSettings(BaseModel):
         description="Extra fully-qualified type names skops may load, beyond scikit-learn's own.",
     )
     onnx_parity_tolerance: float = Field(1e-5, gt=0, description="Max |p_native - p_onnx|.")
+
+
+class TrainingSettings(BaseModel):
+    """Training and evaluation runs."""
+
+    n_jobs: int = Field(
+        -1, description="Parallel fits for cross-validation and search (-1: every core)."
+    )
+
+
+class ServingSettings(BaseModel):
+    """Model serving: polling, micro-batching, limits and draining."""
+
+    poll_interval_s: float = Field(2.0, gt=0, description="How often servers re-read endpoints.")
+    batching: bool = Field(True, description="Adaptive micro-batching of concurrent requests.")
+    max_batch_size: int = Field(64, ge=1, description="Most rows run in one batch.")
+    max_batch_wait_ms: float = Field(1.0, ge=0, description="Longest wait to fill a batch.")
+    request_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout (504).")
+    max_concurrency: int = Field(512, ge=1, description="In-flight predictions before 503.")
+    max_rows: int = Field(10_000, ge=1, description="Most rows in one prediction request.")
+    inference_threads: int = Field(2, ge=1, description="Threads running model inference.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight on SIGTERM.")
+    sticky_header: str = Field("x-mlharbor-sticky", description="Header pinning a route.")
+    default_endpoint: str | None = Field(None, description="Endpoint of /invocations.")
+    access_log: bool = Field(False, description="One JSON log line per request.")
+
+
+class MonitoringSettings(BaseModel):
+    """Prediction log, drift, live performance and alerts."""
+
+    log_uri: str | None = Field(
+        None, description="Where log segments go: a folder or s3://bucket/prefix; default "
+        "<artifact store>/predictions when that is on S3, else <home>/predictions.")
+    flush_interval_s: float = Field(
+        0.2, gt=0, le=1.0, description="Records are fsync'd to the journal within this.")
+    segment_interval_s: float = Field(5.0, gt=0, description="Journal -> Parquet cadence.")
+    buffer_max_bytes: int = Field(
+        1 << 30, gt=0, description="Journal size limit; past it new records are dropped.")
+    retention_days: float = Field(30.0, gt=0, description="Log segments older are deleted.")
+    redaction: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Endpoint (or *) -> input column -> drop|hash|mask.")
+    redaction_salt: SecretStr = Field(
+        SecretStr("mlharbor"), description="Salt of hashed columns; set your own.")
+    drift_alpha: float = Field(
+        0.002, gt=0, lt=0.5, description="Per-feature false-alarm rate on identical data.")
+    drift_min_share_change: float = Field(
+        0.01, ge=0, le=1, description="Smallest missing/unseen share change that alarms.")
+    drift_dataset_share: float = Field(
+        0.3, gt=0, le=1, description="Importance-weighted drifted share for dataset drift.")
+    alert_rules_file: Path | None = Field(None, description="YAML file of alert rules.")
+    webhooks: list[str] = Field(default_factory=list, description="Generic JSON webhooks.")
+    slack_webhooks: list[str] = Field(default_factory=list, description="Slack webhooks.")
+    evaluation_interval_s: float = Field(30.0, gt=0, description="Alert evaluation cadence.")
 
 
 class Settings(BaseSettings):
@@ -81,6 +170,9 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     formats: FormatSettings = Field(default_factory=FormatSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("home", mode="after")
     @classmethod

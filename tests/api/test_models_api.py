@@ -23,9 +23,11 @@ def api(settings: Settings, live_server: Any, api_headers: dict[str, str]
 
 
 @pytest.fixture
-def api_headers() -> dict[str, str]:
-    """Credentials for the API; overridden where authentication is configured."""
-    return {}
+def api_headers(settings: Settings) -> dict[str, str]:
+    """Credentials for the API: a fresh admin key in this test's database."""
+    from tests.security.fixtures import admin_headers_for
+
+    return admin_headers_for(settings)
 
 
 def _upload(api: httpx.Client, name: str, **form: str) -> httpx.Response:

@@ -21,6 +21,7 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
 
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the control-plane app for ``settings`` (opening the registry unless given)."""
+    from mlharbor.api.routes import endpoints as endpoint_routes
     from mlharbor.api.routes import models as model_routes
     from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
@@ -37,6 +38,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.registry = registry or open_registry(settings)
     install_error_handlers(app, debug=settings.server.debug)
     app.include_router(model_routes.router)
+    app.include_router(endpoint_routes.router)
 
     @app.get("/livez", tags=["health"])
     def livez() -> dict[str, str]:
@@ -58,5 +60,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             )
         return {"status": "ready"}
 
+    # Outermost last: transport guard (Host, body size) -> CORS -> request id -> auth -> app.
+    from mlharbor.bootstrap import open_identities
+    from mlharbor.security.middleware import add_auth, add_transport
+
+    reg = app.state.registry
+    add_auth(app, identities=open_identities(reg), audit=reg.store.record, settings=settings)
     app.add_middleware(RequestIdMiddleware)
+    add_transport(app, settings)
     return app

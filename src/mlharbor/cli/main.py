@@ -22,7 +22,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.models",
     "mlharbor.cli.server",
     "mlharbor.cli.demo",
+    "mlharbor.cli.serve",
+    "mlharbor.cli.endpoints",
+    "mlharbor.cli.admin",
+    "mlharbor.cli.audit",
+    "mlharbor.cli.keys",
     "mlharbor.cli.train",
+    "mlharbor.cli.build",
+    "mlharbor.cli.deploy",
 )
 
 EXIT_CODES: dict[type[errors.MlharborError], int] = {

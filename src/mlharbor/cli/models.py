@@ -62,21 +62,61 @@ def register(app: typer.Typer) -> None:
     def register_cmd(
         ctx: typer.Context,
         name: str = typer.Argument(..., help="Model name."),
-        path: Path = typer.Argument(..., help="Model file or bundle folder."),
+        path: Path = typer.Argument(..., help="Model file, model folder or bundle folder."),
         description: str = typer.Option("", help="What this version is."),
         tag: list[str] = typer.Option(None, "--tag", help="KEY=VALUE, repeatable."),
+        sample: Path = typer.Option(None, "--sample", help="CSV of a few input rows: the "
+                                    "signature and input example come from it."),
+        training_data: Path = typer.Option(None, "--training-data", help="CSV of training "
+                                           "rows: categories and the ONNX parity check use it."),
+        trust_pickle: str = typer.Option(None, "--trust-pickle", metavar="SHA256",
+                                         help="Load a pickle/joblib file whose sha256 is this."),
+        trust_code: bool = typer.Option(False, "--trust-code",
+                                        help="Allow a Python-source model (its code runs)."),
+        runtime: str = typer.Option("auto", "--runtime", help="auto | onnx | native."),
+        raw: bool = typer.Option(False, "--raw", help="Store the files as they are: no format "
+                                 "detection, checks or manifest (cannot be served)."),
         as_json: bool = JSON_OPTION,
     ) -> None:
-        """Register PATH as a new version of NAME."""
+        """Register PATH as a new version of NAME: detect its format, check it is safe to
+        load, convert to ONNX when the parity check passes, and say which runtime serves it."""
         from mlharbor.core.records import to_dict
 
-        version = _registry(ctx).register_version(
-            name, path, description=description, tags=_parse_tags(tag),
+        registry = _registry(ctx)
+        if raw:
+            version = registry.register_version(
+                name, path, description=description, tags=_parse_tags(tag),
+            )
+            if as_json:
+                print_json(to_dict(version))
+                return
+            typer.echo(f"Registered {version.ref} ({len(version.files)} file(s)).")
+            return
+        from mlharbor.cli.main import settings_from
+        from mlharbor.registry.bundles import register_model
+
+        def read_csv(csv: Path | None) -> Any:
+            if csv is None:
+                return None
+            import pandas as pd
+
+            return pd.read_csv(csv)
+
+        result = register_model(
+            registry, name, path, settings=settings_from(ctx), sample_input=read_csv(sample),
+            training_data=read_csv(training_data), trust_pickle_sha256=trust_pickle,
+            trust_code=trust_code, runtime=runtime, description=description,
+            tags=_parse_tags(tag),
         )
         if as_json:
-            print_json(to_dict(version))
+            print_json({"format": result.format, "runtime": result.runtime,
+                        "parity": result.parity, "version": to_dict(result.version)})
             return
-        typer.echo(f"Registered {version.ref} ({len(version.files)} file(s)).")
+        parity = result.parity
+        typer.echo(f"Registered {result.version.ref} ({len(result.version.files)} file(s)).")
+        typer.echo(f"  format:  {result.format}")
+        typer.echo(f"  runtime: {result.runtime}")
+        typer.echo(f"  parity:  {parity.get('status', 'n/a')} - {parity.get('reason', '')}")
 
     @models_app.command("list")
     def list_cmd(

@@ -113,7 +113,7 @@ class LimitExceededError(MlharborError):
         self.retry_after = retry_after
 
 
-class TimeoutError_(MlharborError):  # noqa: N801 - the builtin name is taken on purpose
+class TimeoutError_(MlharborError):
     code = "timeout"
 
 

@@ -80,6 +80,27 @@ class AliasMove:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One answered prediction, handed by serving to a sink (monitoring) and never waited on.
+
+    ``inputs`` and ``outputs`` are as served (arrays or lists); the sink redacts and converts.
+    ``model_ref`` is what the route asked for (``churn@champion``), ``served_version`` the
+    version that answered.
+    """
+
+    request_id: str
+    endpoint: str
+    model_ref: str
+    served_version: int | None
+    inputs: Any
+    outputs: Any
+    latency_s: float
+    at: datetime
+    shadow: bool = False
+    fallback: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """A page of results and the token for the next one (``None`` on the last page)."""
 

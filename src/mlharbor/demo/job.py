@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlharbor.settings import Settings
@@ -67,7 +67,23 @@ def run_demo(settings: Settings) -> None:
     registry.set_alias(MODEL_NAME, "champion", version.version, reason="demo")
     version = registry.get_version(f"{MODEL_NAME}@champion")
     print_kv(f"Registered {version.ref}", _version_rows(version))
+    _print_demo_key(registry, console)
     console.print(f"Home: {settings.home}")
     console.print("Look around: `.venv/bin/mlharbor models list`, "
                   f"`.venv/bin/mlharbor models show {MODEL_NAME}@champion`, "
                   "`.venv/bin/mlharbor server` then http://127.0.0.1:8080/docs")
+
+
+def _print_demo_key(registry: Any, console: Any) -> None:
+    """The server needs a key: create a fresh one for the demo admin and show it once."""
+    from mlharbor.bootstrap import open_identities
+
+    key = open_identities(registry).demo_admin_key(actor="demo")
+    if key is None:
+        console.print("An admin already administers this installation; ask them for an API "
+                      "key (`mlharbor admin keys create NAME`).")
+        return
+    console.print("API key of 'demo-admin' (shown once; earlier demo keys are revoked):")
+    console.print(key, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Try: curl -H 'Authorization: Bearer {key[:14]}...' "
+                  "http://127.0.0.1:8080/api/v1/models")

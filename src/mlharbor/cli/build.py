@@ -1,0 +1,122 @@
+"""``mlharbor build REF --output DIR``: the OCI build context (and image) of a model server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("build")
+    def build(
+        ctx: typer.Context,
+        ref: str = typer.Argument(..., help="Model version to serve: churn:3, churn@champion."),
+        output: Path = typer.Option(..., "--output", "-o", help="New or empty folder for the "
+                                    "build context (Dockerfile, wheels, model)."),
+        bake: bool = typer.Option(True, "--bake/--no-bake", help="Bake the model into the "
+                                  "image (default), or fetch it from the registry at start."),
+        do_build: bool = typer.Option(False, "--build", help="Also build the image: docker "
+                                      "when a daemon answers, else buildah, else podman."),
+        tag: str = typer.Option(None, "--tag", "-t", help="Image tag (default "
+                                "mlharbor/<model>:<version>)."),
+        push: bool = typer.Option(False, "--push", help="Push the built image (implies "
+                                  "--build)."),
+        base_image: str = typer.Option(None, "--base-image", help="BASE_IMAGE: a Debian-based "
+                                       "image with the same python3 minor version as here."),
+        builder: str = typer.Option(None, "--builder", help="docker, buildah or podman."),
+        wheel_cache: Path = typer.Option(None, "--wheel-cache", help="Folder keeping "
+                                         "downloaded wheels between builds (default in the "
+                                         "mlharbor home)."),
+        tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
+                                        help="Check the registry's TLS certificate on push."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be written "
+                                     "and built; change nothing."),
+    ) -> None:
+        """Write a Docker/OCI build context serving REF with `mlharbor serve`.
+
+        The context installs every dependency from wheels it ships (no network during the
+        build), runs as a non-root user, answers health checks on /livez and /readyz, and
+        honours the platform contracts: port 8080 (PORT, AIP_HTTP_PORT), SageMaker's `serve`
+        argument with /ping and /invocations, Open Inference v2 and KServe v1 routes.
+        """
+        from rich.console import Console
+
+        from mlharbor.bootstrap import open_registry
+        from mlharbor.cli.admin import cli_actor
+        from mlharbor.cli.main import settings_from
+        from mlharbor.deploy.base import resolve_source
+        from mlharbor.deploy.container import DEFAULT_BASE_IMAGE, ContextOptions
+
+        settings = settings_from(ctx)
+        console = Console(stderr=True)
+        registry = open_registry(settings)
+        try:
+            source = resolve_source(registry, ref, tag)
+            base = base_image or DEFAULT_BASE_IMAGE
+            if dry_run:
+                typer.echo(f"build: {ref} -> {source.version.ref} (image {source.image})")
+                for item in ("Dockerfile", ".dockerignore", "entrypoint.sh", "build.json",
+                             "wheels/ (mlharbor and every dependency)"):
+                    typer.echo(f"  write  {output}/{item}")
+                if bake:
+                    typer.echo(f"  write  {output}/model/ (a registry holding only "
+                               f"{source.version.ref})")
+                if do_build or push:
+                    typer.echo(f"  build  image {source.image} from {base}")
+                if push:
+                    typer.echo(f"  push   {source.image}")
+                return
+            options = ContextOptions(bake=bake, base_image=base, wheel_cache=wheel_cache or (
+                settings.home / "cache" / "wheels"))
+            _build(registry, source, output, options, console, do_build or push, push,
+                   builder, tls_verify, cli_actor())
+        finally:
+            registry.close()
+
+
+def _build(registry: object, source: object, output: Path, options: object, console: object,
+           do_build: bool, push: bool, builder: str | None, tls_verify: bool,
+           actor: str) -> None:
+    from typing import Any, cast
+
+    from rich.console import Console
+
+    from mlharbor.core.errors import MlharborError
+    from mlharbor.deploy.base import DeploymentSource
+    from mlharbor.deploy.container import ContextOptions, write_build_context
+    from mlharbor.deploy.imagebuild import build_image, push_image
+
+    reg = cast(Any, registry)
+    src = cast(DeploymentSource, source)
+    opts = cast(ContextOptions, options)
+    out = cast(Console, console)
+    details: dict[str, Any] = {"target": "container", "image": src.image,
+                               "version": src.number, "ref": src.ref, "baked": opts.bake}
+    try:
+        with out.status("writing the build context ...") as status:
+            context = write_build_context(reg, src, output, opts, actor=actor,
+                                          progress=lambda step: status.update(step + " ..."))
+        out.print(f"wrote {context.path} ({context.wheels} wheels, "
+                  f"{'model baked in' if context.bake else 'model fetched at start'})")
+        if do_build:
+            with out.status(f"building {src.image} ..."):
+                built = build_image(context.path, src.image, builder=builder,
+                                    base_image=opts.base_image,
+                                    pull=not opts.base_image.startswith("localhost/"))
+            size = f", {built.size_bytes / 1e6:.0f} MB" if built.size_bytes else ""
+            out.print(f"built {built.tag} with {built.builder} in {built.seconds:.0f} s{size}")
+            details["builder"] = built.builder
+            if push:
+                with out.status(f"pushing {src.image} ..."):
+                    push_image(src.image, builder=built.builder, tls_verify=tls_verify)
+                out.print(f"pushed {src.image}")
+                details["pushed"] = True
+    except MlharborError as exc:
+        reg.store.record(actor=actor, action="deploy.container", resource=src.resource,
+                         outcome="failure", details={**details, "error": exc.code,
+                                                     "message": exc.message})
+        raise
+    reg.store.record(actor=actor, action="deploy.container", resource=src.resource,
+                     outcome="success", details=details)
+    typer.echo(str(output))

@@ -1,0 +1,200 @@
+"""Data contract checks run before training.
+
+Each finding names the column and the figure. ``violation`` findings stop training; ``warning``
+findings are shown and stored with the version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.data.schema import Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    max_missing_share: float = 0.5
+    max_duplicate_share: float = 0.5
+    max_target_missing_share: float = 0.0
+    max_categories: int = 50
+    min_class_share: float = 0.05
+    min_class_count: int = 2
+    leakage_threshold: float = 0.98
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    check: str
+    severity: str  # "violation" | "warning"
+    column: str | None
+    value: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    findings: tuple[Finding, ...]
+
+    @property
+    def violations(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "violation"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "violations": [f.to_dict() for f in self.violations],
+            "warnings": [f.to_dict() for f in self.warnings],
+        }
+
+
+def check_dataset(
+    frame: pd.DataFrame, schema: Schema, thresholds: Thresholds, *, seed: int = 0
+) -> CheckReport:
+    """Run every check on ``frame`` (target included) and collect the findings."""
+    found: list[Finding] = []
+    n = len(frame)
+    target = frame[schema.target]
+    target_missing = float(target.isna().mean())
+    if target_missing > thresholds.max_target_missing_share:
+        found.append(_f(
+            "target_missing", "violation", schema.target, target_missing,
+            f"The target {schema.target!r} is missing in {int(target.isna().sum())} of {n} rows "
+            f"({target_missing:.1%}); at most {thresholds.max_target_missing_share:.1%} allowed. "
+            "Drop those rows or raise checks.max_target_missing_share.",
+        ))
+    for column, kind in schema.features.items():
+        series = frame[column]
+        share = float(series.isna().mean())
+        if share > thresholds.max_missing_share:
+            found.append(_f(
+                "missing_values", "violation", column, share,
+                f"Column {column!r} is missing in {share:.1%} of rows; at most "
+                f"{thresholds.max_missing_share:.1%} allowed. Exclude it or raise "
+                "checks.max_missing_share.",
+            ))
+        elif share > 0:
+            found.append(_f(
+                "missing_values", "warning", column, share,
+                f"Column {column!r} is missing in {share:.1%} of rows; they will be imputed.",
+            ))
+        distinct = int(series.nunique(dropna=True))
+        if distinct <= 1:
+            found.append(_f(
+                "constant_column", "warning", column, float(distinct),
+                f"Column {column!r} has {distinct} distinct value(s); it carries no signal.",
+            ))
+        if kind == "categorical" and distinct > thresholds.max_categories:
+            found.append(_f(
+                "high_cardinality", "warning", column, float(distinct),
+                f"Categorical column {column!r} has {distinct} distinct values (more than "
+                f"{thresholds.max_categories}); if it is an identifier, add it to "
+                "data.id_columns.",
+            ))
+    duplicates = float(frame.duplicated().mean())
+    if duplicates > thresholds.max_duplicate_share:
+        found.append(_f(
+            "duplicate_rows", "violation", None, duplicates,
+            f"{duplicates:.1%} of rows are exact duplicates; at most "
+            f"{thresholds.max_duplicate_share:.1%} allowed.",
+        ))
+    elif duplicates > 0:
+        found.append(_f(
+            "duplicate_rows", "warning", None, duplicates,
+            f"{duplicates:.1%} of rows are exact duplicates.",
+        ))
+    if schema.task == "classification":
+        found.extend(_class_balance(target.dropna(), schema.target, thresholds))
+    found.extend(_leakage(frame, schema, thresholds, seed))
+    return CheckReport(tuple(found))
+
+
+def _f(check: str, severity: str, column: str | None, value: float, message: str) -> Finding:
+    return Finding(check, severity, column, round(value, 6), message)
+
+
+def _class_balance(labels: pd.Series, target: str, thresholds: Thresholds) -> list[Finding]:
+    counts = labels.value_counts()
+    out: list[Finding] = []
+    if len(counts) < 2:
+        out.append(_f(
+            "single_class", "violation", target, float(len(counts)),
+            f"The target {target!r} has {len(counts)} class; classification needs at least 2.",
+        ))
+        return out
+    for label, count in counts.items():
+        share = float(count / counts.sum())
+        if count < thresholds.min_class_count:
+            out.append(_f(
+                "class_too_small", "violation", target, float(count),
+                f"Class {label!r} of {target!r} has {count} row(s); at least "
+                f"{thresholds.min_class_count} are needed (one per fold).",
+            ))
+        elif share < thresholds.min_class_share:
+            out.append(_f(
+                "class_imbalance", "warning", target, share,
+                f"Class {label!r} of {target!r} is {share:.1%} of rows (below "
+                f"{thresholds.min_class_share:.0%}); prefer f1, balanced_accuracy or pr_auc.",
+            ))
+    return out
+
+
+def _leakage(
+    frame: pd.DataFrame, schema: Schema, thresholds: Thresholds, seed: int
+) -> list[Finding]:
+    """A depth-3 tree on one feature at a time; a near-perfect score hints at leakage."""
+    import numpy as np
+    from sklearn.model_selection import cross_val_score
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    known = frame[frame[schema.target].notna()]
+    if len(known) > 20_000:
+        known = known.sample(20_000, random_state=seed)
+    if len(known) < 30:
+        return []
+    y = known[schema.target].to_numpy()
+    if schema.task == "classification":
+        if known[schema.target].value_counts().min() < 3:
+            return []
+        model: Any = DecisionTreeClassifier(max_depth=3, random_state=seed)
+        scoring, label = "balanced_accuracy", "balanced accuracy"
+    else:
+        model = DecisionTreeRegressor(max_depth=3, random_state=seed)
+        scoring, label = "r2", "R²"
+    out: list[Finding] = []
+    for column, kind in schema.features.items():
+        x = _as_number(known[column], kind).reshape(-1, 1)
+        if np.isnan(x).all():
+            continue
+        x = np.where(np.isnan(x), np.nanmin(x) - 1.0, x)
+        score = float(cross_val_score(model, x, y, cv=3, scoring=scoring).mean())
+        if score >= thresholds.leakage_threshold:
+            out.append(_f(
+                "leakage", "violation", column, score,
+                f"Column {column!r} alone predicts {schema.target!r} with {label} {score:.3f} "
+                f"(threshold {thresholds.leakage_threshold}); it probably leaks the target. "
+                "Exclude it (data.exclude) or raise checks.leakage_threshold.",
+            ))
+    return out
+
+
+def _as_number(series: pd.Series, kind: str) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    if kind == "numeric":
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    if kind == "datetime":
+        stamps = pd.to_datetime(series, errors="coerce", format="mixed")
+        return stamps.astype("int64").where(stamps.notna()).to_numpy(dtype=float)
+    codes = pd.Series(pd.factorize(series, use_na_sentinel=True)[0], index=series.index)
+    return np.where(codes.to_numpy() < 0, np.nan, codes.to_numpy()).astype(float)

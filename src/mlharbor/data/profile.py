@@ -1,0 +1,125 @@
+"""Reference profile of the training data, frozen at registration for drift monitoring.
+
+Bins are fixed on the reference, so later windows are counted into the same bins and scores
+stay comparable. The profile is plain JSON::
+
+    {"format": "mlharbor.profile/v1", "rows": 4000,
+     "features": {"tenure_months": {"kind": "numeric", "missing_share": 0.0,
+                                     "bin_edges": [...], "counts": [...], "sample": [...],
+                                     "mean": ..., "std": ..., "min": ..., "max": ...},
+                  "contract": {"kind": "categorical", "missing_share": 0.0,
+                               "counts": {"month-to-month": 2200, ...}, "other": 0}},
+     "importances": {"tenure_months": 0.12, ...}}
+
+Numeric ``counts`` has one entry per bin between consecutive ``bin_edges``; values below the
+first or above the last edge fall in the first or last bin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROFILE_FORMAT = "mlharbor.profile/v1"
+NUMERIC_BINS = 20
+SAMPLE_SIZE = 10_000
+MAX_CATEGORIES = 50
+OTHER = "__other__"
+
+
+def build_profile(
+    frame: pd.DataFrame,
+    features: Mapping[str, str],
+    *,
+    seed: int = 0,
+    importances: Mapping[str, float] | None = None,
+    sample_size: int = SAMPLE_SIZE,
+) -> dict[str, Any]:
+    """Profile every column in ``features`` (column -> numeric | categorical | datetime)."""
+    profile: dict[str, Any] = {"format": PROFILE_FORMAT, "rows": len(frame), "features": {}}
+    for position, (column, kind) in enumerate(features.items()):
+        series = frame[column]
+        if kind == "numeric":
+            entry = _numeric(series, seed + position, sample_size)
+        elif kind == "datetime":
+            entry = _datetime(series, seed + position, sample_size)
+        else:
+            entry = _categorical(series)
+        profile["features"][column] = entry
+    if importances:
+        profile["importances"] = {str(k): float(v) for k, v in importances.items()}
+    return profile
+
+
+def _numeric(series: pd.Series, seed: int, sample_size: int) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    present = values[~np.isnan(values)]
+    entry: dict[str, Any] = {"kind": "numeric", "missing_share": _share_missing(series)}
+    if len(present) == 0:
+        entry.update(bin_edges=[], counts=[], sample=[], mean=None, std=None, min=None, max=None)
+        return entry
+    edges = np.unique(np.quantile(present, np.linspace(0.0, 1.0, NUMERIC_BINS + 1)))
+    if len(edges) == 1:
+        edges = np.array([edges[0], edges[0]])
+    entry.update(
+        bin_edges=[float(e) for e in edges],
+        counts=[int(c) for c in bin_counts(present, edges)],
+        sample=[float(v) for v in _sample(present, seed, sample_size)],
+        mean=float(present.mean()),
+        std=float(present.std()),
+        min=float(present.min()),
+        max=float(present.max()),
+    )
+    return entry
+
+
+def bin_counts(values: Any, edges: Any) -> Any:
+    """Counts of ``values`` in the bins between ``edges``; outliers go to the end bins."""
+    import numpy as np
+
+    bins = max(len(edges) - 1, 1)
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
+    return np.bincount(index, minlength=bins)
+
+
+def _datetime(series: pd.Series, seed: int, sample_size: int) -> dict[str, Any]:
+    import pandas as pd
+
+    stamps = pd.to_datetime(series, errors="coerce", format="mixed")
+    seconds = (stamps.astype("int64") / 1e9).where(stamps.notna())
+    entry = _numeric(seconds, seed, sample_size)
+    entry["kind"] = "datetime"
+    entry["unit"] = "unix_seconds"
+    return entry
+
+
+def _categorical(series: pd.Series) -> dict[str, Any]:
+    counts = series.dropna().astype(str).value_counts()
+    top = counts.head(MAX_CATEGORIES)
+    return {
+        "kind": "categorical",
+        "missing_share": _share_missing(series),
+        "counts": {str(k): int(v) for k, v in top.items()},
+        "other": int(counts.iloc[MAX_CATEGORIES:].sum()),
+        "other_key": OTHER,
+    }
+
+
+def _sample(values: Any, seed: int, size: int) -> Any:
+    """A uniform sample without replacement (what a reservoir sample gives on a fixed table)."""
+    import numpy as np
+
+    if len(values) <= size:
+        return values
+    rng = np.random.default_rng(seed)
+    return values[np.sort(rng.choice(len(values), size, replace=False))]
+
+
+def _share_missing(series: pd.Series) -> float:
+    return float(series.isna().mean()) if len(series) else 0.0

@@ -1,0 +1,1 @@
+"""Code that runs inside serverless images: one prediction core, one adapter per platform."""

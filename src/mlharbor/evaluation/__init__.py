@@ -1,0 +1,1 @@
+"""Evaluation: metrics, cross-validation, baselines, champion comparison, gates and reports."""

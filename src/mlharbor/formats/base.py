@@ -1,0 +1,100 @@
+"""The interface every model format implements, and what formats hand to the rest.
+
+A format can recognise a model (an in-memory object, or a file *by its content*), save it into a
+bundle, describe it (task, classes, features) and load it back as a :class:`NativeModel`. Loading
+receives only files that :func:`mlharbor.formats.bundle.verify_bundle` has checked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlharbor.core.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class TrustOptions:
+    """What the caller explicitly trusts; loading never takes trust from the model file."""
+
+    skops_trusted_types: tuple[str, ...] = ()
+    pickle_sha256: str | None = None
+    code: bool = False
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    """What a format learns about a model object when it is saved."""
+
+    task: str
+    classes: list[Any] | None = None
+    feature_names: list[str] | None = None
+    n_features: int | None = None
+    input_kind: str | None = None
+    flavor: dict[str, Any] = field(default_factory=dict)
+    framework_versions: dict[str, str] = field(default_factory=dict)
+    categories: dict[str, list[Any]] = field(default_factory=dict)
+
+
+class NativeModel(ABC):
+    """A loaded model. ``input_kind`` says what it takes: a DataFrame or a 2-D float array."""
+
+    input_kind: str = "array"
+    classes: np.ndarray | None = None
+
+    @abstractmethod
+    def predict(self, data: Any) -> np.ndarray:
+        """Predictions (class labels for classifiers)."""
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        raise InvalidInputError(
+            f"{type(self).__name__} gives no class probabilities; it is not a classifier."
+        )
+
+
+class ModelFormat(ABC):
+    """One model format: recognise, save, describe and load."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    file_name: ClassVar[str] = "model.bin"
+
+    @abstractmethod
+    def claims_object(self, obj: Any) -> bool:
+        """Whether this format can save the in-memory object ``obj``."""
+
+    @abstractmethod
+    def claims_file(self, path: Path, head: bytes) -> bool:
+        """Whether ``path`` (whose first bytes are ``head``) holds this format, by content."""
+
+    @abstractmethod
+    def read_file(self, path: Path, trust: TrustOptions) -> Any:
+        """The native object held in a source file, refusing anything unsafe."""
+
+    @abstractmethod
+    def save(self, obj: Any, model_dir: Path) -> str:
+        """Write ``obj`` under ``model_dir``; return the written file's name."""
+
+    @abstractmethod
+    def describe(self, obj: Any) -> ModelInfo:
+        """Task, classes and feature names of a model object."""
+
+    @abstractmethod
+    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        """A predicting model from a verified bundle file."""
+
+    def adopt_file(self, source: Path, model_dir: Path) -> str:
+        """Copy a source file into the bundle unchanged (its bytes are what was trusted)."""
+        target = model_dir / self.file_name
+        shutil.copyfile(source, target)
+        return target.name
+
+
+def plain_list(values: Any) -> list[Any]:
+    """JSON-safe Python scalars out of a NumPy array or list (for classes and categories)."""
+    return [v.item() if isinstance(v, np.generic) else v for v in list(values)]

@@ -1,0 +1,224 @@
+"""ONNX models, served by ONNX Runtime; also the runner for models converted at registration.
+
+An ONNX file may keep its weights in external files named by relative paths. A path that
+leaves the model's directory (``../x``, ``/etc/passwd``) is refused before ONNX Runtime opens
+anything, so a model cannot read arbitrary files of the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlharbor.core.errors import InvalidInputError, UnsafeArtifactError
+from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions
+from mlharbor.formats.bundle import safe_member
+
+ORT_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32, "tensor(string)": object, "tensor(bool)": np.bool_,
+}
+_PROBA_NAMES = ("probabilities", "output_probability", "probability", "proba")
+
+
+def external_data_locations(model: Any) -> list[str]:
+    """Every external-data ``location`` named by a tensor anywhere in the model."""
+    import onnx
+
+    found: list[str] = []
+
+    def tensor(t: Any) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found.append({e.key: e.value for e in t.external_data}.get("location", ""))
+
+    def graph(g: Any) -> None:
+        for t in g.initializer:
+            tensor(t)
+        for sparse in g.sparse_initializer:
+            tensor(sparse.values)
+            tensor(sparse.indices)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensor(attr.t)
+                for t in attr.tensors:
+                    tensor(t)
+                if attr.HasField("g"):
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensor(attr.t)
+    return found
+
+
+def read_checked(path: Path) -> Any:
+    """The ModelProto at ``path`` (no weights loaded); refuses external data outside its folder."""
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidInputError(f"{path.name!r} is not a readable ONNX model: {exc}.") from exc
+    for location in external_data_locations(model):
+        try:
+            full = safe_member(path.parent, location)
+        except UnsafeArtifactError as exc:
+            raise UnsafeArtifactError(
+                f"Refusing ONNX model {path.name!r}: its external data location {location!r} "
+                "points outside the model's folder.",
+                hint="Save the model with external data next to it (relative names only), or "
+                "with all weights inside the .onnx file.", location=location,
+            ) from exc
+        if not full.is_file() or full.is_symlink():
+            raise UnsafeArtifactError(
+                f"ONNX model {path.name!r} names external data {location!r}, which is missing "
+                "or not a regular file.", location=location,
+            )
+    return model
+
+
+def make_session(path: Path) -> Any:
+    """A CPU session tuned for low single-row latency: one thread, sequential execution."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(NativeModel):
+    """An ONNX Runtime session with its input and output names resolved once."""
+
+    def __init__(self, session: Any, classes: list[Any] | None = None) -> None:
+        self.session = session
+        self.inputs = [(i.name, ORT_DTYPES.get(i.type, np.float32)) for i in session.get_inputs()]
+        outputs = session.get_outputs()
+        names = [o.name for o in outputs]
+        self.output_names = names
+        self.proba_name = next((n for n in names if n in _PROBA_NAMES), None)
+        self.label_name = "label" if "label" in names else None
+        if self.proba_name is None and len(outputs) == 2 and self.label_name:
+            self.proba_name = next(n for n in names if n != "label")
+        self.value_name = self.label_name or names[0]
+        self.classes = None if classes is None else np.asarray(classes)
+        self.input_kind = "array"
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[Any]:
+        return list(self.session.run(names, feeds))
+
+    def feeds_from_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        name, dtype = self.inputs[0]
+        return {name: x if x.dtype == dtype else x.astype(dtype)}
+
+    def feeds_from_columns(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, dtype in self.inputs:
+            if name not in cols:
+                raise InvalidInputError(
+                    f"The ONNX model takes an input {name!r} the signature does not name."
+                )
+            feeds[name] = cols[name].astype(dtype, copy=False).reshape(-1, 1)
+        return feeds
+
+    def proba_from_outputs(self, value: Any) -> np.ndarray:
+        """Probabilities as a 2-D float array (ZipMap lists of dicts are unpacked)."""
+        if isinstance(value, list):
+            keys = list(value[0].keys()) if value else []
+            return np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
+        return np.asarray(value)
+
+    def predict(self, data: Any) -> np.ndarray:
+        (out,) = self.run([self.value_name], self.feeds_from_matrix(np.asarray(data)))
+        return np.asarray(out)
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        if self.proba_name is None:
+            return super().predict_proba(data)
+        (out,) = self.run([self.proba_name], self.feeds_from_matrix(np.asarray(data)))
+        return self.proba_from_outputs(out)
+
+
+class OnnxFormat(ModelFormat):
+    name = "onnx"
+    summary = "ONNX models run by ONNX Runtime (external data confined to the bundle)"
+    file_name = "model.onnx"
+
+    def claims_object(self, obj: Any) -> bool:
+        return type(obj).__name__ == "ModelProto" and type(obj).__module__.startswith("onnx")
+
+    def claims_file(self, path: Path, head: bytes) -> bool:
+        if path.suffix.lower() != ".onnx" and head[:1] != b"\x08":
+            return False
+        try:
+            import onnx
+
+            model = onnx.load_model(str(path), load_external_data=False)
+        except Exception:
+            return path.suffix.lower() == ".onnx"  # let read_file report why it is unreadable
+        return len(model.graph.node) > 0
+
+    def read_file(self, path: Path, trust: TrustOptions) -> Any:
+        return read_checked(path)
+
+    def adopt_file(self, source: Path, model_dir: Path) -> str:
+        model = read_checked(source)
+        for location in external_data_locations(model):
+            target = safe_member(model_dir, location)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(safe_member(source.parent, location), target)
+        shutil.copyfile(source, model_dir / self.file_name)
+        return self.file_name
+
+    def save(self, obj: Any, model_dir: Path) -> str:
+        import onnx
+
+        onnx.save_model(obj, str(model_dir / self.file_name))
+        return self.file_name
+
+    def describe(self, obj: Any) -> ModelInfo:
+        import onnxruntime
+
+        outputs = [o.name for o in obj.graph.output]
+        classifier = any(n in _PROBA_NAMES for n in outputs) or (
+            "label" in outputs and len(outputs) == 2)
+        inputs = [i.name for i in obj.graph.input]
+        initializers = {t.name for t in obj.graph.initializer}
+        inputs = [n for n in inputs if n not in initializers]
+        return ModelInfo(
+            task="classification" if classifier else "regression",
+            classes=_class_labels(obj) if classifier else None,
+            feature_names=inputs if len(inputs) > 1 else None,
+            input_kind="frame" if len(inputs) > 1 else "array",
+            flavor={"opsets": {o.domain or "ai.onnx": o.version for o in obj.opset_import}},
+            framework_versions={"onnxruntime": onnxruntime.__version__},
+        )
+
+    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        read_checked(path)
+        return OnnxModel(make_session(path), flavor.get("classes"))
+
+
+def _class_labels(model: Any) -> list[Any] | None:
+    for node in model.graph.node:
+        if node.op_type in ("TreeEnsembleClassifier", "LinearClassifier", "SVMClassifier",
+                            "ZipMap"):
+            for attr in node.attribute:
+                if attr.name == "classlabels_int64s" and attr.ints:
+                    return list(attr.ints)
+                if attr.name == "classlabels_strings" and attr.strings:
+                    return [s.decode() for s in attr.strings]
+    return None

@@ -1,0 +1,121 @@
+"""The bounded on-disk buffer between serving and the prediction log: append-only, fsync'd.
+
+Files ``journal-<seq>.log`` in one folder; the highest is *active* (appended to), the others are
+*sealed* (waiting to become Parquet segments). Each append writes one frame,
+``length (4 bytes, big-endian) | payload``, then flushes and fsyncs, so after a crash every
+complete frame is there and a torn last frame is recognised by its length and skipped.
+The payload is newline-separated JSON rows, sealed (:class:`~.segments.Sealer`) when a key is
+configured.
+
+The journal is bounded by ``max_bytes``: past it, :meth:`append` refuses (the caller counts the
+rows as dropped) rather than grow without limit or block.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from mlharbor.monitoring.segments import Sealer
+
+PREFIX = "journal-"
+SUFFIX = ".log"
+
+
+class Journal:
+    def __init__(self, directory: Path, *, max_bytes: int, sealer: Sealer | None = None) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.sealer = sealer
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        existing = self._files()
+        # Never append to a file left by an earlier process: its tail may be torn.
+        self._seq = (self._seq_of(existing[-1]) + 1) if existing else 1
+        self._fh = None
+        self._active_bytes = 0
+        self._sealed_bytes = sum(p.stat().st_size for p in existing)
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._sealed_bytes + self._active_bytes
+
+    def append(self, rows: list[bytes]) -> bool:
+        """Write one frame of rows durably; False (nothing written) when the journal is full."""
+        if not rows:
+            return True
+        payload = b"\n".join(rows)
+        with self._lock:
+            name = self._name(self._seq)
+            if self.sealer is not None:
+                payload = self.sealer.seal(payload, name)
+            frame = len(payload).to_bytes(4, "big") + payload
+            if self.backlog_bytes + len(frame) > self.max_bytes:
+                return False
+            if self._fh is None:
+                self._fh = (self.directory / name).open("ab")
+            self._fh.write(frame)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._active_bytes += len(frame)
+            return True
+
+    def rotate(self) -> None:
+        """Seal the active file (if it holds anything); the next append starts a new one."""
+        with self._lock:
+            if self._fh is None:
+                return
+            self._fh.close()
+            self._fh = None
+            self._sealed_bytes += self._active_bytes
+            self._active_bytes = 0
+            self._seq += 1
+
+    def sealed(self) -> list[Path]:
+        with self._lock:
+            active = self._name(self._seq)
+            return [p for p in self._files() if p.name != active]
+
+    def read(self, path: Path) -> list[dict[str, object]]:
+        """The rows of a journal file; a torn final frame (crash mid-write) is ignored."""
+        data = path.read_bytes()
+        rows: list[dict[str, object]] = []
+        offset = 0
+        while offset + 4 <= len(data):
+            size = int.from_bytes(data[offset:offset + 4], "big")
+            payload = data[offset + 4:offset + 4 + size]
+            if len(payload) < size:
+                break
+            offset += 4 + size
+            if self.sealer is not None:
+                payload = self.sealer.open(payload, path.name)
+            rows.extend(orjson.loads(line) for line in payload.split(b"\n") if line)
+        return rows
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            size = path.stat().st_size
+            path.unlink()
+            self._sealed_bytes = max(0, self._sealed_bytes - size)
+
+    def close(self) -> None:
+        self.rotate()
+
+    def seq_of(self, path: Path) -> int:
+        return self._seq_of(path)
+
+    def _files(self) -> list[Path]:
+        return sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}"), key=self._seq_of)
+
+    @staticmethod
+    def _seq_of(path: Path) -> int:
+        return int(path.name[len(PREFIX):-len(SUFFIX)])
+
+    @staticmethod
+    def _name(seq: int) -> str:
+        return f"{PREFIX}{seq:010d}{SUFFIX}"

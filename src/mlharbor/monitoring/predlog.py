@@ -1,0 +1,281 @@
+"""The prediction log: records from serving, journaled durably, stored as Parquet segments.
+
+Path of a record::
+
+    emit(record)  -- deque.append, a few hundred nanoseconds, never blocks (serving's thread)
+      -> flusher thread, every flush_interval / 2: rows (redacted) -> one fsync'd journal frame
+      -> compactor thread, every segment_interval: sealed journal -> Parquet segment per
+         endpoint (local folder or S3, sealed when a key is set) -> journal file removed
+
+A crash loses at most what was emitted in the last flush interval; a restart turns every
+journal left behind into segments first (:meth:`PredictionLog.start`). A segment's name is
+derived from its journal's sequence number, so a crash between writing a segment and removing
+its journal rewrites the same segment instead of duplicating rows. A slow or failing store only
+grows the journal (bounded; the backlog is exported as a metric); serving never waits.
+
+Segments are named ``endpoint=<name>/<first_at>-<last_at>-<seq>.parquet`` (times in epoch
+microseconds), so time-range queries skip whole files before reading a byte of them.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from mlharbor.core.clock import utcnow
+from mlharbor.core.records import PredictionRecord
+from mlharbor.monitoring.journal import Journal
+from mlharbor.monitoring.logrows import Redaction, record_rows
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mlharbor.monitoring.segments import Sealer, SegmentStore
+
+log = logging.getLogger("mlharbor.monitoring.predlog")
+
+
+class PredictionLog:
+    """A :class:`~mlharbor.serving.sink.PredictionSink` (``write``) with a non-blocking
+    ``emit``, and the column-wise reader of what was logged."""
+
+    def __init__(self, journal_dir: Path, segments: SegmentStore, *,
+                 redaction: Redaction | None = None, sealer: Sealer | None = None,
+                 flush_interval_s: float = 0.2, segment_interval_s: float = 5.0,
+                 max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
+                 metrics_registry: Any = None) -> None:
+        self.segments = segments
+        self.sealer = sealer
+        self.redaction = redaction
+        self.flush_interval_s = flush_interval_s
+        self.segment_interval_s = segment_interval_s
+        self.max_pending = max_pending
+        self.journal = Journal(journal_dir, max_bytes=max_buffer_bytes, sealer=sealer)
+        self._pending: collections.deque[PredictionRecord] = collections.deque()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._compact_lock = threading.Lock()
+        self.dropped = 0
+        self.store_failures = 0
+        self._metrics = _LogMetrics(self, metrics_registry) if metrics_registry else None
+
+    # -- the sink ------------------------------------------------------------------------
+
+    def emit(self, record: PredictionRecord) -> None:
+        """Accept one record: O(1), no lock, no I/O."""
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._pending.append(record)
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        """Serving's ``PredictionSink`` protocol: accept a batch (same cost as ``emit``)."""
+        for record in records:
+            self.emit(record)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> PredictionLog:
+        """Recover what an earlier process left in the journal, then start the threads."""
+        self.compact()
+        for target, name in ((self._flush_loop, "flusher"), (self._compact_loop, "compactor")):
+            thread = threading.Thread(target=target, name=f"mlharbor-log-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop: everything accepted so far is journaled and turned into segments."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+        self.flush()
+        try:
+            self.compact()
+        except Exception:  # the store is down: the journal keeps the rows for the next start
+            log.exception("prediction log store unavailable at shutdown; rows kept in journal")
+
+    def __enter__(self) -> PredictionLog:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- work ----------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Journal every pending record (one fsync); returns the rows written."""
+        records = []
+        pending = self._pending
+        while True:
+            try:
+                records.append(pending.popleft())
+            except IndexError:
+                break
+        if not records:
+            return 0
+        rows = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
+                for record in records for row in record_rows(record, self.redaction)]
+        if not self.journal.append(rows):
+            self.dropped += len(records)
+            log.error("prediction journal full (%d bytes); %d record(s) dropped",
+                      self.journal.backlog_bytes, len(records))
+        return len(rows)
+
+    def compact(self) -> int:
+        """Turn sealed journal files into segments; returns the segments written."""
+        with self._compact_lock:
+            self.journal.rotate()
+            written = 0
+            for path in self.journal.sealed():
+                rows = self.journal.read(path)
+                written += self._write_segments(rows, self.journal.seq_of(path))
+                self.journal.remove(path)
+            return written
+
+    def _write_segments(self, rows: list[dict[str, Any]], seq: int) -> int:
+        import pyarrow.parquet as pq
+
+        by_endpoint: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row in rows:
+            by_endpoint[str(row.get("endpoint"))].append(row)
+        for endpoint, part in by_endpoint.items():
+            table = rows_table(part)
+            first, last = min(r["at"] for r in part), max(r["at"] for r in part)
+            name = f"endpoint={endpoint}/{first}-{last}-{seq:010d}.parquet"
+            sink = io.BytesIO()
+            pq.write_table(table, sink, compression="zstd")
+            data = sink.getvalue()
+            if self.sealer is not None:
+                name += ".sealed"
+                data = self.sealer.seal(data, name)
+            self.segments.put(name, data)
+        return len(by_endpoint)
+
+    def _flush_loop(self) -> None:
+        # Half the interval, so a record is durable within one interval including the write.
+        while not self._stop.wait(self.flush_interval_s / 2):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("prediction journal write failed")
+
+    def _compact_loop(self) -> None:
+        delay = self.segment_interval_s
+        while not self._stop.wait(delay):
+            try:
+                self.compact()
+                delay = self.segment_interval_s
+            except Exception as exc:  # store down: keep journaling, retry with backoff
+                self.store_failures += 1
+                delay = min(delay * 2, 60.0)
+                log.warning("prediction log store failed (%s); retrying in %.0fs",
+                            type(exc).__name__, delay)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def backlog(self) -> dict[str, int]:
+        return {"pending_records": len(self._pending),
+                "journal_bytes": self.journal.backlog_bytes, "dropped_records": self.dropped}
+
+    def segment_names(self, endpoint: str | None = None, start: datetime | None = None,
+                      end: datetime | None = None) -> list[str]:
+        lo = _micros(start) if start else None
+        hi = _micros(end) if end else None
+        out = []
+        for name in self.segments.names(f"endpoint={endpoint}/" if endpoint else ""):
+            first, last = _span(name)
+            if (lo is None or last >= lo) and (hi is None or first < hi):
+                out.append(name)
+        return out
+
+    def scan(self, endpoint: str | None = None, start: datetime | None = None,
+             end: datetime | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows logged in ``[start, end)``, reading only ``columns`` (all when None)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        tables = []
+        for name in self.segment_names(endpoint, start, end):
+            data = self.segments.get(name)
+            if self.sealer is not None and name.endswith(".sealed"):
+                data = self.sealer.open(data, name)
+            source = pa.BufferReader(data)
+            wanted = None
+            if columns is not None:
+                names = set(pq.read_schema(source).names)
+                wanted = [c for c in (*columns, "at") if c in names]
+            tables.append(pq.read_table(pa.BufferReader(data), columns=wanted))
+        if not tables:
+            return pa.table({"at": pa.array([], pa.int64())})
+        table = pa.concat_tables(tables, promote_options="permissive")
+        mask = None
+        if start is not None:
+            mask = pc.greater_equal(table["at"], _micros(start))
+        if end is not None:
+            upper = pc.less(table["at"], _micros(end))
+            mask = upper if mask is None else pc.and_(mask, upper)
+        return table if mask is None else table.filter(mask)
+
+    def apply_retention(self, max_age: timedelta, now: datetime | None = None) -> int:
+        """Delete segments whose newest row is older than ``max_age``; returns how many."""
+        cutoff = _micros((now or utcnow()) - max_age)
+        old = [n for n in self.segments.names() if _span(n)[1] < cutoff]
+        for name in old:
+            self.segments.delete(name)
+        return len(old)
+
+
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """A table from log rows; a column whose values mix types is stored as text."""
+    import pyarrow as pa
+
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    arrays = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(arrays)
+
+
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _span(name: str) -> tuple[int, int]:
+    first, last, _rest = name.rsplit("/", 1)[-1].split("-", 2)
+    return int(first), int(last)
+
+
+class _LogMetrics:
+    """Backlog and drops as Prometheus metrics, read when scraped (no cost per record)."""
+
+    def __init__(self, owner: PredictionLog, registry: Any) -> None:
+        from prometheus_client import Gauge
+
+        backlog = Gauge("mlharbor_prediction_log_backlog_bytes",
+                        "Journal bytes not yet stored as log segments.", registry=registry)
+        backlog.set_function(lambda: owner.journal.backlog_bytes)
+        pending = Gauge("mlharbor_prediction_log_pending_records",
+                        "Records accepted but not yet journaled.", registry=registry)
+        pending.set_function(lambda: len(owner._pending))
+        dropped = Gauge("mlharbor_prediction_log_dropped_records",
+                        "Records dropped because the journal was full (since start).",
+                        registry=registry)
+        dropped.set_function(lambda: owner.dropped)
+

@@ -1,0 +1,166 @@
+"""Where finished log segments live (a local folder or S3) and how they are sealed.
+
+A :class:`SegmentStore` puts, lists, reads and deletes whole files by name; names are paths
+relative to the store root (``endpoint=churn/<first>-<last>-<seq>.parquet``). When a key wrapper
+is configured (the security layer's envelope keys), every segment and journal frame is sealed
+with AES-256-GCM under a fresh data key wrapped by it (:class:`Sealer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mlharbor.core.errors import ConfigError, IntegrityError, UnavailableError
+
+if TYPE_CHECKING:
+    from mlharbor.settings import Settings
+
+MAGIC = b"MLHSEAL1"
+
+
+class SegmentStore(Protocol):
+    def put(self, name: str, data: bytes) -> None: ...
+
+    def names(self, prefix: str = "") -> list[str]: ...
+
+    def get(self, name: str) -> bytes: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+class LocalSegments:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)  # atomic: a reader sees the whole segment or none of it
+
+    def names(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                      if p.is_file() and not p.name.endswith(".tmp"))
+
+    def get(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / name).unlink()
+
+
+class S3Segments:
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            raise UnavailableError(
+                f"The prediction log store s3://{self.bucket}/{self.prefix} failed to {what}: "
+                f"{type(exc).__name__}.",
+                hint="Records stay in the local journal and are retried.",
+            ) from exc
+
+    def put(self, name: str, data: bytes) -> None:
+        self._call("write", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self._key(name), Body=data))
+
+    def names(self, prefix: str = "") -> list[str]:
+        def listing() -> list[str]:
+            out, token = [], None
+            start = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+            while True:
+                kwargs = {"Bucket": self.bucket, "Prefix": start}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**kwargs)
+                cut = len(self.prefix) + 1 if self.prefix else 0
+                out += [o["Key"][cut:] for o in page.get("Contents", [])]
+                token = page.get("NextContinuationToken")
+                if not token:
+                    return sorted(out)
+        return list(self._call("list", listing))
+
+    def get(self, name: str) -> bytes:
+        return bytes(self._call("read", lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self._key(name))["Body"].read()))
+
+    def delete(self, name: str) -> None:
+        self._call("delete", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=self._key(name)))
+
+
+def open_segments(uri: str, settings: Settings) -> SegmentStore:
+    """``s3://bucket/prefix`` or a folder."""
+    if uri.startswith("s3://"):
+        import boto3
+
+        bucket, _, prefix = uri[5:].partition("/")
+        if not bucket:
+            raise ConfigError(f"The prediction log URI {uri!r} names no bucket.",
+                              hint="Use s3://bucket/prefix.")
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
+                              region_name=settings.s3_region)
+        return S3Segments(client, bucket, prefix)
+    return LocalSegments(Path(uri.removeprefix("file://")))
+
+
+class Sealer:
+    """AES-256-GCM with a fresh data key per sealed blob, wrapped by the configured key.
+
+    Layout: ``MAGIC | len(header) (4 bytes) | header JSON {kek, wrapped} | nonce | ciphertext``;
+    the blob's name is bound as associated data, so a sealed blob cannot be swapped for another.
+    """
+
+    def __init__(self, wrapper: Any) -> None:
+        self.wrapper = wrapper
+
+    def seal(self, data: bytes, name: str) -> bytes:
+        import orjson
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key, nonce = os.urandom(32), os.urandom(12)
+        header = orjson.dumps({"kek": self.wrapper.kek_id,
+                               "wrapped": self.wrapper.wrap(key, name)})
+        body = AESGCM(key).encrypt(nonce, data, name.encode())
+        return MAGIC + len(header).to_bytes(4, "big") + header + nonce + body
+
+    def open(self, blob: bytes, name: str) -> bytes:
+        import orjson
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if not blob.startswith(MAGIC):
+            raise IntegrityError(f"Log blob {name!r} is not sealed though a key is configured.")
+        size = int.from_bytes(blob[8:12], "big")
+        header = orjson.loads(blob[12:12 + size])
+        key = self.wrapper.unwrap(header["wrapped"], name)
+        rest = blob[12 + size:]
+        try:
+            return bytes(AESGCM(key).decrypt(rest[:12], rest[12:], name.encode()))
+        except InvalidTag as exc:
+            raise IntegrityError(f"Log blob {name!r} failed authentication: it was changed "
+                                 "or moved.") from exc
+
+
+def sealer_from_settings(settings: Settings) -> Sealer | None:
+    from mlharbor.security.envelope import wrapper_from_settings
+
+    wrapper = wrapper_from_settings(settings)
+    return None if wrapper is None else Sealer(wrapper)

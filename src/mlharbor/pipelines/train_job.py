@@ -1,0 +1,552 @@
+"""Train from a recipe, evaluate, judge the gates and register the winner.
+
+This module sits above data, training, evaluation and the registry and glues them:
+
+1. ``prepare`` checks the recipe against code (estimators, params, metrics, gates) before any
+   data is read, so a bad recipe fails fast and nothing is registered;
+2. ``run_training`` loads and checks the data, scores every candidate (and each search setting),
+   the naive baseline and the champion on the same folds and holdout, fits the winner as ONE
+   Pipeline over the raw input columns and judges the gates — no registry involved;
+3. ``train`` does 2 with the registry's champion, registers the winner (``failed`` with the
+   reason when a gate fails) and moves the recipe's alias only when every gate passes.
+
+``reproduce`` re-runs a stored version's recipe; ``evaluate`` scores a version on new data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.core.errors import ConfigError, InvalidInputError, MlharborError, NotFoundError
+from mlharbor.training.recipe import Recipe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlharbor.data.checks import CheckReport
+    from mlharbor.data.loading import Dataset
+    from mlharbor.data.schema import Schema
+    from mlharbor.evaluation.gates import Gate, GateVerdict
+    from mlharbor.registry.service import Registry
+    from mlharbor.settings import Settings
+
+
+class Progress:
+    """Progress sink; the CLI subclasses it with Rich bars. Tasks: data, search, folds, fit."""
+
+    def start(self, task: str, description: str, total: int | None = None) -> None:
+        """Begin ``task``."""
+
+    def advance(self, task: str, amount: int = 1) -> None:
+        """Advance ``task``."""
+
+    def finish(self, task: str) -> None:
+        """End ``task``."""
+
+    def note(self, message: str) -> None:
+        """A one-line message (a data-check warning, a skipped comparison)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedCandidate:
+    index: int
+    name: str
+    estimator_path: str
+    cls: type[Any]
+    settings: list[dict[str, Any]]  # params of each setting to try (base params merged)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    candidates: list[PlannedCandidate]
+    gates: list[Gate]
+
+
+@dataclasses.dataclass
+class TrainingOutcome:
+    """Everything a run produced, before anything is registered."""
+
+    recipe: Recipe
+    dataset: Dataset
+    schema: Schema
+    checks: CheckReport
+    model: Any
+    winner: str
+    report: dict[str, Any]
+    verdicts: list[GateVerdict]
+    metrics: dict[str, float]
+    params: dict[str, str]
+    profile: dict[str, Any]
+    sample_input: pd.DataFrame
+    training_data: pd.DataFrame
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+    @property
+    def failed_gates(self) -> list[GateVerdict]:
+        return [v for v in self.verdicts if not v.passed]
+
+
+def prepare(recipe: Recipe, task: str | None = None) -> Plan:
+    """Check what can be checked without data; errors name the recipe line."""
+    from mlharbor.evaluation.gates import parse_gate
+    from mlharbor.evaluation.metrics import check_metric
+    from mlharbor.training.candidates import expand_search, make_estimator, resolve_estimator
+
+    task = task or recipe.data.task
+    seed = recipe.validation.seed
+    planned = []
+    for i, cand in enumerate(recipe.candidates):
+        try:
+            cls = resolve_estimator(cand.estimator)
+        except ConfigError as exc:
+            raise _at(recipe, ("candidates", i, "estimator"), exc) from exc
+        try:
+            make_estimator(cls, cand.params, seed)
+        except ConfigError as exc:
+            raise _at(recipe, ("candidates", i, "params"), exc) from exc
+        settings = [dict(cand.params)]
+        if cand.search is not None:
+            try:
+                found = expand_search(cls, cand.search.method, cand.search.space,
+                                      cand.search.n_iter, seed)
+            except ConfigError as exc:
+                raise _at(recipe, ("candidates", i, "search", "space"), exc) from exc
+            settings = [{**cand.params, **s} for s in found]
+        if task is not None:
+            _check_estimator_task(recipe, i, cls, task)
+        planned.append(PlannedCandidate(i, cand.label, cand.estimator, cls, settings))
+    names = [p.name for p in planned]
+    if len(set(names)) != len(names):
+        raise recipe.error(("candidates",), f"candidate names must be unique; got {names}",
+                           hint="Give each candidate a distinct `name`.")
+    gates = []
+    for i, text in enumerate(recipe.gates):
+        try:
+            gates.append(parse_gate(text, task or "classification") if task else
+                         _parse_any_task(text))
+        except ConfigError as exc:
+            raise _at(recipe, ("gates", i), exc) from exc
+    if recipe.metrics.primary and task:
+        try:
+            check_metric(recipe.metrics.primary, task)
+        except ConfigError as exc:
+            raise _at(recipe, ("metrics", "primary"), exc) from exc
+    return Plan(recipe, planned, gates)
+
+
+def _parse_any_task(text: str) -> Gate:
+    from mlharbor.evaluation.gates import parse_gate
+
+    try:
+        return parse_gate(text, "classification")
+    except ConfigError:
+        return parse_gate(text, "regression")
+
+
+def _check_estimator_task(recipe: Recipe, index: int, cls: type[Any], task: str) -> None:
+    from sklearn.base import is_classifier, is_regressor
+
+    probe = cls()
+    wrong = (task == "classification" and is_regressor(probe)) or (
+        task == "regression" and is_classifier(probe))
+    if wrong:
+        raise recipe.error(
+            ("candidates", index, "estimator"),
+            f"{cls.__name__} does not fit a {task} task",
+            hint=f"Pick a {'classifier' if task == 'classification' else 'regressor'}, or set "
+                 "data.task.",
+        )
+
+
+def _at(recipe: Recipe, loc: tuple[str | int, ...], exc: MlharborError) -> ConfigError:
+    return ConfigError(f"{recipe.where(*loc)}: {exc.message}", hint=exc.hint,
+                       field=".".join(str(p) for p in loc))
+
+
+def run_training(
+    recipe: Recipe,
+    *,
+    champion: Any | None = None,
+    champion_ref: str | None = None,
+    champion_note: str | None = None,
+    n_jobs: int = -1,
+    s3_endpoint_url: str | None = None,
+    s3_region: str = "us-east-1",
+    progress: Progress | None = None,
+) -> TrainingOutcome:
+    """Load, check, cross-validate, pick, fit and judge; see the module docstring."""
+    from mlharbor.data.profile import build_profile
+    from mlharbor.data.splits import plan_splits
+    from mlharbor.evaluation.assessment import assess, permutation_importances
+    from mlharbor.evaluation.metrics import Target, default_primary
+    from mlharbor.training.binding import bind_schema, check_data, load_data
+
+    progress = progress or Progress()
+    started = time.perf_counter()
+    prepare(recipe)
+    progress.start("data", "Loading data", None)
+    dataset = load_data(recipe, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+    progress.finish("data")
+    schema = bind_schema(recipe, dataset)
+    plan = prepare(recipe, schema.task)
+    progress.start("checks", "Checking data", None)
+    checks = check_data(recipe, dataset, schema, warn=progress.note)
+    progress.finish("checks")
+    spec, validation = recipe.data, recipe.validation
+    frame = dataset.frame[dataset.frame[spec.target].notna()].reset_index(drop=True)
+    splits = plan_splits(
+        frame, spec.target, task=schema.task, strategy=validation.strategy,
+        holdout=validation.holdout, folds=validation.folds, seed=validation.seed,
+        group_column=validation.group_column, time_column=spec.time_column,
+    )
+    X = frame[schema.feature_names]
+    y = frame[spec.target].to_numpy()
+    classes = schema.classes
+    pos_label = spec.positive_class if spec.positive_class is not None else (
+        classes[-1] if classes else None)
+    target = Target(schema.task, classes, pos_label)
+    primary = recipe.metrics.primary or default_primary(schema.task, len(classes))
+    settings = _candidate_settings(plan, schema, X)
+    total = len(settings + [None]) * len(splits.folds)
+    progress.start("folds", f"Cross-validating {len(settings)} setting(s) + baseline", total)
+
+    def on_stage(stage: str) -> None:
+        if stage == "fit":
+            progress.finish("folds")
+            progress.start("fit", "Fitting the winner and scoring the holdout", None)
+
+    assessment = assess(
+        settings,
+        (X.iloc[splits.train], y[splits.train], X.iloc[splits.holdout], y[splits.holdout]),
+        splits.folds, target, primary=primary, gates=plan.gates,
+        baseline=recipe.metrics.baseline, seed=validation.seed,
+        resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
+        n_jobs=n_jobs, on_fold=lambda _key, _scores: progress.advance("folds"),
+        on_stage=on_stage,
+    )
+    importances = permutation_importances(
+        assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
+        seed=validation.seed,
+    )
+    progress.finish("fit")
+    train_part = X.iloc[splits.train]
+    profile = build_profile(train_part, schema.features, seed=validation.seed,
+                            importances=importances)
+    profile.update(_model_importances(assessment.model))
+    report = {
+        **assessment.report,
+        "model_name": recipe.registration.name if recipe.registration else None,
+        "dataset": dataset.snapshot(),
+        "schema": schema.to_dict(),
+        "splits": splits.describe(),
+        "data_checks": checks.to_dict(),
+        "champion_note": champion_note,
+        "importances": importances,
+    }
+    winner = assessment.winner
+    params = {"candidate": winner.candidate, "estimator": winner.estimator,
+              **{k: str(v) for k, v in sorted(winner.params.items())}}
+    return TrainingOutcome(
+        recipe=recipe, dataset=dataset, schema=schema, checks=checks, model=assessment.model,
+        winner=winner.candidate, report=report, verdicts=assessment.verdicts,
+        metrics=assessment.metrics, params=params, profile=profile,
+        sample_input=train_part.head(5).reset_index(drop=True),
+        training_data=train_part.sample(min(len(train_part), 1000),
+                                        random_state=validation.seed).reset_index(drop=True),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _candidate_settings(plan: Plan, schema: Schema, X: pd.DataFrame) -> list[Any]:
+    """One unfitted pipeline per (candidate, search setting)."""
+    from mlharbor.data.schema import infer_kind
+    from mlharbor.evaluation.assessment import CandidateSetting
+    from mlharbor.training.candidates import build_pipeline, make_estimator
+    from mlharbor.training.preparation import (
+        build_preprocessor,
+        load_feature_functions,
+    )
+
+    recipe = plan.recipe
+    features = dict(schema.features)
+    feature_step = None
+    spec = recipe.preparation.feature_functions
+    if spec is not None:
+        try:
+            feature_step = load_feature_functions(spec, recipe.base_dir)
+        except ConfigError as exc:
+            raise _at(recipe, ("preparation", "feature_functions"), exc) from exc
+        derived = feature_step.fit(X).transform(X.head(200))
+        for column in derived.columns:
+            if column not in features:
+                features[str(column)] = infer_kind(derived[column])
+    settings = []
+    for cand in plan.candidates:
+        for i, params in enumerate(cand.settings):
+            estimator = make_estimator(cand.cls, params, recipe.validation.seed)
+            pipeline = build_pipeline(build_preprocessor(features, recipe.preparation),
+                                      estimator, feature_step)
+            settings.append(CandidateSetting(f"{cand.name}#{i}", cand.name,
+                                             cand.estimator_path, params, pipeline))
+    return settings
+
+
+def _model_importances(model: Any) -> dict[str, Any]:
+    """The estimator's own importances (impurity or coefficients) by prepared feature name."""
+    import numpy as np
+
+    estimator = model.steps[-1][1]
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None and hasattr(estimator, "coef_"):
+        values = np.abs(np.asarray(estimator.coef_)).reshape(-1, np.shape(estimator.coef_)[-1])
+        values = values.mean(axis=0)
+    if values is None:
+        return {}
+    try:
+        names = model.named_steps["prepare"].get_feature_names_out()
+    except Exception:  # not every step knows its output names
+        names = [f"f{i}" for i in range(len(values))]
+    return {"model_importances": {str(n): float(v) for n, v in zip(names, values, strict=False)}}
+
+
+def train(
+    recipe: Recipe,
+    *,
+    registry: Registry,
+    settings: Settings,
+    actor: str = "local",
+    progress: Progress | None = None,
+) -> TrainJobResult:
+    """Train from ``recipe`` and register the winner (Python twin of ``mlharbor train``)."""
+    from mlharbor.registry.bundles import load_predictor
+
+    if recipe.registration is None:
+        raise recipe.error(("register",), "the recipe has no `register` section",
+                           hint="Add `register: {name: my-model}` to name the model.")
+    plan = prepare(recipe)
+    del plan  # fail fast on a bad recipe before touching the registry
+    name = recipe.registration.name
+    champion, champion_ref, note = None, None, None
+    try:
+        current = registry.get_version(f"{name}@champion")
+        champion = load_predictor(registry, current.ref, settings)
+        champion_ref = current.ref
+    except NotFoundError:
+        note = f"No champion of {name!r} yet: the champion comparison was skipped."
+    outcome = run_training(
+        recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
+        n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region, progress=progress,
+    )
+    failed = outcome.failed_gates
+    reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
+    version = _register(registry, name, outcome, settings=settings, actor=actor,
+                        status="failed" if failed else "ready", status_reason=reason)
+    alias = recipe.registration.alias
+    moved = None
+    if not failed and alias:
+        registry.set_alias(name, alias, version.version, actor=actor,
+                           reason=f"passed gates: {', '.join(recipe.gates) or 'none'}")
+        moved = alias
+    return TrainJobResult(outcome, version, moved)
+
+
+def _register(
+    registry: Registry, name: str, outcome: TrainingOutcome, *, settings: Settings,
+    actor: str, status: str, status_reason: str | None,
+) -> Any:
+    """Register the winner with metrics, params, lineage, report and reference profile."""
+    import inspect
+    import tempfile
+    from pathlib import Path
+
+    from mlharbor.registry.bundles import register_model
+
+    spec = outcome.recipe.registration
+    assert spec is not None
+    common: dict[str, Any] = {
+        "description": spec.description, "tags": spec.tags, "metrics": outcome.metrics,
+        "params": outcome.params, "lineage": lineage_of(outcome), "actor": actor,
+    }
+    if "status" in inspect.signature(register_model).parameters:
+        return register_model(
+            registry, name, outcome.model, settings=settings, sample_input=outcome.sample_input,
+            training_data=outcome.training_data, status=status, status_reason=status_reason,
+            **common,
+        ).version
+    # register_model cannot record a failed gate yet: the same two steps it takes (build a
+    # verified bundle, register it) with the status given, so a failed version is never
+    # visible as ready, not even for a moment.
+    from mlharbor.formats.base import TrustOptions
+    from mlharbor.formats.builder import build_bundle
+
+    trust = TrustOptions(skops_trusted_types=tuple(settings.formats.skops_trusted_types))
+    with tempfile.TemporaryDirectory(prefix="mlharbor-bundle-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        built = build_bundle(
+            outcome.model, bundle, sample_input=outcome.sample_input,
+            training_data=outcome.training_data, trust=trust,
+            tolerance=settings.formats.onnx_parity_tolerance, created_by=actor,
+        )
+        return registry.register_version(
+            name, bundle, manifest=built.manifest.to_dict(), status=status,
+            status_reason=status_reason, **common,
+        )
+
+
+@dataclasses.dataclass
+class TrainJobResult:
+    outcome: TrainingOutcome
+    version: Any  # core.records.ModelVersion
+    alias: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome.passed
+
+
+OnFold = Callable[[str, Any], None]
+
+
+def lineage_of(outcome: TrainingOutcome) -> dict[str, Any]:
+    """Where the version came from; enough for ``reproduce`` to re-run it."""
+    from mlharbor.registry.lineage import git_commit
+
+    recipe = outcome.recipe
+    lineage: dict[str, Any] = {
+        "dataset": outcome.dataset.snapshot(),
+        "recipe": recipe.to_dict(),
+        "recipe_source": recipe.source,
+        "recipe_base_dir": str(recipe.base_dir),
+        "seed": recipe.validation.seed,
+        "schema": outcome.schema.to_dict(),
+        "data_checks": outcome.checks.to_dict(),
+        "winner": outcome.winner,
+        "training_seconds": round(outcome.seconds, 3),
+        "evaluation": outcome.report,
+        "reference_profile": outcome.profile,
+    }
+    commit = git_commit(recipe.base_dir)
+    if commit:
+        lineage["code_version"] = commit
+    return lineage
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricCheck:
+    metric: str
+    stored: float | None
+    reproduced: float | None
+
+    @property
+    def matches(self) -> bool:
+        if self.stored is None or self.reproduced is None:
+            return False
+        return abs(self.stored - self.reproduced) <= 1e-9 * max(1.0, abs(self.stored))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceResult:
+    ref: str
+    same_data: bool
+    checks: list[MetricCheck]
+    outcome: TrainingOutcome
+
+    @property
+    def matches(self) -> bool:
+        return self.same_data and all(c.matches for c in self.checks)
+
+
+def reproduce(
+    registry: Registry, ref: str, *, settings: Settings, progress: Progress | None = None
+) -> ReproduceResult:
+    """Re-run training from a version's stored lineage and compare every stored metric."""
+    from mlharbor.training.recipe import recipe_from_dict
+
+    version = registry.get_version(ref)
+    stored = version.lineage.get("recipe")
+    if not isinstance(stored, dict):
+        raise InvalidInputError(
+            f"Version {version.ref} has no stored recipe in its lineage, so it cannot be "
+            "reproduced; it was not registered by `mlharbor train`."
+        )
+    from pathlib import Path
+
+    base_dir = Path(version.lineage.get("recipe_base_dir") or ".")
+    recipe = recipe_from_dict(stored, source=f"recipe of {version.ref}", base_dir=base_dir)
+    outcome = run_training(recipe, n_jobs=settings.training.n_jobs,
+                           s3_endpoint_url=settings.s3_endpoint_url,
+                           s3_region=settings.s3_region, progress=progress)
+    fingerprint = (version.lineage.get("dataset") or {}).get("fingerprint")
+    names = sorted(set(version.metrics) | set(outcome.metrics))
+    checks = [MetricCheck(n, version.metrics.get(n), outcome.metrics.get(n)) for n in names]
+    return ReproduceResult(version.ref, fingerprint == outcome.dataset.fingerprint, checks,
+                           outcome)
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionEvaluation:
+    ref: str
+    rows: int
+    report: dict[str, Any]
+
+
+def evaluate(
+    registry: Registry, ref: str, data: str, *, settings: Settings, resamples: int = 500
+) -> VersionEvaluation:
+    """Score a registered version on new labelled data (Python twin of ``mlharbor evaluate``)."""
+    from mlharbor.data.loading import load_table
+    from mlharbor.evaluation.bootstrap import resample_indices
+    from mlharbor.evaluation.metrics import Target
+    from mlharbor.evaluation.report import clean_json, evaluate_holdout
+    from mlharbor.registry.bundles import load_predictor
+
+    version = registry.get_version(ref)
+    schema = version.lineage.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidInputError(
+            f"Version {version.ref} has no stored schema (target, task, features) in its "
+            "lineage; it was not registered by `mlharbor train`."
+        )
+    dataset = load_table(data, s3_endpoint_url=settings.s3_endpoint_url,
+                         s3_region=settings.s3_region)
+    frame = dataset.frame
+    needed = [schema["target"], *schema["features"]]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InvalidInputError(
+            f"The data {dataset.uri!r} lacks column(s) {missing} that {version.ref} needs "
+            f"(target {schema['target']!r} and features {list(schema['features'])}).",
+            field="data",
+        )
+    frame = frame[frame[schema["target"]].notna()]
+    recipe = version.lineage.get("recipe") or {}
+    classes = tuple(schema.get("classes") or ())
+    pos_label = (recipe.get("data") or {}).get("positive_class")
+    target = Target(schema["task"], classes,
+                    pos_label if pos_label is not None else (classes[-1] if classes else None))
+    predictor = load_predictor(registry, version.ref, settings)
+    y = frame[schema["target"]].to_numpy()
+    result = evaluate_holdout(predictor, frame[list(schema["features"])], y, target,
+                              resample_indices(len(y), resamples, 0) if resamples else [])
+    report = {
+        "format": "mlharbor.evaluation/v1",
+        "model_name": version.name,
+        "version": version.ref,
+        "task": target.task,
+        "classes": list(classes),
+        "positive_class": target.pos_label,
+        "primary_metric": (recipe.get("metrics") or {}).get("primary") or "",
+        "dataset": dataset.snapshot(),
+        "holdout": result.to_dict(),
+        "stored_metrics": version.metrics,
+    }
+    return VersionEvaluation(version.ref, len(y), clean_json(report))

@@ -1,0 +1,226 @@
+"""ASGI authentication and authorization for every HTTP surface.
+
+Per request: match the path against the route table (template, path parameters), take the
+credential (``Authorization: Bearer`` API key or JWT, or ``X-API-Key``), rate-limit it, look up
+the route's rule in the route table and ask the policy. The principal is put on
+``request.state.principal`` for routes (``actor_of``). Each refusal (401, 403) writes exactly
+one ``denied`` audit record; nothing about the credential itself is ever logged or returned.
+
+Public routes (``/livez``, ``/readyz``) pass untouched. A path no rule matches never reaches the
+app (404/405 after authentication): new routes must be added to the table before anyone, admins
+included, can call them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import anyio.to_thread
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mlharbor.core.errors import AuthenticationError, LimitExceededError, MlharborError
+from mlharbor.security import apikeys
+from mlharbor.security.identities import AuditSink, IdentityStore
+from mlharbor.security.policy import Principal, allows
+from mlharbor.security.ratelimit import RateLimiter
+from mlharbor.security.routemap import PUBLIC, RouteRule, RouteTable, declared_routes
+from mlharbor.security.tokens import TokenVerifier
+from mlharbor.security.transport import reply_json
+
+log = logging.getLogger("mlharbor.security")
+ANONYMOUS = "anonymous"
+
+
+class AuthMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, table: RouteTable, identities: IdentityStore,
+        audit: AuditSink | None, limiter: RateLimiter, tokens: TokenVerifier | None = None,
+    ) -> None:
+        self.app = app
+        self.table = table
+        self.identities = identities
+        self.audit = audit
+        self.limiter = limiter
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        rule, params, path_known = self.table.resolve(method, scope.get("path", ""))
+        if rule is not None and rule.action == PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        action = rule.action if rule else "unknown"
+        resource = rule.resource_for(params) if rule else None
+        target = str(resource) if resource else scope.get("path", "")
+        client = (scope.get("client") or ("?", 0))[0]
+        try:
+            principal = await self._authenticate(scope)
+        except AuthenticationError as exc:
+            await self._refuse(scope, send, 401, exc, ANONYMOUS, action, target,
+                               limit_key=f"anon:{client}")
+            return
+        except LimitExceededError as exc:
+            await self._limited(send, exc)
+            return
+        except MlharborError as exc:  # the identity database is down: fail closed
+            await reply_json(send, 503, exc.code, exc.message, exc.hint)
+            return
+        try:
+            self.limiter.check(principal.credential)
+        except LimitExceededError as exc:
+            await self._limited(send, exc)
+            return
+        if rule is None:
+            status, code = (405, "method_not_allowed") if path_known else (404, "not_found")
+            await reply_json(send, status, code, f"No route {method} {scope.get('path')}.")
+            return
+        if not allows(principal, rule.action, resource):
+            await self._refuse(scope, send, 403, _forbidden(principal, rule, target),
+                               principal.name, action, target)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope) -> Principal:
+        token = credential_of(scope)
+        if token is None:
+            raise AuthenticationError(
+                "This route needs credentials.",
+                hint="Send 'Authorization: Bearer <API key or token>'; an admin creates keys "
+                     "with `mlharbor admin keys create`.",
+            )
+        if apikeys.looks_like_key(token):
+            return await anyio.to_thread.run_sync(self.identities.authenticate_key, token)
+        if self.tokens is None:
+            raise AuthenticationError(
+                "The credential is neither an mlharbor API key nor accepted as a token: no "
+                "JWKS is configured.",
+                hint="Use an API key (mlh_...) or configure security.jwks_file/jwks_url.",
+            )
+        if self.tokens.fetches_remote:  # fetching a JWKS may block
+            return await anyio.to_thread.run_sync(self.tokens.verify, token)
+        return self.tokens.verify(token)
+
+    async def _refuse(
+        self, scope: Scope, send: Send, status: int, exc: MlharborError, actor: str,
+        action: str, target: str, *, limit_key: str | None = None,
+    ) -> None:
+        if limit_key is not None:
+            # Unauthenticated failures are limited per client address before they are
+            # audited, so a flood of bad requests cannot flood the audit trail.
+            try:
+                self.limiter.check(limit_key)
+            except LimitExceededError as limited:
+                await self._limited(send, limited)
+                return
+        await self._record(scope, status, exc, actor, action, target)
+        headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await reply_json(send, status, exc.code, exc.message, exc.hint, headers)
+
+    async def _record(self, scope: Scope, status: int, exc: MlharborError, actor: str,
+                      action: str, target: str) -> None:
+        if self.audit is None:
+            return
+        state = scope.get("state") or {}
+        details = {"method": scope.get("method"), "path": scope.get("path"),
+                   "status": status, "reason": exc.code}
+        try:
+            await anyio.to_thread.run_sync(lambda: self.audit and self.audit(
+                actor=actor, action=action, resource=target, outcome="denied",
+                details=details, request_id=state.get("request_id")))
+        except MlharborError as failure:
+            # Refusing still matters more than recording the refusal.
+            log.error("could not audit a denied request: %s", failure.code)
+
+    async def _limited(self, send: Send, exc: LimitExceededError) -> None:
+        retry = str(max(1, round(exc.retry_after or 1)))
+        await reply_json(send, 429, exc.code, exc.message, exc.hint,
+                         [(b"retry-after", retry.encode())])
+
+
+def credential_of(scope: Scope) -> str | None:
+    """The bearer credential of a request (``Authorization: Bearer`` or ``X-API-Key``)."""
+    for key, value in scope.get("headers") or ():
+        text = bytes(value).decode("latin-1").strip()
+        if key == b"authorization":
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == b"x-api-key" and text:
+            return text
+    return None
+
+
+def _forbidden(principal: Principal, rule: RouteRule, target: str) -> MlharborError:
+    from mlharbor.core.errors import PermissionDeniedError
+
+    roles = ", ".join(str(g) for g in principal.grants) or "none"
+    return PermissionDeniedError(
+        f"{principal.name!r} may not {rule.action} on {target}: granted roles: {roles}.",
+        hint="Ask an admin for a role that allows it (`mlharbor admin policy` lists them).",
+    )
+
+
+def add_auth(
+    app: Any, *, identities: IdentityStore, audit: AuditSink | None, settings: Any,
+    extra_rules: Iterable[RouteRule] = (),
+) -> RouteTable:
+    """Install :class:`AuthMiddleware` on a Starlette/FastAPI app; returns its route table."""
+    from mlharbor.security.routemap import RULES
+    from mlharbor.security.tokens import verifier_from_settings
+
+    table = RouteTable([*RULES, *extra_rules])
+    sec = settings.security
+    app.add_middleware(
+        AuthMiddleware, table=table, identities=identities, audit=audit,
+        limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
+        tokens=verifier_from_settings(sec),
+    )
+    app.state.route_table = table
+    unlisted = table.missing(declared_routes(app))
+    if unlisted:
+        log.warning("routes without a policy rule answer 404 until one is added: %s",
+                    ", ".join(f"{m} {p}" for m, p in unlisted))
+    return table
+
+
+def add_transport(app: Any, settings: Any) -> None:
+    """Install CORS (only when origins are configured) and the transport guard, outermost."""
+    from mlharbor.security.transport import TransportGuard, allowed_hosts
+
+    sec = settings.security
+    if sec.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(sec.cors_origins),
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-api-key",
+                                          "x-request-id"], allow_credentials=False)
+    app.add_middleware(
+        TransportGuard, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
+        max_body_bytes=settings.server.max_body_bytes,
+    )
+
+
+def secure_asgi(
+    app: Any, *, identities: IdentityStore, audit: AuditSink | None, settings: Any,
+    extra_rules: Iterable[RouteRule] = (),
+) -> Any:
+    """Wrap any ASGI app (the serving app) in the transport guard and authentication."""
+    from mlharbor.security.routemap import RULES
+    from mlharbor.security.tokens import verifier_from_settings
+    from mlharbor.security.transport import TransportGuard, allowed_hosts
+
+    sec = settings.security
+    table = RouteTable([*RULES, *extra_rules])
+    guarded = AuthMiddleware(
+        app, table=table, identities=identities, audit=audit,
+        limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
+        tokens=verifier_from_settings(sec))
+    return TransportGuard(guarded, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
+                          max_body_bytes=settings.server.max_body_bytes)

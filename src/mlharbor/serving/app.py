@@ -1,0 +1,142 @@
+"""The serving app factory: every protocol on one predictor core, nothing built at import time.
+
+``create_serving_app(settings, registry)`` serves every endpoint stored in the registry;
+``create_serving_app(settings, registry, ref="churn@champion")`` serves one model without any
+setup, as an endpoint named after the model (so Open Inference and KServe clients call it
+``churn``). The app polls the registry and swaps versions in after they are warm; on shutdown
+(SIGTERM, once uvicorn has drained in-flight requests) it stops polling and flushes the sink.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.serving.batching import MicroBatcher
+from mlharbor.serving.core import DataPlane
+from mlharbor.serving.http import HttpApp, Request, Response, Route, Router
+from mlharbor.serving.pool import ModelPool
+from mlharbor.serving.reconciler import Reconciler
+from mlharbor.serving.sink import NullSink, PredictionSink, SinkDispatcher
+
+if TYPE_CHECKING:
+    from mlharbor.registry.endpoints import EndpointSpec
+    from mlharbor.registry.service import Registry
+    from mlharbor.serving.loader import ModelLoader
+    from mlharbor.serving.model import ServedModel
+    from mlharbor.settings import Settings
+
+log = logging.getLogger("mlharbor.serving")
+
+
+class ServingApp:
+    """The ASGI app (auth in front of the lean HTTP layer), with handles on its parts."""
+
+    def __init__(self, asgi: Any, http: HttpApp, plane: DataPlane, pool: ModelPool,
+                 reconciler: Reconciler, dispatcher: SinkDispatcher) -> None:
+        self.asgi = asgi
+        self.http = http
+        self.plane = plane
+        self.pool = pool
+        self.reconciler = reconciler
+        self.dispatcher = dispatcher
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.asgi(scope, receive, send)
+
+
+def single_model_spec(ref: str) -> EndpointSpec:
+    """The implicit endpoint of ``mlharbor serve REF``: named after the model, one route."""
+    from mlharbor.core.refs import ModelRef
+    from mlharbor.registry.endpoints import EndpointSpec
+
+    parsed = ModelRef.parse(ref)
+    return EndpointSpec(name=parsed.name, routes=[{"ref": str(parsed)}])  # type: ignore[list-item]
+
+
+def create_serving_app(
+    settings: Settings, registry: Registry, *, ref: str | None = None,
+    endpoints: list[EndpointSpec] | None = None, sink: PredictionSink | None = None,
+    loader: ModelLoader | None = None, auth: bool = True,
+) -> ServingApp:
+    """Build the serving app for ``settings`` (see the module docstring for ``ref``).
+
+    ``endpoints`` serves fixed specs instead of the stored ones; ``sink`` receives the
+    prediction records (monitoring); ``loader`` replaces how versions are loaded (tests);
+    ``auth`` puts the security middleware (API keys, the policy table) in front.
+    """
+    from mlharbor.api.errors import status_for
+    from mlharbor.serving.loader import registry_loader
+    from mlharbor.serving.protocols import kserve, mlflow, native, open_inference
+    from mlharbor.telemetry.metrics import CONTENT_TYPE, ServingMetrics
+
+    serving = settings.serving
+    metrics = ServingMetrics()
+    dispatcher = SinkDispatcher(sink or NullSink(), on_drop=metrics.records_dropped.inc)
+    plane = DataPlane(metrics=metrics, sink=dispatcher,
+                      default_endpoint=serving.default_endpoint)
+    inference = ThreadPoolExecutor(serving.inference_threads, "mlharbor-infer")
+    loads = ThreadPoolExecutor(2, "mlharbor-load")
+    pool = ModelPool(loader or registry_loader(registry, settings), metrics=metrics,
+                     load_executor=loads)
+
+    def make_batcher(model: ServedModel, spec: EndpointSpec) -> MicroBatcher:
+        b = spec.batching
+        name = spec.name
+        return MicroBatcher(
+            model, inference,
+            enabled=serving.batching if b.enabled is None else b.enabled,
+            max_batch_size=b.max_batch_size or serving.max_batch_size,
+            max_wait_s=(serving.max_batch_wait_ms if b.max_wait_ms is None
+                        else b.max_wait_ms) / 1000.0,
+            on_batch=lambda rows: metrics.observe_batch(name, rows),
+        )
+
+    fixed = endpoints if endpoints is not None else (
+        [single_model_spec(ref)] if ref is not None else None)
+    reconciler = Reconciler(plane, pool, registry, serving, make_batcher, fixed=fixed)
+
+    router = Router()
+    for route in (*native.routes(plane, pool), *open_inference.routes(plane),
+                  *mlflow.routes(plane), *kserve.routes(plane)):
+        router.add(route)
+
+    async def metrics_route(request: Request) -> Response:
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE.encode())
+
+    async def openapi_route(request: Request) -> Response:
+        from mlharbor.serving.openapi import openapi_document
+
+        return Response(openapi_document())
+
+    router.add(Route("GET", "/metrics", metrics_route, "metrics", native.render_error))
+    router.add(Route("GET", "/openapi.json", openapi_route, "native", native.render_error))
+
+    async def lifespan(phase: str) -> None:
+        if phase == "startup":
+            dispatcher.start()
+            try:
+                await reconciler.sync()
+            except Exception as exc:  # the poller retries; readiness stays false meanwhile
+                plane.sync_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("first sync failed: %s", plane.sync_error)
+            reconciler.start()
+        elif phase == "shutdown":
+            await reconciler.stop()
+            dispatcher.stop()
+            inference.shutdown(wait=False, cancel_futures=True)
+            loads.shutdown(wait=False, cancel_futures=True)
+
+    http = HttpApp(
+        router, metrics=metrics, status_for=status_for,
+        max_body_bytes=settings.server.max_body_bytes,
+        max_concurrency=serving.max_concurrency, debug=settings.server.debug,
+        default_error=native.render_error, access_log=serving.access_log, lifespan=lifespan,
+    )
+    asgi: Any = http
+    if auth:
+        from mlharbor.serving.auth import with_auth
+
+        asgi = with_auth(http, registry, settings)
+    return ServingApp(asgi, http, plane, pool, reconciler, dispatcher)

@@ -1,0 +1,90 @@
+"""Authentication for the serving app: the security layer's middleware and its one route table.
+
+The identity lookup is wrapped in a short-lived cache, because serving must not depend on the
+metadata database per request: a key checked in the last ``ttl_s`` seconds is trusted again
+without a query (revocations take effect within ``ttl_s``), and while the database is down a
+key seen before keeps working. Unknown keys are always checked against the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.core.errors import AuthenticationError, MlharborError
+
+if TYPE_CHECKING:
+    from mlharbor.registry.service import Registry
+    from mlharbor.settings import Settings
+
+MAX_CACHED_KEYS = 10_000
+
+
+class CachedIdentities:
+    """``authenticate_key`` with a TTL cache in front; anything else goes to the real store."""
+
+    def __init__(self, inner: Any, *, ttl_s: float = 10.0) -> None:
+        self.inner = inner
+        self.ttl_s = ttl_s
+        self._cache: dict[bytes, tuple[Any, float]] = {}
+
+    def cached(self, key: str) -> Any:
+        """The principal of a key checked within ``ttl_s``, or None (no I/O: safe on the loop)."""
+        hit = self._cache.get(hashlib.sha256(key.encode()).digest())
+        if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
+            return hit[0]
+        return None
+
+    def authenticate_key(self, key: str) -> Any:
+        digest = hashlib.sha256(key.encode()).digest()
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < self.ttl_s:
+            return hit[0]
+        try:
+            principal = self.inner.authenticate_key(key)
+        except AuthenticationError:
+            self._cache.pop(digest, None)
+            raise
+        except MlharborError:
+            if hit is not None:  # the database is down: a key seen before keeps working
+                return hit[0]
+            raise
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            self._cache.clear()
+        self._cache[digest] = (principal, now)
+        return principal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def with_auth(app: Any, registry: Registry, settings: Settings) -> Any:
+    """``app`` behind the security middleware, with the shared route -> action table."""
+    from mlharbor.bootstrap import open_identities
+    from mlharbor.security.middleware import AuthMiddleware, credential_of
+    from mlharbor.security.ratelimit import RateLimiter
+    from mlharbor.security.routemap import RULES, RouteTable
+    from mlharbor.security.tokens import verifier_from_settings
+
+    class ServingAuthMiddleware(AuthMiddleware):
+        """Answers recently seen keys from the cache on the event loop (no thread hop)."""
+
+        async def _authenticate(self, scope: Any) -> Any:
+            token = credential_of(scope)
+            if token is not None:
+                principal = identities.cached(token)
+                if principal is not None:
+                    return principal
+            return await super()._authenticate(scope)
+
+    identities = CachedIdentities(open_identities(registry))
+    sec = settings.security
+    return ServingAuthMiddleware(
+        app, table=RouteTable(RULES),
+        identities=identities,  # type: ignore[arg-type]
+        audit=registry.store.record,
+        limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
+        tokens=verifier_from_settings(sec),
+    )

@@ -1,0 +1,119 @@
+"""Adaptive micro-batching: concurrent requests for one model run as one inference call.
+
+A request never waits for company when the model is idle: the first request of a quiet period
+runs at once. While a batch runs (in a worker thread, off the event loop), new requests queue;
+the next batch takes them all, up to ``max_batch_size`` rows, never splitting a request. Only
+under load (the previous batch held several requests) does a batch wait up to ``max_wait`` for
+more. So latency stays that of one call when traffic is light, and throughput approaches that
+of full batches when it is heavy.
+
+The worker task exists only while requests are queued, so a batcher needs no shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from mlharbor.serving.model import Outputs, ServedModel
+
+BatchObserver = Callable[[int], None]
+
+
+class _Item:
+    __slots__ = ("future", "rows", "x")
+
+    def __init__(self, x: Any, rows: int, future: asyncio.Future[Outputs]) -> None:
+        self.x = x
+        self.rows = rows
+        self.future = future
+
+
+class MicroBatcher:
+    """Queues prepared requests for one model and runs them in batches."""
+
+    def __init__(
+        self, model: ServedModel, executor: Executor, *, enabled: bool = True,
+        max_batch_size: int = 64, max_wait_s: float = 0.001,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.executor = executor
+        self.enabled = enabled
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._last_items = 0
+
+    async def submit(self, x: Any, rows: int) -> Outputs:
+        """The outputs of one prepared request, computed alone or within a batch."""
+        loop = asyncio.get_running_loop()
+        if not self.enabled:
+            if self.on_batch is not None:
+                self.on_batch(rows)
+            return await loop.run_in_executor(self.executor, self.model.run, x)
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(_Item(x, rows, future))
+        if self._worker is None:
+            self._worker = loop.create_task(self._drain())
+        return await future
+
+    def _take(self, batch: list[_Item], rows: int) -> int:
+        queue = self._queue
+        while queue and (not batch or rows + queue[0].rows <= self.max_batch_size):
+            item = queue.popleft()
+            if item.future.done():  # the caller gave up (timeout); skip its rows
+                continue
+            batch.append(item)
+            rows += item.rows
+        return rows
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch: list[_Item] = []
+                rows = self._take(batch, 0)
+                if (rows < self.max_batch_size and self.max_wait_s > 0
+                        and self._last_items > 1):
+                    await asyncio.sleep(self.max_wait_s)
+                    rows = self._take(batch, rows)
+                if not batch:
+                    continue
+                self._last_items = len(batch)
+                if self.on_batch is not None:
+                    self.on_batch(rows)
+                try:
+                    out = await loop.run_in_executor(self.executor, self._run, batch)
+                except BaseException as exc:
+                    for item in batch:
+                        if item.future.done():
+                            pass
+                        elif isinstance(exc, Exception):
+                            item.future.set_exception(exc)
+                        else:
+                            item.future.cancel()
+                    if isinstance(exc, Exception):
+                        continue
+                    raise
+                start = 0
+                for item in batch:
+                    stop = start + item.rows
+                    if not item.future.done():
+                        item.future.set_result(out if len(batch) == 1 else out.rows(start, stop))
+                    start = stop
+        except asyncio.CancelledError:
+            while self._queue:
+                self._queue.popleft().future.cancel()
+            raise
+        finally:
+            self._worker = None
+
+    def _run(self, batch: list[_Item]) -> Outputs:
+        model = self.model
+        return model.run(model.concat([item.x for item in batch]))

@@ -1,0 +1,226 @@
+"""The predictor core every protocol calls: validate, route, batch, fall back, record.
+
+``DataPlane.predict`` reads the endpoint's current plan once, picks a target (weights, sticky
+key or a pinned version), validates the input against that version's signature *before* any
+inference, submits it to the version's micro-batcher under the endpoint's timeout, and on an
+error or timeout walks the fallback chain (other versions, then a fixed answer). Each answer is
+offered to the prediction sink (never awaited) and, when the endpoint has a shadow, copied to it
+after the answer is on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlharbor.core.clock import utcnow
+from mlharbor.core.errors import (
+    InvalidInputError,
+    MlharborError,
+    NotFoundError,
+    TimeoutError_,
+    UnavailableError,
+)
+from mlharbor.core.records import PredictionRecord
+from mlharbor.serving.model import Outputs, ServedModel
+
+if TYPE_CHECKING:
+    from mlharbor.serving.routing import EndpointPlan, Target
+    from mlharbor.serving.sink import SinkDispatcher
+    from mlharbor.telemetry.metrics import ServingMetrics
+
+log = logging.getLogger("mlharbor.serving")
+
+
+@dataclasses.dataclass(slots=True)
+class Answer:
+    """The outcome of one prediction request."""
+
+    endpoint: str
+    model: ServedModel
+    ref: str
+    outputs: Outputs
+    rows: int
+    fallback: dict[str, Any] | None = None
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.model.classes
+
+
+class DataPlane:
+    """Current plans, and the prediction path over them."""
+
+    def __init__(
+        self, *, metrics: ServingMetrics, sink: SinkDispatcher, default_endpoint: str | None,
+    ) -> None:
+        self.metrics = metrics
+        self.sink = sink
+        self.default_endpoint = default_endpoint
+        self.plans: dict[str, EndpointPlan] = {}
+        self.synced = False
+        self.sync_error: str | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def install(self, plans: dict[str, EndpointPlan]) -> None:
+        """Swap in new plans at once; requests in flight finish on the plans they read."""
+        self.plans = plans
+        self.synced = True
+        for name, plan in plans.items():
+            self.metrics.versions_ready.labels(self.metrics.endpoint_label(name)).set(
+                1 if plan.servable else 0)
+
+    @property
+    def ready(self) -> bool:
+        """Ready once the first sync is done and every endpoint has a warmed-up version."""
+        return self.synced and all(p.servable for p in self.plans.values())
+
+    def plan(self, name: str) -> EndpointPlan:
+        plan = self.plans.get(name)
+        if plan is None:
+            raise NotFoundError(
+                f"No endpoint or model is served under the name {name!r}.",
+                hint=f"Served: {', '.join(sorted(self.plans)) or 'none'}.",
+                field="endpoint", expected=sorted(self.plans), received=name,
+            )
+        if not plan.servable:
+            reasons = "; ".join(f"{r.ref}: {r.reason or r.state}" for r in plan.routes)
+            raise UnavailableError(f"Endpoint {name!r} has no loaded version yet ({reasons}).",
+                                   hint="Check `mlharbor endpoints show` for the load status.")
+        return plan
+
+    def default_name(self) -> str:
+        """The endpoint of routes that name none (MLflow's /invocations)."""
+        if self.default_endpoint:
+            return self.default_endpoint
+        if len(self.plans) == 1:
+            return next(iter(self.plans))
+        raise InvalidInputError(
+            f"This server serves {len(self.plans)} endpoints; say which one.",
+            hint="Send the X-Mlharbor-Endpoint header, or use /v1/endpoints/{name}/predict.",
+            field="X-Mlharbor-Endpoint", expected=sorted(self.plans), received=None,
+        )
+
+    # -- predictions ------------------------------------------------------------------------
+
+    async def predict(
+        self, endpoint: str, data: Any, *, request_id: str,
+        headers: Mapping[bytes, bytes] | None = None, version: int | None = None,
+    ) -> Answer:
+        started = time.perf_counter()
+        plan = self.plan(endpoint)
+        if version is not None:
+            target = plan.find_version(plan.targets[0].model.name, version)
+            if target is None:
+                raise NotFoundError(
+                    f"Version {version} is not served by {endpoint!r}.",
+                    hint=f"Served: {', '.join(t.model.ref for t in plan.targets)}.",
+                    field="version", received=version,
+                )
+        else:
+            sticky = headers.get(plan.sticky_header) if headers else None
+            target = plan.pick(sticky)
+        x, rows = self._prepare(plan, target.model, data)
+        try:
+            async with asyncio.timeout(plan.timeout_s):
+                outputs = await target.batcher.submit(x, rows)
+            answer = Answer(endpoint, target.model, target.ref, outputs, rows)
+        except (TimeoutError, Exception) as exc:
+            answer = await self._fall_back(plan, target, data, rows, exc, request_id)
+        self._record(answer, data, request_id, time.perf_counter() - started, shadow=False)
+        if plan.shadow is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow(plan, plan.shadow, data, request_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return answer
+
+    def _prepare(self, plan: EndpointPlan, model: ServedModel, data: Any) -> tuple[Any, int]:
+        x, rows = model.prepare(data)
+        if rows < 1:
+            raise InvalidInputError("The request holds no rows; send at least one.",
+                                    field="rows", expected=">= 1", received=rows)
+        if rows > plan.max_rows:
+            raise InvalidInputError(
+                f"The request holds {rows} rows; endpoint {plan.name!r} takes at most "
+                f"{plan.max_rows}.", hint="Split the request.", field="rows",
+                expected=f"<= {plan.max_rows}", received=rows)
+        return x, rows
+
+    async def _fall_back(
+        self, plan: EndpointPlan, failed: Target, data: Any, rows: int, exc: BaseException,
+        request_id: str,
+    ) -> Answer:
+        timed_out = isinstance(exc, TimeoutError)
+        reason = "timeout" if timed_out else "error"
+        log.warning("%s failed on %s (%s): %s", failed.model.ref, plan.name, reason,
+                    type(exc).__name__,
+                    extra={"request_id": request_id, "endpoint": plan.name,
+                           "event": "prediction.failed", "reason": reason})
+        for fallback in plan.fallbacks:
+            if fallback.model is failed.model:
+                continue
+            try:
+                x, n = self._prepare(plan, fallback.model, data)
+                async with asyncio.timeout(plan.timeout_s):
+                    outputs = await fallback.batcher.submit(x, n)
+            except (TimeoutError, Exception):
+                continue
+            self.metrics.fallback(plan.name, reason)
+            return Answer(plan.name, fallback.model, fallback.ref, outputs, n, fallback={
+                "reason": reason, "from": failed.model.ref, "to": fallback.model.ref})
+        if plan.default_answer is not None:
+            self.metrics.fallback(plan.name, reason)
+            value = plan.default_answer.prediction
+            outputs = Outputs(np.array([value] * rows, dtype=object), None)
+            return Answer(plan.name, failed.model, "default", outputs, rows, fallback={
+                "reason": reason, "from": failed.model.ref, "to": "default"})
+        if timed_out:
+            raise TimeoutError_(
+                f"{failed.model.ref} took longer than {plan.timeout_s:g}s on endpoint "
+                f"{plan.name!r}.", hint="Retry, send fewer rows, or raise limits.timeout_ms.",
+            ) from exc
+        if isinstance(exc, MlharborError):
+            raise exc
+        raise UnavailableError(
+            f"{failed.model.ref} failed to predict ({type(exc).__name__}); endpoint "
+            f"{plan.name!r} has no fallback that could answer.",
+            hint="Add a fallback to the endpoint, or check the server log for this request id.",
+        ) from exc
+
+    async def _shadow(self, plan: EndpointPlan, shadow: Target, data: Any,
+                      request_id: str) -> None:
+        started = time.perf_counter()
+        try:
+            x, rows = shadow.model.prepare(data)
+            async with asyncio.timeout(plan.timeout_s):
+                outputs = await shadow.batcher.submit(x, rows)
+        except (TimeoutError, Exception) as exc:
+            log.info("shadow %s failed: %s", shadow.model.ref, type(exc).__name__,
+                     extra={"request_id": request_id, "endpoint": plan.name,
+                            "event": "shadow.failed"})
+            return
+        answer = Answer(plan.name, shadow.model, shadow.ref, outputs, rows)
+        self._record(answer, data, request_id, time.perf_counter() - started, shadow=True)
+
+    def _record(self, answer: Answer, data: Any, request_id: str, latency: float, *,
+                shadow: bool) -> None:
+        fallback = answer.fallback["to"] if answer.fallback else None
+        self.sink.offer(PredictionRecord(
+            request_id=request_id, endpoint=answer.endpoint, model_ref=answer.ref,
+            served_version=None if fallback == "default" else answer.version, inputs=data,
+            outputs=answer.outputs, latency_s=latency, at=utcnow(), shadow=shadow,
+            fallback=fallback,
+        ))

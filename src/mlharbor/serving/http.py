@@ -1,0 +1,309 @@
+"""A lean ASGI layer for the serving hot path: routing, body limits, load shedding, errors.
+
+Starlette's request/response objects and FastAPI's dependency machinery cost more than the
+model on a one-row request, so the prediction routes run on this small layer instead: an exact
+path table plus a few compiled patterns, bodies read into bytes with a size cap, and responses
+sent as two ASGI messages. Each route names its protocol (metrics label, error body shape) and
+whether it is a prediction (counted against the concurrency limit).
+
+Limits: a ``Content-Length`` above the limit is refused with 413 before a byte of the body is
+read (and a chunked body is cut off as soon as it passes the limit); more predictions in flight
+than ``max_concurrency`` are refused at once with 503 and ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from mlharbor.core.errors import (
+    LimitExceededError,
+    MlharborError,
+    NotFoundError,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    from mlharbor.telemetry.metrics import ServingMetrics
+
+log = logging.getLogger("mlharbor.serving.http")
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+JSON = b"application/json"
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class Request:
+    __slots__ = ("_headers", "body", "endpoint", "method", "params", "path", "query",
+                 "raw_headers", "request_id", "scope")
+
+    def __init__(self, scope: dict[str, Any], body: bytes, request_id: str,
+                 params: dict[str, str]) -> None:
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: bytes = scope.get("query_string", b"")
+        self.raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self.body = body
+        self.request_id = request_id
+        self.params = params
+        self.endpoint: str | None = None
+        self._headers: dict[bytes, bytes] | None = None
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        if self._headers is None:
+            self._headers = dict(self.raw_headers)
+        return self._headers
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    body: bytes
+    status: int = 200
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] | None = None
+
+
+def json_response(data: Any, status: int = 200,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status, JSON,
+                    headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorRenderer = Callable[[MlharborError, int], Response]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    protocol: str
+    render_error: ErrorRenderer
+    predict: bool = False
+
+
+class Router:
+    """Exact paths in a dict; ``{param}`` paths as compiled patterns, tried in order."""
+
+    def __init__(self) -> None:
+        self.exact: dict[tuple[str, str], Route] = {}
+        self.patterns: list[tuple[str, re.Pattern[str], Route]] = []
+        self.paths: set[str] = set()
+
+    def add(self, route: Route) -> None:
+        self.paths.add(route.path)
+        if "{" not in route.path:
+            self.exact[(route.method, route.path)] = route
+            return
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/:]+)", re.escape(route.path))
+        self.patterns.append((route.method, re.compile(f"^{regex}$"), route))
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """(route, params, path_exists) for ``method`` and ``path``."""
+        route = self.exact.get((method, path))
+        if route is not None:
+            return route, {}, True
+        found = False
+        for m, pattern, candidate in self.patterns:
+            hit = pattern.match(path)
+            if hit is not None:
+                if m == method:
+                    return candidate, hit.groupdict(), True
+                found = True
+        if not found:
+            found = any(p == path for (_m, p) in self.exact)
+        return None, {}, found
+
+
+class HttpApp:
+    """The ASGI callable: limits, request ids, error mapping, metrics around each route."""
+
+    def __init__(
+        self, router: Router, *, metrics: ServingMetrics, status_for: Callable[[Any], int],
+        max_body_bytes: int, max_concurrency: int, debug: bool = False,
+        default_error: ErrorRenderer, access_log: bool = False,
+        mounts: dict[str, ASGIApp] | None = None,
+        lifespan: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.status_for = status_for
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.debug = debug
+        self.default_error = default_error
+        self.access_log = access_log
+        self.mounts = mounts or {}
+        self.lifespan = lifespan
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            mount = self.mounts.get(scope["path"])
+            if mount is not None:
+                await mount(scope, receive, send)
+                return
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket" and scope["path"] in self.mounts:
+            await self.mounts[scope["path"]](scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            phase = message["type"].rsplit(".", 1)[-1]
+            try:
+                if self.lifespan is not None:
+                    await self.lifespan(phase)
+            except Exception as exc:
+                log.exception("lifespan %s failed", phase)
+                await send({"type": f"{message['type']}.failed", "message": str(exc)})
+                if phase == "startup":
+                    return
+            else:
+                await send({"type": f"{message['type']}.complete"})
+            if phase == "shutdown":
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope["headers"])
+        route, params, exists = self.router.match(scope["method"], scope["path"])
+        request: Request | None = None
+        counted = False
+        render = self.default_error if route is None else route.render_error
+        try:
+            if route is None:
+                if exists:
+                    response = render(_MethodNotAllowed(
+                        f"{scope['method']} is not allowed on {scope['path']}."), 405)
+                else:
+                    raise NotFoundError(f"No route {scope['method']} {scope['path']}.")
+            else:
+                if route.predict:
+                    if self.in_flight >= self.max_concurrency:
+                        self.metrics.shed.inc()
+                        raise OverloadedError(
+                            f"The server is at its limit of {self.max_concurrency} "
+                            "predictions in flight.", hint="Retry after a second.")
+                    self.in_flight += 1
+                    counted = True
+                    self.metrics.in_flight.inc()
+                body = await self._read_body(scope, receive)
+                request = Request(scope, body, request_id, params)
+                response = await route.handler(request)
+        except MlharborError as exc:
+            status = BODY_TOO_LARGE if isinstance(exc, BodyTooLargeError) \
+                else self.status_for(exc)
+            response = render(exc, status)
+            if isinstance(exc, OverloadedError):
+                response.headers = [*(response.headers or []), (b"retry-after", b"1")]
+            elif isinstance(exc, LimitExceededError) and exc.retry_after is not None:
+                response.headers = [*(response.headers or []),
+                                    (b"retry-after", str(max(1, round(exc.retry_after)))
+                                     .encode())]
+        except Exception as exc:
+            log.error("unhandled error on %s %s: %s", scope["method"], scope["path"],
+                      type(exc).__name__, exc_info=exc, extra={"request_id": request_id})
+            response = json_response({"error": {
+                "code": "internal_error",
+                "message": "The server failed to handle this request; it has been logged.",
+                **({"traceback": traceback.format_exception(exc)} if self.debug else {}),
+            }}, 500)
+        finally:
+            if counted:
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+        headers = [(b"content-type", response.content_type),
+                   (b"content-length", str(len(response.body)).encode()),
+                   (b"x-request-id", request_id.encode())]
+        if response.headers:
+            headers.extend(response.headers)
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        elapsed = time.perf_counter() - started
+        protocol = route.protocol if route is not None else "none"
+        endpoint = request.endpoint if request is not None else None
+        self.metrics.observe_request(protocol, endpoint, response.status, elapsed)
+        if self.access_log:
+            log.info("%s %s %d", scope["method"], scope["path"], response.status,
+                     extra={"request_id": request_id, "status": response.status,
+                            "seconds": round(elapsed, 6), "endpoint": endpoint})
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        limit = self.max_body_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    raise BodyTooLargeError(
+                        f"The request body is {declared} bytes; the limit is {limit}.",
+                        hint="Send fewer rows per request.", field="body",
+                        expected=f"<= {limit} bytes", received=declared)
+                break
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(
+                    f"The request body passed the limit of {limit} bytes.",
+                    hint="Send fewer rows per request.", field="body",
+                    expected=f"<= {limit} bytes", received=f"> {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _MethodNotAllowed(MlharborError):
+    code = "method_not_allowed"
+
+
+class BodyTooLargeError(LimitExceededError):
+    """A body over the size limit. STATUS_BY_ERROR has no 413 entry yet, hence the constant."""
+
+    code = "body_too_large"
+
+
+class OverloadedError(UnavailableError):
+    """Too many predictions in flight: shed with 503 (UnavailableError's status) + Retry-After."""
+
+    code = "overloaded"
+
+
+BODY_TOO_LARGE = 413
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for key, value in headers:
+        if key == b"x-request-id":
+            if _SAFE_ID.fullmatch(value):
+                return value.decode()
+            break
+    return uuid.uuid4().hex

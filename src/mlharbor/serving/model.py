@@ -1,0 +1,245 @@
+"""A model version ready to serve: request data in, predictions and probabilities out.
+
+:class:`ServedModel` splits inference in the steps micro-batching needs: ``prepare`` validates
+one request against the signature (on the event loop, so a bad request fails alone and fast),
+``concat`` joins prepared requests, ``run`` infers a batch (in a worker thread) and the caller
+slices the rows back. Two runners sit behind it: ONNX Runtime, when the version carries a
+parity-checked ONNX file, and the native model of the bundle's format otherwise; both come from
+the formats layer's :class:`~mlharbor.formats.predictor.Predictor`, so validation and runtime
+choice are the same as in the Python API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from mlharbor.core.signature import InputValidator, Signature
+
+if TYPE_CHECKING:
+    from mlharbor.formats.predictor import Predictor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outputs:
+    """What a model gives for a batch: one prediction per row, and probabilities if a classifier."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+
+    def rows(self, start: int, stop: int) -> Outputs:
+        proba = None if self.probabilities is None else self.probabilities[start:stop]
+        return Outputs(self.predictions[start:stop], proba)
+
+
+class Runner(Protocol):
+    """Runs prepared input; implementations wrap one runtime."""
+
+    runtime: str
+
+    def prepare(self, validator: InputValidator, data: Any) -> Any: ...
+
+    def rows(self, x: Any) -> int: ...
+
+    def concat(self, xs: Sequence[Any]) -> Any: ...
+
+    def run(self, x: Any) -> Outputs: ...
+
+
+class ServedModel:
+    """One loaded, warmed-up version of a model, with its signature and input example."""
+
+    def __init__(
+        self, name: str, version: int, signature: Signature, runner: Runner, *,
+        task: str, classes: Sequence[Any] | None, input_example: Any = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.signature = signature
+        self.validator = signature.validator()
+        self.runner = runner
+        self.task = task
+        self.classes = list(classes) if classes is not None else None
+        self.input_example = input_example
+        self._numeric = signature.all_numeric
+        self._names = signature.names
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @property
+    def runtime(self) -> str:
+        return self.runner.runtime
+
+    def prepare(self, data: Any) -> tuple[Any, int]:
+        """Validate ``data`` against the signature; returns the prepared input and its rows."""
+        if self._numeric and type(data) in (list, dict):
+            fast = numeric_matrix(data, self._names)
+            if fast is not None:
+                data = fast
+        x = self.runner.prepare(self.validator, data)
+        return x, self.runner.rows(x)
+
+    def concat(self, xs: Sequence[Any]) -> Any:
+        return xs[0] if len(xs) == 1 else self.runner.concat(xs)
+
+    def run(self, x: Any) -> Outputs:
+        return self.runner.run(x)
+
+    def warm_up(self) -> None:
+        """Run the input example (or a synthetic row) once, so the first request is not slow."""
+        x, _rows = self.prepare(self.input_example if self.input_example is not None
+                                else synthetic_row(self.signature))
+        self.run(x)
+
+
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def numeric_matrix(data: Any, names: tuple[str, ...]) -> np.ndarray | None:
+    """Records or ``{column: values}`` of plain numbers as a float64 matrix in signature order.
+
+    The general validator converts column by column through object arrays; for many rows of a
+    numeric model that costs more than inference. Anything unusual (a missing or extra column,
+    a string, None, a bool) returns None and takes the validator's path, which names the
+    column and row in its error.
+    """
+    width = len(names)
+    if type(data) is dict:
+        if len(data) != width:
+            return None
+        try:
+            cols = [data[name] for name in names]
+        except KeyError:
+            return None
+        if not all(type(c) is list for c in cols) or len({len(c) for c in cols}) != 1:
+            return None
+        rows_t = cols
+        for col in rows_t:
+            for value in col:
+                if type(value) not in _NUMBER_TYPES:
+                    return None
+        return np.array(rows_t, dtype=np.float64).T.copy()
+    if len(data) < 2:
+        return None
+    rows = []
+    for record in data:
+        if type(record) is not dict or len(record) != width:
+            return None
+        try:
+            row = [record[name] for name in names]
+        except KeyError:
+            return None
+        for value in row:
+            if type(value) not in _NUMBER_TYPES:
+                return None
+        rows.append(row)
+    return np.array(rows, dtype=np.float64)
+
+
+def synthetic_row(signature: Signature) -> dict[str, Any]:
+    """One plausible row: zero for numbers, the first known category (or '') for strings."""
+    row: dict[str, Any] = {}
+    for col in signature.inputs:
+        if col.dtype == "string":
+            row[col.name] = col.categories[0] if col.categories else ""
+        elif col.dtype == "bool":
+            row[col.name] = False
+        else:
+            row[col.name] = 0
+    return row
+
+
+def _labels_from_proba(proba: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    index = np.argmax(proba, axis=1)
+    return index if classes is None else classes[index]
+
+
+def runner_for(predictor: Predictor) -> Runner:
+    """The batching adapter of a formats :class:`Predictor` (ONNX Runtime or native)."""
+    from mlharbor.formats.predictor import OrtRunner
+
+    if isinstance(predictor.runner, OrtRunner):
+        return OnnxBatchRunner(predictor)
+    return NativeBatchRunner(predictor)
+
+
+class NativeBatchRunner:
+    """The bundle's native model (scikit-learn via skops, XGBoost ...), fed whole batches."""
+
+    runtime = "native"
+
+    def __init__(self, predictor: Predictor) -> None:
+        from mlharbor.formats.predictor import NativeRunner
+
+        runner = predictor.runner
+        assert isinstance(runner, NativeRunner)
+        self.runner = runner
+        self.model = runner.model
+        self.classifier = predictor.task == "classification"
+        self.classes = None if predictor.classes is None else np.asarray(predictor.classes)
+
+    def prepare(self, validator: InputValidator, data: Any) -> Any:
+        return self.runner.inputs(data)
+
+    def rows(self, x: Any) -> int:
+        return int(x.shape[0])
+
+    def concat(self, xs: Sequence[Any]) -> Any:
+        if isinstance(xs[0], np.ndarray):
+            return np.concatenate(list(xs))
+        import pandas as pd
+
+        return pd.concat(list(xs), ignore_index=True)
+
+    def run(self, x: Any) -> Outputs:
+        if self.classifier:
+            # One call instead of two: a classifier's prediction is its most probable class.
+            proba = np.asarray(self.model.predict_proba(x))
+            return Outputs(_labels_from_proba(proba, self.classes), proba)
+        out = np.asarray(self.model.predict(x))
+        return Outputs(out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out, None)
+
+
+class OnnxBatchRunner:
+    """An ONNX Runtime session fed the predictor's validated feeds, joined per input."""
+
+    runtime = "onnx"
+
+    def __init__(self, predictor: Predictor) -> None:
+        from mlharbor.formats.predictor import OrtRunner
+
+        runner = predictor.runner
+        assert isinstance(runner, OrtRunner)
+        self.runner = runner
+        model = runner.model
+        self.model = model
+        session = model.session
+        # session.run re-checks names on every call; the bound C++ method does not.
+        inner = getattr(session, "_sess", None)
+        self._run = inner.run if inner is not None else session.run
+        self.proba_name = model.proba_name if predictor.task == "classification" else None
+        self.value_name = model.value_name
+        classes = predictor.classes if predictor.classes is not None else model.classes
+        self.classes = None if classes is None else np.asarray(classes)
+
+    def prepare(self, validator: InputValidator, data: Any) -> Any:
+        return self.runner.feeds(data)
+
+    def rows(self, x: Any) -> int:
+        return int(next(iter(x.values())).shape[0])
+
+    def concat(self, xs: Sequence[Any]) -> Any:
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+
+    def run(self, x: Any) -> Outputs:
+        if self.proba_name is not None:
+            out = self._run([self.proba_name], x, None)[0]
+            proba = out if isinstance(out, np.ndarray) else self.model.proba_from_outputs(out)
+            return Outputs(_labels_from_proba(proba, self.classes), proba)
+        value = np.asarray(self._run([self.value_name], x, None)[0])
+        return Outputs(value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value, None)

@@ -1,0 +1,190 @@
+"""Routing: an endpoint's desired state, resolved against the pool, becomes an immutable plan.
+
+A plan lists the targets that may answer (only ready, warmed-up versions), their weights, the
+shadow and the fallback chain. Requests read the current plan once and use it to the end, so a
+swap (the reconciler replaces the plan object) never mixes two states in one request: each
+request is answered by the old plan or the new one.
+
+A route whose desired version is not ready yet, or failed to load, keeps the version it served
+before; the route's status tells which version serves, which one is wanted and why they differ.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.serving.batching import MicroBatcher
+from mlharbor.serving.model import ServedModel
+from mlharbor.serving.pool import ModelPool, PoolEntry
+
+if TYPE_CHECKING:
+    from mlharbor.registry.endpoints import DefaultAnswer, EndpointSpec
+    from mlharbor.settings import ServingSettings
+
+BatcherFactory = Callable[[ServedModel, "EndpointSpec"], MicroBatcher]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """One version that may answer for an endpoint, with the batcher that runs it."""
+
+    ref: str
+    entry: PoolEntry
+    model: ServedModel
+    batcher: MicroBatcher
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteState:
+    """What a route wants and what it serves, for status pages."""
+
+    ref: str
+    weight: float
+    desired_version: int | None
+    serving_version: int | None
+    state: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+class EndpointPlan:
+    """The routing of one endpoint at one moment; never mutated once installed."""
+
+    def __init__(
+        self, spec: EndpointSpec, revision: int, settings: ServingSettings, *,
+        targets: Sequence[tuple[Target, float]], shadow: Target | None,
+        fallbacks: Sequence[Target], routes: Sequence[RouteState],
+        route_targets: Sequence[Target | None] | None = None,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.revision = revision
+        self.targets = tuple(t for t, _w in targets)
+        total = sum(w for _t, w in targets)
+        running = 0.0
+        self._cumulative: list[float] = []
+        for _t, w in targets:
+            running += w / total
+            self._cumulative.append(running)
+        self.shadow = shadow
+        self.fallbacks = tuple(fallbacks)
+        self.default_answer: DefaultAnswer | None = spec.default_answer
+        self.routes = tuple(routes)
+        self.route_targets: tuple[Target | None, ...] = tuple(route_targets or ())
+        limits = spec.limits
+        self.timeout_s = (limits.timeout_ms / 1000.0 if limits.timeout_ms
+                          else settings.request_timeout_s)
+        self.max_rows = limits.max_rows or settings.max_rows
+        self.sticky_header = (spec.sticky_header or settings.sticky_header).lower().encode()
+
+    @property
+    def servable(self) -> bool:
+        return bool(self.targets)
+
+    @property
+    def converged(self) -> bool:
+        """Every route serves the version it wants."""
+        return all(r.state == "ready" for r in self.routes)
+
+    def pick(self, sticky: bytes | None = None) -> Target:
+        """A target by weight; the same sticky key always gets the same target."""
+        targets = self.targets
+        if len(targets) == 1:
+            return targets[0]
+        if sticky:
+            digest = hashlib.blake2b(sticky, digest_size=8).digest()
+            point = int.from_bytes(digest, "big") / 2**64
+        else:
+            point = random.random()
+        index = bisect.bisect_right(self._cumulative, point)
+        return targets[min(index, len(targets) - 1)]
+
+    def find_version(self, name: str, version: int) -> Target | None:
+        for target in (*self.targets, *self.fallbacks):
+            if target.model.name == name and target.model.version == version:
+                return target
+        return None
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self.name, "revision": self.revision, "ready": self.servable,
+            "converged": self.converged, "routes": [r.to_dict() for r in self.routes],
+            "fallback": [t.model.ref for t in self.fallbacks],
+        }
+        if self.shadow is not None:
+            body["shadow"] = self.shadow.model.ref
+        if self.default_answer is not None:
+            body["default_answer"] = self.default_answer.model_dump()
+        return body
+
+
+def build_plan(
+    spec: EndpointSpec, revision: int, settings: ServingSettings, *,
+    resolved: dict[str, Any], pool: ModelPool,
+    previous: EndpointPlan | None, make_batcher: BatcherFactory,
+) -> EndpointPlan:
+    """Turn ``spec`` into a plan from ready pool entries, keeping old targets where needed."""
+    old: dict[str, Target] = {}
+    batchers: dict[tuple[str, int], MicroBatcher] = {}
+    if previous is not None:
+        for route, target in zip(previous.routes, previous.route_targets, strict=False):
+            if target is not None:
+                old[route.ref] = target
+        for t in (*previous.targets, *previous.fallbacks,
+                  *((previous.shadow,) if previous.shadow else ())):
+            if previous.spec.batching == spec.batching:
+                batchers[(t.model.name, t.model.version)] = t.batcher
+
+    def target_for(ref: str) -> tuple[Target | None, str, str | None, int | None]:
+        mv = resolved.get(ref)
+        if isinstance(mv, Exception) or mv is None:
+            reason = f"{type(mv).__name__}: {mv}" if mv is not None else "not resolved yet"
+            return None, "failed", reason, None
+        entry = pool.get(mv.name, mv.version)
+        if entry is None or entry.state != "ready" or entry.model is None:
+            state = "loading" if entry is None else entry.state
+            return None, state, None if entry is None else entry.reason, mv.version
+        key = (mv.name, mv.version)
+        batcher = batchers.get(key)
+        if batcher is None or batcher.model is not entry.model:
+            batcher = make_batcher(entry.model, spec)
+            batchers[key] = batcher
+        return Target(ref, entry, entry.model, batcher), "ready", None, mv.version
+
+    targets: list[tuple[Target, float]] = []
+    states: list[RouteState] = []
+    kept: list[Target | None] = []
+    for route in spec.routes:
+        target, state, reason, desired = target_for(route.ref)
+        if target is None and route.ref in old:
+            target = old[route.ref]
+        serving = None if target is None else target.model.version
+        states.append(RouteState(route.ref, route.weight, desired, serving, state, reason))
+        kept.append(target)
+        if target is not None:
+            targets.append((target, route.weight))
+    fallbacks = [t for t in (target_for(ref)[0] for ref in resolved_fallbacks(spec, resolved))
+                 if t is not None]
+    shadow = target_for(spec.shadow)[0] if spec.shadow else None
+    return EndpointPlan(spec, revision, settings, targets=targets, shadow=shadow,
+                        fallbacks=fallbacks, routes=states, route_targets=kept)
+
+
+def resolved_fallbacks(spec: EndpointSpec, resolved: dict[str, Any]) -> list[str]:
+    """The fallback references, with ``previous`` replaced by what the reconciler found."""
+    refs = []
+    for ref in spec.fallback:
+        if ref == "previous":
+            concrete = resolved.get("previous")
+            if isinstance(concrete, str):
+                refs.append(concrete)
+        else:
+            refs.append(ref)
+    return refs

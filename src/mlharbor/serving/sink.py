@@ -1,0 +1,103 @@
+"""Where serving hands its :class:`PredictionRecord`s, without ever waiting for them.
+
+A :class:`PredictionSink` (monitoring implements one) receives records in batches on a
+background thread. The request path only appends to a bounded in-memory buffer: when the sink is
+slow or down and the buffer is full, records are dropped and counted, and requests go on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from mlharbor.core.records import PredictionRecord
+
+log = logging.getLogger("mlharbor.serving.sink")
+
+
+class PredictionSink(Protocol):
+    """Receives answered predictions; called from a background thread, never on a request."""
+
+    def write(self, records: Sequence[PredictionRecord]) -> None: ...
+
+
+class NullSink:
+    """Discards records (the default when no monitoring is configured)."""
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        return None
+
+
+class MemorySink:
+    """Keeps records in a list (tests, and a quick look in a notebook)."""
+
+    def __init__(self) -> None:
+        self.records: list[PredictionRecord] = []
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        with self._lock:
+            self.records.extend(records)
+
+
+class SinkDispatcher:
+    """A bounded buffer drained to the sink by one daemon thread."""
+
+    def __init__(
+        self, sink: PredictionSink, *, capacity: int = 100_000, batch: int = 1000,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.capacity = capacity
+        self.batch = batch
+        self.on_drop = on_drop
+        self._buffer: collections.deque[PredictionRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def offer(self, record: PredictionRecord) -> None:
+        """O(1), never blocks: buffer the record or drop it when the buffer is full."""
+        if len(self._buffer) >= self.capacity:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop(1)
+            return
+        self._buffer.append(record)
+        if len(self._buffer) >= self.batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None and not isinstance(self.sink, NullSink):
+            self._thread = threading.Thread(target=self._loop, name="mlharbor-sink",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush what is buffered (within ``timeout``) and stop the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk = []
+            while self._buffer and len(chunk) < self.batch:
+                chunk.append(self._buffer.popleft())
+            try:
+                self.sink.write(chunk)
+            except Exception:
+                log.exception("prediction sink failed; %d record(s) lost", len(chunk))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self.flush()
+        self.flush()

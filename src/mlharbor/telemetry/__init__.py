@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics on a per-app registry and structured JSON logs."""

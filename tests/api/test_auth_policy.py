@@ -1,0 +1,196 @@
+# ruff: noqa: F811  (pytest fixtures are imported by name and requested by name)
+"""One policy table drives every route: coverage, 401 without credentials, the role matrix.
+
+Runs against real uvicorn servers on loopback ports. The expected outcomes are generated from
+``ROLE_ACTIONS`` and the route table; the observed ones come from HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from mlharbor.security.policy import ROLE_ACTIONS, ROLES
+from mlharbor.security.routemap import PUBLIC, RULES, RouteTable, declared_routes
+from mlharbor.settings import Settings
+from tests.security.fixtures import (  # noqa: F401  (fixtures)
+    app,
+    bearer,
+    client,
+    identities,
+    make_key,
+    registry,
+    server,
+    watched_client,
+)
+
+SAMPLE = {"name": "churn", "version": "1", "alias": "champion", "path": "model.bin",
+          "reference": "churn:1", "model": "churn"}
+TABLE = RouteTable(RULES)
+
+
+def concrete(template: str) -> str:
+    return re.sub(r"{(\w+)(:\w+)?}", lambda m: SAMPLE.get(m.group(1), "x"), template)
+
+
+def serving_app(settings: Settings, registry: Any) -> Any | None:
+    try:
+        from mlharbor.serving.app import create_serving_app
+    except ImportError:
+        return None
+    return create_serving_app(settings, registry, endpoints=[])
+
+
+def test_every_route_of_every_app_has_a_policy_rule(app: Any, settings: Settings,
+                                                    registry: Any) -> None:
+    routes = declared_routes(app)
+    assert ("GET", "/api/v1/models/{name}") in routes  # the walker sees included routers
+    missing = TABLE.missing(routes)
+    serving = serving_app(settings, registry)
+    if serving is not None:
+        serving_routes = declared_routes(serving)
+        assert serving_routes, "the serving app's routes were not found"
+        missing += [(m, f"serving {p}") for m, p in TABLE.missing(serving_routes)]
+    assert not missing, f"routes without a rule in mlharbor.security.routemap: {missing}"
+
+
+def test_without_credentials_every_route_but_health_answers_401(
+        app: Any, client: httpx.Client) -> None:
+    public = {("GET", "/livez"), ("GET", "/readyz")}
+    seen = 0
+    for method, template in declared_routes(app):
+        response = client.request(method, concrete(template))
+        if (method, template) in public:
+            assert response.status_code == 200, (method, template, response.text)
+            continue
+        seen += 1
+        assert response.status_code == 401, (method, template, response.status_code)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.json()["error"]["code"] == "unauthenticated"
+    assert seen >= 20
+    # Unknown paths and bad keys too.
+    assert client.get("/api/v1/nothing-here").status_code == 401
+    assert client.get("/api/v1/models", headers=bearer("mlh_aaaaaaaaaa_" + "b" * 43)
+                      ).status_code == 401
+    assert client.get("/api/v1/models", headers={"Authorization": "Basic eDp5"}
+                      ).status_code == 401
+
+
+def _prepare(client: httpx.Client, admin: str) -> None:
+    """A model with a version and an alias, so allowed requests find something."""
+    h = bearer(admin)
+    files = [("files", ("model.bin", b"weights", "application/octet-stream"))]
+    assert client.post("/api/v1/models/churn/versions", files=files, headers=h
+                       ).status_code == 201
+    assert client.put("/api/v1/models/churn/aliases/champion", json={"version": 1},
+                      headers=h).status_code == 200
+
+
+def _body(method: str, template: str) -> dict[str, Any]:
+    if template.endswith("/aliases/{alias}") and method == "PUT":
+        return {"json": {"version": 1}}
+    if template == "/api/v1/models" and method == "POST":
+        return {"json": {"name": "other"}}
+    if template.endswith("/versions") and method == "POST":
+        return {"files": [("files", ("m.bin", b"w", "application/octet-stream"))]}
+    if method in ("PATCH",):
+        return {"json": {"description": "x"}}
+    return {}
+
+
+def test_role_action_matrix_matches_http(app: Any, client: httpx.Client, make_key: Any) -> None:
+    _prepare(client, make_key("admin"))
+    keys = {role: make_key(role) for role in ROLES}
+    expected: dict[tuple[str, str, str], bool] = {}
+    observed: dict[tuple[str, str, str], bool] = {}
+    # Reads and writes that leave the prepared state in place go first; deletes last.
+    routes = sorted(declared_routes(app), key=lambda r: r[0] == "DELETE")
+    for method, template in routes:
+        rule = TABLE.lookup(method, template)
+        assert rule is not None
+        if rule.action == PUBLIC:
+            continue
+        for role in ("viewer", "predictor", "editor", "deployer"):
+            response = client.request(method, concrete(template), headers=bearer(keys[role]),
+                                      **_body(method, template))
+            assert response.status_code != 401, response.text
+            expected[(role, method, template)] = rule.action in ROLE_ACTIONS[role]
+            observed[(role, method, template)] = response.status_code != 403
+    for method, template in routes:  # admin last: its deletes would remove the fixtures
+        rule = TABLE.lookup(method, template)
+        if rule is None or rule.action == PUBLIC:
+            continue
+        response = client.request(method, concrete(template), headers=bearer(keys["admin"]),
+                                  **_body(method, template))
+        expected[("admin", method, template)] = True
+        observed[("admin", method, template)] = response.status_code != 403
+    mismatches = {k: (expected[k], observed[k]) for k in expected if expected[k] != observed[k]}
+    assert not mismatches, f"(role, method, route): (expected, observed) {mismatches}"
+
+
+def test_scoped_grant_allows_one_model_only(client: httpx.Client, make_key: Any) -> None:
+    admin = bearer(make_key("admin"))
+    for name in ("churn", "fraud"):
+        files = [("files", ("model.bin", name.encode(), "application/octet-stream"))]
+        assert client.post(f"/api/v1/models/{name}/versions", files=files, headers=admin
+                           ).status_code == 201
+    scoped = bearer(make_key("viewer", "deployer@model:churn"))
+    assert client.put("/api/v1/models/churn/aliases/prod", json={"version": 1},
+                      headers=scoped).status_code == 200
+    assert client.put("/api/v1/models/fraud/aliases/prod", json={"version": 1},
+                      headers=scoped).status_code == 403
+    only_churn = bearer(make_key("viewer@model:churn"))
+    assert client.get("/api/v1/models/churn", headers=only_churn).status_code == 200
+    assert client.get("/api/v1/resolve/churn@prod", headers=only_churn).status_code == 200
+    assert client.get("/api/v1/models/fraud", headers=only_churn).status_code == 403
+    assert client.get("/api/v1/models", headers=only_churn).status_code == 403
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_policy_matrix_is_documented_by_the_cli_table(role: str) -> None:
+    from mlharbor.security.policy import ACTIONS, matrix
+
+    assert set(matrix()[role]) == set(ACTIONS)
+    assert {a for a, ok in matrix()[role].items() if ok} == set(ROLE_ACTIONS[role])
+
+
+def test_audit_records_actor_of_authenticated_changes(client: httpx.Client, make_key: Any,
+                                                      registry: Any) -> None:
+    key = make_key("editor", name="erin")
+    assert client.post("/api/v1/models", json={"name": "audited"}, headers=bearer(key)
+                       ).status_code == 201
+    events = [e for e in registry.store.iter_audit() if e.action == "model.create"]
+    assert events[-1].actor == "erin"
+    assert events[-1].outcome == "success"
+
+
+def test_serving_routes_use_the_same_table(settings: Settings, registry: Any,
+                                           identities: Any, make_key: Any) -> None:
+    app_ = serving_app(settings, registry)
+    if app_ is None:
+        pytest.skip("mlharbor.serving has no app factory yet")
+    from tests.support import LiveServer
+
+    secured = app_  # the serving app installs the security middleware itself (auth=True)
+    predictor = bearer(make_key("predictor@endpoint:churn"))
+    viewer = bearer(make_key("viewer"))
+    with LiveServer(secured) as live, watched_client(live.url) as http:
+        for method, template in declared_routes(app_):
+            rule = TABLE.lookup(method, template)
+            assert rule is not None
+            response = http.request(method, concrete(template))
+            if rule.action == PUBLIC:
+                assert response.status_code != 401, template
+                continue
+            assert response.status_code == 401, (method, template, response.status_code)
+            if rule.action == "predict":
+                allowed = http.request(method, concrete(template), headers=predictor,
+                                       json={"inputs": []})
+                refused = http.request(method, concrete(template), headers=viewer,
+                                       json={"inputs": []})
+                assert refused.status_code == 403, template
+                assert allowed.status_code != 403 or rule.resource is None, template
+        assert http.get("/metrics", headers=viewer).status_code == 200

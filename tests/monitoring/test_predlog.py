@@ -1,0 +1,178 @@
+"""Prediction log: durable under SIGKILL, lossless on shutdown, redacted, sealed, on S3."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlharbor.core.errors import UnavailableError
+from mlharbor.core.records import PredictionRecord
+from mlharbor.monitoring.predlog import PredictionLog
+from mlharbor.monitoring.segments import LocalSegments
+from mlharbor.monitoring.service import open_prediction_log
+from mlharbor.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(i: int, *, at: datetime | None = None, endpoint: str = "churn",
+           **inputs: object) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=f"r{i}", endpoint=endpoint, model_ref="churn@champion", served_version=1,
+        inputs={"tenure": i % 70, "plan": "basic", **inputs}, outputs=[i % 2],
+        latency_s=0.002, at=at or datetime.now(UTC))
+
+
+def test_emit_costs_microseconds_and_never_blocks(settings: Settings) -> None:
+    log = open_prediction_log(settings)  # not started: nothing drains, emit must stay cheap
+    records = [record(i) for i in range(200_000)]
+    started = time.perf_counter()
+    for r in records:
+        log.emit(r)
+    per_call = (time.perf_counter() - started) / len(records)
+    assert per_call < 5e-6, f"emit took {per_call * 1e6:.2f} µs"
+
+
+def test_clean_shutdown_loses_nothing(settings: Settings) -> None:
+    log = open_prediction_log(settings).start()
+    batch = PredictionRecord("batch", "churn", "churn@champion", 1,
+                             {"tenure": [1, 2, 3], "plan": ["a", "b", "c"]},
+                             np.array([0, 1, 1]), 0.01, datetime.now(UTC))
+    log.write([batch])
+    for i in range(5_000):
+        log.emit(record(i))
+    log.close()
+    table = open_prediction_log(settings).scan("churn")
+    assert table.num_rows == 5_003
+    assert sorted(set(table["request_id"].to_pylist())) == sorted(
+        {"batch", *(f"r{i}" for i in range(5_000))})
+    rows = [r for r in table.to_pylist() if r["request_id"] == "batch"]
+    assert [(r["row"], r["in.plan"], r["prediction"]) for r in rows] == [
+        (0, "a", 0), (1, "b", 1), (2, "c", 1)]
+
+
+@pytest.mark.slow
+def test_sigkill_under_load_keeps_every_record_older_than_one_flush_interval(
+        settings: Settings) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.monitoring.log_writer",
+                             str(settings.home)], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=ROOT)
+    assert proc.stdout is not None
+    marks: list[tuple[int, float]] = []
+    started = time.time()
+    while time.time() - started < 2.5:
+        line = proc.stdout.readline()
+        if line:
+            seq, at = line.split()
+            marks.append((int(seq), float(at)))
+    os.kill(proc.pid, signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait(10)
+    proc.stdout.close()
+    interval = settings.monitoring.flush_interval_s
+    safe = max(seq for seq, at in marks if at <= killed_at - interval)
+    assert safe > 10_000, "the writer was not under load"
+    log = open_prediction_log(settings)
+    log.start()  # recovery: journal left by the killed process -> segments
+    log.close()
+    ids = {int(r) for r in log.scan("churn", columns=["request_id"])["request_id"].to_pylist()}
+    missing = set(range(1, safe + 1)) - ids
+    assert not missing, f"{len(missing)} records lost, first {min(missing)} (safe: {safe})"
+
+
+def test_redaction_happens_before_anything_reaches_the_disk(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", monitoring={
+        "redaction": {"churn": {"email": "drop", "phone": "hash", "name": "mask"}}})
+    log = open_prediction_log(settings)
+    log.emit(record(1, email="ann@example.com", phone="+3312345", name="Ann"))
+    log.emit(record(2, email="bob@example.com", phone="+3312345", name="Bob"))
+    log.flush()
+    journal = b"".join(p.read_bytes() for p in (settings.home / "monitoring").rglob("*.log"))
+    assert b"example.com" not in journal and b"+3312345" not in journal and b"Ann" not in journal
+    log.compact()
+    rows = log.scan("churn").to_pylist()
+    assert "in.email" not in rows[0]
+    assert rows[0]["in.phone"] == rows[1]["in.phone"] != "+3312345"
+    assert rows[0]["in.name"] == "***"
+
+
+def test_sealed_log_when_a_master_key_is_set(tmp_path: Path) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    settings = Settings(home=tmp_path / "home", security={"master_key": key})
+    log = open_prediction_log(settings)
+    log.emit(record(1, secret_field="topsecret-value"))
+    log.flush()
+    log.compact()
+    stored = b"".join(p.read_bytes() for p in (settings.home / "predictions").rglob("*")
+                      if p.is_file())
+    assert stored and b"topsecret-value" not in stored and b"PAR1" not in stored
+    assert log.scan("churn").to_pylist()[0]["in.secret_field"] == "topsecret-value"
+
+
+class FlakyStore(LocalSegments):
+    down = True
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.down:
+            raise UnavailableError("store down")
+        super().put(name, data)
+
+
+def test_a_down_store_only_grows_the_journal(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    store = FlakyStore(tmp_path / "segments")
+    log = PredictionLog(tmp_path / "journal", store, flush_interval_s=0.05,
+                        segment_interval_s=0.05, metrics_registry=registry).start()
+    started = time.perf_counter()
+    for i in range(2_000):
+        log.emit(record(i))
+    assert time.perf_counter() - started < 0.5
+    time.sleep(0.4)
+    assert log.backlog()["journal_bytes"] > 0
+    assert b"mlharbor_prediction_log_backlog_bytes" in generate_latest(registry)
+    store.down = False
+    log.close()
+    assert log.scan("churn").num_rows == 2_000
+    assert log.backlog()["journal_bytes"] == 0
+
+
+def test_time_range_queries_and_retention(settings: Settings) -> None:
+    log = open_prediction_log(settings)
+    now = datetime.now(UTC)
+    for days in (40, 10, 0):
+        for i in range(10):
+            log.emit(record(i, at=now - timedelta(days=days, minutes=i)))
+        log.flush()
+        log.compact()
+    week = log.scan("churn", start=now - timedelta(days=11), end=now - timedelta(days=9))
+    assert week.num_rows == 10
+    assert log.apply_retention(timedelta(days=30), now=now) == 1
+    assert log.scan("churn").num_rows == 20
+
+
+@pytest.mark.s3
+def test_segments_on_s3(tmp_path: Path, s3_bucket: str, moto_server: str) -> None:
+    settings = Settings(home=tmp_path / "home", artifact_uri=f"s3://{s3_bucket}/artifacts",
+                        s3_endpoint_url=moto_server)
+    log = open_prediction_log(settings).start()
+    for i in range(100):
+        log.emit(record(i))
+    log.close()
+    import boto3
+
+    keys = boto3.client("s3", endpoint_url=moto_server).list_objects_v2(
+        Bucket=s3_bucket, Prefix="artifacts/predictions/")["KeyCount"]
+    assert keys == 1
+    assert open_prediction_log(settings).scan("churn").num_rows == 100
