@@ -20,7 +20,7 @@ def test_server_serves_the_registry_and_health(settings: Settings, tmp_path: Pat
     env = {**os.environ, **cli_env(settings)}
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")
-    assert run_cli("models", "register", "churn", str(model), env=env).returncode == 0
+    assert run_cli("models", "register", "churn", str(model), "--raw", env=env).returncode == 0
     port = free_port()
     exe = shutil.which("mlharbor", path=str(VENV_BIN)) or "mlharbor"
     proc = subprocess.Popen([exe, "server", "--host", "127.0.0.1", "--port", str(port)],

@@ -37,10 +37,11 @@ def test_register_list_alias_history(settings: Settings, tmp_path: Path) -> None
     env = cli_env(settings)
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")
-    first = run_cli("models", "register", "churn", str(model), "--tag", "team=risk", env=env)
+    first = run_cli("models", "register", "churn", str(model), "--raw", "--tag", "team=risk",
+                    env=env)
     assert first.returncode == 0, first.stderr
     assert "Registered churn:1" in first.stdout
-    run_cli("models", "register", "churn", str(model), env=env)
+    run_cli("models", "register", "churn", str(model), "--raw", env=env)
     assert run_cli("models", "alias", "set", "churn", "champion", "1", "--reason", "first",
                    env=env).returncode == 0
     shown = json.loads(run_cli("models", "show", "churn@champion", "--json", env=env).stdout)
@@ -87,7 +88,7 @@ def test_aliased_version_delete_names_the_alias(settings: Settings, tmp_path: Pa
     env = cli_env(settings)
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")
-    run_cli("models", "register", "churn", str(model), env=env)
+    run_cli("models", "register", "churn", str(model), "--raw", env=env)
     run_cli("models", "alias", "set", "churn", "champion", "1", env=env)
     for args in (["models", "delete", "churn:1", "--yes"], ["models", "archive", "churn:1"]):
         result = run_cli(*args, env=env)

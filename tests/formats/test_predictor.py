@@ -131,3 +131,32 @@ def test_imports_stay_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()
     assert out == "[]"
+
+
+def test_training_data_may_hold_the_target(
+    churn_forest: tuple[object, pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    model, train, test = churn_forest
+    labelled = train.assign(churned=churn_labels(train), customer_id=range(len(train)))
+    result = build_bundle(model, tmp_path / "b", training_data=labelled)
+    assert [c["name"] for c in result.manifest.signature["inputs"]] == [
+        "age", "income", "plan", "tenure"]
+    assert result.parity["status"] == "passed"
+    with pytest.raises(SchemaError, match="lacks the model's feature column"):
+        build_bundle(model, tmp_path / "c", sample_input=test.drop(columns=["plan"]))
+
+
+def test_onnx_file_with_zipmap_output(tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = numeric_data()
+    model = LogisticRegression().fit(x, np.where(y == 1, "yes", "no"))
+    source = tmp_path / "zipmap.onnx"
+    source.write_bytes(to_onnx(model, x[:1].astype(np.float32)).SerializeToString())
+    result = build_bundle(source, tmp_path / "b")
+    assert result.format == "onnx" and result.manifest.classes == ["no", "yes"]
+    predictor = load_bundle(tmp_path / "b")
+    np.testing.assert_allclose(predictor.predict_proba(x[:20]), model.predict_proba(x[:20]),
+                               atol=1e-5)
+    np.testing.assert_array_equal(predictor.predict(x[:20]), model.predict(x[:20]))

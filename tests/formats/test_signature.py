@@ -160,3 +160,21 @@ def test_pandas_nullable_dtypes_are_understood() -> None:
     strict = Signature((ColumnSpec("n", "int64"),))
     with pytest.raises(SchemaError, match="Column 'n' expects int64 but received a missing"):
         strict.validator().columns(frame[["n"]])
+
+
+@pytest.mark.parametrize(("data", "pattern"), [
+    ({"f0": 1.0, "f1": math.inf, "f2": 3.0}, r"Column 'f1' .* infinite value"),
+    ({"f0": 1.0, "f1": 1e300, "f2": 3.0}, r"Column 'f1' .* too large for float32"),
+    ({"f0": 1.0, "f1": 10**400, "f2": 3.0}, r"Column 'f1' .* too large to represent"),
+    ([{"f0": 1.0, "f1": [1, 2], "f2": 3.0}], r"Column 'f1' expects float64 but received list"),
+    ({"f0": 1.0, "f1": 2.0, "f2": 3.0, 7: 1}, r"column\(s\) '7' the model does not take"),
+])
+def test_hostile_values_are_schema_errors(numeric: Signature, data: Any, pattern: str) -> None:
+    with pytest.raises(SchemaError, match=pattern):
+        numeric.validator().matrix(data, np.float32)
+
+
+def test_integers_out_of_range_are_refused() -> None:
+    sig = Signature((ColumnSpec("n", "int64"),))
+    with pytest.raises(SchemaError, match="out of int64 range"):
+        sig.validator().columns({"n": 10**30})

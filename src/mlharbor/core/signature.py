@@ -259,7 +259,6 @@ class InputValidator:
         self._n = len(self.names)
         self._specs = signature.inputs
         self._numeric = signature.all_numeric
-        self._strict_nan = not all(c.nullable for c in signature.inputs)
         self._ignore_extra = signature.extra_columns == "ignore"
         self._category_sets = {
             c.name: frozenset(c.categories) for c in signature.inputs
@@ -269,23 +268,25 @@ class InputValidator:
     # -- fast numeric path -------------------------------------------------------------
 
     def matrix(self, data: Any, dtype: Any = np.float32) -> np.ndarray:
-        """A C-contiguous 2-D array of ``dtype`` with the columns in signature order."""
+        """A C-contiguous 2-D array of ``dtype`` with the columns in signature order.
+
+        Every value is finite, or NaN in a nullable column: one ``isfinite`` reduction checks
+        both, and infinities (also values too large for float32) are refused as
+        scikit-learn does.
+        """
         kind = type(data)
+        x: np.ndarray | None = None
         if kind is np.ndarray and self._numeric:
-            x: np.ndarray = data if data.ndim != 1 else data.reshape(1, -1)
-            if x.ndim == 2 and x.shape[1] == self._n and x.dtype.kind in "fiub":
-                if x.dtype != dtype or not x.flags.c_contiguous:
-                    x = np.ascontiguousarray(x, dtype=dtype)
-                if self._strict_nan and x.dtype.kind == "f" and np.isnan(x).any():
-                    self._raise_nan(x)
-                return x
+            arr: np.ndarray = data if data.ndim != 1 else data.reshape(1, -1)
+            if arr.ndim == 2 and arr.shape[1] == self._n and arr.dtype.kind in "fiub":
+                x = arr if arr.dtype == dtype and arr.flags.c_contiguous else _cast(arr, dtype)
         elif kind is dict and self._numeric:
             row = self._dict_row(data)
             if row is not None:
-                x = np.array(row, dtype=dtype).reshape(1, self._n)
-                if self._strict_nan and np.isnan(x).any():
-                    self._raise_nan(x)
-                return x
+                try:
+                    x = _cast(row, dtype).reshape(1, self._n)
+                except OverflowError:
+                    x = None  # a huge int: the general path names the column
         elif self._numeric and _is_dataframe(data):
             frame = data
             if frame.columns.tolist() != self._name_list:
@@ -293,12 +294,13 @@ class InputValidator:
                 frame = frame[self._name_list]
             values = frame.to_numpy()
             if values.dtype.kind in "fiub":
-                x = np.ascontiguousarray(values, dtype=dtype)
-                if self._strict_nan and x.dtype.kind == "f" and np.isnan(x).any():
-                    self._raise_nan(x)
-                return x
-        cols = self.columns(data)
-        return np.ascontiguousarray(np.column_stack([cols[n] for n in self.names]), dtype=dtype)
+                x = _cast(values, dtype)
+        if x is None:
+            cols = self.columns(data)
+            x = _cast(np.column_stack([cols[n] for n in self.names]), dtype)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            self._check_finite(x)
+        return x
 
     def _dict_row(self, data: dict[str, Any]) -> list[Any] | None:
         """The values of a one-row dict in signature order, or None to take the general path."""
@@ -313,11 +315,15 @@ class InputValidator:
                 return None
         return row
 
-    def _raise_nan(self, x: np.ndarray) -> None:
-        bad = np.isnan(x).any(axis=0)
+    def _check_finite(self, x: np.ndarray) -> None:
         for i, spec in enumerate(self._specs):
-            if bad[i] and not spec.nullable:
-                row = int(np.flatnonzero(np.isnan(x[:, i]))[0])
+            column = x[:, i]
+            if np.isinf(column).any():
+                row = int(np.flatnonzero(np.isinf(column))[0])
+                raise _type_error(spec, "an infinite value (or one too large for float32)",
+                                  row, "Send finite numbers.")
+            if not spec.nullable and np.isnan(column).any():
+                row = int(np.flatnonzero(np.isnan(column))[0])
                 raise _type_error(spec, "a missing value (NaN/None)", row,
                                   "This column is not nullable: send a number.")
 
@@ -361,14 +367,14 @@ class InputValidator:
         if isinstance(data, Mapping):
             values = list(data.values())
             if values and all(isinstance(v, list | tuple | np.ndarray) for v in values):
-                return {str(k): v if isinstance(v, np.ndarray) else np.array(v, dtype=object)
+                return {str(k): v if isinstance(v, np.ndarray) else _objects(v)
                         for k, v in data.items()}
-            return {str(k): np.array([v], dtype=object) for k, v in data.items()}
+            return {str(k): _objects([v]) for k, v in data.items()}
         if isinstance(data, list) and data and all(isinstance(r, Mapping) for r in data):
             keys: dict[str, None] = {}
             for record in data:
                 keys.update(dict.fromkeys(record))
-            return {str(k): np.array([r.get(k) for r in data], dtype=object) for k in keys}
+            return {str(k): _objects([r.get(k) for r in data]) for k in keys}
         raise SchemaError(
             f"Unsupported input of type {type(data).__name__}.",
             hint="Send a DataFrame, a 2-D array, a dict of column -> value(s) or a list of "
@@ -376,8 +382,8 @@ class InputValidator:
             received=type(data).__name__,
         )
 
-    def _check_names(self, given: list[str]) -> None:
-        got = set(given)
+    def _check_names(self, given: list[Any]) -> None:
+        got = {str(name) for name in given}
         missing = [n for n in self.names if n not in got]
         if missing:
             raise SchemaError(
@@ -395,8 +401,10 @@ class InputValidator:
             )
 
     def _coerce(self, spec: ColumnSpec, values: Any) -> np.ndarray:
-        arr = values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
-        arr = arr.reshape(-1)
+        arr = values if isinstance(values, np.ndarray) else _objects(values)
+        if arr.ndim != 1:
+            raise _type_error(spec, f"a nested array of shape {arr.shape}", 0,
+                              "Send one scalar value per row.")
         kind = arr.dtype.kind
         if spec.dtype == "string":
             return self._coerce_string(spec, arr)
@@ -408,15 +416,24 @@ class InputValidator:
         if kind not in "fiub":
             raise _type_error(spec, f"values of dtype {arr.dtype}", 0)
         if kind == "f":
+            if np.isinf(arr).any():
+                raise _type_error(spec, "an infinite value", int(np.argmax(np.isinf(arr))),
+                                  "Send finite numbers.")
             nan = np.isnan(arr)
             if nan.any():
                 if not spec.nullable:
                     raise _type_error(spec, "a missing value (NaN/None)", int(np.argmax(nan)),
                                       "This column is not nullable: send a value.")
                 return arr.astype(np.float64, copy=False)
-            if spec.dtype in ("int64", "int32") and not np.array_equal(arr, np.round(arr)):
-                row = int(np.argmax(arr != np.round(arr)))
-                raise _type_error(spec, f"the non-integer {_plain(arr[row])!r}", row)
+            if spec.dtype in ("int64", "int32"):
+                if not np.array_equal(arr, np.round(arr)):
+                    row = int(np.argmax(arr != np.round(arr)))
+                    raise _type_error(spec, f"the non-integer {_plain(arr[row])!r}", row)
+                limit = 2.0 ** (63 if spec.dtype == "int64" else 31)
+                if (np.abs(arr) >= limit).any():
+                    row = int(np.argmax(np.abs(arr) >= limit))
+                    raise _type_error(spec, f"{_plain(arr[row])!r}, out of {spec.dtype} range",
+                                      row)
         if spec.dtype == "bool" and kind != "b" and not np.isin(arr, (0, 1)).all():
             row = int(np.argmax(~np.isin(arr, (0, 1))))
             raise _type_error(spec, f"the value {_plain(arr[row])!r}", row)
@@ -451,6 +468,21 @@ class InputValidator:
         return arr
 
 
+def _objects(values: Any) -> np.ndarray:
+    """A flat object array, one element per value, even when values are lists themselves."""
+    items = list(values)
+    return np.fromiter(items, dtype=object, count=len(items))
+
+
+def _cast(values: Any, dtype: Any) -> np.ndarray:
+    """``values`` as a C-contiguous array of ``dtype``; overflow becomes inf, checked later."""
+    try:
+        return np.ascontiguousarray(values, dtype=dtype)
+    except RuntimeWarning:  # raised only when warnings are errors; redo quietly
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.ascontiguousarray(values, dtype=dtype)
+
+
 def _numbers_from_objects(spec: ColumnSpec, arr: np.ndarray) -> np.ndarray:
     """Numbers out of an object array, refusing strings and other types by row."""
     want_bool = spec.dtype == "bool"
@@ -461,7 +493,10 @@ def _numbers_from_objects(spec: ColumnSpec, arr: np.ndarray) -> np.ndarray:
         elif isinstance(value, bool) and not want_bool:
             raise _type_error(spec, f"the boolean {value!r}", row)
         elif isinstance(value, int | float | np.number):
-            out[row] = value
+            try:
+                out[row] = value
+            except OverflowError as exc:
+                raise _type_error(spec, "a number too large to represent", row) from exc
         else:
             raise _type_error(spec, f"{type(value).__name__} {value!r}", row)
     return out

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlharbor.core.errors import InvalidInputError, MlharborError, UnsafeArtifactError
+from mlharbor.core.errors import InvalidInputError, MlharborError, SchemaError, UnsafeArtifactError
 from mlharbor.core.signature import ColumnSpec, OutputSpec, Signature, infer_signature
 from mlharbor.formats.base import ModelFormat, ModelInfo, TrustOptions
 from mlharbor.formats.bundle import (
@@ -72,6 +72,7 @@ def build_bundle(
     info = fmt.describe(obj)
     sig = _signature(signature, info, obj, sample_input, training_data)
     sig = sig.with_policy(extra_columns=extra_columns, unseen_categories=unseen_categories)
+    training_data, sample_input = _trim(training_data, sig), _trim(sample_input, sig)
     example = _example_rows(sig, training_data if sample_input is None else sample_input)
     (dest / INPUT_EXAMPLE_NAME).write_text(json.dumps(example, default=_json_default),
                                            encoding="utf-8")
@@ -176,6 +177,8 @@ def _signature(given: Signature | None, info: ModelInfo, obj: Any, sample: Any,
         if names is not None and len(names) != np.asarray(data).reshape(len(data), -1).shape[1]:
             names = None
         sig = infer_signature(data, names=names, categories=info.categories, outputs=outputs)
+        if info.feature_names and not isinstance(data, np.ndarray):
+            sig = _only_features(sig, info.feature_names)
         if training is not None and sample is None:
             sig = _categories_from(sig, training)
     elif info.feature_names or info.n_features:
@@ -192,14 +195,37 @@ def _signature(given: Signature | None, info: ModelInfo, obj: Any, sample: Any,
     return Signature(sig.inputs, kind, outputs)
 
 
+def _only_features(sig: Signature, features: list[str]) -> Signature:
+    """The model's own feature columns, in its order (data may also hold a target or ids)."""
+    specs = {c.name: c for c in sig.inputs}
+    missing = [f for f in features if f not in specs]
+    if missing:
+        raise SchemaError(
+            f"The sample lacks the model's feature column(s) {', '.join(map(repr, missing))}.",
+            hint="Give sample rows with every column the model was fitted on.",
+            column=missing[0], expected=features, received=list(specs),
+        )
+    return Signature(tuple(specs[f] for f in features), sig.input_kind, sig.outputs)
+
+
 def _categories_from(sig: Signature, training: Any) -> Signature:
     """Known categories of string columns taken from the training data, when not known yet."""
-    cols = sig.validator().columns(training)
+    cols = sig.with_policy(extra_columns="ignore").validator().columns(training)
     inputs = tuple(
         ColumnSpec(c.name, c.dtype, c.nullable,
                    tuple(sorted({v for v in cols[c.name].tolist() if isinstance(v, str)})))
         if c.dtype == "string" and c.categories is None else c for c in sig.inputs)
     return Signature(inputs, sig.input_kind, sig.outputs)
+
+
+def _trim(data: Any, sig: Signature) -> Any:
+    """Sample or training rows cut to the signature's columns (dropping a target, ids ...)."""
+    names = list(sig.names)
+    if hasattr(data, "columns") and set(names) <= {str(c) for c in data.columns}:
+        return data[names]
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return [{n: row.get(n) for n in names} for row in data]
+    return data
 
 
 def _onnx_signature(model: Any, outputs: OutputSpec) -> Signature:
@@ -291,10 +317,9 @@ def _onnx_step(fmt: ModelFormat, obj: Any, native: Any, sig: Signature,
                            None if manifest.classes is None else np.asarray(manifest.classes))
         rows = onnx_convert.parity_rows(sig, example, training)
         parity = onnx_convert.check_parity(native, runner, rows, manifest.task, tolerance)
-    except MlharborError:
-        raise
-    except Exception as exc:
-        parity = {"status": "failed", "reason": f"ONNX Runtime failed: {exc}"[:500]}
+    except Exception as exc:  # a parity problem must not lose the registration
+        parity = {"status": "failed",
+                  "reason": f"parity check could not run: {type(exc).__name__}: {exc}"[:500]}
     manifest.onnx = parity
     manifest.onnx_path = "onnx/model.onnx"
     if parity["status"] == "passed":

@@ -72,10 +72,10 @@ def detect_file(path: Path) -> ModelFormat:
         fmt = get_format_if_available(name)
         if fmt is not None and fmt.claims_file(path, head):
             return fmt
+    supported = "; ".join(f"{name}: {get_format(name).summary}" for name in _FORMATS)
     raise InvalidInputError(
         f"Unknown model format in {str(path)!r}: it is none of {', '.join(_FORMATS)}.",
-        hint="Supported files: skops (.skops), ONNX, XGBoost JSON/UBJSON, LightGBM text, "
-        "TorchScript, Python source with a class that has predict(), and trusted pickles.",
+        hint=f"Supported: {supported}.",
     )
 
 

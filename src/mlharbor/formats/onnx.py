@@ -131,7 +131,9 @@ class OnnxModel(NativeModel):
                 raise InvalidInputError(
                     f"The ONNX model takes an input {name!r} the signature does not name."
                 )
-            feeds[name] = cols[name].astype(dtype, copy=False).reshape(-1, 1)
+            # float64 -> float32 may overflow to inf, as scikit-learn's own cast would.
+            with np.errstate(over="ignore"):
+                feeds[name] = cols[name].astype(dtype, copy=False).reshape(-1, 1)
         return feeds
 
     def proba_from_outputs(self, value: Any) -> np.ndarray:
