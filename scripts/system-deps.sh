@@ -7,6 +7,14 @@ need_pkgs=()
 # Packages the suite needs, by the command that proves each is present.
 declare -A PKG_FOR_CMD=(
   [psql]=postgresql-client
+  [promtool]=prometheus
+  [wrk]=wrk  # bench/serving only (run by hand)
+  # deploy: daemonless image builds and runs, the debootstrap base image, unit verification
+  [buildah]=buildah
+  [podman]=podman
+  [runc]=runc
+  [debootstrap]=debootstrap
+  [systemd-analyze]=systemd
 )
 for cmd in "${!PKG_FOR_CMD[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("${PKG_FOR_CMD[$cmd]}")

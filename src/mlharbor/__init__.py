@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelRef", "Registry", "Settings", "__version__", "load_settings"]
+__all__ = ["Client", "ModelRef", "Registry", "Settings", "__version__", "load_settings"]
 
 _LAZY = {
+    "Client": ("mlharbor.client", "Client"),
     "Registry": ("mlharbor.registry.service", "Registry"),
     "Settings": ("mlharbor.settings", "Settings"),
     "load_settings": ("mlharbor.settings", "load_settings"),
@@ -20,6 +21,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from mlharbor.client import Client
     from mlharbor.core.refs import ModelRef
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings, load_settings

@@ -48,12 +48,13 @@ def test_every_route_of_every_app_has_a_policy_rule(app: Any, settings: Settings
                                                     registry: Any) -> None:
     routes = declared_routes(app)
     assert ("GET", "/api/v1/models/{name}") in routes  # the walker sees included routers
-    missing = TABLE.missing(routes)
+    missing = app.state.route_table.missing(routes)  # the table the app really enforces
     serving = serving_app(settings, registry)
     if serving is not None:
         serving_routes = declared_routes(serving)
         assert serving_routes, "the serving app's routes were not found"
-        missing += [(m, f"serving {p}") for m, p in TABLE.missing(serving_routes)]
+        table = getattr(getattr(serving, "asgi", None), "table", TABLE)
+        missing += [(m, f"serving {p}") for m, p in table.missing(serving_routes)]
     assert not missing, f"routes without a rule in mlharbor.security.routemap: {missing}"
 
 
@@ -194,3 +195,42 @@ def test_serving_routes_use_the_same_table(settings: Settings, registry: Any,
                 assert refused.status_code == 403, template
                 assert allowed.status_code != 403 or rule.resource is None, template
         assert http.get("/metrics", headers=viewer).status_code == 200
+
+
+def test_a_route_missing_from_the_table_is_caught_and_unreachable(
+        settings: Settings, registry: Any, make_key: Any) -> None:
+    from mlharbor.api.app import create_app
+    from tests.support import LiveServer
+
+    fresh = create_app(settings, registry=registry)
+
+    @fresh.get("/api/v1/forgotten")
+    def forgotten() -> dict[str, str]:
+        return {"secret": "data"}
+
+    assert TABLE.missing(declared_routes(fresh)) == [("GET", "/api/v1/forgotten")]
+    admin = bearer(make_key("admin"))
+    with LiveServer(fresh) as live, watched_client(live.url) as http:
+        assert http.get("/api/v1/forgotten").status_code == 401
+        hidden = http.get("/api/v1/forgotten", headers=admin)
+        assert hidden.status_code == 404 and "secret" not in hidden.text
+
+
+def test_require_for_checks_inside_routes() -> None:
+    from mlharbor.core.errors import AuthenticationError, PermissionDeniedError
+    from mlharbor.security.policy import Grant, Principal, Resource, require
+
+    scoped = Principal("p", "service", (Grant("predictor", "endpoint:fraud-*"),), "c")
+    require(scoped, "predict", Resource("endpoint", "fraud-eu"))
+    with pytest.raises(PermissionDeniedError):
+        require(scoped, "predict", Resource("endpoint", "churn"))
+    with pytest.raises(PermissionDeniedError):
+        require(scoped, "predict", None)
+    with pytest.raises(AuthenticationError):
+        require(None, "read")
+
+
+def test_openapi_declares_the_bearer_scheme(client: httpx.Client, make_key: Any) -> None:
+    schema = client.get("/openapi.json", headers=bearer(make_key("viewer"))).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["security"] == [{"bearer": []}]

@@ -82,7 +82,7 @@ def test_bootstrap_intervals_and_paired_difference() -> None:
     ci = intervals(draws_good, 300)
     accuracy = compute_metrics(y, good, None, target)["accuracy"]
     assert ci["accuracy"][0] < accuracy < ci["accuracy"][1]
-    assert 0.85 < ci["accuracy"][0] and ci["accuracy"][1] < 0.95
+    assert ci["accuracy"][0] > 0.85 and ci["accuracy"][1] < 0.95
     full = (compute_metrics(y, good, None, target), compute_metrics(y, coin, None, target))
     diff = paired_difference("f1", full, (draws_good, draws_coin))
     assert diff["significantly_better"] and diff["p_value"] < 0.01

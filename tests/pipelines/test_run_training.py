@@ -40,6 +40,8 @@ def test_same_recipe_data_seed_same_metrics(workdir: Path) -> None:
     assert first.winner == second.winner and first.passed
     assert ("advance", "folds") in progress.events
     assert progress.events.count(("advance", "folds")) == 4 * 3  # 3 settings + baseline
+    assert progress.events.count(("advance", "candidates")) == 2
+    assert progress.events.count(("advance", "search")) == 2  # the forest's grid
     assert any("total_charges" in n for n in progress.notes)  # missing-value warning shown
 
     report = first.report
@@ -118,13 +120,16 @@ def test_feature_functions_and_dates(workdir: Path) -> None:
         "def charge_per_month(frame):\n"
         "    return (frame['total_charges'] / frame['tenure_months']).rename('per_month')\n"
     )
-    text = RECIPE.replace("validation:", "preparation:\n  trust_code: true\n"
+    text = RECIPE.replace("id_columns: [customer_id]",
+                          "id_columns: [customer_id]\n  features: {senior: categorical}")
+    text = text.replace("validation:", "preparation:\n  trust_code: true\n"
                           "  feature_functions: {module: features.py, "
                           "functions: [charge_per_month]}\nvalidation:")
     outcome = run_training(recipe_from_yaml(text, base_dir=workdir), n_jobs=1)
     assert outcome.schema.features["signup"] == "datetime"
     names = list(outcome.model.named_steps["prepare"].get_feature_names_out())
     assert "num__per_month" in names and "date__signup_month" in names
+    assert "code__senior_1" in names  # a numeric code treated as a category
     raw = frame.drop(columns=["churn", "customer_id"]).head(4)
     assert outcome.model.predict(raw).shape == (4,)
 
@@ -137,7 +142,9 @@ def test_feature_functions_and_dates(workdir: Path) -> None:
         ("path: churn.csv", "path: nope.csv", NotFoundError, "line 2, data.path"),
         ("sklearn.linear_model.LogisticRegression", "sklearn.linear_model.Logistic",
          ConfigError, "line 7, candidates[0].estimator"),
-        ("{max_iter: 300}", "{max_iter: lots}", Exception, "max_iter"),
+        ("{max_iter: 300}", "{max_iter: lots}", ConfigError,
+         "line 8, candidates[0].params: Invalid parameters for LogisticRegression: The "
+         "'max_iter' parameter"),
     ],
     ids=["unknown-target", "unknown-id-column", "unreadable-file", "unknown-estimator",
          "wrong-param-type"],

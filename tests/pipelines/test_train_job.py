@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mlharbor.core.errors import ConfigError, NotFoundError
 from mlharbor.core.records import VersionStatus
-from mlharbor.pipelines.train_job import reproduce, train
+from mlharbor.evaluation.html import render_html
+from mlharbor.pipelines.train_job import evaluate, reproduce, train
 from mlharbor.registry.service import Registry
 from mlharbor.settings import Settings
 from mlharbor.training.recipe import load_recipe, recipe_from_yaml
@@ -37,6 +39,12 @@ def test_register_gate_failure_and_reproduce(workdir: Path, settings: Settings) 
     assert lineage["evaluation"]["champion"] is None
     assert lineage["reference_profile"]["rows"] == first.outcome.report["splits"]["train_rows"]
     assert lineage["data_checks"]["warnings"][0]["column"] == "total_charges"
+    assert first.report_path is not None and "<svg" in first.report_path.read_text()
+
+    scored = evaluate(registry, "churn@champion", str(workdir / "churn.csv"), settings=settings)
+    assert scored.ref == "churn:1" and scored.rows == 1500
+    assert 0 < scored.report["holdout"]["metrics"]["f1"] <= 1
+    assert "<svg" in render_html(scored.report)  # confusion matrix and curves
 
     strict = recipe_from_yaml(RECIPE.replace("f1 >= 0.4", "f1 >= 0.99"), base_dir=workdir)
     second = train(strict, registry=registry, settings=settings)
@@ -58,5 +66,13 @@ def test_bad_recipe_registers_nothing(workdir: Path, settings: Settings) -> None
                                           "sklearn.ensemble.RandomForest"), base_dir=workdir)
     with pytest.raises(ConfigError, match="Unknown estimator"):
         train(bad, registry=registry, settings=settings)
+
+    # A date column needs mlharbor's DateParts step, which the skops policy must trust:
+    # refused before any fitting rather than after training, at registration.
+    frame = pd.read_csv(workdir / "churn.csv")
+    frame["signup"] = pd.date_range("2023-01-01", periods=len(frame), freq="D").astype(str)
+    frame.to_csv(workdir / "churn.csv", index=False)
+    with pytest.raises(ConfigError, match="skops_trusted_types"):
+        train(load_recipe(workdir / "recipe.yaml"), registry=registry, settings=settings)
     with pytest.raises(NotFoundError):
         registry.get_model("churn")

@@ -114,7 +114,38 @@ def test_admin_cli_end_to_end(settings: Settings, app: Any, client: httpx.Client
     revoked = run_cli("admin", "keys", "revoke", apikeys.parse_key(svc_key), env=env)
     assert revoked.returncode == 0, revoked.stderr
     assert client.get("/api/v1/models", headers=bearer(svc_key)).status_code == 401
-    users = run_cli("admin", "users", "list", "--json", env=env)
-    assert '"admin"' in users.stdout
-    policy = run_cli("admin", "policy", "--json", env=env)
-    assert '"predict": true' in policy.stdout
+
+
+def test_identities_on_both_databases(db_settings: Settings) -> None:
+    """The same store on SQLite and PostgreSQL; concurrent `admin init` makes one admin."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlharbor.bootstrap import open_identities, open_registry
+
+    registry = open_registry(db_settings)
+    store = open_identities(registry)
+    try:
+        def init(i: int) -> str | None:
+            try:
+                return store.init_admin(f"admin{i}", actor="t")[1]
+            except ConflictError:
+                return None
+
+        with ThreadPoolExecutor(4) as pool:
+            made = [k for k in pool.map(init, range(4)) if k]
+        assert len(made) == 1
+        leakwatch.remember_secret(made[0])
+        assert store.authenticate_key(made[0]).roles == {"admin"}
+        store.create_identity("bot", kind="service", grants=["predictor@endpoint:churn"],
+                              actor="t")
+        info, key = store.create_key("bot", expires_at=utcnow() + timedelta(days=1),
+                                     actor="t")
+        leakwatch.remember_secret(key)
+        assert str(store.authenticate_key(key).grants[0]) == "predictor@endpoint:churn"
+        store.revoke_key(info.prefix, actor="t")
+        with pytest.raises(Exception, match="revoked"):
+            store.authenticate_key(key)
+        actions = [e.action for e in registry.store.iter_audit()]
+        assert actions.count("key.revoke") == 1 and "identity.create" in actions
+    finally:
+        registry.close()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlharbor.settings import Settings, ServingSettings
+from mlharbor.settings import ServingSettings, Settings
 from tests.support import LiveServer
 
 FEATURES = [f"f{i}" for i in range(20)]

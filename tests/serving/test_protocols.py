@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 import httpx
@@ -179,3 +181,27 @@ def test_health_status_and_metrics(server: Any) -> None:
                  "mlharbor_model_load_seconds_count", "mlharbor_fallbacks_total"):
         assert name in text, name
     assert 'endpoint="churn"' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/system-deps.sh installs prometheus)")
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_python_client(server: Any, data: Any, reference_proba: Any) -> None:
+    import mlharbor
+    from mlharbor.core.errors import NotFoundError, SchemaError
+
+    x, _y = data
+    with mlharbor.Client(server.url) as client:
+        answer = client.predict("churn", x.head(6))
+        np.testing.assert_allclose(answer.probabilities, reference_proba("churn@champion",
+                                                                         x.head(6)), atol=1e-6)
+        assert answer.version == 1 and len(answer.request_id) == 32
+        assert client.predict("churn", x.head(1).to_dict(orient="records")).version == 1
+        with pytest.raises(SchemaError) as caught:
+            client.predict("churn", x.head(2).drop(columns=["f4"]))
+        assert caught.value.details["column"] == "f4"
+        with pytest.raises(NotFoundError):
+            client.predict("nope", x.head(1))

@@ -91,7 +91,8 @@ def test_semantic_errors_name_line(old: str, new: str, expected: str) -> None:
 
 def test_typo_suggests_the_right_estimator() -> None:
     recipe = recipe_from_yaml(GOOD.replace("RandomForestClassifier", "RandomForestClassifer"))
-    with pytest.raises(ConfigError, match="Did you mean sklearn.ensemble.RandomForestClassifier"):
+    expected = r"Did you mean sklearn\.ensemble\.RandomForestClassifier"
+    with pytest.raises(ConfigError, match=expected):
         prepare(recipe)
 
 

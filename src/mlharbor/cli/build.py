@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
                                          "mlharbor home)."),
         tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
                                         help="Check the registry's TLS certificate on push."),
+        api_key: bool = typer.Option(False, "--api-key", help="Create a predictor API key in "
+                                     "the baked registry and print it (once)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be written "
                                      "and built; change nothing."),
     ) -> None:
@@ -45,9 +47,14 @@ def register(app: typer.Typer) -> None:
         from mlharbor.bootstrap import open_registry
         from mlharbor.cli.admin import cli_actor
         from mlharbor.cli.main import settings_from
+        from mlharbor.core.errors import InvalidInputError
         from mlharbor.deploy.base import resolve_source
         from mlharbor.deploy.container import DEFAULT_BASE_IMAGE, ContextOptions
 
+        if api_key and not bake:
+            raise InvalidInputError(
+                "--api-key needs a baked image: without --bake, keys live in the shared "
+                "registry (mlharbor admin keys create).")
         settings = settings_from(ctx)
         console = Console(stderr=True)
         registry = open_registry(settings)
@@ -66,18 +73,20 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"  build  image {source.image} from {base}")
                 if push:
                     typer.echo(f"  push   {source.image}")
+                if api_key:
+                    typer.echo("  create predictor API key in the baked registry")
                 return
             options = ContextOptions(bake=bake, base_image=base, wheel_cache=wheel_cache or (
                 settings.home / "cache" / "wheels"))
             _build(registry, source, output, options, console, do_build or push, push,
-                   builder, tls_verify, cli_actor())
+                   builder, tls_verify, cli_actor(), api_key)
         finally:
             registry.close()
 
 
 def _build(registry: object, source: object, output: Path, options: object, console: object,
            do_build: bool, push: bool, builder: str | None, tls_verify: bool,
-           actor: str) -> None:
+           actor: str, api_key: bool = False) -> None:
     from typing import Any, cast
 
     from rich.console import Console
@@ -99,6 +108,9 @@ def _build(registry: object, source: object, output: Path, options: object, cons
                                           progress=lambda step: status.update(step + " ..."))
         out.print(f"wrote {context.path} ({context.wheels} wheels, "
                   f"{'model baked in' if context.bake else 'model fetched at start'})")
+        if api_key:
+            key = _provision_key(context.path / "model", actor)
+            typer.echo(f"api key (shown once, store it now): {key}")
         if do_build:
             with out.status(f"building {src.image} ..."):
                 built = build_image(context.path, src.image, builder=builder,
@@ -120,3 +132,21 @@ def _build(registry: object, source: object, output: Path, options: object, cons
     reg.store.record(actor=actor, action="deploy.container", resource=src.resource,
                      outcome="success", details=details)
     typer.echo(str(output))
+
+
+def _provision_key(model_dir: Path, actor: str) -> str:
+    """A service identity with the predictor role, and one key, in the baked registry."""
+    from mlharbor.bootstrap import open_identities
+    from mlharbor.deploy.bake import open_baked
+
+    registry = open_baked(model_dir)
+    try:
+        identities = open_identities(registry)
+        identities.create_identity("image-client", kind="service", grants=["predictor"],
+                                   description="calls the image built by mlharbor build",
+                                   actor=actor)
+        _info, key = identities.create_key("image-client", label="mlharbor build --api-key",
+                                           actor=actor)
+    finally:
+        registry.close()
+    return key

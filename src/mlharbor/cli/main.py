@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.audit",
     "mlharbor.cli.keys",
     "mlharbor.cli.train",
+    "mlharbor.cli.monitor",
     "mlharbor.cli.build",
     "mlharbor.cli.deploy",
 )

@@ -143,7 +143,7 @@ def _metrics_table(
     rows = []
     for name, value in metrics.items():
         interval = ci.get(name)
-        row = [name, f"{value:.4f}", f"{interval[0]:.4f} – {interval[1]:.4f}" if interval else ""]
+        row = [name, f"{value:.4f}", f"{interval[0]:.4f} to {interval[1]:.4f}" if interval else ""]
         if other:
             stored = other.get(name)
             row.append("" if stored is None else f"{stored:.4f}")
@@ -191,6 +191,8 @@ def _print_train_result(result: TrainJobResult) -> None:
     status = "ready" if result.passed else "failed"
     alias = f", alias {result.alias!r} now points to it" if result.alias else ""
     sys.stdout.write(f"Registered {result.version.ref} ({status}){alias}.\n")
+    if result.report_path is not None:
+        sys.stdout.write(f"Report: {result.report_path}\n")
 
 
 def _print_json_result(result: TrainJobResult) -> None:

@@ -73,7 +73,7 @@ def plan_splits(
                     "The time strategy needs data.time_column to order the rows; none is set."
                 )
             order = np.argsort(_time_values(frame[time_column]), kind="stable")
-            cut = int(round(len(order) * (1 - holdout)))
+            cut = round(len(order) * (1 - holdout))
             train, test = order[:cut], order[cut:]
             inner = TimeSeriesSplit(n_splits=folds).split(train)
         elif strategy == "group":

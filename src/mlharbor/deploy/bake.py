@@ -29,16 +29,12 @@ def bake_version(source: Registry, version: ModelVersion, folder: Path, *, actor
     from sqlalchemy import update
 
     from mlharbor.registry.schema import models
-    from mlharbor.registry.service import Registry
-    from mlharbor.settings import Settings
 
     if (folder / DB_FILE).exists():
         raise ConflictError(f"{folder / DB_FILE} already exists; bake into an empty folder.")
     files = source.download(version)
     folder.mkdir(parents=True, exist_ok=True)
-    settings = Settings(home=folder / ".home", database_url=f"sqlite:///{folder / DB_FILE}",
-                        artifact_uri=str(folder / ARTIFACTS))
-    baked = Registry.from_settings(settings)
+    baked = open_baked(folder)
     try:
         baked.create_model(version.name, actor=actor,
                            description=f"baked from {version.ref} by mlharbor build")
@@ -57,12 +53,29 @@ def bake_version(source: Registry, version: ModelVersion, folder: Path, *, actor
         copied = baked.get_version(copied.ref)
     finally:
         baked.close()
-    # The image copies the database to a writable folder at start; leave no WAL side files.
-    for side in ("-wal", "-shm"):
-        Path(f"{folder / DB_FILE}{side}").unlink(missing_ok=True)
-    shutil.rmtree(folder / ".home", ignore_errors=True)
-    _make_world_readable(folder)
     return copied
+
+
+def open_baked(folder: Path) -> Registry:
+    """The baked registry in ``folder``; closing it leaves the folder ready to ship."""
+    from mlharbor.registry.service import Registry
+    from mlharbor.settings import Settings
+
+    settings = Settings(home=folder / ".home", database_url=f"sqlite:///{folder / DB_FILE}",
+                        artifact_uri=str(folder / ARTIFACTS))
+    registry = Registry.from_settings(settings)
+    close = registry.close
+
+    def close_and_tidy() -> None:
+        close()
+        # The image copies the database to a writable folder at start; no WAL side files.
+        for side in ("-wal", "-shm"):
+            Path(f"{folder / DB_FILE}{side}").unlink(missing_ok=True)
+        shutil.rmtree(folder / ".home", ignore_errors=True)
+        _make_world_readable(folder)
+
+    registry.close = close_and_tidy  # type: ignore[method-assign]
+    return registry
 
 
 def _make_world_readable(folder: Path) -> None:

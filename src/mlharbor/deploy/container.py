@@ -148,20 +148,29 @@ def collect_wheels(dest: Path, requirement: str, cache: Path | None) -> int:
         cache_dir = cache or work / "cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
         offline = ["--no-index", "--find-links", str(cache_dir)]
-        if _pip_wheel(spec, cache_dir, constraints, offline).returncode != 0:
+        _forget_own_wheels(cache_dir)
+        if _pip_wheel(spec, dest, constraints, offline).returncode != 0:
             # Something is missing from the cache: fetch it from the package index, once.
             online = _pip_wheel(spec, cache_dir, constraints, ["--find-links", str(cache_dir)])
+            # The cache keeps dependencies only: an older mlharbor wheel of the same version
+            # would contradict the one just built.
+            _forget_own_wheels(cache_dir)
             if online.returncode != 0:
                 raise UnavailableError(
                     f"Downloading the wheels for {requirement} failed: "
                     f"{_last_line(online.stderr)}",
                     hint="The package index must be reachable once; later builds reuse the "
                     "wheel cache.")
-        result = _pip_wheel(spec, dest, constraints, offline)
-        if result.returncode != 0:
-            raise UnavailableError(f"Collecting wheels failed: {_last_line(result.stderr)}")
+            result = _pip_wheel(spec, dest, constraints, offline)
+            if result.returncode != 0:
+                raise UnavailableError(f"Collecting wheels failed: {_last_line(result.stderr)}")
         shutil.copy2(own, dest / own.name)
     return len(list(dest.glob("*.whl")))
+
+
+def _forget_own_wheels(cache: Path) -> None:
+    for stale in cache.glob("mlharbor-*.whl"):
+        stale.unlink()
 
 
 def _pip_wheel(spec: str, dest: Path, constraints: Path, index: list[str]
@@ -215,5 +224,7 @@ def _pins() -> str:
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if not line.startswith("WARNING")]
-    return lines[-1] if lines else "no output"
+    """pip's own explanation: the error lines, without its warnings about config."""
+    lines = [line.strip() for line in text.strip().splitlines()
+             if line.strip() and not line.startswith("WARNING")]
+    return " | ".join(lines[-6:]) if lines else "no output"

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import tarfile
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import utcnow
@@ -109,8 +110,9 @@ class SageMakerTarget(Target[SageMakerOptions]):
 
 def resource_names(plan: Plan, options: SageMakerOptions) -> dict[str, str]:
     source = plan.source
-    stamp = utcnow().strftime("%Y%m%d%H%M%S")
-    base = f"{source.slug}-v{source.number}-{stamp}"[:63]
+    # Unique per deployment (SageMaker refuses a second model or config of the same name).
+    stamp = f"{utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    base = f"{source.slug[:30]}-v{source.number}-{stamp}"
     key = f"{options.prefix.strip('/')}/{source.model}/{source.number}/model.tar.gz"
     return {"model": base, "config": base, "endpoint": options.endpoint_name or source.slug,
             "data": f"s3://{options.bucket}/{key}"}

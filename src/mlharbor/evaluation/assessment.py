@@ -63,6 +63,7 @@ def assess(
     resamples: int = 500,
     champion: Any | None = None,
     champion_ref: str | None = None,
+    champion_error: str | None = None,
     n_jobs: int = -1,
     on_fold: Callable[[str, FoldScores], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
@@ -97,7 +98,7 @@ def assess(
     base_hold = evaluate_holdout(fitted_baseline, X_hold, y_hold, target, indices,
                                  with_curves=False)
     test_share = len(folds[0][1]) / (len(folds[0][0]) + len(folds[0][1])) if folds else 0.2
-    baseline_block = {
+    baseline_block: dict[str, Any] = {
         "strategy": strategy,
         "cv": cv[BASELINE].summary(),
         "holdout": base_hold.to_dict(),
@@ -106,6 +107,8 @@ def assess(
     }
     champion_block: dict[str, Any] | None = None
     champion_hold: HoldoutResult | None = None
+    if champion_error is not None:
+        champion_block = {"ref": champion_ref, "error": champion_error}
     if champion is not None:
         stage("champion")
         try:
@@ -211,3 +214,21 @@ def permutation_importances(
     result = permutation_importance(model, X, y, scoring=score, n_repeats=repeats,
                                     random_state=seed, n_jobs=1)
     return {str(c): float(v) for c, v in zip(X.columns, result.importances_mean, strict=True)}
+
+
+def model_importances(model: Any) -> dict[str, Any]:
+    """The estimator's own importances (impurity or coefficients) by prepared feature name."""
+    import numpy as np
+
+    estimator = model.steps[-1][1]
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None and hasattr(estimator, "coef_"):
+        values = np.abs(np.asarray(estimator.coef_)).reshape(-1, np.shape(estimator.coef_)[-1])
+        values = values.mean(axis=0)
+    if values is None:
+        return {}
+    try:
+        names = model.named_steps["prepare"].get_feature_names_out()
+    except Exception:  # not every step knows its output names
+        names = [f"f{i}" for i in range(len(values))]
+    return {"model_importances": {str(n): float(v) for n, v in zip(names, values, strict=False)}}

@@ -201,5 +201,5 @@ def paired_difference(
         "p_value": p_value,
         "significantly_better": bool(better),
         "method": "paired bootstrap",
-        "resamples": int(len(diffs)),
+        "resamples": len(diffs),
     }

@@ -15,6 +15,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde}
 table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.25rem .6rem;border:1px solid #dde;
 text-align:right}th{background:#f3f5f8}td:first-child,th:first-child{text-align:left}
+table.text td,table.text th{text-align:left}
 .pass{color:#0a7d32;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{margin:0}.muted{color:#667}
 """
@@ -69,8 +70,8 @@ def _gates(gates: list[dict[str, Any]]) -> list[str]:
         f"{'pass' if g['passed'] else 'FAIL'}</td><td>{html.escape(g['detail'])}</td></tr>"
         for g in gates
     )
-    return ["<h2>Gates</h2><table><tr><th>gate</th><th>verdict</th><th>detail</th></tr>",
-            rows, "</table>"]
+    head = "<tr><th>gate</th><th>verdict</th><th>detail</th></tr>"
+    return ["<h2>Gates</h2><table class='text'>", head, rows, "</table>"]
 
 
 def _holdout_table(report: dict[str, Any]) -> list[str]:
@@ -85,7 +86,7 @@ def _holdout_table(report: dict[str, Any]) -> list[str]:
     rows = []
     for name, value in metrics.items():
         interval = ci.get(name)
-        ci_text = f"{interval[0]:.4f} – {interval[1]:.4f}" if interval else "—"
+        ci_text = f"{interval[0]:.4f} to {interval[1]:.4f}" if interval else "—"
         mean, std = cv.get("mean", {}).get(name), cv.get("std", {}).get(name)
         cv_text = f"{mean:.4f} ± {std:.4f}" if mean is not None and std is not None else "—"
         row = (f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td><td>{ci_text}</td>"
@@ -109,7 +110,7 @@ def _candidates_table(report: dict[str, Any], primary: str) -> list[str]:
             f"<td>{_fmt(mean)} ± {_fmt(std)}</td><td>{cand.get('settings_tried', 1)}</td>"
             f"<td>{html.escape(str(cand.get('best_params', {})))}</td></tr>"
         )
-    return ["<h2>Candidates</h2><table><tr><th>name</th><th>estimator</th>",
+    return ["<h2>Candidates</h2><table class='text'><tr><th>name</th><th>estimator</th>",
             f"<th>CV {html.escape(primary)}</th><th>settings tried</th><th>best params</th></tr>",
             *rows, "</table>"]
 

@@ -83,7 +83,7 @@ def predictions(model: Any, X: Any, target: Target) -> tuple[Any, Any | None]:
 
 
 def compute_metrics(
-    y_true: Sequence[Any], y_pred: Sequence[Any], proba: Any | None, target: Target
+    y_true: Sequence[Any] | Any, y_pred: Sequence[Any] | Any, proba: Any | None, target: Target
 ) -> dict[str, float]:
     """Every metric of the task, each computed by the matching scikit-learn function."""
     import numpy as np

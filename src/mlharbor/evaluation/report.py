@@ -69,3 +69,30 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def score_on_data(
+    model: Any, frame: Any, schema: dict[str, Any], recipe: dict[str, Any], *,
+    resamples: int = 500,
+) -> dict[str, Any]:
+    """Score a fitted model on a labelled frame, using the schema stored at registration."""
+    from mlharbor.evaluation.bootstrap import resample_indices
+
+    target_column = schema["target"]
+    frame = frame[frame[target_column].notna()]
+    classes = tuple(schema.get("classes") or ())
+    pos_label = (recipe.get("data") or {}).get("positive_class")
+    target = Target(schema["task"], classes,
+                    pos_label if pos_label is not None else (classes[-1] if classes else None))
+    y = frame[target_column].to_numpy()
+    indices = resample_indices(len(y), resamples, 0) if resamples else []
+    result = evaluate_holdout(model, frame[list(schema["features"])], y, target, indices)
+    return {
+        "format": REPORT_FORMAT,
+        "task": target.task,
+        "classes": list(classes),
+        "positive_class": target.pos_label,
+        "primary_metric": (recipe.get("metrics") or {}).get("primary") or "",
+        "rows": len(y),
+        "holdout": result.to_dict(),
+    }

@@ -28,7 +28,7 @@ import numpy as np
 from mlharbor.monitoring import statistics as st
 from mlharbor.monitoring.reference import FeatureReference, Reference
 
-GRID = tuple(int(round(10 ** e)) for e in np.arange(2.0, 6.01, 0.5))  # 100 ... 1,000,000
+GRID = tuple(round(10 ** e) for e in np.arange(2.0, 6.01, 0.5))  # 100 ... 1,000,000
 GAUSSIAN_MIN_COUNT = 50
 DRAWS = 10_000
 ALGORITHM = 1  # bump when the statistics or the simulation change (invalidates caches)
@@ -123,10 +123,12 @@ def _draw(rng: np.random.Generator, n: int, p: np.ndarray, draws: int,
     if len(positive) == 0 or n <= 0:
         return np.zeros((draws, len(p)))
     if n * positive.min() < GAUSSIAN_MIN_COUNT:
-        return rng.multinomial(n, p, size=draws).astype(float)
+        exact: np.ndarray = rng.multinomial(n, p, size=draws).astype(float)
+        return exact
     root = np.sqrt(p)
     noise = root * z - p * (z @ root)[:, None]
-    return np.clip(n * p + np.sqrt(n) * noise, 0.0, None)
+    approx: np.ndarray = np.clip(n * p + np.sqrt(n) * noise, 0.0, None)
+    return approx
 
 
 def _interpolate(sizes: tuple[int, ...], values: list[float], n: int) -> float:

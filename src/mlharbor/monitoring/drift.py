@@ -1,7 +1,7 @@
 """Drift of a window against the reference: per-feature tests, dataset and prediction drift.
 
-Per feature, on the reference's bins: numeric features get PSI, Jensen–Shannon, KS and the
-normalised Wasserstein distance; categorical features Jensen–Shannon and chi-square, with the
+Per feature, on the reference's bins: numeric features get PSI, Jensen-Shannon, KS and the
+normalised Wasserstein distance; categorical features Jensen-Shannon and chi-square, with the
 share of categories the reference never saw checked separately (``unseen``); every feature gets
 a missing-share check. Each test has a threshold calibrated to the window size
 (:mod:`mlharbor.monitoring.calibration`); a feature drifts when any test passes its threshold,

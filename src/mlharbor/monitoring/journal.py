@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
@@ -37,7 +37,7 @@ class Journal:
         existing = self._files()
         # Never append to a file left by an earlier process: its tail may be torn.
         self._seq = (self._seq_of(existing[-1]) + 1) if existing else 1
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._active_bytes = 0
         self._sealed_bytes = sum(p.stat().st_size for p in existing)
 

@@ -155,11 +155,11 @@ def _feature(name: str, entry: Mapping[str, Any], rows: int) -> FeatureReference
     if kind == "categorical":
         raw = entry.get("counts") or {}
         categories = tuple(str(c) for c in raw)
-        counts = [int(raw[c]) for c in raw]
+        tallies = [int(raw[c]) for c in raw]
         other = int(entry.get("other") or 0)
         if other:
-            counts.append(other)
-        arr = np.asarray(counts or [0], dtype=np.int64)
+            tallies.append(other)
+        arr = np.asarray(tallies or [0], dtype=np.int64)
         return FeatureReference(name, "categorical", arr, _missing(missing_share, int(arr.sum())),
                                 categories=categories, has_other=bool(other))
     raise InvalidInputError(
@@ -178,10 +178,11 @@ def _missing(share: float, present: int) -> int:
 def _points(edges: np.ndarray, sample: np.ndarray) -> np.ndarray:
     """Mean of the sample in each bin; bin midpoints where the sample has none."""
     bins = len(edges) - 1
-    mids = 0.5 * (edges[:-1] + edges[1:])
+    mids: np.ndarray = 0.5 * (edges[:-1] + edges[1:])
     if len(sample) == 0:
         return mids
     index = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, bins - 1)
     sums = np.bincount(index, weights=sample, minlength=bins)
     n = np.bincount(index, minlength=bins)
-    return np.where(n > 0, sums / np.maximum(n, 1), mids)
+    points: np.ndarray = np.where(n > 0, sums / np.maximum(n, 1), mids)
+    return points

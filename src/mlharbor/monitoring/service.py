@@ -5,8 +5,9 @@ Wiring for the lead, in one place:
 * serving: ``log = open_prediction_log(settings, metrics_registry=metrics.registry).start()``,
   then give ``log`` to serving as its ``PredictionSink`` (``log.write(records)``) or call
   ``log.emit(record)`` directly on the hot path; ``log.close()`` on shutdown.
-* control plane: ``api.routes.monitoring.router`` reads ``app.state.monitor``, built lazily
-  by :func:`monitor_for_app`.
+* control plane: ``api.routes.monitoring.router`` reads ``app.state.monitor`` (built on first
+  use); :func:`open_alerts` gives the alert loop (``app.state.alerts = loop.alerts``,
+  ``loop.start()`` at startup, ``loop.stop()`` at shutdown) when rules are configured.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlharbor.monitoring.predlog import PredictionLog
+    from mlharbor.monitoring.signals import AlertLoop
     from mlharbor.settings import Settings
 
 
@@ -46,3 +48,196 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         max_buffer_bytes=mon.buffer_max_bytes,
         metrics_registry=metrics_registry,
     )
+
+
+def open_alerts(settings: Settings, monitor: Monitor, *, metrics_registry: Any = None
+                ) -> AlertLoop | None:
+    """The alert loop for ``monitoring.alert_rules_file`` (None when no rules are set)."""
+    from mlharbor.monitoring.alerts import AlertManager, load_rules
+    from mlharbor.monitoring.notify import Webhooks
+    from mlharbor.monitoring.signals import AlertLoop
+
+    mon = settings.monitoring
+    if mon.alert_rules_file is None:
+        return None
+    manager = AlertManager(
+        load_rules(mon.alert_rules_file),
+        state_file=settings.home / "monitoring" / "alerts.jsonl",
+        notify=Webhooks(mon.webhooks, mon.slack_webhooks),
+    )
+    return AlertLoop(monitor, manager, mon.evaluation_interval_s,
+                     metrics_registry=metrics_registry)
+
+
+def feedback_uri(settings: Settings) -> str:
+    uri = log_uri(settings).rstrip("/")
+    return uri.rsplit("/", 1)[0] + "/feedback" if "/" in uri else uri + "-feedback"
+
+
+class Monitor:
+    """What the control plane and the CLI ask of monitoring, over one registry and one log."""
+
+    def __init__(self, settings: Settings, registry: Any = None,
+                 log: PredictionLog | None = None) -> None:
+        from mlharbor.monitoring.feedback import Feedback
+        from mlharbor.monitoring.segments import open_segments
+
+        self.settings = settings
+        self.registry = registry
+        self.log = log or open_prediction_log(settings)
+        self.feedback = Feedback(open_segments(feedback_uri(settings), settings), self.log)
+        self.cache_dir = settings.home / "monitoring"
+
+    # -- feedback and performance ----------------------------------------------------------
+
+    def add_feedback(self, endpoint: str, body: Any) -> int:
+        self._check_endpoint(endpoint)
+        return self.feedback.add(endpoint, body)
+
+    def performance(self, endpoint: str, *, start: Any, end: Any, window: Any,
+                    task: str | None = None) -> list[dict[str, Any]]:
+        rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
+                                         task=task)
+        model = self._model_of(endpoint, start, end)
+        if model is None or self.registry is None:
+            return rows
+        validation = {}
+        for version in {r["version"] for r in rows if r["version"]}:
+            try:
+                validation[version] = self.registry.get_version(f"{model}:{version}").metrics
+            except Exception:  # a deleted version: no validation metrics to compare with
+                continue
+        return self.feedback.performance(endpoint, start=start, end=end, window=window,
+                                         task=task, validation=validation)
+
+    # -- drift -----------------------------------------------------------------------------
+
+    def drift_engine(self, model: str, version: int) -> Any:
+        """The engine for a version's stored profile, with its calibration cached on disk."""
+        from mlharbor.core.errors import NotFoundError
+        from mlharbor.monitoring.reference import Reference
+
+        if self.registry is None:
+            raise NotFoundError("No registry is configured to read reference profiles from.")
+        mv = self.registry.get_version(f"{model}:{version}")
+        profile = (mv.lineage or {}).get("reference_profile")
+        if not profile:
+            raise NotFoundError(
+                f"Version {model}:{version} has no reference profile, so drift cannot be "
+                "measured against its training data.",
+                hint="Train it with `mlharbor train` (which stores the profile), or build a "
+                "Reference from a DataFrame with Reference.from_frame().")
+        return self.engine_for(Reference.from_profile(profile))
+
+    def engine_for(self, reference: Any) -> Any:
+        import orjson
+
+        from mlharbor.monitoring.calibration import Calibration, calibrate
+        from mlharbor.monitoring.drift import DriftEngine
+
+        mon = self.settings.monitoring
+        path = (self.cache_dir / "calibration" /
+                f"{reference.digest[:32]}-{mon.drift_alpha}-{mon.drift_min_share_change}.json")
+        calibration = None
+        if path.exists():
+            calibration = Calibration.from_dict(orjson.loads(path.read_bytes()))
+        if calibration is None:
+            calibration = calibrate(reference, alpha=mon.drift_alpha,
+                                    min_share_change=mon.drift_min_share_change)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(calibration.to_dict()))
+            tmp.replace(path)
+        return DriftEngine(reference, calibration, dataset_share=mon.drift_dataset_share)
+
+    def drift(self, endpoint: str, *, start: Any, end: Any, step: Any = None,
+              version: int | None = None) -> dict[str, Any]:
+        """Drift of ``[start, end)`` against the served version's profile, plus a series of
+        ``step``-long windows; finished windows' counts are cached and merged, not rescanned."""
+        from datetime import datetime
+
+        from mlharbor.core.errors import NotFoundError
+        from mlharbor.monitoring.windows import merge_all
+
+        model, version = self._served(endpoint, start, end, version)
+        if model is None or version is None:
+            raise NotFoundError(
+                f"Endpoint {endpoint!r} logged no predictions between {start:%Y-%m-%d %H:%M} "
+                f"and {end:%Y-%m-%d %H:%M} UTC.",
+                hint="Widen --window, or check that serving writes the prediction log.")
+        engine = self.drift_engine(model, version)
+        step = step or (end - start)
+        windows = []
+        moment = start
+        size = step.total_seconds()
+        while moment < end:
+            # Boundaries on the step's grid (whole hours for 1h), so the finished windows of
+            # one report are the cached windows of the next.
+            aligned = (moment.timestamp() // size + 1) * size
+            upper = min(datetime.fromtimestamp(aligned, tz=moment.tzinfo), end)
+            windows.append(self._window(engine, endpoint, version, moment, upper))
+            moment = upper
+        total = merge_all(windows)
+        assert total is not None
+        series = [{"start": w.start.isoformat() if w.start else None, "rows": w.rows,
+                   **_brief(engine.compare(w))} for w in windows if w.rows]
+        report = engine.compare(total).to_dict()
+        report.update(endpoint=endpoint, model=model, version=version, series=series)
+        return dict(report)
+
+    def _window(self, engine: Any, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
+        import orjson
+
+        from mlharbor.core.clock import utcnow
+        from mlharbor.monitoring.windows import WindowCounts
+
+        key = f"{engine.reference.digest[:16]}-{int(lo.timestamp())}-{int(hi.timestamp())}"
+        path = self.cache_dir / "windows" / endpoint / f"{version}-{key}.json"
+        if path.exists():
+            return WindowCounts.from_dict(orjson.loads(path.read_bytes()))
+        table = self.log.scan(endpoint, lo, hi)
+        if "version" in table.column_names:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.equal(table["version"], version))
+        inputs = {name[3:]: table[name] for name in table.column_names if name.startswith("in.")}
+        predictions = table["prediction"] if "prediction" in table.column_names else None
+        counts = engine.count(inputs if table.num_rows else {}, predictions=predictions,
+                              start=lo, end=hi)
+        counts.rows = table.num_rows
+        settled = hi.timestamp() < utcnow().timestamp() - 2 * self.log.segment_interval_s - 60
+        if settled:  # later rows cannot arrive any more: keep the counts
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(orjson.dumps(counts.to_dict()))
+        return counts
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        if self.registry is None:
+            return
+        from mlharbor.registry.endpoints import EndpointService
+
+        EndpointService(self.registry).get(endpoint)  # NotFoundError names the endpoint
+
+    def _served(self, endpoint: str, start: Any, end: Any, version: int | None
+                ) -> tuple[str | None, int | None]:
+        table = self.log.scan(endpoint, start, end, columns=["model_ref", "version"])
+        if table.num_rows == 0 or "version" not in table.column_names:
+            return None, version
+        frame = table.to_pandas().dropna()
+        if frame.empty:
+            return None, version
+        model = str(frame["model_ref"].iloc[-1]).split("@")[0].split(":")[0]
+        if version is None:
+            version = int(frame["version"].value_counts().idxmax())
+        return model, version
+
+    def _model_of(self, endpoint: str, start: Any, end: Any) -> str | None:
+        return self._served(endpoint, start, end, 0)[0]
+
+
+def _brief(report: Any) -> dict[str, Any]:
+    return {"drifted": report.drifted, "drifted_share": report.drifted_share,
+            "drifted_features": report.drifted_features,
+            "scores": {f.name: round(f.score, 4) for f in report.features}}

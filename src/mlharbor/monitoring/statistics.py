@@ -24,7 +24,8 @@ CATEGORICAL_TESTS = ("jensen_shannon", "chi_square", "category_share")
 def proportions(counts: Any) -> np.ndarray:
     c = np.asarray(counts, dtype=float)
     total = c.sum(axis=-1, keepdims=True)
-    return c / np.where(total > 0, total, 1.0)
+    out: np.ndarray = c / np.where(total > 0, total, 1.0)
+    return out
 
 
 def chi_square(w: Any, r: Any) -> np.ndarray:
@@ -49,9 +50,11 @@ def share_difference(w_hits: Any, w_total: Any, r_hits: Any, r_total: Any) -> np
     """Absolute difference of two shares (missing values, unseen categories)."""
     def share(hits: Any, total: Any) -> np.ndarray:
         h, t = np.asarray(hits, dtype=float), np.asarray(total, dtype=float)
-        return np.divide(h, t, out=np.zeros(np.broadcast(h, t).shape), where=t > 0)
+        out: np.ndarray = np.divide(h, t, out=np.zeros(np.broadcast(h, t).shape), where=t > 0)
+        return out
 
-    return np.abs(share(w_hits, w_total) - share(r_hits, r_total))
+    difference: np.ndarray = np.abs(share(w_hits, w_total) - share(r_hits, r_total))
+    return difference
 
 
 def scores(tests: tuple[str, ...], w: Any, r: Any, *, points: Any = None,

@@ -56,10 +56,13 @@ class WindowCounts:
 
     def merge(self, other: WindowCounts) -> WindowCounts:
         names = self.features.keys() | other.features.keys()
-        merged = {}
+        merged: dict[str, FeatureCounts] = {}
         for name in names:
             a, b = self.features.get(name), other.features.get(name)
-            merged[name] = a.merge(b) if a is not None and b is not None else (a or b)  # type: ignore[assignment]
+            if a is not None and b is not None:
+                merged[name] = a.merge(b)
+            else:
+                merged[name] = a if a is not None else b  # type: ignore[assignment]
         starts = [t for t in (self.start, other.start) if t is not None]
         ends = [t for t in (self.end, other.end) if t is not None]
         return WindowCounts(merged, self.rows + other.rows, min(starts, default=None),
@@ -116,7 +119,8 @@ def count_feature(ref: FeatureReference, values: Any, rows: int) -> FeatureCount
         x = _numeric(values, ref.kind == "datetime")
         nan = np.isnan(x)
         present = x[~nan] if nan.any() else x
-        index = np.searchsorted(ref.edges, present, side="right") - 1  # type: ignore[arg-type]
+        assert ref.edges is not None
+        index = np.searchsorted(ref.edges, present, side="right") - 1
         np.clip(index, 0, bins - 1, out=index)
         return FeatureCounts(np.bincount(index, minlength=bins).astype(np.int64),
                              missing=int(nan.sum()))
@@ -152,13 +156,15 @@ def _numeric(values: Any, datetime_like: bool) -> np.ndarray:
         values = values.to_pandas()
     if datetime_like:
         stamps = pd.to_datetime(pd.Series(values), errors="coerce", utc=True)
-        return (stamps.astype("int64") / 1e9).where(stamps.notna()).to_numpy(dtype=float)
+        seconds = (stamps.astype("int64") / 1e9).where(stamps.notna())
+        return np.asarray(seconds, dtype=float)
     if isinstance(values, pd.Series):
-        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
     try:
         return np.asarray(values, dtype=float)
     except (TypeError, ValueError):
-        return pd.to_numeric(pd.Series(_as_list(values)), errors="coerce").to_numpy(dtype=float)
+        return np.asarray(pd.to_numeric(pd.Series(_as_list(values)), errors="coerce"),
+                          dtype=float)
 
 
 def _as_list(values: Any) -> Any:
@@ -187,3 +193,25 @@ def _length(data: Any) -> int:
     if isinstance(data, Mapping):
         return max((len(v) for v in data.values()), default=0)
     return len(data)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> Any:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` as a timedelta (ConfigError-free: InvalidInput)."""
+    from datetime import timedelta
+
+    from mlharbor.core.errors import InvalidInputError
+
+    value = text.strip().lower()
+    try:
+        amount = float(value[:-1])
+        unit = _UNITS[value[-1]]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise InvalidInputError(
+            f"The duration {text!r} is not understood.",
+            hint="Write a number and a unit: 90s, 15m, 24h, 7d or 2w.") from exc
+    if amount <= 0:
+        raise InvalidInputError(f"The duration {text!r} must be positive.")
+    return timedelta(seconds=amount * unit)

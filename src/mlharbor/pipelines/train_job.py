@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import ConfigError, InvalidInputError, MlharborError, NotFoundError
@@ -177,17 +178,28 @@ def run_training(
     champion: Any | None = None,
     champion_ref: str | None = None,
     champion_note: str | None = None,
+    champion_error: str | None = None,
     n_jobs: int = -1,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     progress: Progress | None = None,
+    trusted_types: Collection[str] | None = None,
 ) -> TrainingOutcome:
-    """Load, check, cross-validate, pick, fit and judge; see the module docstring."""
+    """Load, check, cross-validate, pick, fit and judge; see the module docstring.
+
+    With ``trusted_types`` (the registry's skops policy), a pipeline that would need a type
+    outside it is refused before any fitting, instead of failing at registration.
+    """
     from mlharbor.data.profile import build_profile
     from mlharbor.data.splits import plan_splits
-    from mlharbor.evaluation.assessment import assess, permutation_importances
+    from mlharbor.evaluation.assessment import (
+        assess,
+        model_importances,
+        permutation_importances,
+    )
     from mlharbor.evaluation.metrics import Target, default_primary
     from mlharbor.training.binding import bind_schema, check_data, load_data
+    from mlharbor.training.preparation import check_trusted
 
     progress = progress or Progress()
     started = time.perf_counter()
@@ -215,7 +227,10 @@ def run_training(
     target = Target(schema.task, classes, pos_label)
     primary = recipe.metrics.primary or default_primary(schema.task, len(classes))
     settings = _candidate_settings(plan, schema, X)
-    total = len(settings + [None]) * len(splits.folds)
+    if trusted_types is not None:
+        check_trusted(recipe, settings[0].pipeline, trusted_types)
+    total = (len(settings) + 1) * len(splits.folds)  # + the baseline
+    on_fold = _fold_progress(progress, settings, len(splits.folds))
     progress.start("folds", f"Cross-validating {len(settings)} setting(s) + baseline", total)
 
     def on_stage(stage: str) -> None:
@@ -229,8 +244,7 @@ def run_training(
         splits.folds, target, primary=primary, gates=plan.gates,
         baseline=recipe.metrics.baseline, seed=validation.seed,
         resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
-        n_jobs=n_jobs, on_fold=lambda _key, _scores: progress.advance("folds"),
-        on_stage=on_stage,
+        champion_error=champion_error, n_jobs=n_jobs, on_fold=on_fold, on_stage=on_stage,
     )
     importances = permutation_importances(
         assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
@@ -240,7 +254,7 @@ def run_training(
     train_part = X.iloc[splits.train]
     profile = build_profile(train_part, schema.features, seed=validation.seed,
                             importances=importances)
-    profile.update(_model_importances(assessment.model))
+    profile.update(model_importances(assessment.model))
     report = {
         **assessment.report,
         "model_name": recipe.registration.name if recipe.registration else None,
@@ -265,8 +279,36 @@ def run_training(
     )
 
 
+def _fold_progress(progress: Progress, settings: list[Any], folds: int) -> OnFold:
+    """Advance the folds bar per fold, the search bar per setting, candidates per candidate."""
+    remaining = {s.key: folds for s in settings}
+    per_candidate: dict[str, set[str]] = {}
+    for s in settings:
+        per_candidate.setdefault(s.candidate, set()).add(s.key)
+    searched = {s.key for s in settings if len(per_candidate[s.candidate]) > 1}
+    progress.start("candidates", f"Candidates ({len(per_candidate)})", len(per_candidate))
+    if searched:
+        progress.start("search", f"Search settings ({len(searched)})", len(searched))
+
+    def on_fold(key: str, _scores: Any) -> None:
+        progress.advance("folds")
+        if key not in remaining:
+            return  # the baseline
+        remaining[key] -= 1
+        if remaining[key] == 0:
+            if key in searched:
+                progress.advance("search")
+            candidate = next(name for name, keys in per_candidate.items() if key in keys)
+            if all(remaining[k] == 0 for k in per_candidate[candidate]):
+                progress.advance("candidates")
+
+    return on_fold
+
+
 def _candidate_settings(plan: Plan, schema: Schema, X: pd.DataFrame) -> list[Any]:
     """One unfitted pipeline per (candidate, search setting)."""
+    import pandas as pd
+
     from mlharbor.data.schema import infer_kind
     from mlharbor.evaluation.assessment import CandidateSetting
     from mlharbor.training.candidates import build_pipeline, make_estimator
@@ -278,43 +320,28 @@ def _candidate_settings(plan: Plan, schema: Schema, X: pd.DataFrame) -> list[Any
     recipe = plan.recipe
     features = dict(schema.features)
     feature_step = None
+    sample = X.head(200)
     spec = recipe.preparation.feature_functions
     if spec is not None:
         try:
             feature_step = load_feature_functions(spec, recipe.base_dir)
         except ConfigError as exc:
             raise _at(recipe, ("preparation", "feature_functions"), exc) from exc
-        derived = feature_step.fit(X).transform(X.head(200))
-        for column in derived.columns:
+        sample = feature_step.fit(X).transform(sample)
+        for column in sample.columns:
             if column not in features:
-                features[str(column)] = infer_kind(derived[column])
+                features[str(column)] = infer_kind(sample[column])
+    numeric_coded = frozenset(c for c, kind in features.items() if kind == "categorical"
+                              and pd.api.types.is_numeric_dtype(sample[c]))
     settings = []
     for cand in plan.candidates:
         for i, params in enumerate(cand.settings):
             estimator = make_estimator(cand.cls, params, recipe.validation.seed)
-            pipeline = build_pipeline(build_preprocessor(features, recipe.preparation),
-                                      estimator, feature_step)
+            prepare_step = build_preprocessor(features, recipe.preparation, numeric_coded)
+            pipeline = build_pipeline(prepare_step, estimator, feature_step)
             settings.append(CandidateSetting(f"{cand.name}#{i}", cand.name,
                                              cand.estimator_path, params, pipeline))
     return settings
-
-
-def _model_importances(model: Any) -> dict[str, Any]:
-    """The estimator's own importances (impurity or coefficients) by prepared feature name."""
-    import numpy as np
-
-    estimator = model.steps[-1][1]
-    values = getattr(estimator, "feature_importances_", None)
-    if values is None and hasattr(estimator, "coef_"):
-        values = np.abs(np.asarray(estimator.coef_)).reshape(-1, np.shape(estimator.coef_)[-1])
-        values = values.mean(axis=0)
-    if values is None:
-        return {}
-    try:
-        names = model.named_steps["prepare"].get_feature_names_out()
-    except Exception:  # not every step knows its output names
-        names = [f"f{i}" for i in range(len(values))]
-    return {"model_importances": {str(n): float(v) for n, v in zip(names, values, strict=False)}}
 
 
 def train(
@@ -334,17 +361,24 @@ def train(
     plan = prepare(recipe)
     del plan  # fail fast on a bad recipe before touching the registry
     name = recipe.registration.name
-    champion, champion_ref, note = None, None, None
+    champion, champion_ref, note, error = None, None, None, None
     try:
         current = registry.get_version(f"{name}@champion")
-        champion = load_predictor(registry, current.ref, settings)
-        champion_ref = current.ref
     except NotFoundError:
         note = f"No champion of {name!r} yet: the champion comparison was skipped."
+    else:
+        champion_ref = current.ref
+        try:
+            champion = load_predictor(registry, current.ref, settings)
+        except MlharborError as exc:  # champion gates fail rather than pass unexamined
+            error = f"loading {current.ref} failed: {exc}"
+            note = f"The champion {current.ref} could not be loaded: {exc}"
     outcome = run_training(
         recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
+        champion_error=error,
         n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region, progress=progress,
+        trusted_types=settings.formats.skops_trusted_types,
     )
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
@@ -356,7 +390,24 @@ def train(
         registry.set_alias(name, alias, version.version, actor=actor,
                            reason=f"passed gates: {', '.join(recipe.gates) or 'none'}")
         moved = alias
-    return TrainJobResult(outcome, version, moved)
+    return TrainJobResult(outcome, version, moved, _save_report(settings, version.ref,
+                                                                outcome.report))
+
+
+def _save_report(settings: Settings, ref: str, report: dict[str, Any]) -> Path:
+    """Write the report as JSON and HTML under ``<home>/reports``; the JSON is also in lineage."""
+    import json
+
+    from mlharbor.evaluation.html import render_html
+
+    folder = settings.home / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = ref.replace(":", "-")
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str),
+                                         encoding="utf-8")
+    page = folder / f"{stem}.html"
+    page.write_text(render_html(report), encoding="utf-8")
+    return page
 
 
 def _register(
@@ -366,7 +417,6 @@ def _register(
     """Register the winner with metrics, params, lineage, report and reference profile."""
     import inspect
     import tempfile
-    from pathlib import Path
 
     from mlharbor.registry.bundles import register_model
 
@@ -377,7 +427,8 @@ def _register(
         "params": outcome.params, "lineage": lineage_of(outcome), "actor": actor,
     }
     if "status" in inspect.signature(register_model).parameters:
-        return register_model(
+        register: Any = register_model  # the keywords exist only in newer versions
+        return register(
             registry, name, outcome.model, settings=settings, sample_input=outcome.sample_input,
             training_data=outcome.training_data, status=status, status_reason=status_reason,
             **common,
@@ -407,6 +458,7 @@ class TrainJobResult:
     outcome: TrainingOutcome
     version: Any  # core.records.ModelVersion
     alias: str | None
+    report_path: Path | None = None
 
     @property
     def passed(self) -> bool:
@@ -478,8 +530,6 @@ def reproduce(
             f"Version {version.ref} has no stored recipe in its lineage, so it cannot be "
             "reproduced; it was not registered by `mlharbor train`."
         )
-    from pathlib import Path
-
     base_dir = Path(version.lineage.get("recipe_base_dir") or ".")
     recipe = recipe_from_dict(stored, source=f"recipe of {version.ref}", base_dir=base_dir)
     outcome = run_training(recipe, n_jobs=settings.training.n_jobs,
@@ -504,9 +554,7 @@ def evaluate(
 ) -> VersionEvaluation:
     """Score a registered version on new labelled data (Python twin of ``mlharbor evaluate``)."""
     from mlharbor.data.loading import load_table
-    from mlharbor.evaluation.bootstrap import resample_indices
-    from mlharbor.evaluation.metrics import Target
-    from mlharbor.evaluation.report import clean_json, evaluate_holdout
+    from mlharbor.evaluation.report import clean_json, score_on_data
     from mlharbor.registry.bundles import load_predictor
 
     version = registry.get_version(ref)
@@ -527,26 +575,9 @@ def evaluate(
             f"(target {schema['target']!r} and features {list(schema['features'])}).",
             field="data",
         )
-    frame = frame[frame[schema["target"]].notna()]
-    recipe = version.lineage.get("recipe") or {}
-    classes = tuple(schema.get("classes") or ())
-    pos_label = (recipe.get("data") or {}).get("positive_class")
-    target = Target(schema["task"], classes,
-                    pos_label if pos_label is not None else (classes[-1] if classes else None))
     predictor = load_predictor(registry, version.ref, settings)
-    y = frame[schema["target"]].to_numpy()
-    result = evaluate_holdout(predictor, frame[list(schema["features"])], y, target,
-                              resample_indices(len(y), resamples, 0) if resamples else [])
-    report = {
-        "format": "mlharbor.evaluation/v1",
-        "model_name": version.name,
-        "version": version.ref,
-        "task": target.task,
-        "classes": list(classes),
-        "positive_class": target.pos_label,
-        "primary_metric": (recipe.get("metrics") or {}).get("primary") or "",
-        "dataset": dataset.snapshot(),
-        "holdout": result.to_dict(),
-        "stored_metrics": version.metrics,
-    }
-    return VersionEvaluation(version.ref, len(y), clean_json(report))
+    report = score_on_data(predictor, dataset.frame, schema, version.lineage.get("recipe") or {},
+                           resamples=resamples)
+    report.update(model_name=version.name, version=version.ref, dataset=dataset.snapshot(),
+                  stored_metrics=version.metrics)
+    return VersionEvaluation(version.ref, int(report["rows"]), clean_json(report))

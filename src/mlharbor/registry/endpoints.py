@@ -141,7 +141,7 @@ class EndpointSpec(BaseModel):
 
     @classmethod
     def parse(cls, body: Any) -> EndpointSpec:
-        """Validate ``body``, turning pydantic errors into one InvalidInputError naming the field."""
+        """Validate ``body``; pydantic errors become one InvalidInputError naming the field."""
         try:
             return cls.model_validate(body)
         except ValidationError as exc:

@@ -187,7 +187,8 @@ class IdentityStore:
             return conn.execute(select(role_bindings.c.id).where(
                 role_bindings.c.role == "admin").limit(1)).first() is not None
 
-    def init_admin(self, name: str = "admin", *, actor: str) -> tuple[Identity, str]:
+    def init_admin(self, name: str = "admin", *, actor: str,
+                   label: str = "initial admin key") -> tuple[Identity, str]:
         """Create the first admin and its key; refused once any admin exists."""
         name = check_identity_name(name)
         with self._tx(write=True) as conn:
@@ -206,8 +207,8 @@ class IdentityStore:
                                     hint="Pass --name with another name.")
             identity_id = self._insert_identity(conn, name, "user", "first admin",
                                                 [Grant("admin")], actor)
-            key_info, key = self._insert_key(conn, identity_id, name, "initial admin key",
-                                             None, None, None, actor)
+            key_info, key = self._insert_key(conn, identity_id, name, label, None, None,
+                                             None, actor)
         self._audit(actor, "identity.create", f"identity/{name}",
                     {"kind": "user", "grants": ["admin"], "init": True})
         self._audit(actor, "key.create", f"key/{key_info.prefix}", {"identity": name})
@@ -222,7 +223,7 @@ class IdentityStore:
         """
         if not self.admin_exists():
             with contextlib.suppress(ConflictError):  # another process initialised first
-                return self.init_admin(name, actor=actor)[1]
+                return self.init_admin(name, actor=actor, label="demo")[1]
         try:
             ident = self.get_identity(name)
         except NotFoundError:

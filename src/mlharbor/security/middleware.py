@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import anyio.to_thread
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlharbor.core.errors import AuthenticationError, LimitExceededError, MlharborError
 from mlharbor.security import apikeys
@@ -49,8 +49,10 @@ class AuthMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        # Refusals of a websocket handshake close it (policy violation) instead of replying.
+        out = send if scope["type"] == "http" else closing_send(send)
         method = scope.get("method", "GET")
-        rule, params, path_known = self.table.resolve(method, scope.get("path", ""))
+        rule, params, path_known = self.table.resolve(method, route_path(scope))
         if rule is not None and rule.action == PUBLIC:
             await self.app(scope, receive, send)
             return
@@ -61,26 +63,26 @@ class AuthMiddleware:
         try:
             principal = await self._authenticate(scope)
         except AuthenticationError as exc:
-            await self._refuse(scope, send, 401, exc, ANONYMOUS, action, target,
+            await self._refuse(scope, out, 401, exc, ANONYMOUS, action, target,
                                limit_key=f"anon:{client}")
             return
         except LimitExceededError as exc:
-            await self._limited(send, exc)
+            await self._limited(out, exc)
             return
         except MlharborError as exc:  # the identity database is down: fail closed
-            await reply_json(send, 503, exc.code, exc.message, exc.hint)
+            await reply_json(out, 503, exc.code, exc.message, exc.hint)
             return
         try:
             self.limiter.check(principal.credential)
         except LimitExceededError as exc:
-            await self._limited(send, exc)
+            await self._limited(out, exc)
             return
         if rule is None:
             status, code = (405, "method_not_allowed") if path_known else (404, "not_found")
-            await reply_json(send, status, code, f"No route {method} {scope.get('path')}.")
+            await reply_json(out, status, code, f"No route {method} {scope.get('path')}.")
             return
         if not allows(principal, rule.action, resource):
-            await self._refuse(scope, send, 403, _forbidden(principal, rule, target),
+            await self._refuse(scope, out, 403, _forbidden(principal, rule, target),
                                principal.name, action, target)
             return
         scope.setdefault("state", {})["principal"] = principal
@@ -143,6 +145,24 @@ class AuthMiddleware:
                          [(b"retry-after", retry.encode())])
 
 
+def closing_send(send: Send) -> Send:
+    """A ``send`` that turns an HTTP refusal into closing a websocket handshake (1008)."""
+    async def refuse(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await send({"type": "websocket.close", "code": 1008})
+    return refuse
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the ``root_path`` a proxy mounts it under (as
+    Starlette does), so the table and the app always look at the same string."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and len(path) > len(root) and path[len(root)] == "/":
+        return path[len(root):]
+    return path
+
+
 def credential_of(scope: Scope) -> str | None:
     """The bearer credential of a request (``Authorization: Bearer`` or ``X-API-Key``)."""
     for key, value in scope.get("headers") or ():
@@ -182,11 +202,31 @@ def add_auth(
         tokens=verifier_from_settings(sec),
     )
     app.state.route_table = table
+    if hasattr(app, "openapi"):
+        _declare_bearer(app)
+    if not identities.admin_exists():
+        log.warning("no admin exists yet: every request will be refused until one does; "
+                    "run `mlharbor admin init` to create the first admin and its API key")
     unlisted = table.missing(declared_routes(app))
     if unlisted:
         log.warning("routes without a policy rule answer 404 until one is added: %s",
                     ", ".join(f"{m} {p}" for m, p in unlisted))
     return table
+
+
+def _declare_bearer(app: Any) -> None:
+    """Tell OpenAPI clients (and /docs' Authorize button) to send a bearer credential."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema: dict[str, Any] = build()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {"type": "http", "scheme": "bearer",
+                             "description": "An mlharbor API key (mlh_...) or an OIDC token."}
+        schema["security"] = [{"bearer": []}]
+        return schema
+
+    app.openapi = openapi
 
 
 def add_transport(app: Any, settings: Any) -> None:

@@ -126,6 +126,22 @@ def allows(principal: Principal, action: str, resource: Resource | None) -> bool
     )
 
 
+def require(principal: Principal | None, action: str, resource: Resource | None = None) -> None:
+    """Raise unless ``principal`` may do ``action`` on ``resource``: for checks inside a route
+    (GraphQL resolvers, dashboard actions) finer than the route table."""
+    from mlharbor.core.errors import AuthenticationError, PermissionDeniedError
+
+    if principal is None:
+        raise AuthenticationError("This action needs credentials.",
+                                  hint="Send 'Authorization: Bearer <API key or token>'.")
+    if not allows(principal, check_action(action), resource):
+        target = str(resource) if resource else "everything"
+        raise PermissionDeniedError(
+            f"{principal.name!r} may not {action} on {target}.",
+            hint="Ask an admin for a role that allows it (`mlharbor admin policy`).",
+        )
+
+
 def matrix() -> dict[str, dict[str, bool]]:
     """role -> action -> allowed, on a global scope: the table as documentation shows it."""
     return {role: {a: a in acts for a in ACTIONS} for role, acts in ROLE_ACTIONS.items()}

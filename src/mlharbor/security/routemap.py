@@ -122,6 +122,10 @@ RULES: tuple[RouteRule, ...] = (
             "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer",
             "/v1/models/{model}:predict"),
     *_rules("POST", "predict", None, "/invocations"),
+    # GraphQL: reading needs `read`; its predict mutation checks `predict` on the endpoint
+    # itself with policy.allows (the route table cannot see inside a query).
+    *_rules("GET", "read", None, "/graphql"),
+    *_rules("POST", "read", None, "/graphql"),
 )
 
 

@@ -47,6 +47,9 @@ class TransportGuard:
         headers = dict(scope.get("headers") or ())
         host = headers.get(b"host", b"").decode("latin-1").lower()
         if not self.wildcard and _strip_port(host) not in self.hosts:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await reply_json(send, 400, "invalid_host",
                          "The Host header names a host this server does not serve.",
                          "Add it to security.allowed_hosts (MLHARBOR_SECURITY__ALLOWED_HOSTS).")

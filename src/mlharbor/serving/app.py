@@ -52,7 +52,7 @@ def single_model_spec(ref: str) -> EndpointSpec:
     from mlharbor.registry.endpoints import EndpointSpec
 
     parsed = ModelRef.parse(ref)
-    return EndpointSpec(name=parsed.name, routes=[{"ref": str(parsed)}])  # type: ignore[list-item]
+    return EndpointSpec.model_validate({"name": parsed.name, "routes": [{"ref": str(parsed)}]})
 
 
 def create_serving_app(
@@ -128,8 +128,12 @@ def create_serving_app(
             inference.shutdown(wait=False, cancel_futures=True)
             loads.shutdown(wait=False, cancel_futures=True)
 
+    from mlharbor.serving.graphql import create_graphql_app
+
+    graphql = create_graphql_app(plane, registry, status_for)
     http = HttpApp(
         router, metrics=metrics, status_for=status_for,
+        mounts={"/graphql": graphql},
         max_body_bytes=settings.server.max_body_bytes,
         max_concurrency=serving.max_concurrency, debug=settings.server.debug,
         default_error=native.render_error, access_log=serving.access_log, lifespan=lifespan,

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +151,7 @@ class HttpApp:
         self.mounts = mounts or {}
         self.lifespan = lifespan
         self.in_flight = 0
+        metrics.track_in_flight(lambda: self.in_flight)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -205,7 +206,6 @@ class HttpApp:
                             "predictions in flight.", hint="Retry after a second.")
                     self.in_flight += 1
                     counted = True
-                    self.metrics.in_flight.inc()
                 body = await self._read_body(scope, receive)
                 request = Request(scope, body, request_id, params)
                 response = await route.handler(request)
@@ -230,7 +230,6 @@ class HttpApp:
         finally:
             if counted:
                 self.in_flight -= 1
-                self.metrics.in_flight.dec()
         headers = [(b"content-type", response.content_type),
                    (b"content-length", str(len(response.body)).encode()),
                    (b"x-request-id", request_id.encode())]
@@ -306,4 +305,4 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _SAFE_ID.fullmatch(value):
                 return value.decode()
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -134,9 +134,9 @@ def build_plan(
     old: dict[str, Target] = {}
     batchers: dict[tuple[str, int], MicroBatcher] = {}
     if previous is not None:
-        for route, target in zip(previous.routes, previous.route_targets, strict=False):
-            if target is not None:
-                old[route.ref] = target
+        for prior, kept_target in zip(previous.routes, previous.route_targets, strict=False):
+            if kept_target is not None:
+                old[prior.ref] = kept_target
         for t in (*previous.targets, *previous.fallbacks,
                   *((previous.shadow,) if previous.shadow else ())):
             if previous.spec.batching == spec.batching:

@@ -87,7 +87,7 @@ class SinkDispatcher:
 
     def flush(self) -> None:
         while self._buffer:
-            chunk = []
+            chunk: list[PredictionRecord] = []
             while self._buffer and len(chunk) < self.batch:
                 chunk.append(self._buffer.popleft())
             try:

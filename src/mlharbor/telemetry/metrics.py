@@ -7,9 +7,12 @@ HTTP status. Label children are cached, so recording costs a dict lookup and an 
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -26,11 +29,8 @@ class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("mlharbor_requests_total", "HTTP requests answered.",
-                                ["protocol", "endpoint", "code"], registry=r)
-        self.latency = Histogram("mlharbor_request_duration_seconds",
-                                 "Time from request start to response, in seconds.",
-                                 ["protocol", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self._requests = RequestStats()
+        r.register(self._requests)
         self.in_flight = Gauge("mlharbor_in_flight_requests",
                                "Prediction requests being handled.", registry=r)
         self.batch_rows = Histogram("mlharbor_batch_rows", "Rows per inference call.",
@@ -66,15 +66,12 @@ class ServingMetrics:
 
     def observe_request(self, protocol: str, endpoint: str | None, code: int,
                         seconds: float) -> None:
-        label = self.endpoint_label(endpoint)
-        key = ("r", protocol, label, code)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.requests.labels(protocol, label, str(code)),
-                    self.latency.labels(protocol, label))
-            self._children[key] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        label = endpoint if endpoint is not None and endpoint in self._endpoints else OTHER
+        self._requests.observe(protocol, label, code, seconds)
+
+    def track_in_flight(self, read: Callable[[], float]) -> None:
+        """Read the in-flight count at scrape time instead of counting on every request."""
+        self.in_flight.set_function(read)
 
     def observe_batch(self, endpoint: str, rows: int) -> None:
         key = ("b", endpoint)
@@ -98,3 +95,47 @@ class ServingMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestStats:
+    """Request count and latency histogram, recorded with plain arithmetic, exported on scrape.
+
+    Recording happens on the event loop for every request, so it avoids the locks of
+    ``prometheus_client``'s metric objects: one dict lookup, two adds and a bisect.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str, int], list[Any]] = {}
+
+    def observe(self, protocol: str, endpoint: str, code: int, seconds: float) -> None:
+        key = (protocol, endpoint, code)
+        stat = self._stats.get(key)
+        if stat is None:
+            stat = [0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+            self._stats[key] = stat
+        stat[0] += 1
+        stat[1] += seconds
+        stat[2][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("mlharbor_requests", "HTTP requests answered.",
+                                       labels=["protocol", "endpoint", "code"])
+        latency = HistogramMetricFamily(
+            "mlharbor_request_duration_seconds",
+            "Time from request start to response, in seconds.",
+            labels=["protocol", "endpoint"])
+        merged: dict[tuple[str, str], list[Any]] = {}
+        for (protocol, endpoint, code), (count, total, buckets) in list(self._stats.items()):
+            requests.add_metric([protocol, endpoint, str(code)], count)
+            into = merged.setdefault((protocol, endpoint),
+                                     [0.0, [0] * (len(LATENCY_BUCKETS) + 1)])
+            into[0] += total
+            into[1] = [a + b for a, b in zip(into[1], buckets, strict=True)]
+        for (protocol, endpoint), (total, buckets) in merged.items():
+            running, cumulative = 0, []
+            for bound, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            latency.add_metric([protocol, endpoint], cumulative, total)
+        yield requests
+        yield latency

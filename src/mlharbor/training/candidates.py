@@ -103,9 +103,16 @@ def make_estimator(cls: type[Any], params: dict[str, Any], seed: int) -> Any:
     if cls.__module__.startswith("lightgbm") and "verbose" not in values:
         values["verbose"] = -1
     try:
-        return cls(**values)
+        estimator = cls(**values)
+        # scikit-learn checks params only in fit; check now, before any data is read.
+        validate = getattr(estimator, "_validate_params", None)
+        if callable(validate) and getattr(estimator, "_parameter_constraints", None):
+            validate()
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{cls.__name__}({values}) fails: {exc}.", field="params") from exc
+        raise ConfigError(
+            f"Invalid parameters for {cls.__name__}: {exc}", field="params"
+        ) from exc
+    return estimator
 
 
 def expand_search(

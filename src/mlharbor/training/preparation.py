@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from mlharbor.core.errors import ConfigError, InvalidInputError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlharbor.training.recipe import FeatureFunctionsSpec, Preparation
+    from mlharbor.training.recipe import FeatureFunctionsSpec, Preparation, Recipe
 
 
 _PANDAS_PARTS = {"dayofweek": "day_of_week", "dayofyear": "day_of_year"}
@@ -149,8 +150,14 @@ def load_feature_functions(spec: FeatureFunctionsSpec, base_dir: Path) -> Featur
     return step
 
 
-def build_preprocessor(features: dict[str, str], preparation: Preparation) -> Any:
-    """A ColumnTransformer for ``features`` (column -> numeric | categorical | datetime)."""
+def build_preprocessor(
+    features: dict[str, str], preparation: Preparation, numeric_coded: frozenset[str] = frozenset()
+) -> Any:
+    """A ColumnTransformer for ``features`` (column -> numeric | categorical | datetime).
+
+    ``numeric_coded`` names categorical columns stored as numbers (codes such as 0/1/2); they
+    are imputed with the most frequent code, since a text fill value cannot go in a number.
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -163,7 +170,8 @@ def build_preprocessor(features: dict[str, str], preparation: Preparation) -> An
     )
 
     numeric = [c for c, k in features.items() if k == "numeric"]
-    categorical = [c for c, k in features.items() if k == "categorical"]
+    categorical = [c for c, k in features.items() if k == "categorical" and c not in numeric_coded]
+    coded = [c for c, k in features.items() if k == "categorical" and c in numeric_coded]
     dates = [c for c, k in features.items() if k == "datetime"]
     transformers: list[tuple[str, Any, list[str]]] = []
 
@@ -171,7 +179,8 @@ def build_preprocessor(features: dict[str, str], preparation: Preparation) -> An
         spec = preparation.numeric
         steps: list[tuple[str, Any]] = []
         if spec.impute != "none":
-            steps.append(("impute", SimpleImputer(strategy=spec.impute, fill_value=spec.fill_value)))
+            imputer = SimpleImputer(strategy=spec.impute, fill_value=spec.fill_value)
+            steps.append(("impute", imputer))
         scalers = {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}
         if spec.scale != "none":
             steps.append(("scale", scalers[spec.scale]()))
@@ -179,13 +188,11 @@ def build_preprocessor(features: dict[str, str], preparation: Preparation) -> An
 
     if numeric:
         transformers.append(("num", Pipeline(numeric_steps()), numeric))
-    if categorical:
+    def categorical_steps(strategy: str) -> list[tuple[str, Any]]:
         spec = preparation.categorical
         steps: list[tuple[str, Any]] = []
         if spec.impute != "none":
-            steps.append(
-                ("impute", SimpleImputer(strategy=spec.impute, fill_value=spec.fill_value))
-            )
+            steps.append(("impute", SimpleImputer(strategy=strategy, fill_value=spec.fill_value)))
         if spec.encode == "onehot":
             steps.append(("encode", OneHotEncoder(handle_unknown="ignore")))
         else:
@@ -193,8 +200,36 @@ def build_preprocessor(features: dict[str, str], preparation: Preparation) -> An
                 "encode",
                 OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
             ))
-        transformers.append(("cat", Pipeline(steps), categorical))
+        return steps
+
+    if categorical:
+        transformers.append(
+            ("cat", Pipeline(categorical_steps(preparation.categorical.impute)), categorical))
+    if coded:
+        transformers.append(("code", Pipeline(categorical_steps("most_frequent")), coded))
     if dates:
         date_steps = [("parts", DateParts(tuple(preparation.datetime.parts))), *numeric_steps()]
         transformers.append(("date", Pipeline(date_steps), dates))
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=True)
+
+
+def check_trusted(recipe: Recipe, pipeline: Any, trusted: Collection[str]) -> None:
+    """Our own preparation steps load from a bundle only when the skops policy trusts them."""
+    needed: list[type[Any]] = []
+    if "features" in pipeline.named_steps:
+        needed.append(FeatureFunctions)
+    prepare_step = pipeline.named_steps["prepare"]
+    if any(name == "date" for name, _, _ in prepare_step.transformers):
+        needed.append(DateParts)
+    missing = [f"{c.__module__}.{c.__qualname__}" for c in needed
+               if f"{c.__module__}.{c.__qualname__}" not in trusted]
+    if missing:
+        why = ("runs the feature functions' code when a version loads"
+               if FeatureFunctions in needed else "is mlharbor's own date-part step")
+        raise recipe.error(
+            ("preparation",),
+            f"the prepared pipeline uses {', '.join(missing)}, which the registry loads only "
+            f"when trusted ({why}); nothing was trained or registered",
+            hint=f"Add {', '.join(missing)} to formats.skops_trusted_types "
+                 "(MLHARBOR_FORMATS__SKOPS_TRUSTED_TYPES) or drop the datetime columns.",
+        )

@@ -77,10 +77,15 @@ class CategoricalPreparation(_Strict):
     encode: Literal["onehot", "ordinal"] = "onehot"
 
 
+DatePart = Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute"]
+
+
+def _default_parts() -> list[DatePart]:
+    return ["year", "month", "day", "dayofweek"]
+
+
 class DatetimePreparation(_Strict):
-    parts: list[Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute"]] = (
-        Field(default_factory=lambda: ["year", "month", "day", "dayofweek"])
-    )
+    parts: list[DatePart] = Field(default_factory=_default_parts)
 
 
 class FeatureFunctionsSpec(_Strict):
@@ -311,7 +316,7 @@ def _where(source: str, lines: dict[Location, int], loc: Location) -> str:
     probe = path
     while probe and probe not in lines:
         probe = probe[:-1]
-    line = lines.get(probe)
+    line = lines.get(probe) if probe else None  # the whole file's first line helps nobody
     at = f" line {line}" if line else ""
     return f"{source}{at}, {_dotted(path)}"
 

@@ -29,24 +29,27 @@ def create_function_app(service: Callable[[], PredictionService] | None = None) 
                           PredictionService.from_environment(dict(os.environ)))
         return loaded[0]
 
-    def respond(status: int, body: dict[str, Any]) -> Any:
+    def respond(status: int, body: dict[str, Any]) -> func.HttpResponse:
         return func.HttpResponse(json.dumps(body), status_code=status,
                                  mimetype="application/json")
+
+    def answer(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return respond(*current().predict_body(req.get_body()))
+        except errors.MlharborError as exc:
+            return respond(status_for(exc), {"error": exc.to_dict()})
 
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
     @app.function_name("predict")
     @app.route(route="predict", methods=["POST"])
     def predict(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return respond(*current().predict_body(req.get_body()))
-        except errors.MlharborError as exc:
-            return respond(status_for(exc), {"error": exc.to_dict()})
+        return answer(req)
 
     @app.function_name("score")
     @app.route(route="score", methods=["POST"])
     def score(req: func.HttpRequest) -> func.HttpResponse:
-        return predict(req)
+        return answer(req)
 
     @app.function_name("health")
     @app.route(route="health", methods=["GET"])

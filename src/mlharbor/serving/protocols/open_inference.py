@@ -187,7 +187,8 @@ def encode_outputs(
     available: dict[str, np.ndarray] = {"predictions": out.predictions}
     if out.probabilities is not None:
         available["probabilities"] = out.probabilities
-    params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+    raw_params = doc.get("parameters")
+    params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
     default_binary = bool(params.get("binary_data_output", False))
     wanted = doc.get("outputs")
     selected: list[tuple[str, bool]] = []

@@ -1,0 +1,113 @@
+"""``mlharbor monitor``: drift reports, live performance, alert rules for Prometheus."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mlharbor.cli.output import print_json, print_table
+
+
+def register(app: typer.Typer) -> None:
+    monitor_app = typer.Typer(help="Drift, live performance and alerts of served models.",
+                              no_args_is_help=True)
+    app.add_typer(monitor_app, name="monitor")
+
+    @monitor_app.command("drift")
+    def drift(
+        ctx: typer.Context,
+        endpoint: str = typer.Argument(..., help="Endpoint whose predictions to check."),
+        window: str = typer.Option("24h", "--window", help="How far back: 90m, 24h, 7d."),
+        step: str = typer.Option(None, "--step", help="Also one report per step (e.g. 1h)."),
+        version: int = typer.Option(None, "--version", help="Version (default: most served)."),
+        html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report."),
+        json_out: Path = typer.Option(None, "--json", help="Write the report as JSON."),
+        fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
+                                           help="Exit with status 1 when the dataset drifted."),
+    ) -> None:
+        """Compare recent predictions' inputs with the version's training profile."""
+        import orjson
+
+        from mlharbor.core.clock import utcnow
+        from mlharbor.monitoring.report import render_html
+        from mlharbor.monitoring.windows import parse_duration
+
+        monitor = _monitor(ctx)
+        end = utcnow()
+        report = monitor.drift(endpoint, start=end - parse_duration(window), end=end,
+                               step=parse_duration(step) if step else None, version=version)
+        if json_out is not None:
+            json_out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        if html_out is not None:
+            html_out.write_text(render_html(report), encoding="utf-8")
+        dataset = report["dataset"]
+        print_table(
+            f"{endpoint}: {'DRIFT' if dataset['drifted'] else 'no drift'} "
+            f"({report['window']['rows']} rows, drifted share {dataset['drifted_share']:.0%})",
+            ["feature", "drifted", "score", "tests"],
+            [(f["name"], "yes" if f["drifted"] else "", f"{f['score'] or float('inf'):.2f}",
+              ", ".join(f["drifted_tests"])) for f in report["features"]])
+        if fail_on_drift and dataset["drifted"]:
+            sys.exit(1)
+
+    @monitor_app.command("performance")
+    def performance(
+        ctx: typer.Context,
+        endpoint: str = typer.Argument(...),
+        window: str = typer.Option("7d", "--window"),
+        step: str = typer.Option("1d", "--step"),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    ) -> None:
+        """Live metrics from feedback labels joined with the prediction log."""
+        from mlharbor.core.clock import utcnow
+        from mlharbor.monitoring.windows import parse_duration
+
+        end = utcnow()
+        rows = _monitor(ctx).performance(endpoint, start=end - parse_duration(window), end=end,
+                                         window=parse_duration(step))
+        if as_json:
+            print_json(rows)
+            return
+        print_table(f"{endpoint}: live performance", ["window", "version", "labelled", "metrics",
+                                                      "degraded"],
+                    [(r["start"], r["version"], r["labelled_rows"],
+                      ", ".join(f"{k}={v:.3f}" for k, v in r["metrics"].items() if v is not None),
+                      ", ".join(r.get("degraded", []))) for r in rows])
+
+    @monitor_app.command("export-rules")
+    def export_rules(
+        ctx: typer.Context,
+        output: Path = typer.Option(..., "--output", help="Prometheus rules file to write."),
+        rules: Path = typer.Option(None, "--rules",
+                                   help="mlharbor alert rules (default: monitoring."
+                                        "alert_rules_file)."),
+        step: str = typer.Option("1m", "--step", help="Evaluation step of M-of-N."),
+    ) -> None:
+        """Write the alert rules as Prometheus alerting rules (check: promtool check rules)."""
+        import yaml
+
+        from mlharbor.cli.main import settings_from
+        from mlharbor.core.errors import ConfigError
+        from mlharbor.monitoring.alerts import load_rules
+        from mlharbor.monitoring.promrules import prometheus_rules
+
+        source = rules or settings_from(ctx).monitoring.alert_rules_file
+        if source is None:
+            raise ConfigError("No alert rules to export.",
+                              hint="Pass --rules FILE or set monitoring.alert_rules_file.")
+        loaded = load_rules(Path(source))
+        output.write_text(yaml.safe_dump(prometheus_rules(loaded, step=step), sort_keys=False),
+                          encoding="utf-8")
+        typer.echo(f"wrote {len(loaded)} rule(s) to {output}")
+
+
+def _monitor(ctx: typer.Context) -> Any:
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.cli.main import settings_from
+    from mlharbor.monitoring.service import Monitor
+
+    settings = settings_from(ctx)
+    return Monitor(settings, open_registry(settings))

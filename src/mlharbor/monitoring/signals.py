@@ -1,0 +1,128 @@
+"""The values alert rules are evaluated on, read from the prediction log and the monitor.
+
+Latency, error rate (requests answered by a fallback) and traffic come from the log (one value
+per request: its first row); drift and accuracy from the monitor; the backlog from the log's
+journal. A signal with no data is ``None``, which never counts as a breach, except for
+``traffic_stop``, where silence is the point (0 requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from mlharbor.core.clock import utcnow
+from mlharbor.core.errors import MlharborError
+from mlharbor.monitoring.windows import parse_duration
+
+if TYPE_CHECKING:
+    from mlharbor.monitoring.alerts import AlertManager, AlertRule
+    from mlharbor.monitoring.service import Monitor
+
+log = logging.getLogger("mlharbor.monitoring.signals")
+
+
+def signal_values(monitor: Monitor, rules: list[AlertRule], now: datetime | None = None
+                  ) -> dict[str, float | None]:
+    now = now or utcnow()
+    return {rule.name: _value(monitor, rule, now) for rule in rules}
+
+
+def _value(monitor: Monitor, rule: AlertRule, now: datetime) -> float | None:
+    import pyarrow.compute as pc
+
+    span = parse_duration(rule.window)
+    endpoint = None if rule.endpoint == "*" else rule.endpoint
+    if rule.kind == "log_backlog":
+        return float(monitor.log.backlog()["journal_bytes"])
+    if rule.kind in ("latency", "error_rate", "traffic_stop"):
+        table = monitor.log.scan(endpoint, now - span, now,
+                                 columns=["row", "latency_s", "fallback", "shadow"])
+        if "row" in table.column_names:
+            keep = pc.equal(table["row"], 0)
+            if "shadow" in table.column_names:
+                keep = pc.and_(keep, pc.invert(pc.fill_null(table["shadow"], False)))
+            table = table.filter(keep)
+        requests = table.num_rows
+        if rule.kind == "traffic_stop":
+            return float(requests)
+        if requests == 0:
+            return None
+        if rule.kind == "latency":
+            return float(pc.quantile(table["latency_s"], q=rule.percentile)[0].as_py() or 0.0)
+        if "fallback" not in table.column_names:
+            return 0.0
+        fallbacks: int = pc.sum(pc.is_valid(table["fallback"]).cast("int64")).as_py() or 0
+        return float(fallbacks) / float(requests)
+    try:
+        if rule.kind == "drift" and endpoint is not None:
+            report = monitor.drift(endpoint, start=now - span, end=now)
+            return float(report["dataset"]["drifted_share"])
+        if rule.kind == "accuracy" and endpoint is not None:
+            rows = monitor.performance(endpoint, start=now - span, end=now, window=span)
+            values = [r["metrics"].get("accuracy") for r in rows]
+            return float(values[-1]) if values and values[-1] is not None else None
+    except MlharborError as exc:  # no profile, no traffic: no value, not a breach
+        log.info("alert %s has no value: %s", rule.name, exc)
+    return None
+
+
+class AlertLoop:
+    """Evaluates the rules every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, monitor: Monitor, alerts: AlertManager, interval_s: float, *,
+                 metrics_registry: Any = None) -> None:
+        self.monitor, self.alerts, self.interval_s = monitor, alerts, interval_s
+        self.metrics = MonitorMetrics(metrics_registry) if metrics_registry else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[dict[str, Any]]:
+        rules = list(self.alerts.rules.values())
+        values = signal_values(self.monitor, rules)
+        if self.metrics is not None:
+            self.metrics.update(rules, values)
+        return self.alerts.evaluate(values)
+
+    def start(self) -> AlertLoop:
+        self._thread = threading.Thread(target=self._run, name="mlharbor-alerts", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("alert evaluation failed")
+
+
+class MonitorMetrics:
+    """Gauges of the values only the monitor computes, for Prometheus rules to alert on."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Gauge
+
+        self.drift = Gauge("mlharbor_drift_drifted_share",
+                           "Importance-weighted share of drifted features (last evaluation).",
+                           ["endpoint"], registry=registry)
+        self.accuracy = Gauge("mlharbor_live_accuracy",
+                              "Accuracy from feedback labels (last evaluation).", ["endpoint"],
+                              registry=registry)
+
+    def update(self, rules: list[AlertRule], values: dict[str, float | None]) -> None:
+        for rule in rules:
+            value = values.get(rule.name)
+            if value is None or rule.endpoint == "*":
+                continue
+            if rule.kind == "drift":
+                self.drift.labels(rule.endpoint).set(value)
+            elif rule.kind == "accuracy":
+                self.accuracy.labels(rule.endpoint).set(value)

@@ -1,0 +1,54 @@
+"""Routes of the dashboard: the page and its static files (vendored, never from a CDN).
+
+The page reads the same JSON API as scripts do (``/api/v1/monitoring/...``), so it is behind the
+same authentication; :func:`route_rules` gives the security route map its rules.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from mlharbor.core.errors import NotFoundError
+
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
+
+STATIC_TYPES = {
+    "uPlot.iife.min.js": "text/javascript",
+    "uPlot.min.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
+# The page may run only its own files: no inline script, nothing from another origin.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'")
+
+
+def route_rules() -> list[Any]:
+    from mlharbor.security.routemap import RouteRule
+
+    return [RouteRule("GET", "/ui", "read", None),
+            RouteRule("GET", "/ui/static/{name}", "read", None)]
+
+
+def _read(folder: str, name: str) -> bytes:
+    return resources.files("mlharbor.ui").joinpath(folder, name).read_bytes()
+
+
+@router.get("/ui")
+def dashboard() -> HTMLResponse:
+    return HTMLResponse(_read("templates", "dashboard.html"),
+                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+
+@router.get("/ui/static/{name}")
+def static(name: str) -> Response:
+    media = STATIC_TYPES.get(name)
+    if media is None:
+        raise NotFoundError(f"No dashboard file {name!r}.",
+                            hint=f"Known files: {', '.join(sorted(STATIC_TYPES))}.")
+    return Response(_read("static", name), media_type=media,
+                    headers={"Cache-Control": "public, max-age=3600"})

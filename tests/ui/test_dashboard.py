@@ -1,0 +1,119 @@
+"""The dashboard in a real browser (Debian chromium driven by Playwright), behind real auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from mlharbor.api.errors import install_error_handlers
+from mlharbor.api.routes import monitoring as monitoring_routes
+from mlharbor.bootstrap import open_identities, open_registry
+from mlharbor.core.records import PredictionRecord
+from mlharbor.data.profile import build_profile
+from mlharbor.monitoring.alerts import AlertManager, load_rules
+from mlharbor.monitoring.reference import infer_kinds
+from mlharbor.monitoring.service import Monitor
+from mlharbor.security.middleware import add_auth
+from mlharbor.settings import Settings
+from mlharbor.ui import routes as ui_routes
+from tests.monitoring.drift_data import make_frame
+from tests.support import LiveServer
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
+                 if Path(p).exists()), None)
+
+
+@pytest.fixture
+def dashboard(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    registry = open_registry(settings)
+    identities = open_identities(registry)
+    identities.create_identity("viewer-1", kind="user", grants=["viewer"], actor="test")
+    _info, key = identities.create_key("viewer-1", actor="test")
+    rng = np.random.default_rng(2)
+    reference = make_frame(rng, 20_000)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.txt").write_text("a model")
+    registry.create_model("churn")
+    registry.register_version("churn", bundle, lineage={"reference_profile": build_profile(
+        reference, infer_kinds(reference), importances={"x2": 0.5})})
+    monitor = Monitor(settings, registry)
+    now = datetime.now(UTC)
+    for i, row in enumerate(make_frame(rng, 2_000, "mean").to_dict(orient="records")):
+        monitor.log.emit(PredictionRecord(f"r{i}", "churn", "churn@champion", 1, row,
+                                          [int(row["x2"] > 0)], 0.01,
+                                          now - timedelta(hours=3, seconds=-5 * i)))
+    monitor.log.flush()
+    monitor.log.compact()
+    alerts = AlertManager(load_rules([{"name": "churn-drift", "kind": "drift",
+                                       "endpoint": "churn", "threshold": 0.3, "m": 1,
+                                       "n": 1}]))
+    alerts.evaluate({"churn-drift": 1.0})
+    app = FastAPI()
+    app.state.settings, app.state.registry = settings, registry
+    app.state.monitor, app.state.alerts = monitor, alerts
+    install_error_handlers(app, debug=False)
+    app.include_router(monitoring_routes.router)
+    app.include_router(ui_routes.router)
+    add_auth(app, identities=identities, audit=registry.store.record, settings=settings,
+             extra_rules=[*monitoring_routes.route_rules(), *ui_routes.route_rules()])
+    try:
+        with LiveServer(app) as server:
+            yield server.url, key
+    finally:
+        registry.close()
+
+
+def test_the_dashboard_needs_credentials(dashboard: tuple[str, str]) -> None:
+    url, key = dashboard
+    assert httpx.get(f"{url}/ui").status_code == 401
+    assert httpx.get(f"{url}/ui/static/dashboard.js").status_code == 401
+    page = httpx.get(f"{url}/ui", headers={"Authorization": f"Bearer {key}"})
+    assert page.status_code == 200 and "script-src 'self'" in page.headers[
+        "content-security-policy"]
+    missing = httpx.get(f"{url}/ui/static/../../settings.py",
+                        headers={"Authorization": f"Bearer {key}"})
+    assert missing.status_code == 404
+
+
+def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, str]) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    url, key = dashboard
+    requested: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {key}"})
+            page = context.new_page()
+            page.on("request", lambda r: requested.append(r.url))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/ui")
+            page.fill("#endpoint", "churn")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#features tbody tr")
+            first = page.locator("#features tbody tr").first
+            assert first.get_attribute("data-feature") == "x2"
+            assert first.locator("td").nth(1).inner_text() == "yes"
+            assert "Drift detected" in page.inner_text("#verdict")
+            page.wait_for_selector("#drift-chart canvas")  # uPlot drew the series
+            assert "FIRING" in page.inner_text("#alerts")
+            assert "endpoint=churn" in page.url
+            page.reload()  # the URL keeps the selection
+            page.wait_for_selector("#features tbody tr")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert requested and all(r.startswith(url) for r in requested), requested
