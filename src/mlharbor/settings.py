@@ -108,7 +108,7 @@ class ServingSettings(BaseModel):
 
     poll_interval_s: float = Field(2.0, gt=0, description="How often servers re-read endpoints.")
     batching: bool = Field(True, description="Adaptive micro-batching of concurrent requests.")
-    max_batch_size: int = Field(64, ge=1, description="Most rows run in one batch.")
+    max_batch_size: int = Field(256, ge=1, description="Most rows run in one batch.")
     max_batch_wait_ms: float = Field(1.0, ge=0, description="Longest wait to fill a batch.")
     request_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout (504).")
     max_concurrency: int = Field(512, ge=1, description="In-flight predictions before 503.")

@@ -30,7 +30,7 @@ def engine(reference_frame: pd.DataFrame) -> DriftEngine:
     return DriftEngine(Reference.from_profile(profile))
 
 
-@pytest.mark.parametrize("size", [100, 1_000, 10_000, 100_000])
+@pytest.mark.parametrize("size", [100, 1_000, 10_000, 100_000, 1_000_000])
 def test_windows_resampled_from_the_reference_rarely_alarm(engine: DriftEngine,
                                                            size: int) -> None:
     """A/A: 1,000 windows of ``size`` rows drawn from the reference rows themselves.

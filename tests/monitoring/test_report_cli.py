@@ -55,5 +55,15 @@ def test_drift_report_names_the_shifted_feature(settings: Settings, tmp_path: Pa
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "x2" in page and "Drift detected" in page
     assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    cached = list((settings.home / "monitoring" / "windows" / "churn").glob("*.json"))
+    assert len(cached) >= 20  # finished hourly windows keep their counts ...
+    again = run_cli("monitor", "drift", "churn", "--window", "24h", "--step", "1h",
+                    "--json", str(js), env=cli_env(settings))
+    assert again.returncode == 0, again.stderr  # ... and the next report merges them
+    assert orjson.loads(js.read_bytes())["features"] == report["features"]
+    by_rows = run_cli("monitor", "drift", "churn", "--rows", "1000", "--json", str(js),
+                      env=cli_env(settings))
+    assert by_rows.returncode == 0, by_rows.stderr
+    assert [p["rows"] for p in orjson.loads(js.read_bytes())["series"]] == [1_000] * 3
     missing = run_cli("monitor", "drift", "nothing", env=cli_env(settings))
     assert missing.returncode == 3 and "logged no predictions" in missing.stderr

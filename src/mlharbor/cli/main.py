@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     app = create_app()
     try:
-        app(args=args, prog_name="mlharbor", standalone_mode=False)
+        # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting.
+        result = app(args=args, prog_name="mlharbor", standalone_mode=False)
+        if isinstance(result, int) and result != 0:
+            sys.exit(result)
     except errors.MlharborError as exc:
         if debug:
             raise

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         window: str = typer.Option("24h", "--window", help="How far back: 90m, 24h, 7d."),
         step: str = typer.Option(None, "--step", help="Also one report per step (e.g. 1h)."),
         version: int = typer.Option(None, "--version", help="Version (default: most served)."),
+        rows: int = typer.Option(None, "--rows", help="Windows of this many predictions "
+                                                      "instead of --step."),
         html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report."),
         json_out: Path = typer.Option(None, "--json", help="Write the report as JSON."),
         fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
@@ -38,7 +40,8 @@ def register(app: typer.Typer) -> None:
         monitor = _monitor(ctx)
         end = utcnow()
         report = monitor.drift(endpoint, start=end - parse_duration(window), end=end,
-                               step=parse_duration(step) if step else None, version=version)
+                               step=parse_duration(step) if step else None, version=version,
+                               rows=rows)
         if json_out is not None:
             json_out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         if html_out is not None:

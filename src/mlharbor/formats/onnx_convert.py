@@ -78,11 +78,16 @@ def _convert_sklearn(obj: Any, signature: Signature, sample: Any) -> Any:
                 pass  # fall back to one float32 graph; the parity check judges it
         return convert_sklearn(obj, initial_types=types, options=options)
     column_types = [(c.name, _tensor_type(c.dtype, wide=True)) for c in signature.inputs]
+    # scikit-learn casts integer columns to float64 before imputers and scalers, whose ONNX
+    # converters refuse int64 inputs; the second attempt declares them as doubles too.
+    as_double = [(c.name, _tensor_type("float64" if c.dtype in ("int64", "int32") else c.dtype,
+                                       wide=True)) for c in signature.inputs]
     if isinstance(obj, Pipeline) and len(obj.steps) > 1:
-        try:
-            return _split_pipeline(obj, column_types, sample, options)
-        except Exception:
-            pass
+        for attempt in (column_types, as_double):
+            try:
+                return _split_pipeline(obj, attempt, sample, options)
+            except Exception:
+                continue
     narrow = [(c.name, _tensor_type(c.dtype, wide=False)) for c in signature.inputs]
     return convert_sklearn(obj, initial_types=narrow, options=options)
 

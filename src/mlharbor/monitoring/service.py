@@ -151,11 +151,10 @@ class Monitor:
         return DriftEngine(reference, calibration, dataset_share=mon.drift_dataset_share)
 
     def drift(self, endpoint: str, *, start: Any, end: Any, step: Any = None,
-              version: int | None = None) -> dict[str, Any]:
+              version: int | None = None, rows: int | None = None) -> dict[str, Any]:
         """Drift of ``[start, end)`` against the served version's profile, plus a series of
-        ``step``-long windows; finished windows' counts are cached and merged, not rescanned."""
-        from datetime import datetime
-
+        windows: ``step``-long (finished windows' counts are cached and merged, not rescanned)
+        or, with ``rows``, consecutive windows of that many predictions."""
         from mlharbor.core.errors import NotFoundError
         from mlharbor.monitoring.windows import merge_all
 
@@ -166,6 +165,23 @@ class Monitor:
                 f"and {end:%Y-%m-%d %H:%M} UTC.",
                 hint="Widen --window, or check that serving writes the prediction log.")
         engine = self.drift_engine(model, version)
+        if rows is not None:
+            windows = self._count_windows(engine, endpoint, version, start, end, rows)
+        else:
+            windows = self._time_windows(engine, endpoint, version, start, end, step)
+        total = merge_all(windows)
+        if total is None:
+            total = self._window(engine, endpoint, version, start, end)
+        series = [{"start": w.start.isoformat() if w.start else None, "rows": w.rows,
+                   **_brief(engine.compare(w))} for w in windows if w.rows]
+        report = engine.compare(total).to_dict()
+        report.update(endpoint=endpoint, model=model, version=version, series=series)
+        return dict(report)
+
+    def _time_windows(self, engine: Any, endpoint: str, version: int, start: Any, end: Any,
+                      step: Any) -> list[Any]:
+        from datetime import datetime
+
         step = step or (end - start)
         windows = []
         moment = start
@@ -177,13 +193,24 @@ class Monitor:
             upper = min(datetime.fromtimestamp(aligned, tz=moment.tzinfo), end)
             windows.append(self._window(engine, endpoint, version, moment, upper))
             moment = upper
-        total = merge_all(windows)
-        assert total is not None
-        series = [{"start": w.start.isoformat() if w.start else None, "rows": w.rows,
-                   **_brief(engine.compare(w))} for w in windows if w.rows]
-        report = engine.compare(total).to_dict()
-        report.update(endpoint=endpoint, model=model, version=version, series=series)
-        return dict(report)
+        return windows
+
+    def _count_windows(self, engine: Any, endpoint: str, version: int, start: Any, end: Any,
+                       rows: int) -> list[Any]:
+        from datetime import UTC, datetime
+
+        from mlharbor.core.errors import InvalidInputError
+
+        if rows < 1:
+            raise InvalidInputError(f"Windows need at least one row; received {rows}.")
+        table = self._version_rows(endpoint, version, start, end).sort_by("at")
+        windows = []
+        for offset in range(0, table.num_rows, rows):
+            part = table.slice(offset, rows)
+            first = datetime.fromtimestamp(part["at"][0].as_py() / 1e6, tz=UTC)
+            last = datetime.fromtimestamp(part["at"][-1].as_py() / 1e6, tz=UTC)
+            windows.append(self._count_table(engine, part, first, last))
+        return windows
 
     def _window(self, engine: Any, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
         import orjson
@@ -195,20 +222,28 @@ class Monitor:
         path = self.cache_dir / "windows" / endpoint / f"{version}-{key}.json"
         if path.exists():
             return WindowCounts.from_dict(orjson.loads(path.read_bytes()))
+        counts = self._count_table(engine, self._version_rows(endpoint, version, lo, hi), lo, hi)
+        settled = hi.timestamp() < utcnow().timestamp() - 2 * self.log.segment_interval_s - 60
+        if settled:  # later rows cannot arrive any more: keep the counts
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(orjson.dumps(counts.to_dict()))
+        return counts
+
+    def _version_rows(self, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
         table = self.log.scan(endpoint, lo, hi)
         if "version" in table.column_names:
             import pyarrow.compute as pc
 
             table = table.filter(pc.equal(table["version"], version))
+        return table
+
+    @staticmethod
+    def _count_table(engine: Any, table: Any, lo: Any, hi: Any) -> Any:
         inputs = {name[3:]: table[name] for name in table.column_names if name.startswith("in.")}
         predictions = table["prediction"] if "prediction" in table.column_names else None
         counts = engine.count(inputs if table.num_rows else {}, predictions=predictions,
                               start=lo, end=hi)
         counts.rows = table.num_rows
-        settled = hi.timestamp() < utcnow().timestamp() - 2 * self.log.segment_interval_s - 60
-        if settled:  # later rows cannot arrive any more: keep the counts
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(orjson.dumps(counts.to_dict()))
         return counts
 
     # -- helpers ---------------------------------------------------------------------------

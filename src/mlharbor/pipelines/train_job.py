@@ -345,7 +345,7 @@ def _candidate_settings(plan: Plan, schema: Schema, X: pd.DataFrame) -> list[Any
 
 
 def train(
-    recipe: Recipe,
+    recipe: Recipe | str | Path,
     *,
     registry: Registry,
     settings: Settings,
@@ -354,7 +354,10 @@ def train(
 ) -> TrainJobResult:
     """Train from ``recipe`` and register the winner (Python twin of ``mlharbor train``)."""
     from mlharbor.registry.bundles import load_predictor
+    from mlharbor.training.recipe import load_recipe
 
+    if isinstance(recipe, str | Path):
+        recipe = load_recipe(recipe)
     if recipe.registration is None:
         raise recipe.error(("register",), "the recipe has no `register` section",
                            hint="Add `register: {name: my-model}` to name the model.")
@@ -415,9 +418,6 @@ def _register(
     actor: str, status: str, status_reason: str | None,
 ) -> Any:
     """Register the winner with metrics, params, lineage, report and reference profile."""
-    import inspect
-    import tempfile
-
     from mlharbor.registry.bundles import register_model
 
     spec = outcome.recipe.registration
@@ -426,31 +426,11 @@ def _register(
         "description": spec.description, "tags": spec.tags, "metrics": outcome.metrics,
         "params": outcome.params, "lineage": lineage_of(outcome), "actor": actor,
     }
-    if "status" in inspect.signature(register_model).parameters:
-        register: Any = register_model  # the keywords exist only in newer versions
-        return register(
-            registry, name, outcome.model, settings=settings, sample_input=outcome.sample_input,
-            training_data=outcome.training_data, status=status, status_reason=status_reason,
-            **common,
-        ).version
-    # register_model cannot record a failed gate yet: the same two steps it takes (build a
-    # verified bundle, register it) with the status given, so a failed version is never
-    # visible as ready, not even for a moment.
-    from mlharbor.formats.base import TrustOptions
-    from mlharbor.formats.builder import build_bundle
-
-    trust = TrustOptions(skops_trusted_types=tuple(settings.formats.skops_trusted_types))
-    with tempfile.TemporaryDirectory(prefix="mlharbor-bundle-") as tmp:
-        bundle = Path(tmp) / "bundle"
-        built = build_bundle(
-            outcome.model, bundle, sample_input=outcome.sample_input,
-            training_data=outcome.training_data, trust=trust,
-            tolerance=settings.formats.onnx_parity_tolerance, created_by=actor,
-        )
-        return registry.register_version(
-            name, bundle, manifest=built.manifest.to_dict(), status=status,
-            status_reason=status_reason, **common,
-        )
+    return register_model(
+        registry, name, outcome.model, settings=settings, sample_input=outcome.sample_input,
+        training_data=outcome.training_data, status=status, status_reason=status_reason,
+        **common,
+    ).version
 
 
 @dataclasses.dataclass

@@ -60,11 +60,15 @@ def register_model(
     params: dict[str, Any] | None = None,
     lineage: dict[str, Any] | None = None,
     actor: str = "local",
+    status: str = "ready",
+    status_reason: str | None = None,
 ) -> RegistrationResult:
     """Bundle ``source`` (a file, a folder or an in-memory model) and register it as a version.
 
     Nothing is stored when any check fails: unsafe files, unknown formats, a pickle whose
     sha256 does not match ``trust_pickle_sha256``, or ``runtime='onnx'`` without ONNX parity.
+    ``status="failed"`` (with a reason) records a version that failed its promotion gates: it
+    is stored for the record but never resolves as latest and takes no alias.
     """
     from mlharbor.formats.base import TrustOptions
     from mlharbor.formats.builder import build_bundle
@@ -84,6 +88,7 @@ def register_model(
         version = registry.register_version(
             name, bundle, description=description, tags=tags, metrics=metrics,
             params=params, lineage=lineage, manifest=built.manifest.to_dict(), actor=actor,
+            status=status, status_reason=status_reason,
         )
     return RegistrationResult(built.format, built.runtime, built.parity, version)
 

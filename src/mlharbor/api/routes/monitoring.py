@@ -61,15 +61,15 @@ async def post_feedback(name: str, request: Request) -> dict[str, Any]:
 
 @router.get(f"{_API}/endpoints/{{name}}/drift")
 def get_drift(request: Request, name: str, window: str = Query("24h"),
-              step: str | None = Query(None), version: int | None = Query(None, ge=1)
-              ) -> dict[str, Any]:
+              step: str | None = Query(None), version: int | None = Query(None, ge=1),
+              rows: int | None = Query(None, ge=1, le=10_000_000)) -> dict[str, Any]:
     from mlharbor.monitoring.windows import parse_duration
 
     end = utcnow()
     span = parse_duration(window)
     return dict(monitor_of(request).drift(
         name, start=end - span, end=end, step=parse_duration(step) if step else None,
-        version=version))
+        version=version, rows=rows))
 
 
 @router.get(f"{_API}/endpoints/{{name}}/performance")
