@@ -18,7 +18,6 @@ What gets wired, from ``settings.security``:
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,11 +30,12 @@ if TYPE_CHECKING:
 def open_registry(settings: Settings, *, migrate: bool = True) -> Registry:
     """The registry for ``settings`` with every configured cross-cutting layer applied."""
     from mlharbor.registry.artifacts.base import ArtifactStore
+    from mlharbor.registry.service import Registry
     from mlharbor.security.encrypted_store import EncryptedArtifactStore, has_envelopes
     from mlharbor.security.envelope import wrapper_from_settings
-    from mlharbor.security.signing import policy_from_settings
+    from mlharbor.security.signing import bundle_entries, policy_from_settings
 
-    registry = _secured_registry_class().from_settings(settings, migrate=migrate)
+    registry = Registry.from_settings(settings, migrate=migrate)
     try:
         wrapper = wrapper_from_settings(settings)
         engine = registry.store.db.engine
@@ -48,9 +48,22 @@ def open_registry(settings: Settings, *, migrate: bool = True) -> Registry:
     except BaseException:
         registry.close()
         raise
-    registry.signatures = signatures  # type: ignore[attr-defined]
-    registry.signer = signer  # type: ignore[attr-defined]
+    if signer is not None:
+        sign = signer
+        registry.signer = lambda bundle: sign.tags_for(bundle_entries(bundle))
+    if signatures is not None:
+        policy = signatures
+        # Checked inside the alias transaction, and again before any file is handed out.
+        registry.alias_guard = policy.check_alias
+        registry.load_guard = lambda mv: _check_loadable(policy, mv)
     return registry
+
+
+def _check_loadable(policy: Any, mv: Any) -> None:
+    for alias in mv.aliases:
+        policy.check_alias(mv, alias)
+    if policy.trusted and policy.is_signed(mv):
+        policy.verify(mv)
 
 
 def open_identities(registry: Registry) -> IdentityStore:
@@ -77,46 +90,3 @@ def _safe_has_envelopes(check: Any, engine: Any) -> bool:
         return bool(check(engine))
     except SQLAlchemyError:  # an old schema (opened with migrate=False) has no envelopes
         return False
-
-
-@functools.cache
-def _secured_registry_class() -> type[Registry]:
-    """Registry plus signing at registration and signature checks on aliases and loads.
-
-    Built on first use so that importing this module stays cheap.
-    """
-    from mlharbor.core.refs import ModelRef
-    from mlharbor.registry.service import Registry
-    from mlharbor.security.signing import SignaturePolicy, Signer, bundle_entries
-
-    class SecuredRegistry(Registry):
-        signatures: SignaturePolicy | None = None
-        signer: Signer | None = None
-
-        def register_version(self, name: str, bundle_dir: Path | str, *,
-                             tags: dict[str, str] | None = None, **kwargs: Any) -> Any:
-            if self.signer is not None:
-                signed = self.signer.tags_for(bundle_entries(Path(bundle_dir)))
-                tags = {**(tags or {}), **signed}
-            return super().register_version(name, bundle_dir, tags=tags, **kwargs)
-
-        def set_alias(self, name: str, alias: str, version: int, **kwargs: Any) -> Any:
-            policy = self.signatures
-            if policy is not None and alias in policy.require_for and isinstance(version, int):
-                policy.check_alias(self.get_version(ModelRef(name, "version", version=version)),
-                                   alias)
-            return super().set_alias(name, alias, version, **kwargs)
-
-        def download(self, ref: Any) -> Path:
-            from mlharbor.core.records import ModelVersion
-
-            mv = ref if isinstance(ref, ModelVersion) else self.get_version(ref)
-            policy = self.signatures
-            if policy is not None:
-                for alias in mv.aliases:
-                    policy.check_alias(mv, alias)
-                if policy.trusted and policy.is_signed(mv):
-                    policy.verify(mv)
-            return super().download(mv)
-
-    return SecuredRegistry

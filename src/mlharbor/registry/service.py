@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 LOCAL_ACTOR = "local"
 MAX_BUNDLE_FILES = 10_000
-AliasGuard = Callable[[ModelVersion], None]
+# Hooks the composition root (bootstrap.py) may plug in; the registry never imports security.
+AliasGuard = Callable[[ModelVersion, str], None]  # may refuse moving an alias to a version
+LoadGuard = Callable[[ModelVersion], None]  # may refuse handing out a version's files
+Signer = Callable[[Path], dict[str, str]]  # tags (a signature) for a bundle being registered
 
 
 class Registry:
@@ -46,25 +49,27 @@ class Registry:
 
     def __init__(
         self, store: MetadataStore, artifacts: ArtifactStore, *, cache_dir: Path,
-        alias_guard: AliasGuard | None = None,
+        alias_guard: AliasGuard | None = None, load_guard: LoadGuard | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.cache_dir = cache_dir
         self.alias_guard = alias_guard
+        self.load_guard = load_guard
+        self.signer = signer
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, artifacts: ArtifactStore | None = None,
-        alias_guard: AliasGuard | None = None, migrate: bool = True,
+        migrate: bool = True,
     ) -> Registry:
         """Open (and create or upgrade, unless ``migrate=False``) the configured registry."""
         db = Database(settings.database_url_value)
         if migrate:
             db.migrate()
         store = artifacts or open_artifact_store(settings.artifact_uri_value, settings)
-        return cls(MetadataStore(db), store, cache_dir=settings.home / "cache" / "bundles",
-                   alias_guard=alias_guard)
+        return cls(MetadataStore(db), store, cache_dir=settings.home / "cache" / "bundles")
 
     def close(self) -> None:
         self.store.db.dispose()
@@ -125,6 +130,8 @@ class Registry:
         if final_status is VersionStatus.REGISTERING:
             raise InvalidInputError("status must be 'ready' or 'failed'.", field="status")
         files = _bundle_files(Path(bundle_dir))
+        if self.signer is not None:
+            tags = {**(tags or {}), **self.signer(Path(bundle_dir))}
         version_id, _number = self.store.begin_version(
             name, actor=actor, description=description, tags=_check_tags(tags),
             metrics=_check_metrics(metrics),
@@ -232,6 +239,8 @@ class Registry:
         fetched again from the store when it no longer matches.
         """
         mv = ref if isinstance(ref, ModelVersion) else self.get_version(ref)
+        if self.load_guard is not None:
+            self.load_guard(mv)
         if mv.status is not VersionStatus.READY:
             raise InvalidInputError(
                 f"Version {mv.ref} is {mv.status.value}; only ready versions can be loaded.",

@@ -389,7 +389,7 @@ class MetadataStore:
 
     def set_alias(
         self, name: str, alias: str, version: int, *, actor: str, reason: str = "",
-        request_id: str | None = None, guard: Callable[[ModelVersion], None] | None = None,
+        request_id: str | None = None, guard: Callable[[ModelVersion, str], None] | None = None,
     ) -> AliasMove:
         """Point ``alias`` at ``version``; ``guard`` may refuse (e.g. signature policy)."""
         def work(conn: Connection) -> tuple[AliasMove, dict[str, Any]]:
@@ -406,7 +406,7 @@ class MetadataStore:
                     "alias."
                 )
             if guard is not None:
-                guard(self._version(conn, target))
+                guard(self._version(conn, target), alias)
             current = conn.execute(
                 select(aliases.c.version_id, versions.c.version)
                 .join(versions, versions.c.id == aliases.c.version_id)
