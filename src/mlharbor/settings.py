@@ -245,7 +245,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
     except Exception as exc:
-        raise ConfigError(f"The config file {str(path)!r} is not valid: {exc}") from exc
+        # Only the problem and its position: the parser's own message quotes the offending
+        # line, which may hold a secret.
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        mark: Any = getattr(exc, "problem_mark", None) or getattr(exc, "lineno", None)
+        where = f" at line {mark.line + 1}" if hasattr(mark, "line") else (
+            f" at line {mark}" if isinstance(mark, int) else "")
+        raise ConfigError(
+            f"The config file {str(path)!r} is not valid YAML/TOML{where}: {problem}."
+        ) from exc
     if not isinstance(data, dict):
         raise ConfigError(
             f"The config file {str(path)!r} must hold a mapping of settings; "

@@ -103,6 +103,8 @@ def test_register_alias_and_resolve(api: httpx.Client) -> None:
         ("put", "/api/v1/models/churn/aliases/champion", {"json": {"version": "x"}}, 422),
         ("put", "/api/v1/models/churn/aliases/latest", {"json": {"version": 1}}, 400),
         ("get", "/api/v1/models/churn/versions/abc", {}, 422),
+        ("get", "/api/v1/models/churn/versions/99999999999999999999", {}, 422),
+        ("get", "/api/v1/resolve/churn:99999999999999999999", {}, 400),
         ("get", "/no/such/route", {}, 404),
         ("patch", "/livez", {}, 405),
     ],
@@ -121,4 +123,15 @@ def test_upload_refuses_escaping_paths_and_bad_json(api: httpx.Client) -> None:
     error = _assert_error(
         api.post("/api/v1/models/churn/versions", files=files, data={"metrics": "[1]"}), 400)
     assert "metrics must be a JSON object" in error["message"]
+    error = _assert_error(
+        api.post("/api/v1/models/churn/versions", files=files, data={"metrics": '{"f1": NaN}'}),
+        400)
+    assert "finite" in error["message"]
+    clash = [("files", ("a", io.BytesIO(b"x"), "application/octet-stream")),
+             ("files", ("a/b", io.BytesIO(b"y"), "application/octet-stream"))]
+    _assert_error(api.post("/api/v1/models/churn/versions", files=clash), 400)
+    long_name = [("files", ("x" * 300, io.BytesIO(b"x"), "application/octet-stream"))]
+    _assert_error(api.post("/api/v1/models/churn/versions", files=long_name), 400)
+    _assert_error(api.patch("/api/v1/models/churn/versions/1",
+                            json={"tags": {"signature.ed25519": "forged"}}), 400)
     assert _assert_error(api.get("/api/v1/models/churn"), 404)

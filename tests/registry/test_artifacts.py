@@ -50,6 +50,11 @@ def test_large_file_multipart_on_s3(moto_server: str, s3_bucket: str, tmp_path: 
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     info = store.put_file(src)
+    import boto3
+
+    head = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").head_object(
+        Bucket=s3_bucket, Key=f"sha256/{info.sha256[:2]}/{info.sha256}")
+    assert head["ETag"].strip('"').endswith("-2")  # completed as a 2-part multipart upload
     dest = tmp_path / "big-copy.bin"
     store.get_file(info.sha256, dest, label="big")
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == info.sha256

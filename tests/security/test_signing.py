@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlharbor.bootstrap import open_registry
-from mlharbor.core.errors import ConflictError, IntegrityError
+from mlharbor.core.errors import ConflictError, IntegrityError, InvalidInputError
 from mlharbor.security.signing import KEY_ID_TAG, SIGNATURE_TAG, generate_signing_key
 from mlharbor.settings import Settings
 from tests.support import cli_env, run_cli
@@ -46,8 +46,10 @@ def test_sign_verify_and_protect_aliases(tmp_path: Path) -> None:
     assert (registry.download("churn@production") / "model.bin").read_bytes() == b"one"
 
     # A signature copied onto another version does not verify.
-    registry.update_version("churn:2", tags={SIGNATURE_TAG: signed.tags[SIGNATURE_TAG],
-                                             KEY_ID_TAG: signed.tags[KEY_ID_TAG]})
+    with pytest.raises(InvalidInputError, match="reserved"):
+        registry.update_version("churn:2", tags={SIGNATURE_TAG: "forged"})
+    registry.record_signature("churn:2", {SIGNATURE_TAG: signed.tags[SIGNATURE_TAG],
+                                          KEY_ID_TAG: signed.tags[KEY_ID_TAG]})
     with pytest.raises(IntegrityError, match="does not match its files"):
         registry.set_alias("churn", "production", 2)
     with pytest.raises(IntegrityError):

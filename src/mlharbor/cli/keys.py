@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         registry = open_registry(settings)
         mv = registry.get_version(reference)
         tags = signer.tags_for((f.path, f.sha256, f.size) for f in mv.files)
-        registry.update_version(mv.ref, tags=tags, actor=_actor())
+        registry.record_signature(mv.ref, tags, actor=_actor())
         typer.echo(f"Signed {mv.ref} with {signer.key_id}.")
 
     @keys_app.command("verify")

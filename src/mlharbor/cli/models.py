@@ -229,6 +229,19 @@ def register(app: typer.Typer) -> None:
         registry.delete_model(ref.name)
         typer.echo(f"Deleted model {ref.name}.")
 
+    @models_app.command("sweep")
+    def sweep_cmd(
+        ctx: typer.Context,
+        older_than: int = typer.Option(60, "--older-than-minutes", min=1,
+                                       help="Only registrations started this long ago."),
+    ) -> None:
+        """Mark registrations abandoned by a killed process as failed."""
+        from datetime import timedelta
+
+        swept = _registry(ctx).sweep_stale_registrations(timedelta(minutes=older_than))
+        typer.echo(f"Marked {len(swept)} abandoned registration(s) as failed"
+                   + (f": {', '.join(swept)}." if swept else "."))
+
     @alias_app.command("set")
     def alias_set(
         ctx: typer.Context, name: str = typer.Argument(...), alias: str = typer.Argument(...),

@@ -13,6 +13,7 @@ from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.names import validate_alias, validate_name
 
 RefKind = Literal["version", "alias", "latest"]
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class ModelRef:
             validate_name(name)
             if selector == "latest":
                 return cls(name, "latest")
-            if selector.isdigit() and selector.isascii() and int(selector) > 0:
+            if selector.isdigit() and selector.isascii() and 0 < int(selector) <= MAX_VERSION:
                 return cls(name, "version", version=int(selector))
             raise InvalidInputError(
                 f"The version in the reference {text!r} is {selector!r}; expected a positive "

@@ -16,9 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
-from mlharbor.core.errors import ConfigError, UnavailableError
+from mlharbor.core.errors import ConfigError, ConflictError, InvalidInputError, UnavailableError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary, fixed keys for PostgreSQL advisory locks.
@@ -89,6 +90,17 @@ class Database:
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield
+        except SAIntegrityError as exc:
+            raise ConflictError(
+                "A concurrent change conflicted with this one (the record already exists or "
+                "was changed meanwhile).",
+                hint="Read the current state and try again.",
+            ) from exc
+        except DataError as exc:
+            raise InvalidInputError(
+                f"The database refused a value: {_first_line(exc.orig)}.",
+                hint="Check numbers are finite and within range.",
+            ) from exc
         except OperationalError as exc:
             raise UnavailableError(
                 f"The metadata database is unavailable ({self.dialect}): "

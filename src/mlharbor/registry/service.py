@@ -9,15 +9,16 @@ authorization happens at the edges (HTTP, CLI), never here.
 from __future__ import annotations
 
 import contextlib
-import os
+import math
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.core.errors import InvalidInputError, MlharborError, UnsafeArtifactError
+from mlharbor.core.errors import InvalidInputError, UnavailableError, UnsafeArtifactError
 from mlharbor.core.names import validate_alias, validate_name
 from mlharbor.core.records import (
     AliasMove,
@@ -130,10 +131,11 @@ class Registry:
         if final_status is VersionStatus.REGISTERING:
             raise InvalidInputError("status must be 'ready' or 'failed'.", field="status")
         files = _bundle_files(Path(bundle_dir))
+        checked_tags = _check_tags(tags)
         if self.signer is not None:
-            tags = {**(tags or {}), **self.signer(Path(bundle_dir))}
+            checked_tags.update(self.signer(Path(bundle_dir)))
         version_id, _number = self.store.begin_version(
-            name, actor=actor, description=description, tags=_check_tags(tags),
+            name, actor=actor, description=description, tags=checked_tags,
             metrics=_check_metrics(metrics),
             params={k: str(v) for k, v in (params or {}).items()},
             lineage={**environment_lineage(), **(lineage or {})},
@@ -181,6 +183,19 @@ class Registry:
             request_id=request_id,
         )
 
+    def record_signature(
+        self, ref: str | ModelRef, signature_tags: dict[str, str], *, actor: str = LOCAL_ACTOR,
+        request_id: str | None = None,
+    ) -> ModelVersion:
+        """Store a signature made over a version's files (tags under ``signature.``)."""
+        if not signature_tags or not all(k.startswith(RESERVED_TAG_PREFIXES)
+                                         for k in signature_tags):
+            raise InvalidInputError("Signature tags must all start with 'signature.'.")
+        return self.store.update_version(
+            _ref(ref), description=None, tags=_check_tags(signature_tags, reserved_ok=True),
+            actor=actor, request_id=request_id,
+        )
+
     def archive_version(
         self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
     ) -> ModelVersion:
@@ -194,11 +209,8 @@ class Registry:
     def delete_version(
         self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
     ) -> None:
-        """Delete a version (refused while an alias points to it) and its unshared blobs."""
-        orphans = self.store.delete_version(_ref(ref), actor=actor, request_id=request_id)
-        for digest in orphans:
-            with contextlib.suppress(MlharborError, OSError):
-                self.artifacts.delete(digest)
+        """Delete a version (refused while an alias points to it or it is registering)."""
+        self.store.delete_version(_ref(ref), actor=actor, request_id=request_id)
 
     def sweep_stale_registrations(self, older_than: timedelta = timedelta(hours=1)) -> list[str]:
         """Mark registrations abandoned (e.g. by a killed process) as failed."""
@@ -257,17 +269,29 @@ class Registry:
                     f.sha256, staging / f.path,
                     label=f"{f.path!r} of {mv.ref}",
                 )
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                # Another process put an identical copy in place first.
-                if not _matches(target, mv.files):
-                    raise
+            _install(staging, target, mv.files)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+
+def _install(staging: Path, target: Path, files: tuple[VersionFile, ...]) -> None:
+    """Move a verified copy into place without ever removing a good copy others may read."""
+    for _ in range(3):
+        try:
+            staging.rename(target)
+            return
+        except OSError:
+            if not target.exists():
+                continue
+        if _matches(target, files):
+            return  # another process put an identical copy in place first
+        # A stale or damaged copy: move it aside atomically, then retry.
+        aside = target.parent / f".stale-{target.name}-{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(OSError):
+            target.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    raise UnavailableError(f"Could not place the local copy of {target}; try again.")
 
 
 def _ref(ref: str | ModelRef) -> ModelRef:
@@ -315,13 +339,22 @@ def _bundle_files(root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
+RESERVED_TAG_PREFIXES = ("signature.",)
+
+
+def _check_tags(tags: dict[str, str] | None, *, reserved_ok: bool = False) -> dict[str, str]:
     if tags is None:
         return {}
     if not isinstance(tags, dict):
         raise InvalidInputError("tags must be a mapping of strings to strings.", field="tags")
     for key, value in tags.items():
         validate_name(key, kind="tag key")
+        if not reserved_ok and key.startswith(RESERVED_TAG_PREFIXES):
+            raise InvalidInputError(
+                f"Tag {key!r} is reserved: tags starting with "
+                f"{', '.join(RESERVED_TAG_PREFIXES)} are written by mlharbor (signatures).",
+                hint="Sign versions with `mlharbor keys sign`.", field=f"tags.{key}",
+            )
         if not isinstance(value, str) or len(value) > 5000:
             raise InvalidInputError(
                 f"Tag {key!r} must have a string value of at most 5000 characters.",
@@ -336,6 +369,11 @@ def _check_metrics(metrics: dict[str, float] | None) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidInputError(
                 f"Metric {key!r} must be a number; received {type(value).__name__}.",
+                field=f"metrics.{key}",
+            )
+        if not math.isfinite(value):
+            raise InvalidInputError(
+                f"Metric {key!r} is {value}; metrics must be finite numbers.",
                 field=f"metrics.{key}",
             )
         clean[str(key)] = float(value)

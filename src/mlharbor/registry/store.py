@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, delete, func, select, update
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import (
@@ -139,9 +138,20 @@ class MetadataStore:
                     hint="Remove the aliases first (mlharbor models alias unset).",
                     aliases=[a.alias for a in held],
                 )
+            busy = [r.version for r in conn.execute(select(versions.c.version).where(
+                versions.c.model_id == row.id,
+                versions.c.status == VersionStatus.REGISTERING.value))]
+            if busy:
+                raise ConflictError(
+                    f"Model {name!r} cannot be deleted while version(s) "
+                    f"{', '.join(map(str, busy))} are registering.",
+                    hint="Wait for the registration to finish, or sweep abandoned ones with "
+                    "`mlharbor models sweep`.",
+                )
             ids = select(versions.c.id).where(versions.c.model_id == row.id)
             conn.execute(delete(version_files).where(version_files.c.version_id.in_(ids)))
             conn.execute(delete(versions).where(versions.c.model_id == row.id))
+            conn.execute(delete(alias_history).where(alias_history.c.model_name == name))
             conn.execute(delete(models).where(models.c.id == row.id))
             return None, {}
 
@@ -171,7 +181,13 @@ class MetadataStore:
         return _page(items, offset, page_size, len(names))
 
     def _model_row(self, conn: Connection, name: str, *, required: bool = True) -> Any:
-        row = conn.execute(select(models).where(models.c.name == name)).first()
+        query = select(models).where(models.c.name == name)
+        if conn.get_execution_options().get("mlharbor_write"):
+            # Every change to a model, its versions or aliases starts here, so on PostgreSQL
+            # the row lock makes check-then-write sequences of one model run one at a time
+            # (SQLite's BEGIN IMMEDIATE already serialises all writers).
+            query = query.with_for_update()
+        row = conn.execute(query).first()
         if row is None and required:
             raise NotFoundError(
                 f"Model {name!r} does not exist.",
@@ -228,7 +244,7 @@ class MetadataStore:
                         created_at=now, updated_at=now,
                     ).returning(versions.c.id)).scalar_one()
                     return int(version_id), int(number.last_version)
-            except SAIntegrityError:
+            except ConflictError:
                 # Two writers created the same new model at once on PostgreSQL; the loser
                 # retries and now finds the model.
                 if attempt == 2:
@@ -243,21 +259,28 @@ class MetadataStore:
         name, number = self._version_name(version_id)
 
         def work(conn: Connection) -> tuple[ModelVersion, dict[str, Any]]:
-            row = conn.execute(select(versions).where(versions.c.id == version_id)).one()
-            if row.status != VersionStatus.REGISTERING.value:
+            self._model_row(conn, name)  # lock the model
+            # Only a version still registering may be finished: whoever comes second (the
+            # registering process or the stale-registration sweeper) gets a conflict.
+            changed = conn.execute(update(versions).where(
+                versions.c.id == version_id,
+                versions.c.status == VersionStatus.REGISTERING.value,
+            ).values(status=status.value, status_reason=status_reason, manifest=manifest,
+                     updated_at=utcnow())).rowcount
+            if changed != 1:
+                current = conn.execute(
+                    select(versions.c.status).where(versions.c.id == version_id)).first()
                 raise ConflictError(
-                    f"Version {name}:{number} is {row.status}, not registering; it cannot be "
-                    "finished again."
+                    f"Version {name}:{number} is "
+                    f"{current.status if current else 'deleted'}, not registering; it cannot "
+                    "be finished again.",
+                    hint="Register the model again.",
                 )
             if files:
                 conn.execute(version_files.insert(), [
                     {"version_id": version_id, "path": f.path, "sha256": f.sha256,
                      "size": f.size} for f in files
                 ])
-            conn.execute(update(versions).where(versions.c.id == version_id).values(
-                status=status.value, status_reason=status_reason, manifest=manifest,
-                updated_at=utcnow(),
-            ))
             details = {"status": status.value, "reason": status_reason,
                        "files": len(files)}
             fresh = conn.execute(select(versions).where(versions.c.id == version_id)).one()
@@ -272,7 +295,12 @@ class MetadataStore:
                 select(models.c.name, versions.c.version)
                 .join(models, models.c.id == versions.c.model_id)
                 .where(versions.c.id == version_id)
-            ).one()
+            ).first()
+        if row is None:
+            raise ConflictError(
+                "The version being registered was deleted before it was finished.",
+                hint="Register the model again.",
+            )
         return str(row.name), int(row.version)
 
     def get_version(self, ref: ModelRef) -> ModelVersion:
@@ -335,21 +363,27 @@ class MetadataStore:
 
     def delete_version(
         self, ref: ModelRef, *, actor: str, request_id: str | None = None
-    ) -> list[str]:
-        """Delete a version's record; returns the digests no other version uses any more."""
-        def work(conn: Connection) -> tuple[list[str], dict[str, Any]]:
+    ) -> None:
+        """Delete a version's record.
+
+        Its blobs stay in the artifact store: identical files are stored once, and a
+        registration in progress may be relying on a blob no finished version lists yet, so
+        blobs are never removed inline.
+        """
+        def work(conn: Connection) -> tuple[None, dict[str, Any]]:
             row = self._resolve(conn, ref)
             self._refuse_if_aliased(conn, row, "deleted")
-            digests = [r.sha256 for r in conn.execute(
-                select(version_files.c.sha256).where(version_files.c.version_id == row.id))]
+            if row.status == VersionStatus.REGISTERING.value:
+                raise ConflictError(
+                    f"Version {ref} is still registering; it cannot be deleted now.",
+                    hint="Wait for it to finish, or sweep abandoned registrations with "
+                    "`mlharbor models sweep`.",
+                )
             conn.execute(delete(version_files).where(version_files.c.version_id == row.id))
             conn.execute(delete(versions).where(versions.c.id == row.id))
-            still_used = {r.sha256 for r in conn.execute(
-                select(version_files.c.sha256).where(version_files.c.sha256.in_(digests)))}
-            return [d for d in digests if d not in still_used], {"version": row.version}
+            return None, {"version": row.version}
 
-        return self.mutate("version.delete", _resource(ref), work, actor=actor,
-                           request_id=request_id)
+        self.mutate("version.delete", _resource(ref), work, actor=actor, request_id=request_id)
 
     def _refuse_if_aliased(self, conn: Connection, row: Any, verb: str) -> None:
         held = [r.alias for r in conn.execute(

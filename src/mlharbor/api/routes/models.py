@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -19,6 +20,7 @@ from mlharbor.core.refs import ModelRef
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 NameParam = Annotated[str, Field(min_length=1, max_length=255)]
+VersionParam = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
 class ModelCreate(BaseModel):
@@ -52,7 +54,7 @@ def _tag_filter(tag: list[str] | None) -> dict[str, str] | None:
     return parsed
 
 
-def _ref(name: str, version: int) -> ModelRef:
+def _ref(name: str, version: VersionParam) -> ModelRef:
     return ModelRef.parse(f"{name}:{version}")
 
 
@@ -136,11 +138,19 @@ def upload_version(
             rel = _safe_relative(upload.filename or "")
             dest = staging / rel
             if dest.exists():
-                raise InvalidInputError(f"The file {str(rel)!r} was uploaded twice.",
-                                        field="files")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with dest.open("wb") as out:
-                shutil.copyfileobj(upload.file, out)
+                raise InvalidInputError(
+                    f"The path {str(rel)!r} was uploaded twice, or is both a file and a "
+                    "folder.", field="files")
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with dest.open("wb") as out:
+                    shutil.copyfileobj(upload.file, out)
+            except OSError as exc:
+                raise InvalidInputError(
+                    f"The file {str(rel)!r} cannot be stored: {exc.strerror}.",
+                    hint="Use short relative paths, and never a file and a folder of the "
+                    "same name.", field="files",
+                ) from exc
         version = registry_of(request).register_version(
             name, staging, description=description, tags=parsed["tags"],
             metrics=parsed["metrics"], params=parsed["params"], actor=actor_of(request),
@@ -152,12 +162,14 @@ def upload_version(
 
 
 @router.get("/models/{name}/versions/{version}")
-def get_version(request: Request, name: str, version: int) -> dict[str, Any]:
+def get_version(request: Request, name: str, version: VersionParam) -> dict[str, Any]:
     return to_dict(registry_of(request).get_version(_ref(name, version)))  # type: ignore[no-any-return]
 
 
 @router.patch("/models/{name}/versions/{version}")
-def update_version(request: Request, name: str, version: int, body: ModelPatch) -> dict[str, Any]:
+def update_version(
+    request: Request, name: str, version: VersionParam, body: ModelPatch
+) -> dict[str, Any]:
     mv = registry_of(request).update_version(
         _ref(name, version), description=body.description, tags=body.tags,
         actor=actor_of(request), request_id=request_id_of(request),
@@ -166,27 +178,27 @@ def update_version(request: Request, name: str, version: int, body: ModelPatch) 
 
 
 @router.delete("/models/{name}/versions/{version}", status_code=204)
-def delete_version(request: Request, name: str, version: int) -> None:
+def delete_version(request: Request, name: str, version: VersionParam) -> None:
     registry_of(request).delete_version(_ref(name, version), actor=actor_of(request),
                                         request_id=request_id_of(request))
 
 
 @router.post("/models/{name}/versions/{version}/archive")
-def archive_version(request: Request, name: str, version: int) -> dict[str, Any]:
+def archive_version(request: Request, name: str, version: VersionParam) -> dict[str, Any]:
     mv = registry_of(request).archive_version(_ref(name, version), actor=actor_of(request),
                                               request_id=request_id_of(request))
     return to_dict(mv)  # type: ignore[no-any-return]
 
 
 @router.post("/models/{name}/versions/{version}/unarchive")
-def unarchive_version(request: Request, name: str, version: int) -> dict[str, Any]:
+def unarchive_version(request: Request, name: str, version: VersionParam) -> dict[str, Any]:
     mv = registry_of(request).unarchive_version(_ref(name, version), actor=actor_of(request),
                                                 request_id=request_id_of(request))
     return to_dict(mv)  # type: ignore[no-any-return]
 
 
 @router.get("/models/{name}/versions/{version}/files/{path:path}")
-def download_file(request: Request, name: str, version: int, path: str) -> FileResponse:
+def download_file(request: Request, name: str, version: VersionParam, path: str) -> FileResponse:
     registry = registry_of(request)
     mv = registry.get_version(_ref(name, version))
     rel = str(_safe_relative(path))
@@ -252,10 +264,11 @@ def _safe_relative(text: str) -> PurePosixPath:
     path = PurePosixPath(cleaned)
     if (not cleaned or "\x00" in cleaned or path.is_absolute()
             or any(part in ("..", "") for part in cleaned.split("/"))
-            or ":" in path.parts[0]):
+            or ":" in path.parts[0]
+            or len(cleaned) > 1024 or any(len(part.encode()) > 255 for part in path.parts)):
         raise InvalidInputError(
-            f"File path {text!r} is not allowed: it must be relative, inside the bundle, "
-            "with no '..' parts.",
+            f"File path {text[:80]!r} is not allowed: it must be relative, inside the bundle, "
+            "with no '..' parts, each part at most 255 bytes and 1024 characters in all.",
             field="files",
         )
     return path

@@ -17,7 +17,6 @@ from mlharbor.registry.artifacts.base import (
     BlobInfo,
     check_digest,
     copy_hashing,
-    digest_file,
     integrity_failure,
 )
 
@@ -58,49 +57,70 @@ class S3ArtifactStore:
     def put_file(self, path: Path) -> BlobInfo:
         from boto3.s3.transfer import TransferConfig
 
-        info = digest_file(path)
-        if self.exists(info.sha256):
-            return info
-        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
+        # Upload a private copy made while hashing, so the bytes stored are exactly the bytes
+        # the digest was computed over, even if the source changes meanwhile.
+        fd, tmp_name = tempfile.mkstemp(prefix="mlharbor-s3-put-")
+        tmp = Path(tmp_name)
         try:
-            self.client.upload_file(
-                str(path), self.bucket, self._key(info.sha256), Config=config,
-                ExtraArgs={"Metadata": {"sha256": info.sha256}},
-            )
-        except Exception as exc:
-            raise UnavailableError(
-                f"Uploading to the artifact store {self.uri} failed: {exc}."
-            ) from exc
-        return info
+            with path.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                info = copy_hashing(src, dst)
+            if self.exists(info.sha256):
+                return info
+            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
+            try:
+                self.client.upload_file(
+                    str(tmp), self.bucket, self._key(info.sha256), Config=config,
+                    ExtraArgs={"Metadata": {"sha256": info.sha256}},
+                )
+            except Exception as exc:
+                raise UnavailableError(
+                    f"Uploading to the artifact store {self.uri} failed: {exc}."
+                ) from exc
+            return info
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get_file(self, sha256: str, dest: Path, *, label: str) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
+        key = self._key(sha256)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise integrity_failure(label, sha256, "missing") from exc
+            raise UnavailableError(
+                f"Reading from the artifact store {self.uri} failed: {exc}."
+            ) from exc
+        except BotoCoreError as exc:
+            raise UnavailableError(
+                f"Reading from the artifact store {self.uri} failed: {exc}."
+            ) from exc
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".get-")
         tmp = Path(tmp_name)
         try:
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(sha256))["Body"]
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    raise integrity_failure(label, sha256, "missing") from exc
+                with os.fdopen(fd, "wb") as dst:
+                    info = copy_hashing(body, dst)
+            except (BotoCoreError, ClientError) as exc:
                 raise UnavailableError(
-                    f"Reading from the artifact store {self.uri} failed: {exc}."
+                    f"Reading {label} from the artifact store {self.uri} failed: {exc}."
                 ) from exc
-            with os.fdopen(fd, "wb") as dst:
-                info = copy_hashing(body, dst)
             if info.sha256 != sha256:
                 raise integrity_failure(label, sha256, info.sha256)
             os.replace(tmp, dest)
         finally:
+            body.close()
             tmp.unlink(missing_ok=True)
 
     def exists(self, sha256: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(sha256))
+        except BotoCoreError as exc:
+            raise UnavailableError(f"The artifact store {self.uri} failed: {exc}.") from exc
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -108,4 +128,10 @@ class S3ArtifactStore:
         return True
 
     def delete(self, sha256: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
+        except (BotoCoreError, ClientError) as exc:
+            raise UnavailableError(f"Deleting from the artifact store {self.uri} failed: "
+                                   f"{exc}.") from exc
