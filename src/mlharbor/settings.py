@@ -127,7 +127,7 @@ class MonitoringSettings(BaseModel):
         None, description="Where log segments go: a folder or s3://bucket/prefix; default "
         "<artifact store>/predictions when that is on S3, else <home>/predictions.")
     flush_interval_s: float = Field(
-        0.2, gt=0, le=1.0, description="Records are fsync'd to the journal within this.")
+        1.0, gt=0, le=1.0, description="Records are fsync'd to the journal within this.")
     segment_interval_s: float = Field(5.0, gt=0, description="Journal -> Parquet cadence.")
     buffer_max_bytes: int = Field(
         1 << 30, gt=0, description="Journal size limit; past it new records are dropped.")

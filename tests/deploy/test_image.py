@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from mlharbor.deploy.base import resolve_source
@@ -157,7 +158,10 @@ def test_built_image_answers_like_the_python_api(deployed: Deployed, tmp_path: P
                         headers=auth)
         assert v2.status_code == 200, v2.text
         outputs = {o["name"]: o for o in v2.json()["outputs"]}
-        assert outputs["predict"]["data"] == deployed.expected
+        assert outputs["predictions"]["data"] == deployed.expected
+        proba = np.asarray(outputs["probabilities"]["data"]).reshape(
+            outputs["probabilities"]["shape"])
+        assert np.allclose(proba, deployed.expected_proba, rtol=0, atol=1e-9)
         vertex = httpx.post(f"{url}/v1/models/churn:predict",
                             json={"instances": deployed.rows}, headers=auth)
         assert vertex.status_code == 200, vertex.text

@@ -93,8 +93,10 @@ def test_sharing_a_local_sqlite_registry_is_refused(deployed: Deployed, tmp_path
 def test_kserve_inference_service_matches_the_crd_schema(deployed: Deployed,
                                                          tmp_path: Path) -> None:
     p = plan(deployed, tmp_path, kserve=True)
-    assert [f.path for f in p.files] == ["inferenceservice.yaml"]
-    (doc,) = load_docs(p.files[0].content)
+    assert [f.path for f in p.files] == ["configmap.yaml", "inferenceservice.yaml"]
+    (config,) = load_docs(p.file("configmap.yaml").content)
+    assert k8s_errors(config) == []
+    (doc,) = load_docs(p.file("inferenceservice.yaml").content)
     assert crd_errors(doc) == []
     predictor = doc["spec"]["predictor"]
     assert (doc["apiVersion"], doc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
@@ -155,10 +157,12 @@ def test_broken_manifests_fail_kubernetes_validation(deployed: Deployed, tmp_pat
 
 
 def test_broken_crds_fail_their_schemas(deployed: Deployed, tmp_path: Path) -> None:
-    (isvc,) = load_docs(plan(deployed, tmp_path, kserve=True).files[0].content)
+    (isvc,) = load_docs(plan(deployed, tmp_path, kserve=True).file(
+        "inferenceservice.yaml").content)
     isvc["spec"]["predictor"]["minReplicas"] = "two"
     assert crd_errors(isvc) != []
-    (ksvc,) = load_docs(plan(deployed, tmp_path, knative=True).files[0].content)
+    (ksvc,) = load_docs(plan(deployed, tmp_path, knative=True).file(
+        "knative-service.yaml").content)
     ksvc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
     assert crd_errors(ksvc) != []
     # A kind validated by nothing is a failure, never a pass.

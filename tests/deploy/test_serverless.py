@@ -177,6 +177,11 @@ def test_azure_functions_app_folder(deployed: Deployed, tmp_path: Path) -> None:
     assert settings["MLHARBOR_MODEL_REF"] == "churn@champion"
     assert result.applied == {"baked": True}
     compile((app / "function_app.py").read_text(), "function_app.py", "exec")
+    # The Functions host starts the worker in the app root and names it in the environment.
+    cold = PredictionService.from_environment({
+        "MLHARBOR_MODEL_REF": "churn@champion", "AzureWebJobsScriptRoot": str(app),
+        "MLHARBOR_HOME": str(tmp_path / "home")})
+    assert cold.predict(deployed.rows)["predictions"] == deployed.expected
 
 
 def test_cloud_run_service_matches_the_knative_schema(deployed: Deployed,

@@ -63,6 +63,10 @@ def test_cli_dry_run_writes_nothing_then_a_real_run_is_recorded(
         assert dry.returncode == 0, dry.stderr
         assert "write" in dry.stdout and "dry run" in dry.stdout
         assert not out.exists()
+    cloud = run_cli("deploy", "sagemaker", "churn@champion", "--bucket", "models", "--dry-run",
+                    "--role-arn", "arn:aws:iam::123456789012:role/sm", env=env)
+    assert cloud.returncode == 0, cloud.stderr
+    assert "upload s3 object s3://models/mlharbor/churn/1/model.tar.gz" in cloud.stdout
     real = run_cli("deploy", "kubernetes", "churn@champion", "-o", str(tmp_path / "k8s"),
                    env=env)
     assert real.returncode == 0, real.stderr

@@ -106,3 +106,28 @@ def test_bad_feedback_names_the_field(body: Any, field: str) -> None:
 
     with pytest.raises(InvalidInputError, match=field.replace("[", r"\[")):
         parse_labels(body)
+
+
+def test_live_metrics_are_compared_with_the_registered_validation_metrics(
+        settings: Settings, tmp_path: Any) -> None:
+    from mlharbor.bootstrap import open_registry
+
+    registry = open_registry(settings)
+    try:
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        (bundle / "model.txt").write_text("a model")
+        registry.create_model("churn")
+        for _ in range(2):
+            registry.register_version("churn", bundle, metrics={"accuracy": 0.88})
+        monitor = Monitor(settings, registry)
+        start = datetime.now(UTC) - timedelta(days=3)
+        truth = log_predictions(monitor, start)
+        monitor.feedback.add("churn", {"labels": [{"request_id": r, "label": y}
+                                                  for r, y in truth]})
+        rows = monitor.performance("churn", start=start, end=start + timedelta(days=2),
+                                   window=timedelta(days=1))
+        assert [(r["version"], r["degraded"]) for r in rows] == [(1, []), (2, ["accuracy"])]
+        assert rows[1]["validation"] == {"accuracy": 0.88}
+    finally:
+        registry.close()

@@ -181,3 +181,17 @@ def test_segments_on_s3(tmp_path: Path, s3_bucket: str, moto_server: str) -> Non
         Bucket=s3_bucket, Prefix="artifacts/predictions/")["KeyCount"]
     assert keys == 1
     assert open_prediction_log(settings).scan("churn").num_rows == 100
+
+
+def test_serving_dispatcher_writes_through_the_log(settings: Settings) -> None:
+    """The log is a serving ``PredictionSink``: serving's own dispatcher can drain into it."""
+    from mlharbor.serving.sink import SinkDispatcher
+
+    log = open_prediction_log(settings).start()
+    dispatcher = SinkDispatcher(log, batch=100)
+    dispatcher.start()
+    for i in range(1_000):
+        dispatcher.offer(record(i))
+    dispatcher.stop()
+    log.close()
+    assert log.scan("churn", columns=["request_id"]).num_rows == 1_000

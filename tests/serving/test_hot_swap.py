@@ -112,3 +112,31 @@ def test_endpoint_changes_are_picked_up(registry: Any, serve: Any) -> None:
         service.delete("scoring", actor="test")
         wait_for(lambda: client.post("/v1/endpoints/scoring/predict", json=ROW).status_code
                  == 404)
+
+
+def test_a_database_outage_does_not_stop_serving(
+    home_settings: Any, registry: Any, serve: Any
+) -> None:
+    from mlharbor.bootstrap import open_identities
+
+    key = open_identities(registry).init_admin("ops", actor="test")[1]
+    auth = {"Authorization": f"Bearer {key}"}
+    EndpointService(registry).create({"name": "churn", "routes": [{"ref": "churn@champion"}]},
+                                     actor="test")
+    server = serve(auth=True)
+    app = server.app
+    with httpx.Client(base_url=server.url, headers=auth) as client:
+        assert client.post("/v1/endpoints/churn/predict", json=ROW).status_code == 200
+        db = home_settings.home / "mlharbor.db"
+        app.reconciler.registry.store.db.engine.dispose()
+        registry.store.db.engine.dispose()
+        for suffix in ("", "-wal", "-shm"):
+            path = db.with_name(db.name + suffix)
+            if path.exists():
+                path.rename(path.with_name(path.name + ".away"))
+        wait_for(lambda: app.plane.sync_error is not None)
+        for _ in range(20):
+            response = client.post("/v1/endpoints/churn/predict", json=ROW)
+            assert response.status_code == 200, response.text
+        assert client.get("/readyz").status_code == 200
+        assert "sync_error" in client.get("/v1/endpoints").text

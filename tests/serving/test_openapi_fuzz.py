@@ -64,3 +64,21 @@ def test_every_route_is_documented(fuzz_server: Any) -> None:
     paths = set(httpx.get(f"{fuzz_server.url}/openapi.json").json()["paths"])
     served = fuzz_server.server.config.app.http.router.paths
     assert served <= paths, sorted(served - paths)
+
+
+def test_every_route_has_a_policy_rule(fuzz_server: Any) -> None:
+    from mlharbor.security.routemap import PUBLIC, RULES, RouteTable
+
+    table = RouteTable(RULES)
+    router = fuzz_server.server.config.app.http.router
+    declared = [*router.exact] + [(m, route.path) for m, _p, route in router.patterns]
+    assert table.missing(declared) == []
+    for probe in ("/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/ping",
+                  "/health"):
+        rule = table.lookup("GET", probe)
+        assert rule is not None and rule.action == PUBLIC, probe
+    for method, path in declared:
+        rule = table.lookup(method, path)
+        assert rule is not None
+        if method == "POST":
+            assert rule.action == "predict", path

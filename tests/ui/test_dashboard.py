@@ -61,8 +61,7 @@ def dashboard(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
     install_error_handlers(app, debug=False)
     app.include_router(monitoring_routes.router)
     app.include_router(ui_routes.router)
-    add_auth(app, identities=identities, audit=registry.store.record, settings=settings,
-             extra_rules=[*monitoring_routes.route_rules(), *ui_routes.route_rules()])
+    add_auth(app, identities=identities, audit=registry.store.record, settings=settings)
     try:
         with LiveServer(app) as server:
             yield server.url, key

@@ -23,8 +23,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     """Build the control-plane app for ``settings`` (opening the registry unless given)."""
     from mlharbor.api.routes import endpoints as endpoint_routes
     from mlharbor.api.routes import models as model_routes
+    from mlharbor.api.routes import monitoring as monitoring_routes
     from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
+    from mlharbor.ui import routes as ui_routes
 
     app = FastAPI(
         title="mlharbor",
@@ -39,6 +41,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     install_error_handlers(app, debug=settings.server.debug)
     app.include_router(model_routes.router)
     app.include_router(endpoint_routes.router)
+    app.include_router(monitoring_routes.router)
+    app.include_router(ui_routes.router)
 
     @app.get("/livez", tags=["health"])
     def livez() -> dict[str, str]:

@@ -1,7 +1,7 @@
-"""HTTP status mapping, drawn once, and the JSON error body every route answers with.
+"""The JSON error body every control-plane route answers with.
 
 Body: ``{"error": {"code": ..., "message": ..., "hint": ..., "details": ...}}``; the status
-comes from :data:`STATUS_BY_ERROR`. Stack traces appear only when debug is on.
+comes from :mod:`mlharbor.core.status`. Stack traces appear only when debug is on.
 """
 
 from __future__ import annotations
@@ -16,30 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlharbor.api.responses import JsonResponse
 from mlharbor.core import errors
+from mlharbor.core.status import STATUS_BY_ERROR, status_for
+
+__all__ = ["STATUS_BY_ERROR", "error_body", "install_error_handlers", "status_for"]
 
 log = logging.getLogger("mlharbor.api")
-
-STATUS_BY_ERROR: dict[type[errors.MlharborError], int] = {
-    errors.InvalidInputError: 400,
-    errors.SchemaError: 422,
-    errors.NotFoundError: 404,
-    errors.ConflictError: 409,
-    errors.IntegrityError: 409,
-    errors.UnsafeArtifactError: 422,
-    errors.AuthenticationError: 401,
-    errors.PermissionDeniedError: 403,
-    errors.LimitExceededError: 429,
-    errors.TimeoutError_: 504,
-    errors.UnavailableError: 503,
-}
-
-
-def status_for(exc: errors.MlharborError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 400
-
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}

@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
                                          "mlharbor home)."),
         tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
                                         help="Check the registry's TLS certificate on push."),
+        extra: list[str] = typer.Option(None, "--extra", help="mlharbor extra to install as "
+                                        "well (repeatable), e.g. aws-lambda for Lambda."),
         api_key: bool = typer.Option(False, "--api-key", help="Create a predictor API key in "
                                      "the baked registry and print it (once)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be written "
@@ -77,7 +79,7 @@ def register(app: typer.Typer) -> None:
                     typer.echo("  create predictor API key in the baked registry")
                 return
             options = ContextOptions(bake=bake, base_image=base, wheel_cache=wheel_cache or (
-                settings.home / "cache" / "wheels"))
+                settings.home / "cache" / "wheels"), extras=tuple(extra or ()))
             _build(registry, source, output, options, console, do_build or push, push,
                    builder, tls_verify, cli_actor(), api_key)
         finally:

@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from mlharbor.settings import Settings
+
+
+def serve_with_monitoring(
+    settings: Settings, *, ref: str | None = None, host: str | None = None,
+    port: int | None = None, json_logs: bool = True,
+) -> None:
+    """Serve with every layer wired: registry, keys, and the prediction log as the sink.
+
+    Serving never imports monitoring; this entry point hands monitoring's log to it.
+    """
+    from mlharbor.bootstrap import open_identities, open_registry
+    from mlharbor.monitoring.service import open_prediction_log
+    from mlharbor.serving.runner import run_server
+    from mlharbor.telemetry.metrics import ServingMetrics
+
+    if json_logs:
+        from mlharbor.telemetry.logging import configure_json_logging
+
+        configure_json_logging()
+    registry = open_registry(settings)
+    metrics = ServingMetrics()
+    log = open_prediction_log(settings, metrics_registry=metrics.registry).start()
+    try:
+        run_server(settings, registry, identities=open_identities(registry), ref=ref,
+                   host=host, port=port, sink=log, metrics=metrics)
+    finally:
+        log.close()
+        registry.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +52,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve models over the native, Open Inference v2, MLflow and KServe v1 protocols."""
         from mlharbor.cli.main import settings_from
-        from mlharbor.serving.runner import run_server
 
-        settings = settings_from(ctx)
-        run_server(settings, ref=ref, host=host, port=port, json_logs=json_logs)
+        serve_with_monitoring(settings_from(ctx), ref=ref, host=host, port=port,
+                              json_logs=json_logs)

@@ -3,7 +3,8 @@
 Every error a user can see is a subclass of :class:`MlharborError`. Each carries a stable,
 machine-readable ``code`` and a message that says what happened, what was expected, what was
 received and how to fix it. Adapters (HTTP, GraphQL, CLI) map these classes to their own shape in
-one place each: ``mlharbor.api.errors`` for HTTP statuses, ``mlharbor.cli.main`` for exit codes.
+one place each: ``mlharbor.core.status`` for HTTP statuses (every protocol adapter takes them
+from there), ``mlharbor.cli.main`` for exit codes.
 
     MlharborError
     ├── InvalidInputError          bad argument, name, reference, request body, config value
@@ -16,7 +17,8 @@ one place each: ``mlharbor.api.errors`` for HTTP statuses, ``mlharbor.cli.main``
     ├── UnsafeArtifactError        loading would run untrusted code or escape the bundle
     ├── AuthenticationError        no or bad credentials
     ├── PermissionDeniedError      credentials fine, permission missing
-    ├── LimitExceededError         body too large, rate limit, too many requests in flight
+    ├── LimitExceededError         rate limit, too many requests in flight
+    │   └── PayloadTooLargeError   a request body over the size limit
     ├── TimeoutError_              work took longer than allowed
     └── UnavailableError           a backing service (database, object store, KMS) failed
 """
@@ -111,6 +113,10 @@ class LimitExceededError(MlharborError):
     ) -> None:
         super().__init__(message, hint=hint, **details)
         self.retry_after = retry_after
+
+
+class PayloadTooLargeError(LimitExceededError):
+    code = "body_too_large"
 
 
 class TimeoutError_(MlharborError):

@@ -79,7 +79,7 @@ def _serve_demo(settings: Settings, key: str | None, row: Any, console: Any) -> 
     """Serve churn@champion until Ctrl-C, after showing how to call it."""
     import json
 
-    from mlharbor.serving.runner import run_server
+    from mlharbor.cli.serve import serve_with_monitoring
 
     host, port = settings.server.host, settings.server.port
     url = f"http://{host}:{port}"
@@ -92,7 +92,7 @@ def _serve_demo(settings: Settings, key: str | None, row: Any, console: Any) -> 
     console.print(f"Also: {url}/v2/models/{MODEL_NAME} (Open Inference), {url}/invocations "
                   f"(MLflow), {url}/v1/models/{MODEL_NAME}:predict (KServe), {url}/metrics",
                   markup=False, highlight=False, soft_wrap=True)
-    run_server(settings, ref=f"{MODEL_NAME}@champion", json_logs=False)
+    serve_with_monitoring(settings, ref=f"{MODEL_NAME}@champion", json_logs=False)
 
 
 def _print_demo_key(registry: Any, console: Any) -> str | None:

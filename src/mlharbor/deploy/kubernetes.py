@@ -59,6 +59,10 @@ class KubernetesTarget(Target[KubernetesOptions]):
             for kind in PLAIN:
                 plan.files.append(_file(f"{kind}.yaml", render(f"kubernetes/{kind}.yaml.j2",
                                                                 **context)))
+        if (options.kserve or options.knative) and "plain" not in forms:
+            # The serverless forms read their settings from the same ConfigMap.
+            plan.files.append(_file("configmap.yaml", render("kubernetes/configmap.yaml.j2",
+                                                             **context)))
         if options.kserve:
             plan.files.append(_file("inferenceservice.yaml",
                                     render("kubernetes/kserve.yaml.j2", **context)))

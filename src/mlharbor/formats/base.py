@@ -1,8 +1,12 @@
 """The interface every model format implements, and what formats hand to the rest.
 
 A format can recognise a model (an in-memory object, or a file *by its content*), save it into a
-bundle, describe it (task, classes, features) and load it back as a :class:`NativeModel`. Loading
-receives only files that :func:`mlharbor.formats.bundle.verify_bundle` has checked.
+bundle, describe it (task, classes, features) and load it back as a :class:`NativeModel`.
+
+Reading and loading take a :class:`~mlharbor.formats.bundle.ModelBytes`: a file's bytes read
+once together with their sha256. Formats deserialize those bytes and never open the file again,
+so what was hashed (against a pin, or against the manifest by
+:func:`mlharbor.formats.bundle.open_verified`) is exactly what gets loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
+from mlharbor.formats.bundle import ModelBytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +78,11 @@ class ModelFormat(ABC):
         """Whether ``path`` (whose first bytes are ``head``) holds this format, by content."""
 
     @abstractmethod
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        """The native object held in a source file, refusing anything unsafe."""
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        """The native object held in a file's bytes (the bundle's copy), refusing anything unsafe.
+
+        Deserialize ``blob.data``; never re-open ``blob.path``.
+        """
 
     @abstractmethod
     def save(self, obj: Any, model_dir: Path) -> str:
@@ -85,11 +93,14 @@ class ModelFormat(ABC):
         """Task, classes and feature names of a model object."""
 
     @abstractmethod
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        """A predicting model from a verified bundle file."""
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        """A predicting model from the verified bytes of a bundle file (never re-read)."""
 
     def adopt_file(self, source: Path, model_dir: Path) -> str:
-        """Copy a source file into the bundle unchanged (its bytes are what was trusted)."""
+        """Copy a source file into the bundle unchanged; return the copy's name.
+
+        Nothing about the source is trusted: the builder checks and loads the *copy*.
+        """
         target = model_dir / self.file_name
         shutil.copyfile(source, target)
         return target.name

@@ -1,16 +1,23 @@
 """Build a bundle from a model object, file or directory: save, describe, convert, check, seal.
 
-The steps, in order: detect the format (by content for files), refuse what is unsafe (pickles
-without a matching pin, Python code without ``trust_code``, skops types outside policy, ONNX
-external data outside the bundle), save the native model, infer the signature, load the saved
-model back through the same code serving uses, try ONNX conversion and its parity check, and
-write the manifest with every file's digest.
+The steps, in order: detect the format (by content for files), save the native model (a
+source file is copied into the bundle *first*), refuse what is unsafe (pickles without a
+matching pin, Python code without ``trust_code``, skops types outside policy, ONNX external
+data outside the bundle), infer the signature, load the saved model back through the same code
+serving uses, try ONNX conversion and its parity check, and write the manifest with every
+file's digest.
+
+Every check runs on the bundle's copy, on bytes read once: they are hashed, compared with the
+caller's pin, and deserialized from memory. So the trust record (the caller's pin, or the
+digest of the trusted code) always describes the exact bytes the bundle holds, even when the
+source file changes while it is being registered.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,15 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from mlharbor.core.errors import InvalidInputError, MlharborError, SchemaError, UnsafeArtifactError
+from mlharbor.core.errors import (
+    IntegrityError,
+    InvalidInputError,
+    MlharborError,
+    SchemaError,
+    UnsafeArtifactError,
+)
 from mlharbor.core.signature import ColumnSpec, OutputSpec, Signature, infer_signature
 from mlharbor.formats.base import ModelFormat, ModelInfo, TrustOptions
 from mlharbor.formats.bundle import (
     INPUT_EXAMPLE_NAME,
     MANIFEST_NAME,
     BundleManifest,
+    ModelBytes,
     safe_member,
-    sha256_file,
     verify_bundle,
     write_manifest,
 )
@@ -68,7 +81,8 @@ def build_bundle(
     model_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(source, str | Path) and (Path(source) / MANIFEST_NAME).is_file():
         source, signature, sample_input = _from_bundle(Path(source), signature, sample_input)
-    fmt, obj, file_name, trust_record = _store_model(source, model_dir, trust, created_by)
+    fmt, obj, blob, trust_record = _store_model(source, model_dir, trust, created_by)
+    file_name = blob.name
     info = fmt.describe(obj)
     sig = _signature(signature, info, obj, sample_input, training_data)
     sig = sig.with_policy(extra_columns=extra_columns, unseen_categories=unseen_categories)
@@ -78,7 +92,7 @@ def build_bundle(
                                            encoding="utf-8")
     flavor = dict(info.flavor, input_kind=sig.input_kind if info.input_kind is None
                   else info.input_kind)
-    native_model = fmt.load(model_dir / file_name, dict(flavor, classes=info.classes), trust)
+    native_model = fmt.load(blob, dict(flavor, classes=info.classes), trust)  # same bytes
     native = (OrtRunner(native_model, sig, None) if fmt.name == "onnx"
               else NativeRunner(native_model, sig))
     try:
@@ -100,15 +114,35 @@ def build_bundle(
     parity = _onnx_step(fmt, obj, native, sig, example, training_data, dest, runtime,
                         tolerance, manifest)
     write_manifest(dest, manifest)
+    _check_recorded(manifest, blob)
     return BuildResult(manifest, fmt.name, manifest.default_runtime, parity)
 
 
+def _check_recorded(manifest: BundleManifest, blob: ModelBytes) -> None:
+    """The listed model file must be the bytes that were checked, trusted and loaded."""
+    listed = manifest.file(manifest.model_path).sha256
+    pinned = manifest.trust.get("sha256")
+    if listed != blob.sha256 or (pinned is not None and pinned != listed):
+        raise IntegrityError(
+            f"The bundle's model file changed while the bundle was built: it was checked as "
+            f"sha256 {blob.sha256}, the manifest lists {listed}.",
+            hint="Nothing else may write into the bundle folder while it is built; try again.",
+        )
+
+
 def _store_model(source: Any, model_dir: Path, trust: TrustOptions,
-                 actor: str) -> tuple[ModelFormat, Any, str, dict[str, Any]]:
+                 actor: str) -> tuple[ModelFormat, Any, ModelBytes, dict[str, Any]]:
+    """Put the model into ``model_dir``; return its format, object, checked bytes, trust record.
+
+    A source file is copied into the bundle before anything is checked. The copy's bytes are
+    then read once, hashed, checked (pin, code flag, skops policy) and deserialized from memory,
+    so nothing can change between the check and what the bundle records.
+    """
     now = datetime.now(UTC).isoformat()
     if not isinstance(source, str | Path):
         fmt = detect_object(source)  # only safe formats save objects (never pickle/python)
-        return fmt, source, fmt.save(source, model_dir), {"mode": "safe-format"}
+        blob = ModelBytes.read(model_dir / fmt.save(source, model_dir))
+        return fmt, source, blob, {"mode": "safe-format"}
     path = Path(source)
     if not path.exists():
         raise InvalidInputError(
@@ -118,22 +152,47 @@ def _store_model(source: Any, model_dir: Path, trust: TrustOptions,
     if path.is_dir():
         path = _pick_file(path)
     fmt = detect_file(path)
+    _refuse_untrusted_code(fmt, path, trust)
+    copy = model_dir / fmt.adopt_file(path, model_dir)  # copy first: only the copy is trusted
+    try:
+        blob, obj = _read_copy(fmt, path, copy, trust)
+    except BaseException:
+        shutil.rmtree(model_dir, ignore_errors=True)  # leave nothing refused behind
+        raise
+    if fmt.name == "pickle":
+        from mlharbor.formats.pickle import check_pin
+
+        pin = check_pin(blob, trust)  # the user's pin, equal to the copy's sha256
+        record = {"mode": "pickle-pinned", "sha256": pin,
+                  "trusted_by": actor, "trusted_at": now,
+                  "note": "loaded as a pickle because the caller pinned this sha256"}
+    elif fmt.name == "python":
+        record = {"mode": "code", "sha256": blob.sha256,
+                  "trusted_by": actor, "trusted_at": now}
+    else:
+        record = {"mode": "safe-format"}
+    return fmt, obj, blob, record
+
+
+def _read_copy(fmt: ModelFormat, source: Path, copy: Path,
+               trust: TrustOptions) -> tuple[ModelBytes, Any]:
+    """The copy's bytes (read once) and the object deserialized from exactly those bytes."""
+    copied = detect_file(copy)
+    if copied.name != fmt.name:
+        raise IntegrityError(
+            f"{source.name!r} changed while it was being registered: it looked like a "
+            f"{fmt.name} model, but the copied file is a {copied.name} model.",
+            hint="Register a file nothing else is writing to.",
+        )
+    blob = ModelBytes.read(copy)  # hashed, checked and loaded from these bytes
+    return blob, fmt.read_file(blob, trust)  # pickles without a matching pin are refused here
+
+
+def _refuse_untrusted_code(fmt: ModelFormat, path: Path, trust: TrustOptions) -> None:
     if fmt.name == "python" and not trust.code:
         raise UnsafeArtifactError(
             f"Refusing {path.name!r}: it is Python source, and loading it runs that code.",
             hint="Pass trust_code=True (--trust-code) if you wrote the code and trust it.")
-    obj = fmt.read_file(path, trust)  # pickles without a matching pin are refused here
-    name = fmt.adopt_file(path, model_dir)
-    if fmt.name == "pickle":
-        record = {"mode": "pickle-pinned", "sha256": sha256_file(model_dir / name),
-                  "trusted_by": actor, "trusted_at": now,
-                  "note": "loaded as a pickle because the caller pinned this sha256"}
-    elif fmt.name == "python":
-        record = {"mode": "code", "sha256": sha256_file(model_dir / name),
-                  "trusted_by": actor, "trusted_at": now}
-    else:
-        record = {"mode": "safe-format"}
-    return fmt, obj, name, record
 
 
 def _from_bundle(folder: Path, signature: Signature | None,
@@ -305,15 +364,15 @@ def _onnx_step(fmt: ModelFormat, obj: Any, native: Any, sig: Signature,
         manifest.onnx = {"status": "unavailable",
                          "reason": f"conversion failed: {type(exc).__name__}: {exc}"[:500]}
         return _require_onnx(runtime, manifest)
-    import onnx
-
     from mlharbor.formats.onnx import OnnxModel, make_session
 
     path = dest / "onnx" / "model.onnx"
     path.parent.mkdir(exist_ok=True)
-    onnx.save_model(proto, str(path))
-    try:
-        runner = OrtRunner(OnnxModel(make_session(path), manifest.classes), sig,
+    data = proto.SerializeToString()
+    path.write_bytes(data)
+    try:  # the parity check runs the very bytes written into the bundle
+        session = make_session(ModelBytes.of(path, data))
+        runner = OrtRunner(OnnxModel(session, manifest.classes), sig,
                            None if manifest.classes is None else np.asarray(manifest.classes))
         rows = onnx_convert.parity_rows(sig, example, training)
         parity = onnx_convert.check_parity(native, runner, rows, manifest.task, tolerance)

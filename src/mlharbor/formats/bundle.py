@@ -7,6 +7,9 @@ when, how loading was trusted, and the ONNX parity result (or why ONNX was not u
 
 :func:`verify_bundle` checks every byte against the manifest *before* any format deserializes
 anything: unlisted files, symlinks, paths leaving the bundle and digest mismatches all fail.
+:func:`open_verified` does the same and also hands back the bytes of the files about to be
+loaded, read once: formats deserialize exactly the bytes whose digest was checked, and never
+re-open the file in between (a file swapped after the check cannot be what gets loaded).
 
 Layout::
 
@@ -21,16 +24,62 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlharbor.core.errors import IntegrityError, UnsafeArtifactError
+from mlharbor.core.errors import IntegrityError, InvalidInputError, UnsafeArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 INPUT_EXAMPLE_NAME = "input_example.json"
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBytes:
+    """A file's bytes, read once, with their sha256: what is hashed is what gets deserialized.
+
+    ``path`` says where the bytes came from (for messages, and as the folder ONNX external data
+    is confined to); formats must load from ``data``, never by opening ``path`` again.
+    """
+
+    path: Path
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path, data: bytes) -> ModelBytes:
+        return cls(path, data, hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def read(cls, path: Path) -> ModelBytes:
+        """Read a regular file once (refusing symlinks) and hash those bytes."""
+        return cls.of(path, read_regular(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_regular(path: Path) -> bytes:
+    """All bytes of the regular file at ``path`` through one descriptor; symlinks are refused."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise InvalidInputError(f"{str(path)!r} does not exist.") from exc
+    except OSError as exc:
+        raise UnsafeArtifactError(
+            f"Cannot open {str(path)!r} as a regular file: {exc}.",
+            hint="Model files must be regular files, not symlinks.",
+        ) from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise UnsafeArtifactError(f"{str(path)!r} is not a regular file.")
+        return handle.read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +208,21 @@ def verify_bundle(root: Path, expected: dict[str, Any] | None = None) -> BundleM
     ``expected`` is the manifest the registry stored; when given, the bundle's own manifest must
     equal it, so a bundle cannot swap in its own trust record or file list.
     """
+    return open_verified(root, expected)[0]
+
+
+def open_verified(
+    root: Path,
+    expected: dict[str, Any] | None = None,
+    hold: Callable[[BundleManifest], Iterable[str | None]] | None = None,
+) -> tuple[BundleManifest, dict[str, ModelBytes]]:
+    """Verify the whole bundle like :func:`verify_bundle`, keeping some files' checked bytes.
+
+    ``hold(manifest)`` names the files about to be loaded (the model, the ONNX file); each is
+    read once into memory and its size and sha256 are checked on those very bytes, which are
+    returned keyed by path. Loading them instead of the file closes the window between the
+    check and the load.
+    """
     manifest = read_manifest(root)
     if expected is not None and _normal(expected) != _normal(manifest.to_dict()):
         raise IntegrityError(
@@ -166,17 +230,24 @@ def verify_bundle(root: Path, expected: dict[str, Any] | None = None) -> BundleM
             hint="The bundle was altered after registration; re-register the model.",
         )
     listed = {entry.path: entry for entry in manifest.files}
+    wanted = {rel for rel in (hold(manifest) if hold is not None else ()) if rel is not None}
+    held: dict[str, ModelBytes] = {}
     for entry in manifest.files:
         full = safe_member(root, entry.path)
         if full.is_symlink() or not full.is_file():
             raise IntegrityError(f"Bundle file {entry.path!r} is missing or not a regular file.")
-        size = full.stat().st_size
+        if entry.path in wanted:
+            blob = ModelBytes.read(full)
+            size, actual = len(blob.data), blob.sha256
+            held[entry.path] = blob
+        else:
+            size, actual = full.stat().st_size, ""
         if size != entry.size:
             raise IntegrityError(
                 f"Bundle file {entry.path!r} has {size} bytes; the manifest says {entry.size}.",
                 hint="The file was altered or truncated; re-download or re-register the model.",
             )
-        actual = sha256_file(full)
+        actual = actual or sha256_file(full)
         if actual != entry.sha256:
             raise IntegrityError(
                 f"Bundle file {entry.path!r} has sha256 {actual}; the manifest says "
@@ -193,7 +264,10 @@ def verify_bundle(root: Path, expected: dict[str, Any] | None = None) -> BundleM
     for rel in (manifest.model_path, manifest.onnx_path, manifest.input_example):
         if rel is not None and rel not in listed:
             raise IntegrityError(f"The manifest points at {rel!r}, which it does not list.")
-    return manifest
+    for rel in wanted:
+        if rel not in held:
+            raise IntegrityError(f"The manifest names {rel!r} but does not list its digest.")
+    return manifest, held
 
 
 def _normal(body: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.bundle import ModelBytes
 
 
 class LightGBMModel(NativeModel):
@@ -44,13 +45,18 @@ class LightGBMFormat(ModelFormat):
     def claims_file(self, path: Path, head: bytes) -> bool:
         return head.startswith(b"tree\nversion=")
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
         import lightgbm
 
         try:
-            return lightgbm.Booster(model_file=str(path))
+            text = blob.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(f"{blob.name!r} is not a LightGBM text model: {exc}") \
+                from exc
+        try:
+            return lightgbm.Booster(model_str=text)  # from the bytes read, not the file
         except lightgbm.basic.LightGBMError as exc:
-            raise InvalidInputError(f"{path.name!r} is not a loadable LightGBM model: {exc}") \
+            raise InvalidInputError(f"{blob.name!r} is not a loadable LightGBM model: {exc}") \
                 from exc
 
     def save(self, obj: Any, model_dir: Path) -> str:
@@ -80,8 +86,8 @@ class LightGBMFormat(ModelFormat):
             framework_versions={"lightgbm": lightgbm.__version__},
         )
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        booster = self.read_file(path, trust)
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        booster = self.read_file(blob, trust)
         return LightGBMModel(booster, flavor.get("classes"), str(flavor.get("objective", "")))
 
 

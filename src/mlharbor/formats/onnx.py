@@ -2,7 +2,8 @@
 
 An ONNX file may keep its weights in external files named by relative paths. A path that
 leaves the model's directory (``../x``, ``/etc/passwd``) is refused before ONNX Runtime opens
-anything, so a model cannot read arbitrary files of the host.
+anything, so a model cannot read arbitrary files of the host. Sessions are built from the
+bytes that were checked (ONNX Runtime accepts a serialized model), not by re-opening the file.
 """
 
 from __future__ import annotations
@@ -15,13 +16,28 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError, UnsafeArtifactError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions
-from mlharbor.formats.bundle import safe_member
+from mlharbor.formats.bundle import ModelBytes, safe_member
 
 ORT_DTYPES: dict[str, Any] = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
     "tensor(int32)": np.int32, "tensor(string)": object, "tensor(bool)": np.bool_,
 }
 _PROBA_NAMES = ("probabilities", "output_probability", "probability", "proba")
+# What a missing value (None / NaN) of a string column is fed to ONNX Runtime as. ORT would
+# turn None into "None" and NaN into "nan", which are real strings; converted imputers
+# (see onnx_convert) treat exactly this marker as missing, as scikit-learn treats None/NaN.
+MISSING_STRING = "\x1fmlharbor:missing\x1f"
+
+
+def _strings_with_marker(values: np.ndarray) -> np.ndarray:
+    """An object column with None/NaN replaced by :data:`MISSING_STRING` (copied if needed)."""
+    missing = [i for i, v in enumerate(values.tolist())
+               if v is None or (isinstance(v, float) and v != v)]
+    if not missing:
+        return values
+    out = values.astype(object, copy=True)
+    out[missing] = MISSING_STRING
+    return out
 
 
 def external_data_locations(model: Any) -> list[str]:
@@ -60,12 +76,20 @@ def external_data_locations(model: Any) -> list[str]:
     return found
 
 
-def read_checked(path: Path) -> Any:
-    """The ModelProto at ``path`` (no weights loaded); refuses external data outside its folder."""
+def read_checked(source: Path | ModelBytes) -> Any:
+    """The ModelProto (no external weights loaded); refuses external data outside its folder.
+
+    ``source`` is a file, or bytes already read (then parsed as they are, and external data is
+    looked up next to where they came from).
+    """
     import onnx
 
+    path = source.path if isinstance(source, ModelBytes) else source
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        if isinstance(source, ModelBytes):
+            model = onnx.load_model_from_string(source.data)
+        else:
+            model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
         raise InvalidInputError(f"{path.name!r} is not a readable ONNX model: {exc}.") from exc
     for location in external_data_locations(model):
@@ -86,8 +110,12 @@ def read_checked(path: Path) -> Any:
     return model
 
 
-def make_session(path: Path) -> Any:
-    """A CPU session tuned for low single-row latency: one thread, sequential execution."""
+def make_session(source: Path | ModelBytes) -> Any:
+    """A CPU session tuned for low single-row latency: one thread, sequential execution.
+
+    Given :class:`ModelBytes`, the session is built from those bytes (checked already), with
+    external data, if any, resolved in the folder they came from.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -96,7 +124,12 @@ def make_session(path: Path) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options,
+    model: str | bytes = str(source)
+    if isinstance(source, ModelBytes):
+        model = source.data
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(source.path.parent))
+    return ort.InferenceSession(model, sess_options=options,
                                 providers=["CPUExecutionProvider"])
 
 
@@ -131,6 +164,9 @@ class OnnxModel(NativeModel):
                 raise InvalidInputError(
                     f"The ONNX model takes an input {name!r} the signature does not name."
                 )
+            if dtype is object:
+                feeds[name] = _strings_with_marker(np.asarray(cols[name])).reshape(-1, 1)
+                continue
             # float64 -> float32 may overflow to inf, as scikit-learn's own cast would.
             with np.errstate(over="ignore"):
                 feeds[name] = cols[name].astype(dtype, copy=False).reshape(-1, 1)
@@ -173,8 +209,8 @@ class OnnxFormat(ModelFormat):
             return path.suffix.lower() == ".onnx"  # let read_file report why it is unreadable
         return len(model.graph.node) > 0
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        return read_checked(path)
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        return read_checked(blob)
 
     def adopt_file(self, source: Path, model_dir: Path) -> str:
         model = read_checked(source)
@@ -209,9 +245,9 @@ class OnnxFormat(ModelFormat):
             framework_versions={"onnxruntime": onnxruntime.__version__},
         )
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        read_checked(path)
-        return OnnxModel(make_session(path), flavor.get("classes"))
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        read_checked(blob)
+        return OnnxModel(make_session(blob), flavor.get("classes"))
 
 
 def _class_labels(model: Any) -> list[Any] | None:

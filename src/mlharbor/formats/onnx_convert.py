@@ -9,6 +9,12 @@ scaling with float32 rounding, which flips a few threshold comparisons. So the p
 part is converted with float64 inputs, cast to float32 exactly as scikit-learn does, and joined
 to the final estimator: the ONNX model then predicts bit-for-bit like the original.
 
+skl2onnx converts ``SimpleImputer`` on string columns only when its ``missing_values`` is a
+string, but scikit-learn's default (NaN) is what trained pipelines use: None and NaN in object
+columns are missing. :func:`_convert_imputer` maps them: the ONNX runner feeds a missing string
+value as :data:`mlharbor.formats.onnx.MISSING_STRING`, and the converted imputer replaces
+exactly that marker with the fill value (or the learned most frequent value).
+
 A converted model is served only when the parity check passes: identical labels and
 probabilities (or regression values) within the tolerance, on the input example plus a sample
 of rows (training data when given, else rows synthesised from the signature).
@@ -37,6 +43,77 @@ def convert(format_name: str, obj: Any, signature: Signature, sample: Any) -> An
     raise NotImplementedError(
         f"mlharbor has no ONNX converter for {format_name} models "
         f"({type(obj).__module__}.{type(obj).__qualname__}); they are served natively")
+
+
+def _imputer_shape(operator: Any) -> None:
+    from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+
+    calculate_sklearn_imputer_output_shapes(operator)
+
+
+def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
+    """skl2onnx's SimpleImputer converter, also for string inputs whose missing value is NaN.
+
+    The string branch of skl2onnx's converter matches ``missing_values`` as a string; for NaN
+    or None it is given a copy of the imputer whose ``missing_values`` is the marker the ONNX
+    runner feeds for None/NaN, so fill values and learned statistics are used unchanged.
+    """
+    import copy
+
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
+
+    from mlharbor.formats.onnx import MISSING_STRING
+
+    imputer = operator.raw_operator
+    missing = imputer.missing_values
+    nan_like = missing is None or (isinstance(missing, float) and missing != missing)
+    if nan_like and isinstance(operator.inputs[0].type, DoubleTensorType):
+        _double_imputer(scope, operator, container)
+        return
+    if not (isinstance(operator.inputs[0].type, StringTensorType) and nan_like):
+        convert_sklearn_imputer(scope, operator, container)
+        return
+    statistics = np.asarray(imputer.statistics_, dtype=object).tolist()
+    if not all(isinstance(s, str) for s in statistics):
+        raise NotImplementedError(
+            f"a string SimpleImputer with non-string statistics {statistics!r} cannot convert")
+    patched = copy.copy(imputer)
+    patched.missing_values = MISSING_STRING
+    operator.raw_operator = patched
+    try:
+        convert_sklearn_imputer(scope, operator, container)
+    finally:
+        operator.raw_operator = imputer
+
+
+def _double_imputer(scope: Any, operator: Any, container: Any) -> None:
+    """NaN -> learned statistics on float64 inputs, with standard ops (ONNX Runtime implements
+    the ai.onnx.ml Imputer for float32 and int64 only): ``Where(IsNaN(x), statistics, x)``."""
+    from onnx import TensorProto
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    imputer = operator.raw_operator
+    statistics = np.asarray(imputer.statistics_, dtype=np.float64)
+    if getattr(imputer, "add_indicator", False) or (
+            np.isnan(statistics).any() and not getattr(imputer, "keep_empty_features", False)):
+        raise NotImplementedError("a SimpleImputer with indicators or all-missing features")
+    x = concatenate_variables(scope, operator.inputs, container)
+    fill = scope.get_unique_variable_name("impute_fill")
+    container.add_initializer(fill, TensorProto.DOUBLE, [1, statistics.size],
+                              statistics.tolist())
+    nan = scope.get_unique_variable_name("impute_isnan")
+    container.add_node("IsNaN", [x], [nan], name=scope.get_unique_operator_name("IsNaN"))
+    container.add_node("Where", [nan, fill, x], [operator.outputs[0].full_name],
+                       name=scope.get_unique_operator_name("Where"))
+
+
+def _custom() -> dict[str, Any]:
+    """The converter overrides passed to every ``convert_sklearn`` call."""
+    from sklearn.impute import SimpleImputer
+
+    return {"custom_conversion_functions": {SimpleImputer: _convert_imputer},
+            "custom_shape_calculators": {SimpleImputer: _imputer_shape}}
 
 
 def _tensor_type(dtype: str, wide: bool) -> Any:
@@ -76,7 +153,7 @@ def _convert_sklearn(obj: Any, signature: Signature, sample: Any) -> Any:
                                        sample, options)
             except Exception:
                 pass  # fall back to one float32 graph; the parity check judges it
-        return convert_sklearn(obj, initial_types=types, options=options)
+        return convert_sklearn(obj, initial_types=types, options=options, **_custom())
     column_types = [(c.name, _tensor_type(c.dtype, wide=True)) for c in signature.inputs]
     # scikit-learn casts integer columns to float64 before imputers and scalers, whose ONNX
     # converters refuse int64 inputs; the second attempt declares them as doubles too.
@@ -89,7 +166,7 @@ def _convert_sklearn(obj: Any, signature: Signature, sample: Any) -> Any:
             except Exception:
                 continue
     narrow = [(c.name, _tensor_type(c.dtype, wide=False)) for c in signature.inputs]
-    return convert_sklearn(obj, initial_types=narrow, options=options)
+    return convert_sklearn(obj, initial_types=narrow, options=options, **_custom())
 
 
 def _wide_matrix(n: int) -> Any:
@@ -108,9 +185,9 @@ def _split_pipeline(pipe: Any, types: list[Any], sample: Any, options: Any) -> A
     pre = pipe[:-1]
     final = pipe.steps[-1][1]
     width = int(np.asarray(pre.transform(sample)).shape[1])
-    pre_onnx = convert_sklearn(pre, initial_types=types)
+    pre_onnx = convert_sklearn(pre, initial_types=types, **_custom())
     est_onnx = convert_sklearn(final, initial_types=[("features", FloatTensorType([None, width]))],
-                               options=options)
+                               options=options, **_custom())
     out = pre_onnx.graph.output[0].name
     pre_onnx.graph.node.append(helper.make_node("Cast", [out], ["features32"],
                                                 to=TensorProto.FLOAT))

@@ -4,7 +4,9 @@ Unpickling runs whatever code the file names, so a pickle is never loaded by def
 recognised by content (protocol header, opcode stream, joblib's compressed containers, zip
 archives holding ``.pkl`` members), so renaming ``model.pkl`` to ``model.bin`` changes nothing.
 It loads only when the caller passes the file's sha256 as a pin *and* the bytes match it; the
-same bytes that were hashed are the ones unpickled, so nothing can change in between.
+same in-memory bytes that were hashed are the ones unpickled, so nothing can change in between.
+At registration those are the bytes of the bundle's own copy, so the pin recorded in the
+manifest is always the digest of the file the bundle holds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError, UnsafeArtifactError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.bundle import ModelBytes
 
 _MAX_OPCODE_SCAN = 64 * 1024 * 1024
 _SAFE_ALTERNATIVE = (
@@ -112,8 +115,8 @@ class PickleFormat(ModelFormat):
     def claims_file(self, path: Path, head: bytes) -> bool:
         return looks_like_pickle(path, head)
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        return _trusted_unpickle(path, trust)
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        return trusted_unpickle(blob, trust)
 
     def save(self, obj: Any, model_dir: Path) -> str:
         raise UnsafeArtifactError(
@@ -140,28 +143,34 @@ class PickleFormat(ModelFormat):
         info.flavor = {"object_format": info.flavor, "input_kind": info.input_kind}
         return info
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        model = _trusted_unpickle(path, trust)
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        model = trusted_unpickle(blob, trust)
         return PickledModel(model, str(flavor.get("input_kind") or "array"))
 
 
-def _trusted_unpickle(path: Path, trust: TrustOptions) -> Any:
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+def check_pin(blob: ModelBytes, trust: TrustOptions) -> str:
+    """The caller's pin (lower case) once it is known to equal the sha256 of ``blob``'s bytes."""
+    actual = hashlib.sha256(blob.data).hexdigest()  # recomputed: never trust a passed digest
     if trust.pickle_sha256 is None:
         raise UnsafeArtifactError(
-            f"Refusing to load {path.name!r}: it is a pickle, and loading a pickle runs "
+            f"Refusing to load {blob.name!r}: it is a pickle, and loading a pickle runs "
             "arbitrary code named in the file (anyone who could write it controls your process).",
             hint=f"{_SAFE_ALTERNATIVE} If you wrote this file yourself and trust it, pass its "
             f"sha256 as the pin (--trust-pickle {actual}).", sha256=actual,
         )
-    if trust.pickle_sha256.lower() != actual:
+    if trust.pickle_sha256.strip().lower() != actual:
         raise UnsafeArtifactError(
-            f"Refusing to load {path.name!r}: its sha256 is {actual}, not the pinned "
+            f"Refusing to load {blob.name!r}: its sha256 is {actual}, not the pinned "
             f"{trust.pickle_sha256}.",
             hint="The file is not the one you trusted. Check where it came from before pinning.",
             expected=trust.pickle_sha256, received=actual,
         )
+    return actual
+
+
+def trusted_unpickle(blob: ModelBytes, trust: TrustOptions) -> Any:
+    """Unpickle ``blob``'s bytes, only when they match the caller's pin (hashed, then loaded)."""
+    check_pin(blob, trust)
     import joblib
 
-    return joblib.load(io.BytesIO(data))
+    return joblib.load(io.BytesIO(blob.data))

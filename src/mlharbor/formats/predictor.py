@@ -18,7 +18,7 @@ import numpy as np
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.signature import Signature
 from mlharbor.formats.base import NativeModel, TrustOptions
-from mlharbor.formats.bundle import BundleManifest, safe_member, verify_bundle
+from mlharbor.formats.bundle import BundleManifest, open_verified
 from mlharbor.formats.catalog import get_format
 
 RUNTIMES = ("auto", "onnx", "native")
@@ -157,32 +157,31 @@ def load_bundle(
     """Verify every file of the bundle, then load it on the chosen runtime.
 
     ``expected_manifest`` is the registry's copy of the manifest; ``runtime`` is ``auto``
-    (the bundle's default), ``onnx`` or ``native``.
+    (the bundle's default), ``onnx`` or ``native``. The file that gets loaded is read once
+    during verification, and the runtime is built from those checked bytes: the file is not
+    opened again between the digest check and deserialization.
     """
-    manifest = verify_bundle(root, expected_manifest)
-    trust = resolve_trust(manifest, trust or TrustOptions(),
-                          registry_manifest=expected_manifest is not None)
-    signature = Signature.from_dict(manifest.signature)
     choice = runtime or "auto"
     if choice not in RUNTIMES:
         raise InvalidInputError(f"Unknown runtime {choice!r}; known: {', '.join(RUNTIMES)}.")
-    if choice == "auto":
-        choice = manifest.default_runtime
+    manifest, held = open_verified(root, expected_manifest,
+                                   hold=lambda m: [_file_to_load(m, choice)])
+    trust = resolve_trust(manifest, trust or TrustOptions(),
+                          registry_manifest=expected_manifest is not None)
+    signature = Signature.from_dict(manifest.signature)
     classes = None if manifest.classes is None else np.asarray(manifest.classes)
+    converted = _runs_converted_onnx(manifest, choice)  # after verifying: may refuse
+    blob = held[_file_to_load(manifest, choice)]
     runner: Runner
-    if choice == "onnx" and manifest.model_format != "onnx":
-        if manifest.onnx_path is None:
-            raise InvalidInputError(
-                "runtime='onnx' was asked for, but this bundle has no ONNX model: "
-                f"{manifest.onnx.get('reason', 'conversion was not attempted')}.",
-                hint="Use runtime='native' or 'auto'.",
-            )
-        runner = OrtRunner(_onnx_model(root, manifest.onnx_path, manifest.classes),
-                           signature, classes)
+    if converted:
+        from mlharbor.formats.onnx import OnnxModel, make_session, read_checked
+
+        read_checked(blob)
+        runner = OrtRunner(OnnxModel(make_session(blob), manifest.classes), signature, classes)
     else:
         fmt = get_format(manifest.model_format)
         flavor = dict(manifest.flavor, classes=manifest.classes)
-        native = fmt.load(safe_member(root, manifest.model_path), flavor, trust)
+        native = fmt.load(blob, flavor, trust)
         if fmt.name == "onnx":
             runner = OrtRunner(native, signature, classes)
         else:
@@ -190,9 +189,26 @@ def load_bundle(
     return Predictor(manifest, signature, runner)
 
 
-def _onnx_model(root: Path, rel: str, classes: list[Any] | None) -> Any:
-    from mlharbor.formats.onnx import OnnxModel, make_session, read_checked
+def _runs_converted_onnx(manifest: BundleManifest, choice: str, *, check: bool = True) -> bool:
+    """Whether the chosen runtime serves the converted ONNX file rather than the model file."""
+    if choice == "auto":
+        choice = manifest.default_runtime
+    if choice != "onnx" or manifest.model_format == "onnx":
+        return False
+    if manifest.onnx_path is None:
+        if not check:
+            return False
+        raise InvalidInputError(
+            "runtime='onnx' was asked for, but this bundle has no ONNX model: "
+            f"{manifest.onnx.get('reason', 'conversion was not attempted')}.",
+            hint="Use runtime='native' or 'auto'.",
+        )
+    return True
 
-    path = safe_member(root, rel)
-    read_checked(path)
-    return OnnxModel(make_session(path), classes)
+
+def _file_to_load(manifest: BundleManifest, choice: str) -> str:
+    """The bundle member the chosen runtime deserializes (its bytes are held while verifying)."""
+    if _runs_converted_onnx(manifest, choice, check=False) and manifest.onnx_path is not None:
+        return manifest.onnx_path
+    return manifest.model_path
+

@@ -1,16 +1,17 @@
 """A model written as a Python class with ``predict``, shipped as its source file.
 
 Loading runs the file's code, so it happens only when the caller passes ``trust_code=True``
-(recorded in the manifest's trust record at registration). The class is found by reading the
-source with ``ast`` first: nothing is imported until trust is given.
+(recorded in the manifest's trust record at registration, with the sha256 of the code). The
+class is found by reading the source with ``ast`` first: nothing is imported until trust is
+given. The module is built from the bytes already read and hashed (``exec(compile(...))``),
+never by importing the file again, so the code that runs is the code whose digest is recorded.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
-import importlib.util
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError, UnsafeArtifactError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.bundle import ModelBytes
 
 
 def model_classes(source: str) -> list[str]:
@@ -59,8 +61,8 @@ class PythonFormat(ModelFormat):
         except (SyntaxError, UnicodeDecodeError, ValueError):
             return False
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        return _instantiate(path, None, trust)
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        return _instantiate(blob, None, trust)
 
     def save(self, obj: Any, model_dir: Path) -> str:
         raise InvalidInputError("Register the model's .py file, not the object.")
@@ -76,31 +78,38 @@ class PythonFormat(ModelFormat):
             input_kind="frame", flavor={"class_name": type(obj).__name__},
         )
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        return PythonModel(_instantiate(path, flavor.get("class_name"), trust))
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        return PythonModel(_instantiate(blob, flavor.get("class_name"), trust))
 
 
-def _instantiate(path: Path, class_name: str | None, trust: TrustOptions) -> Any:
+def _instantiate(blob: ModelBytes, class_name: str | None, trust: TrustOptions) -> Any:
+    name = blob.name
     if not trust.code:
         raise UnsafeArtifactError(
-            f"Refusing to load {path.name!r}: it is Python source, and loading runs its code.",
+            f"Refusing to load {name!r}: it is Python source, and loading runs its code.",
             hint="Pass trust_code=True (--trust-code) if you wrote the code and trust it.",
         )
-    source = path.read_bytes()
-    names = model_classes(source.decode("utf-8"))
+    source = blob.data
+    try:
+        names = model_classes(source.decode("utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInputError(f"{name!r} is not readable Python source: {exc}.") from exc
     if class_name is None:
         if len(names) != 1:
             raise InvalidInputError(
-                f"{path.name!r} must define exactly one class with predict(); found "
+                f"{name!r} must define exactly one class with predict(); found "
                 f"{', '.join(names) or 'none'}.", hint="Keep one model class per file.")
         class_name = names[0]
     if class_name not in names:
-        raise InvalidInputError(f"{path.name!r} defines no model class {class_name!r}.")
-    module_name = f"mlharbor_user_model_{hashlib.sha256(source).hexdigest()[:16]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidInputError(f"Cannot import {path.name!r} as a Python module.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+        raise InvalidInputError(f"{name!r} defines no model class {class_name!r}.")
+    module_name = f"mlharbor_user_model_{blob.sha256[:16]}"
+    module = types.ModuleType(module_name)
+    module.__file__ = str(blob.path)
+    code = compile(source, str(blob.path), "exec")  # the very bytes that were hashed
+    sys.modules[module_name] = module  # dataclasses, pickling ... look the module up by name
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
     return getattr(module, class_name)()

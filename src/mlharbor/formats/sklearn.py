@@ -1,15 +1,29 @@
 """scikit-learn estimators and pipelines, stored with skops.
 
 skops rebuilds objects from a JSON schema instead of running pickle code, but it still has to
-import the types the file names. Which types may be imported is platform policy, never the
-file's say: scikit-learn, NumPy and SciPy types, plus ``formats.skops_trusted_types`` from the
-settings. Names that execute code (``builtins.eval``, ``os.system`` ...) are refused even when
-a setting lists them.
+import the types (and functions) the file names. Which ones may be imported is platform policy,
+never the file's say. A name skops does not already trust loads only when it is:
+
+* a scikit-learn estimator or transformer *class*: under ``sklearn.``, resolving to a class
+  that subclasses ``sklearn.base.BaseEstimator`` (functions and other objects under
+  ``sklearn.`` do not qualify by prefix);
+* in skops' own default trusted lists, or in the small curated list :data:`CURATED_TYPES`
+  (the non-estimator internals fitted scikit-learn models hold, such as tree structures);
+* mlharbor's own pure transformer classes, :data:`MLHARBOR_TYPES` (matched by name);
+* listed in ``formats.skops_trusted_types`` in the settings.
+
+Everything else is refused, naming the type: NumPy/SciPy functions are no longer trusted by
+prefix (``numpy.save``, ``numpy.fromfile``, ``numpy.vectorize``, ``scipy.io.loadmat`` ... read
+or write files or wrap arbitrary callables). Names that execute code or touch files
+(``builtins.eval``, ``os.system``, ``numpy.save`` ...) are refused even when a setting lists
+them.
 """
 
 from __future__ import annotations
 
+import importlib
 import zipfile
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +31,114 @@ import numpy as np
 
 from mlharbor.core.errors import UnsafeArtifactError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.bundle import ModelBytes
 
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# Non-estimator types that fitted scikit-learn models hold, which skops does not trust itself.
+CURATED_TYPES = frozenset({
+    "numpy.dtype",  # dtype objects of fitted arrays (e.g. OneHotEncoder categories)
+    "sklearn.tree._tree.Tree",  # the fitted trees of every tree, forest and boosting model
+})
+# mlharbor's own pure transformer classes, used by pipelines `mlharbor train` builds. Matched
+# by name only: the training package is imported by skops when a model that uses them loads.
+MLHARBOR_TYPES = frozenset({
+    "mlharbor.training.preparation.DateParts",
+})
 # Never loadable, whatever the settings say: each one runs code or touches the system.
 DENIED_MODULES = frozenset({
     "builtins", "os", "posix", "nt", "subprocess", "sys", "shutil", "importlib", "pickle",
     "marshal", "runpy", "socket", "ctypes", "code", "codeop", "pty", "webbrowser", "io",
     "operator", "functools", "types", "pathlib", "tempfile", "multiprocessing", "asyncio",
+    "joblib", "dill", "cloudpickle", "shelve", "urllib", "http", "requests",
 })
-DENIED_SUFFIXES = (".eval", ".exec", ".system", ".popen", ".compile", ".__import__",
-                   ".getattr", ".setattr", ".open", ".load", ".loads", ".runstring")
-# Corners of the trusted libraries that run code, touch files or build extensions: a model
-# could name one as a function (FunctionTransformer(func=...)) and have predict call it.
+DENIED_SUFFIXES = (
+    ".eval", ".exec", ".system", ".popen", ".compile", ".__import__", ".getattr", ".setattr",
+    ".open", ".load", ".loads", ".runstring",
+    # NumPy/SciPy functions and classes that read or write files or wrap arbitrary callables
+    ".save", ".savez", ".savez_compressed", ".savetxt", ".loadtxt", ".genfromtxt", ".fromfile",
+    ".fromregex", ".tofile", ".memmap", ".frompyfunc", ".vectorize", ".loadmat", ".savemat",
+    ".DataSource", ".open_memmap",
+)
+# Corners of the libraries that run code, touch files or build extensions: a model could name
+# one as a function (FunctionTransformer(func=...)) and have predict call it.
 DENIED_PREFIXES = ("numpy.testing", "numpy.distutils", "numpy.f2py", "numpy.ctypeslib",
-                   "numpy.lib.npyio", "numpy.lib.format", "scipy._lib", "sklearn.utils._testing",
-                   "sklearn.externals", "sklearn.datasets")
+                   "numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.lib.format",
+                   "numpy.lib._datasource", "numpy._core.memmap", "numpy.core.memmap",
+                   "scipy._lib", "scipy.io", "scipy.weave", "sklearn.utils._testing",
+                   "sklearn.externals", "sklearn.datasets", "sklearn.conftest",
+                   "sklearn.tests", "sklearn.utils.tests")
+_POLICY_HINT = (
+    "By default skops loads scikit-learn estimator classes and the types skops itself trusts; "
+    "other functions and types need a platform setting. If a listed name is your own safe "
+    "class, add it to formats.skops_trusted_types (MLHARBOR_FORMATS__SKOPS_TRUSTED_TYPES). "
+    "Names that run code or touch files (eval, exec, os.system, numpy.save, numpy.fromfile, "
+    "scipy.io.loadmat ...) are never allowed."
+)
+
+
+def denied(name: str) -> bool:
+    """Whether ``name`` is on the hard deny list no setting can override."""
+    parts = name.split(".")
+    return (parts[0] in DENIED_MODULES or name.endswith(DENIED_SUFFIXES)
+            or any(name == p or name.startswith(p + ".") for p in DENIED_PREFIXES)
+            or any(part.startswith("__") for part in parts[1:]))
+
+
+@cache
+def skops_default_types() -> frozenset[str]:
+    """The names skops trusts by default (its own audited lists), when skops exposes them."""
+    try:
+        from skops.io import _trusted_types as lists
+    except ImportError:  # pragma: no cover - a skops without the lists: rely on the rest
+        return frozenset()
+    found: set[str] = set()
+    for attr in ("PRIMITIVE_TYPE_NAMES", "CONTAINER_TYPE_NAMES", "SKLEARN_ESTIMATOR_TYPE_NAMES",
+                 "SKLEARN_INTERNAL_TYPE_NAMES", "SCIPY_UFUNC_TYPE_NAMES",
+                 "NUMPY_UFUNC_TYPE_NAMES", "NUMPY_RANDOM_BIT_GENERATOR_TYPE_NAMES",
+                 "NUMPY_DTYPE_TYPE_NAMES"):
+        found.update(str(n) for n in getattr(lists, attr, ()))
+    return frozenset(found)
+
+
+@lru_cache(maxsize=4096)
+def is_sklearn_estimator_class(name: str) -> bool:
+    """Whether ``name`` is a scikit-learn class subclassing ``BaseEstimator`` (not a function).
+
+    The name must be the class's own ``module.qualname``: an alias re-exporting something else
+    does not count. Only modules under ``sklearn.`` are imported to find out.
+    """
+    parts = name.split(".")
+    if not name.startswith("sklearn.") or denied(name) or any(
+            part in ("tests", "conftest", "_testing") or part.startswith("_build")
+            for part in parts):
+        return False  # test and build modules define throwaway classes, run code on import
+    from sklearn.base import BaseEstimator
+
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        except Exception:  # a module failing on import is no source of trusted classes
+            return False
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return (isinstance(obj, type) and issubclass(obj, BaseEstimator)
+                and f"{obj.__module__}.{obj.__qualname__}" == name)
+    return False
 
 
 def untrusted_types(types: list[str], allowlist: tuple[str, ...]) -> list[str]:
-    """Types outside platform policy (default prefixes + settings allowlist, minus deny list)."""
+    """The names outside platform policy (see the module doc); the deny list always wins."""
     refused = []
     for name in types:
-        module = name.split(".", 1)[0]
-        denied = (module in DENIED_MODULES or name.endswith(DENIED_SUFFIXES)
-                  or name.startswith(DENIED_PREFIXES))
-        allowed = name.startswith(TRUSTED_PREFIXES) or name in allowlist
-        if denied or not allowed:
+        allowed = not denied(name) and (
+            name in skops_default_types() or name in CURATED_TYPES or name in MLHARBOR_TYPES
+            or name in allowlist or is_sklearn_estimator_class(name))
+        if not allowed:
             refused.append(name)
     return refused
 
@@ -60,12 +156,12 @@ def check_skops_types(data: bytes, source: str, trust: TrustOptions) -> list[str
         ) from exc
     refused = untrusted_types(named, trust.skops_trusted_types)
     if refused:
+        never = [n for n in refused if denied(n)]
         raise UnsafeArtifactError(
             f"Refusing to load {source!r}: it names type(s) outside the trusted policy: "
-            f"{', '.join(refused)}.",
-            hint="Only scikit-learn, NumPy and SciPy types load by default. If a listed type is "
-            "your own safe class, add it to MLHARBOR_FORMATS__SKOPS_TRUSTED_TYPES. Types that "
-            "run code (eval, exec, os.system ...) are never allowed.", types=refused,
+            f"{', '.join(refused)}"
+            + (f" ({', '.join(never)} can never be allowed)." if never else "."),
+            hint=_POLICY_HINT, types=refused,
         )
     return named
 
@@ -103,8 +199,8 @@ class SklearnFormat(ModelFormat):
         except (zipfile.BadZipFile, OSError):
             return False
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        return _load(path.read_bytes(), path.name, trust)
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        return _load(blob.data, blob.name, trust)
 
     def save(self, obj: Any, model_dir: Path) -> str:
         import skops.io as sio
@@ -130,12 +226,13 @@ class SklearnFormat(ModelFormat):
             categories=encoder_categories(obj),
         )
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        model = _load(path.read_bytes(), path.name, trust)
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        model = _load(blob.data, blob.name, trust)
         return SklearnModel(model, str(flavor.get("input_kind", "array")))
 
 
 def _load(data: bytes, source: str, trust: TrustOptions) -> Any:
+    """Check the types named by ``data``, then rebuild the object from those same bytes."""
     import skops.io as sio
 
     named = check_skops_types(data, source, trust)

@@ -7,6 +7,7 @@ a zip and is recognised (and refused) by the pickle format instead.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions
+from mlharbor.formats.bundle import ModelBytes
 
 
 class TorchScriptModel(NativeModel):
@@ -51,13 +53,14 @@ class TorchScriptFormat(ModelFormat):
         return any("/code/" in n for n in names) and any(n.endswith("constants.pkl")
                                                          for n in names)
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
         import torch
 
-        try:
-            return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        try:  # from the bytes read (and hashed), not the file
+            return torch.jit.load(io.BytesIO(blob.data),  # type: ignore[no-untyped-call]
+                                  map_location="cpu")
         except RuntimeError as exc:
-            raise InvalidInputError(f"{path.name!r} is not a loadable TorchScript archive: "
+            raise InvalidInputError(f"{blob.name!r} is not a loadable TorchScript archive: "
                                     f"{exc}") from exc
 
     def save(self, obj: Any, model_dir: Path) -> str:
@@ -74,7 +77,7 @@ class TorchScriptFormat(ModelFormat):
                          flavor={"module": type(obj).__name__},
                          framework_versions={"torch": torch.__version__})
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        module = self.read_file(path, trust)
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        module = self.read_file(blob, trust)
         module.eval()
         return TorchScriptModel(module)

@@ -14,6 +14,7 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.bundle import ModelBytes
 
 # The only classes a bundle can ask to be rebuilt as.
 WRAPPERS = ("Booster", "XGBClassifier", "XGBRegressor")
@@ -55,22 +56,14 @@ class XGBoostFormat(ModelFormat):
         # UBJSON: an object marker, then the key "learner" as a length-prefixed string.
         return head[:1] == b"{" and b"learner" in head[:64]
 
-    def read_file(self, path: Path, trust: TrustOptions) -> Any:
-        import xgboost
-
-        booster = xgboost.Booster()
-        try:
-            booster.load_model(str(path))
-        except xgboost.core.XGBoostError as exc:
-            raise InvalidInputError(f"{path.name!r} is not a loadable XGBoost model: {exc}") \
-                from exc
-        return booster
+    def read_file(self, blob: ModelBytes, trust: TrustOptions) -> Any:
+        return _load_into(blob, "Booster")
 
     def adopt_file(self, source: Path, model_dir: Path) -> str:
         # Keep the encoding the user chose: XGBoost tells JSON and UBJSON apart by extension.
-        is_json = source.read_bytes()[:1] == b"{" and b'"learner"' in source.read_bytes()[:4096]
-        name = "model.json" if is_json else "model.ubj"
-        (model_dir / name).write_bytes(source.read_bytes())
+        data = source.read_bytes()  # read once: the name is decided on the bytes written
+        name = "model.json" if _is_json(data) else "model.ubj"
+        (model_dir / name).write_bytes(data)
         return name
 
     def save(self, obj: Any, model_dir: Path) -> str:
@@ -104,13 +97,25 @@ class XGBoostFormat(ModelFormat):
             framework_versions={"xgboost": xgboost.__version__},
         )
 
-    def load(self, path: Path, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        import xgboost
+    def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
+        return XGBoostModel(_load_into(blob, str(flavor.get("wrapper", "Booster"))))
 
-        wrapper = str(flavor.get("wrapper", "Booster"))
-        if wrapper not in WRAPPERS:
-            raise InvalidInputError(
-                f"Unknown XGBoost wrapper {wrapper!r}; known: {', '.join(WRAPPERS)}.")
-        model = getattr(xgboost, wrapper)()
-        model.load_model(str(path))
-        return XGBoostModel(model)
+
+def _is_json(data: bytes) -> bool:
+    return data[:1] == b"{" and b'"learner"' in data[:4096]
+
+
+def _load_into(blob: ModelBytes, wrapper: str) -> Any:
+    """A ``wrapper`` (one of :data:`WRAPPERS`) loaded from the bytes (JSON or UBJSON) given."""
+    import xgboost
+
+    if wrapper not in WRAPPERS:
+        raise InvalidInputError(
+            f"Unknown XGBoost wrapper {wrapper!r}; known: {', '.join(WRAPPERS)}.")
+    model = getattr(xgboost, wrapper)()
+    try:
+        model.load_model(bytearray(blob.data))  # XGBoost detects JSON vs UBJSON in memory
+    except xgboost.core.XGBoostError as exc:
+        raise InvalidInputError(f"{blob.name!r} is not a loadable XGBoost model: {exc}") \
+            from exc
+    return model

@@ -145,12 +145,22 @@ class Feedback:
                 "version": None if version is None or version != version else int(version),
                 "labelled_rows": len(part), "task": task, "metrics": metrics,
             }
-            reference = (validation or {}).get(row["version"]) if row["version"] else None
-            if reference:
-                row["validation"] = {k: reference[k] for k in metrics if k in reference}
-                row["degraded"] = _degraded(metrics, reference, len(part), tolerance)
             out.append(row)
-        return sorted(out, key=lambda r: (r["start"], r["version"] or 0))
+        out.sort(key=lambda r: (r["start"], r["version"] or 0))
+        return compare_with_validation(out, validation or {}, tolerance)
+
+
+def compare_with_validation(rows: list[dict[str, Any]],
+                            validation: Mapping[int, Mapping[str, float]],
+                            tolerance: float = 0.05) -> list[dict[str, Any]]:
+    """Mark each window whose live metrics fell below its version's validation metrics."""
+    for row in rows:
+        reference = validation.get(row["version"]) if row["version"] else None
+        if reference:
+            metrics = row["metrics"]
+            row["validation"] = {k: reference[k] for k in metrics if k in reference}
+            row["degraded"] = _degraded(metrics, reference, row["labelled_rows"], tolerance)
+    return rows
 
 
 def _infer_task(frame: Any) -> str:

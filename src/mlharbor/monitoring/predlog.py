@@ -3,7 +3,7 @@
 Path of a record::
 
     emit(record)  -- deque.append, a few hundred nanoseconds, never blocks (serving's thread)
-      -> flusher thread, every flush_interval / 2: rows (redacted) -> one fsync'd journal frame
+      -> flusher thread, every flush_interval / 5: rows (redacted) -> one fsync'd journal frame
       -> compactor thread, every segment_interval: sealed journal -> Parquet segment per
          endpoint (local folder or S3, sealed when a key is set) -> journal file removed
 
@@ -23,6 +23,7 @@ import collections
 import io
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,15 +50,17 @@ class PredictionLog:
 
     def __init__(self, journal_dir: Path, segments: SegmentStore, *,
                  redaction: Redaction | None = None, sealer: Sealer | None = None,
-                 flush_interval_s: float = 0.2, segment_interval_s: float = 5.0,
+                 flush_interval_s: float = 1.0, segment_interval_s: float = 5.0,
                  max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
-                 metrics_registry: Any = None) -> None:
+                 retention: timedelta | None = None, metrics_registry: Any = None) -> None:
         self.segments = segments
         self.sealer = sealer
         self.redaction = redaction
         self.flush_interval_s = flush_interval_s
         self.segment_interval_s = segment_interval_s
         self.max_pending = max_pending
+        self.retention = retention
+        self._retained_at = 0.0
         self.journal = Journal(journal_dir, max_bytes=max_buffer_bytes, sealer=sealer)
         self._pending: collections.deque[PredictionRecord] = collections.deque()
         self._stop = threading.Event()
@@ -162,8 +165,9 @@ class PredictionLog:
         return len(by_endpoint)
 
     def _flush_loop(self) -> None:
-        # Half the interval, so a record is durable within one interval including the write.
-        while not self._stop.wait(self.flush_interval_s / 2):
+        # A fifth of the interval, so a record is durable within one interval even when the
+        # write or a busy machine delays a round or two.
+        while not self._stop.wait(self.flush_interval_s / 5):
             try:
                 self.flush()
             except Exception:
@@ -175,6 +179,9 @@ class PredictionLog:
             try:
                 self.compact()
                 delay = self.segment_interval_s
+                if self.retention is not None and time.monotonic() - self._retained_at > 3600:
+                    self._retained_at = time.monotonic()
+                    self.apply_retention(self.retention)
             except Exception as exc:  # store down: keep journaling, retry with backoff
                 self.store_failures += 1
                 delay = min(delay * 2, 60.0)

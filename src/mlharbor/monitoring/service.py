@@ -33,6 +33,8 @@ def log_uri(settings: Settings) -> str:
 
 def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> PredictionLog:
     """The prediction log for ``settings`` (not started: call ``.start()``)."""
+    from datetime import timedelta
+
     from mlharbor.monitoring.logrows import Redaction
     from mlharbor.monitoring.predlog import PredictionLog
     from mlharbor.monitoring.segments import open_segments, sealer_from_settings
@@ -46,6 +48,7 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         flush_interval_s=mon.flush_interval_s,
         segment_interval_s=mon.segment_interval_s,
         max_buffer_bytes=mon.buffer_max_bytes,
+        retention=timedelta(days=mon.retention_days),
         metrics_registry=metrics_registry,
     )
 
@@ -107,8 +110,9 @@ class Monitor:
                 validation[version] = self.registry.get_version(f"{model}:{version}").metrics
             except Exception:  # a deleted version: no validation metrics to compare with
                 continue
-        return self.feedback.performance(endpoint, start=start, end=end, window=window,
-                                         task=task, validation=validation)
+        from mlharbor.monitoring.feedback import compare_with_validation
+
+        return compare_with_validation(rows, validation)
 
     # -- drift -----------------------------------------------------------------------------
 

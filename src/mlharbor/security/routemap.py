@@ -126,6 +126,11 @@ RULES: tuple[RouteRule, ...] = (
     # itself with policy.allows (the route table cannot see inside a query).
     *_rules("GET", "read", None, "/graphql"),
     *_rules("POST", "read", None, "/graphql"),
+    # -- monitoring (mlharbor.api.routes.monitoring) and the dashboard (mlharbor.ui)
+    *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/feedback"),
+    *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/drift",
+            f"{_API}/monitoring/endpoints/{{name}}/performance"),
+    *_rules("GET", "read", None, f"{_API}/monitoring/alerts", "/ui", "/ui/static/{name}"),
 )
 
 

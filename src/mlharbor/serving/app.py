@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlharbor.serving.batching import MicroBatcher
 from mlharbor.serving.core import DataPlane
 from mlharbor.serving.http import HttpApp, Request, Response, Route, Router
 from mlharbor.serving.pool import ModelPool
 from mlharbor.serving.reconciler import Reconciler
-from mlharbor.serving.sink import NullSink, PredictionSink, SinkDispatcher
+from mlharbor.serving.sink import (
+    DirectDispatcher,
+    EmittingSink,
+    NullSink,
+    PredictionSink,
+    SinkDispatcher,
+)
 
 if TYPE_CHECKING:
     from mlharbor.registry.endpoints import EndpointSpec
     from mlharbor.registry.service import Registry
+    from mlharbor.security.identities import IdentityStore
     from mlharbor.serving.loader import ModelLoader
     from mlharbor.serving.model import ServedModel
     from mlharbor.settings import Settings
+    from mlharbor.telemetry.metrics import ServingMetrics
 
 log = logging.getLogger("mlharbor.serving")
 
@@ -34,7 +42,8 @@ class ServingApp:
     """The ASGI app (auth in front of the lean HTTP layer), with handles on its parts."""
 
     def __init__(self, asgi: Any, http: HttpApp, plane: DataPlane, pool: ModelPool,
-                 reconciler: Reconciler, dispatcher: SinkDispatcher) -> None:
+                 reconciler: Reconciler, dispatcher: SinkDispatcher | DirectDispatcher
+                 ) -> None:
         self.asgi = asgi
         self.http = http
         self.plane = plane
@@ -57,23 +66,32 @@ def single_model_spec(ref: str) -> EndpointSpec:
 
 def create_serving_app(
     settings: Settings, registry: Registry, *, ref: str | None = None,
-    endpoints: list[EndpointSpec] | None = None, sink: PredictionSink | None = None,
-    loader: ModelLoader | None = None, auth: bool = True,
+    endpoints: list[EndpointSpec] | None = None,
+    sink: PredictionSink | EmittingSink | None = None, loader: ModelLoader | None = None,
+    auth: bool = True, identities: IdentityStore | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> ServingApp:
     """Build the serving app for ``settings`` (see the module docstring for ``ref``).
 
     ``endpoints`` serves fixed specs instead of the stored ones; ``sink`` receives the
-    prediction records (monitoring); ``loader`` replaces how versions are loaded (tests);
-    ``auth`` puts the security middleware (API keys, the policy table) in front.
+    prediction records (monitoring: a sink with ``emit`` is called directly, others in
+    batches from a background thread); ``loader`` replaces how versions are loaded (tests);
+    ``auth`` puts the security middleware (API keys, the policy table) in front, checking keys
+    against ``identities`` (default: the registry database's); ``metrics`` lets the caller
+    register more collectors (the prediction log's backlog).
     """
-    from mlharbor.api.errors import status_for
+    from mlharbor.core.status import status_for
     from mlharbor.serving.loader import registry_loader
     from mlharbor.serving.protocols import kserve, mlflow, native, open_inference
     from mlharbor.telemetry.metrics import CONTENT_TYPE, ServingMetrics
 
     serving = settings.serving
-    metrics = ServingMetrics()
-    dispatcher = SinkDispatcher(sink or NullSink(), on_drop=metrics.records_dropped.inc)
+    metrics = metrics or ServingMetrics()
+    dispatcher: Any
+    if sink is not None and hasattr(sink, "emit"):
+        dispatcher = DirectDispatcher(cast("EmittingSink", sink))
+    else:
+        dispatcher = SinkDispatcher(sink or NullSink(), on_drop=metrics.records_dropped.inc)
     plane = DataPlane(metrics=metrics, sink=dispatcher,
                       default_endpoint=serving.default_endpoint)
     inference = ThreadPoolExecutor(serving.inference_threads, "mlharbor-infer")
@@ -140,7 +158,10 @@ def create_serving_app(
     )
     asgi: Any = http
     if auth:
+        from mlharbor.security.identities import IdentityStore as _Identities
         from mlharbor.serving.auth import with_auth
 
-        asgi = with_auth(http, registry, settings)
+        store = identities or _Identities(registry.store.db.engine,
+                                          audit=registry.store.record)
+        asgi = with_auth(http, registry, settings, store)
     return ServingApp(asgi, http, plane, pool, reconciler, dispatcher)

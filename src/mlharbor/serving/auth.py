@@ -16,6 +16,7 @@ from mlharbor.core.errors import AuthenticationError, MlharborError
 
 if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
+    from mlharbor.security.identities import IdentityStore
     from mlharbor.settings import Settings
 
 MAX_CACHED_KEYS = 10_000
@@ -60,9 +61,8 @@ class CachedIdentities:
         return getattr(self.inner, name)
 
 
-def with_auth(app: Any, registry: Registry, settings: Settings) -> Any:
+def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityStore) -> Any:
     """``app`` behind the security middleware, with the shared route -> action table."""
-    from mlharbor.bootstrap import open_identities
     from mlharbor.security.middleware import AuthMiddleware, credential_of
     from mlharbor.security.ratelimit import RateLimiter
     from mlharbor.security.routemap import RULES, RouteTable
@@ -79,7 +79,7 @@ def with_auth(app: Any, registry: Registry, settings: Settings) -> Any:
                     return principal
             return await super()._authenticate(scope)
 
-    identities = CachedIdentities(open_identities(registry))
+    identities = CachedIdentities(store)
     sec = settings.security
     return ServingAuthMiddleware(
         app, table=RouteTable(RULES),

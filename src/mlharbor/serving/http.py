@@ -28,6 +28,7 @@ from mlharbor.core.errors import (
     LimitExceededError,
     MlharborError,
     NotFoundError,
+    PayloadTooLargeError,
     UnavailableError,
 )
 
@@ -210,8 +211,7 @@ class HttpApp:
                 request = Request(scope, body, request_id, params)
                 response = await route.handler(request)
         except MlharborError as exc:
-            status = BODY_TOO_LARGE if isinstance(exc, BodyTooLargeError) \
-                else self.status_for(exc)
+            status = self.status_for(exc)
             response = render(exc, status)
             if isinstance(exc, OverloadedError):
                 response.headers = [*(response.headers or []), (b"retry-after", b"1")]
@@ -256,7 +256,7 @@ class HttpApp:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    raise BodyTooLargeError(
+                    raise PayloadTooLargeError(
                         f"The request body is {declared} bytes; the limit is {limit}.",
                         hint="Send fewer rows per request.", field="body",
                         expected=f"<= {limit} bytes", received=declared)
@@ -272,7 +272,7 @@ class HttpApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise BodyTooLargeError(
+                raise PayloadTooLargeError(
                     f"The request body passed the limit of {limit} bytes.",
                     hint="Send fewer rows per request.", field="body",
                     expected=f"<= {limit} bytes", received=f"> {limit} bytes")
@@ -284,19 +284,11 @@ class _MethodNotAllowed(MlharborError):
     code = "method_not_allowed"
 
 
-class BodyTooLargeError(LimitExceededError):
-    """A body over the size limit. STATUS_BY_ERROR has no 413 entry yet, hence the constant."""
-
-    code = "body_too_large"
-
-
 class OverloadedError(UnavailableError):
     """Too many predictions in flight: shed with 503 (UnavailableError's status) + Retry-After."""
 
     code = "overloaded"
 
-
-BODY_TOO_LARGE = 413
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:

@@ -12,28 +12,28 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mlharbor.registry.service import Registry
+    from mlharbor.security.identities import IdentityStore
     from mlharbor.settings import Settings
+    from mlharbor.telemetry.metrics import ServingMetrics
 
 log = logging.getLogger("mlharbor.serving")
 
 
 def run_server(
-    settings: Settings, *, ref: str | None = None, host: str | None = None,
-    port: int | None = None, json_logs: bool = True, on_started: Any = None,
+    settings: Settings, registry: Registry, *, identities: IdentityStore | None = None,
+    ref: str | None = None, host: str | None = None, port: int | None = None,
+    sink: Any = None, metrics: ServingMetrics | None = None, on_started: Any = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT; the caller (an entry point) opens what is passed in."""
     import uvicorn
 
-    from mlharbor.bootstrap import open_registry
     from mlharbor.serving.app import create_serving_app
 
-    if json_logs:
-        from mlharbor.telemetry.logging import configure_json_logging
-
-        configure_json_logging()
-    registry = open_registry(settings)
     if ref is not None:
         registry.get_version(ref)  # fail fast, with the registry's message, on a bad reference
-    app = create_serving_app(settings, registry, ref=ref)
+    app = create_serving_app(settings, registry, ref=ref, identities=identities, sink=sink,
+                             metrics=metrics)
     bind_host = host or settings.server.host
     bind_port = settings.server.port if port is None else port
     config = uvicorn.Config(

@@ -1,13 +1,12 @@
 """Routes of the dashboard: the page and its static files (vendored, never from a CDN).
 
 The page reads the same JSON API as scripts do (``/api/v1/monitoring/...``), so it is behind the
-same authentication; :func:`route_rules` gives the security route map its rules.
+same authentication; its rules are in the one route table (mlharbor.security.routemap).
 """
 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
@@ -25,13 +24,6 @@ STATIC_TYPES = {
 # The page may run only its own files: no inline script, nothing from another origin.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'")
-
-
-def route_rules() -> list[Any]:
-    from mlharbor.security.routemap import RouteRule
-
-    return [RouteRule("GET", "/ui", "read", None),
-            RouteRule("GET", "/ui/static/{name}", "read", None)]
 
 
 def _read(folder: str, name: str) -> bytes:

@@ -1,8 +1,8 @@
 """Monitoring routes: feedback (ground truth), drift, live performance and alerts.
 
 ``POST /v1/endpoints/{name}/feedback`` sits next to the prediction route a client already
-calls; the read routes are under ``/api/v1/monitoring``. Authorisation rules for the security
-route map are in :func:`route_rules`.
+calls; the read routes are under ``/api/v1/monitoring``. Their authorisation rules are in the one
+route table, :mod:`mlharbor.security.routemap`.
 """
 
 from __future__ import annotations
@@ -26,19 +26,6 @@ def monitor_of(request: Request) -> Any:
 
         monitor = state.monitor = Monitor(state.settings, getattr(state, "registry", None))
     return monitor
-
-
-def route_rules() -> list[Any]:
-    """Rules for :mod:`mlharbor.security.routemap` (pass as ``extra_rules``)."""
-    from mlharbor.security.routemap import RouteRule, endpoint_param
-
-    endpoint = endpoint_param("name")
-    return [
-        RouteRule("POST", "/v1/endpoints/{name}/feedback", "predict", endpoint),
-        RouteRule("GET", f"{_API}/endpoints/{{name}}/drift", "read", endpoint),
-        RouteRule("GET", f"{_API}/endpoints/{{name}}/performance", "read", endpoint),
-        RouteRule("GET", f"{_API}/alerts", "read", None),
-    ]
 
 
 @router.post("/v1/endpoints/{name}/feedback")

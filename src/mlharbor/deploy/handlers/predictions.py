@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mlharbor.formats.predictor import Predictor
     from mlharbor.settings import Settings
 
-BAKED_DIRS = (Path("/opt/mlharbor/model"), Path(__file__).resolve().parents[4] / "model")
+IMAGE_BAKED_DIR = Path("/opt/mlharbor/model")
 # Mirrors the HTTP status table of the API (api/errors.py), which deploy may not import.
 STATUS = {
     errors.InvalidInputError: 400, errors.AuthenticationError: 401,
@@ -138,8 +138,11 @@ def parse_body(body: bytes | str | None) -> Any:
 
 
 def _baked_dir(environ: dict[str, str]) -> Path | None:
+    """MLHARBOR_BAKED_DIR, else the image's folder, else ``model/`` in the app's root (Azure
+    Functions names it AzureWebJobsScriptRoot and starts the worker there)."""
     named = environ.get("MLHARBOR_BAKED_DIR")
-    for candidate in ([Path(named)] if named else list(BAKED_DIRS)):
+    app_root = Path(environ.get("AzureWebJobsScriptRoot") or Path.cwd())
+    for candidate in ([Path(named)] if named else [IMAGE_BAKED_DIR, app_root / "model"]):
         if (candidate / "mlharbor.db").is_file():
             return candidate
     return None
