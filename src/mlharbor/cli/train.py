@@ -24,14 +24,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train the recipe's candidates, evaluate, judge the gates and register the winner."""
+        from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
         from mlharbor.pipelines.train_job import train
-        from mlharbor.registry.service import Registry
         from mlharbor.training.recipe import load_recipe
 
         settings = settings_from(ctx)
         parsed = load_recipe(recipe)
-        registry = Registry.from_settings(settings)
+        registry = open_registry(settings)
         try:
             with _RichProgress() as progress:
                 result = train(parsed, registry=registry, settings=settings, progress=progress)
@@ -61,13 +61,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Score a registered version on new labelled data, with 95% bootstrap intervals."""
+        from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
         from mlharbor.cli.output import print_json
         from mlharbor.pipelines.train_job import evaluate
-        from mlharbor.registry.service import Registry
 
         settings = settings_from(ctx)
-        registry = Registry.from_settings(settings)
+        registry = open_registry(settings)
         try:
             result = evaluate(registry, ref, data, settings=settings)
         finally:
@@ -88,13 +88,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Re-run training from a version's stored lineage and check the metrics match."""
+        from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
         from mlharbor.cli.output import print_json, print_table
         from mlharbor.pipelines.train_job import reproduce
-        from mlharbor.registry.service import Registry
 
         settings = settings_from(ctx)
-        registry = Registry.from_settings(settings)
+        registry = open_registry(settings)
         try:
             with _RichProgress() as progress:
                 result = reproduce(registry, ref, settings=settings, progress=progress)

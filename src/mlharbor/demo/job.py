@@ -10,69 +10,50 @@ if TYPE_CHECKING:
     from mlharbor.settings import Settings
 
 MODEL_NAME = "churn"
-TARGET = "churn"
-NUMERIC = ["tenure_months", "monthly_charges", "total_charges", "support_calls", "senior"]
-CATEGORICAL = ["contract", "internet", "payment_method"]
 
 
 def dataset_path() -> Path:
     return Path(str(resources.files("mlharbor.demo").joinpath("churn.csv")))
 
 
+def recipe_path() -> Path:
+    return Path(str(resources.files("mlharbor.demo").joinpath("recipe.yaml")))
+
+
 def run_demo(settings: Settings, *, serve: bool = True) -> None:
+    """Train the demo recipe, register the winner, print a key, then serve it."""
     import pandas as pd
     from rich.console import Console
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     from mlharbor.bootstrap import open_registry
     from mlharbor.cli.models import _version_rows
     from mlharbor.cli.output import print_kv
-    from mlharbor.registry.bundles import register_model
+    from mlharbor.cli.train import _print_train_result, _RichProgress
+    from mlharbor.core.errors import ConflictError
+    from mlharbor.pipelines.train_job import train
 
     console = Console()
-    frame = pd.read_csv(dataset_path())
-    features = frame[NUMERIC + CATEGORICAL]
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, frame[TARGET], test_size=0.2, random_state=7, stratify=frame[TARGET]
-    )
-    model = Pipeline([
-        ("prepare", ColumnTransformer([
-            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERIC),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
-        ])),
-        ("model", RandomForestClassifier(n_estimators=100, max_depth=8, random_state=7,
-                                         n_jobs=2)),
-    ])
-    with console.status("Training the demo model ..."):
-        model.fit(x_train, y_train)
-    predicted = model.predict(x_test)
-    metrics = {"accuracy": float(accuracy_score(y_test, predicted)),
-               "f1": float(f1_score(y_test, predicted))}
     registry = open_registry(settings)
-    # register_model builds a bundle with a manifest (signature, input example, ONNX parity),
-    # which is what serving loads.
-    version = register_model(
-        registry, MODEL_NAME, model, settings=settings, sample_input=x_train.head(20),
-        description="Demo churn model (RandomForest)", metrics=metrics,
-        params={"n_estimators": 100, "max_depth": 8},
-        lineage={"dataset": "mlharbor/demo/churn.csv", "rows": len(frame)},
-    ).version
-    registry.set_alias(MODEL_NAME, "champion", version.version, reason="demo")
-    version = registry.get_version(f"{MODEL_NAME}@champion")
-    print_kv(f"Registered {version.ref}", _version_rows(version))
-    key = _print_demo_key(registry, console)
-    console.print(f"Home: {settings.home}")
+    try:
+        with _RichProgress() as progress:
+            result = train(recipe_path(), registry=registry, settings=settings,
+                           progress=progress, actor="demo")
+        _print_train_result(result)
+        if not result.passed:
+            raise ConflictError(
+                f"The demo model {result.version.ref} failed its gates; nothing to serve.")
+        version = registry.get_version(f"{MODEL_NAME}@champion")
+        print_kv(f"Serving {version.ref}", _version_rows(version))
+        key = _print_demo_key(registry, console)
+    finally:
+        registry.close()
+    console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}")
     console.print("Look around: `.venv/bin/mlharbor models list`, "
                   f"`.venv/bin/mlharbor models show {MODEL_NAME}@champion`, "
-                  "`.venv/bin/mlharbor server` then http://127.0.0.1:8080/docs")
+                  "`.venv/bin/mlharbor server` (control plane, /docs, /ui).")
     if serve:
-        _serve_demo(settings, key, x_test.head(1), console)
+        row = pd.read_csv(dataset_path()).drop(columns=["churn", "customer_id"]).head(1)
+        _serve_demo(settings, key, row, console)
 
 
 def _serve_demo(settings: Settings, key: str | None, row: Any, console: Any) -> None:
