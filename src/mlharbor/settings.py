@@ -73,6 +73,12 @@ class SecuritySettings(BaseModel):
         1200, ge=0, description="Requests per minute per key or token (0 = no limit)."
     )
     rate_limit_burst: int = Field(100, ge=1, description="Requests allowed at once per key.")
+    anonymous_grants: list[str] = Field(
+        default_factory=list,
+        description="Grants for requests without credentials, e.g. [\"predictor\"], for a "
+        "server behind a platform that authenticates callers itself (SageMaker, Vertex AI, "
+        "Azure ML, KServe). Only viewer and predictor roles are accepted.",
+    )
     require_signed_aliases: list[str] = Field(
         default_factory=list,
         description="Aliases (e.g. production) that may only point at signed versions.",
@@ -116,6 +122,10 @@ class ServingSettings(BaseModel):
     inference_threads: int = Field(2, ge=1, description="Threads running model inference.")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight on SIGTERM.")
     sticky_header: str = Field("x-mlharbor-sticky", description="Header pinning a route.")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Prediction requests per minute per key (0 = no limit: the "
+        "concurrency limit sheds load instead).")
+    rate_limit_burst: int = Field(1000, ge=1, description="Prediction requests at once per key.")
     default_endpoint: str | None = Field(None, description="Endpoint of /invocations.")
     access_log: bool = Field(False, description="One JSON log line per request.")
 

@@ -81,7 +81,7 @@ def container() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        subprocess.run(["podman", "rm", "--force", "--time", "2", name], capture_output=True,
+        subprocess.run(["podman", "rm", "--force", name], capture_output=True,
                        check=False)
 
 

@@ -53,6 +53,10 @@ def test_sagemaker_creates_then_switches_and_retires_the_old_config(
     model = sm.describe_model(ModelName=first.plan.details["model_name"])
     assert model["PrimaryContainer"]["Image"] == source.image
     assert model["PrimaryContainer"]["Environment"]["MLHARBOR_MODEL_REF"] == "churn@champion"
+    # SageMaker authenticates callers itself (IAM): no mlharbor key on /invocations.
+    assert model["PrimaryContainer"]["Environment"][
+        "MLHARBOR_SECURITY__ANONYMOUS_GRANTS"] == '["predictor"]'
+
     key = first.plan.details["model_data"].split("/", 3)[3]
     blob = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:

@@ -119,7 +119,10 @@ def test_azureml_spec(deployed: Deployed, tmp_path: Path) -> None:
     assert routes["readiness_route"] == {"port": 8080, "path": "/readyz"}
     assert routes["scoring_route"] == {"port": 8080, "path": "/invocations"}
     assert dep["environment"]["image"] == "reg.azurecr.io/churn:1"
-    assert dep["environment_variables"] == {"MLHARBOR_MODEL_REF": "churn@champion"}
+    # Azure ML authenticates callers itself: the container lets them predict without a key.
+    assert dep["environment_variables"] == {
+        "MLHARBOR_MODEL_REF": "churn@champion",
+        "MLHARBOR_SECURITY__ANONYMOUS_GRANTS": '["predictor"]'}
     assert dep["instance_count"] == 1
 
 

@@ -14,7 +14,7 @@ import json
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.deploy.base import Plan, PlannedFile, Target
-from mlharbor.deploy.environment import PORT
+from mlharbor.deploy.environment import MANAGED_ENDPOINT_AUTH, PORT
 from mlharbor.deploy.rendering import render
 
 
@@ -45,7 +45,8 @@ class VertexTarget(Target[VertexOptions]):
             "containerSpec": {
                 "imageUri": source.image,
                 "args": ["serve"],
-                "env": [{"name": "MLHARBOR_MODEL_REF", "value": source.ref}],
+                "env": [{"name": "MLHARBOR_MODEL_REF", "value": source.ref},
+                        *({"name": k, "value": v} for k, v in MANAGED_ENDPOINT_AUTH.items())],
                 "ports": [{"containerPort": PORT}],
                 "predictRoute": f"/v1/models/{source.model}:predict",
                 "healthRoute": "/readyz",
@@ -94,7 +95,8 @@ class AzureMLTarget(Target[AzureMLOptions]):
         context = {"endpoint": endpoint, "deployment": options.deployment_name,
                    "ref": source.ref, "version_ref": source.version.ref,
                    "version": source.number, "image": source.image, "port": PORT,
-                   "environment": {"MLHARBOR_MODEL_REF": source.ref},
+                   "environment": {"MLHARBOR_MODEL_REF": source.ref,
+                                   **MANAGED_ENDPOINT_AUTH},
                    "instance_type": options.instance_type,
                    "instance_count": options.instance_count, "tags": tags}
         plan.files += [

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 RegistryMode = Literal["baked", "shared"]
 PORT = 8080
 HOME = "/var/lib/mlharbor"
+# Managed endpoints (SageMaker, Vertex AI, Azure ML) authenticate callers themselves and send
+# no mlharbor key, so their containers let credential-less callers predict, and nothing more.
+MANAGED_ENDPOINT_AUTH = {"MLHARBOR_SECURITY__ANONYMOUS_GRANTS": '["predictor"]'}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import InvalidInputError, TimeoutError_, UnavailableError
 from mlharbor.deploy.base import Plan, PlannedResource, Target
+from mlharbor.deploy.environment import MANAGED_ENDPOINT_AUTH
 
 if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
@@ -86,7 +87,8 @@ class SageMakerTarget(Target[SageMakerOptions]):
               PrimaryContainer={
                   "Image": source.image, "ModelDataUrl": names["model_data"],
                   "Environment": {"MLHARBOR_MODEL_REF": source.ref,
-                                  "MLHARBOR_HOME": "/tmp/mlharbor"}},
+                                  "MLHARBOR_HOME": "/tmp/mlharbor",
+                                  **MANAGED_ENDPOINT_AUTH}},
               Tags=[{"Key": "mlharbor:model", "Value": source.model},
                     {"Key": "mlharbor:version", "Value": str(source.number)}])
         _call(sm.create_endpoint_config, EndpointConfigName=names["endpoint_config"],

@@ -130,6 +130,10 @@ def _probability_metrics(y_true: Any, proba: Any, target: Target) -> dict[str, f
 
     labels = list(target.classes)
     present = set(np.unique(y_true).tolist())
+    # ONNX Runtime answers in float32, whose rows sum to 1 only within ~1e-7; log loss wants
+    # float64 rows that sum to 1.
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / proba.sum(axis=1, keepdims=True)
     out: dict[str, float] = {"log_loss": float(skm.log_loss(y_true, proba, labels=labels))}
     if len(present) < 2:
         return out  # AUCs are undefined with one class

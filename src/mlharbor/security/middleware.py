@@ -37,8 +37,10 @@ class AuthMiddleware:
     def __init__(
         self, app: ASGIApp, *, table: RouteTable, identities: IdentityStore,
         audit: AuditSink | None, limiter: RateLimiter, tokens: TokenVerifier | None = None,
+        anonymous: Principal | None = None,
     ) -> None:
         self.app = app
+        self.anonymous = anonymous
         self.table = table
         self.identities = identities
         self.audit = audit
@@ -90,6 +92,8 @@ class AuthMiddleware:
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = credential_of(scope)
+        if token is None and self.anonymous is not None:
+            return self.anonymous
         if token is None:
             raise AuthenticationError(
                 "This route needs credentials.",
@@ -199,7 +203,7 @@ def add_auth(
     app.add_middleware(
         AuthMiddleware, table=table, identities=identities, audit=audit,
         limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
-        tokens=verifier_from_settings(sec),
+        tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
     )
     app.state.route_table = table
     if hasattr(app, "openapi"):
@@ -261,6 +265,29 @@ def secure_asgi(
     guarded = AuthMiddleware(
         app, table=table, identities=identities, audit=audit,
         limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
-        tokens=verifier_from_settings(sec))
+        tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec))
     return TransportGuard(guarded, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
                           max_body_bytes=settings.server.max_body_bytes)
+
+
+ANONYMOUS_ROLES = frozenset({"viewer", "predictor"})
+
+
+def anonymous_principal(sec: Any) -> Principal | None:
+    """The caller assumed for requests without credentials, when settings grant one."""
+    from mlharbor.core.errors import ConfigError
+    from mlharbor.security.policy import Grant
+
+    if not sec.anonymous_grants:
+        return None
+    grants = tuple(Grant.parse(text) for text in sec.anonymous_grants)
+    refused = sorted({g.role for g in grants} - ANONYMOUS_ROLES)
+    if refused:
+        raise ConfigError(
+            f"security.anonymous_grants gives role(s) {refused} to callers without "
+            "credentials; only viewer and predictor may be granted that way.",
+            hint="Give those roles to API keys instead.",
+        )
+    log.warning("requests without credentials act as %s (security.anonymous_grants)",
+                ", ".join(sec.anonymous_grants))
+    return Principal(ANONYMOUS, "anonymous", grants, ANONYMOUS)

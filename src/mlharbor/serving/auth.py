@@ -63,7 +63,7 @@ class CachedIdentities:
 
 def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityStore) -> Any:
     """``app`` behind the security middleware, with the shared route -> action table."""
-    from mlharbor.security.middleware import AuthMiddleware, credential_of
+    from mlharbor.security.middleware import AuthMiddleware, anonymous_principal, credential_of
     from mlharbor.security.ratelimit import RateLimiter
     from mlharbor.security.routemap import RULES, RouteTable
     from mlharbor.security.tokens import verifier_from_settings
@@ -85,6 +85,7 @@ def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityS
         app, table=RouteTable(RULES),
         identities=identities,  # type: ignore[arg-type]
         audit=registry.store.record,
-        limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
-        tokens=verifier_from_settings(sec),
+        limiter=RateLimiter(settings.serving.rate_limit_per_minute,
+                            settings.serving.rate_limit_burst),
+        tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
     )
