@@ -8,7 +8,8 @@ need_pkgs=()
 declare -A PKG_FOR_CMD=(
   [psql]=postgresql-client
   [promtool]=prometheus
-  [wrk]=wrk  # bench/serving only (run by hand)
+  # the dashboard's browser tests (Playwright drives Debian's chromium; no browser download)
+  [chromium]="chromium fonts-liberation"
   # deploy: daemonless image builds and runs, the debootstrap base image, unit verification
   [buildah]=buildah
   [podman]=podman
@@ -22,7 +23,8 @@ done
 if [ "${#need_pkgs[@]}" -gt 0 ] && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+  # shellcheck disable=SC2068 # an entry may name several packages
+  apt-get install -y -qq --no-install-recommends ${need_pkgs[@]}
 fi
 
 # PostgreSQL on 127.0.0.1:5432, started if it is installed but down.
