@@ -62,6 +62,22 @@ class NativeModel(ABC):
         )
 
 
+class EstimatorModel(NativeModel):
+    """Any object with scikit-learn's ``predict`` / ``predict_proba`` / ``classes_``."""
+
+    def __init__(self, model: Any, input_kind: str) -> None:
+        self.model = model
+        self.input_kind = input_kind
+        classes = getattr(model, "classes_", None)
+        self.classes = None if classes is None else np.asarray(classes)
+
+    def predict(self, data: Any) -> np.ndarray:
+        return np.asarray(self.model.predict(data))
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(data))
+
+
 class ModelFormat(ABC):
     """One model format: recognise, save, describe and load."""
 

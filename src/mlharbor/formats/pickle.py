@@ -22,10 +22,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlharbor.core.errors import InvalidInputError, UnsafeArtifactError
-from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.base import (
+    EstimatorModel,
+    ModelFormat,
+    ModelInfo,
+    NativeModel,
+    TrustOptions,
+    plain_list,
+)
 from mlharbor.formats.bundle import ModelBytes
 
 _MAX_OPCODE_SCAN = 64 * 1024 * 1024
@@ -90,20 +95,6 @@ def _parses_as_pickle(path: Path, head: bytes) -> bool:
     return bool(ops) and ops[-1][0].name == "STOP"
 
 
-class PickledModel(NativeModel):
-    def __init__(self, model: Any, input_kind: str) -> None:
-        self.model = model
-        self.input_kind = input_kind
-        classes = getattr(model, "classes_", None)
-        self.classes = None if classes is None else np.asarray(classes)
-
-    def predict(self, data: Any) -> np.ndarray:
-        return np.asarray(self.model.predict(data))
-
-    def predict_proba(self, data: Any) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(data))
-
-
 class PickleFormat(ModelFormat):
     name = "pickle"
     summary = "pickle / joblib / cloudpickle; loads only when trusted and pinned by sha256"
@@ -145,7 +136,7 @@ class PickleFormat(ModelFormat):
 
     def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
         model = trusted_unpickle(blob, trust)
-        return PickledModel(model, str(flavor.get("input_kind") or "array"))
+        return EstimatorModel(model, str(flavor.get("input_kind") or "array"))
 
 
 def check_pin(blob: ModelBytes, trust: TrustOptions) -> str:

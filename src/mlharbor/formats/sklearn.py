@@ -27,10 +27,15 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mlharbor.core.errors import UnsafeArtifactError
-from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.base import (
+    EstimatorModel,
+    ModelFormat,
+    ModelInfo,
+    NativeModel,
+    TrustOptions,
+    plain_list,
+)
 from mlharbor.formats.bundle import ModelBytes
 
 # Non-estimator types that fitted scikit-learn models hold, which skops does not trust itself.
@@ -166,20 +171,6 @@ def check_skops_types(data: bytes, source: str, trust: TrustOptions) -> list[str
     return named
 
 
-class SklearnModel(NativeModel):
-    def __init__(self, model: Any, input_kind: str) -> None:
-        self.model = model
-        self.input_kind = input_kind
-        classes = getattr(model, "classes_", None)
-        self.classes = None if classes is None else np.asarray(classes)
-
-    def predict(self, data: Any) -> np.ndarray:
-        return np.asarray(self.model.predict(data))
-
-    def predict_proba(self, data: Any) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(data))
-
-
 class SklearnFormat(ModelFormat):
     name = "sklearn"
     summary = "scikit-learn estimators and pipelines via skops (no pickle)"
@@ -228,7 +219,7 @@ class SklearnFormat(ModelFormat):
 
     def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
         model = _load(blob.data, blob.name, trust)
-        return SklearnModel(model, str(flavor.get("input_kind", "array")))
+        return EstimatorModel(model, str(flavor.get("input_kind", "array")))
 
 
 def _load(data: bytes, source: str, trust: TrustOptions) -> Any:
