@@ -1,20 +1,34 @@
-"""Floor vs our server, same model, same payloads: wrk on core 1, the server on core 0.
+"""Floor vs our server (and, with --peers, MLflow and BentoML), same model, same rows.
 
     .venv/bin/python bench/serving/run.py [--seconds 10] [--home /tmp/mlh-bench]
+                                          [--peers] [--batching-compare]
 
 Trains RandomForestClassifier(n_estimators=100, max_depth=8) on 20 numeric features,
 registers it (skops + ONNX after the parity check), writes 1-row and 64-row payloads, then
-for each server: start it pinned to core 0, warm up, run wrk (64 connections, pinned to core 1)
-per payload, read the server's CPU time per request from /proc, stop it by PID. Our server runs
-with its defaults (auth with an API key, micro-batching, metrics, the record sink); only the
-per-key rate limit is lifted, since one key drives all the load.
+for each server: start it pinned to core 0 (the launcher is pinned, so every child process
+inherits the mask), time launch -> first correct prediction (polling every 20 ms), warm up,
+run wrk (64 connections, pinned to core 1) per payload, read the CPU time of the server's
+whole process tree per request from /proc, stop its process group. Our server runs with its
+defaults (auth with an API key, micro-batching, metrics, the record sink); only the per-key
+rate limit is lifted, since one key drives all the load.
+
+--peers: MLflow 3.17.2 (`mlflow models serve --env-manager local`, the model saved with
+mlflow.sklearn.save_model) and BentoML 1.4.40 (bento_service.py, a @bentoml.service calling
+predict_proba), each in its own venv under bench/.peers/ (created once, then reused), with
+the scikit-learn version of this venv, each fed in its own request format.
+
+--batching-compare: the same model registered with runtime="native" (scikit-learn in the
+server, no ONNX) served by mlharbor with micro-batching on, then off
+(MLHARBOR_SERVING__BATCHING=false); 1-row requests at 64 connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -22,16 +36,57 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BIN = Path(sys.executable).parent
+PEERS = HERE.parent / ".peers"  # git-ignored
+PEER_PACKAGES = {"mlflow": ["mlflow==3.17.2"], "bentoml": ["bentoml==1.4.40"]}
+COLUMNS = [f"f{i}" for i in range(20)]
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 {auth}
 local f = io.open("{body}", "r"); wrk.body = f:read("*a"); f:close()
 """
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: Callable[[int], list[str]]
+    env: dict[str, str]
+    path: str
+    key: str | None = None
+    payload: str = "rows"  # payload files: HOME/{payload}{rows}.json
+    rows: tuple[int, ...] = (1, 64)
+    cwd: Path | None = None
+
+
+@dataclass
+class Result:
+    name: str
+    rows: int
+    rps: float
+    cpu_us: float
+    p50_ms: float
+    p99_ms: float
+    errors: str = ""
+
+
+@dataclass
+class Run:
+    results: list[Result] = field(default_factory=list)
+    launch_s: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, rows: int) -> Result | None:
+        return next((r for r in self.results if r.name == name and r.rows == rows), None)
 
 
 def free_port() -> int:
@@ -40,7 +95,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def prepare(home: Path) -> tuple[Path, str]:
+def ensure_peer(name: str) -> Path:
+    """bench/.peers/NAME: a venv with the peer and this venv's scikit-learn, made once."""
+    import pandas
+    import sklearn
+
+    venv = PEERS / name
+    # The model's scikit-learn; pandas too, which both peers' code paths build frames with.
+    wanted = [*PEER_PACKAGES[name], f"scikit-learn=={sklearn.__version__}",
+              f"pandas=={pandas.__version__}"]
+    marker = venv / ".bench-ready"
+    if marker.exists() and marker.read_text() == " ".join(wanted):
+        return venv
+    print(f"setting up {venv} ({' '.join(wanted)}) ...", flush=True)
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *wanted],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install {' '.join(wanted)} failed in {venv}:\n"
+                           f"{done.stderr[-3000:]}")
+    marker.write_text(" ".join(wanted))
+    return venv
+
+
+def peer_env(venv: Path) -> dict[str, str]:
+    return {"PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(venv)}
+
+
+def prepare(home: Path, native: bool) -> tuple[Path, str, list[float]]:
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import RandomForestClassifier
@@ -51,7 +134,7 @@ def prepare(home: Path) -> tuple[Path, str]:
 
     shutil.rmtree(home, ignore_errors=True)
     rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.normal(size=(5000, 20)), columns=[f"f{i}" for i in range(20)])
+    x = pd.DataFrame(rng.normal(size=(5000, 20)), columns=COLUMNS)
     y = ((x.f0 + x.f1 - x.f2 + rng.normal(scale=0.5, size=5000)) > 0).astype(int)
     model = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0).fit(x, y)
     settings = Settings(home=home)
@@ -59,89 +142,301 @@ def prepare(home: Path) -> tuple[Path, str]:
     result = register_model(registry, "churn", model, settings=settings, sample_input=x.head(20))
     print(result.summary())
     registry.set_alias("churn", "champion", 1)
+    if native:
+        # The same model with scikit-learn itself in the server: what micro-batching is for.
+        result = register_model(registry, "churnnative", model, settings=settings,
+                                sample_input=x.head(20), runtime="native")
+        print(result.summary())
+        registry.set_alias("churnnative", "champion", 1)
     key = open_identities(registry).init_admin("bench", actor="bench")[1]
-    bundle = registry.download(result.version)
+    bundle = registry.download(registry.get_version("churn@champion"))
     onnx = next(bundle.rglob("*.onnx"))
+    (home / "model.pkl").write_bytes(pickle.dumps(model))  # for the peers' own save_model
     for rows in (1, 64):
-        (home / f"rows{rows}.json").write_text(json.dumps(
-            x.sample(rows, random_state=rows).to_dict(orient="records")))
-    return onnx, key
+        sample = x.sample(rows, random_state=rows)
+        records = sample.to_dict(orient="records")
+        (home / f"rows{rows}.json").write_text(json.dumps(records))
+        (home / f"mlflow{rows}.json").write_text(json.dumps(
+            {"dataframe_split": sample.to_dict(orient="split", index=False)}))
+        (home / f"bentoml{rows}.json").write_text(json.dumps({"rows": records}))
+    expected = model.predict_proba(x.sample(1, random_state=1))[0].tolist()
+    return onnx, key, expected
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of ``root`` and every live descendant (peers fork workers)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in cpu.items():
+        walk = pid
+        while walk > 1 and walk != root:
+            walk = parent.get(walk, 0)
+        if walk == root:
+            total += seconds
+    return total
 
 
-def wrk(url: str, body: Path, seconds: int, key: str | None, lua: Path) -> tuple[float, str]:
+def to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        return float("nan")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def wrk(url: str, body: Path, seconds: int, key: str | None,
+        lua: Path) -> tuple[float, float, float, str]:
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
     lua.write_text(LUA.format(auth=auth, body=body))
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s",
-                          "--latency", "-s", str(lua), url],
+                          "--timeout", "10s", "--latency", "-s", str(lua), url],
                          capture_output=True, text=True, check=True).stdout
+    with (lua.parent / "wrk.log").open("a") as log:
+        log.write(f"== {url} {body.name} {seconds}s\n{out}\n")
     if "Non-2xx" in out:
         raise RuntimeError(f"non-2xx answers:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+(\S+)", out)
     p99 = re.search(r"99%\s+(\S+)", out)
-    return rps, f"p50 {p50.group(1) if p50 else '?'} p99 {p99.group(1) if p99 else '?'}"
+    errors = re.search(r"Socket errors:.*", out)
+    return (rps, to_ms(p50.group(1)) if p50 else float("nan"),
+            to_ms(p99.group(1)) if p99 else float("nan"), errors.group(0) if errors else "")
 
 
-def serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+def foreign_wrk() -> int:
+    """wrk processes running now: between our own runs, they belong to someone else."""
+    count = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            count += comm.read_text().strip() == "wrk"
+    return count
+
+
+def correct(answer: Any, expected: list[float]) -> bool:
+    """The first row's class probabilities, whatever the server's answer looks like."""
+    if not isinstance(answer, dict):
+        return False
+    rows = answer.get("probabilities", answer.get("predictions"))
+    if not isinstance(rows, list) or not rows:
+        return False
+    first = rows[0]
+    if isinstance(first, dict):
+        first = list(first.values())
+    if not isinstance(first, list) or len(first) != len(expected):
+        return False
+    return all(abs(float(a) - b) <= 1e-3 for a, b in zip(first, expected, strict=True))
+
+
+def serve(server: Server, port: int, home: Path,
+          expected: list[float]) -> tuple[subprocess.Popen[bytes], float]:
+    """Start pinned to core 0; seconds from launch to the first correct 1-row prediction."""
+    body = (home / f"{server.payload}1.json").read_bytes()
+    headers = {"Content-Type": "application/json"}
+    if server.key:
+        headers["Authorization"] = f"Bearer {server.key}"
+    url = f"http://127.0.0.1:{port}{server.path}"
+    log = (home / f"{server.name}.log").open("wb")
+    start = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", "0", *server.cmd(port)],
+                            env={**os.environ, **server.env}, cwd=server.cwd,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = start + 180
+    tick = start
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {proc.returncode}; "
+                               f"see {home / (server.name + '.log')}")
         try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    time.sleep(1.0)
-    return proc
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200 and correct(json.loads(response.read()), expected):
+                    return proc, time.monotonic() - start
+        except (OSError, urllib.error.HTTPError, ValueError):
+            pass
+        tick += 0.02
+        time.sleep(max(0.0, tick - time.monotonic()))
+    stop(proc)
+    raise RuntimeError(f"{server.name}: no correct prediction within 180 s; "
+                       f"see {home / (server.name + '.log')}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's own process group (it was started in a new session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
+
+
+def measure(server: Server, home: Path, seconds: int, expected: list[float], run: Run) -> None:
+    lua = home / "post.lua"
+    port = free_port()
+    try:
+        proc, launch = serve(server, port, home, expected)
+    except RuntimeError as exc:
+        run.failures[server.name] = str(exc)
+        print(f"{server.name}: FAILED: {exc}", flush=True)
+        return
+    run.launch_s[server.name] = launch
+    print(f"{server.name:22s} launch -> first correct prediction: {launch:6.2f} s", flush=True)
+    try:
+        url = f"http://127.0.0.1:{port}{server.path}"
+        for rows in server.rows:
+            body = home / f"{server.payload}{rows}.json"
+            wrk(url, body, 2, server.key, lua)  # warm-up
+            others = foreign_wrk()
+            before = cpu_seconds(proc.pid)
+            rps, p50, p99, errors = wrk(url, body, seconds, server.key, lua)
+            others = max(others, foreign_wrk())
+            if others:
+                errors = f"{errors} [another wrk was running: contended]".strip()
+            used = cpu_seconds(proc.pid) - before
+            cpu_us = used / (rps * seconds) * 1e6 if rps else float("nan")
+            run.results.append(Result(server.name, rows, rps, cpu_us, p50, p99, errors))
+            print(f"{server.name:22s} {rows:3d} row(s): {rps:8.0f} req/s, "
+                  f"{cpu_us:7.0f} us CPU/request, p50 {p50:8.2f} ms p99 {p99:8.2f} ms"
+                  f"{'  ' + errors if errors else ''}", flush=True)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        run.failures[server.name] = str(exc)
+        print(f"{server.name}: FAILED: {exc}", flush=True)
+    finally:
+        stop(proc)
+
+
+def peer_servers(home: Path) -> list[Server]:
+    servers = []
+    saves = (home / "peer_save.log").open("ab")  # MLflow's pip probing is noisy
+    mlflow = ensure_peer("mlflow")
+    model_dir = home / "mlflow-model"
+    subprocess.run([str(mlflow / "bin" / "python"), str(HERE / "peer_save.py"), "mlflow",
+                    str(home / "model.pkl"), str(model_dir)], check=True,
+                   env={**os.environ, **peer_env(mlflow)}, stdout=saves, stderr=saves)
+    servers.append(Server(
+        "mlflow", lambda port: [str(mlflow / "bin" / "mlflow"), "models", "serve", "-m",
+                                str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
+                                "-p", str(port)],
+        peer_env(mlflow), "/invocations", payload="mlflow"))
+    bento = ensure_peer("bentoml")
+    bento_env = {**peer_env(bento), "BENTOML_HOME": str(home / "bentoml-home"),
+                 "BENTOML_DO_NOT_TRACK": "True", "BENCH_BENTO_MODEL": "bench_rf:latest"}
+    subprocess.run([str(bento / "bin" / "python"), str(HERE / "peer_save.py"), "bentoml",
+                    str(home / "model.pkl"), "bench_rf"], check=True,
+                   env={**os.environ, **bento_env}, stdout=saves, stderr=saves)
+    servers.append(Server(
+        "bentoml", lambda port: [str(bento / "bin" / "bentoml"), "serve",
+                                 "bento_service:RandomForest", "--host", "127.0.0.1",
+                                 "--port", str(port)],
+        bento_env, "/predict", payload="bentoml", cwd=HERE))
+    return servers
+
+
+def verdict(value: float, target: float, higher: bool = True) -> str:
+    if value != value:  # nan
+        return "n/a"
+    return "PASS" if (value >= target if higher else value <= target) else "MISS"
+
+
+def report(run: Run, seconds: int, busy: str) -> None:
+    print(f"\n== serving bench: {seconds}s per wrk run, -t1 -c64, server core 0, wrk core 1; "
+          f"{busy}")
+    print(f"{'server':22s} {'rows':>4s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} "
+          f"{'CPU us/req':>10s} {'launch s':>9s}")
+    for r in run.results:
+        launch = run.launch_s.get(r.name)
+        print(f"{r.name:22s} {r.rows:4d} {r.rps:9.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} "
+              f"{r.cpu_us:10.0f} {launch if launch is not None else float('nan'):9.2f}"
+              f"{'  ' + r.errors if r.errors else ''}")
+    for name, why in run.failures.items():
+        print(f"{name:22s} FAILED: {why.splitlines()[0]}")
+
+    def ratio(a: str, b: str, rows: int) -> float:
+        ra, rb = run.get(a, rows), run.get(b, rows)
+        return ra.rps / rb.rps if ra and rb and rb.rps else float("nan")
+
+    nan = float("nan")
+    lines: list[tuple[str, float, str, str]] = []
+    for rows, target in ((1, 0.25), (64, 0.50)):
+        value = ratio("mlharbor", "floor", rows)
+        lines.append((f"ours / floor req/s, {rows} row(s)", value, f">= {target:.2f}",
+                      verdict(value, target)))
+    for peer in ("mlflow", "bentoml"):
+        for rows, target in ((1, 40.0), (64, 10.0)):
+            value = ratio("mlharbor", peer, rows)
+            lines.append((f"ours / {peer} req/s, {rows} row(s)", value, f">= {target:.0f}x",
+                          verdict(value, target)))
+    for rows in (1, 64):
+        ours, theirs = run.get("mlharbor", rows), run.get("mlflow", rows)
+        value = ours.p99_ms / theirs.p99_ms if ours and theirs and theirs.p99_ms else nan
+        lines.append((f"p99 ours / mlflow, {rows} row(s)", value, "<= 0.10",
+                      verdict(value, 0.10, higher=False)))
+    ours_launch, mlflow_launch = run.launch_s.get("mlharbor"), run.launch_s.get("mlflow")
+    value = ours_launch / mlflow_launch if ours_launch and mlflow_launch else nan
+    lines.append(("launch->first prediction ours / mlflow", value, "<= 1.00",
+                  verdict(value, 1.0, higher=False)))
+    value = ratio("mlharbor-native-batch", "mlharbor-native-nobatch", 1)
+    lines.append(("native sklearn, batching on / off, 1 row", value, ">= 5x",
+                  verdict(value, 5.0)))
+    print(f"\n{'ratio':42s} {'value':>8s} {'target':>8s}  verdict")
+    for label, value, goal, ok in lines:
+        print(f"{label:42s} {value:8.2f} {goal:>8s}  {ok}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--home", type=Path, default=Path("/tmp/mlharbor-bench"))
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure MLflow 3.17.2 and BentoML 1.4.40 (venvs in "
+                        "bench/.peers, made once)")
+    parser.add_argument("--batching-compare", action="store_true",
+                        help="mlharbor on the native sklearn runtime, batching on vs off")
     args = parser.parse_args()
-    onnx, key = prepare(args.home)
-    lua = args.home / "post.lua"
-    results = []
-    servers = {
-        "floor": (lambda port: [str(BIN / "python"), str(HERE / "floor_app.py"), str(port)],
-                  {"ONNX": str(onnx)}, "/", None),
-        "mlharbor": (lambda port: [str(BIN / "mlharbor"), "serve", "churn@champion",
-                                   "--port", str(port)],
-                     {"MLHARBOR_HOME": str(args.home),
-                      "MLHARBOR_SECURITY__RATE_LIMIT_PER_MINUTE": "0"},
-                     "/v1/endpoints/churn/predict", key),
-    }
-    for name, (cmd, env, path, api_key) in servers.items():
-        port = free_port()
-        proc = serve(cmd(port), env, port)
-        try:
-            url = f"http://127.0.0.1:{port}{path}"
-            for rows in (1, 64):
-                body = args.home / f"rows{rows}.json"
-                wrk(url, body, 2, api_key, lua)  # warm-up
-                before = cpu_seconds(proc.pid)
-                rps, latency = wrk(url, body, args.seconds, api_key, lua)
-                used = cpu_seconds(proc.pid) - before
-                cpu_us = used / (rps * args.seconds) * 1e6
-                results.append((name, rows, rps, cpu_us, latency))
-                print(f"{name:9s} {rows:3d} row(s): {rps:8.0f} req/s, "
-                      f"{cpu_us:6.0f} us CPU/request, {latency}", flush=True)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-    print("\nrows  floor req/s  ours req/s  ratio  extra CPU us/request")
-    for rows in (1, 64):
-        floor = next(r for r in results if r[0] == "floor" and r[1] == rows)
-        ours = next(r for r in results if r[0] == "mlharbor" and r[1] == rows)
-        print(f"{rows:4d}  {floor[2]:11.0f}  {ours[2]:10.0f}  {ours[2] / floor[2]:5.2f}"
-              f"  {ours[3] - floor[3]:8.0f}")
+    load = os.getloadavg()
+    onnx, key, expected = prepare(args.home, args.batching_compare)
+    ours_env = {"MLHARBOR_HOME": str(args.home),
+                "MLHARBOR_SECURITY__RATE_LIMIT_PER_MINUTE": "0"}
+    servers = [
+        Server("floor", lambda port: [str(BIN / "python"), str(HERE / "floor_app.py"),
+                                      str(port)], {"ONNX": str(onnx)}, "/"),
+        Server("mlharbor", lambda port: [str(BIN / "mlharbor"), "serve", "churn@champion",
+                                         "--port", str(port)],
+               ours_env, "/v1/endpoints/churn/predict", key),
+    ]
+    if args.peers:
+        servers += peer_servers(args.home)
+    if args.batching_compare:
+        for name, batching in (("mlharbor-native-batch", "true"),
+                               ("mlharbor-native-nobatch", "false")):
+            servers.append(Server(
+                name, lambda port: [str(BIN / "mlharbor"), "serve", "churnnative@champion",
+                                    "--port", str(port)],
+                {**ours_env, "MLHARBOR_SERVING__BATCHING": batching},
+                "/v1/endpoints/churnnative/predict", key, rows=(1,)))
+    run = Run()
+    for server in servers:
+        measure(server, args.home, args.seconds, expected, run)
+    end_load = os.getloadavg()
+    busy = (f"load average {load[0]:.2f} at start, {end_load[0]:.2f} at end "
+            f"on {os.cpu_count()} cores")
+    report(run, args.seconds, busy)
+    (args.home / "results.json").write_text(json.dumps({
+        "results": [r.__dict__ for r in run.results], "launch_s": run.launch_s,
+        "failures": run.failures, "load": busy}, indent=1))
 
 
 if __name__ == "__main__":

@@ -195,3 +195,13 @@ def test_serving_dispatcher_writes_through_the_log(settings: Settings) -> None:
     dispatcher.stop()
     log.close()
     assert log.scan("churn", columns=["request_id"]).num_rows == 1_000
+
+
+def test_an_integer_wider_than_64_bits_loses_no_record(settings: Settings) -> None:
+    log = open_prediction_log(settings)
+    log.emit(record(1))
+    log.emit(record(2, tenure=2**70))  # parsed JSON may hold any integer
+    log.emit(record(3))
+    log.close()
+    ids = sorted(log.scan("churn", columns=["request_id"])["request_id"].to_pylist())
+    assert ids == ["r1", "r2", "r3"]

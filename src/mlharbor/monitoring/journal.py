@@ -4,8 +4,9 @@ Files ``journal-<seq>.log`` in one folder; the highest is *active* (appended to)
 *sealed* (waiting to become Parquet segments). Each append writes one frame,
 ``length (4 bytes, big-endian) | payload``, then flushes and fsyncs, so after a crash every
 complete frame is there and a torn last frame is recognised by its length and skipped.
-The payload is newline-separated JSON rows, sealed (:class:`~.segments.Sealer`) when a key is
-configured.
+The payload is newline-separated JSON: one entry per record (format 2, ``"v": 2``; see
+:func:`~.logrows.record_entry`) or, in journals older versions wrote, one row per line;
+sealed (:class:`~.segments.Sealer`) when a key is configured.
 
 The journal is bounded by ``max_bytes``: past it, :meth:`append` refuses (the caller counts the
 rows as dropped) rather than grow without limit or block.
@@ -46,7 +47,8 @@ class Journal:
         return self._sealed_bytes + self._active_bytes
 
     def append(self, rows: list[bytes]) -> bool:
-        """Write one frame of rows durably; False (nothing written) when the journal is full."""
+        """Write one frame of JSON lines (entries or rows) durably; False (nothing written)
+        when the journal is full."""
         if not rows:
             return True
         payload = b"\n".join(rows)
@@ -82,7 +84,8 @@ class Journal:
             return [p for p in self._files() if p.name != active]
 
     def read(self, path: Path) -> list[dict[str, object]]:
-        """The rows of a journal file; a torn final frame (crash mid-write) is ignored."""
+        """The JSON lines (entries or rows) of a journal file; a torn final frame (crash
+        mid-write) is ignored."""
         data = path.read_bytes()
         rows: list[dict[str, object]] = []
         offset = 0

@@ -3,9 +3,11 @@
 Path of a record::
 
     emit(record)  -- deque.append, a few hundred nanoseconds, never blocks (serving's thread)
-      -> flusher thread, every flush_interval / 5: rows (redacted) -> one fsync'd journal frame
-      -> compactor thread, every segment_interval: sealed journal -> Parquet segment per
-         endpoint (local folder or S3, sealed when a key is set) -> journal file removed
+      -> flusher thread, every flush_interval / 5: one entry per record (inputs as received,
+         or redacted columns; outputs as arrays) -> one fsync'd journal frame
+      -> compactor thread, every segment_interval: sealed journal -> rows expanded column-wise
+         -> Parquet segment per endpoint (local folder or S3, sealed when a key is set)
+         -> journal file removed
 
 A crash loses at most what was emitted in the last flush interval; a restart turns every
 journal left behind into segments first (:meth:`PredictionLog.start`). A segment's name is
@@ -34,7 +36,16 @@ import orjson
 from mlharbor.core.clock import utcnow
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.journal import Journal
-from mlharbor.monitoring.logrows import Redaction, record_rows
+from mlharbor.monitoring.logrows import (
+    ENTRY_FORMAT,
+    Redaction,
+    column_array,
+    entries_columns,
+    entry_default,
+    matrix_table,
+    matrix_to_cols,
+    record_entry,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -116,7 +127,7 @@ class PredictionLog:
     # -- work ----------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Journal every pending record (one fsync); returns the rows written."""
+        """Journal every pending record (one fsync); returns the records written."""
         records = []
         pending = self._pending
         while True:
@@ -126,13 +137,24 @@ class PredictionLog:
                 break
         if not records:
             return 0
-        rows = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
-                for record in records for row in record_rows(record, self.redaction)]
-        if not self.journal.append(rows):
+        # One entry per record (not per row): orjson turns the inputs as received and the
+        # output arrays into bytes in one C call; rows are expanded at compaction.
+        redaction = self.redaction
+        option = orjson.OPT_SERIALIZE_NUMPY
+        entries = []
+        for record in records:
+            entry = record_entry(record, redaction)
+            try:
+                entries.append(orjson.dumps(entry, option=option, default=entry_default))
+            except TypeError:
+                # orjson refuses integers wider than 64 bits; keep the record, with the
+                # offending values as strings, rather than losing the whole batch.
+                entries.append(_dumps_leniently(entry))
+        if not self.journal.append(entries):
             self.dropped += len(records)
             log.error("prediction journal full (%d bytes); %d record(s) dropped",
                       self.journal.backlog_bytes, len(records))
-        return len(rows)
+        return len(entries)
 
     def compact(self) -> int:
         """Turn sealed journal files into segments; returns the segments written."""
@@ -145,15 +167,30 @@ class PredictionLog:
                 self.journal.remove(path)
             return written
 
-    def _write_segments(self, rows: list[dict[str, Any]], seq: int) -> int:
+    def _write_segments(self, items: list[dict[str, Any]], seq: int) -> int:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        by_endpoint: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        for row in rows:
-            by_endpoint[str(row.get("endpoint"))].append(row)
-        for endpoint, part in by_endpoint.items():
-            table = rows_table(part)
-            first, last = min(r["at"] for r in part), max(r["at"] for r in part)
+        # Format-2 entries (one per record, ``"v": 2``) and, from journals an older version
+        # left behind, format-1 rows (one per row, never a ``"v"`` key: inputs are ``in.*``).
+        entries: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        legacy: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for item in items:
+            if item.get("v") == ENTRY_FORMAT:
+                entries[str(item.get("ep"))].append(item)
+            else:
+                legacy[str(item.get("endpoint"))].append(item)
+        for endpoint in dict.fromkeys([*entries, *legacy]):
+            tables = []
+            if endpoint in entries:
+                tables.append(entries_table(entries[endpoint]))
+            if endpoint in legacy:
+                tables.append(rows_table(legacy[endpoint]))
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(
+                tables, promote_options="permissive")
+            ats = table["at"]
+            first, last = pc.min(ats).as_py(), pc.max(ats).as_py()
             name = f"endpoint={endpoint}/{first}-{last}-{seq:010d}.parquet"
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd")
@@ -162,7 +199,7 @@ class PredictionLog:
                 name += ".sealed"
                 data = self.sealer.seal(data, name)
             self.segments.put(name, data)
-        return len(by_endpoint)
+        return len(entries.keys() | legacy.keys())
 
     def _flush_loop(self) -> None:
         # A fifth of the interval, so a record is durable within one interval even when the
@@ -243,6 +280,21 @@ class PredictionLog:
         return len(old)
 
 
+def entries_table(entries: list[dict[str, Any]]) -> pa.Table:
+    """A table from format-2 journal entries: rows expanded column by column."""
+    import pyarrow as pa
+
+    matrices = [e for e in entries if "x" in e]
+    if matrices and len(matrices) == len(entries):
+        table = matrix_table(entries)
+        if table is not None:
+            return table
+    for entry in matrices:
+        matrix_to_cols(entry)
+    return pa.table({name: column_array(values)
+                     for name, values in entries_columns(entries).items()})
+
+
 def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     """A table from log rows; a column whose values mix types is stored as text."""
     import pyarrow as pa
@@ -286,3 +338,24 @@ class _LogMetrics:
                         registry=registry)
         dropped.set_function(lambda: owner.dropped)
 
+
+def _dumps_leniently(entry: Any) -> bytes:
+    """JSON for an entry orjson refused: numbers it cannot hold become strings."""
+    import json
+
+    import numpy as np
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return clean(value.tolist())
+        if isinstance(value, int) and not -(2**63) <= value < 2**64:
+            return str(value)
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return json.dumps(clean(entry), default=str).encode()
