@@ -205,3 +205,18 @@ def test_an_integer_wider_than_64_bits_loses_no_record(settings: Settings) -> No
     log.close()
     ids = sorted(log.scan("churn", columns=["request_id"])["request_id"].to_pylist())
     assert ids == ["r1", "r2", "r3"]
+
+
+def test_two_logs_on_one_home_never_share_a_journal(settings: Settings) -> None:
+    first = open_prediction_log(settings)
+    second = open_prediction_log(settings)
+    assert first.journal.directory != second.journal.directory
+    first.emit(record(1))
+    second.emit(record(2))
+    first.close()
+    second.close()
+    third = open_prediction_log(settings)  # slots are free again after close
+    assert third.journal.directory == first.journal.directory
+    third.close()
+    ids = sorted(third.scan("churn", columns=["request_id"])["request_id"].to_pylist())
+    assert ids == ["r1", "r2"]

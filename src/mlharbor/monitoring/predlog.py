@@ -63,8 +63,12 @@ class PredictionLog:
                  redaction: Redaction | None = None, sealer: Sealer | None = None,
                  flush_interval_s: float = 1.0, segment_interval_s: float = 5.0,
                  max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
-                 retention: timedelta | None = None, metrics_registry: Any = None) -> None:
+                 retention: timedelta | None = None, metrics_registry: Any = None,
+                 journal_lock: Any = None) -> None:
         self.segments = segments
+        # An open file holding an exclusive flock on the journal folder (see service.py);
+        # released by close() so the folder can be claimed again.
+        self._journal_lock = journal_lock
         self.sealer = sealer
         self.redaction = redaction
         self.flush_interval_s = flush_interval_s
@@ -117,6 +121,9 @@ class PredictionLog:
             self.compact()
         except Exception:  # the store is down: the journal keeps the rows for the next start
             log.exception("prediction log store unavailable at shutdown; rows kept in journal")
+        if self._journal_lock is not None:
+            self._journal_lock.close()
+            self._journal_lock = None
 
     def __enter__(self) -> PredictionLog:
         return self.start()

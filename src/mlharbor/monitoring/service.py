@@ -12,6 +12,7 @@ Wiring for the lead, in one place:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
     from mlharbor.monitoring.segments import open_segments, sealer_from_settings
 
     mon = settings.monitoring
+    journal_dir, lock = claim_journal(settings.home / "monitoring" / "journal")
     return PredictionLog(
-        settings.home / "monitoring" / "journal",
+        journal_dir,
         open_segments(log_uri(settings), settings),
         redaction=Redaction(mon.redaction, salt=mon.redaction_salt.get_secret_value()),
         sealer=sealer_from_settings(settings),
@@ -50,6 +52,38 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         max_buffer_bytes=mon.buffer_max_bytes,
         retention=timedelta(days=mon.retention_days),
         metrics_registry=metrics_registry,
+        journal_lock=lock,
+    )
+
+
+MAX_JOURNAL_SLOTS = 64
+
+
+def claim_journal(root: Path) -> tuple[Path, Any]:
+    """A journal folder no other live process writes, and the open lock file that holds it.
+
+    Servers sharing a home each get their own slot (``slot-0``, ``slot-1`` ...), held by an
+    exclusive ``flock``; the kernel drops the lock when a process dies, so a restarted server
+    claims the slot again and recovers what the dead one journaled.
+    """
+    import fcntl
+
+    from mlharbor.core.errors import UnavailableError
+
+    root.mkdir(parents=True, exist_ok=True)
+    for slot in range(MAX_JOURNAL_SLOTS):
+        folder = root / f"slot-{slot}"
+        folder.mkdir(exist_ok=True)
+        handle = (folder / ".lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return folder, handle
+    raise UnavailableError(
+        f"{MAX_JOURNAL_SLOTS} processes already write prediction logs under {root}.",
+        hint="Give each server its own MLHARBOR_HOME.",
     )
 
 
