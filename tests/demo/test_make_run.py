@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,9 +20,22 @@ from tests.support import VENV_BIN, free_port, wait_for_port
 KEY = re.compile(r"\bmlh_[A-Za-z0-9_\-]+")
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too (serving on it, the control plane on +1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 @pytest.mark.slow
 def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLHARBOR_")}
     env |= {"MLHARBOR_HOME": str(tmp_path / "home"), "MLHARBOR_SERVER__PORT": str(port),
             "COLUMNS": "200"}
@@ -53,8 +67,31 @@ def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
         body = answer.json()
         assert body["predictions"][0] in (0, 1) and body["version"] == 1
         assert httpx.post(url, json=[row], timeout=30).status_code == 401
+
+        # The demo runs the control plane next to serving and sends it drifting traffic with
+        # delayed ground truth: predictions reach the log and labels join them.
+        control = f"http://127.0.0.1:{port + 1}"
+        assert f"{control}/ui" in "".join(lines) and f"{control}/docs" in "".join(lines)
+        assert httpx.get(f"{control}/docs", headers=headers, timeout=10).status_code == 200
+        assert httpx.get(f"{control}/ui", headers=headers, timeout=10).status_code == 200
+        monitoring = f"{control}/api/v1/monitoring/endpoints/churn"
+        deadline = time.monotonic() + 60
+        labelled = logged = 0
+        while time.monotonic() < deadline and not (labelled and logged):
+            time.sleep(1)
+            perf = httpx.get(f"{monitoring}/performance", params={"window": "1h", "step": "1h"},
+                             headers=headers, timeout=30)
+            assert perf.status_code == 200, perf.text
+            labelled = sum(w["labelled_rows"] for w in perf.json()["windows"])
+            drift = httpx.get(f"{monitoring}/drift", params={"window": "1h"}, headers=headers,
+                              timeout=30)
+            assert drift.status_code in (200, 404), drift.text  # 404 until a segment exists
+            logged = drift.json()["window"]["rows"] if drift.status_code == 200 else 0
+        assert logged > 0 and labelled > 0, (logged, labelled)
+        assert perf.json()["windows"][0]["metrics"]["accuracy"] is not None
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         reader.join(5)
     assert "Traceback" not in "".join(lines)
+    assert proc.returncode == 0, "".join(lines)[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_concurrent_alias_moves_keep_an_exact_history(registry: Registry, tmp_pa
     assert not [r for r in results if isinstance(r, Exception)], results
     history = registry.alias_history("m", "champion")
     assert history[0].from_version is None
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version  # each move starts where the last ended
     assert registry.get_version("m@champion").version == history[-1].to_version
 
@@ -74,8 +75,8 @@ def test_archive_racing_an_alias_never_leaves_both(registry: Registry, tmp_path:
     bundle = _bundle(tmp_path)
     for round_ in range(8):
         number = registry.register_version("m", bundle).version
-        actions = [lambda: registry.archive_version(f"m:{number}"),
-                   lambda: registry.set_alias("m", f"a{round_}", number)]
+        actions = [lambda n=number: registry.archive_version(f"m:{n}"),
+                   lambda n=number, r=round_: registry.set_alias("m", f"a{r}", n)]
         results = _race(2, lambda i, acts=actions: acts[i]())
         assert sum(isinstance(r, MlharborError) for r in results) == 1, results
         mv = registry.get_version(f"m:{number}")

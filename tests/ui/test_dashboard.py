@@ -115,3 +115,65 @@ def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, 
             browser.close()
     assert not errors, errors
     assert requested and all(r.startswith(url) for r in requested), requested
+
+
+def test_a_browser_logs_in_with_its_key_and_the_cookie_only_reads(
+        dashboard: tuple[str, str]) -> None:
+    """No Authorization header: /ui -> the login form -> type the key -> the dashboard, its
+    files and the API read through the session cookie; a cookie-only mutation is refused."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    url, key = dashboard
+    requested: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.on("request", lambda r: requested.append(r.url))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/ui")
+            assert page.url == f"{url}/ui/login"
+            page.fill("#key", key)
+            page.click("#login button[type=submit]")
+            page.wait_for_url(f"{url}/ui")
+            cookie = next(c for c in context.cookies() if c["name"] == "mlharbor_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+            page.fill("#endpoint", "churn")
+            page.click("#controls button[type=submit]")
+            page.wait_for_selector("#features tbody tr")
+            page.wait_for_selector("#drift-chart canvas")
+            assert "FIRING" in page.inner_text("#alerts")
+            # The same cookie, sent by the browser's context, cannot change anything.
+            refused = context.request.post(f"{url}/v1/endpoints/churn/feedback",
+                                           data={"request_id": "r1", "label": 1})
+            assert refused.status == 401
+            assert refused.json()["error"]["code"] == "unauthenticated"
+            assert key not in refused.text()
+            assert context.request.get(f"{url}/api/v1/monitoring/alerts").status == 200
+            page.click("#logout-button")
+            page.wait_for_url(f"{url}/ui/login")
+            assert not [c for c in context.cookies() if c["name"] == "mlharbor_session"]
+            page.goto(f"{url}/ui")
+            assert page.url == f"{url}/ui/login"
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert requested and all(r.startswith(url) for r in requested), requested
+
+
+def test_a_wrong_key_in_the_login_form_is_refused(dashboard: tuple[str, str]) -> None:
+    url, key = dashboard
+    wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    answer = httpx.post(f"{url}/ui/login", data={"key": wrong})
+    assert answer.status_code == 401 and 'name="key"' in answer.text
+    assert wrong not in answer.text and "set-cookie" not in answer.headers
+    with_cookie = {"Cookie": f"mlharbor_session={key}"}
+    assert httpx.get(f"{url}/ui", headers=with_cookie).status_code == 200
+    assert httpx.get(f"{url}/ui/static/dashboard.js", headers=with_cookie).status_code == 200

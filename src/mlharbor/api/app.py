@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI, Request
 
@@ -12,6 +14,8 @@ from mlharbor.api.requests import RequestIdMiddleware
 from mlharbor.api.responses import JsonResponse
 
 if TYPE_CHECKING:
+    from mlharbor.monitoring.service import Monitor
+    from mlharbor.monitoring.signals import AlertLoop
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
 
@@ -35,9 +39,11 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         openapi_url="/openapi.json",
         redoc_url=None,
         redirect_slashes=False,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry or open_registry(settings)
+    app.state.alert_loop = _alert_loop(app)
     install_error_handlers(app, debug=settings.server.debug)
     app.include_router(model_routes.router)
     app.include_router(endpoint_routes.router)
@@ -73,3 +79,50 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.add_middleware(RequestIdMiddleware)
     add_transport(app, settings)
     return app
+
+
+def _app_monitor(app: FastAPI) -> Any:
+    """``app.state.monitor``, built on first use as the monitoring routes do (one monitor, one
+    prediction-log journal slot, per app; a caller may set its own before startup)."""
+    monitor = getattr(app.state, "monitor", None)
+    if monitor is None:
+        from mlharbor.monitoring.service import Monitor
+
+        monitor = app.state.monitor = Monitor(app.state.settings, app.state.registry)
+    return monitor
+
+
+class _LazyMonitor:
+    """Stands for the app's monitor until it is needed (the alert loop's first tick)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_app_monitor(self._app), name)
+
+
+def _alert_loop(app: FastAPI) -> AlertLoop | None:
+    """The alert loop when ``monitoring.alert_rules_file`` is set (rules are read and checked
+    now; the lifespan starts and stops it). ``/api/v1/monitoring/alerts`` answers from it."""
+    from mlharbor.monitoring.service import open_alerts
+
+    loop = open_alerts(app.state.settings, cast("Monitor", _LazyMonitor(app)))
+    if loop is not None:
+        app.state.alerts = loop.alerts
+    return loop
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    import anyio.to_thread
+
+    loop: AlertLoop | None = getattr(app.state, "alert_loop", None)
+    if loop is not None:
+        _app_monitor(app)  # open the monitor once, here, not racing the routes for it
+        loop.start()
+    try:
+        yield
+    finally:
+        if loop is not None:
+            await anyio.to_thread.run_sync(loop.stop)

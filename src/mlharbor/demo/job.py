@@ -20,7 +20,7 @@ def recipe_path() -> Path:
     return Path(str(resources.files("mlharbor.demo").joinpath("recipe.yaml")))
 
 
-def run_demo(settings: Settings, *, serve: bool = True) -> None:
+def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) -> None:
     """Train the demo recipe, register the winner, print a key, then serve it."""
     import pandas as pd
     from rich.console import Console
@@ -44,26 +44,32 @@ def run_demo(settings: Settings, *, serve: bool = True) -> None:
                 f"The demo model {result.version.ref} failed its gates; nothing to serve.")
         version = registry.get_version(f"{MODEL_NAME}@champion")
         print_kv(f"Serving {version.ref}", _version_rows(version))
-        key = _print_demo_key(registry, console)
+        key = _print_demo_key(registry, console, settings if serve else None)
     finally:
         registry.close()
     console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}")
     console.print("Look around: `.venv/bin/mlharbor models list`, "
-                  f"`.venv/bin/mlharbor models show {MODEL_NAME}@champion`, "
-                  "`.venv/bin/mlharbor server` (control plane, /docs, /ui).")
+                  f"`.venv/bin/mlharbor models show {MODEL_NAME}@champion`"
+                  + (", and the control plane below (/ui, /docs)." if serve else
+                     ", `.venv/bin/mlharbor server` (control plane, /docs, /ui)."))
     if serve:
-        row = pd.read_csv(dataset_path()).drop(columns=["churn", "customer_id"]).head(1)
-        _serve_demo(settings, key, row, console)
+        frame = pd.read_csv(dataset_path())
+        _serve_demo(settings, key, frame, console, traffic=traffic)
 
 
-def _serve_demo(settings: Settings, key: str | None, row: Any, console: Any) -> None:
-    """Serve churn@champion until Ctrl-C, after showing how to call it."""
+def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *,
+                traffic: bool = True) -> None:
+    """Serve churn@champion until Ctrl-C, after showing how to call it; meanwhile run the
+    control plane (dashboard, /docs) next to it and, unless ``traffic`` is off, send it demo
+    traffic with a gradual drift and delayed ground truth."""
     import json
 
     from mlharbor.cli.serve import serve_with_monitoring
+    from mlharbor.demo.traffic import DemoTraffic
 
     host, port = settings.server.host, settings.server.port
     url = f"http://{host}:{port}"
+    row = frame.drop(columns=["churn", "customer_id"]).head(1)
     body = json.dumps(json.loads(row.to_json(orient="records")))
     auth = f'-H "Authorization: Bearer {key}" ' if key else '-H "Authorization: Bearer $KEY" '
     console.print(f"Serving {MODEL_NAME}@champion at {url} (Ctrl-C stops). Try:", markup=False)
@@ -73,10 +79,130 @@ def _serve_demo(settings: Settings, key: str | None, row: Any, console: Any) -> 
     console.print(f"Also: {url}/v2/models/{MODEL_NAME} (Open Inference), {url}/invocations "
                   f"(MLflow), {url}/v1/models/{MODEL_NAME}:predict (KServe), {url}/metrics",
                   markup=False, highlight=False, soft_wrap=True)
-    serve_with_monitoring(settings, ref=f"{MODEL_NAME}@champion", json_logs=False)
+    control, sender = ControlPlane(settings), None
+    try:
+        control.start()
+        if control.url:
+            login = (f"; in a browser, log in first at {control.url}/ui/login with the key"
+                     if control.has_route("/ui/login") else "")
+            console.print(f"Control plane at {control.url}: dashboard {control.url}/ui"
+                          f"?endpoint={MODEL_NAME}&window=1h, API docs {control.url}/docs, "
+                          f"performance {control.url}/api/v1/monitoring/endpoints/{MODEL_NAME}"
+                          "/performance?window=1h&step=5m (send the key above as an "
+                          f"Authorization: Bearer header{login}).",
+                          markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(f"The control plane did not start ({control.error}); run "
+                          "`.venv/bin/mlharbor server --port PORT` for /ui and /docs.",
+                          markup=False, highlight=False, soft_wrap=True)
+        if traffic and port and key and not settings.server.tls_certfile:
+            sender = DemoTraffic(_client_url(host, port), MODEL_NAME, key, frame,
+                                 record=control.record_feedback).start()
+            console.print(f"Sending demo traffic to {MODEL_NAME} (a few requests per second, "
+                          "drifting over 3 minutes; labels follow a few seconds later; "
+                          "--no-traffic turns it off).", markup=False, highlight=False,
+                          soft_wrap=True)
+        serve_with_monitoring(settings, ref=f"{MODEL_NAME}@champion", json_logs=False)
+    finally:
+        if sender is not None:
+            sender.stop()
+        control.stop()
 
 
-def _print_demo_key(registry: Any, console: Any) -> str | None:
+def _client_url(host: str, port: int) -> str:
+    """Where this process reaches a server bound to ``host``."""
+    if host in ("0.0.0.0", "", "::", "[::]"):  # a wildcard: reach it on loopback
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class ControlPlane:
+    """The control-plane app (registry API, /docs, monitoring, /ui) on ``server.port + 1``, in a
+    background thread of the demo process; it shares the settings and home with serving."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        self.settings = settings
+        self.url: str | None = None
+        self.error: str | None = None
+        self.monitor: Any = None
+        self._server: Any = None
+        self._app: Any = None
+        self._thread = threading.Thread(target=self._serve, name="demo-control-plane",
+                                        daemon=True)
+
+    def start(self, timeout: float = 30.0) -> ControlPlane:
+        import time
+
+        import uvicorn
+
+        from mlharbor.api.app import create_app
+        from mlharbor.monitoring.service import Monitor
+
+        settings = self.settings
+        port = settings.server.port + 1 if settings.server.port else 0
+        try:
+            app = self._app = create_app(settings)
+            # One monitor for the app and the demo's feedback (one journal slot, not two).
+            self.monitor = app.state.monitor = Monitor(settings, app.state.registry)
+        except Exception as exc:  # the demo still serves without its control plane
+            self.error = f"{type(exc).__name__}: {exc}"
+            return self
+        config = uvicorn.Config(app, host=settings.server.host, port=port, lifespan="on",
+                                access_log=False, server_header=False, log_config=None,
+                                log_level="warning",
+                                ssl_certfile=settings.server.tls_certfile,
+                                ssl_keyfile=settings.server.tls_keyfile)
+        self._server = uvicorn.Server(config)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.error = f"could not listen on {settings.server.host}:{port}"
+                self.stop()
+                return self
+            time.sleep(0.05)
+        bound = self._server.servers[0].sockets[0].getsockname()[1]
+        scheme = "https" if settings.server.tls_certfile else "http"
+        self.url = _client_url(settings.server.host, int(bound)).replace("http", scheme, 1)
+        return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except BaseException as exc:  # uvicorn sys.exit()s on bind errors
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def has_route(self, path: str) -> bool:
+        return self._app is not None and any(
+            getattr(route, "path", None) == path for route in self._app.routes)
+
+    def record_feedback(self, endpoint: str, labels: list[dict[str, Any]]) -> int:
+        """Ground truth for logged predictions, through the Monitor's feedback API."""
+        if self.monitor is None:
+            from mlharbor.monitoring.service import Monitor
+
+            self.monitor = Monitor(self.settings)
+        return int(self.monitor.feedback.add(endpoint, {"labels": labels}))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.monitor is not None:
+            self.monitor.log.close(timeout=5)
+            self.monitor = None
+        if self._app is not None:
+            self._app.state.registry.close()
+            self._app = None
+
+
+def _print_demo_key(registry: Any, console: Any, settings: Settings | None = None
+                    ) -> str | None:
     """The server needs a key: create a fresh one for the demo admin and show it once."""
     from mlharbor.bootstrap import open_identities
 
@@ -87,6 +213,11 @@ def _print_demo_key(registry: Any, console: Any) -> str | None:
         return None
     console.print("API key of 'demo-admin' (shown once; earlier demo keys are revoked):")
     console.print(key, markup=False, highlight=False, soft_wrap=True)
-    console.print('Send it to `mlharbor server` as a bearer token: curl -H "Authorization: '
-                  'Bearer $KEY" http://127.0.0.1:8080/api/v1/models', markup=False)
+    if settings is not None and settings.server.port:  # the demo's own control plane
+        where = _client_url(settings.server.host, settings.server.port + 1)
+        console.print('Send it to the control plane as a bearer token: curl -H "Authorization: '
+                      f'Bearer $KEY" {where}/api/v1/models', markup=False)
+    else:
+        console.print('Send it to `mlharbor server` as a bearer token: curl -H "Authorization: '
+                      'Bearer $KEY" http://127.0.0.1:8080/api/v1/models', markup=False)
     return key

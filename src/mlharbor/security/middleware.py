@@ -6,13 +6,22 @@ the route's rule in the route table and ask the policy. The principal is put on
 ``request.state.principal`` for routes (``actor_of``). Each refusal (401, 403) writes exactly
 one ``denied`` audit record; nothing about the credential itself is ever logged or returned.
 
-Public routes (``/livez``, ``/readyz``) pass untouched. A path no rule matches never reaches the
-app (404/405 after authentication): new routes must be added to the table before anyone, admins
-included, can call them.
+Browsers (the dashboard) may instead present the API key in the ``mlharbor_session`` cookie that
+``POST /ui/login`` sets. The cookie is a credential ONLY for safe methods (GET/HEAD) of plain
+HTTP requests without an ``Authorization``/``X-API-Key`` header, so a cross-site request can
+never use it to change anything (CSRF), nor open a websocket. A browser (``Accept: text/html``)
+asking for ``/ui`` without a valid credential is redirected (303) to ``/ui/login``: without any
+credential that is not a denial and writes no audit record; with a rejected cookie it is one,
+audited once like any other 401.
+
+Public routes (``/livez``, ``/readyz``, the login form) pass untouched. A path no rule matches
+never reaches the app (404/405 after authentication): new routes must be added to the table
+before anyone, admins included, can call them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -31,6 +40,11 @@ from mlharbor.security.transport import reply_json
 
 log = logging.getLogger("mlharbor.security")
 ANONYMOUS = "anonymous"
+SESSION_COOKIE = "mlharbor_session"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Paths a browser without credentials is sent to the login form from, instead of a JSON 401.
+LOGIN_REDIRECTS = frozenset({"/ui"})
+LOGIN_PATH = "/ui/login"
 
 
 class AuthMiddleware:
@@ -65,6 +79,9 @@ class AuthMiddleware:
         try:
             principal = await self._authenticate(scope)
         except AuthenticationError as exc:
+            if scope["type"] == "http" and wants_login_page(scope, method):
+                await self._to_login(scope, out, exc, action, target, client)
+                return
             await self._refuse(scope, out, 401, exc, ANONYMOUS, action, target,
                                limit_key=f"anon:{client}")
             return
@@ -92,6 +109,14 @@ class AuthMiddleware:
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = credential_of(scope)
+        if token is None:
+            session = session_credential_of(scope)
+            if session is not None:
+                if not apikeys.looks_like_key(session):
+                    raise AuthenticationError("The session is not valid.",
+                                              hint=f"Log in again at {LOGIN_PATH}.")
+                return await anyio.to_thread.run_sync(self.identities.authenticate_key,
+                                                      session)
         if token is None and self.anonymous is not None:
             return self.anonymous
         if token is None:
@@ -127,6 +152,24 @@ class AuthMiddleware:
         await self._record(scope, status, exc, actor, action, target)
         headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
         await reply_json(send, status, exc.code, exc.message, exc.hint, headers)
+
+    async def _to_login(self, scope: Scope, send: Send, exc: AuthenticationError,
+                        action: str, target: str, client: str) -> None:
+        """Send a browser to the login form (303). Only a rejected session cookie is a
+        denial worth one audit record (rate-limited per client like any 401); a browser
+        that presented nothing is simply asked to log in."""
+        if session_credential_of(scope) is not None:
+            try:
+                self.limiter.check(f"anon:{client}")
+            except LimitExceededError as limited:
+                await self._limited(send, limited)
+                return
+            await self._record(scope, 401, exc, ANONYMOUS, action, target)
+        location = (scope.get("root_path", "") + LOGIN_PATH).encode("latin-1")
+        await send({"type": "http.response.start", "status": 303, "headers": [
+            (b"location", location), (b"content-length", b"0"),
+            (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _record(self, scope: Scope, status: int, exc: MlharborError, actor: str,
                       action: str, target: str) -> None:
@@ -180,6 +223,74 @@ def credential_of(scope: Scope) -> str | None:
     return None
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def session_credential_of(scope: Scope) -> str | None:
+    """The API key in the ``mlharbor_session`` cookie, when the request may use it: a plain
+    HTTP GET/HEAD (never a mutation, never a websocket handshake) that carries no
+    ``Authorization`` or ``X-API-Key`` header."""
+    if scope.get("type") != "http" or scope.get("method", "GET").upper() not in SAFE_METHODS:
+        return None
+    if _header(scope, b"authorization") is not None or _header(scope, b"x-api-key") is not None:
+        return None
+    cookies = _header(scope, b"cookie")
+    if not cookies:
+        return None
+    from http.cookies import CookieError, SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookies)
+    except CookieError:
+        return None
+    morsel = jar.get(SESSION_COOKIE)
+    value = morsel.value.strip() if morsel is not None else ""
+    return value or None
+
+
+def wants_login_page(scope: Scope, method: str) -> bool:
+    """A browser (``Accept: text/html``) asking for a dashboard page with GET/HEAD."""
+    return (method.upper() in SAFE_METHODS and route_path(scope) in LOGIN_REDIRECTS
+            and "text/html" in (_header(scope, b"accept") or "").lower())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoginGate:
+    """What ``POST /ui/login`` checks a key with: the same identity store, audit sink and
+    rate limiter as the middleware (``app.state.login_gate``)."""
+
+    identities: IdentityStore
+    audit: AuditSink | None
+    limiter: RateLimiter
+
+    def check(self, key: str, *, client: str, path: str, request_id: str | None
+              ) -> Principal:
+        """The principal holding API key ``key``. A wrong key raises AuthenticationError
+        after one ``denied`` audit record (LimitExceededError, unaudited, past the per-client
+        limit). Neither the key nor anything derived from it is logged or recorded."""
+        try:
+            if not apikeys.looks_like_key(key):
+                raise AuthenticationError("The API key is not valid.",
+                                          hint="Paste the whole key (mlh_...).")
+            return self.identities.authenticate_key(key)
+        except AuthenticationError as exc:
+            self.limiter.check(f"anon:{client}")
+            if self.audit is not None:
+                try:
+                    self.audit(actor=ANONYMOUS, action="login", resource=path,
+                               outcome="denied", request_id=request_id,
+                               details={"method": "POST", "path": path, "status": 401,
+                                        "reason": exc.code})
+                except MlharborError as failure:
+                    log.error("could not audit a denied login: %s", failure.code)
+            raise
+
+
 def _forbidden(principal: Principal, rule: RouteRule, target: str) -> MlharborError:
     from mlharbor.core.errors import PermissionDeniedError
 
@@ -200,12 +311,13 @@ def add_auth(
 
     table = RouteTable([*RULES, *extra_rules])
     sec = settings.security
+    limiter = RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst)
     app.add_middleware(
-        AuthMiddleware, table=table, identities=identities, audit=audit,
-        limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
+        AuthMiddleware, table=table, identities=identities, audit=audit, limiter=limiter,
         tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
     )
     app.state.route_table = table
+    app.state.login_gate = LoginGate(identities, audit, limiter)
     if hasattr(app, "openapi"):
         _declare_bearer(app)
     if not identities.admin_exists():

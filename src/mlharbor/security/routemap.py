@@ -131,6 +131,11 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/drift",
             f"{_API}/monitoring/endpoints/{{name}}/performance"),
     *_rules("GET", "read", None, f"{_API}/monitoring/alerts", "/ui", "/ui/static/{name}"),
+    # The dashboard's login form: public (it is how a browser gets a credential). POST
+    # /ui/login checks the key itself (mlharbor.security.middleware.LoginGate); the session
+    # cookie it sets is only ever accepted for GET/HEAD.
+    *_rules("GET", PUBLIC, None, "/ui/login"),
+    *_rules("POST", PUBLIC, None, "/ui/login", "/ui/logout"),
 )
 
 

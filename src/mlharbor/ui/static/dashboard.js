@@ -19,6 +19,10 @@ async function getJson(path) {
   const key = sessionStorage.getItem("mlharbor.key");
   if (key) headers["Authorization"] = "Bearer " + key;
   const answer = await fetch(path, { headers });
+  if (answer.status === 401 && !key) {  // the session cookie expired or was revoked
+    window.location.assign("/ui/login");
+    throw new Error("Please log in again.");
+  }
   const body = await answer.json();
   if (!answer.ok) throw new Error((body.error && body.error.message) || answer.statusText);
   return body;
