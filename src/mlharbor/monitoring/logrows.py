@@ -138,10 +138,8 @@ def input_rows(data: Any) -> list[dict[str, Any]]:
     return [{"value": data}]
 
 
-def _outputs(outputs: Any) -> tuple[list[Any], list[float | None]]:
-    """Predictions and a score per row from serving's outputs (or plain lists)."""
-    if outputs is None:
-        return [], []
+def _split_outputs(outputs: Any) -> tuple[Any, Any]:
+    """(predictions, probabilities) from serving's Outputs, a mapping, or bare predictions."""
     predictions = getattr(outputs, "predictions", None)
     probabilities = getattr(outputs, "probabilities", None)
     if predictions is None:
@@ -150,6 +148,14 @@ def _outputs(outputs: Any) -> tuple[list[Any], list[float | None]]:
             probabilities = outputs.get("probabilities")
         else:
             predictions = outputs
+    return predictions, probabilities
+
+
+def _outputs(outputs: Any) -> tuple[list[Any], list[float | None]]:
+    """Predictions and a score per row from serving's outputs (or plain lists)."""
+    if outputs is None:
+        return [], []
+    predictions, probabilities = _split_outputs(outputs)
     preds = predictions.tolist() if hasattr(predictions, "tolist") else list(
         predictions if isinstance(predictions, list | tuple) else [predictions])
     scores: list[float | None] = []
@@ -345,14 +351,7 @@ def _outputs_arrays(outputs: Any) -> tuple[Any, Any]:
     """Predictions and one score per row, as arrays or lists (no per-row Python work)."""
     if outputs is None:
         return [], []
-    predictions = getattr(outputs, "predictions", None)
-    probabilities = getattr(outputs, "probabilities", None)
-    if predictions is None:
-        if isinstance(outputs, Mapping):
-            predictions = outputs.get("predictions", outputs.get("outputs"))
-            probabilities = outputs.get("probabilities")
-        else:
-            predictions = outputs
+    predictions, probabilities = _split_outputs(outputs)
     if predictions is None or not (isinstance(predictions, list | tuple)
                                    or hasattr(predictions, "tolist")):
         predictions = [predictions]
