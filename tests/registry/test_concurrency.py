@@ -84,9 +84,12 @@ def test_fresh_database_opened_by_many_processes_at_once(db_settings: Settings,
         )
         for _ in range(4)
     ]
+    versions = []
     for proc in procs:
-        _out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+        versions.append(json.loads(out.strip().splitlines()[-1])["version"])
+    assert sorted(versions) == [1, 2, 3, 4]
 
 
 KILLED_WORKER = r"""

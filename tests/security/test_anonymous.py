@@ -32,3 +32,18 @@ def test_powerful_anonymous_grants_are_refused(tmp_path: Path, grant: str) -> No
     settings = Settings(home=tmp_path / "home", security={"anonymous_grants": [grant]})
     with pytest.raises(ConfigError, match="only viewer and predictor"):
         create_app(settings)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Basic eDp5"},
+    {"Authorization": "Token mlh_abc"},
+    {"Authorization": "Bearer"},
+    {"X-API-Key": ""},
+    {"Cookie": 'mlharbor_session="mlh_bad\\'},
+])
+def test_a_malformed_credential_never_falls_back_to_anonymous(
+        tmp_path: Path, live_server: Any, headers: dict[str, str]) -> None:
+    settings = Settings(home=tmp_path / "home", security={"anonymous_grants": ["viewer"]})
+    with live_server(create_app(settings)) as server:
+        assert httpx.get(f"{server.url}/api/v1/models").status_code == 200  # no credential
+        assert httpx.get(f"{server.url}/api/v1/models", headers=headers).status_code == 401

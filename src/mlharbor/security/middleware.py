@@ -158,7 +158,11 @@ class AuthMiddleware:
         """Send a browser to the login form (303). Only a rejected session cookie is a
         denial worth one audit record (rate-limited per client like any 401); a browser
         that presented nothing is simply asked to log in."""
-        if session_credential_of(scope) is not None:
+        try:
+            presented = session_credential_of(scope) is not None
+        except AuthenticationError:
+            presented = True  # an unreadable cookie is a rejected one
+        if presented:
             try:
                 self.limiter.check(f"anon:{client}")
             except LimitExceededError as limited:
@@ -211,15 +215,27 @@ def route_path(scope: Scope) -> str:
 
 
 def credential_of(scope: Scope) -> str | None:
-    """The bearer credential of a request (``Authorization: Bearer`` or ``X-API-Key``)."""
+    """The bearer credential of a request (``Authorization: Bearer`` or ``X-API-Key``).
+
+    None only when the request carries no credential header at all: a header that is present
+    but malformed (another scheme, an empty token) is refused, so it can never fall back to
+    the anonymous grants.
+    """
     for key, value in scope.get("headers") or ():
         text = bytes(value).decode("latin-1").strip()
         if key == b"authorization":
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-        elif key == b"x-api-key" and text:
-            return text
+            raise AuthenticationError(
+                "The Authorization header is not 'Bearer <API key or token>'.",
+                hint="Send 'Authorization: Bearer mlh_...' (or an OIDC token).",
+            )
+        if key == b"x-api-key":
+            if text:
+                return text
+            raise AuthenticationError("The X-API-Key header is empty.",
+                                      hint="Send the API key, or leave the header out.")
     return None
 
 
@@ -246,10 +262,16 @@ def session_credential_of(scope: Scope) -> str | None:
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(cookies)
-    except CookieError:
+    except CookieError as exc:
+        if SESSION_COOKIE in cookies:  # a broken session must not pass as no session
+            raise AuthenticationError("The session cookie cannot be read; log in again.") \
+                from exc
         return None
     morsel = jar.get(SESSION_COOKIE)
     value = morsel.value.strip() if morsel is not None else ""
+    if not value and f"{SESSION_COOKIE}=" in cookies:
+        # Present but unreadable or empty: refused, never taken for "no session".
+        raise AuthenticationError("The session cookie cannot be read; log in again.")
     return value or None
 
 

@@ -65,9 +65,11 @@ def get_performance(request: Request, name: str, window: str = Query("7d"),
     from mlharbor.monitoring.windows import parse_duration
 
     end = utcnow()
-    start = end - parse_duration(window)
+    span = parse_duration(window)
+    start = end - span
+    # A step longer than the window would report one bucket reaching past "now".
     rows = monitor_of(request).performance(name, start=start, end=end,
-                                           window=parse_duration(step))
+                                           window=min(parse_duration(step), span))
     return {"endpoint": name, "windows": rows}
 
 
