@@ -15,6 +15,8 @@ declare -A PKG_FOR_CMD=(
   [podman]=podman
   [runc]=runc
   [debootstrap]=debootstrap
+  # `mlharbor build --push`: the CNCF distribution registry, started by the test itself
+  [docker-registry]=docker-registry
   [systemd-analyze]=systemd
 )
 for cmd in "${!PKG_FOR_CMD[@]}"; do

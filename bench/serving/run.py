@@ -1,7 +1,7 @@
 """Floor vs our server (and, with --peers, MLflow and BentoML), same model, same rows.
 
     .venv/bin/python bench/serving/run.py [--seconds 10] [--home /tmp/mlh-bench]
-                                          [--peers] [--batching-compare]
+                                          [--peers] [--batching-compare] [--log-compare]
 
 Trains RandomForestClassifier(n_estimators=100, max_depth=8) on 20 numeric features,
 registers it (skops + ONNX after the parity check), writes 1-row and 64-row payloads, then
@@ -20,6 +20,9 @@ the scikit-learn version of this venv, each fed in its own request format.
 --batching-compare: the same model registered with runtime="native" (scikit-learn in the
 server, no ONNX) served by mlharbor with micro-batching on, then off
 (MLHARBOR_SERVING__BATCHING=false); 1-row requests at 64 connections.
+
+--log-compare: mlharbor again with the prediction log off
+(MLHARBOR_MONITORING__LOG_PREDICTIONS=false; metrics stay on), for the on/off ratio.
 """
 
 from __future__ import annotations
@@ -391,6 +394,10 @@ def report(run: Run, seconds: int, busy: str) -> None:
     value = ratio("mlharbor-native-batch", "mlharbor-native-nobatch", 1)
     lines.append(("native sklearn, batching on / off, 1 row", value, ">= 5x",
                   verdict(value, 5.0)))
+    for rows in (1, 64):
+        value = ratio("mlharbor", "mlharbor-nolog", rows)
+        lines.append((f"prediction log on / off req/s, {rows} row(s)", value, ">= 0.90",
+                      verdict(value, 0.90)))
     print(f"\n{'ratio':42s} {'value':>8s} {'target':>8s}  verdict")
     for label, value, goal, ok in lines:
         print(f"{label:42s} {value:8.2f} {goal:>8s}  {ok}")
@@ -405,6 +412,9 @@ def main() -> None:
                         "bench/.peers, made once)")
     parser.add_argument("--batching-compare", action="store_true",
                         help="mlharbor on the native sklearn runtime, batching on vs off")
+    parser.add_argument("--log-compare", action="store_true",
+                        help="mlharbor with the prediction log off "
+                        "(MLHARBOR_MONITORING__LOG_PREDICTIONS=false), to compare with on")
     args = parser.parse_args()
     load = os.getloadavg()
     onnx, key, expected = prepare(args.home, args.batching_compare)
@@ -417,6 +427,12 @@ def main() -> None:
                                          "--port", str(port)],
                ours_env, "/v1/endpoints/churn/predict", key),
     ]
+    if args.log_compare:
+        servers.append(Server(
+            "mlharbor-nolog", lambda port: [str(BIN / "mlharbor"), "serve", "churn@champion",
+                                            "--port", str(port)],
+            {**ours_env, "MLHARBOR_MONITORING__LOG_PREDICTIONS": "false"},
+            "/v1/endpoints/churn/predict", key))
     if args.peers:
         servers += peer_servers(args.home)
     if args.batching_compare:

@@ -37,6 +37,9 @@ class ServerSettings(BaseModel):
     debug: bool = Field(False, description="Include stack traces in error bodies.")
     tls_certfile: Path | None = Field(None, description="PEM certificate for HTTPS.")
     tls_keyfile: Path | None = Field(None, description="PEM private key for HTTPS.")
+    workers: int = Field(
+        1, ge=1, description="Processes of `mlharbor serve` sharing the port, each with its "
+        "own models in memory (about one per core).")
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Request body size limit.")
 
 
@@ -78,6 +81,16 @@ class SecuritySettings(BaseModel):
         description="Grants for requests without credentials, e.g. [\"predictor\"], for a "
         "server behind a platform that authenticates callers itself (SageMaker, Vertex AI, "
         "Azure ML, KServe). Only viewer and predictor roles are accepted.",
+    )
+    session_ttl_s: float = Field(
+        8 * 3600.0, gt=0, description="Lifetime of a dashboard login session in seconds, "
+        "counted from login (absolute, not extended by use); revoking or expiring its API "
+        "key ends it sooner.",
+    )
+    cookie_secure: bool | None = Field(
+        None, description="Mark the dashboard session cookie Secure: null = when the request "
+        "is HTTPS; true = always (TLS terminated at a proxy that forwards plain HTTP); "
+        "false = never.",
     )
     require_signed_aliases: list[str] = Field(
         default_factory=list,
@@ -136,6 +149,9 @@ class MonitoringSettings(BaseModel):
     log_uri: str | None = Field(
         None, description="Where log segments go: a folder or s3://bucket/prefix; default "
         "<artifact store>/predictions when that is on S3, else <home>/predictions.")
+    log_predictions: bool = Field(
+        True, description="Record every served prediction in the prediction log (drift, "
+        "live accuracy and the dashboard need it); false serves without recording.")
     flush_interval_s: float = Field(
         1.0, gt=0, le=1.0, description="Records are fsync'd to the journal within this.")
     segment_interval_s: float = Field(5.0, gt=0, description="Journal -> Parquet cadence.")

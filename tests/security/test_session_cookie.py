@@ -1,9 +1,11 @@
 
 """The dashboard's browser session: POST /ui/login, the ``mlharbor_session`` cookie, logout.
 
-The cookie holds an API key, so it must never drive a mutation (CSRF): the middleware accepts
-it for GET/HEAD only, and only when no Authorization/X-API-Key header is sent. Runs against
-the real control-plane app (``create_app``) on a uvicorn server.
+The cookie holds a session token standing for an API key, so it must never drive a mutation
+(CSRF): the middleware accepts it for GET/HEAD only, and only when no Authorization/X-API-Key
+header is sent. Runs against the real control-plane app (``create_app``) on a uvicorn server.
+The server-side life of a session (logout, revocation, expiry, both databases) is in
+``test_sessions.py``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from typing import Any
 import httpx
 
 from mlharbor.security.routemap import PUBLIC, RouteTable, declared_routes
+from tests.security import leakwatch
 from tests.security.fixtures import bearer
 
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
 
-def session(key: str) -> dict[str, str]:
+def session(token: str) -> dict[str, str]:
     """The cookie a browser sends back after logging in (as a header: httpx deprecates
     per-request cookies)."""
-    return {"Cookie": f"mlharbor_session={key}"}
+    return {"Cookie": f"mlharbor_session={token}"}
+
+
+def same_origin(client: httpx.Client) -> dict[str, str]:
+    """The ``Origin`` a browser sends with a form posted from this server's own page."""
+    return {"Origin": str(client.base_url).rstrip("/")}
 
 
 def _denied(registry: Any) -> list[Any]:
@@ -29,21 +37,44 @@ def _denied(registry: Any) -> list[Any]:
 
 
 def _login(client: httpx.Client, key: str, **headers: str) -> httpx.Response:
-    """A login expected to be refused, through the watched client (its body is leak-checked)."""
-    return client.post("/ui/login", data={"key": key}, headers=headers)
+    """A login expected to be refused, through the watched client (its body is leak-checked);
+    posted from the server's own page unless ``headers`` say otherwise."""
+    return client.post("/ui/login", data={"key": key},
+                       headers=headers or same_origin(client))
 
 
 def _login_ok(client: httpx.Client, key: str, **headers: str) -> httpx.Response:
-    """A login expected to succeed. Its answer carries the key by design, in the Set-Cookie
-    header only (the brief: cookie = the key), so it goes through an unwatched client and is
-    checked here instead: a 303 with an empty body, the key in exactly that header."""
+    """A login expected to succeed (posted from the server's own page unless ``headers`` say
+    otherwise). Its answer carries the session token by design, in the Set-Cookie header
+    only, so it goes through an unwatched client and is checked here instead: a 303 with an
+    empty body, the key nowhere, the token in exactly that header (and remembered, so the
+    leak check finds it anywhere else)."""
     with httpx.Client(base_url=client.base_url, timeout=20) as plain:
-        answer = plain.post("/ui/login", data={"key": key}, headers=headers)
+        answer = plain.post("/ui/login", data={"key": key},
+                            headers=headers or same_origin(client))
     if answer.status_code == 303:
         assert answer.content == b""
-        assert [v for k, v in answer.headers.multi_items() if key in v] == [
+        assert not [v for _k, v in answer.headers.multi_items() if key in v]
+        token = token_of(answer)
+        leakwatch.remember_secret(token)
+        assert [v for _k, v in answer.headers.multi_items() if token in v] == [
             answer.headers["set-cookie"]]
     return answer
+
+
+def token_of(answer: httpx.Response) -> str:
+    """The session token a login answer sets in the cookie."""
+    first = answer.headers["set-cookie"].split(";")[0]
+    name, _, value = first.partition("=")
+    assert name == "mlharbor_session" and value, first
+    return value
+
+
+def login(client: httpx.Client, key: str) -> str:
+    """Log in with ``key`` as a browser would; the session token."""
+    answer = _login_ok(client, key)
+    assert answer.status_code == 303, answer.text
+    return token_of(answer)
 
 
 def test_login_sets_a_strict_httponly_session_cookie(client: httpx.Client,
@@ -56,15 +87,16 @@ def test_login_sets_a_strict_httponly_session_cookie(client: httpx.Client,
     assert answer.status_code == 303 and answer.headers["location"] == "/ui"
     cookie = answer.headers["set-cookie"]
     parts = [p.strip() for p in cookie.split(";")]
-    assert parts[0] == f"mlharbor_session={key}"
+    token = token_of(answer)
+    assert token != key and key not in cookie
     assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= set(parts)
     assert "Secure" not in parts  # plain HTTP here; see the TLS test below
-    cookies = session(key)
+    cookies = session(token)
     page = client.get("/ui", headers=cookies)
     assert page.status_code == 200 and "dashboard.js" in page.text
     assert client.get("/api/v1/monitoring/alerts", headers=cookies).status_code == 200
     assert client.head("/ui", headers=cookies).status_code != 401
-    out = client.post("/ui/logout")
+    out = client.post("/ui/logout", headers={**cookies, **same_origin(client)})
     assert out.status_code == 303 and out.headers["location"] == "/ui/login"
     assert out.headers["set-cookie"].startswith("mlharbor_session=;")
     assert "Max-Age=0" in out.headers["set-cookie"]
@@ -72,7 +104,7 @@ def test_login_sets_a_strict_httponly_session_cookie(client: httpx.Client,
 
 def test_the_cookie_never_drives_a_mutation(client: httpx.Client, make_key: Any) -> None:
     admin = make_key("admin")
-    cookies = session(admin)
+    cookies = session(login(client, admin))
     assert client.get("/api/v1/models", headers=cookies).status_code == 200
     files = [("files", ("model.bin", b"w", "application/octet-stream"))]
     for method, path, kwargs in (
@@ -91,7 +123,8 @@ def test_the_cookie_never_drives_a_mutation(client: httpx.Client, make_key: Any)
 
 def test_a_header_wins_over_the_cookie(client: httpx.Client, make_key: Any) -> None:
     viewer = make_key("viewer")
-    cookies = session(viewer)
+    cookies = session(login(client, viewer))
+    assert client.get("/api/v1/models", headers=cookies).status_code == 200
     # Any Authorization header, even one that is not a bearer credential, disables the cookie.
     for headers in ({"Authorization": "Basic eDp5"},
                     bearer("mlh_aaaaaaaaaa_" + "b" * 43),
@@ -111,7 +144,7 @@ def test_a_browser_without_credentials_is_sent_to_the_login_form(
     assert plain.status_code == 401 and plain.json()["error"]["code"] == "unauthenticated"
     assert len(_denied(registry)) == before + 1
     # A rejected session cookie is a denial: audited once, then sent to log in again.
-    real = make_key("viewer")
+    real = login(client, make_key("viewer"))
     stale = client.get("/ui", headers={**HTML, **session(real[:-4] + "AAAA")})
     assert stale.status_code == 303 and stale.headers["location"] == "/ui/login"
     assert len(_denied(registry)) == before + 2
@@ -156,7 +189,8 @@ def test_the_cookie_is_secure_over_tls(app: Any, make_key: Any) -> None:
     async def login_over_tls() -> httpx.Response:  # the ASGI scope says scheme "https"
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="https://127.0.0.1") as tls:
-            return await tls.post("/ui/login", data={"key": key})
+            return await tls.post("/ui/login", data={"key": key},
+                                  headers={"Origin": "https://127.0.0.1"})
 
     answer = anyio.run(login_over_tls)
     assert answer.status_code == 303

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from mlharbor.api.errors import install_error_handlers
+from mlharbor.api.routes import models as model_routes
 from mlharbor.api.routes import monitoring as monitoring_routes
 from mlharbor.bootstrap import open_identities, open_registry
 from mlharbor.core.records import PredictionRecord
@@ -21,7 +22,9 @@ from mlharbor.monitoring.reference import infer_kinds
 from mlharbor.monitoring.service import Monitor
 from mlharbor.security.middleware import add_auth
 from mlharbor.settings import Settings
+from mlharbor.ui import login as ui_login
 from mlharbor.ui import routes as ui_routes
+from mlharbor.ui import whoami as ui_whoami
 from tests.monitoring.drift_data import make_frame
 from tests.support import LiveServer
 
@@ -61,6 +64,9 @@ def dashboard(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
     install_error_handlers(app, debug=False)
     app.include_router(monitoring_routes.router)
     app.include_router(ui_routes.router)
+    app.include_router(ui_login.router)
+    app.include_router(model_routes.router)  # the page the dashboard opens on
+    app.include_router(ui_whoami.router)
     add_auth(app, identities=identities, audit=registry.store.record, settings=settings)
     try:
         with LiveServer(app) as server:
@@ -98,19 +104,21 @@ def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, 
             page.on("request", lambda r: requested.append(r.url))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/ui")
+            page.goto(f"{url}/ui#/drift")
             page.fill("#endpoint", "churn")
-            page.click("button[type=submit]")
+            page.click("#controls button[type=submit]")
             page.wait_for_selector("#features tbody tr")
             first = page.locator("#features tbody tr").first
             assert first.get_attribute("data-feature") == "x2"
             assert first.locator("td").nth(1).inner_text() == "yes"
             assert "Drift detected" in page.inner_text("#verdict")
             page.wait_for_selector("#drift-chart canvas")  # uPlot drew the series
-            assert "FIRING" in page.inner_text("#alerts")
             assert "endpoint=churn" in page.url
             page.reload()  # the URL keeps the selection
             page.wait_for_selector("#features tbody tr")
+            page.click("#nav a[data-page=alerts]")
+            page.wait_for_selector("#alerts li")
+            assert "FIRING" in page.inner_text("#alerts")
         finally:
             browser.close()
     assert not errors, errors
@@ -144,11 +152,15 @@ def test_a_browser_logs_in_with_its_key_and_the_cookie_only_reads(
             page.wait_for_url(f"{url}/ui")
             cookie = next(c for c in context.cookies() if c["name"] == "mlharbor_session")
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert cookie["value"] != key and key not in cookie["value"]  # a session, not the key
             assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+            page.click("#nav a[data-page=drift]")
             page.fill("#endpoint", "churn")
             page.click("#controls button[type=submit]")
             page.wait_for_selector("#features tbody tr")
             page.wait_for_selector("#drift-chart canvas")
+            page.click("#nav a[data-page=alerts]")
+            page.wait_for_selector("#alerts li")
             assert "FIRING" in page.inner_text("#alerts")
             # The same cookie, sent by the browser's context, cannot change anything.
             refused = context.request.post(f"{url}/v1/endpoints/churn/feedback",
@@ -171,9 +183,15 @@ def test_a_browser_logs_in_with_its_key_and_the_cookie_only_reads(
 def test_a_wrong_key_in_the_login_form_is_refused(dashboard: tuple[str, str]) -> None:
     url, key = dashboard
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    answer = httpx.post(f"{url}/ui/login", data={"key": wrong})
+    origin = {"Origin": url}  # what a browser sends with the form
+    answer = httpx.post(f"{url}/ui/login", data={"key": wrong}, headers=origin)
     assert answer.status_code == 401 and 'name="key"' in answer.text
     assert wrong not in answer.text and "set-cookie" not in answer.headers
-    with_cookie = {"Cookie": f"mlharbor_session={key}"}
+    # The key itself is no session: only the token a login hands out is.
+    assert httpx.get(f"{url}/ui", headers={"Cookie": f"mlharbor_session={key}"}
+                     ).status_code == 401
+    right = httpx.post(f"{url}/ui/login", data={"key": key}, headers=origin)
+    assert right.status_code == 303
+    with_cookie = {"Cookie": right.headers["set-cookie"].split(";")[0]}
     assert httpx.get(f"{url}/ui", headers=with_cookie).status_code == 200
     assert httpx.get(f"{url}/ui/static/dashboard.js", headers=with_cookie).status_code == 200

@@ -25,12 +25,16 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
 
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the control-plane app for ``settings`` (opening the registry unless given)."""
+    from mlharbor.api.routes import audit as audit_routes
+    from mlharbor.api.routes import deployments as deployment_routes
     from mlharbor.api.routes import endpoints as endpoint_routes
     from mlharbor.api.routes import models as model_routes
     from mlharbor.api.routes import monitoring as monitoring_routes
     from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
+    from mlharbor.ui import login as ui_login
     from mlharbor.ui import routes as ui_routes
+    from mlharbor.ui import whoami as ui_whoami
 
     app = FastAPI(
         title="mlharbor",
@@ -48,7 +52,11 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(model_routes.router)
     app.include_router(endpoint_routes.router)
     app.include_router(monitoring_routes.router)
+    app.include_router(audit_routes.router)
+    app.include_router(deployment_routes.router)
     app.include_router(ui_routes.router)
+    app.include_router(ui_whoami.router)
+    app.include_router(ui_login.router)
 
     @app.get("/livez", tags=["health"])
     def livez() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -29,7 +30,19 @@ def register(app: typer.Typer) -> None:
                                          "downloaded wheels between builds (default in the "
                                          "mlharbor home)."),
         tls_verify: bool = typer.Option(True, "--tls-verify/--no-tls-verify",
-                                        help="Check the registry's TLS certificate on push."),
+                                        help="Check the registry's TLS certificate on push "
+                                        "(--no-tls-verify also allows a plain-HTTP registry, "
+                                        "e.g. a local one)."),
+        authfile: Path = typer.Option(None, "--authfile", help="Registry credentials for "
+                                      "--push: an auth.json / Docker config.json as written "
+                                      "by podman, buildah or docker login (default: the "
+                                      "builder's own login).", show_default=False),
+        registry_user: str = typer.Option(None, "--registry-user", help="User name for "
+                                          "--push; the password is read from the variable "
+                                          "named by --registry-password-env."),
+        registry_password_env: str = typer.Option(
+            None, "--registry-password-env", metavar="VAR", help="Environment variable "
+            "holding the registry password or token (never give it on the command line)."),
         extra: list[str] = typer.Option(None, "--extra", help="mlharbor extra to install as "
                                         "well (repeatable), e.g. aws-lambda for Lambda."),
         api_key: bool = typer.Option(False, "--api-key", help="Create a predictor API key in "
@@ -52,6 +65,7 @@ def register(app: typer.Typer) -> None:
         from mlharbor.core.errors import InvalidInputError
         from mlharbor.deploy.base import resolve_source
         from mlharbor.deploy.container import DEFAULT_BASE_IMAGE, ContextOptions
+        from mlharbor.deploy.imagebuild import RegistryAuth, check_push
 
         if api_key and not bake:
             raise InvalidInputError(
@@ -63,6 +77,10 @@ def register(app: typer.Typer) -> None:
         try:
             source = resolve_source(registry, ref, tag)
             base = base_image or DEFAULT_BASE_IMAGE
+            auth = RegistryAuth(authfile, registry_user, registry_password_env)
+            if push:  # before minutes of building: a push that cannot work is refused now
+                host = check_push(source.image, builder, auth, os.environ,
+                                  tls_verify=tls_verify)
             if dry_run:
                 typer.echo(f"build: {ref} -> {source.version.ref} (image {source.image})")
                 for item in ("Dockerfile", ".dockerignore", "entrypoint.sh", "build.json",
@@ -74,21 +92,25 @@ def register(app: typer.Typer) -> None:
                 if do_build or push:
                     typer.echo(f"  build  image {source.image} from {base}")
                 if push:
-                    typer.echo(f"  push   {source.image}")
+                    tls = "TLS verified" if tls_verify else "TLS not verified, plain HTTP allowed"
+                    typer.echo(f"  push   {source.image} to {host} ({tls}; "
+                               f"{auth.describe()})")
                 if api_key:
                     typer.echo("  create predictor API key in the baked registry")
                 return
             options = ContextOptions(bake=bake, base_image=base, wheel_cache=wheel_cache or (
                 settings.home / "cache" / "wheels"), extras=tuple(extra or ()))
-            _build(registry, source, output, options, console, do_build or push, push,
-                   builder, tls_verify, cli_actor(), api_key)
+            _build(registry, source, output, options, console, do_build or push,
+                   auth if push else None, builder, tls_verify, cli_actor(), api_key)
         finally:
             registry.close()
 
 
 def _build(registry: object, source: object, output: Path, options: object, console: object,
-           do_build: bool, push: bool, builder: str | None, tls_verify: bool,
+           do_build: bool, push: object, builder: str | None, tls_verify: bool,
            actor: str, api_key: bool = False) -> None:
+    """Write the context, then build and push as asked (``push``: the RegistryAuth to push
+    with, or None); audited either way."""
     from typing import Any, cast
 
     from rich.console import Console
@@ -96,7 +118,7 @@ def _build(registry: object, source: object, output: Path, options: object, cons
     from mlharbor.core.errors import MlharborError
     from mlharbor.deploy.base import DeploymentSource
     from mlharbor.deploy.container import ContextOptions, write_build_context
-    from mlharbor.deploy.imagebuild import build_image, push_image
+    from mlharbor.deploy.imagebuild import RegistryAuth, build_image, push_image, registry_host
 
     reg = cast(Any, registry)
     src = cast(DeploymentSource, source)
@@ -121,11 +143,16 @@ def _build(registry: object, source: object, output: Path, options: object, cons
             size = f", {built.size_bytes / 1e6:.0f} MB" if built.size_bytes else ""
             out.print(f"built {built.tag} with {built.builder} in {built.seconds:.0f} s{size}")
             details["builder"] = built.builder
-            if push:
+            if isinstance(push, RegistryAuth):
+                details["registry"] = registry_host(src.image)
                 with out.status(f"pushing {src.image} ..."):
-                    push_image(src.image, builder=built.builder, tls_verify=tls_verify)
-                out.print(f"pushed {src.image}")
-                details["pushed"] = True
+                    pushed = push_image(src.image, builder=built.builder,
+                                        tls_verify=tls_verify, auth=push,
+                                        log=context.path.parent / f"{context.path.name}"
+                                        ".push.log")
+                where = f"{src.image}@{pushed.digest}" if pushed.digest else src.image
+                out.print(f"pushed {where} in {pushed.seconds:.0f} s")
+                details.update(pushed=True, digest=pushed.digest)
     except MlharborError as exc:
         reg.store.record(actor=actor, action="deploy.container", resource=src.resource,
                          outcome="failure", details={**details, "error": exc.code,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -11,23 +13,32 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         host: str = typer.Option(None, help="Interface to bind (default from settings)."),
         port: int = typer.Option(None, help="Port (default from settings; 0 = any free)."),
-        certfile: str = typer.Option(None, "--tls-cert", help="PEM certificate for HTTPS."),
-        keyfile: str = typer.Option(None, "--tls-key", help="PEM private key for HTTPS."),
+        certfile: Path = typer.Option(
+            None, "--tls-cert", help="PEM certificate (chain) to serve HTTPS; needs --tls-key "
+            "(default from settings).", show_default=False),
+        keyfile: Path = typer.Option(
+            None, "--tls-key", help="PEM private key of --tls-cert, unencrypted; keep it "
+            "mode 0600 (default from settings).", show_default=False),
     ) -> None:
         """Run the control-plane API (OpenAPI docs at /docs, health at /livez and /readyz)."""
         import uvicorn
 
         from mlharbor.api.app import create_app
         from mlharbor.cli.main import settings_from
+        from mlharbor.serving.runner import listener_from
 
         settings = settings_from(ctx)
+        # The same checks as `mlharbor serve`: half a TLS pair or an unreadable file is one
+        # clear error before anything starts.
+        listener = listener_from(settings, host=host, port=port, workers=1,
+                                 certfile=certfile, keyfile=keyfile)
         app_ = create_app(settings)
         uvicorn.run(
             app_,
-            host=host or settings.server.host,
-            port=settings.server.port if port is None else port,
-            ssl_certfile=certfile or settings.server.tls_certfile,
-            ssl_keyfile=keyfile or settings.server.tls_keyfile,
+            host=listener.host,
+            port=listener.port,
+            ssl_certfile=listener.certfile,
+            ssl_keyfile=listener.keyfile,
             log_level="info",
             access_log=False,
             server_header=False,

@@ -85,7 +85,9 @@ class PredictionRecord:
 
     ``inputs`` and ``outputs`` are as served (arrays or lists); the sink redacts and converts.
     ``model_ref`` is what the route asked for (``churn@champion``), ``served_version`` the
-    version that answered.
+    version that answered. ``matrix`` is, for models of numbers only, the same inputs as the
+    float64 matrix serving validated (one row per input row, columns in ``columns`` order),
+    so the log can store its bytes instead of converting ``inputs`` a second time.
     """
 
     request_id: str
@@ -98,6 +100,8 @@ class PredictionRecord:
     at: datetime
     shadow: bool = False
     fallback: str | None = None
+    matrix: Any = None
+    columns: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

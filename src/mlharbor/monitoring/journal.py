@@ -5,8 +5,9 @@ Files ``journal-<seq>.log`` in one folder; the highest is *active* (appended to)
 ``length (4 bytes, big-endian) | payload``, then flushes and fsyncs, so after a crash every
 complete frame is there and a torn last frame is recognised by its length and skipped.
 The payload is newline-separated JSON: one entry per record (format 2, ``"v": 2``; see
-:func:`~.logrows.record_entry`) or, in journals older versions wrote, one row per line;
-sealed (:class:`~.segments.Sealer`) when a key is configured.
+:func:`~.logrows.record_entry`) or, in journals older versions wrote, one row per line; or a
+binary frame of records whose inputs are numbers (:mod:`.logframes`); sealed
+(:class:`~.segments.Sealer`) when a key is configured.
 
 The journal is bounded by ``max_bytes``: past it, :meth:`append` refuses (the caller counts the
 rows as dropped) rather than grow without limit or block.
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
+
+from mlharbor.monitoring.logframes import decode, is_frame
 
 if TYPE_CHECKING:
     from mlharbor.monitoring.segments import Sealer
@@ -51,20 +54,27 @@ class Journal:
         when the journal is full."""
         if not rows:
             return True
-        payload = b"\n".join(rows)
+        return self.append_frames([b"\n".join(rows)])
+
+    def append_frames(self, payloads: list[bytes]) -> bool:
+        """Write frames (JSON lines, or binary frames of :mod:`.logframes`) with one fsync;
+        False (nothing written) when they do not fit in the journal."""
+        payloads = [p for p in payloads if p]
+        if not payloads:
+            return True
         with self._lock:
             name = self._name(self._seq)
             if self.sealer is not None:
-                payload = self.sealer.seal(payload, name)
-            frame = len(payload).to_bytes(4, "big") + payload
-            if self.backlog_bytes + len(frame) > self.max_bytes:
+                payloads = [self.sealer.seal(p, name) for p in payloads]
+            data = b"".join(len(p).to_bytes(4, "big") + p for p in payloads)
+            if self.backlog_bytes + len(data) > self.max_bytes:
                 return False
             if self._fh is None:
                 self._fh = (self.directory / name).open("ab")
-            self._fh.write(frame)
+            self._fh.write(data)
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self._active_bytes += len(frame)
+            self._active_bytes += len(data)
             return True
 
     def rotate(self) -> None:
@@ -97,7 +107,10 @@ class Journal:
             offset += 4 + size
             if self.sealer is not None:
                 payload = self.sealer.open(payload, path.name)
-            rows.extend(orjson.loads(line) for line in payload.split(b"\n") if line)
+            if is_frame(payload):
+                rows.extend(decode(payload))
+            else:
+                rows.extend(orjson.loads(line) for line in payload.split(b"\n") if line)
         return rows
 
     def remove(self, path: Path) -> None:

@@ -196,7 +196,7 @@ def record_entry(record: PredictionRecord, redaction: Redaction | None = None
     inputs are columnised and redacted here (``cols``: ``[rows, {column: values}]``), so
     nothing redacted reaches the disk.
     """
-    predictions, scores = _outputs_arrays(record.outputs)
+    predictions, scores = outputs_arrays(record.outputs)
     entry: dict[str, Any] = {
         "v": ENTRY_FORMAT, "id": record.request_id, "ep": record.endpoint,
         "ref": record.model_ref, "ver": record.served_version,
@@ -304,16 +304,7 @@ def matrix_table(entries: list[dict[str, Any]]) -> Any:
             return None
         counts.append(n)
     total = sum(counts)
-    index = np.repeat(np.arange(len(entries)), counts)
-    starts = np.repeat(np.cumsum([0, *counts[:-1]]), counts)
-    columns: dict[str, Any] = {}
-    for name, field in (("request_id", "id"), ("row", None), ("endpoint", "ep"),
-                        ("model_ref", "ref"), ("version", "ver"), ("at", "at"),
-                        ("latency_s", "lat"), ("shadow", "sh"), ("fallback", "fb")):
-        if field is None:
-            columns[name] = pa.array(np.arange(total, dtype=np.int64) - starts)
-            continue
-        columns[name] = column_array([e[field] for e in entries]).take(pa.array(index))
+    columns = repeated_columns(entries, counts)
     from itertools import chain
 
     columns["prediction"] = column_array(list(chain.from_iterable(e["pred"] for e in entries)))
@@ -328,6 +319,26 @@ def matrix_table(entries: list[dict[str, Any]]) -> Any:
         else:
             columns[INPUT_PREFIX + key] = pa.array(floats[j])
     return pa.table(columns)
+
+
+def repeated_columns(entries: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
+    """The per-record columns (request id, endpoint, times ...) of entries holding ``counts``
+    rows each, repeated once per row, and ``row`` (the row's index in its request)."""
+    import numpy as np
+    import pyarrow as pa
+
+    total = sum(counts)
+    index = pa.array(np.repeat(np.arange(len(entries)), counts))
+    starts = np.repeat(np.cumsum([0, *counts[:-1]]), counts)
+    columns: dict[str, Any] = {}
+    for name, field in (("request_id", "id"), ("row", None), ("endpoint", "ep"),
+                        ("model_ref", "ref"), ("version", "ver"), ("at", "at"),
+                        ("latency_s", "lat"), ("shadow", "sh"), ("fallback", "fb")):
+        if field is None:
+            columns[name] = pa.array(np.arange(total, dtype=np.int64) - starts)
+            continue
+        columns[name] = column_array([e[field] for e in entries]).take(index)
+    return columns
 
 
 def entry_default(value: Any) -> Any:
@@ -347,7 +358,7 @@ def _plain(data: Any) -> Any:
     return data
 
 
-def _outputs_arrays(outputs: Any) -> tuple[Any, Any]:
+def outputs_arrays(outputs: Any) -> tuple[Any, Any]:
     """Predictions and one score per row, as arrays or lists (no per-row Python work)."""
     if outputs is None:
         return [], []

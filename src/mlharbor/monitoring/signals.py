@@ -1,9 +1,10 @@
 """The values alert rules are evaluated on, read from the prediction log and the monitor.
 
-Latency, error rate (requests answered by a fallback) and traffic come from the log (one value
-per request: its first row); drift and accuracy from the monitor; the backlog from the log's
-journal. A signal with no data is ``None``, which never counts as a breach, except for
-``traffic_stop``, where silence is the point (0 requests).
+Latency, error rate (requests answered by a fallback) and traffic come from the log through
+:mod:`mlharbor.monitoring.traffic` (one value per request: its first row, shadow copies left
+out), the helpers the dashboard's traffic charts use too; drift and accuracy from the monitor;
+the backlog from the log's journal. A signal with no data is ``None``, which never counts as a
+breach, except for ``traffic_stop``, where silence is the point (0 requests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import MlharborError
+from mlharbor.monitoring.traffic import error_rate, latency_quantile, request_table
 from mlharbor.monitoring.windows import parse_duration
 
 if TYPE_CHECKING:
@@ -31,31 +33,18 @@ def signal_values(monitor: Monitor, rules: list[AlertRule], now: datetime | None
 
 
 def _value(monitor: Monitor, rule: AlertRule, now: datetime) -> float | None:
-    import pyarrow.compute as pc
-
     span = parse_duration(rule.window)
     endpoint = None if rule.endpoint == "*" else rule.endpoint
     if rule.kind == "log_backlog":
         return float(monitor.log.backlog()["journal_bytes"])
     if rule.kind in ("latency", "error_rate", "traffic_stop"):
-        table = monitor.log.scan(endpoint, now - span, now,
-                                 columns=["row", "latency_s", "fallback", "shadow"])
-        if "row" in table.column_names:
-            keep = pc.equal(table["row"], 0)
-            if "shadow" in table.column_names:
-                keep = pc.and_(keep, pc.invert(pc.fill_null(table["shadow"], False)))
-            table = table.filter(keep)
-        requests = table.num_rows
+        table = request_table(monitor.log, endpoint, now - span, now,
+                              ["latency_s", "fallback"])
         if rule.kind == "traffic_stop":
-            return float(requests)
-        if requests == 0:
-            return None
+            return float(table.num_rows)
         if rule.kind == "latency":
-            return float(pc.quantile(table["latency_s"], q=rule.percentile)[0].as_py() or 0.0)
-        if "fallback" not in table.column_names:
-            return 0.0
-        fallbacks: int = pc.sum(pc.is_valid(table["fallback"]).cast("int64")).as_py() or 0
-        return float(fallbacks) / float(requests)
+            return latency_quantile(table, rule.percentile)
+        return error_rate(table)
     try:
         if rule.kind == "drift" and endpoint is not None:
             report = monitor.drift(endpoint, start=now - span, end=now)

@@ -304,27 +304,45 @@ class IdentityStore:
                 hint="Send the whole key as 'Authorization: Bearer mlh_...'.",
             )
         with self._tx(write=False) as conn:
-            row = conn.execute(
-                select(api_keys, identities.c.name.label("identity"), identities.c.kind,
-                       identities.c.disabled)
-                .join(identities, identities.c.id == api_keys.c.identity_id)
-                .where(api_keys.c.prefix == prefix)).first()
+            row = self._key_row(conn, api_keys.c.prefix == prefix)
             if row is None or not apikeys.key_matches(key, row.key_hash):
                 raise AuthenticationError("The API key is not valid.",
                                           hint="Ask an admin for a new key.")
-            if row.revoked_at is not None:
-                raise AuthenticationError(f"The API key {prefix} was revoked.",
+            return self._key_principal(conn, row)
+
+    def authenticate_key_id(self, key_id: int) -> Principal:
+        """The principal of the stored API key ``key_id``, checked exactly as if the key were
+        presented now (revoked, expired, identity disabled: AuthenticationError). For dashboard
+        sessions, which stand for the key they were opened with but never hold it."""
+        with self._tx(write=False) as conn:
+            row = self._key_row(conn, api_keys.c.id == key_id)
+            if row is None:
+                raise AuthenticationError("The API key no longer exists.",
                                           hint="Ask an admin for a new key.")
-            if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
-                raise AuthenticationError(f"The API key {prefix} has expired.",
-                                          hint="Ask an admin for a new key.")
-            if row.disabled:
-                raise AuthenticationError(f"The identity {row.identity!r} is disabled.")
-            bindings = [Grant(r.role, r.scope) for r in conn.execute(
-                select(role_bindings.c.role, role_bindings.c.scope)
-                .where(role_bindings.c.identity_id == row.identity_id))]
+            return self._key_principal(conn, row)
+
+    def _key_row(self, conn: Connection, where: Any) -> Any:
+        return conn.execute(
+            select(api_keys, identities.c.name.label("identity"), identities.c.kind,
+                   identities.c.disabled)
+            .join(identities, identities.c.id == api_keys.c.identity_id)
+            .where(where)).first()
+
+    def _key_principal(self, conn: Connection, row: Any) -> Principal:
+        """The principal of a key row whose secret was already matched (or need not be)."""
+        if row.revoked_at is not None:
+            raise AuthenticationError(f"The API key {row.prefix} was revoked.",
+                                      hint="Ask an admin for a new key.")
+        if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+            raise AuthenticationError(f"The API key {row.prefix} has expired.",
+                                      hint="Ask an admin for a new key.")
+        if row.disabled:
+            raise AuthenticationError(f"The identity {row.identity!r} is disabled.")
+        bindings = [Grant(r.role, r.scope) for r in conn.execute(
+            select(role_bindings.c.role, role_bindings.c.scope)
+            .where(role_bindings.c.identity_id == row.identity_id))]
         grants = narrow(bindings, row.roles, row.scopes)
-        return Principal(name=row.identity, kind=row.kind, grants=grants, credential=prefix)
+        return Principal(name=row.identity, kind=row.kind, grants=grants, credential=row.prefix)
 
     # -- rows -----------------------------------------------------------------------------
 

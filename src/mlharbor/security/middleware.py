@@ -6,13 +6,16 @@ the route's rule in the route table and ask the policy. The principal is put on
 ``request.state.principal`` for routes (``actor_of``). Each refusal (401, 403) writes exactly
 one ``denied`` audit record; nothing about the credential itself is ever logged or returned.
 
-Browsers (the dashboard) may instead present the API key in the ``mlharbor_session`` cookie that
-``POST /ui/login`` sets. The cookie is a credential ONLY for safe methods (GET/HEAD) of plain
-HTTP requests without an ``Authorization``/``X-API-Key`` header, so a cross-site request can
-never use it to change anything (CSRF), nor open a websocket. A browser (``Accept: text/html``)
-asking for ``/ui`` without a valid credential is redirected (303) to ``/ui/login``: without any
-credential that is not a denial and writes no audit record; with a rejected cookie it is one,
-audited once like any other 401.
+Browsers (the dashboard) may instead present a session token in the ``mlharbor_session``
+cookie that ``POST /ui/login`` sets: an opaque server-side session (mlharbor.security.sessions)
+standing for the API key typed into the form, never the key itself. The cookie is a credential
+ONLY for safe methods (GET/HEAD) of plain HTTP requests without an ``Authorization``/
+``X-API-Key`` header, so a cross-site request can never use it to change anything (CSRF), nor
+open a websocket; and only on an app given a session store (``add_auth`` gives one; the serving
+app has none and ignores the cookie). A browser (``Accept: text/html``) asking for ``/ui``
+without a valid credential is redirected (303) to ``/ui/login``: without any credential that is
+not a denial and writes no audit record; with a rejected cookie (unknown, ended or expired
+session, or its key revoked) it is one, audited once like any other 401.
 
 Public routes (``/livez``, ``/readyz``, the login form) pass untouched. A path no rule matches
 never reaches the app (404/405 after authentication): new routes must be added to the table
@@ -35,6 +38,7 @@ from mlharbor.security.identities import AuditSink, IdentityStore
 from mlharbor.security.policy import Principal, allows
 from mlharbor.security.ratelimit import RateLimiter
 from mlharbor.security.routemap import PUBLIC, RouteRule, RouteTable, declared_routes
+from mlharbor.security.sessions import SessionStore
 from mlharbor.security.tokens import TokenVerifier
 from mlharbor.security.transport import reply_json
 
@@ -48,12 +52,19 @@ LOGIN_PATH = "/ui/login"
 
 
 class AuthMiddleware:
+    """Authenticate and authorise every HTTP request and websocket handshake of ``app``.
+
+    ``sessions`` (optional) makes the ``mlharbor_session`` cookie a credential for GET/HEAD;
+    without it the cookie is ignored.
+    """
+
     def __init__(
         self, app: ASGIApp, *, table: RouteTable, identities: IdentityStore,
         audit: AuditSink | None, limiter: RateLimiter, tokens: TokenVerifier | None = None,
-        anonymous: Principal | None = None,
+        anonymous: Principal | None = None, sessions: SessionStore | None = None,
     ) -> None:
         self.app = app
+        self.sessions = sessions
         self.anonymous = anonymous
         self.table = table
         self.identities = identities
@@ -109,14 +120,10 @@ class AuthMiddleware:
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = credential_of(scope)
-        if token is None:
+        if token is None and self.sessions is not None:
             session = session_credential_of(scope)
             if session is not None:
-                if not apikeys.looks_like_key(session):
-                    raise AuthenticationError("The session is not valid.",
-                                              hint=f"Log in again at {LOGIN_PATH}.")
-                return await anyio.to_thread.run_sync(self.identities.authenticate_key,
-                                                      session)
+                return await anyio.to_thread.run_sync(self.sessions.resolve, session)
         if token is None and self.anonymous is not None:
             return self.anonymous
         if token is None:
@@ -247,8 +254,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def session_credential_of(scope: Scope) -> str | None:
-    """The API key in the ``mlharbor_session`` cookie, when the request may use it: a plain
-    HTTP GET/HEAD (never a mutation, never a websocket handshake) that carries no
+    """The session token in the ``mlharbor_session`` cookie, when the request may use it: a
+    plain HTTP GET/HEAD (never a mutation, never a websocket handshake) that carries no
     ``Authorization`` or ``X-API-Key`` header."""
     if scope.get("type") != "http" or scope.get("method", "GET").upper() not in SAFE_METHODS:
         return None
@@ -283,12 +290,31 @@ def wants_login_page(scope: Scope, method: str) -> bool:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoginGate:
-    """What ``POST /ui/login`` checks a key with: the same identity store, audit sink and
-    rate limiter as the middleware (``app.state.login_gate``)."""
+    """What ``POST /ui/login`` and ``/ui/logout`` work with (``app.state.login_gate``): the
+    same identity store, audit sink, rate limiter and session store as the middleware, and
+    ``cookie_secure`` (``security.cookie_secure``: None = Secure over HTTPS only)."""
 
     identities: IdentityStore
     audit: AuditSink | None
     limiter: RateLimiter
+    sessions: SessionStore
+    cookie_secure: bool | None = None
+
+    def login(self, key: str, *, client: str, path: str, request_id: str | None) -> str:
+        """Check ``key`` (as :meth:`check`) and open a session for it; returns the session
+        token for the cookie. Opening it is audited (``session.create``)."""
+        principal = self.check(key, client=client, path=path, request_id=request_id)
+        return self.sessions.create(principal, request_id=request_id)
+
+    def logout(self, token: str | None, *, request_id: str | None) -> None:
+        """End the session of ``token`` server-side (audited ``session.end``); an unknown,
+        ended or missing token is nothing to end."""
+        if token:
+            self.sessions.end(token, request_id=request_id)
+
+    def secure_cookie(self, scheme: str) -> bool:
+        """Whether the session cookie gets ``Secure`` for a request made over ``scheme``."""
+        return scheme == "https" if self.cookie_secure is None else self.cookie_secure
 
     def check(self, key: str, *, client: str, path: str, request_id: str | None
               ) -> Principal:
@@ -334,12 +360,16 @@ def add_auth(
     table = RouteTable([*RULES, *extra_rules])
     sec = settings.security
     limiter = RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst)
+    sessions = SessionStore(identities.engine, identities, ttl_s=sec.session_ttl_s,
+                            audit=audit)
     app.add_middleware(
         AuthMiddleware, table=table, identities=identities, audit=audit, limiter=limiter,
         tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
+        sessions=sessions,
     )
     app.state.route_table = table
-    app.state.login_gate = LoginGate(identities, audit, limiter)
+    app.state.sessions = sessions
+    app.state.login_gate = LoginGate(identities, audit, limiter, sessions, sec.cookie_secure)
     if hasattr(app, "openapi"):
         _declare_bearer(app)
     if not identities.admin_exists():
@@ -387,9 +417,10 @@ def add_transport(app: Any, settings: Any) -> None:
 
 def secure_asgi(
     app: Any, *, identities: IdentityStore, audit: AuditSink | None, settings: Any,
-    extra_rules: Iterable[RouteRule] = (),
+    extra_rules: Iterable[RouteRule] = (), sessions: SessionStore | None = None,
 ) -> Any:
-    """Wrap any ASGI app (the serving app) in the transport guard and authentication."""
+    """Wrap any ASGI app (the serving app) in the transport guard and authentication
+    (dashboard session cookies count only when ``sessions`` is given)."""
     from mlharbor.security.routemap import RULES
     from mlharbor.security.tokens import verifier_from_settings
     from mlharbor.security.transport import TransportGuard, allowed_hosts
@@ -399,7 +430,8 @@ def secure_asgi(
     guarded = AuthMiddleware(
         app, table=table, identities=identities, audit=audit,
         limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
-        tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec))
+        tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
+        sessions=sessions)
     return TransportGuard(guarded, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
                           max_body_bytes=settings.server.max_body_bytes)
 

@@ -136,6 +136,14 @@ RULES: tuple[RouteRule, ...] = (
     # cookie it sets is only ever accepted for GET/HEAD.
     *_rules("GET", PUBLIC, None, "/ui/login"),
     *_rules("POST", PUBLIC, None, "/ui/login", "/ui/logout"),
+    # -- dashboard data (issue 7): traffic charts, version lineage and evaluation reports, the
+    # deployment ledger (alias moves, endpoint revisions, deploy.* records: nothing the alias
+    # and endpoint history routes do not already show). The audit trail itself is
+    # `audit.read` (rules above); /ui/whoami tells the page what its caller may read.
+    *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/traffic"),
+    *_rules("GET", "read", _MODEL, f"{_API}/models/{{name}}/versions/{{version}}/lineage",
+            f"{_API}/models/{{name}}/versions/{{version}}/report"),
+    *_rules("GET", "read", None, f"{_API}/deployments", "/ui/whoami"),
 )
 
 

@@ -75,7 +75,8 @@ def create_serving_app(
 
     ``endpoints`` serves fixed specs instead of the stored ones; ``sink`` receives the
     prediction records (monitoring: a sink with ``emit`` is called directly, others in
-    batches from a background thread); ``loader`` replaces how versions are loaded (tests);
+    batches from a background thread; none when ``monitoring.log_predictions`` is off);
+    ``loader`` replaces how versions are loaded (tests);
     ``auth`` puts the security middleware (API keys, the policy table) in front, checking keys
     against ``identities`` (default: the registry database's); ``metrics`` lets the caller
     register more collectors (the prediction log's backlog).
@@ -87,6 +88,8 @@ def create_serving_app(
 
     serving = settings.serving
     metrics = metrics or ServingMetrics()
+    if not settings.monitoring.log_predictions:
+        sink = None
     dispatcher: Any
     if sink is not None and hasattr(sink, "emit"):
         dispatcher = DirectDispatcher(cast("EmittingSink", sink))

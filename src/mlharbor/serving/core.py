@@ -132,14 +132,15 @@ class DataPlane:
         else:
             sticky = headers.get(plan.sticky_header) if headers else None
             target = plan.pick(sticky)
-        x, rows = self._prepare(plan, target.model, data)
+        x, rows, matrix = self._prepare(plan, target.model, data)
         try:
             async with asyncio.timeout(plan.timeout_s):
                 outputs = await target.batcher.submit(x, rows)
             answer = Answer(endpoint, target.model, target.ref, outputs, rows)
         except (TimeoutError, Exception) as exc:
             answer = await self._fall_back(plan, target, data, rows, exc, request_id)
-        self._record(answer, data, request_id, time.perf_counter() - started, shadow=False)
+        self._record(answer, data, request_id, time.perf_counter() - started, shadow=False,
+                     matrix=matrix, columns=target.model.signature.names)
         if plan.shadow is not None:
             task = asyncio.get_running_loop().create_task(
                 self._shadow(plan, plan.shadow, data, request_id))
@@ -147,8 +148,9 @@ class DataPlane:
             task.add_done_callback(self._background.discard)
         return answer
 
-    def _prepare(self, plan: EndpointPlan, model: ServedModel, data: Any) -> tuple[Any, int]:
-        x, rows = model.prepare(data)
+    def _prepare(self, plan: EndpointPlan, model: ServedModel, data: Any
+                 ) -> tuple[Any, int, np.ndarray | None]:
+        x, rows, matrix = model.prepare(data)
         if rows < 1:
             raise InvalidInputError("The request holds no rows; send at least one.",
                                     field="rows", expected=">= 1", received=rows)
@@ -157,7 +159,7 @@ class DataPlane:
                 f"The request holds {rows} rows; endpoint {plan.name!r} takes at most "
                 f"{plan.max_rows}.", hint="Split the request.", field="rows",
                 expected=f"<= {plan.max_rows}", received=rows)
-        return x, rows
+        return x, rows, matrix
 
     async def _fall_back(
         self, plan: EndpointPlan, failed: Target, data: Any, rows: int, exc: BaseException,
@@ -173,7 +175,7 @@ class DataPlane:
             if fallback.model is failed.model:
                 continue
             try:
-                x, n = self._prepare(plan, fallback.model, data)
+                x, n, _matrix = self._prepare(plan, fallback.model, data)
                 async with asyncio.timeout(plan.timeout_s):
                     outputs = await fallback.batcher.submit(x, n)
             except (TimeoutError, Exception):
@@ -204,7 +206,7 @@ class DataPlane:
                       request_id: str) -> None:
         started = time.perf_counter()
         try:
-            x, rows = shadow.model.prepare(data)
+            x, rows, matrix = shadow.model.prepare(data)
             async with asyncio.timeout(plan.timeout_s):
                 outputs = await shadow.batcher.submit(x, rows)
         except (TimeoutError, Exception) as exc:
@@ -213,14 +215,15 @@ class DataPlane:
                             "event": "shadow.failed"})
             return
         answer = Answer(plan.name, shadow.model, shadow.ref, outputs, rows)
-        self._record(answer, data, request_id, time.perf_counter() - started, shadow=True)
+        self._record(answer, data, request_id, time.perf_counter() - started, shadow=True,
+                     matrix=matrix, columns=shadow.model.signature.names)
 
     def _record(self, answer: Answer, data: Any, request_id: str, latency: float, *,
-                shadow: bool) -> None:
+                shadow: bool, matrix: np.ndarray | None, columns: tuple[str, ...]) -> None:
         fallback = answer.fallback["to"] if answer.fallback else None
         self.sink.offer(PredictionRecord(
             request_id=request_id, endpoint=answer.endpoint, model_ref=answer.ref,
             served_version=None if fallback == "default" else answer.version, inputs=data,
             outputs=answer.outputs, latency_s=latency, at=utcnow(), shadow=shadow,
-            fallback=fallback,
+            fallback=fallback, matrix=matrix, columns=None if matrix is None else columns,
         ))

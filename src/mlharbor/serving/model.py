@@ -77,14 +77,17 @@ class ServedModel:
     def runtime(self) -> str:
         return self.runner.runtime
 
-    def prepare(self, data: Any) -> tuple[Any, int]:
-        """Validate ``data`` against the signature; returns the prepared input and its rows."""
+    def prepare(self, data: Any) -> tuple[Any, int, np.ndarray | None]:
+        """Validate ``data`` against the signature: the prepared input, its rows, and (models
+        of numbers only) the float64 matrix of the inputs in signature order, which the
+        prediction log stores as it is."""
+        matrix = None
         if self._numeric and type(data) in (list, dict):
-            fast = numeric_matrix(data, self._names)
-            if fast is not None:
-                data = fast
+            matrix = numeric_matrix(data, self._names)
+            if matrix is not None:
+                data = matrix
         x = self.runner.prepare(self.validator, data)
-        return x, self.runner.rows(x)
+        return x, self.runner.rows(x), matrix
 
     def concat(self, xs: Sequence[Any]) -> Any:
         return xs[0] if len(xs) == 1 else self.runner.concat(xs)
@@ -94,8 +97,8 @@ class ServedModel:
 
     def warm_up(self) -> None:
         """Run the input example (or a synthetic row) once, so the first request is not slow."""
-        x, _rows = self.prepare(self.input_example if self.input_example is not None
-                                else synthetic_row(self.signature))
+        x, _rows, _matrix = self.prepare(self.input_example if self.input_example is not None
+                                         else synthetic_row(self.signature))
         self.run(x)
 
 
@@ -103,41 +106,47 @@ _NUMBER_TYPES = frozenset({int, float})
 
 
 def numeric_matrix(data: Any, names: tuple[str, ...]) -> np.ndarray | None:
-    """Records or ``{column: values}`` of plain numbers as a float64 matrix in signature order.
+    """Records, one record or ``{column: values}`` of plain numbers as a C-contiguous float64
+    matrix in signature order.
 
     The general validator converts column by column through object arrays; for many rows of a
     numeric model that costs more than inference, so rows are gathered with ``itemgetter`` and
     the value types checked in one pass in C. Anything unusual (a missing or extra column, a
-    string, None, a bool) returns None and takes the validator's path, which names the column
-    and row in its error.
+    string, None, a bool, an integer too large for a float) returns None and takes the
+    validator's path, which names the column and row in its error.
     """
     width = len(names)
     if width < 2:
         return None
-    if type(data) is dict:
-        if len(data) != width:
-            return None
-        try:
-            cols = [data[name] for name in names]
-        except KeyError:
-            return None
-        if not all(type(c) is list for c in cols) or len({len(c) for c in cols}) != 1:
-            return None
-        if not set(map(type, chain.from_iterable(cols))) <= _NUMBER_TYPES:
-            return None
-        return np.array(cols, dtype=np.float64).T.copy()
-    if len(data) < 2:
-        return None
-    getter = itemgetter(*names)
     try:
-        rows = [getter(record) for record in data]
-    except (KeyError, TypeError, IndexError):
+        if type(data) is dict:
+            if len(data) != width:
+                return None
+            try:
+                cols = [data[name] for name in names]
+            except KeyError:
+                return None
+            if set(map(type, cols)) <= _NUMBER_TYPES:  # one record
+                return np.array([cols], dtype=np.float64)
+            if not all(type(c) is list for c in cols) or len({len(c) for c in cols}) != 1:
+                return None
+            if not set(map(type, chain.from_iterable(cols))) <= _NUMBER_TYPES:
+                return None
+            return np.array(cols, dtype=np.float64).T.copy()
+        if not data:
+            return None
+        getter = itemgetter(*names)
+        try:
+            rows = [getter(record) for record in data]
+        except (KeyError, TypeError, IndexError):
+            return None
+        if set(map(type, data)) != {dict} or set(map(len, data)) != {width}:
+            return None
+        if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+            return None
+        return np.array(rows, dtype=np.float64)
+    except OverflowError:
         return None
-    if set(map(type, data)) != {dict} or set(map(len, data)) != {width}:
-        return None
-    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
-        return None
-    return np.array(rows, dtype=np.float64)
 
 
 def synthetic_row(signature: Signature) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 from mlharbor.api.context import actor_of, registry_of, request_id_of
@@ -239,6 +239,55 @@ def alias_history(
 ) -> dict[str, Any]:
     moves = registry_of(request).alias_history(name, alias)
     return {"items": to_dict(moves)}
+
+
+#: Lineage entries with routes of their own (``/report``) or too big to show whole; the lineage
+#: route says whether each is there.
+_LINEAGE_ELSEWHERE = ("evaluation", "reference_profile")
+
+
+@router.get("/models/{name}/versions/{version}/lineage")
+def version_lineage(request: Request, name: str, version: VersionParam) -> dict[str, Any]:
+    """Where a version came from (dataset, recipe, seed, code and package versions, data
+    checks) and where it went since: the alias moves to and from it."""
+    registry = registry_of(request)
+    mv = registry.get_version(_ref(name, version))
+    lineage = {k: v for k, v in mv.lineage.items() if k not in _LINEAGE_ELSEWHERE}
+    moves = [m for m in registry.alias_history(name)
+             if version in (m.from_version, m.to_version)]
+    return {"ref": mv.ref, "lineage": lineage, "aliases": list(mv.aliases),
+            "has_evaluation": bool(mv.lineage.get("evaluation")),
+            "has_reference_profile": bool(mv.lineage.get("reference_profile")),
+            "alias_moves": to_dict(moves)}
+
+
+# The rendered report is its own document: its inline styles and SVG charts are allowed,
+# nothing else (no script, no request anywhere).
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+              "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+
+
+@router.get("/models/{name}/versions/{version}/report", response_model=None)
+def version_report(
+    request: Request, name: str, version: VersionParam,
+    format: str = Query("json", pattern="^(json|html)$",
+                        description="json: the report document; html: the rendered page."),
+) -> dict[str, Any] | HTMLResponse:
+    """The evaluation report stored with a version by ``mlharbor train``: holdout metrics with
+    confidence intervals, baseline and champion comparisons, gate verdicts."""
+    mv = registry_of(request).get_version(_ref(name, version))
+    report = mv.lineage.get("evaluation")
+    if not isinstance(report, dict) or not report:
+        raise NotFoundError(
+            f"Version {mv.ref} has no evaluation report.",
+            hint="Versions trained with `mlharbor train` store theirs; re-score one with "
+            "`mlharbor evaluate`.")
+    if format == "html":
+        from mlharbor.evaluation.html import render_html
+
+        return HTMLResponse(render_html(report), headers={
+            "Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-store"})
+    return {"ref": mv.ref, "report": report}
 
 
 @router.get("/resolve/{reference}")

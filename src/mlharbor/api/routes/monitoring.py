@@ -1,17 +1,22 @@
-"""Monitoring routes: feedback (ground truth), drift, live performance and alerts.
+"""Monitoring routes: feedback (ground truth), drift, live performance, traffic and alerts.
 
 ``POST /v1/endpoints/{name}/feedback`` sits next to the prediction route a client already
 calls; the read routes are under ``/api/v1/monitoring``. Their authorisation rules are in the one
-route table, :mod:`mlharbor.security.routemap`.
+route table, :mod:`mlharbor.security.routemap`. Windows and steps are durations (``15m``,
+``24h``, ``7d``); a malformed one is answered 422 naming the parameter.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from mlharbor.api.routes.params import Duration, invalid_query
 from mlharbor.core.clock import utcnow
+
+# A duration query parameter, checked before the route runs (422 naming it when malformed).
+DurationQuery = Annotated[Duration, Query()]
 
 router = APIRouter(tags=["monitoring"])
 _API = "/api/v1/monitoring"
@@ -47,21 +52,37 @@ async def post_feedback(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.get(f"{_API}/endpoints/{{name}}/drift")
-def get_drift(request: Request, name: str, window: str = Query("24h"),
-              step: str | None = Query(None), version: int | None = Query(None, ge=1),
-              rows: int | None = Query(None, ge=1, le=10_000_000)) -> dict[str, Any]:
+def get_drift(request: Request, name: str, window: DurationQuery = "24h",
+              step: Annotated[Duration | None, Query()] = None,
+              version: int | None = Query(None, ge=1),
+              rows: int | None = Query(None, ge=1, le=10_000_000),
+              distributions: bool = Query(False, description="Add each feature's reference "
+                                          "and current distribution on the reference bins.")
+              ) -> dict[str, Any]:
     from mlharbor.monitoring.windows import parse_duration
 
     end = utcnow()
     span = parse_duration(window)
-    return dict(monitor_of(request).drift(
-        name, start=end - span, end=end, step=parse_duration(step) if step else None,
+    start = end - span
+    monitor = monitor_of(request)
+    report = dict(monitor.drift(
+        name, start=start, end=end, step=parse_duration(step) if step else None,
         version=version, rows=rows))
+    if distributions:
+        from mlharbor.monitoring.distributions import feature_distributions
+
+        shapes = feature_distributions(monitor, name, model=report["model"],
+                                       version=report["version"], start=start, end=end)
+        for feature in report["features"]:
+            feature["distribution"] = shapes.get(feature["name"])
+        if report.get("prediction") is not None:
+            report["prediction"]["distribution"] = shapes.get(report["prediction"]["name"])
+    return report
 
 
 @router.get(f"{_API}/endpoints/{{name}}/performance")
-def get_performance(request: Request, name: str, window: str = Query("7d"),
-                    step: str = Query("1d")) -> dict[str, Any]:
+def get_performance(request: Request, name: str, window: DurationQuery = "7d",
+                    step: DurationQuery = "1d") -> dict[str, Any]:
     from mlharbor.monitoring.windows import parse_duration
 
     end = utcnow()
@@ -71,6 +92,28 @@ def get_performance(request: Request, name: str, window: str = Query("7d"),
     rows = monitor_of(request).performance(name, start=start, end=end,
                                            window=min(parse_duration(step), span))
     return {"endpoint": name, "windows": rows}
+
+
+@router.get(f"{_API}/endpoints/{{name}}/traffic")
+def get_traffic(request: Request, name: str, window: DurationQuery = "1h",
+                step: DurationQuery = "1m") -> dict[str, Any]:
+    """Per ``step`` bucket of the last ``window``: requests, requests/s, latency p50/p95/p99
+    (seconds) and error rate (share answered by a fallback), counting one value per request
+    and leaving shadow copies out; with the totals and the split over routes and versions."""
+    from mlharbor.core.names import validate_name
+    from mlharbor.monitoring.traffic import MAX_BUCKETS, traffic
+    from mlharbor.monitoring.windows import parse_duration
+
+    span, size = parse_duration(window), parse_duration(step)
+    if size > span:
+        invalid_query("step", f"The step ({step}) is longer than the window ({window}).",
+                      step)
+    if span / size > MAX_BUCKETS:
+        invalid_query("step", f"A {window} window in {step} steps is more than {MAX_BUCKETS} "
+                      "buckets; use a longer step or a shorter window.", step)
+    validate_name(name, kind="endpoint name")  # it names a folder of the log
+    end = utcnow()
+    return traffic(monitor_of(request).log, name, start=end - span, end=end, step=size)
 
 
 @router.get(f"{_API}/alerts")

@@ -1,0 +1,89 @@
+// Shared by every page of the dashboard: building elements, tables, reading the JSON API.
+// Everything that comes from data is put in the page as text (textContent), never as HTML, so
+// a model description or a tag cannot inject markup or script.
+"use strict";
+
+const MLH = { pages: {}, timers: [] };
+
+MLH.$ = (id) => document.getElementById(id);
+
+MLH.text = (value) => (value === null || value === undefined ? "" : String(value));
+
+// h("a", {href: "#/x", className: "y", dataset: {k: "v"}}, "text", node, ...)
+MLH.h = (tag, attrs, ...children) => {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "className") node.className = value;
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.appendChild(child instanceof Node ? child : document.createTextNode(MLH.text(child)));
+  }
+  return node;
+};
+
+// A link to a hash route; the parts are encoded, so a name can never leave the route.
+MLH.link = (label, ...parts) =>
+  MLH.h("a", { href: "#/" + parts.map((p) => encodeURIComponent(String(p))).join("/") }, label);
+
+MLH.table = (headers, rows, attrs) => {
+  const head = MLH.h("thead", {}, MLH.h("tr", {}, ...headers.map((t) => MLH.h("th", {}, t))));
+  const body = MLH.h("tbody", {});
+  for (const row of rows) {
+    const tr = MLH.h("tr", row.attrs || {});
+    for (const cell of row.cells || row) {
+      if (cell && cell.className !== undefined && cell.value !== undefined) {
+        tr.appendChild(MLH.h("td", { className: cell.className }, cell.value));
+      } else {
+        tr.appendChild(MLH.h("td", {}, cell));
+      }
+    }
+    body.appendChild(tr);
+  }
+  return MLH.h("table", attrs || {}, head, body);
+};
+
+MLH.fill = (id, ...nodes) => {
+  const box = MLH.$(id);
+  box.replaceChildren(...nodes);
+  return box;
+};
+
+MLH.empty = (message) => MLH.h("p", { className: "muted" }, message);
+
+MLH.number = (value, digits) =>
+  value === null || value === undefined ? "—" : Number(value).toFixed(digits === undefined ? 3 : digits);
+
+MLH.percent = (value) =>
+  value === null || value === undefined ? "—" : (100 * value).toFixed(1) + "%";
+
+MLH.when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : "");
+
+MLH.pairs = (object) =>
+  Object.entries(object || {}).map(([k, v]) => `${k}=${typeof v === "number" ? MLH.number(v, 4) : v}`).join(", ");
+
+MLH.getJson = async (path) => {
+  const headers = {};
+  const key = sessionStorage.getItem("mlharbor.key");
+  if (key) headers["Authorization"] = "Bearer " + key;
+  const answer = await fetch(path, { headers });
+  if (answer.status === 401 && !key) {  // the session expired or was revoked
+    window.location.assign("/ui/login");
+    throw new Error("Please log in again.");
+  }
+  const body = await answer.json();
+  if (!answer.ok) {
+    const error = new Error((body.error && body.error.message) || answer.statusText);
+    error.status = answer.status;
+    throw error;
+  }
+  return body;
+};
+
+MLH.status = (message) => { MLH.$("status").textContent = message; };
+
+// Run fn every `seconds` while the current page stays open (the router clears the timers).
+MLH.every = (seconds, fn) => { MLH.timers.push(window.setInterval(fn, seconds * 1000)); };

@@ -1,0 +1,142 @@
+"""Records that carry their inputs as a float64 matrix travel through the journal as binary
+frames and give the same log rows as the JSON entries of the same records."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlharbor.core.records import PredictionRecord
+from mlharbor.monitoring.journal import Journal
+from mlharbor.monitoring.logframes import decode, encode, is_frame
+from mlharbor.monitoring.logrows import Redaction
+from mlharbor.monitoring.predlog import PredictionLog
+from mlharbor.monitoring.segments import LocalSegments, Sealer, sealer_from_settings
+from mlharbor.serving.model import Outputs, numeric_matrix
+from mlharbor.settings import Settings
+
+AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+NAMES = ("a", "b", "c")
+
+
+def rows(n: int, seed: int) -> list[dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    return [{k: float(v) for k, v in zip(NAMES, r, strict=True)} for r in rng.normal(size=(n, 3))]
+
+
+OUTPUTS: dict[str, Any] = {
+    "binary": lambda n: Outputs(np.arange(n) % 2, np.linspace(0, 1, 2 * n).reshape(n, 2)),
+    "string labels": lambda n: Outputs(np.array(["no", "yes"] * n)[:n],
+                                       np.linspace(0, 1, 3 * n).reshape(n, 3)),
+    "regression": lambda n: Outputs(np.linspace(-1, 1, n), None),
+    "bools": lambda n: Outputs(np.arange(n) % 3 == 0, None),
+    "fewer predictions": lambda n: Outputs(np.arange(max(n - 1, 0)), None),
+}
+
+
+def record(data: Any, outputs: Any, i: int, *, endpoint: str = "churn",
+           with_matrix: bool = True) -> PredictionRecord:
+    matrix = numeric_matrix(data, NAMES) if with_matrix else None
+    return PredictionRecord(f"r{i:03d}", endpoint, "churn@champion", 2, data, outputs,
+                            0.001 * i, AT + timedelta(milliseconds=i), shadow=i % 5 == 4,
+                            fallback="churn:1" if i % 7 == 6 else None, matrix=matrix,
+                            columns=NAMES if matrix is not None else None)
+
+
+def logged(tmp_path: Path, name: str, records: list[PredictionRecord], *,
+           sealer: Sealer | None = None, redaction: Redaction | None = None,
+           endpoint: str = "churn") -> Any:
+    log = PredictionLog(tmp_path / name / "journal", LocalSegments(tmp_path / name / "seg"),
+                        sealer=sealer, redaction=redaction)
+    for r in records:
+        log.emit(r)
+    log.flush()
+    log.compact()
+    table = log.scan(endpoint)
+    return table.sort_by([("request_id", "ascending"), ("row", "ascending")])
+
+
+def assert_same(binary: Any, json: Any) -> None:
+    assert sorted(binary.schema.names) == sorted(json.schema.names)
+    binary = binary.select(json.schema.names)
+    assert [str(t) for t in binary.schema.types] == [str(t) for t in json.schema.types]
+    assert binary.to_pylist() == json.to_pylist()
+
+
+@pytest.mark.parametrize("outputs", list(OUTPUTS), ids=list(OUTPUTS))
+def test_binary_frames_give_the_rows_json_entries_give(tmp_path: Path, outputs: str) -> None:
+    sizes = [1, 64, 3, 1, 17, 2, 5, 1]
+    records = [record(rows(n, i) if n > 1 else rows(1, i)[0], OUTPUTS[outputs](n), i)
+               for i, n in enumerate(sizes)]
+    plain = [dataclasses.replace(r, matrix=None, columns=None) for r in records]
+    assert all(r.matrix is not None for r in records)
+    binary, json = logged(tmp_path, "bin", records), logged(tmp_path, "json", plain)
+    assert binary.num_rows == sum(sizes)
+    assert_same(binary, json)
+
+
+def test_mixed_frames_records_and_endpoints_in_one_journal(tmp_path: Path) -> None:
+    records = [record(rows(4, 0), OUTPUTS["binary"](4), 0),
+               record([{"a": 1.0, "b": "text", "c": 2.0}], OUTPUTS["binary"](1), 1),
+               record(rows(3, 2), OUTPUTS["regression"](3), 2, endpoint="price"),
+               record(rows(4, 3), OUTPUTS["string labels"](4), 3),
+               record(rows(2, 4), OUTPUTS["binary"](2), 4)]
+    assert records[1].matrix is None  # a string: the JSON path
+    plain = [dataclasses.replace(r, matrix=None, columns=None) for r in records]
+    for endpoint in ("churn", "price"):
+        assert_same(logged(tmp_path, f"bin-{endpoint}", records, endpoint=endpoint),
+                    logged(tmp_path, f"json-{endpoint}", plain, endpoint=endpoint))
+
+
+def test_integer_inputs_are_logged_as_the_float64_values_the_model_saw(tmp_path: Path) -> None:
+    data = [{"a": 1, "b": 2, "c": 3}, {"a": 4, "b": 5.5, "c": 6}]
+    table = logged(tmp_path, "ints", [record(data, OUTPUTS["binary"](2), 0)])
+    assert str(table.schema.field("in.a").type) == "double"
+    assert table.column("in.b").to_pylist() == [2.0, 5.5]
+
+
+def test_frames_are_sealed_and_a_torn_frame_is_skipped(tmp_path: Path) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    sealer = sealer_from_settings(Settings(home=tmp_path / "home", security={"master_key": key}))
+    assert sealer is not None
+    records = [record(rows(8, i), OUTPUTS["binary"](8), i) for i in range(3)]
+    journal = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer)
+    assert journal.append_frames([encode(records[:2])])
+    assert journal.append_frames([encode(records[2:])])
+    journal.close()
+    path = next((tmp_path / "j").glob("journal-*.log"))
+    data = path.read_bytes()
+    assert b"r000" not in data  # sealed: no request id in the clear
+    path.write_bytes(data[:-10])  # a crash in the middle of the second frame
+    entries = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer).read(path)
+    assert [e["id"] for e in entries] == ["r000", "r001"]
+    assert entries[0]["m"].shape == (3, 8)
+
+
+def test_redacted_endpoints_never_write_the_matrix(tmp_path: Path) -> None:
+    redaction = Redaction({"churn": {"a": "drop", "b": "mask"}})
+    records = [record(rows(4, 0), OUTPUTS["binary"](4), 0)]
+    table = logged(tmp_path, "red", records, redaction=redaction)
+    assert "in.a" not in table.column_names
+    assert set(table.column("in.b").to_pylist()) == {"***"}
+    journal_files = list((tmp_path / "red" / "journal").glob("*"))
+    assert not any(is_frame(p.read_bytes()[4:]) for p in journal_files if p.is_file())
+
+
+def test_decode_reads_what_encode_wrote() -> None:
+    records = [record(rows(5, 0), OUTPUTS["string labels"](5), 0),
+               record(rows(1, 1)[0], OUTPUTS["regression"](1), 1)]
+    payload = encode(records)
+    assert is_frame(payload)
+    out = decode(payload)
+    assert [e["id"] for e in out] == ["r000", "r001"]
+    np.testing.assert_array_equal(out[0]["m"].T, records[0].matrix)
+    assert out[0]["pred"] == ["no", "yes", "no", "yes", "no"]
+    np.testing.assert_allclose(out[0]["score"], records[0].outputs.probabilities.max(axis=1))
+    assert out[1]["score"] == []
