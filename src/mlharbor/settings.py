@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -139,6 +139,10 @@ class ServingSettings(BaseModel):
         0, ge=0, description="Prediction requests per minute per key (0 = no limit: the "
         "concurrency limit sheds load instead).")
     rate_limit_burst: int = Field(1000, ge=1, description="Prediction requests at once per key.")
+    key_cache_max_stale_s: float = Field(
+        3600.0, ge=0, description="While the metadata database is down, an API key checked "
+        "within this long keeps working (revocations then wait for the database); 0 refuses "
+        "every key until it is back.")
     default_endpoint: str | None = Field(None, description="Endpoint of /invocations.")
     access_log: bool = Field(False, description="One JSON log line per request.")
 
@@ -155,6 +159,9 @@ class MonitoringSettings(BaseModel):
     flush_interval_s: float = Field(
         1.0, gt=0, le=1.0, description="Records are fsync'd to the journal within this.")
     segment_interval_s: float = Field(5.0, gt=0, description="Journal -> Parquet cadence.")
+    compaction: Literal["process", "thread"] = Field(
+        "process", description="Turn the journal into Parquet in a child process at a lower "
+        "priority (serving's latency never waits for it), or in a thread of the server.")
     buffer_max_bytes: int = Field(
         1 << 30, gt=0, description="Journal size limit; past it new records are dropped.")
     retention_days: float = Field(30.0, gt=0, description="Log segments older are deleted.")

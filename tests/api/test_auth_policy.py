@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from mlharbor.security.policy import ROLE_ACTIONS, ROLES
-from mlharbor.security.routemap import PUBLIC, RULES, RouteTable, declared_routes
+from mlharbor.security.routemap import AUTHENTICATED, PUBLIC, RULES, RouteTable, declared_routes
 from mlharbor.settings import Settings
 from tests.security.fixtures import (  # noqa: F401  (fixtures)
     app,
@@ -119,7 +119,8 @@ def test_role_action_matrix_matches_http(app: Any, client: httpx.Client, make_ke
             response = client.request(method, concrete(template), headers=bearer(keys[role]),
                                       **_body(method, template))
             assert response.status_code != 401, response.text
-            expected[(role, method, template)] = rule.action in ROLE_ACTIONS[role]
+            expected[(role, method, template)] = (rule.action == AUTHENTICATED
+                                                  or rule.action in ROLE_ACTIONS[role])
             observed[(role, method, template)] = response.status_code != 403
     for method, template in routes:  # admin last: its deletes would remove the fixtures
         rule = TABLE.lookup(method, template)

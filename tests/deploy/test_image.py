@@ -299,6 +299,7 @@ def test_no_bake_image_is_pushed_pulled_and_serves_from_the_shared_registry(
                          timeout=800)
         assert result.returncode == 0, result.stderr[-3000:]
         pushed_at = time.monotonic()
+        assert f"pushed {tag}@sha256:" in result.stderr, result.stderr
         digest = result.stderr.split(f"pushed {tag}@", 1)[1].split()[0]
         assert digest.startswith("sha256:")
         # The password is in no output, log or audit record; it was never on a command line.
@@ -323,9 +324,11 @@ def test_no_bake_image_is_pushed_pulled_and_serves_from_the_shared_registry(
         assert httpx.get(f"http://{reg.host}/v2/{repo}/tags/list").status_code == 401
 
         # Without credentials, or verifying TLS against a plain-HTTP registry: clear refusals.
+        no_login = tmp_path / "no-login.json"  # the builder's own login, holding nothing
+        no_login.write_text('{"auths": {}}')
         with pytest.raises(UnavailableError, match="refused the credentials"):
             push_image(tag, builder="buildah", tls_verify=False, auth=RegistryAuth(),
-                       environ={"REGISTRY_AUTH_FILE": str(tmp_path / "none.json"),
+                       environ={"REGISTRY_AUTH_FILE": str(no_login),
                                 "PATH": os.environ["PATH"]})
         with pytest.raises(UnavailableError, match="--no-tls-verify for a local plain-HTTP"):
             push_image(tag, builder="buildah", auth=RegistryAuth(reg.authfile))

@@ -121,12 +121,48 @@ def test_frames_are_sealed_and_a_torn_frame_is_skipped(tmp_path: Path) -> None:
 
 def test_redacted_endpoints_never_write_the_matrix(tmp_path: Path) -> None:
     redaction = Redaction({"churn": {"a": "drop", "b": "mask"}})
-    records = [record(rows(4, 0), OUTPUTS["binary"](4), 0)]
-    table = logged(tmp_path, "red", records, redaction=redaction)
+    records = [record(rows(4, 0), OUTPUTS["binary"](4), 0),
+               record(rows(4, 1), OUTPUTS["binary"](4), 1, endpoint="open")]
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"),
+                        redaction=redaction)
+    for r in records:
+        log.emit(r)
+    log.flush()
+    (journal,) = (tmp_path / "journal").glob("journal-*.log")
+    data = journal.read_bytes()
+    frames = []
+    while data:
+        size = int.from_bytes(data[:4], "big")
+        frames.append(data[4:4 + size])
+        data = data[4 + size:]
+    # The endpoint without rules goes as a binary frame; the redacted one as JSON, without
+    # the dropped column's values.
+    assert [is_frame(f) for f in frames] == [True, False]
+    assert b'"a"' not in frames[1] and str(records[0].matrix[0, 0]).encode() not in frames[1]
+    log.compact()
+    table = log.scan("churn")
     assert "in.a" not in table.column_names
     assert set(table.column("in.b").to_pylist()) == {"***"}
-    journal_files = list((tmp_path / "red" / "journal").glob("*"))
-    assert not any(is_frame(p.read_bytes()[4:]) for p in journal_files if p.is_file())
+    assert log.scan("open").num_rows == 4
+
+
+def test_a_crash_between_segment_and_journal_removal_duplicates_nothing(tmp_path: Path
+                                                                        ) -> None:
+    store = LocalSegments(tmp_path / "seg")
+    first = PredictionLog(tmp_path / "journal", store)
+    for i in range(3):
+        first.emit(record(rows(4, i), OUTPUTS["binary"](4), i))
+    first.flush()
+    first.journal.rotate()
+    (sealed,) = first.journal.sealed()
+    first._write_segments(first.journal.read(sealed), first.journal.seq_of(sealed))
+    # ... the process dies here, before removing the journal file; another recovers it.
+    second = PredictionLog(tmp_path / "journal", store)
+    second.compact()
+    table = second.scan("churn")
+    assert table.num_rows == 12
+    assert len(set(zip(table["request_id"].to_pylist(), table["row"].to_pylist(),
+                       strict=True))) == 12
 
 
 def test_decode_reads_what_encode_wrote() -> None:
@@ -140,3 +176,17 @@ def test_decode_reads_what_encode_wrote() -> None:
     assert out[0]["pred"] == ["no", "yes", "no", "yes", "no"]
     np.testing.assert_allclose(out[0]["score"], records[0].outputs.probabilities.max(axis=1))
     assert out[1]["score"] == []
+
+
+def test_integer_categories_logged_as_floats_count_as_their_category() -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from mlharbor.monitoring.reference import Reference
+    from mlharbor.monitoring.windows import _count_categorical
+
+    reference = Reference.from_frame(pd.DataFrame({"n": [1, 2, 3, 2, 1] * 20}),
+                                     kinds={"n": "categorical"})
+    counts = _count_categorical(reference.features["n"], pa.array([1.0, 2.0, 2.0, 5.0]))
+    assert counts.counts.tolist() == [1, 2, 0]
+    assert counts.unseen_values == {"5": 1}

@@ -140,3 +140,35 @@ def test_a_database_outage_does_not_stop_serving(
             assert response.status_code == 200, response.text
         assert client.get("/readyz").status_code == 200
         assert "sync_error" in client.get("/v1/endpoints").text
+
+
+def test_keys_outlive_a_database_outage_only_for_a_bounded_time(
+    home_settings: Any, registry: Any
+) -> None:
+    import time
+
+    import pytest
+
+    from mlharbor.bootstrap import open_identities
+    from mlharbor.core.errors import AuthenticationError, MlharborError
+    from mlharbor.serving.auth import CachedIdentities
+
+    store = open_identities(registry)
+    key = store.init_admin("ops", actor="test")[1]
+    cache = CachedIdentities(store, ttl_s=0.05, max_stale_s=1.0)
+    assert cache.authenticate_key(key).name == "ops"
+    with pytest.raises(AuthenticationError):
+        cache.authenticate_key(key + "x")
+    registry.store.db.engine.dispose()
+    db = home_settings.home / "mlharbor.db"
+    for suffix in ("", "-wal", "-shm"):
+        path = db.with_name(db.name + suffix)
+        if path.exists():
+            path.rename(path.with_name(path.name + ".away"))
+    (home_settings.home / "mlharbor.db").mkdir()  # the database cannot be opened any more
+    time.sleep(0.1)
+    assert cache.authenticate_key(key).name == "ops"  # stale, but within max_stale_s
+    time.sleep(1.0)
+    with pytest.raises(MlharborError) as refused:
+        cache.authenticate_key(key)
+    assert not isinstance(refused.value, AuthenticationError)  # unavailable, not "bad key"

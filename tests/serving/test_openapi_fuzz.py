@@ -45,17 +45,33 @@ def test_no_input_makes_a_server_error(fuzz_server: Any) -> None:
     api = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 20
+    calls: dict[tuple[str, str], int] = {}
+
+    def fuzz(operation: Any, mode: Any) -> None:
+        key = (f"{operation.method.upper()} {operation.path}", mode.name)
+        calls[key] = 0
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=15, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(case: Any) -> None:
+            calls[key] += 1
+            case.call_and_validate(base_url=fuzz_server.url, checks=[not_a_server_error])
+
+        with contextlib.suppress(Unsatisfiable):
+            run()
+
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=15, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
-            def run(case: Any) -> None:
-                case.call_and_validate(base_url=fuzz_server.url, checks=[not_a_server_error])
-
-            # a GET without parameters has no negative example: nothing to fuzz there
-            with contextlib.suppress(Unsatisfiable):
-                run()
+            fuzz(operation, mode)
+    # Every operation was called with valid input, and with invalid input wherever it takes
+    # any: only an operation without parameters or body has no negative example.
+    assert all(n > 0 for (_op, mode), n in calls.items() if mode == "POSITIVE"), calls
+    takes_input = {f"{o.method.upper()} {o.path}" for o in operations
+                   if o.body or any(True for _ in o.iter_parameters())}
+    missed = [op for (op, mode), n in calls.items() if mode == "NEGATIVE" and n == 0
+              and op in takes_input]
+    assert not missed, missed
 
 
 def test_every_route_is_documented(fuzz_server: Any) -> None:

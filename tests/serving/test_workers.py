@@ -115,6 +115,13 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
 def _workers(pid: int) -> list[int]:
     """The worker processes of the server ``pid`` (multiprocessing also starts a resource
     tracker next to them)."""
@@ -214,9 +221,8 @@ def test_two_tls_workers_share_the_port_log_everything_and_stop_on_sigterm(
         start_workers: Any, home_settings: Any, pki: Pki) -> None:
     served = start_workers("churn@champion", "--workers", "2", "--tls-cert", str(pki.cert),
                            "--tls-key", str(pki.key), ca=pki.ca)
-    everyone = _children(served.proc.pid)
     workers = _workers(served.proc.pid)
-    assert len(workers) == 2, everyone
+    assert len(workers) == 2, _children(served.proc.pid)
     # HTTPS only, and only with a certificate the client trusts.
     with pytest.raises(httpx.HTTPError):
         httpx.get(served.url.replace("https", "http") + "/livez", timeout=2)
@@ -253,6 +259,7 @@ def test_two_tls_workers_share_the_port_log_everything_and_stop_on_sigterm(
     assert all(per_slot[slot] > 0 for slot in holders), per_slot
     assert sum(per_slot.values()) == len(answered)
 
+    everyone = _descendants(served.proc.pid)  # workers and whatever they started
     # SIGTERM to the parent with a request in flight: its worker finishes it, then all stop.
     body = json.dumps(ROW * 200).encode()
     port = int(served.url.rsplit(":", 1)[1])
@@ -273,7 +280,7 @@ def test_two_tls_workers_share_the_port_log_everything_and_stop_on_sigterm(
     answered.append(json.loads(answer)["request_id"])
     assert served.proc.wait(60) == 0
     assert not [pid for pid in workers if _alive(pid)]  # the parent waited for its workers
-    deadline = time.monotonic() + 10  # multiprocessing's resource tracker follows at once
+    deadline = time.monotonic() + 10  # helpers (multiprocessing's tracker ...) follow at once
     while [pid for pid in everyone if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in everyone if _alive(pid)]
@@ -299,7 +306,7 @@ def test_one_process_serves_https_from_settings(start_workers: Any, pki: Pki) ->
     served = start_workers("churn@champion", ca=pki.ca, env={
         "MLHARBOR_SERVER__TLS_CERTFILE": str(pki.cert),
         "MLHARBOR_SERVER__TLS_KEYFILE": str(pki.key)})
-    assert _children(served.proc.pid) == []
+    assert _workers(served.proc.pid) == []  # no worker processes: this one serves
     answer = httpx.post(f"{served.url}/v2/models/churn/infer", headers=served.headers,
                         verify=served.verify, json={"inputs": [
                             {"name": f, "shape": [1], "datatype": "FP64", "data": [v]}

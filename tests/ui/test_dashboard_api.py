@@ -160,3 +160,28 @@ def test_lineage_and_evaluation_report_of_a_version(harbor: Harbor) -> None:
     assert "default-src 'none'" in page.headers["content-security-policy"]
     missing = get(harbor, "/api/v1/models/churn/versions/9/lineage")
     assert missing.status_code == 404
+
+
+def test_scoped_keys_read_only_their_own_model_or_endpoint(harbor: Harbor) -> None:
+    from mlharbor.bootstrap import open_identities
+
+    identities = open_identities(harbor.registry)
+    other_model = identities.create_key("viewer-1", scopes=["model:other"], actor="test")[1]
+    other_endpoint = identities.create_key("viewer-1", scopes=["endpoint:other"],
+                                           actor="test")[1]
+    own_model = identities.create_key("viewer-1", scopes=["model:churn"], actor="test")[1]
+
+    def status(path: str, key: str) -> int:
+        return httpx.get(f"{harbor.url}{path}", timeout=60,
+                         headers={"Authorization": f"Bearer {key}"}).status_code
+
+    for path in ("/api/v1/models/churn/versions/1/lineage",
+                 "/api/v1/models/churn/versions/1/report"):
+        assert status(path, other_model) == 403, path
+        assert status(path, own_model) == 200, path
+    traffic = "/api/v1/monitoring/endpoints/churn/traffic"
+    assert status(traffic, other_endpoint) == 403
+    assert status(traffic, other_model) == 403
+    # Whoever holds a valid key may ask what it may do, scoped or not.
+    for key in (other_model, other_endpoint, own_model):
+        assert status("/ui/whoami", key) == 200

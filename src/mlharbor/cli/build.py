@@ -151,7 +151,9 @@ def _build(registry: object, source: object, output: Path, options: object, cons
                                         log=context.path.parent / f"{context.path.name}"
                                         ".push.log")
                 where = f"{src.image}@{pushed.digest}" if pushed.digest else src.image
-                out.print(f"pushed {where} in {pushed.seconds:.0f} s")
+                # One unwrapped line: scripts take the digest from it.
+                out.print(f"pushed {where} in {pushed.seconds:.0f} s", soft_wrap=True,
+                          markup=False, highlight=False)
                 details.update(pushed=True, digest=pushed.digest)
     except MlharborError as exc:
         reg.store.record(actor=actor, action="deploy.container", resource=src.resource,

@@ -44,9 +44,16 @@ class ServingProcess:
             if self.ref is not None:
                 registry.get_version(self.ref)  # fail fast, with the registry's message
             metrics = ServingMetrics()
-            log = open_prediction_log(self.settings, metrics_registry=metrics.registry).start()
+            feedback = None
+            if self.settings.monitoring.log_predictions:
+                from mlharbor.monitoring.feedback import open_feedback
+
+                log = open_prediction_log(self.settings,
+                                          metrics_registry=metrics.registry).start()
+                feedback = open_feedback(self.settings, log).add
             app = create_serving_app(self.settings, registry, ref=self.ref, sink=log,
-                                     identities=open_identities(registry), metrics=metrics)
+                                     identities=open_identities(registry), metrics=metrics,
+                                     feedback=feedback)
         except BaseException:
             if log is not None:
                 log.close()
@@ -56,7 +63,8 @@ class ServingProcess:
 
         def close() -> None:
             try:
-                opened.close()
+                if opened is not None:
+                    opened.close()
             finally:
                 registry.close()
 

@@ -125,3 +125,16 @@ class TimeoutError_(MlharborError):
 
 class UnavailableError(MlharborError):
     code = "unavailable"
+
+
+class CompactorUnavailable(UnavailableError):
+    """The prediction log's compactor process could not run; the log compacts in-process."""
+
+    code = "compactor_unavailable"
+
+
+class CompactionFailed(UnavailableError):
+    """Compaction ran but failed (the segment store is down, say); the journal keeps the rows
+    and compaction is retried."""
+
+    code = "compaction_failed"

@@ -28,7 +28,7 @@ def feature_distributions(monitor: Monitor, endpoint: str, *, model: str, versio
     rows ``version`` answered on ``endpoint`` in ``[start, end)``."""
     engine = monitor.drift_engine(model, version)
     # The monitor's own window counting (the drift report counted the same rows the same way).
-    window = monitor._window(engine, endpoint, version, start, end)
+    window = monitor.window_counts(engine, endpoint, version, start, end)
     reference = engine.reference
     refs = dict(reference.features)
     if reference.prediction is not None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from mlharbor.monitoring.predlog import PredictionLog
     from mlharbor.monitoring.segments import SegmentStore
+    from mlharbor.settings import Settings
 
 MAX_LABELS = 100_000
 CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc")
@@ -64,6 +65,14 @@ def parse_labels(body: Any) -> list[dict[str, Any]]:
                                     f"received {row!r:.40}.")
         out.append({"request_id": rid, "row": row, "label": label})
     return out
+
+
+def open_feedback(settings: Settings, log: PredictionLog) -> Feedback:
+    """The label store of ``settings``, joined with ``log``."""
+    from mlharbor.monitoring.segments import open_segments
+    from mlharbor.monitoring.service import feedback_uri
+
+    return Feedback(open_segments(feedback_uri(settings), settings), log)
 
 
 class Feedback:

@@ -43,7 +43,8 @@ class Journal:
         self._seq = (self._seq_of(existing[-1]) + 1) if existing else 1
         self._fh: BinaryIO | None = None
         self._active_bytes = 0
-        self._sealed_bytes = sum(p.stat().st_size for p in existing)
+        self._sealed_bytes = 0
+        self.recount()
 
     @property
     def backlog_bytes(self) -> int:
@@ -93,6 +94,29 @@ class Journal:
             active = self._name(self._seq)
             return [p for p in self._files() if p.name != active]
 
+    @property
+    def active_seq(self) -> int:
+        """The sequence number of the file appends go to; every lower one is sealed."""
+        return self._seq
+
+    def sealed_before(self, seq: int) -> list[Path]:
+        """Journal files numbered below ``seq`` (sealed by the process that wrote them): what
+        a compactor in another process may turn into segments."""
+        return [p for p in self._files() if self._seq_of(p) < seq]
+
+    def recount(self) -> None:
+        """Re-read the sealed files' sizes, after another process compacted some of them."""
+        with self._lock:
+            active = self._name(self._seq)
+            total = 0
+            for path in self._files():
+                if path.name != active:
+                    try:
+                        total += path.stat().st_size
+                    except FileNotFoundError:  # compacted meanwhile
+                        continue
+            self._sealed_bytes = total
+
     def read(self, path: Path) -> list[dict[str, object]]:
         """The JSON lines (entries or rows) of a journal file; a torn final frame (crash
         mid-write) is ignored."""
@@ -115,8 +139,11 @@ class Journal:
 
     def remove(self, path: Path) -> None:
         with self._lock:
-            size = path.stat().st_size
-            path.unlink()
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:  # removed by another compactor meanwhile
+                return
             self._sealed_bytes = max(0, self._sealed_bytes - size)
 
     def close(self) -> None:

@@ -83,7 +83,10 @@ def encode(records: Sequence[PredictionRecord]) -> bytes:
         predictions, scores = outputs_arrays(record.outputs)
         if isinstance(predictions, np.ndarray) and predictions.dtype.kind in _BINARY_KINDS \
                 and predictions.ndim == 1:
-            raw = np.ascontiguousarray(predictions).tobytes()
+            # Native byte order: Arrow takes no other.
+            predictions = np.ascontiguousarray(predictions,
+                                               dtype=predictions.dtype.newbyteorder("="))
+            raw = predictions.tobytes()
             entry["p"] = [predictions.dtype.str, offset, len(predictions)]
             buffers.append(raw)
             offset += len(raw)

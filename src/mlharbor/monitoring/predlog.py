@@ -15,8 +15,9 @@ derived from its journal's sequence number, so a crash between writing a segment
 its journal rewrites the same segment instead of duplicating rows. A slow or failing store only
 grows the journal (bounded; the backlog is exported as a metric); serving never waits.
 
-Segments are named ``endpoint=<name>/<first_at>-<last_at>-<seq>.parquet`` (times in epoch
-microseconds), so time-range queries skip whole files before reading a byte of them.
+Segments are named ``endpoint=<name>/<first_at>-<last_at>-<writer>-<seq>.parquet`` (times in
+epoch microseconds; the writer is a random id kept in the journal folder), so time-range
+queries skip whole files before reading a byte of them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from mlharbor.core.clock import utcnow
+from mlharbor.core.errors import CompactorUnavailable
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.journal import Journal
 from mlharbor.monitoring.logframes import encode, frames_table, split_records, to_columns_entry
@@ -51,6 +53,7 @@ from mlharbor.monitoring.logrows import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from mlharbor.monitoring.compactor import CompactorProcess
     from mlharbor.monitoring.segments import Sealer, SegmentStore
 
 log = logging.getLogger("mlharbor.monitoring.predlog")
@@ -65,8 +68,10 @@ class PredictionLog:
                  flush_interval_s: float = 1.0, segment_interval_s: float = 5.0,
                  max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
                  retention: timedelta | None = None, metrics_registry: Any = None,
-                 journal_lock: Any = None) -> None:
+                 journal_lock: Any = None, compactor: CompactorProcess | None = None) -> None:
         self.segments = segments
+        # Compacts in a child process when set (serving); in this one otherwise.
+        self.compactor = compactor
         # An open file holding an exclusive flock on the journal folder (see service.py);
         # released by close() so the folder can be claimed again.
         self._journal_lock = journal_lock
@@ -78,6 +83,9 @@ class PredictionLog:
         self.retention = retention
         self._retained_at = 0.0
         self.journal = Journal(journal_dir, max_bytes=max_buffer_bytes, sealer=sealer)
+        # In segment names: processes sharing a store (workers, replicas) each journal in
+        # their own folder, with their own sequence numbers.
+        self._slot = _writer_name(journal_dir)
         self._pending: collections.deque[PredictionRecord] = collections.deque()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -122,6 +130,8 @@ class PredictionLog:
             self.compact()
         except Exception:  # the store is down: the journal keeps the rows for the next start
             log.exception("prediction log store unavailable at shutdown; rows kept in journal")
+        if self.compactor is not None:
+            self.compactor.close()
         if self._journal_lock is not None:
             self._journal_lock.close()
             self._journal_lock = None
@@ -151,7 +161,14 @@ class PredictionLog:
         # are expanded at compaction.
         redaction = self.redaction
         binary, records = split_records(records, redaction)
-        frames = [encode(binary)] if binary else []
+        frames = []
+        if binary:
+            try:
+                frames.append(encode(binary))
+            except (TypeError, ValueError):  # an output orjson refuses: the JSON path copes
+                log.warning("binary journal frame failed; journaling %d record(s) as JSON",
+                            len(binary), exc_info=True)
+                records, binary = [*binary, *records], []
         option = orjson.OPT_SERIALIZE_NUMPY
         entries = []
         for record in records:
@@ -170,16 +187,41 @@ class PredictionLog:
                       self.journal.backlog_bytes, len(records) + len(binary))
         return len(entries) + len(binary)
 
-    def compact(self) -> int:
-        """Turn sealed journal files into segments; returns the segments written."""
+    def compact(self, *, in_process: bool = False) -> int:
+        """Turn sealed journal files into segments; returns the segments written.
+
+        With a compactor (see :mod:`.compactor`) the work runs in its child process unless
+        ``in_process``; when the child cannot run, here.
+        """
         with self._compact_lock:
             self.journal.rotate()
-            written = 0
-            for path in self.journal.sealed():
+            compactor = self.compactor
+            if compactor is not None and not in_process:
+                try:
+                    return compactor.compact(self.journal.active_seq)
+                except CompactorUnavailable as exc:
+                    if compactor.disabled:
+                        self.compactor = None
+                        log.warning("%s The log compacts in the serving process from now on.",
+                                    exc)
+                    else:
+                        log.warning("%s Compacting in the serving process this time.", exc)
+                finally:
+                    self.journal.recount()
+            return self.compact_files(self.journal.sealed())
+
+    def compact_files(self, paths: Sequence[Path]) -> int:
+        """Turn these journal files into segments and remove them; returns segments written.
+        A file gone meanwhile was compacted by another process (an orphaned compactor)."""
+        written = 0
+        for path in paths:
+            try:
                 rows = self.journal.read(path)
-                written += self._write_segments(rows, self.journal.seq_of(path))
-                self.journal.remove(path)
-            return written
+            except FileNotFoundError:
+                continue
+            written += self._write_segments(rows, self.journal.seq_of(path))
+            self.journal.remove(path)
+        return written
 
     def _write_segments(self, items: list[dict[str, Any]], seq: int) -> int:
         import pyarrow as pa
@@ -205,7 +247,7 @@ class PredictionLog:
                 tables, promote_options="permissive")
             ats = table["at"]
             first, last = pc.min(ats).as_py(), pc.max(ats).as_py()
-            name = f"endpoint={endpoint}/{first}-{last}-{seq:010d}.parquet"
+            name = f"endpoint={endpoint}/{first}-{last}-{self._slot}-{seq:010d}.parquet"
             sink = io.BytesIO()
             pq.write_table(table, sink, **_WRITE_OPTIONS, use_dictionary=_dictionary_columns(table))
             data = sink.getvalue()
@@ -347,6 +389,27 @@ def _dictionary_columns(table: pa.Table) -> list[str]:
     return [f.name for f in table.schema if f.name not in _UNIQUE_TEXT and (
         pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
         or pa.types.is_boolean(f.type) or pa.types.is_dictionary(f.type))]
+
+
+def _writer_name(journal_dir: Path) -> str:
+    """A random id made once per journal folder and kept in it (``.writer``): whoever
+    recovers the folder after a crash, on whatever host, rewrites the same segment names."""
+    import os
+
+    path = journal_dir / ".writer"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    temporary = journal_dir / f".writer.{os.getpid()}"
+    temporary.write_text(os.urandom(8).hex())
+    try:
+        os.link(temporary, path)  # the first one made wins; a racing one reads it
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()
 
 
 def _micros(moment: datetime) -> int:

@@ -33,9 +33,11 @@ def log_uri(settings: Settings) -> str:
 
 
 def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> PredictionLog:
-    """The prediction log for ``settings`` (not started: call ``.start()``)."""
+    """The prediction log for ``settings`` (not started: call ``.start()``); it compacts in a
+    child process unless ``monitoring.compaction`` is ``thread``."""
     from datetime import timedelta
 
+    from mlharbor.monitoring.compactor import CompactorProcess
     from mlharbor.monitoring.logrows import Redaction
     from mlharbor.monitoring.predlog import PredictionLog
     from mlharbor.monitoring.segments import open_segments, sealer_from_settings
@@ -53,6 +55,8 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         retention=timedelta(days=mon.retention_days),
         metrics_registry=metrics_registry,
         journal_lock=lock,
+        compactor=CompactorProcess(settings, journal_dir, lock_fd=lock.fileno())
+        if mon.compaction == "process" else None,
     )
 
 
@@ -116,13 +120,12 @@ class Monitor:
 
     def __init__(self, settings: Settings, registry: Any = None,
                  log: PredictionLog | None = None) -> None:
-        from mlharbor.monitoring.feedback import Feedback
-        from mlharbor.monitoring.segments import open_segments
+        from mlharbor.monitoring.feedback import open_feedback
 
         self.settings = settings
         self.registry = registry
         self.log = log or open_prediction_log(settings)
-        self.feedback = Feedback(open_segments(feedback_uri(settings), settings), self.log)
+        self.feedback = open_feedback(settings, self.log)
         self.cache_dir = settings.home / "monitoring"
 
     # -- feedback and performance ----------------------------------------------------------
@@ -209,7 +212,7 @@ class Monitor:
             windows = self._time_windows(engine, endpoint, version, start, end, step)
         total = merge_all(windows)
         if total is None:
-            total = self._window(engine, endpoint, version, start, end)
+            total = self.window_counts(engine, endpoint, version, start, end)
         series = [{"start": w.start.isoformat() if w.start else None, "rows": w.rows,
                    **_brief(engine.compare(w))} for w in windows if w.rows]
         report = engine.compare(total).to_dict()
@@ -229,7 +232,7 @@ class Monitor:
             # one report are the cached windows of the next.
             aligned = (moment.timestamp() // size + 1) * size
             upper = min(datetime.fromtimestamp(aligned, tz=moment.tzinfo), end)
-            windows.append(self._window(engine, endpoint, version, moment, upper))
+            windows.append(self.window_counts(engine, endpoint, version, moment, upper))
             moment = upper
         return windows
 
@@ -250,7 +253,9 @@ class Monitor:
             windows.append(self._count_table(engine, part, first, last))
         return windows
 
-    def _window(self, engine: Any, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
+    def window_counts(self, engine: Any, endpoint: str, version: int, lo: Any, hi: Any
+                      ) -> Any:
+        """Bin counts of one version's rows logged in [lo, hi), cached once the window is past."""
         import orjson
 
         from mlharbor.core.clock import utcnow
@@ -287,11 +292,22 @@ class Monitor:
     # -- helpers ---------------------------------------------------------------------------
 
     def _check_endpoint(self, endpoint: str) -> None:
+        """A stored endpoint, or one the log has predictions of (``mlharbor serve churn``
+        serves an endpoint ``churn`` that is not stored); NotFoundError otherwise."""
         if self.registry is None:
             return
+        from mlharbor.core.errors import NotFoundError
         from mlharbor.registry.endpoints import EndpointService
 
-        EndpointService(self.registry).get(endpoint)  # NotFoundError names the endpoint
+        try:
+            EndpointService(self.registry).get(endpoint)
+        except NotFoundError as exc:
+            if not self.log.segment_names(endpoint):
+                raise NotFoundError(
+                    f"No endpoint {endpoint!r} is stored and no prediction of one is logged.",
+                    hint="Check the name; predictions reach the log within a few seconds, "
+                    "and a server started with `mlharbor serve` takes feedback itself.",
+                    field="endpoint", received=endpoint) from exc
 
     def _served(self, endpoint: str, start: Any, end: Any, version: int | None
                 ) -> tuple[str | None, int | None]:

@@ -139,6 +139,11 @@ def _count_categorical(ref: FeatureReference, values: Any) -> FeatureCounts:
     for key, count in zip(tally.index, tally.to_numpy(), strict=True):
         label = str(key)
         position = index.get(label)
+        if position is None and isinstance(key, float) and key.is_integer():
+            # A numeric model's inputs are logged as the float64 the model saw: 2.0 is the
+            # category "2" of the training data.
+            label = str(int(key))
+            position = index.get(label)
         if position is None and ref.has_other:
             position = len(counts) - 1
         if position is None:
@@ -212,6 +217,12 @@ def parse_duration(text: str) -> Any:
         raise InvalidInputError(
             f"The duration {text!r} is not understood.",
             hint="Write a number and a unit: 90s, 15m, 24h, 7d or 2w.") from exc
-    if amount <= 0:
+    if not amount > 0:  # also NaN
         raise InvalidInputError(f"The duration {text!r} must be positive.")
+    if amount * unit > MAX_DURATION_S:  # also infinity
+        raise InvalidInputError(f"The duration {text!r} is longer than ten years.",
+                                hint="Ask for a shorter window.")
     return timedelta(seconds=amount * unit)
+
+
+MAX_DURATION_S = 10 * 366 * 86400

@@ -37,7 +37,13 @@ from mlharbor.security import apikeys
 from mlharbor.security.identities import AuditSink, IdentityStore
 from mlharbor.security.policy import Principal, allows
 from mlharbor.security.ratelimit import RateLimiter
-from mlharbor.security.routemap import PUBLIC, RouteRule, RouteTable, declared_routes
+from mlharbor.security.routemap import (
+    AUTHENTICATED,
+    PUBLIC,
+    RouteRule,
+    RouteTable,
+    declared_routes,
+)
 from mlharbor.security.sessions import SessionStore
 from mlharbor.security.tokens import TokenVerifier
 from mlharbor.security.transport import reply_json
@@ -111,7 +117,7 @@ class AuthMiddleware:
             status, code = (405, "method_not_allowed") if path_known else (404, "not_found")
             await reply_json(out, status, code, f"No route {method} {scope.get('path')}.")
             return
-        if not allows(principal, rule.action, resource):
+        if rule.action != AUTHENTICATED and not allows(principal, rule.action, resource):
             await self._refuse(scope, out, 403, _forbidden(principal, rule, target),
                                principal.name, action, target)
             return

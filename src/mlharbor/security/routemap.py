@@ -2,7 +2,8 @@
 
 A rule names the method and the path *template* exactly as the framework declares it
 (``/api/v1/models/{name}``), the action from :data:`mlharbor.security.policy.ACTIONS`, and how
-to find the resource in the path parameters. ``PUBLIC`` rules need no credentials at all.
+to find the resource in the path parameters. ``PUBLIC`` rules need no credentials at all;
+``AUTHENTICATED`` rules need valid credentials and no grant.
 
 Adding routes: append rules to :data:`RULES` (or pass ``extra_rules`` when installing the
 middleware). A route with no rule is refused (403) and a test fails, so nothing is reachable by
@@ -19,6 +20,8 @@ from typing import Any
 from mlharbor.security.policy import Resource, check_action
 
 PUBLIC = "public"
+# Any caller with valid credentials, whatever their grants (what a caller may learn of itself).
+AUTHENTICATED = "authenticated"
 ResourceFinder = Callable[[Mapping[str, Any]], Resource | None]
 
 
@@ -54,7 +57,7 @@ class RouteRule:
     resource: ResourceFinder | None = None
 
     def __post_init__(self) -> None:
-        if self.action != PUBLIC:
+        if self.action not in (PUBLIC, AUTHENTICATED):
             check_action(self.action)
 
     def resource_for(self, params: Mapping[str, Any]) -> Resource | None:
@@ -137,13 +140,14 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("GET", PUBLIC, None, "/ui/login"),
     *_rules("POST", PUBLIC, None, "/ui/login", "/ui/logout"),
     # -- dashboard data (issue 7): traffic charts, version lineage and evaluation reports, the
-    # deployment ledger (alias moves, endpoint revisions, deploy.* records: nothing the alias
-    # and endpoint history routes do not already show). The audit trail itself is
-    # `audit.read` (rules above); /ui/whoami tells the page what its caller may read.
+    # deployment ledger (alias moves, endpoint revisions, and the deploy.* records: target,
+    # image, who, when, outcome and its message). The audit trail itself is `audit.read`
+    # (rules above); /ui/whoami tells any caller, scoped keys too, what it may read.
     *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/traffic"),
     *_rules("GET", "read", _MODEL, f"{_API}/models/{{name}}/versions/{{version}}/lineage",
             f"{_API}/models/{{name}}/versions/{{version}}/report"),
-    *_rules("GET", "read", None, f"{_API}/deployments", "/ui/whoami"),
+    *_rules("GET", "read", None, f"{_API}/deployments"),
+    *_rules("GET", AUTHENTICATED, None, "/ui/whoami"),
 )
 
 

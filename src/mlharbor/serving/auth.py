@@ -3,7 +3,9 @@
 The identity lookup is wrapped in a short-lived cache, because serving must not depend on the
 metadata database per request: a key checked in the last ``ttl_s`` seconds is trusted again
 without a query (revocations take effect within ``ttl_s``), and while the database is down a
-key seen before keeps working. Unknown keys are always checked against the database.
+key checked within ``max_stale_s`` keeps working (serving goes on answering; a revocation made
+meanwhile cannot be seen, so the window is bounded). Unknown keys are always checked against
+the database.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ MAX_CACHED_KEYS = 10_000
 class CachedIdentities:
     """``authenticate_key`` with a TTL cache in front; anything else goes to the real store."""
 
-    def __init__(self, inner: Any, *, ttl_s: float = 10.0) -> None:
+    def __init__(self, inner: Any, *, ttl_s: float = 10.0, max_stale_s: float = 3600.0) -> None:
         self.inner = inner
         self.ttl_s = ttl_s
+        self.max_stale_s = max_stale_s
         self._cache: dict[bytes, tuple[Any, float]] = {}
 
     def cached(self, key: str) -> Any:
@@ -49,7 +52,8 @@ class CachedIdentities:
             self._cache.pop(digest, None)
             raise
         except MlharborError:
-            if hit is not None:  # the database is down: a key seen before keeps working
+            # The database is down: a key checked recently enough keeps working.
+            if hit is not None and now - hit[1] < self.max_stale_s:
                 return hit[0]
             raise
         if len(self._cache) >= MAX_CACHED_KEYS:
@@ -79,7 +83,7 @@ def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityS
                     return principal
             return await super()._authenticate(scope)
 
-    identities = CachedIdentities(store)
+    identities = CachedIdentities(store, max_stale_s=settings.serving.key_cache_max_stale_s)
     sec = settings.security
     return ServingAuthMiddleware(
         app, table=RouteTable(RULES),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import signal
 import socket
 import sys
@@ -196,7 +197,8 @@ def _config(settings: Settings, app: Any, listener: Listener, sock: socket.socke
     return uvicorn.Config(
         app, host=listener.host, port=sock.getsockname()[1], loop="uvloop", http="httptools",
         lifespan="on", access_log=False, server_header=False, log_config=None,
-        log_level="info", timeout_graceful_shutdown=int(settings.serving.drain_timeout_s) or None,
+        log_level="info",
+        timeout_graceful_shutdown=math.ceil(settings.serving.drain_timeout_s) or None,
         ssl_certfile=listener.certfile, ssl_keyfile=listener.keyfile, **extra,
     )
 

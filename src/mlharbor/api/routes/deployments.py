@@ -44,10 +44,11 @@ def list_deployments(
     if unknown:
         invalid_query("kind", f"Unknown kind {unknown[0]!r}; expected one of "
                       f"{', '.join(KINDS)}.", unknown[0])
-    if before is not None and before.tzinfo is None:
+    if before is not None:
         from datetime import UTC
 
-        before = before.replace(tzinfo=UTC)
+        before = (before.replace(tzinfo=UTC) if before.tzinfo is None
+                  else before.astimezone(UTC))
     readers = {"alias": _alias_moves, "endpoint": _endpoint_changes, "deploy": _deploys}
     entries: list[dict[str, Any]] = []
     with registry_of(request).store.db.read() as conn:

@@ -4,11 +4,14 @@ Request: records ``[{"col": value}, ...]`` (or one record) or ``{"columns": [...
 [[...]]}``. Answer: ``predictions``, ``probabilities`` and ``classes`` (classifiers), the
 ``model`` and ``version`` that answered, ``fallback`` when the chain was used, and the
 ``request_id``. Errors: ``{"error": {"code", "message", "hint", "details"}}`` with the status
-from the one mapping in ``api.errors``.
+from the one mapping in ``api.errors``. Ground truth for answered requests goes to
+``POST /v1/endpoints/{name}/feedback`` (the control plane's route, served here too when
+predictions are recorded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlharbor import __version__
@@ -30,7 +33,14 @@ def render_error(exc: MlharborError, status: int) -> Response:
     return json_response({"error": exc.to_dict()}, status)
 
 
-def routes(plane: DataPlane, pool: ModelPool) -> list[Route]:
+FeedbackWriter = Callable[[str, Any], int]
+
+
+def routes(plane: DataPlane, pool: ModelPool, feedback: FeedbackWriter | None = None
+           ) -> list[Route]:
+    """The native routes; ``feedback`` (monitoring's label store, when the server records
+    predictions) adds ``POST /v1/endpoints/{name}/feedback`` for the endpoints served here."""
+
     async def predict(request: Request) -> Response:
         name = request.params["name"]
         request.endpoint = name
@@ -48,6 +58,17 @@ def routes(plane: DataPlane, pool: ModelPool) -> list[Route]:
         if answer.fallback is not None:
             body["fallback"] = answer.fallback
         return json_response(body, headers=answer_headers(answer))
+
+    async def post_feedback(request: Request) -> Response:
+        import asyncio
+
+        name = request.params["name"]
+        request.endpoint = name
+        plane.plan(name)  # NotFoundError names the endpoints served here
+        body = parse_json(request.body)
+        assert feedback is not None
+        accepted = await asyncio.get_running_loop().run_in_executor(None, feedback, name, body)
+        return json_response({"endpoint": name, "accepted": accepted})
 
     async def list_status(request: Request) -> Response:
         return json_response({
@@ -84,7 +105,10 @@ def routes(plane: DataPlane, pool: ModelPool) -> list[Route]:
     async def version(request: Request) -> Response:
         return json_response({"name": "mlharbor", "version": __version__})
 
+    extra = [] if feedback is None else [
+        Route("POST", "/v1/endpoints/{name}/feedback", post_feedback, "native", render_error)]
     return [
+        *extra,
         Route("POST", "/v1/endpoints/{name}/predict", predict, "native", render_error,
               predict=True),
         Route("GET", "/v1/endpoints", list_status, "native", render_error),

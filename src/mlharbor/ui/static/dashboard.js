@@ -8,7 +8,14 @@
   MLH.route = () => {
     const hash = window.location.hash.replace(/^#\/?/, "");
     const [path, search] = hash.split("?", 2);
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    const decode = (part) => {
+      try {
+        return decodeURIComponent(part);
+      } catch (_err) {  // a malformed escape in a hand-typed link: keep it as typed
+        return part;
+      }
+    };
+    const parts = path.split("/").filter(Boolean).map(decode);
     const page = MLH.pages[parts[0]] ? parts[0] : DEFAULT;
     return { page, params: parts.slice(1), query: new URLSearchParams(search || "") };
   };

@@ -6,6 +6,8 @@
 #  - A baked image holds a one-version registry in /opt/mlharbor/model. SQLite needs a writable
 #    folder, so its database is copied to MLHARBOR_HOME; the files are read in place. Set
 #    MLHARBOR_DATABASE_URL (and MLHARBOR_ARTIFACT_URI) to serve from a shared registry instead.
+#  - MLHARBOR_SERVER__WORKERS=N serves with N processes on the one port (default 1: on
+#    Kubernetes, scale with replicas instead).
 set -eu
 if [ "$#" -eq 0 ] || [ "$1" = "serve" ]; then
   [ "$#" -gt 0 ] && shift

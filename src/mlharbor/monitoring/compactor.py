@@ -1,0 +1,223 @@
+"""Compaction of the prediction journal in a child process, so serving never waits for it.
+
+Turning journal files into Parquet segments is a burst of CPU every few seconds. In the serving
+process it competed with requests for the interpreter lock, and the requests that arrived
+during a burst waited for it: that was most of the p99 latency the prediction log added. In a
+child process (``python -m mlharbor.monitoring.compactor``, started on first use, at a lower
+scheduling priority) the operating system shares the CPU at a fine grain instead, and a crash
+in the Parquet writer cannot take serving down.
+
+The serving process still owns the journal: it seals the active file, then asks the child to
+compact every file numbered below the new active one and waits (on a pipe, without the
+interpreter lock) for the reply. The child reads the settings once, as a JSON line on its
+stdin (secrets travel only through that pipe), and exits when the pipe closes or, between
+files, when it finds its parent gone. It inherits the journal slot's lock, so a server
+restarted after a crash cannot claim the slot while an orphaned child still works in it; it
+runs in its own session, so Ctrl-C at a terminal stops the server, which then stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from mlharbor.core.errors import CompactionFailed, CompactorUnavailable
+
+if TYPE_CHECKING:
+    from mlharbor.settings import Settings
+
+log = logging.getLogger("mlharbor.monitoring.compactor")
+# Below serving (nice 0): under full load the child still gets about a quarter of a busy core,
+# more than compaction needs, and idle time whenever there is any.
+NICENESS = 5
+# Children that die before answering, in a row, before compaction stays in-process for good.
+MAX_START_FAILURES = 3
+
+
+class CompactorProcess:
+    """A handle on the child; :meth:`compact` is called from one thread at a time.
+
+    ``lock_fd`` is the journal slot's lock (see ``claim_journal``), inherited by the child;
+    ``timeout_s`` bounds one request: a child that does not answer in time is killed.
+    """
+
+    def __init__(self, settings: Settings, journal_dir: Path, *, lock_fd: int | None = None,
+                 timeout_s: float = 300.0) -> None:
+        self._config = orjson.dumps({"settings": revealed(settings),
+                                     "journal": str(journal_dir)})
+        self._lock_fd = lock_fd
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._failed_starts = 0
+        self._answered = False
+
+    def compact(self, upto: int) -> int:
+        """Compact the journal files numbered below ``upto``; returns segments written."""
+        with self._lock:
+            proc = self._running()
+            stdin, stdout = _pipes(proc)
+            try:
+                stdin.write(orjson.dumps({"upto": upto}) + b"\n")
+                stdin.flush()
+                line = self._reply(stdout)
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                self._died()
+                raise CompactorUnavailable(f"The log compactor stopped: {exc}.") from exc
+            if not line:
+                self._died()
+                raise CompactorUnavailable("The log compactor exited.")
+            self._answered, self._failed_starts = True, 0
+            reply = orjson.loads(line)
+        if "error" in reply:
+            raise CompactionFailed(str(reply["error"]))
+        return int(reply["written"])
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the child (it finishes the file it is on) and wait for it."""
+        self._closed = True
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            _pipes(proc)[0].close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._proc = None
+
+    @property
+    def disabled(self) -> bool:
+        """True once the child failed to start too often: compaction stays in-process."""
+        return self._failed_starts >= MAX_START_FAILURES
+
+    def _reply(self, stdout: IO[bytes]) -> bytes:
+        """The child's answer line, or b"" once ``timeout_s`` passed (the child is killed)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("the log compactor did not answer within %.0fs; stopping it",
+                            self.timeout_s)
+                return b""
+            ready, _w, _x = select.select([stdout], [], [], min(left, 1.0))
+            if ready:
+                return stdout.readline()
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._closed:
+            raise CompactorUnavailable("The log compactor is closed.")
+        if self.disabled:
+            raise CompactorUnavailable(
+                f"The log compactor failed to start {MAX_START_FAILURES} times in a row.")
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mlharbor.monitoring.compactor"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+                start_new_session=True)
+            stdin = _pipes(proc)[0]
+            stdin.write(self._config + b"\n")
+            stdin.flush()
+        except OSError as exc:
+            self._failed_starts += 1
+            raise CompactorUnavailable(f"The log compactor could not start: {exc}.") from exc
+        self._proc, self._answered = proc, False
+        return proc
+
+    def _died(self) -> None:
+        if not self._answered:  # it never answered: count it as a failed start
+            self._failed_starts += 1
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc.stdin, proc.stdout
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+
+
+def revealed(settings: Settings) -> Any:
+    """The settings as plain JSON values, secrets included (for the child's stdin only)."""
+    from pydantic import SecretStr
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return plain(settings.model_dump())
+
+
+def main() -> int:
+    """The child: read the settings, then answer compaction requests until stdin closes."""
+    from mlharbor.monitoring.predlog import PredictionLog
+    from mlharbor.monitoring.segments import open_segments, sealer_from_settings
+    from mlharbor.monitoring.service import log_uri
+    from mlharbor.settings import Settings
+
+    _lower_priority()
+    parent = os.getppid()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    first = stdin.readline()
+    if not first:
+        return 0
+    try:
+        config = orjson.loads(first)
+        settings = Settings(**config["settings"])
+        compactor = PredictionLog(Path(config["journal"]),
+                                  open_segments(log_uri(settings), settings),
+                                  sealer=sealer_from_settings(settings))
+    except Exception as exc:  # the parent sees the pipe close and compacts itself
+        sys.stderr.write(f"mlharbor log compactor: cannot start ({type(exc).__name__}).\n")
+        return 1
+    for line in stdin:
+        try:
+            upto = int(orjson.loads(line)["upto"])
+            written = 0
+            for path in compactor.journal.sealed_before(upto):
+                if os.getppid() != parent:  # orphaned: whoever claims the slot next recovers
+                    return 0
+                written += compactor.compact_files([path])
+            reply: dict[str, Any] = {"written": written}
+        except Exception as exc:  # reported to the parent, which backs off and retries
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        stdout.write(orjson.dumps(reply) + b"\n")
+        stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
