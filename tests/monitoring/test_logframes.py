@@ -14,7 +14,7 @@ import pytest
 
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.journal import Journal
-from mlharbor.monitoring.logframes import decode, encode, is_frame
+from mlharbor.monitoring.logframes import decode, encode, is_frame, split_records
 from mlharbor.monitoring.logrows import Redaction
 from mlharbor.monitoring.predlog import PredictionLog
 from mlharbor.monitoring.segments import LocalSegments, Sealer, sealer_from_settings
@@ -114,9 +114,9 @@ def test_frames_are_sealed_and_a_torn_frame_is_skipped(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert b"r000" not in data  # sealed: no request id in the clear
     path.write_bytes(data[:-10])  # a crash in the middle of the second frame
-    entries = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer).read(path)
-    assert [e["id"] for e in entries] == ["r000", "r001"]
-    assert entries[0]["m"].shape == (3, 8)
+    blocks = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer).read(path)
+    assert [b["block"]["id"] for b in blocks] == [["r000", "r001"]]
+    assert blocks[0]["block"]["m"].shape == (3, 16)
 
 
 def test_redacted_endpoints_never_write_the_matrix(tmp_path: Path) -> None:
@@ -167,15 +167,33 @@ def test_a_crash_between_segment_and_journal_removal_duplicates_nothing(tmp_path
 
 def test_decode_reads_what_encode_wrote() -> None:
     records = [record(rows(5, 0), OUTPUTS["string labels"](5), 0),
-               record(rows(1, 1)[0], OUTPUTS["regression"](1), 1)]
+               record(rows(1, 1)[0], OUTPUTS["regression"](1), 1),
+               record(rows(2, 2), OUTPUTS["string labels"](2), 2)]
     payload = encode(records)
     assert is_frame(payload)
-    out = decode(payload)
-    assert [e["id"] for e in out] == ["r000", "r001"]
-    np.testing.assert_array_equal(out[0]["m"].T, records[0].matrix)
-    assert out[0]["pred"] == ["no", "yes", "no", "yes", "no"]
-    np.testing.assert_allclose(out[0]["score"], records[0].outputs.probabilities.max(axis=1))
-    assert out[1]["score"] == []
+    blocks = [item["block"] for item in decode(payload)]
+    # One block per endpoint, columns and output kind: records 0 and 2 share one.
+    assert [b["id"] for b in blocks] == [["r000", "r002"], ["r001"]]
+    assert blocks[0]["n"] == [5, 2]
+    np.testing.assert_array_equal(blocks[0]["m"].T,
+                                  np.concatenate([records[0].matrix, records[2].matrix]))
+    assert blocks[0]["pred"] == ["no", "yes", "no", "yes", "no", "no", "yes"]
+    np.testing.assert_allclose(blocks[0]["score"], np.concatenate(
+        [r.outputs.probabilities.max(axis=1) for r in (records[0], records[2])]))
+    assert blocks[1]["score"] is None
+    assert list(blocks[1]["pred"]) == [-1.0]
+
+
+def test_outputs_serving_never_gives_take_the_json_path(tmp_path: Path) -> None:
+    odd = [record(rows(3, 0), Outputs(np.array(["a", 1, None], dtype=object), None), 0),
+           record(rows(3, 1), [1, 0, 1], 1),
+           record(rows(3, 2), Outputs(np.arange(3), np.ones((3, 2, 1))), 2),
+           record(rows(3, 3), OUTPUTS["binary"](3), 3)]
+    binary, other = split_records(odd, None)
+    assert [r.request_id for r in binary] == ["r003"]
+    assert len(other) == 3
+    plain = [dataclasses.replace(r, matrix=None, columns=None) for r in odd]
+    assert_same(logged(tmp_path, "bin", odd), logged(tmp_path, "json", plain))
 
 
 def test_integer_categories_logged_as_floats_count_as_their_category() -> None:

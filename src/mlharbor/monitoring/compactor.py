@@ -11,9 +11,11 @@ The serving process still owns the journal: it seals the active file, then asks 
 compact every file numbered below the new active one and waits (on a pipe, without the
 interpreter lock) for the reply. The child reads the settings once, as a JSON line on its
 stdin (secrets travel only through that pipe), and exits when the pipe closes or, between
-files, when it finds its parent gone. It inherits the journal slot's lock, so a server
-restarted after a crash cannot claim the slot while an orphaned child still works in it; it
-runs in its own session, so Ctrl-C at a terminal stops the server, which then stops it.
+files, when it finds its parent gone. It does not hold the journal slot's lock: a server
+restarted after a crash claims the slot at once and recovers it, and should an orphaned child
+still be finishing a file there, both write the same segment (names derive from the journal
+file) and whoever comes second finds the file gone. It runs in its own session, so Ctrl-C at a
+terminal stops the server, which then stops it.
 """
 
 from __future__ import annotations
@@ -47,15 +49,13 @@ MAX_START_FAILURES = 3
 class CompactorProcess:
     """A handle on the child; :meth:`compact` is called from one thread at a time.
 
-    ``lock_fd`` is the journal slot's lock (see ``claim_journal``), inherited by the child;
     ``timeout_s`` bounds one request: a child that does not answer in time is killed.
     """
 
-    def __init__(self, settings: Settings, journal_dir: Path, *, lock_fd: int | None = None,
+    def __init__(self, settings: Settings, journal_dir: Path, *,
                  timeout_s: float = 300.0) -> None:
         self._config = orjson.dumps({"settings": revealed(settings),
                                      "journal": str(journal_dir)})
-        self._lock_fd = lock_fd
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -129,7 +129,6 @@ class CompactorProcess:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlharbor.monitoring.compactor"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
                 start_new_session=True)
             stdin = _pipes(proc)[0]
             stdin.write(self._config + b"\n")

@@ -2,25 +2,29 @@
 
 Serving validates the inputs of a model of numbers into a float64 matrix
 (:attr:`PredictionRecord.matrix`); formatting those numbers as JSON text for the journal and
-parsing them back at compaction cost more CPU than the prediction itself on a 64-row request.
-So such records travel as raw bytes: one frame per flush holds a small JSON header (one entry
-per record: request id, endpoint, times, which columns, where its bytes are) followed by the
-matrices, predictions and scores as they are in memory. Compaction reads them back as
-zero-copy NumPy views and builds the Parquet columns with array operations only.
+parsing them back at compaction cost more CPU than the prediction itself on a 64-row request,
+and handling each record on its own cost more than the prediction of a one-row request. So
+such records travel column-wise, in *blocks*: the records of one flush that share an endpoint,
+input columns and output kinds are joined into one matrix, one prediction array and one score
+array, written as raw bytes, with their per-record fields (request id, times, ...) as lists.
+Both the flusher and the compactor then do a few array operations per block instead of Python
+work per record.
 
 Layout of a frame's payload (after :class:`~.segments.Sealer` opening, when sealed)::
 
     MAGIC | header length (4 bytes, big-endian) | header (JSON) | buffers
 
-JSON frames (:func:`~.logrows.record_entry`) never start with ``MAGIC``'s NUL byte, so both
-kinds share one journal. Decoded entries look like format-2 entries (``"v": 2``) with ``m``
-(the matrix, column-major: columns x rows), ``k`` (column names), and ``pred``/``score`` as
-arrays.
+The header lists the blocks: endpoint, columns, rows per record, the per-record fields, and
+where each array's bytes are (inputs column-major, so a column is one run). JSON frames
+(:func:`~.logrows.record_entry`) never start with ``MAGIC``'s NUL byte, so both kinds share
+one journal. A decoded block is one item ``{"v": 2, "ep": ..., "block": {...}}`` whose arrays
+view the payload without copying.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,28 +35,42 @@ from mlharbor.monitoring.logrows import (
     INPUT_PREFIX,
     Redaction,
     column_array,
-    outputs_arrays,
-    repeated_columns,
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
 
-MAGIC = b"\x00MLHB1"
-# Prediction arrays of these kinds travel as bytes (bool, signed, unsigned, float); strings and
-# objects go in the header as JSON.
+MAGIC = b"\x00MLHB2"
+# Prediction arrays of these kinds travel as bytes (bool, signed, unsigned, float); text and
+# objects go in the header as JSON lists.
 _BINARY_KINDS = "biuf"
+# Per-record fields of a block, in the names of the JSON entries (see logrows.record_entry).
+META = ("id", "ref", "ver", "at", "lat", "sh", "fb")
 
 
 def split_records(records: Sequence[PredictionRecord], redaction: Redaction | None
                   ) -> tuple[list[PredictionRecord], list[PredictionRecord]]:
-    """(records for a binary frame, the rest): a record qualifies when it carries its matrix
-    and its endpoint has no redaction rules (redaction needs the values as Python objects)."""
+    """(records for a binary frame, the rest). A record qualifies when it carries its matrix,
+    its endpoint has no redaction rules (redaction needs the values as Python objects), and its
+    outputs are serving's: a 1-D prediction array, probabilities absent or one row per row."""
+    import numpy as np
+
     binary: list[PredictionRecord] = []
     other: list[PredictionRecord] = []
     for record in records:
-        if record.matrix is not None and record.columns is not None and (
-                redaction is None or not redaction.rules_for(record.endpoint)):
+        matrix, outputs = record.matrix, record.outputs
+        predictions = getattr(outputs, "predictions", None)
+        probabilities = getattr(outputs, "probabilities", None)
+        if (type(matrix) is np.ndarray and matrix.ndim == 2 and record.columns is not None
+                and type(predictions) is np.ndarray and predictions.ndim == 1
+                and predictions.dtype.kind != "O"
+                and len(predictions) == matrix.shape[0]
+                and (probabilities is None or (
+                    type(probabilities) is np.ndarray and probabilities.ndim == 2
+                    and probabilities.shape[0] == matrix.shape[0]
+                    and probabilities.shape[1] >= 1 and probabilities.dtype.kind in "fiu"))
+                and (redaction is None or not redaction.rules_for(record.endpoint))):
             binary.append(record)
         else:
             other.append(record)
@@ -60,130 +78,142 @@ def split_records(records: Sequence[PredictionRecord], redaction: Redaction | No
 
 
 def encode(records: Sequence[PredictionRecord]) -> bytes:
-    """One frame payload holding ``records`` (each with ``matrix`` and ``columns`` set)."""
+    """One frame payload holding ``records`` (each accepted by :func:`split_records`)."""
     import numpy as np
 
-    keys: dict[tuple[str, ...], int] = {}
-    entries: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], list[PredictionRecord]] = {}
+    for record in records:
+        outputs = record.outputs
+        proba = outputs.probabilities
+        key = (record.endpoint, record.columns, outputs.predictions.dtype.str,
+               None if proba is None else proba.shape[1])
+        groups.setdefault(key, []).append(record)
+    blocks: list[dict[str, Any]] = []
     buffers: list[bytes] = []
     offset = 0
-    for record in records:
-        matrix = np.asarray(record.matrix, dtype=np.float64)
-        columns = record.columns or ()
-        key_index = keys.setdefault(columns, len(keys))
-        raw = np.ascontiguousarray(matrix.T).tobytes()  # column-major: a column is one run
-        entry: dict[str, Any] = {
-            "id": record.request_id, "ep": record.endpoint, "ref": record.model_ref,
-            "ver": record.served_version, "at": int(record.at.timestamp() * 1_000_000),
-            "lat": record.latency_s, "sh": record.shadow, "fb": record.fallback,
-            "k": key_index, "n": int(matrix.shape[0]), "m": offset,
-        }
+
+    def put(array: np.ndarray) -> int:
+        nonlocal offset
+        at = offset
+        raw = array.tobytes()
         buffers.append(raw)
         offset += len(raw)
-        predictions, scores = outputs_arrays(record.outputs)
-        if isinstance(predictions, np.ndarray) and predictions.dtype.kind in _BINARY_KINDS \
-                and predictions.ndim == 1:
+        return at
+
+    for (endpoint, columns, dtype, width), group in groups.items():
+        counts = [len(r.outputs.predictions) for r in group]
+        matrix = np.concatenate([r.matrix for r in group]) if len(group) > 1 else group[0].matrix
+        block: dict[str, Any] = {
+            "ep": endpoint, "k": list(columns), "n": counts,
+            "m": put(np.ascontiguousarray(matrix.T, dtype=np.float64)),
+            "id": [r.request_id for r in group], "ref": [r.model_ref for r in group],
+            "ver": [r.served_version for r in group],
+            "at": [int(r.at.timestamp() * 1_000_000) for r in group],
+            "lat": [r.latency_s for r in group], "sh": [r.shadow for r in group],
+            "fb": [r.fallback for r in group],
+        }
+        predictions = np.concatenate([r.outputs.predictions for r in group])
+        if predictions.dtype.kind in _BINARY_KINDS:
             # Native byte order: Arrow takes no other.
-            predictions = np.ascontiguousarray(predictions,
-                                               dtype=predictions.dtype.newbyteorder("="))
-            raw = predictions.tobytes()
-            entry["p"] = [predictions.dtype.str, offset, len(predictions)]
-            buffers.append(raw)
-            offset += len(raw)
+            block["p"] = [np.dtype(dtype).newbyteorder("=").str,
+                          put(np.ascontiguousarray(predictions,
+                                                   predictions.dtype.newbyteorder("=")))]
         else:
-            entry["pl"] = predictions.tolist() if hasattr(predictions, "tolist") \
-                else list(predictions)
-        if isinstance(scores, np.ndarray):
-            raw = scores.astype(np.float64, copy=False).tobytes()
-            entry["s"] = [offset, len(scores)]
-            buffers.append(raw)
-            offset += len(raw)
-        else:
-            entry["sl"] = list(scores)
-        entries.append(entry)
-    header = orjson.dumps({"keys": [list(k) for k in keys], "entries": entries},
-                          option=orjson.OPT_SERIALIZE_NUMPY, default=_plain_value)
+            block["pl"] = predictions.tolist()
+        if width is not None:
+            proba = np.concatenate([r.outputs.probabilities for r in group]).astype(
+                np.float64, copy=False)
+            scores = proba[:, -1] if width == 2 else proba.max(axis=1)
+            block["s"] = put(np.ascontiguousarray(scores))
+        blocks.append(block)
+    header = orjson.dumps({"blocks": blocks}, option=orjson.OPT_SERIALIZE_NUMPY,
+                          default=_plain_value)
     return b"".join((MAGIC, len(header).to_bytes(4, "big"), header, *buffers))
 
 
 def decode(payload: bytes) -> list[dict[str, Any]]:
-    """The entries of a frame payload, their arrays viewing ``payload`` (no copy)."""
+    """The blocks of a frame payload, their arrays viewing ``payload`` (no copy)."""
     import numpy as np
 
     start = len(MAGIC) + 4
     size = int.from_bytes(payload[len(MAGIC):start], "big")
     header = orjson.loads(payload[start:start + size])
     body = memoryview(payload)[start + size:]
-    keys = [tuple(k) for k in header["keys"]]
     out = []
-    for e in header["entries"]:
-        columns = keys[e["k"]]
-        n = e["n"]
-        matrix = np.frombuffer(body, np.float64, n * len(columns), e["m"]).reshape(
-            len(columns), n)
-        if "p" in e:
-            dtype, at, count = e["p"]
-            predictions: Any = np.frombuffer(body, np.dtype(dtype), count, at)
-        else:
-            predictions = e["pl"]
-        if "s" in e:
-            at, count = e["s"]
-            scores: Any = np.frombuffer(body, np.float64, count, at)
-        else:
-            scores = e["sl"]
-        out.append({"v": ENTRY_FORMAT, "id": e["id"], "ep": e["ep"], "ref": e["ref"],
-                    "ver": e["ver"], "at": e["at"], "lat": e["lat"], "sh": e["sh"],
-                    "fb": e["fb"], "m": matrix, "k": columns, "pred": predictions,
-                    "score": scores})
+    for b in header["blocks"]:
+        rows = sum(b["n"])
+        width = len(b["k"])
+        block: dict[str, Any] = {name: b[name] for name in META}
+        block["n"], block["k"] = b["n"], tuple(b["k"])
+        block["m"] = np.frombuffer(body, np.float64, rows * width, b["m"]).reshape(width, rows)
+        block["pred"] = (np.frombuffer(body, np.dtype(b["p"][0]), rows, b["p"][1])
+                         if "p" in b else b["pl"])
+        block["score"] = np.frombuffer(body, np.float64, rows, b["s"]) if "s" in b else None
+        out.append({"v": ENTRY_FORMAT, "ep": b["ep"], "block": block})
     return out
 
 
-def frames_table(entries: list[dict[str, Any]]) -> pa.Table | None:
-    """The log table of decoded entries sharing one set of columns and output kinds, built
-    with array operations only; None when they differ (the caller takes the general path)."""
+def blocks_table(items: list[dict[str, Any]]) -> pa.Table | None:
+    """The log table of decoded blocks that share columns and output kinds, built with array
+    operations only; None when they differ (the caller takes the general path)."""
     import numpy as np
     import pyarrow as pa
 
-    keys = entries[0]["k"]
-    first_pred, first_score = entries[0]["pred"], entries[0]["score"]
-    pred_dtype = first_pred.dtype if isinstance(first_pred, np.ndarray) else None
-    scored = isinstance(first_score, np.ndarray)
-    counts = []
-    for entry in entries:
-        n = entry["m"].shape[1]
-        pred, score = entry["pred"], entry["score"]
-        if (entry["k"] != keys or len(pred) != n
-                or (pred.dtype if isinstance(pred, np.ndarray) else None) != pred_dtype
-                or isinstance(score, np.ndarray) != scored
-                or len(score) != (n if scored else 0)):
+    blocks = [item["block"] for item in items]
+    first = blocks[0]
+    binary = isinstance(first["pred"], np.ndarray)
+    kind = first["pred"].dtype if binary else None
+    scored = first["score"] is not None
+    for block in blocks[1:]:
+        if (block["k"] != first["k"] or isinstance(block["pred"], np.ndarray) != binary
+                or (binary and block["pred"].dtype != kind)
+                or (block["score"] is not None) != scored):
             return None
-        counts.append(n)
+    counts = list(chain.from_iterable(b["n"] for b in blocks))
     total = sum(counts)
-    columns = repeated_columns(entries, counts)
-    if pred_dtype is not None:
-        columns["prediction"] = pa.array(np.concatenate([e["pred"] for e in entries]))
-    else:
-        from itertools import chain
-
-        columns["prediction"] = column_array(list(chain.from_iterable(
-            e["pred"] for e in entries)))
-    columns["score"] = (pa.array(np.concatenate([e["score"] for e in entries])) if scored
+    index = pa.array(np.repeat(np.arange(len(counts)), counts))
+    starts = np.repeat(np.cumsum([0, *counts[:-1]]), counts)
+    columns: dict[str, Any] = {}
+    for name, field in (("request_id", "id"), ("row", None), ("endpoint", None),
+                        ("model_ref", "ref"), ("version", "ver"), ("at", "at"),
+                        ("latency_s", "lat"), ("shadow", "sh"), ("fallback", "fb")):
+        if name == "row":
+            columns[name] = pa.array(np.arange(total, dtype=np.int64) - starts)
+        elif name == "endpoint":
+            columns[name] = column_array(list(chain.from_iterable(
+                [item["ep"]] * len(item["block"]["n"]) for item in items))).take(index)
+        else:
+            columns[name] = column_array(list(chain.from_iterable(
+                b[field] for b in blocks))).take(index)
+    columns["prediction"] = (pa.array(np.concatenate([b["pred"] for b in blocks])) if binary
+                             else column_array(list(chain.from_iterable(
+                                 b["pred"] for b in blocks))))
+    columns["score"] = (pa.array(np.concatenate([b["score"] for b in blocks])) if scored
                         else pa.nulls(total))
-    inputs = np.concatenate([e["m"] for e in entries], axis=1)
-    for j, key in enumerate(keys):
+    inputs = np.concatenate([b["m"] for b in blocks], axis=1)
+    for j, key in enumerate(first["k"]):
         columns[INPUT_PREFIX + key] = pa.array(inputs[j])
     return pa.table(columns)
 
 
-def to_columns_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """A decoded entry as a plain format-2 column entry (``cols``), for the general path."""
-    matrix = entry.pop("m")
-    keys = entry.pop("k")
-    entry["cols"] = [matrix.shape[1], {key: matrix[j].tolist() for j, key in enumerate(keys)}]
-    for field in ("pred", "score"):
-        value = entry[field]
-        entry[field] = value.tolist() if hasattr(value, "tolist") else value
-    return entry
+def block_entries(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A decoded block as plain format-2 column entries (``cols``), for the general path."""
+    block = item["block"]
+    matrix, keys = block["m"], block["k"]
+    pred, score = block["pred"], block["score"]
+    pred = pred.tolist() if hasattr(pred, "tolist") else list(pred)
+    score = [] if score is None else score.tolist()
+    out = []
+    start = 0
+    for i, n in enumerate(block["n"]):
+        stop = start + n
+        entry = {"v": ENTRY_FORMAT, "ep": item["ep"], **{f: block[f][i] for f in META}}
+        entry["cols"] = [n, {key: matrix[j, start:stop].tolist() for j, key in enumerate(keys)}]
+        entry["pred"] = pred[start:stop]
+        entry["score"] = score[start:stop] if score else []
+        out.append(entry)
+        start = stop
+    return out
 
 
 def _plain_value(value: Any) -> Any:

@@ -162,10 +162,13 @@ def _outputs(outputs: Any) -> tuple[list[Any], list[float | None]]:
     if probabilities is not None:
         proba = probabilities.tolist() if hasattr(probabilities, "tolist") else probabilities
         for row in proba:
-            if isinstance(row, list | tuple):
-                scores.append(float(row[-1]) if len(row) == 2 else float(max(row)))
-            else:
-                scores.append(float(row))
+            try:
+                if isinstance(row, list | tuple):
+                    scores.append(float(row[-1]) if len(row) == 2 else float(max(row)))
+                else:
+                    scores.append(float(row))
+            except (TypeError, ValueError):  # not one number per class: no score, not a loss
+                scores.append(None)
     return preds, scores
 
 

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import CompactorUnavailable
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.journal import Journal
-from mlharbor.monitoring.logframes import encode, frames_table, split_records, to_columns_entry
+from mlharbor.monitoring.logframes import block_entries, blocks_table, encode, split_records
 from mlharbor.monitoring.logrows import (
     ENTRY_FORMAT,
     Redaction,
@@ -340,13 +341,13 @@ def entries_table(entries: list[dict[str, Any]]) -> pa.Table:
     """A table from format-2 journal entries: rows expanded column by column."""
     import pyarrow as pa
 
-    frames = [e for e in entries if "m" in e]
-    if frames and len(frames) == len(entries):
-        table = frames_table(entries)
-        if table is not None:
-            return table
-    for entry in frames:
-        to_columns_entry(entry)
+    if any("block" in e for e in entries):
+        if all("block" in e for e in entries):
+            table = blocks_table(entries)
+            if table is not None:
+                return table
+        entries = list(chain.from_iterable(
+            block_entries(e) if "block" in e else [e] for e in entries))
     matrices = [e for e in entries if "x" in e]
     if matrices and len(matrices) == len(entries):
         table = matrix_table(entries)

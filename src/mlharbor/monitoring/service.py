@@ -55,8 +55,8 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         retention=timedelta(days=mon.retention_days),
         metrics_registry=metrics_registry,
         journal_lock=lock,
-        compactor=CompactorProcess(settings, journal_dir, lock_fd=lock.fileno())
-        if mon.compaction == "process" else None,
+        compactor=CompactorProcess(settings, journal_dir) if mon.compaction == "process"
+        else None,
     )
 
 
