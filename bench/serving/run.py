@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serving/run.py [--seconds 10] [--home /tmp/mlh-bench]
                                           [--peers] [--batching-compare] [--log-compare]
+                                          [--rounds N]
 
 Trains RandomForestClassifier(n_estimators=100, max_depth=8) on 20 numeric features,
 registers it (skops + ONNX after the parity check), writes 1-row and 64-row payloads, then
@@ -87,6 +88,7 @@ class Run:
     results: list[Result] = field(default_factory=list)
     launch_s: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     def get(self, name: str, rows: int) -> Result | None:
         return next((r for r in self.results if r.name == name and r.rows == rows), None)
@@ -296,6 +298,7 @@ def measure(server: Server, home: Path, seconds: int, expected: list[float], run
         print(f"{server.name}: FAILED: {exc}", flush=True)
         return
     run.launch_s[server.name] = launch
+    run.ports[server.name] = port
     print(f"{server.name:22s} launch -> first correct prediction: {launch:6.2f} s", flush=True)
     try:
         url = f"http://127.0.0.1:{port}{server.path}"
@@ -354,58 +357,104 @@ def verdict(value: float, target: float, higher: bool = True) -> str:
     return "PASS" if (value >= target if higher else value <= target) else "MISS"
 
 
-def report(run: Run, seconds: int, busy: str) -> None:
-    print(f"\n== serving bench: {seconds}s per wrk run, -t1 -c64, server core 0, wrk core 1; "
-          f"{busy}")
-    print(f"{'server':22s} {'rows':>4s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} "
-          f"{'CPU us/req':>10s} {'launch s':>9s}")
-    for r in run.results:
-        launch = run.launch_s.get(r.name)
-        print(f"{r.name:22s} {r.rows:4d} {r.rps:9.0f} {r.p50_ms:9.2f} {r.p99_ms:9.2f} "
-              f"{r.cpu_us:10.0f} {launch if launch is not None else float('nan'):9.2f}"
-              f"{'  ' + r.errors if r.errors else ''}")
-    for name, why in run.failures.items():
-        print(f"{name:22s} FAILED: {why.splitlines()[0]}")
-
+def ratios(run: Run) -> list[tuple[str, float, str, float, bool]]:
+    """(label, value, goal text, target, higher is better) of one round."""
     def ratio(a: str, b: str, rows: int) -> float:
         ra, rb = run.get(a, rows), run.get(b, rows)
         return ra.rps / rb.rps if ra and rb and rb.rps else float("nan")
 
     nan = float("nan")
-    lines: list[tuple[str, float, str, str]] = []
+    lines: list[tuple[str, float, str, float, bool]] = []
     for rows, target in ((1, 0.25), (64, 0.50)):
-        value = ratio("mlharbor", "floor", rows)
-        lines.append((f"ours / floor req/s, {rows} row(s)", value, f">= {target:.2f}",
-                      verdict(value, target)))
+        lines.append((f"ours / floor req/s, {rows} row(s)", ratio("mlharbor", "floor", rows),
+                      f">= {target:.2f}", target, True))
     for peer in ("mlflow", "bentoml"):
         for rows, target in ((1, 40.0), (64, 10.0)):
-            value = ratio("mlharbor", peer, rows)
-            lines.append((f"ours / {peer} req/s, {rows} row(s)", value, f">= {target:.0f}x",
-                          verdict(value, target)))
+            lines.append((f"ours / {peer} req/s, {rows} row(s)",
+                          ratio("mlharbor", peer, rows), f">= {target:.0f}x", target, True))
     for rows in (1, 64):
         ours, theirs = run.get("mlharbor", rows), run.get("mlflow", rows)
         value = ours.p99_ms / theirs.p99_ms if ours and theirs and theirs.p99_ms else nan
-        lines.append((f"p99 ours / mlflow, {rows} row(s)", value, "<= 0.10",
-                      verdict(value, 0.10, higher=False)))
+        lines.append((f"p99 ours / mlflow, {rows} row(s)", value, "<= 0.10", 0.10, False))
     ours_launch, mlflow_launch = run.launch_s.get("mlharbor"), run.launch_s.get("mlflow")
     value = ours_launch / mlflow_launch if ours_launch and mlflow_launch else nan
-    lines.append(("launch->first prediction ours / mlflow", value, "<= 1.00",
-                  verdict(value, 1.0, higher=False)))
-    value = ratio("mlharbor-native-batch", "mlharbor-native-nobatch", 1)
-    lines.append(("native sklearn, batching on / off, 1 row", value, ">= 5x",
-                  verdict(value, 5.0)))
+    lines.append(("launch->first prediction ours / mlflow", value, "<= 1.00", 1.0, False))
+    lines.append(("native sklearn, batching on / off, 1 row",
+                  ratio("mlharbor-native-batch", "mlharbor-native-nobatch", 1), ">= 5x", 5.0,
+                  True))
     for rows in (1, 64):
-        value = ratio("mlharbor", "mlharbor-nolog", rows)
-        lines.append((f"prediction log on / off req/s, {rows} row(s)", value, ">= 0.90",
-                      verdict(value, 0.90)))
-    print(f"\n{'ratio':42s} {'value':>8s} {'target':>8s}  verdict")
-    for label, value, goal, ok in lines:
-        print(f"{label:42s} {value:8.2f} {goal:>8s}  {ok}")
+        lines.append((f"prediction log on / off req/s, {rows} row(s)",
+                      ratio("mlharbor", "mlharbor-nolog", rows), ">= 0.90", 0.90, True))
+    return lines
+
+
+def report(runs: list[Run], seconds: int, busy: str) -> None:
+    """Each server's median over the rounds, then each ratio's median over the rounds (each
+    round's ratio compares servers measured minutes apart, not a whole run apart)."""
+    import statistics
+
+    def median(values: list[float]) -> float:
+        values = [v for v in values if v == v]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"\n== serving bench: {len(runs)} round(s), {seconds}s per wrk run, -t1 -c64, server "
+          f"core 0, wrk core 1; {busy}")
+    print(f"{'server':22s} {'rows':>4s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} "
+          f"{'CPU us/req':>10s} {'launch s':>9s}  (medians over rounds)")
+    for r in runs[0].results:
+        same = [x for run in runs if (x := run.get(r.name, r.rows)) is not None]
+        launch = median([run.launch_s[r.name] for run in runs if r.name in run.launch_s])
+        print(f"{r.name:22s} {r.rows:4d} {median([x.rps for x in same]):9.0f} "
+              f"{median([x.p50_ms for x in same]):9.2f} {median([x.p99_ms for x in same]):9.2f} "
+              f"{median([x.cpu_us for x in same]):10.0f} {launch:9.2f}"
+              f"{'  ' + r.errors if r.errors else ''}")
+    for run in runs:
+        for name, why in run.failures.items():
+            print(f"{name:22s} FAILED: {why.splitlines()[0]}")
+    per_round = [ratios(run) for run in runs]
+    print(f"\n{'ratio':42s} {'median':>8s} {'target':>8s}  verdict   rounds")
+    for i, (label, _v, goal, target, higher) in enumerate(per_round[0]):
+        values = [lines[i][1] for lines in per_round]
+        value = median(values)
+        each = " ".join(f"{v:.2f}" for v in values)
+        print(f"{label:42s} {value:8.2f} {goal:>8s}  {verdict(value, target, higher):7s}  "
+              f"{each}")
+
+
+def log_check(runs: list[Run], home: Path) -> None:
+    """Every request our server answered with 200 (wrk's counts, warm-ups included) is in its
+    prediction log, read back after the server's clean stop."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mlharbor.monitoring.service import open_prediction_log
+    from mlharbor.settings import Settings
+
+    ports = {str(run.ports["mlharbor"]) for run in runs if "mlharbor" in run.ports}
+    if not ports:
+        return
+    answered = 0
+    for block in re.split(r"^== ", (home / "wrk.log").read_text(), flags=re.M)[1:]:
+        port = block.split(maxsplit=1)[0].split(":")[2].split("/")[0]
+        done = re.search(r"(\d+) requests in", block)
+        failed = re.search(r"Non-2xx or 3xx responses: (\d+)", block)
+        if port in ports and done:
+            answered += int(done.group(1)) - (int(failed.group(1)) if failed else 0)
+    log = open_prediction_log(Settings(home=home, monitoring={"compaction": "thread"}))
+    try:
+        table = log.scan("churn", columns=["request_id"])
+        logged = len(set(table["request_id"].to_pylist())) if table.num_rows else 0
+    finally:
+        log.close()
+    verdict_text = "PASS" if logged >= answered else "MISS"
+    print(f"\nprediction log: {answered} requests answered 200 by mlharbor (wrk), {logged} "
+          f"request ids logged (also launch probes)  {verdict_text}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every server this many times, in turn, and report "
+                        "medians (a shared VM's speed drifts by 20%% between minutes)")
     parser.add_argument("--home", type=Path, default=Path("/tmp/mlharbor-bench"))
     parser.add_argument("--peers", action="store_true",
                         help="also measure MLflow 3.17.2 and BentoML 1.4.40 (venvs in "
@@ -443,16 +492,20 @@ def main() -> None:
                                     "--port", str(port)],
                 {**ours_env, "MLHARBOR_SERVING__BATCHING": batching},
                 "/v1/endpoints/churnnative/predict", key, rows=(1,)))
-    run = Run()
-    for server in servers:
-        measure(server, args.home, args.seconds, expected, run)
+    runs = []
+    for _round in range(args.rounds):
+        run = Run()
+        for server in servers:
+            measure(server, args.home, args.seconds, expected, run)
+        runs.append(run)
     end_load = os.getloadavg()
     busy = (f"load average {load[0]:.2f} at start, {end_load[0]:.2f} at end "
             f"on {os.cpu_count()} cores")
-    report(run, args.seconds, busy)
-    (args.home / "results.json").write_text(json.dumps({
+    report(runs, args.seconds, busy)
+    log_check(runs, args.home)
+    (args.home / "results.json").write_text(json.dumps({"rounds": [{
         "results": [r.__dict__ for r in run.results], "launch_s": run.launch_s,
-        "failures": run.failures, "load": busy}, indent=1))
+        "failures": run.failures} for run in runs], "load": busy}, indent=1))
 
 
 if __name__ == "__main__":
