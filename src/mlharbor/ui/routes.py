@@ -11,9 +11,10 @@ Signing in (``/ui/login``, ``/ui/logout``) lives in mlharbor.ui.login.
 
 from __future__ import annotations
 
+import html
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mlharbor.core.errors import NotFoundError
@@ -39,9 +40,14 @@ def _read(folder: str, name: str) -> bytes:
 
 
 @router.get("/ui")
-def dashboard() -> HTMLResponse:
-    return HTMLResponse(_read("templates", "dashboard.html"),
-                        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+def dashboard(request: Request) -> HTMLResponse:
+    # Every URL in the page is relative to <base> ({root}/ui, so "#/models" stays on this page
+    # and "api/v1/..." goes to {root}/api/v1): the dashboard also works behind a proxy that
+    # serves it under a prefix.
+    root = html.escape(str(request.scope.get("root_path", "")).rstrip("/"))
+    page = _read("templates", "dashboard.html").decode("utf-8").replace("{root}", root)
+    return HTMLResponse(page, headers={"Content-Security-Policy": CSP,
+                                       "Cache-Control": "no-store"})
 
 
 @router.get("/ui/static/{name}")

@@ -71,7 +71,7 @@ MLH.getJson = async (path) => {
   if (key) headers["Authorization"] = "Bearer " + key;
   const answer = await fetch(path, { headers });
   if (answer.status === 401 && !key) {  // the session expired or was revoked
-    window.location.assign("/ui/login");
+    window.location.assign("ui/login");
     throw new Error("Please log in again.");
   }
   const body = await answer.json();

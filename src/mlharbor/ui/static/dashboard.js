@@ -45,7 +45,7 @@
 
   async function whoami() {
     try {
-      const me = await MLH.getJson("/ui/whoami");
+      const me = await MLH.getJson("ui/whoami");
       MLH.$("whoami").textContent = me.name ? `${me.name} (${me.grants.join(", ")})` : "";
       MLH.$("nav-audit").hidden = !me.actions.includes("audit.read");
     } catch (err) {

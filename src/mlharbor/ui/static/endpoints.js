@@ -13,7 +13,7 @@
   }
 
   async function showList() {
-    const body = await MLH.getJson("/api/v1/endpoints");
+    const body = await MLH.getJson("api/v1/endpoints");
     fill("endpoints-list", body.items.length ? table(
       ["endpoint", "routes (traffic split)", "shadow", "fallback", "revision", "updated"],
       body.items.map((e) => ({

@@ -41,7 +41,7 @@
             { className: e.outcome === "success" ? "ok" : "drift", value: e.outcome }, e.reason],
         })), { id: "deployments-table" }) : empty("Nothing was deployed yet."));
       const next = pager("deployments-more", (before) => MLH.getJson(
-        "/api/v1/deployments?limit=100" + (before ? "&before=" + encodeURIComponent(before) : "")));
+        "api/v1/deployments?limit=100" + (before ? "&before=" + encodeURIComponent(before) : "")));
       draw(await next());
       MLH.$("deployments-more").onclick = () => next().then(draw)
         .catch((err) => MLH.status("Error: " + err.message));
@@ -60,7 +60,7 @@
             { className: e.outcome === "success" ? "ok" : "drift", value: e.outcome },
             JSON.stringify(e.details)],
         })), { id: "audit-table" }) : empty("No records match."));
-      const next = pager("audit-more", (before) => MLH.getJson("/api/v1/audit?limit=100" +
+      const next = pager("audit-more", (before) => MLH.getJson("api/v1/audit?limit=100" +
         (action ? "&action=" + encodeURIComponent(action) : "") + (before ? "&before=" + before : "")));
       draw(await next());
       MLH.$("audit-more").onclick = () => next().then(draw)

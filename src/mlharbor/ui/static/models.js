@@ -3,7 +3,7 @@
 
 (() => {
   const { h, link, table, fill, empty, number, pairs, when } = MLH;
-  const api = (...parts) => "/api/v1/models/" + parts.map((p) => encodeURIComponent(String(p))).join("/");
+  const api = (...parts) => "api/v1/models/" + parts.map((p) => encodeURIComponent(String(p))).join("/");
 
   function tags(object) {
     const entries = Object.entries(object || {});
@@ -12,7 +12,7 @@
   }
 
   async function showList() {
-    const page = await MLH.getJson("/api/v1/models?page_size=1000");
+    const page = await MLH.getJson("api/v1/models?page_size=1000");
     fill("models-list", page.items.length ? table(
       ["model", "description", "latest", "aliases", "tags"],
       page.items.map((m) => ({

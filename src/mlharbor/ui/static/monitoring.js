@@ -120,7 +120,7 @@
   MLH.pages.performance = selectionPage("performance");
 
   async function drawAlerts() {
-    const alerts = await MLH.getJson("/api/v1/monitoring/alerts?limit=200");
+    const alerts = await MLH.getJson("api/v1/monitoring/alerts?limit=200");
     fill("alerts-active", alerts.active.length ? table(
       ["alert", "severity", "endpoint", "since", "value", "threshold", "breaches"],
       alerts.active.map((a) => [a.alert, { className: "drift", value: a.severity }, a.endpoint,
