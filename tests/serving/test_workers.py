@@ -152,10 +152,12 @@ def _slot_holders(journal_root: Path) -> dict[str, int]:
 
 
 def _journal_entries(slot: Path) -> int:
+    """Records journaled in a slot (a binary frame's block holds several)."""
     from mlharbor.monitoring.journal import Journal
 
     journal = Journal(slot, max_bytes=1 << 30)
-    return sum(len(journal.read(path)) for path in sorted(slot.glob("journal-*.log")))
+    return sum(len(item["block"]["id"]) if "block" in item else 1
+               for path in sorted(slot.glob("journal-*.log")) for item in journal.read(path))
 
 
 def _read_response(sock: ssl.SSLSocket) -> tuple[bytes, bytes]:
