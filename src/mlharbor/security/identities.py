@@ -76,6 +76,23 @@ class KeyInfo:
         return "active"
 
 
+@contextlib.contextmanager
+def transaction(engine: Engine, *, write: bool, checking: str) -> Iterator[Connection]:
+    """A transaction on the metadata database (``write`` takes the writer's path); a database
+    that cannot be reached is an UnavailableError saying what was being ``checking``."""
+    try:
+        with engine.connect() as conn:
+            if write:
+                conn = conn.execution_options(mlharbor_write=True)
+            with conn.begin():
+                yield conn
+    except OperationalError as exc:
+        raise UnavailableError(
+            f"The metadata database is unavailable while checking {checking}.",
+            hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
+        ) from exc
+
+
 class IdentityStore:
     def __init__(self, engine: Engine, *, audit: AuditSink | None = None) -> None:
         self.engine = engine
@@ -85,18 +102,8 @@ class IdentityStore:
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            conn_cm = self.engine.connect()
-            with conn_cm as conn:
-                if write:
-                    conn = conn.execution_options(mlharbor_write=True)
-                with conn.begin():
-                    yield conn
-        except OperationalError as exc:
-            raise UnavailableError(
-                "The metadata database is unavailable while checking identities.",
-                hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
-            ) from exc
+        with transaction(self.engine, write=write, checking="identities") as conn:
+            yield conn
 
     def _audit(self, actor: str, action: str, resource: str, details: dict[str, Any]) -> None:
         if self.audit is not None:

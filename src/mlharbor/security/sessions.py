@@ -49,10 +49,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import OperationalError
 
 from mlharbor.core.clock import utcnow
-from mlharbor.core.errors import AuthenticationError, MlharborError, UnavailableError
+from mlharbor.core.errors import AuthenticationError, MlharborError
 from mlharbor.security.schema import api_keys, identities
 
 if TYPE_CHECKING:
@@ -109,17 +108,10 @@ class SessionStore:
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                if write:
-                    conn = conn.execution_options(mlharbor_write=True)
-                with conn.begin():
-                    yield conn
-        except OperationalError as exc:
-            raise UnavailableError(
-                "The metadata database is unavailable while checking the login session.",
-                hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
-            ) from exc
+        from mlharbor.security.identities import transaction
+
+        with transaction(self.engine, write=write, checking="the login session") as conn:
+            yield conn
 
     def create(self, principal: Principal, *, request_id: str | None = None) -> str:
         """A new session for the API key ``principal`` was authenticated with; returns the
