@@ -160,3 +160,32 @@ def test_a_viewer_is_not_offered_the_audit_trail(harbor: Harbor, as_role: Any) -
     assert not b.page.is_visible("#nav-audit")
     assert b.page.locator("#deployments-table tbody tr").count() == 4
     assert not b.errors, b.errors
+
+
+def test_an_endpoint_served_ad_hoc_shows_its_traffic(harbor: Harbor, as_role: Any) -> None:
+    """`mlharbor serve MODEL` serves an endpoint that is not stored: the dashboard lists it
+    from the prediction log and charts its traffic (what `make run` shows a newcomer)."""
+    from datetime import timedelta
+
+    import numpy as np
+
+    from mlharbor.core.clock import utcnow
+    from mlharbor.core.records import PredictionRecord
+    from mlharbor.monitoring.service import open_prediction_log
+    from mlharbor.serving.model import Outputs
+
+    log = open_prediction_log(harbor.settings)
+    now = utcnow()
+    for i in range(30):
+        log.emit(PredictionRecord(f"adhoc-{i}", "scoring", "scoring@champion", 1,
+                                  {"x": float(i), "y": 1.0}, Outputs(np.array([i % 2]), None),
+                                  0.002 + i / 10_000, now - timedelta(seconds=90 - i)))
+    log.close()
+    b = as_role("viewer")
+    b.open("endpoints")
+    row = b.page.inner_text("#endpoints-table tr[data-endpoint=scoring]")
+    assert "served ad hoc" in row
+    b.open("endpoints/scoring")
+    assert "not a stored endpoint" in b.page.inner_text("#endpoint-description")
+    assert b.points("#chart-throughput") > 0 and b.points("#chart-latency") > 0
+    assert b.errors == [], b.errors

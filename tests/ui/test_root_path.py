@@ -39,5 +39,5 @@ def test_the_page_resolves_every_url_under_the_root_path(tmp_path: Path) -> None
                              for name in ("core.js", "charts.js", "models.js", "endpoints.js",
                                           "monitoring.js", "ledger.js", "dashboard.js")]
     for text in sources:  # an absolute path would leave the prefix
-        assert not re.search(r"""["'](/api/|/ui\b)""", text), re.findall(
-            r"""["'](/api/[^"']*|/ui[^"']*)""", text)
+        assert not re.search(r"""["'`](/api/|/ui\b)""", text), re.findall(
+            r"""["'`](/api/[^"'`]*|/ui[^"'`]*)""", text)

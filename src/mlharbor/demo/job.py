@@ -86,7 +86,7 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
             login = (f"; in a browser, log in first at {control.url}/ui/login with the key"
                      if control.has_route("/ui/login") else "")
             console.print(f"Control plane at {control.url}: dashboard {control.url}/ui"
-                          f"?endpoint={MODEL_NAME}&window=1h, API docs {control.url}/docs, "
+                          f"#/endpoints/{MODEL_NAME}, API docs {control.url}/docs, "
                           f"performance {control.url}/api/v1/monitoring/endpoints/{MODEL_NAME}"
                           "/performance?window=1h&step=5m (send the key above as an "
                           f"Authorization: Bearer header{login}).",

@@ -288,6 +288,11 @@ class PredictionLog:
         return {"pending_records": len(self._pending),
                 "journal_bytes": self.journal.backlog_bytes, "dropped_records": self.dropped}
 
+    def endpoints(self) -> list[str]:
+        """Names of the endpoints the log holds predictions of (stored or served ad hoc)."""
+        return sorted({name.split("/", 1)[0].removeprefix("endpoint=")
+                       for name in self.segments.names() if name.startswith("endpoint=")})
+
     def segment_names(self, endpoint: str | None = None, start: datetime | None = None,
                       end: datetime | None = None) -> list[str]:
         lo = _micros(start) if start else None

@@ -133,7 +133,8 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/feedback"),
     *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/drift",
             f"{_API}/monitoring/endpoints/{{name}}/performance"),
-    *_rules("GET", "read", None, f"{_API}/monitoring/alerts", "/ui", "/ui/static/{name}"),
+    *_rules("GET", "read", None, f"{_API}/monitoring/alerts", f"{_API}/monitoring/endpoints",
+            "/ui", "/ui/static/{name}"),
     # The dashboard's login form: public (it is how a browser gets a credential). POST
     # /ui/login checks the key itself (mlharbor.security.middleware.LoginGate); the session
     # cookie it sets is only ever accepted for GET/HEAD.

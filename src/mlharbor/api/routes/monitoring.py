@@ -116,6 +116,13 @@ def get_traffic(request: Request, name: str, window: DurationQuery = "1h",
     return traffic(monitor_of(request).log, name, start=end - span, end=end, step=size)
 
 
+@router.get(f"{_API}/endpoints")
+def get_logged_endpoints(request: Request) -> dict[str, Any]:
+    """Endpoints with logged predictions, stored ones and those served ad hoc (``mlharbor
+    serve churn@champion`` serves an endpoint ``churn`` that is not stored)."""
+    return {"endpoints": monitor_of(request).log.endpoints()}
+
+
 @router.get(f"{_API}/alerts")
 def get_alerts(request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
     alerts = getattr(request.app.state, "alerts", None)

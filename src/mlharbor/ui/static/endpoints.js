@@ -13,19 +13,35 @@
   }
 
   async function showList() {
-    const body = await MLH.getJson("api/v1/endpoints");
-    fill("endpoints-list", body.items.length ? table(
+    const [body, logged] = await Promise.all([MLH.getJson("api/v1/endpoints"),
+      MLH.getJson("api/v1/monitoring/endpoints")]);
+    const stored = new Set(body.items.map((e) => e.name));
+    // Served without being stored (`mlharbor serve churn@champion`): known by their log.
+    const adHoc = logged.endpoints.filter((name) => !stored.has(name));
+    const rows = body.items.map((e) => ({
+      attrs: { dataset: { endpoint: e.name } },
+      cells: [link(e.name, "endpoints", e.name), weights(e.spec), e.spec.shadow || "—",
+        e.spec.fallback.join(" → ") || "—", e.revision, when(e.updated_at)],
+    })).concat(adHoc.map((name) => ({
+      attrs: { dataset: { endpoint: name } },
+      cells: [link(name, "endpoints", name), "served ad hoc (not stored)", "—", "—", "—", "—"],
+    })));
+    fill("endpoints-list", rows.length ? table(
       ["endpoint", "routes (traffic split)", "shadow", "fallback", "revision", "updated"],
-      body.items.map((e) => ({
-        attrs: { dataset: { endpoint: e.name } },
-        cells: [link(e.name, "endpoints", e.name), weights(e.spec), e.spec.shadow || "—",
-          e.spec.fallback.join(" → ") || "—", e.revision, when(e.updated_at)],
-      })), { id: "endpoints-table" }) : empty("No endpoints yet."));
+      rows, { id: "endpoints-table" }) : empty("No endpoints yet."));
+  }
+
+  async function showAdHoc(name) {
+    MLH.$("endpoint-title").textContent = name;
+    MLH.$("endpoint-description").textContent =
+      "Served ad hoc (mlharbor serve MODEL), not a stored endpoint: traffic from its log.";
+    fill("endpoint-routes", empty("No stored routes."));
+    fill("endpoint-history", empty("No revisions: the endpoint is not stored."));
   }
 
   async function drawTraffic(name) {
     const win = MLH.$("traffic-window").value;
-    const base = `/api/v1/monitoring/endpoints/${encodeURIComponent(name)}/traffic`;
+    const base = `api/v1/monitoring/endpoints/${encodeURIComponent(name)}/traffic`;
     const t = await MLH.getJson(`${base}?window=${win}&step=${STEPS[win] || "1m"}`);
     const xs = t.buckets.map((b) => Date.parse(b.start) / 1000);
     const ms = (key) => t.buckets.map((b) => (b[key] === null ? null : 1000 * b[key]));
@@ -51,9 +67,15 @@
   }
 
   async function showEndpoint(name) {
+    const [stored, logged] = await Promise.all([MLH.getJson("api/v1/endpoints"),
+      MLH.getJson("api/v1/monitoring/endpoints")]);
+    if (!stored.items.some((e) => e.name === name) && logged.endpoints.includes(name)) {
+      await showAdHoc(name);
+      return showTraffic(name);
+    }
     const [endpoint, history] = await Promise.all([
-      MLH.getJson(`/api/v1/endpoints/${encodeURIComponent(name)}`),
-      MLH.getJson(`/api/v1/endpoints/${encodeURIComponent(name)}/history`)]);
+      MLH.getJson(`api/v1/endpoints/${encodeURIComponent(name)}`),
+      MLH.getJson(`api/v1/endpoints/${encodeURIComponent(name)}/history`)]);
     const spec = endpoint.spec;
     MLH.$("endpoint-title").textContent = `${endpoint.name} (revision ${endpoint.revision})`;
     MLH.$("endpoint-description").textContent = spec.description;
@@ -66,6 +88,10 @@
     fill("endpoint-history", table(["revision", "action", "at", "by", "reason", "routes"],
       history.items.slice().reverse().map((c) => [c.revision, c.action, when(c.at), c.actor, c.reason,
         c.spec ? c.spec.routes.map((r) => `${r.ref} (${r.weight})`).join(", ") : "—"])));
+    return showTraffic(name);
+  }
+
+  async function showTraffic(name) {
     MLH.$("endpoint-detail").hidden = false;
     await drawTraffic(name);
     MLH.every(REFRESH_S, () => drawTraffic(name).catch((err) => MLH.status("Error: " + err.message)));

@@ -85,12 +85,12 @@
     const name = encodeURIComponent(endpoint);
     const query = `window=${win}&step=${STEPS[win] || "1h"}`;
     if (kind === "drift") {
-      const drift = await MLH.getJson(`/api/v1/monitoring/endpoints/${name}/drift?${query}&distributions=true`);
+      const drift = await MLH.getJson(`api/v1/monitoring/endpoints/${name}/drift?${query}&distributions=true`);
       drawFeatures(drift);
       drawSeries(drift.series);
       drawDistributions(drift);
     } else {
-      const perf = await MLH.getJson(`/api/v1/monitoring/endpoints/${name}/performance?${query}`);
+      const perf = await MLH.getJson(`api/v1/monitoring/endpoints/${name}/performance?${query}`);
       drawPerformance(perf.windows);
     }
   }
@@ -111,6 +111,10 @@
       async show(_params, query) {
         if (query.get("endpoint")) MLH.$("endpoint").value = query.get("endpoint");
         if (query.get("window")) MLH.$("window").value = query.get("window");
+        if (!MLH.$("endpoint").value.trim()) {  // nothing chosen yet: the first with traffic
+          const logged = await MLH.getJson("api/v1/monitoring/endpoints");
+          if (logged.endpoints.length) MLH.$("endpoint").value = logged.endpoints[0];
+        }
         await load(kind);
       },
     };
