@@ -23,7 +23,11 @@ MLH.timeChart = (id, xs, series, options) => {
   const columns = series.map((s) => s.values);
   box.dataset.points = String(countPoints(xs, columns));
   box.dataset.series = String(series.length);
-  const data = [xs, ...columns];
+  // One timestamp (a window that just started) leaves uPlot guessing a span of years: pad
+  // it with empty half hours on both sides.
+  const data = xs.length === 1
+    ? [[xs[0] - 1800, xs[0], xs[0] + 1800], ...columns.map((c) => [null, c[0], null])]
+    : [xs, ...columns];
   const labels = series.map((s) => s.label).join("|");
   if (box.chart && box.dataset.labels === labels) {
     box.chart.setData(data);
