@@ -187,5 +187,6 @@ def test_an_endpoint_served_ad_hoc_shows_its_traffic(harbor: Harbor, as_role: An
     assert "served ad hoc" in row
     b.open("endpoints/scoring")
     assert "not a stored endpoint" in b.page.inner_text("#endpoint-description")
+    assert not b.page.is_visible("#controls")  # the drift pages' form stays on their pages
     assert b.points("#chart-throughput") > 0 and b.points("#chart-latency") > 0
     assert b.errors == [], b.errors
