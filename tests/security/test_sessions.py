@@ -21,7 +21,8 @@ from sqlalchemy import select
 from mlharbor.api.app import create_app
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import AuthenticationError
-from mlharbor.security.sessions import SessionStore, hash_token, sessions
+from mlharbor.security.schema import sessions
+from mlharbor.security.sessions import SessionStore, hash_token
 from mlharbor.settings import Settings
 from tests.security.fixtures import bearer, watched_client
 from tests.security.test_session_cookie import (
@@ -278,7 +279,7 @@ def test_the_migration_creates_the_sessions_table_as_declared(registry: Any) -> 
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from mlharbor.security.sessions import metadata
+    from mlharbor.security.schema import metadata
     from tests.security.test_schema_and_roles import _table_of
 
     with registry.store.db.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""Tables owned by security, as SQLAlchemy Core; created by migration ``0002``.
+"""Tables owned by security, as SQLAlchemy Core; created by migrations ``0002`` and ``0004``.
 
 Security keeps its own :class:`MetaData` because it must not import the registry; the tables
 live in the same database and a test checks that the migration and these tables agree.
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -83,4 +84,19 @@ artifact_envelopes = Table(
     Column("wrapped_key", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("rotated_at", DateTime(timezone=True), nullable=True),
+)
+
+# Dashboard logins (migration ``0004``): only a hash of the token the browser holds.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 (hex) of the token the browser holds; the token itself is never stored.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    # The API key this session stands for: its state is checked on every use.
+    Column("key_id", Integer, ForeignKey(api_keys.c.id), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=True),
+    Index("ix_sessions_expires_at", "expires_at"),
 )

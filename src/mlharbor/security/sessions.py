@@ -17,9 +17,8 @@ token in the ``mlharbor_session`` cookie, so the key itself never sits in a cook
   identity, the key's visible prefix and the row's number; neither the token nor anything
   derived from it (its hash) is ever logged, audited or put in metrics.
 
-The ``sessions`` table is declared here rather than in ``registry.schema`` because security
-must not import the registry (DESIGN.md, import direction); migration ``0004`` creates it and a
-test checks the two agree.
+The ``sessions`` table is declared with the other security tables in
+:mod:`mlharbor.security.schema`; migration ``0004`` creates it and a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -34,16 +33,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    Column,
     Connection,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
     delete,
     or_,
     select,
@@ -52,29 +43,13 @@ from sqlalchemy import (
 
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import AuthenticationError, MlharborError
-from mlharbor.security.schema import api_keys, identities
+from mlharbor.security.schema import api_keys, identities, sessions
 
 if TYPE_CHECKING:
     from mlharbor.security.identities import AuditSink, IdentityStore
     from mlharbor.security.policy import Principal
 
 log = logging.getLogger("mlharbor.security")
-
-metadata = MetaData()
-
-sessions = Table(
-    "sessions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    # SHA-256 (hex) of the token the browser holds; the token itself is never stored.
-    Column("token_hash", String(64), nullable=False, unique=True),
-    # The API key this session stands for: its state is checked on every use.
-    Column("key_id", Integer, ForeignKey(api_keys.c.id), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("last_seen", DateTime(timezone=True), nullable=True),
-    Index("ix_sessions_expires_at", "expires_at"),
-)
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 # last_seen is informative only: refresh it at most this often, so a dashboard polling the
