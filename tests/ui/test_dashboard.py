@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -87,97 +89,87 @@ def test_the_dashboard_needs_credentials(dashboard: tuple[str, str]) -> None:
     assert missing.status_code == 404
 
 
-def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, str]) -> None:
+@contextlib.contextmanager
+def watched_context(url: str, headers: dict[str, str] | None = None) -> Iterator[Any]:
+    """A Chromium context and page on the dashboard; on exit, asserts that the page logged no
+    console or page errors and requested nothing from another origin."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    url, key = dashboard
     requested: list[str] = []
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
-            context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {key}"})
+            context = browser.new_context(extra_http_headers=headers or {})
             page = context.new_page()
             page.on("request", lambda r: requested.append(r.url))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/ui#/drift")
-            page.fill("#endpoint", "churn")
-            page.click("#controls button[type=submit]")
-            page.wait_for_selector("#features tbody tr")
-            first = page.locator("#features tbody tr").first
-            assert first.get_attribute("data-feature") == "x2"
-            assert first.locator("td").nth(1).inner_text() == "yes"
-            assert "Drift detected" in page.inner_text("#verdict")
-            page.wait_for_selector("#drift-chart canvas")  # uPlot drew the series
-            assert "endpoint=churn" in page.url
-            page.reload()  # the URL keeps the selection
-            page.wait_for_selector("#features tbody tr")
-            page.click("#nav a[data-page=alerts]")
-            page.wait_for_selector("#alerts li")
-            assert "FIRING" in page.inner_text("#alerts")
+            yield context, page
         finally:
             browser.close()
     assert not errors, errors
     assert requested and all(r.startswith(url) for r in requested), requested
+
+
+def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, str]) -> None:
+    url, key = dashboard
+    with watched_context(url, {"Authorization": f"Bearer {key}"}) as (_context, page):
+        page.goto(f"{url}/ui#/drift")
+        page.fill("#endpoint", "churn")
+        page.click("#controls button[type=submit]")
+        page.wait_for_selector("#features tbody tr")
+        first = page.locator("#features tbody tr").first
+        assert first.get_attribute("data-feature") == "x2"
+        assert first.locator("td").nth(1).inner_text() == "yes"
+        assert "Drift detected" in page.inner_text("#verdict")
+        page.wait_for_selector("#drift-chart canvas")  # uPlot drew the series
+        assert "endpoint=churn" in page.url
+        page.reload()  # the URL keeps the selection
+        page.wait_for_selector("#features tbody tr")
+        page.click("#nav a[data-page=alerts]")
+        page.wait_for_selector("#alerts li")
+        assert "FIRING" in page.inner_text("#alerts")
 
 
 def test_a_browser_logs_in_with_its_key_and_the_cookie_only_reads(
         dashboard: tuple[str, str]) -> None:
     """No Authorization header: /ui -> the login form -> type the key -> the dashboard, its
     files and the API read through the session cookie; a cookie-only mutation is refused."""
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     url, key = dashboard
-    requested: list[str] = []
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        try:
-            context = browser.new_context()
-            page = context.new_page()
-            page.on("request", lambda r: requested.append(r.url))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/ui")
-            assert page.url == f"{url}/ui/login"
-            page.fill("#key", key)
-            page.click("#login button[type=submit]")
-            page.wait_for_url(f"{url}/ui")
-            cookie = next(c for c in context.cookies() if c["name"] == "mlharbor_session")
-            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
-            assert cookie["value"] != key and key not in cookie["value"]  # a session, not the key
-            assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
-            page.click("#nav a[data-page=drift]")
-            page.fill("#endpoint", "churn")
-            page.click("#controls button[type=submit]")
-            page.wait_for_selector("#features tbody tr")
-            page.wait_for_selector("#drift-chart canvas")
-            page.click("#nav a[data-page=alerts]")
-            page.wait_for_selector("#alerts li")
-            assert "FIRING" in page.inner_text("#alerts")
-            # The same cookie, sent by the browser's context, cannot change anything.
-            refused = context.request.post(f"{url}/v1/endpoints/churn/feedback",
-                                           data={"request_id": "r1", "label": 1})
-            assert refused.status == 401
-            assert refused.json()["error"]["code"] == "unauthenticated"
-            assert key not in refused.text()
-            assert context.request.get(f"{url}/api/v1/monitoring/alerts").status == 200
-            page.click("#logout-button")
-            page.wait_for_url(f"{url}/ui/login")
-            assert not [c for c in context.cookies() if c["name"] == "mlharbor_session"]
-            page.goto(f"{url}/ui")
-            assert page.url == f"{url}/ui/login"
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert requested and all(r.startswith(url) for r in requested), requested
+    with watched_context(url) as (context, page):
+        page.goto(f"{url}/ui")
+        assert page.url == f"{url}/ui/login"
+        page.fill("#key", key)
+        page.click("#login button[type=submit]")
+        page.wait_for_url(f"{url}/ui")
+        cookie = next(c for c in context.cookies() if c["name"] == "mlharbor_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+        assert cookie["value"] != key and key not in cookie["value"]  # a session, not the key
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+        page.click("#nav a[data-page=drift]")
+        page.fill("#endpoint", "churn")
+        page.click("#controls button[type=submit]")
+        page.wait_for_selector("#features tbody tr")
+        page.wait_for_selector("#drift-chart canvas")
+        page.click("#nav a[data-page=alerts]")
+        page.wait_for_selector("#alerts li")
+        assert "FIRING" in page.inner_text("#alerts")
+        # The same cookie, sent by the browser's context, cannot change anything.
+        refused = context.request.post(f"{url}/v1/endpoints/churn/feedback",
+                                       data={"request_id": "r1", "label": 1})
+        assert refused.status == 401
+        assert refused.json()["error"]["code"] == "unauthenticated"
+        assert key not in refused.text()
+        assert context.request.get(f"{url}/api/v1/monitoring/alerts").status == 200
+        page.click("#logout-button")
+        page.wait_for_url(f"{url}/ui/login")
+        assert not [c for c in context.cookies() if c["name"] == "mlharbor_session"]
+        page.goto(f"{url}/ui")
+        assert page.url == f"{url}/ui/login"
 
 
 def test_a_wrong_key_in_the_login_form_is_refused(dashboard: tuple[str, str]) -> None:
