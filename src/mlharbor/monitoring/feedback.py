@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.core.clock import utcnow
+from mlharbor.core.clock import epoch_micros, utcnow
 from mlharbor.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Feedback:
         import pyarrow.parquet as pq
 
         labels = parse_labels(body)
-        received = int((now or utcnow()).timestamp() * 1_000_000)
+        received = epoch_micros(now or utcnow())
         kinds = {type(item["label"]) for item in labels}
         values = [item["label"] for item in labels]
         if len(kinds) > 1:
@@ -142,7 +142,7 @@ class Feedback:
             return []
         task = task or _infer_task(joined)
         step = int(window.total_seconds() * 1_000_000)
-        origin = int(start.timestamp() * 1_000_000)
+        origin = epoch_micros(start)
         joined["window"] = (joined["at"] - origin) // step
         joined["version"] = joined["version"].astype("Int64")
         out = []

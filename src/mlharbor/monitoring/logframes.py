@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from mlharbor.core.clock import epoch_micros
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.logrows import (
     ENTRY_FORMAT,
@@ -108,7 +109,7 @@ def encode(records: Sequence[PredictionRecord]) -> bytes:
             "m": put(np.ascontiguousarray(matrix.T, dtype=np.float64)),
             "id": [r.request_id for r in group], "ref": [r.model_ref for r in group],
             "ver": [r.served_version for r in group],
-            "at": [int(r.at.timestamp() * 1_000_000) for r in group],
+            "at": [epoch_micros(r.at) for r in group],
             "lat": [r.latency_s for r in group], "sh": [r.shadow for r in group],
             "fb": [r.fallback for r in group],
         }

@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from mlharbor.core.clock import epoch_micros
 from mlharbor.core.errors import ConfigError
 from mlharbor.core.records import PredictionRecord
 
@@ -87,7 +88,7 @@ def record_rows(record: PredictionRecord, redaction: Redaction | None = None
     inputs = input_rows(record.inputs)
     predictions, scores = _outputs(record.outputs)
     count = max(len(inputs), len(predictions), 1)
-    at = int(record.at.timestamp() * 1_000_000)
+    at = epoch_micros(record.at)
     rows = []
     for i in range(count):
         features = dict(inputs[i]) if i < len(inputs) else {}
@@ -203,7 +204,7 @@ def record_entry(record: PredictionRecord, redaction: Redaction | None = None
     entry: dict[str, Any] = {
         "v": ENTRY_FORMAT, "id": record.request_id, "ep": record.endpoint,
         "ref": record.model_ref, "ver": record.served_version,
-        "at": int(record.at.timestamp() * 1_000_000), "lat": record.latency_s,
+        "at": epoch_micros(record.at), "lat": record.latency_s,
         "sh": record.shadow, "fb": record.fallback, "pred": predictions, "score": scores,
     }
     rules = redaction.rules_for(record.endpoint) if redaction is not None else None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from mlharbor.core.clock import utcnow
+from mlharbor.core.clock import epoch_micros, utcnow
 from mlharbor.core.errors import CompactorUnavailable
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.journal import Journal
@@ -188,16 +188,16 @@ class PredictionLog:
                       self.journal.backlog_bytes, len(records) + len(binary))
         return len(entries) + len(binary)
 
-    def compact(self, *, in_process: bool = False) -> int:
+    def compact(self) -> int:
         """Turn sealed journal files into segments; returns the segments written.
 
-        With a compactor (see :mod:`.compactor`) the work runs in its child process unless
-        ``in_process``; when the child cannot run, here.
+        With a compactor (see :mod:`.compactor`) the work runs in its child process; when the
+        child cannot run, here.
         """
         with self._compact_lock:
             self.journal.rotate()
             compactor = self.compactor
-            if compactor is not None and not in_process:
+            if compactor is not None:
                 try:
                     return compactor.compact(self.journal.active_seq)
                 except CompactorUnavailable as exc:
@@ -295,8 +295,8 @@ class PredictionLog:
 
     def segment_names(self, endpoint: str | None = None, start: datetime | None = None,
                       end: datetime | None = None) -> list[str]:
-        lo = _micros(start) if start else None
-        hi = _micros(end) if end else None
+        lo = epoch_micros(start) if start else None
+        hi = epoch_micros(end) if end else None
         out = []
         for name in self.segments.names(f"endpoint={endpoint}/" if endpoint else ""):
             first, last = _span(name)
@@ -327,15 +327,15 @@ class PredictionLog:
         table = pa.concat_tables(tables, promote_options="permissive")
         mask = None
         if start is not None:
-            mask = pc.greater_equal(table["at"], _micros(start))
+            mask = pc.greater_equal(table["at"], epoch_micros(start))
         if end is not None:
-            upper = pc.less(table["at"], _micros(end))
+            upper = pc.less(table["at"], epoch_micros(end))
             mask = upper if mask is None else pc.and_(mask, upper)
         return table if mask is None else table.filter(mask)
 
     def apply_retention(self, max_age: timedelta, now: datetime | None = None) -> int:
         """Delete segments whose newest row is older than ``max_age``; returns how many."""
-        cutoff = _micros((now or utcnow()) - max_age)
+        cutoff = epoch_micros((now or utcnow()) - max_age)
         old = [n for n in self.segments.names() if _span(n)[1] < cutoff]
         for name in old:
             self.segments.delete(name)
@@ -417,9 +417,6 @@ def _writer_name(journal_dir: Path) -> str:
         temporary.unlink()
     return path.read_text().strip()
 
-
-def _micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
 
 
 def _span(name: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from mlharbor.core.clock import epoch_micros
 from mlharbor.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def traffic(log: PredictionLog, endpoint: str, *, start: datetime, end: datetime
                      columns=["row", "shadow", "latency_s", "fallback", "model_ref", "version"])
     requests = first_rows(table)
     shadows = first_rows(table, shadow=True).num_rows
-    micros = np.asarray([_micros(e) for e in edges], dtype=np.int64)
+    micros = np.asarray([epoch_micros(e) for e in edges], dtype=np.int64)
     at = requests["at"].to_numpy(zero_copy_only=False) if requests.num_rows else \
         np.zeros(0, dtype=np.int64)
     index = np.searchsorted(micros, at, side="right") - 1
@@ -183,5 +184,3 @@ def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float | None]:
     return [float(v) for v in np.quantile(present, list(qs))]
 
 
-def _micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
