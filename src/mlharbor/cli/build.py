@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mlharbor.deploy.base import DeploymentSource
+    from mlharbor.deploy.container import ContextOptions
+    from mlharbor.deploy.imagebuild import RegistryAuth
+    from mlharbor.registry.service import Registry
 
 
 def register(app: typer.Typer) -> None:
@@ -106,24 +115,15 @@ def register(app: typer.Typer) -> None:
             registry.close()
 
 
-def _build(registry: object, source: object, output: Path, options: object, console: object,
-           do_build: bool, push: object, builder: str | None, tls_verify: bool,
-           actor: str, api_key: bool = False) -> None:
+def _build(reg: Registry, src: DeploymentSource, output: Path, opts: ContextOptions,
+           out: Console, do_build: bool, push: RegistryAuth | None, builder: str | None,
+           tls_verify: bool, actor: str, api_key: bool = False) -> None:
     """Write the context, then build and push as asked (``push``: the RegistryAuth to push
     with, or None); audited either way."""
-    from typing import Any, cast
-
-    from rich.console import Console
-
     from mlharbor.core.errors import MlharborError
-    from mlharbor.deploy.base import DeploymentSource
-    from mlharbor.deploy.container import ContextOptions, write_build_context
-    from mlharbor.deploy.imagebuild import RegistryAuth, build_image, push_image, registry_host
+    from mlharbor.deploy.container import write_build_context
+    from mlharbor.deploy.imagebuild import build_image, push_image, registry_host
 
-    reg = cast(Any, registry)
-    src = cast(DeploymentSource, source)
-    opts = cast(ContextOptions, options)
-    out = cast(Console, console)
     details: dict[str, Any] = {"target": "container", "image": src.image,
                                "version": src.number, "ref": src.ref, "baked": opts.bake}
     try:
@@ -143,7 +143,7 @@ def _build(registry: object, source: object, output: Path, options: object, cons
             size = f", {built.size_bytes / 1e6:.0f} MB" if built.size_bytes else ""
             out.print(f"built {built.tag} with {built.builder} in {built.seconds:.0f} s{size}")
             details["builder"] = built.builder
-            if isinstance(push, RegistryAuth):
+            if push is not None:
                 details["registry"] = registry_host(src.image)
                 with out.status(f"pushing {src.image} ..."):
                     pushed = push_image(src.image, builder=built.builder,
