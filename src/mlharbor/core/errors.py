@@ -10,6 +10,7 @@ from there), ``mlharbor.cli.main`` for exit codes.
     ├── InvalidInputError          bad argument, name, reference, request body, config value
     │   ├── InvalidNameError       a model / alias / file name that is not allowed
     │   ├── SchemaError            input that does not match a model signature
+    │   ├── UnsupportedMediaTypeError  a request body in a content type the route cannot read
     │   └── ConfigError            settings or configuration files that cannot be used
     ├── NotFoundError              a model, version, alias, key ... that does not exist
     ├── ConflictError              the action contradicts stored state (alias in use, exists)
@@ -78,6 +79,10 @@ class SchemaError(InvalidInputError):
 
 class ConfigError(InvalidInputError):
     code = "invalid_config"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    code = "unsupported_media_type"
 
 
 class NotFoundError(MlharborError):

@@ -12,6 +12,7 @@ from mlharbor.core import errors
 STATUS_BY_ERROR: dict[type[errors.MlharborError], int] = {
     errors.InvalidInputError: 400,
     errors.SchemaError: 422,
+    errors.UnsupportedMediaTypeError: 415,
     errors.NotFoundError: 404,
     errors.ConflictError: 409,
     errors.IntegrityError: 409,
