@@ -112,7 +112,8 @@ RULES: tuple[RouteRule, ...] = (
       for r in _rules(m, "endpoint.write", _ENDPOINT, f"{_API}/endpoints/{{name}}")],
     # -- serving (mlharbor.serving): every protocol's predict route is `predict` on the
     # endpoint it names; health probes of each protocol stay public for orchestrators.
-    *_rules("GET", PUBLIC, None, "/v2/health/live", "/v2/health/ready", "/ping", "/health"),
+    *_rules("GET", PUBLIC, None, "/v2/health/live", "/v2/health/ready", "/ping", "/health",
+            "/"),  # "/": KServe v1 liveness
     *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/predict"),
     *_rules("GET", "read", None, "/v1/endpoints", "/v1/version", "/v2", "/version",
             "/v1/models"),
