@@ -32,6 +32,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     from mlharbor.api.routes import monitoring as monitoring_routes
     from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
+    from mlharbor.ui import docs as ui_docs
     from mlharbor.ui import login as ui_login
     from mlharbor.ui import routes as ui_routes
     from mlharbor.ui import whoami as ui_whoami
@@ -39,7 +40,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app = FastAPI(
         title="mlharbor",
         version=__version__,
-        docs_url="/docs",
+        docs_url=None,  # /docs is mlharbor.ui.docs: Swagger UI from the package, no CDN
         openapi_url="/openapi.json",
         redoc_url=None,
         redirect_slashes=False,
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
     app.include_router(ui_login.router)
+    app.include_router(ui_docs.router)
 
     @app.get("/livez", tags=["health"])
     def livez() -> dict[str, str]:

@@ -25,6 +25,10 @@ STATIC_TYPES = {
     "uPlot.iife.min.js": "text/javascript",
     "uPlot.min.css": "text/css",
     "dashboard.css": "text/css",
+    # /docs (mlharbor.ui.docs): the vendored Swagger UI and the script that starts it.
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "docs.js": "text/javascript",
     # The page's own scripts: shared helpers, charts, one file per group of pages, the router.
     **{name: "text/javascript" for name in (
         "core.js", "charts.js", "models.js", "endpoints.js", "monitoring.js", "ledger.js",
@@ -35,7 +39,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'")
 
 
-def _read(folder: str, name: str) -> bytes:
+def read_asset(folder: str, name: str) -> bytes:
+    """A file shipped in the package under mlharbor/ui/``folder``."""
     return resources.files("mlharbor.ui").joinpath(folder, name).read_bytes()
 
 
@@ -45,7 +50,7 @@ def dashboard(request: Request) -> HTMLResponse:
     # and "api/v1/..." goes to {root}/api/v1): the dashboard also works behind a proxy that
     # serves it under a prefix.
     root = html.escape(str(request.scope.get("root_path", "")).rstrip("/"))
-    page = _read("templates", "dashboard.html").decode("utf-8").replace("{root}", root)
+    page = read_asset("templates", "dashboard.html").decode("utf-8").replace("{root}", root)
     return HTMLResponse(page, headers={"Content-Security-Policy": CSP,
                                        "Cache-Control": "no-store"})
 
@@ -56,5 +61,5 @@ def static(name: str) -> Response:
     if media is None:
         raise NotFoundError(f"No dashboard file {name!r}.",
                             hint=f"Known files: {', '.join(sorted(STATIC_TYPES))}.")
-    return Response(_read("static", name), media_type=media,
+    return Response(read_asset("static", name), media_type=media,
                     headers={"Cache-Control": "public, max-age=3600"})
