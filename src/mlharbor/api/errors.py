@@ -79,6 +79,10 @@ def install_error_handlers(app: FastAPI, *, debug: bool) -> None:
 
 
 def _short(value: Any) -> Any:
+    """What the client sent, echoed back: a short scalar as itself, anything else (objects,
+    long text, integers JSON cannot carry such as 2**64) as at most 200 characters of text."""
     text = repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return text[:200]
     return value if len(text) <= 200 and isinstance(value, str | int | float | bool) \
         else text[:200]

@@ -17,6 +17,10 @@ from mlharbor.api.context import registry_of
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
+#: The largest sequence number the database can hold (a signed 64-bit integer); a larger
+#: ``before`` is a 422 naming the bound, not an overflow inside the database driver.
+MAX_SEQ = 2**63 - 1
+
 #: Actions are dotted words (``alias.set``, ``deploy.kubernetes``); a trailing ``*`` matches
 #: every action starting with what precedes it (``deploy.*``).
 ACTION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}\*?$"
@@ -45,7 +49,8 @@ def like_prefix(column: Any, prefix: str) -> Any:
 def list_audit(
     request: Request,
     limit: int = Query(100, ge=1, le=1000, description="Records per page."),
-    before: int | None = Query(None, ge=1, description="Only records older than this seq "
+    before: int | None = Query(None, ge=1, le=MAX_SEQ,
+                               description="Only records older than this seq "
                                "(the next_before of the previous page)."),
     action: str | None = Query(None, pattern=ACTION_PATTERN,
                                description="An action, or a prefix ending in * (deploy.*)."),
