@@ -1,5 +1,11 @@
 """A small Python client for the serving API: ``Client(url, api_key).predict("churn", frame)``.
 
+Pointed at the control plane (``mlharbor server``), it also reads and changes endpoints with
+optimistic concurrency: ``get_endpoint`` returns the revision, and ``update_endpoint(...,
+revision=...)`` sends it as ``If-Match`` so a change based on a stale read is refused
+(:class:`~mlharbor.core.errors.ConflictError` with ``details["current_revision"]``) instead of
+silently overwriting someone else's change.
+
 It speaks the native protocol (``POST /v1/endpoints/{name}/predict``) with the columns form,
 which carries a DataFrame without a per-row copy of the column names. Errors come back as the
 same :class:`~mlharbor.core.errors.MlharborError` subclasses the server raised (found by the
@@ -60,6 +66,33 @@ class Client:
         return Prediction(payload["predictions"], payload.get("probabilities"),
                           payload.get("classes"), payload["model"], payload["version"],
                           payload["request_id"], payload.get("fallback"))
+
+    def get_endpoint(self, name: str) -> dict[str, Any]:
+        """The stored endpoint (control plane): ``name``, ``revision``, ``spec`` ..."""
+        return self._json("GET", f"/api/v1/endpoints/{name}")
+
+    def update_endpoint(
+        self, name: str, changes: dict[str, Any], *, revision: int | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Change top-level spec fields of endpoint ``name`` (control plane).
+
+        With ``revision`` (from :meth:`get_endpoint`) the change applies only if the endpoint
+        is still at that revision; otherwise ConflictError naming the current one.
+        """
+        headers = {"if-match": f'"{revision}"'} if revision is not None else None
+        body = orjson.dumps({**changes, "reason": reason})
+        return self._json("PATCH", f"/api/v1/endpoints/{name}", content=body, headers=headers)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._http.request(method, path, **kwargs)
+        payload = orjson.loads(response.content) if response.content else {}
+        if response.status_code >= 400:
+            raise _error(response.status_code, payload)
+        if not isinstance(payload, dict):
+            raise errors.UnavailableError(f"The server answered {method} {path} with a "
+                                          f"{type(payload).__name__}, not an object.")
+        return payload
 
     def close(self) -> None:
         self._http.close()

@@ -1,4 +1,10 @@
-"""``mlharbor endpoints``: create, update, show, list, history and delete serving endpoints."""
+"""``mlharbor endpoints``: create, update, show, list, history and delete serving endpoints.
+
+``update`` is a read-modify-write on the endpoint's revision: it reads the endpoint, applies the
+options on top of what it read (``--max-batch-size`` keeps the other batching settings) and
+writes only if nobody changed the endpoint in between. When someone did, it reads again and
+retries once; a second conflict is one error line and exit code 4, and nothing is changed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from mlharbor.cli.output import print_json, print_kv, print_table
 
 if TYPE_CHECKING:
     from mlharbor.registry.endpoints import Endpoint, EndpointService
+
+#: Spec fields whose options set some of their keys: merged into the stored value, not swapped.
+NESTED_FIELDS = ("batching", "limits")
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
 ROUTE_HELP = "REF or REF=WEIGHT (churn@champion=90), repeatable."
@@ -77,6 +86,51 @@ def _changes(
     return changes
 
 
+def _on_top_of(current: Endpoint, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with nested settings completed from ``current``'s spec."""
+    full = dict(changes)
+    for field in NESTED_FIELDS:
+        if field in changes:
+            stored = getattr(current.spec, field).model_dump(exclude_none=True)
+            full[field] = {**stored, **changes[field]}
+    return full
+
+
+def edit_endpoint(
+    service: EndpointService, name: str, changes: dict[str, Any], *, actor: str,
+    reason: str = "", revision: int | None = None,
+) -> Endpoint:
+    """Apply ``changes`` to the endpoint as read, guarded by its revision; retry once.
+
+    With ``revision`` (the user pinned the revision they reviewed) there is no retry: a
+    conflict means the endpoint is no longer what the user looked at.
+    """
+    from mlharbor.core.errors import ConflictError
+
+    attempts = 1 if revision is not None else 2
+    for attempt in range(1, attempts + 1):
+        current = service.get(name)
+        expected = revision if revision is not None else current.revision
+        try:
+            return service.update(name, _on_top_of(current, changes), actor=actor,
+                                  reason=reason, expected_revision=expected)
+        except ConflictError as exc:
+            if "current_revision" not in exc.details:
+                raise
+            if attempt == attempts:
+                now = exc.details.get("current_revision")
+                state = f"it is now at revision {now}" if now is not None else "it was deleted"
+                tried = (f"revision {revision} was asked for" if revision is not None
+                         else f"retried {attempts - 1} time(s)")
+                raise ConflictError(
+                    f"Endpoint {name!r} was changed by someone else while updating ({state}; "
+                    f"{tried}); nothing was changed.",
+                    hint=f"Check `mlharbor endpoints show {name}` and run the update again.",
+                    current_revision=now, expected_revision=expected,
+                ) from exc
+    raise AssertionError("unreachable")
+
+
 def _show(endpoint: Endpoint) -> None:
     spec = endpoint.spec
     print_kv(f"Endpoint {spec.name} (revision {endpoint.revision})", [
@@ -141,9 +195,12 @@ def register(app: typer.Typer) -> None:
         sticky_header: str = typer.Option(None),
         description: str = typer.Option(None),
         reason: str = typer.Option("", help="Why; kept in the deployment ledger."),
+        revision: int = typer.Option(None, "--revision", min=1,
+                                     help="Apply only if the endpoint is still at this "
+                                     "revision (as shown by `endpoints show`); no retry."),
         as_json: bool = JSON_OPTION,
     ) -> None:
-        """Change endpoint NAME (only the options given)."""
+        """Change endpoint NAME (only the options given), guarded by its revision."""
         from mlharbor.core.errors import InvalidInputError
 
         changes = _changes(route, shadow, fallback, default_answer, max_batch_size,
@@ -152,7 +209,8 @@ def register(app: typer.Typer) -> None:
         if not changes:
             raise InvalidInputError("Nothing to change: give at least one option.",
                                     hint="See `mlharbor endpoints update --help`.")
-        endpoint = _service(ctx).update(name, changes, actor="local", reason=reason)
+        endpoint = edit_endpoint(_service(ctx), name, changes, actor="local", reason=reason,
+                                 revision=revision)
         if as_json:
             print_json(endpoint.to_dict())
             return

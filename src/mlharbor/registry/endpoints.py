@@ -8,6 +8,15 @@ replicas poll this table and converge on it.
 
 Every change is one audited transaction (``MetadataStore.mutate``) that also appends the full
 spec to ``endpoint_history``: with the alias history, the deployment ledger.
+
+Concurrency: every change bumps the endpoint's ``revision`` with a compare-and-set inside the
+transaction (the row is locked on PostgreSQL; SQLite serialises writers), and a partial update
+is merged into the row as it is *in that transaction*, so two concurrent edits never lose one
+of them. A caller that read the endpoint first passes ``expected_revision`` (HTTP ``If-Match``)
+and gets a :class:`ConflictError` naming the current revision when someone changed it
+meanwhile; the refused attempt is audited as a failure. Revisions never repeat for a name: a
+re-created endpoint continues after the last revision in its history, so a revision read
+before a delete can never match the new endpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
+    func,
     select,
     update,
 )
@@ -156,6 +166,34 @@ class EndpointSpec(BaseModel):
             ) from exc
 
 
+def check_revision(value: int | None) -> int | None:
+    """A revision precondition must be a positive whole number (or absent)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise InvalidInputError(f"The expected revision must be a positive whole number; "
+                                f"received {value!r}.", field="revision")
+    return value
+
+
+def _merged(current: EndpointSpec, changes: dict[str, Any], *, replace: bool) -> EndpointSpec:
+    """``changes`` applied on top of ``current`` (or instead of it, with ``replace``)."""
+    merged = dict(changes) if replace else {**current.model_dump(), **changes}
+    return EndpointSpec.parse({**merged, "name": current.name})
+
+
+def _stale(name: str, expected: int, current: int | None) -> ConflictError:
+    if current is None:
+        return ConflictError(
+            f"Endpoint {name!r} was deleted after revision {expected} was read.",
+            hint="Create it again if it is still wanted.", expected_revision=expected,
+            current_revision=None)
+    return ConflictError(
+        f"Endpoint {name!r} is at revision {current}, not {expected}: it was changed after "
+        "it was read, so this change was not applied.",
+        hint=f"Read it again, reapply the change on top of revision {current} and retry.",
+        expected_revision=expected, current_revision=current)
+
+
 def _parse_ref(value: str) -> ModelRef:
     try:
         return ModelRef.parse(value)
@@ -224,11 +262,12 @@ class EndpointService:
                 raise ConflictError(f"Endpoint {spec.name!r} already exists.",
                                     hint="Change it with `mlharbor endpoints update`.")
             now = utcnow()
+            revision = self._next_revision(conn, spec.name)
             conn.execute(endpoints_table.insert().values(
-                name=spec.name, spec=spec.model_dump(), revision=1, created_at=now,
+                name=spec.name, spec=spec.model_dump(), revision=revision, created_at=now,
                 updated_at=now, updated_by=actor))
-            self._ledger(conn, spec.name, 1, "create", spec, actor, reason, now)
-            return self._endpoint(self._row(conn, spec.name)), {"revision": 1,
+            self._ledger(conn, spec.name, revision, "create", spec, actor, reason, now)
+            return self._endpoint(self._row(conn, spec.name)), {"revision": revision,
                                                                   "reason": reason}
 
         return self.store.mutate("endpoint.create", f"endpoint/{spec.name}", work, actor=actor,
@@ -237,41 +276,59 @@ class EndpointService:
     def update(
         self, name: str, changes: dict[str, Any], *, actor: str, reason: str = "",
         request_id: str | None = None, replace: bool = False,
+        expected_revision: int | None = None,
     ) -> Endpoint:
-        """Apply ``changes`` (top-level fields; ``replace`` swaps the whole spec)."""
+        """Apply ``changes`` (top-level fields; ``replace`` swaps the whole spec).
+
+        ``expected_revision`` makes the write conditional: it happens only while the endpoint
+        is still at that revision, else :class:`ConflictError` with ``current_revision``.
+        Without it the write is unconditional but still atomic: the changes are merged into
+        the endpoint as it is when the write commits, never into an older copy.
+        """
         validate_name(name, kind="endpoint name")
-        current = self.get(name)
+        check_revision(expected_revision)
         if "name" in changes and changes["name"] != name:
             raise InvalidInputError("An endpoint cannot be renamed; create a new one.",
                                     field="name", expected=name, received=changes["name"])
-        merged = dict(changes) if replace else {**current.spec.model_dump(), **changes}
-        spec = EndpointSpec.parse({**merged, "name": name})
+        current = self.get(name)
+        spec = _merged(current.spec, changes, replace=replace)
         self._check_refs(spec)
 
         def work(conn: Connection) -> tuple[Endpoint, dict[str, Any]]:
-            row = self._row(conn, name)
-            revision = int(row.revision) + 1
+            row = self._row(conn, name, lock=True)
+            revision = self._expect(name, row, expected_revision)
+            # Someone else changed the endpoint since it was read above: merge into theirs.
+            fresh = spec if replace or revision == current.revision else _merged(
+                self._endpoint(row).spec, changes, replace=False)
             now = utcnow()
-            conn.execute(update(endpoints_table).where(endpoints_table.c.id == row.id).values(
-                spec=spec.model_dump(), revision=revision, updated_at=now, updated_by=actor))
-            self._ledger(conn, name, revision, "update", spec, actor, reason, now)
+            self._compare_and_set(conn, name, row, values={
+                "spec": fresh.model_dump(), "updated_at": now, "updated_by": actor})
+            self._ledger(conn, name, revision + 1, "update", fresh, actor, reason, now)
             return self._endpoint(self._row(conn, name)), {
-                "revision": revision, "changed": sorted(changes), "reason": reason}
+                "revision": revision + 1, "expected_revision": expected_revision,
+                "changed": sorted(changes), "reason": reason}
 
         return self.store.mutate("endpoint.update", f"endpoint/{name}", work, actor=actor,
                                  request_id=request_id)
 
     def delete(
-        self, name: str, *, actor: str, reason: str = "", request_id: str | None = None
+        self, name: str, *, actor: str, reason: str = "", request_id: str | None = None,
+        expected_revision: int | None = None,
     ) -> None:
+        """Delete ``name``; with ``expected_revision``, only while it is at that revision."""
         validate_name(name, kind="endpoint name")
+        check_revision(expected_revision)
 
         def work(conn: Connection) -> tuple[None, dict[str, Any]]:
-            row = self._row(conn, name)
-            conn.execute(delete(endpoints_table).where(endpoints_table.c.id == row.id))
-            self._ledger(conn, name, int(row.revision) + 1, "delete", None, actor, reason,
-                         utcnow())
-            return None, {"revision": int(row.revision), "reason": reason}
+            row = self._row(conn, name, lock=True)
+            revision = self._expect(name, row, expected_revision)
+            done = conn.execute(delete(endpoints_table).where(
+                endpoints_table.c.id == row.id, endpoints_table.c.revision == revision))
+            if done.rowcount != 1:
+                raise _stale(name, expected_revision or revision, None)
+            self._ledger(conn, name, revision + 1, "delete", None, actor, reason, utcnow())
+            return None, {"revision": revision, "expected_revision": expected_revision,
+                          "reason": reason}
 
         self.store.mutate("endpoint.delete", f"endpoint/{name}", work, actor=actor,
                           request_id=request_id)
@@ -304,13 +361,45 @@ class EndpointService:
         for ref in spec.model_refs():
             self.registry.get_version(ref)
 
-    def _row(self, conn: Connection, name: str, *, required: bool = True) -> Any:
-        row = conn.execute(select(endpoints_table).where(endpoints_table.c.name == name)).first()
+    def _row(
+        self, conn: Connection, name: str, *, required: bool = True, lock: bool = False
+    ) -> Any:
+        query = select(endpoints_table).where(endpoints_table.c.name == name)
+        if lock:
+            # PostgreSQL: concurrent writers of one endpoint queue here and each then reads
+            # the row its predecessor committed (SQLite's BEGIN IMMEDIATE already serialises).
+            query = query.with_for_update()
+        row = conn.execute(query).first()
         if row is None and required:
             known = [r.name for r in conn.execute(select(endpoints_table.c.name))]
             raise NotFoundError(f"Endpoint {name!r} does not exist.",
                                 hint=f"Known endpoints: {', '.join(sorted(known)) or 'none'}.")
         return row
+
+    def _expect(self, name: str, row: Any, expected: int | None) -> int:
+        """The row's revision, refusing the write when the caller expected another one."""
+        revision = int(row.revision)
+        if expected is not None and expected != revision:
+            raise _stale(name, expected, revision)
+        return revision
+
+    def _compare_and_set(
+        self, conn: Connection, name: str, row: Any, *, values: dict[str, Any]
+    ) -> None:
+        """Write ``values`` and bump the revision only if nobody bumped it first."""
+        revision = int(row.revision)
+        done = conn.execute(update(endpoints_table).where(
+            endpoints_table.c.id == row.id, endpoints_table.c.revision == revision,
+        ).values(revision=revision + 1, **values))
+        if done.rowcount != 1:
+            current = self._row(conn, name, required=False)
+            raise _stale(name, revision, None if current is None else int(current.revision))
+
+    def _next_revision(self, conn: Connection, name: str) -> int:
+        """1 for a new name; after a delete, one past the last revision in the history."""
+        last = conn.execute(select(func.max(endpoint_history.c.revision))
+                            .where(endpoint_history.c.endpoint == name)).scalar()
+        return 1 if last is None else int(last) + 1
 
     def _endpoint(self, row: Any) -> Endpoint:
         return Endpoint(EndpointSpec.model_validate(row.spec), int(row.revision),
