@@ -109,7 +109,8 @@ def test_if_match_and_body_revision_must_agree(api: httpx.Client) -> None:
 def test_two_http_writers_one_gets_409_and_nothing_is_lost(
     server: Any, headers: dict[str, str], api: httpx.Client, registry: Registry,
 ) -> None:
-    changes = [{"description": "from alice"}, {"limits": {"timeout_ms": 250}}]
+    changes: list[dict[str, Any]] = [{"description": "from alice"},
+                                     {"limits": {"timeout_ms": 250}}]
     read = threading.Barrier(2)
 
     def writer(i: int) -> int:

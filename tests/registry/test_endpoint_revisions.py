@@ -40,7 +40,8 @@ def test_two_writers_from_one_revision_one_conflicts_and_nothing_is_lost(
 ) -> None:
     service = EndpointService(registry)
     start = service.create(SPEC, actor="setup").revision
-    changes = [{"description": "from alice"}, {"limits": {"timeout_ms": 250}}]
+    changes: list[dict[str, Any]] = [{"description": "from alice"},
+                                     {"limits": {"timeout_ms": 250}}]
     read = threading.Barrier(2)
 
     def writer(i: int) -> str:
