@@ -38,7 +38,7 @@ def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
     port = free_port_pair()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLHARBOR_")}
     env |= {"MLHARBOR_HOME": str(tmp_path / "home"), "MLHARBOR_SERVER__PORT": str(port),
-            "COLUMNS": "200"}
+            "COLUMNS": "60"}  # narrow: printed commands must still be whole lines
     exe = shutil.which("mlharbor", path=str(VENV_BIN)) or "mlharbor"
     proc = subprocess.Popen([exe, "demo"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -74,6 +74,18 @@ def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
         assert f"{control}/ui" in "".join(lines) and f"{control}/docs" in "".join(lines)
         assert httpx.get(f"{control}/docs", headers=headers, timeout=10).status_code == 200
         assert httpx.get(f"{control}/ui", headers=headers, timeout=10).status_code == 200
+        # Every command the demo printed works when pasted into a shell, in order.
+        printed = [line.strip() for line in "".join(lines).splitlines()]
+        commands = [line for line in printed
+                    if line.startswith("export KEY=") or line.startswith("curl ")]
+        assert [c.split()[0] for c in commands] == ["export", "curl", "curl"], printed
+        for command in commands[1:]:
+            pasted = subprocess.run(["bash", "-c", f"{commands[0]}\n{command}"],
+                                    capture_output=True, text=True, timeout=60)
+            assert pasted.returncode == 0, pasted.stderr
+            assert '"error"' not in pasted.stdout and ("churn" in pasted.stdout
+                                                        or "predictions" in pasted.stdout), (
+                command, pasted.stdout)
         monitoring = f"{control}/api/v1/monitoring/endpoints/churn"
         deadline = time.monotonic() + 60
         labelled = logged = 0

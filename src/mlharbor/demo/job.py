@@ -47,11 +47,13 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
         key = _print_demo_key(registry, console, settings if serve else None)
     finally:
         registry.close()
-    console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}")
+    console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print("Look around: `.venv/bin/mlharbor models list`, "
                   f"`.venv/bin/mlharbor models show {MODEL_NAME}@champion`"
                   + (", and the control plane below (/ui, /docs)." if serve else
-                     ", `.venv/bin/mlharbor server` (control plane, /docs, /ui)."))
+                     ", `.venv/bin/mlharbor server` (control plane, /docs, /ui)."),
+                  markup=False, highlight=False, soft_wrap=True)
     if serve:
         frame = pd.read_csv(dataset_path())
         _serve_demo(settings, key, frame, console, traffic=traffic)
@@ -72,7 +74,8 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
     row = frame.drop(columns=["churn", "customer_id"]).head(1)
     body = json.dumps(json.loads(row.to_json(orient="records")))
     auth = f'-H "Authorization: Bearer {key}" ' if key else '-H "Authorization: Bearer $KEY" '
-    console.print(f"Serving {MODEL_NAME}@champion at {url} (Ctrl-C stops). Try:", markup=False)
+    console.print(f"Serving {MODEL_NAME}@champion at {url} (Ctrl-C stops). Try:",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print(f"curl -s {auth}-H 'content-type: application/json' "
                   f"{url}/v1/endpoints/{MODEL_NAME}/predict -d '{body}'",
                   markup=False, highlight=False, soft_wrap=True)
@@ -201,6 +204,13 @@ class ControlPlane:
             self._app = None
 
 
+def _line_printer(console: Any) -> Any:
+    """Print one line as it is: no markup, no highlighting, never wrapped."""
+    def print_line(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    return print_line
+
+
 def _print_demo_key(registry: Any, console: Any, settings: Settings | None = None
                     ) -> str | None:
     """The server needs a key: create a fresh one for the demo admin and show it once."""
@@ -209,15 +219,19 @@ def _print_demo_key(registry: Any, console: Any, settings: Settings | None = Non
     key = open_identities(registry).demo_admin_key(actor="demo")
     if key is None:
         console.print("An admin already administers this installation; ask them for an API "
-                      "key (`mlharbor admin keys create NAME`).")
+                      "key (`mlharbor admin keys create NAME`) and `export KEY=...` it.",
+                      markup=False, highlight=False, soft_wrap=True)
         return None
-    console.print("API key of 'demo-admin' (shown once; earlier demo keys are revoked):")
-    console.print(key, markup=False, highlight=False, soft_wrap=True)
+    # Every command is printed on one line (soft_wrap: Rich never breaks it, also when the
+    # output goes to a file) and works when pasted: the export line sets $KEY first.
+    print_line = _line_printer(console)
+    print_line("API key of 'demo-admin' (shown once; earlier demo keys are revoked):")
+    print_line(key)
+    print_line("To use it from a shell, paste:")
+    print_line(f"export KEY={key}")
     if settings is not None and settings.server.port:  # the demo's own control plane
         where = _client_url(settings.server.host, settings.server.port + 1)
-        console.print('Send it to the control plane as a bearer token: curl -H "Authorization: '
-                      f'Bearer $KEY" {where}/api/v1/models', markup=False)
     else:
-        console.print('Send it to `mlharbor server` as a bearer token: curl -H "Authorization: '
-                      'Bearer $KEY" http://127.0.0.1:8080/api/v1/models', markup=False)
+        where = "http://127.0.0.1:8080"  # `mlharbor server`'s default address
+    print_line(f'curl -s -H "Authorization: Bearer $KEY" {where}/api/v1/models')
     return key
