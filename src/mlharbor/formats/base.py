@@ -11,6 +11,7 @@ so what was hashed (against a pin, or against the manifest by
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -61,6 +62,62 @@ class NativeModel(ABC):
             f"{type(self).__name__} gives no class probabilities; it is not a classifier."
         )
 
+    @property
+    def has_proba(self) -> bool:
+        """Whether ``predict_proba`` answers (a classifier may predict labels only)."""
+        return type(self).predict_proba is not NativeModel.predict_proba
+
+    def predict_with_proba(self, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's own ``predict`` and ``predict_proba`` (None without one) for the same
+        rows.
+
+        Labels are never derived from probabilities here: a threshold-tuned classifier or any
+        custom ``predict`` answers differently from the most probable class. A subclass may
+        answer with one inference when its ``predict`` is, by construction, the most probable
+        class of ``predict_proba`` (see :func:`predict_is_argmax`).
+        """
+        labels = np.asarray(self.predict(data))
+        return labels, np.asarray(self.predict_proba(data)) if self.has_proba else None
+
+
+def labels_from_proba(proba: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    """The most probable class of each row (its index when ``classes`` is None).
+
+    The one copy of this rule; use it only where it *is* the model's ``predict`` (a format that
+    defines its labels so, or an estimator :func:`predict_is_argmax` vouches for).
+    """
+    index: np.ndarray = np.argmax(proba, axis=1)
+    if classes is None:
+        return index
+    labels: np.ndarray = np.asarray(classes).take(index, axis=0)
+    return labels
+
+
+def predict_is_argmax(model: Any) -> bool:
+    """Whether ``model.predict(X)`` is ``model.classes_.take(argmax(model.predict_proba(X)))``
+    by construction: the class's ``predict`` is one of scikit-learn's own that computes exactly
+    that (forests, ``CalibratedClassifierCV``), or a stock ``Pipeline`` ending in one.
+
+    Looked up on the class, statically: a subclass overriding ``predict`` (a threshold-tuned or
+    any custom classifier) is not vouched for, and pays one more inference instead.
+    """
+    cls = type(model)
+    if not cls.__module__.startswith("sklearn."):
+        return False
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    def same(name: str, owner: type) -> bool:
+        return bool(inspect.getattr_static(cls, name, None)
+                    is inspect.getattr_static(owner, name))
+
+    if same("predict", Pipeline) and same("predict_proba", Pipeline):
+        return predict_is_argmax(model.steps[-1][1])
+    if same("predict", ForestClassifier):
+        return getattr(model, "n_outputs_", None) == 1
+    return same("predict", CalibratedClassifierCV)
+
 
 class EstimatorModel(NativeModel):
     """Any object with scikit-learn's ``predict`` / ``predict_proba`` / ``classes_``."""
@@ -70,12 +127,26 @@ class EstimatorModel(NativeModel):
         self.input_kind = input_kind
         classes = getattr(model, "classes_", None)
         self.classes = None if classes is None else np.asarray(classes)
+        self._argmax = self.classes is not None and predict_is_argmax(model)
 
     def predict(self, data: Any) -> np.ndarray:
         return np.asarray(self.model.predict(data))
 
+    @property
+    def has_proba(self) -> bool:
+        return hasattr(self.model, "predict_proba")  # False for SVC(probability=False) ...
+
     def predict_proba(self, data: Any) -> np.ndarray:
+        if not self.has_proba:
+            return super().predict_proba(data)
         return np.asarray(self.model.predict_proba(data))
+
+    def predict_with_proba(self, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self._argmax:
+            return super().predict_with_proba(data)
+        # One inference: this predict is the most probable class of predict_proba.
+        proba = self.predict_proba(data)
+        return labels_from_proba(proba, self.classes), proba
 
 
 class ModelFormat(ABC):

@@ -93,8 +93,8 @@ def build_bundle(
     flavor = dict(info.flavor, input_kind=sig.input_kind if info.input_kind is None
                   else info.input_kind)
     native_model = fmt.load(blob, dict(flavor, classes=info.classes), trust)  # same bytes
-    native = (OrtRunner(native_model, sig, None) if fmt.name == "onnx"
-              else NativeRunner(native_model, sig))
+    native = (OrtRunner(native_model, sig, None, info.task) if fmt.name == "onnx"
+              else NativeRunner(native_model, sig, info.task))
     try:
         native.predict(example)  # the saved model must answer its own example
     except MlharborError:
@@ -373,7 +373,8 @@ def _onnx_step(fmt: ModelFormat, obj: Any, native: Any, sig: Signature,
     try:  # the parity check runs the very bytes written into the bundle
         session = make_session(ModelBytes.of(path, data))
         runner = OrtRunner(OnnxModel(session, manifest.classes), sig,
-                           None if manifest.classes is None else np.asarray(manifest.classes))
+                           None if manifest.classes is None else np.asarray(manifest.classes),
+                           manifest.task)
         rows = onnx_convert.parity_rows(sig, example, training)
         parity = onnx_convert.check_parity(native, runner, rows, manifest.task, tolerance)
     except Exception as exc:  # a parity problem must not lose the registration

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
-from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.base import (
+    ModelFormat,
+    ModelInfo,
+    NativeModel,
+    TrustOptions,
+    labels_from_proba,
+    plain_list,
+)
 from mlharbor.formats.bundle import ModelBytes
 
 
@@ -30,8 +37,12 @@ class LightGBMModel(NativeModel):
     def predict(self, data: Any) -> np.ndarray:
         if self.classes is None:
             return np.asarray(self.model.predict(data))
-        labels: np.ndarray = self.classes[self.predict_proba(data).argmax(axis=1)]
-        return labels
+        return self.predict_with_proba(data)[0]
+
+    def predict_with_proba(self, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        # LGBMClassifier.predict is the most probable class of predict_proba: one inference.
+        proba = self.predict_proba(data)
+        return labels_from_proba(proba, self.classes), proba
 
 
 class LightGBMFormat(ModelFormat):

@@ -15,9 +15,11 @@ columns are missing. :func:`_convert_imputer` maps them: the ONNX runner feeds a
 value as :data:`mlharbor.formats.onnx.MISSING_STRING`, and the converted imputer replaces
 exactly that marker with the fill value (or the learned most frequent value).
 
-A converted model is served only when the parity check passes: identical labels and
-probabilities (or regression values) within the tolerance, on the input example plus a sample
-of rows (training data when given, else rows synthesised from the signature).
+A converted model is served only when the parity check passes: labels identical to the native
+model's own ``predict`` (not merely its most probable class: a threshold-tuned classifier
+differs) and probabilities (or regression values) within the tolerance, on the input example
+plus a sample of rows (training data when given, else rows synthesised from the signature).
+Otherwise the bundle keeps the ONNX file for the record but serves natively.
 """
 
 from __future__ import annotations
@@ -287,27 +289,42 @@ def _py(value: Any) -> Any:
 
 def check_parity(native: Any, onnx_runner: Any, rows: list[dict[str, Any]], task: str,
                  tolerance: float) -> dict[str, Any]:
-    """Compare both runtimes on ``rows``; a dict saying passed/failed, how much and why."""
+    """Compare what ONNX would serve with the native model on ``rows``: passed/failed, how
+    much and why.
+
+    The reference is the native model's own ``predict`` and ``predict_proba``; the ONNX side
+    is :meth:`OrtRunner.outputs`, exactly what serving answers. Labels are compared as well as
+    probabilities: a threshold-tuned or custom ``predict`` can differ from the most probable
+    class while every probability matches, and then ONNX must not serve.
+    """
     result: dict[str, Any] = {"rows": len(rows), "tolerance": tolerance}
     if task == "classification":
         p_native = np.asarray(native.predict_proba(rows), dtype=np.float64)
-        p_onnx = np.asarray(onnx_runner.predict_proba(rows), dtype=np.float64)
+        served = onnx_runner.outputs(rows)
+        p_onnx = np.asarray(served.probabilities, dtype=np.float64)
         if p_native.shape != p_onnx.shape:
             return dict(result, status="failed",
                         reason=f"probability shapes differ: {p_native.shape} vs {p_onnx.shape}")
-        labels_native = native.predict(rows)
-        labels_onnx = onnx_runner.predict(rows)
-        mismatches = int(np.sum(np.asarray(labels_native) != np.asarray(labels_onnx)))
+        labels_native = np.asarray(native.predict(rows))
+        labels_onnx = np.asarray(served.predictions)
+        if labels_native.shape != labels_onnx.shape:
+            return dict(result, status="failed", label_mismatches=len(rows),
+                        reason=f"label shapes differ: predict gives {labels_native.shape}, "
+                        f"ONNX {labels_onnx.shape}")
+        differ = np.flatnonzero(labels_native != labels_onnx)
         diff = float(np.max(np.abs(p_native - p_onnx))) if p_native.size else 0.0
-        result.update(max_abs_diff=diff, label_mismatches=mismatches)
-        if mismatches:
-            return dict(result, status="failed",
-                        reason=f"{mismatches} of {len(rows)} labels differ")
+        result.update(max_abs_diff=diff, label_mismatches=int(differ.size))
+        if differ.size:
+            first = int(differ[0])
+            return dict(result, status="failed", first_label_mismatch=first,
+                        reason=f"{differ.size} of {len(rows)} labels differ from the model's "
+                        f"own predict (row {first}: predict gives {_py(labels_native[first])!r}"
+                        f", ONNX {_py(labels_onnx[first])!r}); served natively")
         if diff > tolerance:
             return dict(result, status="failed",
                         reason=f"probabilities differ by up to {diff:.3g} > {tolerance:g}")
-        return dict(result, status="passed", reason="labels identical, probabilities within "
-                    "tolerance")
+        return dict(result, status="passed", reason="labels identical to predict, "
+                    "probabilities within tolerance")
     v_native = np.asarray(native.predict(rows), dtype=np.float64).reshape(len(rows), -1)
     v_onnx = np.asarray(onnx_runner.predict(rows), dtype=np.float64).reshape(len(rows), -1)
     if v_native.shape != v_onnx.shape:

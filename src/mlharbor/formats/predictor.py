@@ -5,6 +5,13 @@ ONNX Runtime when the bundle carries an ONNX file that passed the parity check (
 caller forces ``runtime="onnx"``), else the native framework. The ONNX path is built for
 single-row latency: the session, input names, output names and per-column converters are all
 resolved once, here, not per request.
+
+Labels are the model's own ``predict``, on every runtime: the native model's ``predict``, or
+the ONNX graph's label output (which the parity check compared with that ``predict`` at
+registration). They are never the most probable class unless that *is* the model's
+``predict``: a threshold-tuned classifier answers differently. ``run`` (a prepared batch) and
+:meth:`Predictor.outputs` give labels and probabilities together; the serving runners and the
+serverless handlers use exactly these, so there is one copy of the label rule.
 """
 
 from __future__ import annotations
@@ -17,19 +24,42 @@ import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.signature import Signature
-from mlharbor.formats.base import NativeModel, TrustOptions
+from mlharbor.formats.base import NativeModel, TrustOptions, labels_from_proba
 from mlharbor.formats.bundle import BundleManifest, open_verified
 from mlharbor.formats.catalog import get_format
 
 RUNTIMES = ("auto", "onnx", "native")
 
 
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """What a model gives for a batch: one prediction per row, and probabilities if a classifier."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+
+    def rows(self, start: int, stop: int) -> Outputs:
+        proba = None if self.probabilities is None else self.probabilities[start:stop]
+        return Outputs(self.predictions[start:stop], proba)
+
+
+def _flat(out: Any) -> np.ndarray:
+    """One prediction per row: a ``[n, 1]`` output becomes ``[n]``."""
+    value = np.asarray(out)
+    return value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value
+
+
 class OrtRunner:
-    """Runs an ONNX model: one 2-D tensor input, or one input per signature column."""
+    """Runs an ONNX model: one 2-D tensor input, or one input per signature column.
+
+    A classifier's labels are the graph's label output (converters compute the estimator's own
+    ``predict`` there); only a graph without one falls back to the most probable class.
+    """
 
     name = "onnx"
 
-    def __init__(self, model: Any, signature: Signature, classes: np.ndarray | None) -> None:
+    def __init__(self, model: Any, signature: Signature, classes: np.ndarray | None,
+                 task: str) -> None:
         from mlharbor.formats.onnx import OnnxModel
 
         assert isinstance(model, OnnxModel)
@@ -50,24 +80,41 @@ class OrtRunner:
         self._proba = None if model.proba_name is None else [model.proba_name]
         self._value = [model.value_name]
         self._classes = classes if classes is not None else model.classes
+        self._classifier = task == "classification" and self._proba is not None
+        self._label = model.label_name
+        self._both = None if self._label is None or self._proba is None \
+            else [self._label, *self._proba]
 
     def feeds(self, data: Any) -> dict[str, np.ndarray]:
         if not self._columns:
             return {self._input: self._validator.matrix(data, self._dtype)}
         return self.model.feeds_from_columns(self._validator.columns(data))
 
+    def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
+        """Labels (and probabilities, for a classifier) of prepared feeds, in one session run."""
+        if not self._classifier:
+            return Outputs(_flat(self._run(self._value, feeds, None)[0]), None)
+        if self._both is not None:
+            labels, out = self._run(self._both, feeds, None)
+            return Outputs(_flat(labels), self._probabilities(out))
+        proba = self._probabilities(self._run(self._proba, feeds, None)[0])
+        return Outputs(labels_from_proba(proba, self._classes), proba)
+
+    def outputs(self, data: Any) -> Outputs:
+        return self.run(self.feeds(data))
+
+    def _probabilities(self, out: Any) -> np.ndarray:
+        return out if isinstance(out, np.ndarray) else self.model.proba_from_outputs(out)
+
     def predict_proba(self, data: Any) -> np.ndarray:
         if self._proba is None:
             raise InvalidInputError("This model gives no class probabilities; use predict.")
-        out = self._run(self._proba, self.feeds(data), None)[0]
-        return out if isinstance(out, np.ndarray) else self.model.proba_from_outputs(out)
+        return self._probabilities(self._run(self._proba, self.feeds(data), None)[0])
 
     def predict(self, data: Any) -> np.ndarray:
-        if self._proba is not None and self._classes is not None:
-            labels: np.ndarray = self._classes[self.predict_proba(data).argmax(axis=1)]
-            return labels
-        out = np.asarray(self._run(self._value, self.feeds(data), None)[0])
-        return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
+        if self._classifier and self._label is None:
+            return self.outputs(data).predictions
+        return _flat(self._run(self._value, self.feeds(data), None)[0])
 
 
 class NativeRunner:
@@ -75,19 +122,30 @@ class NativeRunner:
 
     name = "native"
 
-    def __init__(self, model: NativeModel, signature: Signature) -> None:
+    def __init__(self, model: NativeModel, signature: Signature, task: str) -> None:
         self.model = model
         self._validator = signature.validator()
         self._frame = model.input_kind == "frame" or not signature.all_numeric
+        self._classifier = task == "classification"
 
     def inputs(self, data: Any) -> Any:
         if self._frame:
             return self._validator.frame(data)
         return self._validator.matrix(data, np.float64)
 
+    def run(self, x: Any) -> Outputs:
+        """The model's own ``predict`` (and ``predict_proba``, for a classifier) of prepared
+        input (see :meth:`NativeModel.predict_with_proba`)."""
+        if not self._classifier:
+            return Outputs(_flat(self.model.predict(x)), None)
+        labels, proba = self.model.predict_with_proba(x)
+        return Outputs(_flat(labels), proba)  # proba None: a classifier of labels only
+
+    def outputs(self, data: Any) -> Outputs:
+        return self.run(self.inputs(data))
+
     def predict(self, data: Any) -> np.ndarray:
-        out = np.asarray(self.model.predict(self.inputs(data)))
-        return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
+        return _flat(self.model.predict(self.inputs(data)))
 
     def predict_proba(self, data: Any) -> np.ndarray:
         return np.asarray(self.model.predict_proba(self.inputs(data)))
@@ -117,8 +175,13 @@ class Predictor:
         return self.manifest.classes
 
     def predict(self, data: Any) -> np.ndarray:
-        """Predictions for each row (class labels for classifiers)."""
+        """Predictions for each row (class labels for classifiers): the model's own predict."""
         return self.runner.predict(data)
+
+    def outputs(self, data: Any) -> Outputs:
+        """Predictions and (classifiers) probabilities of the same rows, validated once and
+        inferred in one pass where the runtime allows: what serving answers."""
+        return self.runner.outputs(data)
 
     def predict_proba(self, data: Any) -> np.ndarray:
         """Class probabilities per row, columns in the order of :attr:`classes`."""
@@ -177,15 +240,16 @@ def load_bundle(
         from mlharbor.formats.onnx import OnnxModel, make_session, read_checked
 
         read_checked(blob)
-        runner = OrtRunner(OnnxModel(make_session(blob), manifest.classes), signature, classes)
+        runner = OrtRunner(OnnxModel(make_session(blob), manifest.classes), signature, classes,
+                           manifest.task)
     else:
         fmt = get_format(manifest.model_format)
         flavor = dict(manifest.flavor, classes=manifest.classes)
         native = fmt.load(blob, flavor, trust)
         if fmt.name == "onnx":
-            runner = OrtRunner(native, signature, classes)
+            runner = OrtRunner(native, signature, classes, manifest.task)
         else:
-            runner = NativeRunner(native, signature)
+            runner = NativeRunner(native, signature, manifest.task)
     return Predictor(manifest, signature, runner)
 
 

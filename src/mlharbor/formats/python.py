@@ -39,8 +39,12 @@ class PythonModel(NativeModel):
     def predict(self, data: Any) -> np.ndarray:
         return np.asarray(self.model.predict(data))
 
+    @property
+    def has_proba(self) -> bool:
+        return hasattr(self.model, "predict_proba")
+
     def predict_proba(self, data: Any) -> np.ndarray:
-        if not hasattr(self.model, "predict_proba"):
+        if not self.has_proba:
             return super().predict_proba(data)
         return np.asarray(self.model.predict_proba(data))
 

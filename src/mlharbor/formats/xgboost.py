@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from mlharbor.core.errors import InvalidInputError
-from mlharbor.formats.base import ModelFormat, ModelInfo, NativeModel, TrustOptions, plain_list
+from mlharbor.formats.base import (
+    ModelFormat,
+    ModelInfo,
+    NativeModel,
+    TrustOptions,
+    labels_from_proba,
+    plain_list,
+)
 from mlharbor.formats.bundle import ModelBytes
 
 # The only classes a bundle can ask to be rebuilt as.
@@ -21,16 +28,30 @@ WRAPPERS = ("Booster", "XGBClassifier", "XGBRegressor")
 
 
 class XGBoostModel(NativeModel):
-    def __init__(self, model: Any) -> None:
+    """A loaded booster or wrapper. A bare ``Booster`` registered as a classifier (``classes``
+    given: a probability objective) predicts labels as ``XGBClassifier`` does, the most
+    probable class; otherwise it answers its raw predictions."""
+
+    def __init__(self, model: Any, classes: list[Any] | None = None) -> None:
         self.model = model
         self.input_kind = "array"
-        classes = getattr(model, "classes_", None)
-        self.classes = None if classes is None else np.asarray(classes)
+        self._booster = type(model).__name__ == "Booster"
+        own = getattr(model, "classes_", None)
+        known = own if own is not None else classes if self._booster else None
+        self.classes = None if known is None else np.asarray(known)
 
     def predict(self, data: Any) -> np.ndarray:
-        if type(self.model).__name__ == "Booster":
-            return np.asarray(self.model.inplace_predict(data))
-        return np.asarray(self.model.predict(data))
+        if not self._booster:
+            return np.asarray(self.model.predict(data))
+        if self.classes is not None:
+            return self.predict_with_proba(data)[0]
+        return np.asarray(self.model.inplace_predict(data))
+
+    def predict_with_proba(self, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self._booster:
+            return super().predict_with_proba(data)
+        proba = self.predict_proba(data)
+        return labels_from_proba(proba, self.classes), proba
 
     def predict_proba(self, data: Any) -> np.ndarray:
         if type(self.model).__name__ == "Booster":
@@ -98,7 +119,8 @@ class XGBoostFormat(ModelFormat):
         )
 
     def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        return XGBoostModel(_load_into(blob, str(flavor.get("wrapper", "Booster"))))
+        return XGBoostModel(_load_into(blob, str(flavor.get("wrapper", "Booster"))),
+                            flavor.get("classes"))
 
 
 def _is_json(data: bytes) -> bool:

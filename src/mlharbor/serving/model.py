@@ -6,12 +6,13 @@ one request against the signature (on the event loop, so a bad request fails alo
 slices the rows back. Two runners sit behind it: ONNX Runtime, when the version carries a
 parity-checked ONNX file, and the native model of the bundle's format otherwise; both come from
 the formats layer's :class:`~mlharbor.formats.predictor.Predictor`, so validation and runtime
-choice are the same as in the Python API.
+choice are the same as in the Python API. So are the answers: labels are the model's own
+``predict`` (the ONNX graph's label output, or the native ``predict``), never re-derived here
+from probabilities, which would be wrong for a threshold-tuned classifier.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from itertools import chain
 from operator import itemgetter
@@ -20,21 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from mlharbor.core.signature import InputValidator, Signature
+from mlharbor.formats.predictor import Outputs as Outputs  # re-exported: serving's answer type
 
 if TYPE_CHECKING:
     from mlharbor.formats.predictor import Predictor
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outputs:
-    """What a model gives for a batch: one prediction per row, and probabilities if a classifier."""
-
-    predictions: np.ndarray
-    probabilities: np.ndarray | None
-
-    def rows(self, start: int, stop: int) -> Outputs:
-        proba = None if self.probabilities is None else self.probabilities[start:stop]
-        return Outputs(self.predictions[start:stop], proba)
 
 
 class Runner(Protocol):
@@ -162,14 +152,6 @@ def synthetic_row(signature: Signature) -> dict[str, Any]:
     return row
 
 
-def _labels_from_proba(proba: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
-    index: np.ndarray = np.argmax(proba, axis=1)
-    if classes is None:
-        return index
-    labels: np.ndarray = classes[index]
-    return labels
-
-
 def runner_for(predictor: Predictor) -> Runner:
     """The batching adapter of a formats :class:`Predictor` (ONNX Runtime or native)."""
     from mlharbor.formats.predictor import OrtRunner
@@ -180,7 +162,11 @@ def runner_for(predictor: Predictor) -> Runner:
 
 
 class NativeBatchRunner:
-    """The bundle's native model (scikit-learn via skops, XGBoost ...), fed whole batches."""
+    """The bundle's native model (scikit-learn via skops, XGBoost ...), fed whole batches.
+
+    Labels and probabilities come from the formats runner's ``run``: the model's own
+    ``predict`` and ``predict_proba``, as in the Python API.
+    """
 
     runtime = "native"
 
@@ -191,8 +177,6 @@ class NativeBatchRunner:
         assert isinstance(runner, NativeRunner)
         self.runner = runner
         self.model = runner.model
-        self.classifier = predictor.task == "classification"
-        self.classes = None if predictor.classes is None else np.asarray(predictor.classes)
 
     def prepare(self, validator: InputValidator, data: Any) -> Any:
         return self.runner.inputs(data)
@@ -208,16 +192,15 @@ class NativeBatchRunner:
         return pd.concat(list(xs), ignore_index=True)
 
     def run(self, x: Any) -> Outputs:
-        if self.classifier:
-            # One call instead of two: a classifier's prediction is its most probable class.
-            proba = np.asarray(self.model.predict_proba(x))
-            return Outputs(_labels_from_proba(proba, self.classes), proba)
-        out = np.asarray(self.model.predict(x))
-        return Outputs(out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out, None)
+        return self.runner.run(x)
 
 
 class OnnxBatchRunner:
-    """An ONNX Runtime session fed the predictor's validated feeds, joined per input."""
+    """An ONNX Runtime session fed the predictor's validated feeds, joined per input.
+
+    Labels are the graph's label output (checked against the model's own ``predict`` at
+    registration), fetched in the same session run as the probabilities.
+    """
 
     runtime = "onnx"
 
@@ -227,16 +210,7 @@ class OnnxBatchRunner:
         runner = predictor.runner
         assert isinstance(runner, OrtRunner)
         self.runner = runner
-        model = runner.model
-        self.model = model
-        session = model.session
-        # session.run re-checks names on every call; the bound C++ method does not.
-        inner = getattr(session, "_sess", None)
-        self._run = inner.run if inner is not None else session.run
-        self.proba_name = model.proba_name if predictor.task == "classification" else None
-        self.value_name = model.value_name
-        classes = predictor.classes if predictor.classes is not None else model.classes
-        self.classes = None if classes is None else np.asarray(classes)
+        self.model = runner.model
 
     def prepare(self, validator: InputValidator, data: Any) -> Any:
         return self.runner.feeds(data)
@@ -248,9 +222,4 @@ class OnnxBatchRunner:
         return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
 
     def run(self, x: Any) -> Outputs:
-        if self.proba_name is not None:
-            out = self._run([self.proba_name], x, None)[0]
-            proba = out if isinstance(out, np.ndarray) else self.model.proba_from_outputs(out)
-            return Outputs(_labels_from_proba(proba, self.classes), proba)
-        value = np.asarray(self._run([self.value_name], x, None)[0])
-        return Outputs(value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value, None)
+        return self.runner.run(x)

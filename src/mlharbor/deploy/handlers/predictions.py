@@ -100,15 +100,14 @@ class PredictionService:
             return status_for(exc), {"error": exc.to_dict()}
 
     def predict(self, data: Any) -> dict[str, Any]:
-        predictions = self.predictor.predict(data)
+        """Labels and probabilities from :meth:`Predictor.outputs`, the code path serving
+        uses: the model's own ``predict`` and ``predict_proba`` of the same rows."""
+        outputs = self.predictor.outputs(data)
         answer: dict[str, Any] = {"model": self.name, "version": self.version,
-                                  "predictions": predictions.tolist()}
-        if self.predictor.task == "classification" and self.predictor.classes is not None:
-            try:
-                answer["probabilities"] = self.predictor.predict_proba(data).tolist()
-                answer["classes"] = list(self.predictor.classes)
-            except errors.InvalidInputError:
-                pass  # a classifier without probabilities
+                                  "predictions": outputs.predictions.tolist()}
+        if outputs.probabilities is not None and self.predictor.classes is not None:
+            answer["probabilities"] = outputs.probabilities.tolist()
+            answer["classes"] = list(self.predictor.classes)
         return answer
 
 
