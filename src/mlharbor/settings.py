@@ -55,6 +55,12 @@ class SecuritySettings(BaseModel):
         "master key); the KMS endpoint follows s3_region and kms_endpoint_url."
     )
     kms_endpoint_url: str | None = Field(None, description="KMS API endpoint (moto, LocalStack).")
+    data_key_max_age_s: float = Field(
+        300.0, ge=0, description="Seconds one data key seals prediction-log blobs (journal "
+        "frames, segments) before a new one is made (with KMS: one GenerateDataKey per key); "
+        "0 = a fresh key per blob. Plaintext keys stay in memory only.")
+    data_key_max_uses: int = Field(
+        100_000, ge=1, description="Blobs one prediction-log data key seals at most.")
     jwks_file: Path | None = Field(None, description="JWKS file verifying OIDC bearer tokens.")
     jwks_url: str | None = Field(None, description="JWKS URL verifying OIDC bearer tokens.")
     jwt_issuer: str | None = Field(None, description="Required `iss` of bearer tokens.")
@@ -164,6 +170,10 @@ class MonitoringSettings(BaseModel):
         "priority (serving's latency never waits for it), or in a thread of the server.")
     buffer_max_bytes: int = Field(
         1 << 30, gt=0, description="Journal size limit; past it new records are dropped.")
+    unwritten_max_bytes: int = Field(
+        64 << 20, ge=0, description="Records whose journal write failed (full disk, KMS "
+        "error) are kept in memory for the next flush up to this many bytes; past it they "
+        "are dropped and counted.")
     retention_days: float = Field(30.0, gt=0, description="Log segments older are deleted.")
     redaction: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="Endpoint (or *) -> input column -> drop|hash|mask.")
@@ -175,6 +185,10 @@ class MonitoringSettings(BaseModel):
         0.01, ge=0, le=1, description="Smallest missing/unseen share change that alarms.")
     drift_dataset_share: float = Field(
         0.3, gt=0, le=1, description="Importance-weighted drifted share for dataset drift.")
+    max_windows: int = Field(
+        2000, ge=10, le=1_000_000, description="Most windows (steps, buckets, row windows) "
+        "one drift, performance or traffic request may ask for; more is refused (HTTP 422) "
+        "with the finest step that fits.")
     alert_rules_file: Path | None = Field(None, description="YAML file of alert rules.")
     webhooks: list[str] = Field(default_factory=list, description="Generic JSON webhooks.")
     slack_webhooks: list[str] = Field(default_factory=list, description="Slack webhooks.")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlharbor.core.records import PredictionRecord
-from mlharbor.monitoring.journal import Journal
+from mlharbor.monitoring.journal import HEADER_SIZE, Journal
 from mlharbor.monitoring.logframes import decode, encode, is_frame, split_records
 from mlharbor.monitoring.logrows import Redaction
 from mlharbor.monitoring.predlog import PredictionLog
@@ -107,16 +107,18 @@ def test_frames_are_sealed_and_a_torn_frame_is_skipped(tmp_path: Path) -> None:
     assert sealer is not None
     records = [record(rows(8, i), OUTPUTS["binary"](8), i) for i in range(3)]
     journal = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer)
-    assert journal.append_frames([encode(records[:2])])
-    assert journal.append_frames([encode(records[2:])])
+    assert journal.append_frames([(encode(records[:2]), 2)])
+    assert journal.append_frames([(encode(records[2:]), 1)])
     journal.close()
     path = next((tmp_path / "j").glob("journal-*.log"))
     data = path.read_bytes()
     assert b"r000" not in data  # sealed: no request id in the clear
     path.write_bytes(data[:-10])  # a crash in the middle of the second frame
-    blocks = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer).read(path)
+    contents = Journal(tmp_path / "j", max_bytes=1 << 30, sealer=sealer).contents(path)
+    blocks = contents.rows
     assert [b["block"]["id"] for b in blocks] == [["r000", "r001"]]
     assert blocks[0]["block"]["m"].shape == (3, 16)
+    assert (contents.torn_records, contents.torn_frames) == (1, 0)  # counted, not ignored
 
 
 def test_redacted_endpoints_never_write_the_matrix(tmp_path: Path) -> None:
@@ -131,10 +133,10 @@ def test_redacted_endpoints_never_write_the_matrix(tmp_path: Path) -> None:
     (journal,) = (tmp_path / "journal").glob("journal-*.log")
     data = journal.read_bytes()
     frames = []
-    while data:
-        size = int.from_bytes(data[:4], "big")
-        frames.append(data[4:4 + size])
-        data = data[4 + size:]
+    while data:  # magic | length | records | header CRC | payload CRC | payload
+        size = int.from_bytes(data[4:8], "big")
+        frames.append(data[HEADER_SIZE:HEADER_SIZE + size])
+        data = data[HEADER_SIZE + size:]
     # The endpoint without rules goes as a binary frame; the redacted one as JSON, without
     # the dropped column's values.
     assert [is_frame(f) for f in frames] == [True, False]

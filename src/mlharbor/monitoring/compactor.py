@@ -9,13 +9,14 @@ in the Parquet writer cannot take serving down.
 
 The serving process still owns the journal: it seals the active file, then asks the child to
 compact every file numbered below the new active one and waits (on a pipe, without the
-interpreter lock) for the reply. The child reads the settings once, as a JSON line on its
-stdin (secrets travel only through that pipe), and exits when the pipe closes or, between
-files, when it finds its parent gone. It does not hold the journal slot's lock: a server
-restarted after a crash claims the slot at once and recovers it, and should an orphaned child
-still be finishing a file there, both write the same segment (names derive from the journal
-file) and whoever comes second finds the file gone. It runs in its own session, so Ctrl-C at a
-terminal stops the server, which then stops it.
+interpreter lock) for the reply, which also says how many records it found torn (half-written)
+and skipped, so the serving process counts them as dropped. The child reads the settings once,
+as a JSON line on its stdin (secrets travel only through that pipe), and exits when the pipe
+closes or, between files, when it finds its parent gone. It does not hold the journal slot's
+lock: a server restarted after a crash claims the slot at once and recovers it, and should an
+orphaned child still be finishing a file there, both write the same segment (names derive from
+the journal file) and whoever comes second finds the file gone. It runs in its own session,
+so Ctrl-C at a terminal stops the server, which then stops it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -63,8 +65,11 @@ class CompactorProcess:
         self._failed_starts = 0
         self._answered = False
 
-    def compact(self, upto: int) -> int:
-        """Compact the journal files numbered below ``upto``; returns segments written."""
+    def compact(self, upto: int,
+                on_torn: Callable[[int, int], None] | None = None) -> int:
+        """Compact the journal files numbered below ``upto``; returns segments written.
+        ``on_torn(records, frames)`` hears what the child skipped as torn, also when it then
+        failed on a later file."""
         with self._lock:
             proc = self._running()
             stdin, stdout = _pipes(proc)
@@ -80,6 +85,9 @@ class CompactorProcess:
                 raise CompactorUnavailable("The log compactor exited.")
             self._answered, self._failed_starts = True, 0
             reply = orjson.loads(line)
+        torn = int(reply.get("torn_records", 0)), int(reply.get("torn_frames", 0))
+        if on_torn is not None and any(torn):
+            on_torn(*torn)
         if "error" in reply:
             raise CompactionFailed(str(reply["error"]))
         return int(reply["written"])
@@ -203,6 +211,7 @@ def main() -> int:
         sys.stderr.write(f"mlharbor log compactor: cannot start ({type(exc).__name__}).\n")
         return 1
     for line in stdin:
+        torn = compactor.drops["torn"], compactor.torn_frames
         try:
             upto = int(orjson.loads(line)["upto"])
             written = 0
@@ -213,6 +222,9 @@ def main() -> int:
             reply: dict[str, Any] = {"written": written}
         except Exception as exc:  # reported to the parent, which backs off and retries
             reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        # The parent counts them (its metrics); this process only logged them.
+        reply["torn_records"] = compactor.drops["torn"] - torn[0]
+        reply["torn_frames"] = compactor.torn_frames - torn[1]
         stdout.write(orjson.dumps(reply) + b"\n")
         stdout.flush()
     return 0

@@ -1,24 +1,41 @@
 """The bounded on-disk buffer between serving and the prediction log: append-only, fsync'd.
 
 Files ``journal-<seq>.log`` in one folder; the highest is *active* (appended to), the others are
-*sealed* (waiting to become Parquet segments). Each append writes one frame,
-``length (4 bytes, big-endian) | payload``, then flushes and fsyncs, so after a crash every
-complete frame is there and a torn last frame is recognised by its length and skipped.
-The payload is newline-separated JSON: one entry per record (format 2, ``"v": 2``; see
-:func:`~.logrows.record_entry`) or, in journals older versions wrote, one row per line; or a
-binary frame of records whose inputs are numbers (:mod:`.logframes`); sealed
-(:class:`~.segments.Sealer`) when a key is configured.
+*sealed* (waiting to become Parquet segments). Each append writes frames, then fsyncs. A frame
+is::
 
-The journal is bounded by ``max_bytes``: past it, :meth:`append` refuses (the caller counts the
-rows as dropped) rather than grow without limit or block.
+    MAGIC "MLJ2" | payload length | records | CRC-32 of the previous 12 bytes | CRC-32 of the
+    payload | payload                       (integers: 4 bytes, big-endian)
+
+The payload is newline-separated JSON, one entry per record (format 2, ``"v": 2``; see
+:func:`~.logrows.record_entry`), or a binary frame of records whose inputs are numbers
+(:mod:`.logframes`); sealed (:class:`~.segments.Sealer`) when a key is configured.
+
+Why a checksummed header with the record count: a frame can be *torn* (half-written: a crash,
+a full disk, a dying device) anywhere in a file, not only at its end. The reader then skips
+it, counts the records it held as lost, and finds the next frame by its magic and header
+checksum, so the rest of the file and every later file are still compacted instead of one bad
+frame stopping the log for good. An append that fails is cut off the file again (``ftruncate``)
+so the next append never lands behind torn bytes. Journals older versions wrote (frames of
+``length | payload`` with no header) are still read; there a damaged frame is skipped without
+knowing how many records it held.
+
+The journal is bounded by ``max_bytes``: past it, :meth:`append_frames` refuses (the caller
+counts the records as dropped) rather than grow without limit or block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
+import struct
 import threading
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
@@ -27,8 +44,37 @@ from mlharbor.monitoring.logframes import decode, is_frame
 if TYPE_CHECKING:
     from mlharbor.monitoring.segments import Sealer
 
+log = logging.getLogger("mlharbor.monitoring.journal")
+
 PREFIX = "journal-"
 SUFFIX = ".log"
+FRAME_MAGIC = b"MLJ2"
+# magic, payload length, records, header CRC (of the 12 bytes before it), payload CRC
+_HEAD = struct.Struct(">4sIIII")
+HEADER_SIZE = _HEAD.size
+# One frame: (payload, how many records it holds).
+Frame = tuple[bytes, int]
+
+
+@dataclasses.dataclass
+class JournalContents:
+    """What a journal file holds: its readable entries, and what could not be read.
+
+    ``torn_records`` counts records of damaged frames (and JSON lines that do not parse);
+    ``torn_frames`` counts damaged stretches whose record count is unknown (a torn header, or
+    a damaged frame of an old-format journal).
+    """
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    torn_records: int = 0
+    torn_frames: int = 0
+
+
+def frame_bytes(payload: bytes, records: int) -> bytes:
+    """One frame (header and payload) as it is written to a journal file."""
+    head = FRAME_MAGIC + len(payload).to_bytes(4, "big") + records.to_bytes(4, "big")
+    return (head + zlib.crc32(head).to_bytes(4, "big")
+            + zlib.crc32(payload).to_bytes(4, "big") + payload)
 
 
 class Journal:
@@ -51,32 +97,63 @@ class Journal:
         return self._sealed_bytes + self._active_bytes
 
     def append(self, rows: list[bytes]) -> bool:
-        """Write one frame of JSON lines (entries or rows) durably; False (nothing written)
+        """Write one frame of JSON lines (one record each) durably; False (nothing written)
         when the journal is full."""
         if not rows:
             return True
-        return self.append_frames([b"\n".join(rows)])
+        return self.append_frames([(b"\n".join(rows), len(rows))])
 
-    def append_frames(self, payloads: list[bytes]) -> bool:
-        """Write frames (JSON lines, or binary frames of :mod:`.logframes`) with one fsync;
-        False (nothing written) when they do not fit in the journal."""
-        payloads = [p for p in payloads if p]
-        if not payloads:
+    def append_frames(self, frames: Sequence[Frame]) -> bool:
+        """Write frames (JSON lines, or binary frames of :mod:`.logframes`, each with the
+        number of records it holds) with one fsync; False (nothing written) when they do not
+        fit in the journal. Raises when sealing or writing fails; then nothing stays written.
+        """
+        frames = [(p, n) for p, n in frames if p]
+        if not frames:
             return True
         with self._lock:
             name = self._name(self._seq)
             if self.sealer is not None:
-                payloads = [self.sealer.seal(p, name) for p in payloads]
-            data = b"".join(len(p).to_bytes(4, "big") + p for p in payloads)
+                frames = [(self.sealer.seal(p, name), n) for p, n in frames]
+            data = b"".join(frame_bytes(p, n) for p, n in frames)
             if self.backlog_bytes + len(data) > self.max_bytes:
                 return False
-            if self._fh is None:
-                self._fh = (self.directory / name).open("ab")
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._active_bytes += len(data)
+            self._write(name, data)
             return True
+
+    def _write(self, name: str, data: bytes) -> None:
+        if self._fh is None:
+            # Unbuffered: a failed write leaves nothing behind in a buffer to flush later.
+            self._fh = (self.directory / name).open("ab", buffering=0)
+        fh, start = self._fh, self._active_bytes
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[fh.write(view) or 0:]
+            os.fsync(fh.fileno())
+        except BaseException:
+            self._cut(fh, start)
+            raise
+        self._active_bytes += len(data)
+
+    def _cut(self, fh: BinaryIO, size: int) -> None:
+        """Undo a failed append: the file back to ``size`` bytes; when even that fails, seal
+        the file (the reader skips the torn frame at its end) so no append lands behind it."""
+        try:
+            os.ftruncate(fh.fileno(), size)
+            return
+        except OSError as exc:
+            log.warning("cannot cut a failed journal write off %s (%s); sealing the file",
+                        self._name(self._seq), exc)
+        with contextlib.suppress(OSError):
+            fh.close()
+        self._fh = None
+        try:
+            self._sealed_bytes += (self.directory / self._name(self._seq)).stat().st_size
+        except OSError:
+            self._sealed_bytes += size
+        self._active_bytes = 0
+        self._seq += 1
 
     def rotate(self) -> None:
         """Seal the active file (if it holds anything); the next append starts a new one."""
@@ -117,25 +194,83 @@ class Journal:
                         continue
             self._sealed_bytes = total
 
-    def read(self, path: Path) -> list[dict[str, object]]:
-        """The JSON lines (entries or rows) of a journal file; a torn final frame (crash
-        mid-write) is ignored."""
+    def read(self, path: Path) -> list[dict[str, Any]]:
+        """The entries of a journal file; torn frames are skipped (see :meth:`contents`)."""
+        return self.contents(path).rows
+
+    def contents(self, path: Path) -> JournalContents:
+        """The entries of a journal file, and a count of what was torn and skipped.
+
+        Raises only when the file cannot be read, or a frame whose checksum is right does not
+        open with the configured key (a wrong key is not damage: nothing is skipped for it).
+        """
         data = path.read_bytes()
-        rows: list[dict[str, object]] = []
+        if data[:len(FRAME_MAGIC)] == FRAME_MAGIC:
+            return self._checked(path, data)
+        return self._legacy(path, data)
+
+    def _checked(self, path: Path, data: bytes) -> JournalContents:
+        out = JournalContents()
+        offset, end = 0, len(data)
+        while offset < end:
+            head = _header(data, offset)
+            if head is None:  # a torn header: how many records it held is unknown
+                out.torn_frames += 1
+                found = _next_header(data, offset + 1)
+            else:
+                size, records, crc = head
+                start = offset + HEADER_SIZE
+                payload = data[start:start + size]
+                if len(payload) == size and zlib.crc32(payload) == crc:
+                    self._payload(out, path, payload, records)
+                    offset = start + size
+                    continue
+                # Torn: the next frame may begin inside the length this header claims.
+                out.torn_records += records
+                found = _next_header(data, start)
+            if found is None:
+                break
+            offset = found
+        return out
+
+    def _legacy(self, path: Path, data: bytes) -> JournalContents:
+        """A journal of ``length | payload`` frames (older versions): no record counts and no
+        checksums, so a damaged frame is skipped as one frame and reading goes on after it."""
+        out = JournalContents()
         offset = 0
         while offset + 4 <= len(data):
             size = int.from_bytes(data[offset:offset + 4], "big")
             payload = data[offset + 4:offset + 4 + size]
             if len(payload) < size:
+                out.torn_frames += 1
                 break
             offset += 4 + size
-            if self.sealer is not None:
-                payload = self.sealer.open(payload, path.name)
-            if is_frame(payload):
-                rows.extend(decode(payload))
-            else:
-                rows.extend(orjson.loads(line) for line in payload.split(b"\n") if line)
-        return rows
+            self._payload(out, path, payload, None)
+        if 0 < len(data) - offset < 4:
+            out.torn_frames += 1
+        return out
+
+    def _payload(self, out: JournalContents, path: Path, payload: bytes,
+                 records: int | None) -> None:
+        if self.sealer is not None:
+            # Errors propagate: a frame that is whole but does not open means a wrong key
+            # (or KMS down), not damage, and skipping it would throw records away.
+            payload = self.sealer.open(payload, path.name)
+        if is_frame(payload):
+            try:
+                out.rows.extend(decode(payload))
+            except (ValueError, KeyError, TypeError, IndexError):
+                if records is None:
+                    out.torn_frames += 1
+                else:
+                    out.torn_records += records
+            return
+        for line in payload.split(b"\n"):
+            if line:
+                try:
+                    out.rows.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    out.torn_records += 1
 
     def remove(self, path: Path) -> None:
         with self._lock:
@@ -162,3 +297,24 @@ class Journal:
     @staticmethod
     def _name(seq: int) -> str:
         return f"{PREFIX}{seq:010d}{SUFFIX}"
+
+
+def _header(data: bytes, offset: int) -> tuple[int, int, int] | None:
+    """(payload length, records, payload CRC) of the frame header at ``offset``; None when
+    there is none there (torn, or not a header at all)."""
+    if offset + HEADER_SIZE > len(data):
+        return None
+    magic, size, records, head_crc, crc = _HEAD.unpack_from(data, offset)
+    if magic != FRAME_MAGIC or zlib.crc32(data[offset:offset + 12]) != head_crc:
+        return None
+    return size, records, crc
+
+
+def _next_header(data: bytes, start: int) -> int | None:
+    """The offset of the next intact frame header at or after ``start``."""
+    at = data.find(FRAME_MAGIC, start)
+    while at != -1:
+        if _header(data, at) is not None:
+            return at
+        at = data.find(FRAME_MAGIC, at + 1)
+    return None

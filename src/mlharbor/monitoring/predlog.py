@@ -10,10 +10,19 @@ Path of a record::
          -> journal file removed
 
 A crash loses at most what was emitted in the last flush interval; a restart turns every
-journal left behind into segments first (:meth:`PredictionLog.start`). A segment's name is
-derived from its journal's sequence number, so a crash between writing a segment and removing
-its journal rewrites the same segment instead of duplicating rows. A slow or failing store only
-grows the journal (bounded; the backlog is exported as a metric); serving never waits.
+journal left behind into segments (:meth:`PredictionLog.start`, in the background: a store that
+is down at start delays that, never serving). A segment's name is derived from its journal's
+sequence number, so a crash between writing a segment and removing its journal rewrites the
+same segment instead of duplicating rows. A slow or failing store only grows the journal
+(bounded; the backlog is exported as a metric); serving never waits.
+
+Every accepted record is stored or counted as dropped, by reason (metric
+``mlharbor_prediction_log_dropped_records{reason}`` and an error log line):
+``buffer_full`` (too many records waiting for the flusher), ``journal_full`` (the journal
+reached ``max_buffer_bytes``), ``write_failed`` (a journal write raised -- full disk, KMS
+error -- and the records did not fit in the ``max_unwritten_bytes`` kept in memory for the next
+flush), ``unencodable`` (a record that cannot be turned into bytes), ``torn`` (a half-written
+frame found at compaction; the rest of its file is compacted).
 
 Segments are named ``endpoint=<name>/<first_at>-<last_at>-<writer>-<seq>.parquet`` (times in
 epoch microseconds; the writer is a random id kept in the journal folder), so time-range
@@ -23,6 +32,7 @@ queries skip whole files before reading a byte of them.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import logging
 import threading
@@ -38,7 +48,7 @@ import orjson
 from mlharbor.core.clock import epoch_micros, utcnow
 from mlharbor.core.errors import CompactorUnavailable
 from mlharbor.core.records import PredictionRecord
-from mlharbor.monitoring.journal import Journal
+from mlharbor.monitoring.journal import Frame, Journal
 from mlharbor.monitoring.logframes import block_entries, blocks_table, encode, split_records
 from mlharbor.monitoring.logrows import (
     ENTRY_FORMAT,
@@ -59,6 +69,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlharbor.monitoring.predlog")
 
+DROP_REASONS = ("buffer_full", "journal_full", "write_failed", "unencodable", "torn")
+
 
 class PredictionLog:
     """A :class:`~mlharbor.serving.sink.PredictionSink` (``write``) with a non-blocking
@@ -68,6 +80,7 @@ class PredictionLog:
                  redaction: Redaction | None = None, sealer: Sealer | None = None,
                  flush_interval_s: float = 1.0, segment_interval_s: float = 5.0,
                  max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
+                 max_unwritten_bytes: int = 64 << 20,
                  retention: timedelta | None = None, metrics_registry: Any = None,
                  journal_lock: Any = None, compactor: CompactorProcess | None = None) -> None:
         self.segments = segments
@@ -91,7 +104,14 @@ class PredictionLog:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._compact_lock = threading.Lock()
-        self.dropped = 0
+        self._flush_lock = threading.Lock()
+        # Frames a journal write failed to take, oldest first, for the next flush (bounded).
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._unwritten: list[_Batch] = []
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        # Damaged stretches of journal whose record count is unknown (old-format journals,
+        # torn frame headers): counted apart, since they cannot be counted in records.
+        self.torn_frames = 0
         self.store_failures = 0
         self._metrics = _LogMetrics(self, metrics_registry) if metrics_registry else None
 
@@ -100,7 +120,7 @@ class PredictionLog:
     def emit(self, record: PredictionRecord) -> None:
         """Accept one record: O(1), no lock, no I/O."""
         if len(self._pending) >= self.max_pending:
-            self.dropped += 1
+            self.drops["buffer_full"] += 1
             return
         self._pending.append(record)
 
@@ -111,9 +131,20 @@ class PredictionLog:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def dropped(self) -> int:
+        """Records accepted but never stored, since this log was opened (every reason)."""
+        return sum(self.drops.values())
+
+    @property
+    def unwritten_records(self) -> int:
+        """Records whose journal write failed, kept in memory for the next flush."""
+        return sum(b.records for b in self._unwritten)
+
     def start(self) -> PredictionLog:
-        """Recover what an earlier process left in the journal, then start the threads."""
-        self.compact()
+        """Start the threads. The compactor's first round recovers what an earlier process
+        left in the journal: in the background, so a store that is down does not keep serving
+        from starting (the journal keeps the rows until the store is back)."""
         for target, name in ((self._flush_loop, "flusher"), (self._compact_loop, "compactor")):
             thread = threading.Thread(target=target, name=f"mlharbor-log-{name}", daemon=True)
             thread.start()
@@ -127,6 +158,10 @@ class PredictionLog:
             thread.join(timeout)
         self._threads.clear()
         self.flush()
+        if self._unwritten:  # the journal still refuses them and this process is ending
+            with self._flush_lock:
+                lost, self._unwritten = sum(b.records for b in self._unwritten), []
+            self._drop("write_failed", lost, "the journal could not be written at shutdown")
         try:
             self.compact()
         except Exception:  # the store is down: the journal keeps the rows for the next start
@@ -146,26 +181,55 @@ class PredictionLog:
     # -- work ----------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Journal every pending record (one fsync); returns the records written."""
-        records = []
-        pending = self._pending
-        while True:
+        """Journal every pending record, and any a failed write left over, with one fsync;
+        returns the records written.
+
+        A write that raises (full disk, KMS error) loses nothing: its frames are kept in
+        memory, up to ``max_unwritten_bytes``, and go first in the next flush; what does not
+        fit is dropped and counted.
+        """
+        with self._flush_lock:
+            records = []
+            pending = self._pending
+            while True:
+                try:
+                    records.append(pending.popleft())
+                except IndexError:
+                    break
+            batches = list(self._unwritten)
+            if records:
+                try:
+                    batches.append(self._encode(records))
+                except Exception:
+                    log.exception("prediction records could not be encoded")
+                    self._drop("unencodable", len(records), "they could not be encoded")
+            if not batches:
+                return 0
+            count = sum(b.records for b in batches)
             try:
-                records.append(pending.popleft())
-            except IndexError:
-                break
-        if not records:
-            return 0
+                written = self.journal.append_frames(
+                    [f for b in batches for f in b.frames])
+            except Exception as exc:
+                self._keep_unwritten(batches, exc)
+                return 0
+            self._unwritten = []
+            if not written:
+                self._drop("journal_full", count,
+                           f"the journal is full ({self.journal.backlog_bytes} bytes)")
+                return 0
+            return count
+
+    def _encode(self, records: list[PredictionRecord]) -> _Batch:
         # Records carrying their inputs as a matrix of numbers go as one binary frame (their
         # bytes as they are); the others as one JSON entry per record (not per row): orjson
         # turns the inputs as received and the output arrays into bytes in one C call. Rows
         # are expanded at compaction.
         redaction = self.redaction
         binary, records = split_records(records, redaction)
-        frames = []
+        frames: list[Frame] = []
         if binary:
             try:
-                frames.append(encode(binary))
+                frames.append((encode(binary), len(binary)))
             except (TypeError, ValueError):  # an output orjson refuses: the JSON path copes
                 log.warning("binary journal frame failed; journaling %d record(s) as JSON",
                             len(binary), exc_info=True)
@@ -181,12 +245,33 @@ class PredictionLog:
                 # offending values as strings, rather than losing the whole batch.
                 entries.append(_dumps_leniently(entry))
         if entries:
-            frames.append(b"\n".join(entries))
-        if not self.journal.append_frames(frames):
-            self.dropped += len(records) + len(binary)
-            log.error("prediction journal full (%d bytes); %d record(s) dropped",
-                      self.journal.backlog_bytes, len(records) + len(binary))
-        return len(entries) + len(binary)
+            frames.append((b"\n".join(entries), len(entries)))
+        return _Batch(frames, len(entries) + len(binary))
+
+    def _keep_unwritten(self, batches: list[_Batch], exc: Exception) -> None:
+        """After a failed write: keep the oldest batches that fit in memory, drop the rest."""
+        kept: list[_Batch] = []
+        size = lost = 0
+        for batch in batches:
+            if size + batch.size <= self.max_unwritten_bytes:
+                kept.append(batch)
+                size += batch.size
+            else:
+                lost += batch.records
+        self._unwritten = kept
+        reason = f"{type(exc).__name__}: {exc}"
+        if lost:
+            self._drop("write_failed", lost, f"the journal write failed ({reason}) and "
+                       f"{self.max_unwritten_bytes} bytes are already waiting")
+        log.warning("prediction journal write failed (%s); %d record(s) kept in memory for "
+                    "the next flush", reason, sum(b.records for b in kept))
+
+    def _drop(self, reason: str, count: int, why: str) -> None:
+        if count <= 0:
+            return
+        self.drops[reason] += count
+        log.error("prediction log: %d record(s) dropped (%s): %s; %d dropped since start",
+                  count, reason, why, self.dropped)
 
     def compact(self) -> int:
         """Turn sealed journal files into segments; returns the segments written.
@@ -199,7 +284,7 @@ class PredictionLog:
             compactor = self.compactor
             if compactor is not None:
                 try:
-                    return compactor.compact(self.journal.active_seq)
+                    return compactor.compact(self.journal.active_seq, self._count_torn)
                 except CompactorUnavailable as exc:
                     if compactor.disabled:
                         self.compactor = None
@@ -217,12 +302,27 @@ class PredictionLog:
         written = 0
         for path in paths:
             try:
-                rows = self.journal.read(path)
+                contents = self.journal.contents(path)
             except FileNotFoundError:
                 continue
-            written += self._write_segments(rows, self.journal.seq_of(path))
+            written += self._write_segments(contents.rows, self.journal.seq_of(path))
             self.journal.remove(path)
+            # Counted once the file is gone: a store failure above retries the file later.
+            if contents.torn_records or contents.torn_frames:
+                self._count_torn(contents.torn_records, contents.torn_frames, path.name,
+                                 len(contents.rows))
         return written
+
+    def _count_torn(self, records: int, frames: int, where: str = "the journal",
+                    kept: int | None = None) -> None:
+        """Torn journal data skipped at compaction (here or in the compactor process)."""
+        if frames:
+            self.torn_frames += frames
+            log.error("prediction log: %d damaged stretch(es) of %s skipped (record count "
+                      "unknown)", frames, where)
+        if records:
+            rest = "" if kept is None else f"; its {kept} readable entries were stored"
+            self._drop("torn", records, f"half-written frames in {where}{rest}")
 
     def _write_segments(self, items: list[dict[str, Any]], seq: int) -> int:
         import pyarrow as pa
@@ -268,24 +368,31 @@ class PredictionLog:
                 log.exception("prediction journal write failed")
 
     def _compact_loop(self) -> None:
-        delay = self.segment_interval_s
+        delay = 0.0  # the first round at once: it recovers what an earlier process left
+        failing = False
         while not self._stop.wait(delay):
             try:
                 self.compact()
                 delay = self.segment_interval_s
+                if failing:
+                    failing = False
+                    log.warning("prediction log store is back; the journal is compacted")
                 if self.retention is not None and time.monotonic() - self._retained_at > 3600:
                     self._retained_at = time.monotonic()
                     self.apply_retention(self.retention)
             except Exception as exc:  # store down: keep journaling, retry with backoff
                 self.store_failures += 1
-                delay = min(delay * 2, 60.0)
-                log.warning("prediction log store failed (%s); retrying in %.0fs",
-                            type(exc).__name__, delay)
+                failing = True
+                delay = min(max(delay * 2, self.segment_interval_s), 60.0)
+                log.warning("prediction log store failed (%s: %s); %d journal bytes wait; "
+                            "retrying in %.1fs", type(exc).__name__, exc,
+                            self.journal.backlog_bytes, delay)
 
     # -- reading -------------------------------------------------------------------------
 
     def backlog(self) -> dict[str, int]:
         return {"pending_records": len(self._pending),
+                "unwritten_records": self.unwritten_records,
                 "journal_bytes": self.journal.backlog_bytes, "dropped_records": self.dropped}
 
     def endpoints(self) -> list[str]:
@@ -424,6 +531,17 @@ def _span(name: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
+class _Batch:
+    """The frames of one flush and how many records they hold (kept when a write fails)."""
+
+    __slots__ = ("frames", "records", "size")
+
+    def __init__(self, frames: list[Frame], records: int) -> None:
+        self.frames = frames
+        self.records = records
+        self.size = sum(len(p) for p, _n in frames)
+
+
 class _LogMetrics:
     """Backlog and drops as Prometheus metrics, read when scraped (no cost per record)."""
 
@@ -436,10 +554,24 @@ class _LogMetrics:
         pending = Gauge("mlharbor_prediction_log_pending_records",
                         "Records accepted but not yet journaled.", registry=registry)
         pending.set_function(lambda: len(owner._pending))
+        unwritten = Gauge("mlharbor_prediction_log_unwritten_records",
+                          "Records whose journal write failed, kept in memory for the next "
+                          "flush.", registry=registry)
+        unwritten.set_function(lambda: owner.unwritten_records)
         dropped = Gauge("mlharbor_prediction_log_dropped_records",
-                        "Records dropped because the journal was full (since start).",
-                        registry=registry)
-        dropped.set_function(lambda: owner.dropped)
+                        "Records accepted but never stored, by reason (since start).",
+                        ["reason"], registry=registry)
+        for reason in DROP_REASONS:
+            dropped.labels(reason).set_function(functools.partial(owner.drops.__getitem__,
+                                                                  reason))
+        torn = Gauge("mlharbor_prediction_log_torn_frames",
+                     "Damaged journal stretches skipped whose record count is unknown.",
+                     registry=registry)
+        torn.set_function(lambda: owner.torn_frames)
+        failures = Gauge("mlharbor_prediction_log_store_failures",
+                         "Compaction rounds that failed because the store was down.",
+                         registry=registry)
+        failures.set_function(lambda: owner.store_failures)
 
 
 def _dumps_leniently(entry: Any) -> bytes:

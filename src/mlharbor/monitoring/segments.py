@@ -3,13 +3,15 @@
 A :class:`SegmentStore` puts, lists, reads and deletes whole files by name; names are paths
 relative to the store root (``endpoint=churn/<first>-<last>-<seq>.parquet``). When a key wrapper
 is configured (the security layer's envelope keys), every segment and journal frame is sealed
-with AES-256-GCM under a fresh data key wrapped by it (:class:`Sealer`).
+with AES-256-GCM under a data key wrapped by it (:class:`Sealer`), reused for a bounded time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from mlharbor.settings import Settings
 
 MAGIC = b"MLHSEAL1"
+# The KMS encryption context of log data keys; each blob's own name is bound by AES-GCM.
+KEY_CONTEXT = "mlharbor-prediction-log"
 
 
 class SegmentStore(Protocol):
@@ -122,22 +126,34 @@ def open_segments(uri: str, settings: Settings) -> SegmentStore:
 
 
 class Sealer:
-    """AES-256-GCM with a fresh data key per sealed blob, wrapped by the configured key.
+    """AES-256-GCM under a data key wrapped by the configured key, with a random nonce per
+    sealed blob.
 
-    Layout: ``MAGIC | len(header) (4 bytes) | header JSON {kek, wrapped} | nonce | ciphertext``;
-    the blob's name is bound as associated data, so a sealed blob cannot be swapped for another.
+    Layout: ``MAGIC | len(header) (4 bytes) | header JSON {kek, wrapped, ctx} | nonce |
+    ciphertext``; the blob's name is bound as associated data, so a sealed blob cannot be
+    swapped for another. Data keys come from a :class:`~mlharbor.security.envelope.DataKeyCache`
+    (one ``GenerateDataKey`` per ``max_age_s`` or ``max_uses`` blobs), and opened keys are kept
+    as long, so neither a journal write nor reading it back is a KMS call each. Blobs sealed by
+    older versions (a key per blob, wrapped with the blob's name as context, no ``ctx``) open
+    as before.
     """
 
-    def __init__(self, wrapper: Any) -> None:
+    def __init__(self, wrapper: Any, *, max_age_s: float = 300.0, max_uses: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from mlharbor.security.envelope import DataKeyCache
+
         self.wrapper = wrapper
+        self.keys = DataKeyCache(wrapper, context=KEY_CONTEXT, max_age_s=max_age_s,
+                                 max_uses=max_uses, clock=clock)
 
     def seal(self, data: bytes, name: str) -> bytes:
         import orjson
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        key, nonce = os.urandom(32), os.urandom(12)
-        header = orjson.dumps({"kek": self.wrapper.kek_id,
-                               "wrapped": self.wrapper.wrap(key, name)})
+        key, wrapped = self.keys.current()
+        nonce = os.urandom(12)
+        header = orjson.dumps({"kek": self.wrapper.kek_id, "wrapped": wrapped,
+                               "ctx": KEY_CONTEXT})
         body = AESGCM(key).encrypt(nonce, data, name.encode())
         return MAGIC + len(header).to_bytes(4, "big") + header + nonce + body
 
@@ -149,8 +165,12 @@ class Sealer:
         if not blob.startswith(MAGIC):
             raise IntegrityError(f"Log blob {name!r} is not sealed though a key is configured.")
         size = int.from_bytes(blob[8:12], "big")
-        header = orjson.loads(blob[12:12 + size])
-        key = self.wrapper.unwrap(header["wrapped"], name)
+        try:
+            header = orjson.loads(blob[12:12 + size])
+            wrapped, context = header["wrapped"], str(header.get("ctx", name))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"Log blob {name!r} has a damaged key header.") from exc
+        key = self.keys.unwrap(wrapped, context)
         rest = blob[12 + size:]
         try:
             return bytes(AESGCM(key).decrypt(rest[:12], rest[12:], name.encode()))
@@ -163,4 +183,7 @@ def sealer_from_settings(settings: Settings) -> Sealer | None:
     from mlharbor.security.envelope import wrapper_from_settings
 
     wrapper = wrapper_from_settings(settings)
-    return None if wrapper is None else Sealer(wrapper)
+    if wrapper is None:
+        return None
+    sec = settings.security
+    return Sealer(wrapper, max_age_s=sec.data_key_max_age_s, max_uses=sec.data_key_max_uses)

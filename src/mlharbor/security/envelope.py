@@ -8,6 +8,11 @@ is stored; re-wrapping (key rotation) never touches the ciphertext.
 
 Key wrappers name themselves by ``kek_id`` (``local:<fingerprint>`` or ``kms:<key id>``); a
 fingerprint is a hash of the key, so it identifies the key without revealing it.
+
+Small blobs written often (the prediction journal seals a frame several times a second) reuse
+one data key for a bounded time and number of uses (:class:`DataKeyCache`), so KMS sees one
+``GenerateDataKey`` per key lifetime instead of one call per write. Each blob still has its own
+random nonce and binds its name as associated data; plaintext keys live only in memory.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import base64
 import binascii
 import hashlib
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -33,6 +41,10 @@ class KeyWrapper(Protocol):
     def wrap(self, data_key: bytes, context: str) -> str: ...
 
     def unwrap(self, wrapped: str, context: str) -> bytes: ...
+
+    def generate(self, context: str) -> tuple[bytes, str]:
+        """A fresh 256-bit data key and its wrapped form (one KMS call with KMS)."""
+        ...
 
 
 class LocalMasterKey:
@@ -62,6 +74,10 @@ class LocalMasterKey:
         nonce = os.urandom(12)
         sealed = AESGCM(self._key).encrypt(nonce, data_key, context.encode())
         return base64.b64encode(nonce + sealed).decode()
+
+    def generate(self, context: str) -> tuple[bytes, str]:
+        key = os.urandom(32)
+        return key, self.wrap(key, context)
 
     def unwrap(self, wrapped: str, context: str) -> bytes:
         from cryptography.exceptions import InvalidTag
@@ -115,11 +131,91 @@ class KmsMasterKey:
             EncryptionContext={"mlharbor-artifact": context}))
         return base64.b64encode(out["CiphertextBlob"]).decode()
 
+    def generate(self, context: str) -> tuple[bytes, str]:
+        out = self._call("generate", lambda: self.client.generate_data_key(
+            KeyId=self.key_id, KeySpec="AES_256",
+            EncryptionContext={"mlharbor-artifact": context}))
+        return bytes(out["Plaintext"]), base64.b64encode(out["CiphertextBlob"]).decode()
+
     def unwrap(self, wrapped: str, context: str) -> bytes:
         out = self._call("unwrap", lambda: self.client.decrypt(
             KeyId=self.key_id, CiphertextBlob=base64.b64decode(wrapped),
             EncryptionContext={"mlharbor-artifact": context}))
         return bytes(out["Plaintext"])
+
+
+class DataKeyCache:
+    """Data keys from ``wrapper``, each reused for at most ``max_age_s`` seconds and
+    ``max_uses`` blobs, and the keys of blobs being opened, kept as long (at most
+    ``max_open`` of them).
+
+    Why bounded both ways: the lifetime bounds how long one key protects new data and how
+    long a plaintext key stays in memory; the use count keeps random 96-bit GCM nonces far
+    from colliding however fast blobs are sealed. ``max_age_s = 0`` gives every blob a fresh
+    key. ``clock`` is injectable (tests advance it instead of sleeping). Plaintext keys are
+    held in this object only: it refuses to be pickled, and nothing writes them anywhere.
+    """
+
+    def __init__(self, wrapper: KeyWrapper, *, context: str, max_age_s: float = 300.0,
+                 max_uses: int = 100_000, max_open: int = 64,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_age_s < 0 or max_uses < 1 or max_open < 1:
+            raise ConfigError(
+                f"Data key limits must be a lifetime >= 0 s and counts >= 1; got "
+                f"max_age_s={max_age_s}, max_uses={max_uses}, max_open={max_open}.")
+        self.wrapper = wrapper
+        self.context = context
+        self.max_age_s = max_age_s
+        self.max_uses = max_uses
+        self.max_open = max_open
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._key: tuple[bytes, str] | None = None
+        self._born = 0.0
+        self._uses = 0
+        self._opened: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+
+    def current(self) -> tuple[bytes, str]:
+        """(plaintext key, wrapped key) to seal one blob with; a new one when the current one
+        is too old or used up (that call reaches KMS; the others do not)."""
+        with self._lock:
+            now = self.clock()
+            if (self._key is None or self._uses >= self.max_uses
+                    or now - self._born >= self.max_age_s):
+                self._key = self.wrapper.generate(self.context)
+                self._born, self._uses = now, 0
+                # A key just made opens the blobs it seals without a KMS call either.
+                self._remember((self._key[1], self.context), self._key[0], now)
+            self._uses += 1
+            return self._key
+
+    def unwrap(self, wrapped: str, context: str) -> bytes:
+        """The plaintext of a wrapped data key, from memory when it was opened recently."""
+        with self._lock:
+            now = self.clock()
+            hit = self._opened.get((wrapped, context))
+            if hit is not None and now - hit[1] < self.max_age_s:
+                self._opened.move_to_end((wrapped, context))
+                return hit[0]
+        key = self.wrapper.unwrap(wrapped, context)
+        with self._lock:
+            self._remember((wrapped, context), key, self.clock())
+        return key
+
+    def _remember(self, ident: tuple[str, str], key: bytes, now: float) -> None:
+        if self.max_age_s <= 0:
+            return
+        self._opened[ident] = (key, now)
+        self._opened.move_to_end(ident)
+        while len(self._opened) > self.max_open:
+            self._opened.popitem(last=False)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("A DataKeyCache holds plaintext data keys and is never pickled.")
+
+    def __repr__(self) -> str:
+        return (f"DataKeyCache({self.wrapper.kek_id!r}, max_age_s={self.max_age_s}, "
+                f"max_uses={self.max_uses})")
 
 
 def wrapper_from_settings(settings: Any) -> KeyWrapper | None:
