@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from mlharbor.data.numbers import UnparseablePolicy
 from mlharbor.data.schema import Schema
 
 if TYPE_CHECKING:
@@ -58,9 +59,17 @@ class CheckReport:
 
 
 def check_dataset(
-    frame: pd.DataFrame, schema: Schema, thresholds: Thresholds, *, seed: int = 0
+    frame: pd.DataFrame, schema: Schema, thresholds: Thresholds, *, seed: int = 0,
+    unparseable_numbers: UnparseablePolicy = "fail",
 ) -> CheckReport:
-    """Run every check on ``frame`` (target included) and collect the findings."""
+    """Run every check on ``frame`` (target included) and collect the findings.
+
+    Cells of a numeric feature that are not numbers (:mod:`mlharbor.data.numbers`) are a
+    violation, or with ``unparseable_numbers="coerce"`` a warning; the other checks of that
+    column see them as missing, as training will once they are coerced.
+    """
+    from mlharbor.data.numbers import bad_cells_text, parse_numbers
+
     found: list[Finding] = []
     n = len(frame)
     target = frame[schema.target]
@@ -74,6 +83,12 @@ def check_dataset(
         ))
     for column, kind in schema.features.items():
         series = frame[column]
+        if kind == "numeric":
+            cells = parse_numbers(series)
+            if cells.bad:
+                found.append(_not_numbers(column, cells.bad, bad_cells_text(cells),
+                                          unparseable_numbers))
+            series = cells.values
         share = float(series.isna().mean())
         if share > thresholds.max_missing_share:
             found.append(_f(
@@ -120,6 +135,18 @@ def check_dataset(
 
 def _f(check: str, severity: str, column: str | None, value: float, message: str) -> Finding:
     return Finding(check, severity, column, round(value, 6), message)
+
+
+def _not_numbers(column: str, bad: int, detail: str, policy: UnparseablePolicy) -> Finding:
+    """The finding for cells of a numeric column that are not numbers (value: their count)."""
+    if policy == "coerce":
+        return _f("not_a_number", "warning", column, float(bad),
+                  f"Numeric column {column!r}: {detail}; they are treated as missing "
+                  "(data.unparseable_numbers: coerce).")
+    return _f("not_a_number", "violation", column, float(bad),
+              f"Numeric column {column!r}: {detail}. Fix those cells, set "
+              "`data.unparseable_numbers: coerce` to treat them as missing, or declare the "
+              "column categorical in data.features.")
 
 
 def _class_balance(labels: pd.Series, target: str, thresholds: Thresholds) -> list[Finding]:

@@ -73,7 +73,12 @@ def infer_schema(
 
 
 def infer_kind(series: pd.Series) -> str:
+    """numeric, categorical or datetime; text cells that are mostly numbers make a numeric
+    column (:mod:`mlharbor.data.numbers`: its bad cells are a data-check finding, so one typo
+    never turns a numeric column categorical)."""
     import pandas as pd
+
+    from mlharbor.data.numbers import parse_numbers
 
     if pd.api.types.is_bool_dtype(series):
         return "categorical"
@@ -81,6 +86,8 @@ def infer_kind(series: pd.Series) -> str:
         return "numeric"
     if pd.api.types.is_datetime64_any_dtype(series):
         return "datetime"
+    if parse_numbers(series).mostly_numeric:
+        return "numeric"
     sample = series.dropna().astype(str).head(200)
     if len(sample) and sample.str.match(r"^\d{4}-\d{2}-\d{2}").mean() > 0.95:
         parsed = pd.to_datetime(sample, errors="coerce", format="mixed")

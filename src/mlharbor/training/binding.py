@@ -9,6 +9,7 @@ from collections.abc import Callable
 from mlharbor.core.errors import InvalidInputError, MlharborError
 from mlharbor.data.checks import CheckReport, Thresholds, check_dataset
 from mlharbor.data.loading import Dataset, load_table
+from mlharbor.data.numbers import parse_numbers
 from mlharbor.data.schema import Schema, infer_schema
 from mlharbor.training.recipe import Recipe
 
@@ -67,7 +68,15 @@ def check_data(
     recipe: Recipe, dataset: Dataset, schema: Schema,
     warn: Callable[[str], None] | None = None,
 ) -> CheckReport:
-    """Run the data contract; violations raise InvalidInputError naming column and figure."""
+    """Run the data contract; violations raise InvalidInputError naming column and figure.
+
+    When the contract holds, every column the schema calls numeric is stored as numbers in
+    ``dataset.frame`` (text cells parsed; bad cells missing, which only happens when the recipe
+    sets ``data.unparseable_numbers: coerce``), so fitting, the reference profile and the
+    serving signature all see the numeric column that was checked.
+    """
+    import pandas as pd
+
     c = recipe.checks
     thresholds = Thresholds(
         max_missing_share=c.max_missing_share, max_duplicate_share=c.max_duplicate_share,
@@ -75,7 +84,8 @@ def check_data(
         min_class_share=c.min_class_share, min_class_count=recipe.validation.folds,
         leakage_threshold=c.leakage_threshold,
     )
-    report = check_dataset(dataset.frame, schema, thresholds, seed=recipe.validation.seed)
+    report = check_dataset(dataset.frame, schema, thresholds, seed=recipe.validation.seed,
+                           unparseable_numbers=recipe.data.unparseable_numbers)
     if warn is not None:
         for finding in report.warnings:
             warn(f"warning: {finding.message}")
@@ -85,4 +95,8 @@ def check_data(
             hint="Nothing was trained or registered.",
             violations=[f.to_dict() for f in report.violations],
         )
+    frame = dataset.frame
+    for column in schema.columns("numeric"):
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            frame[column] = parse_numbers(frame[column]).values
     return report

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from mlharbor.core.errors import ConfigError
+from mlharbor.data.numbers import UnparseablePolicy
 
 Task = Literal["classification", "regression"]
 FeatureKind = Literal["numeric", "categorical", "datetime"]
@@ -53,6 +54,11 @@ class DataSpec(_Strict):
     exclude: list[str] = Field(default_factory=list, description="Columns never used as features.")
     id_columns: list[str] = Field(default_factory=list, description="Identifiers; excluded.")
     time_column: str | None = Field(None, description="Orders rows for time splits; excluded.")
+    unparseable_numbers: UnparseablePolicy = Field(
+        "fail",
+        description="Cells of a numeric column that are not numbers (`abc`, `n/a`): `fail` "
+        "stops training and names them; `coerce` treats them as missing values.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
