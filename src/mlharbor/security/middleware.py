@@ -46,7 +46,7 @@ from mlharbor.security.routemap import (
 )
 from mlharbor.security.sessions import SessionStore
 from mlharbor.security.tokens import TokenVerifier
-from mlharbor.security.transport import reply_json
+from mlharbor.security.transport import ErrorBody, default_error_body, reply_json
 
 log = logging.getLogger("mlharbor.security")
 ANONYMOUS = "anonymous"
@@ -61,15 +61,18 @@ class AuthMiddleware:
     """Authenticate and authorise every HTTP request and websocket handshake of ``app``.
 
     ``sessions`` (optional) makes the ``mlharbor_session`` cookie a credential for GET/HEAD;
-    without it the cookie is ignored.
+    without it the cookie is ignored. ``error_body`` shapes refusals per path (the serving
+    app's protocols each have their own error body).
     """
 
     def __init__(
         self, app: ASGIApp, *, table: RouteTable, identities: IdentityStore,
         audit: AuditSink | None, limiter: RateLimiter, tokens: TokenVerifier | None = None,
         anonymous: Principal | None = None, sessions: SessionStore | None = None,
+        error_body: ErrorBody = default_error_body,
     ) -> None:
         self.app = app
+        self.error_body = error_body
         self.sessions = sessions
         self.anonymous = anonymous
         self.table = table
@@ -103,19 +106,26 @@ class AuthMiddleware:
                                limit_key=f"anon:{client}")
             return
         except LimitExceededError as exc:
-            await self._limited(out, exc)
+            await self._limited(scope, out, exc)
             return
         except MlharborError as exc:  # the identity database is down: fail closed
-            await reply_json(out, 503, exc.code, exc.message, exc.hint)
+            await self._reply(scope, out, 503, exc.code, exc.message, exc.hint)
             return
         try:
             self.limiter.check(principal.credential)
         except LimitExceededError as exc:
-            await self._limited(out, exc)
+            await self._limited(scope, out, exc)
             return
         if rule is None:
-            status, code = (405, "method_not_allowed") if path_known else (404, "not_found")
-            await reply_json(out, status, code, f"No route {method} {scope.get('path')}.")
+            if path_known:
+                allowed = self._allowed(route_path(scope))
+                await self._reply(scope, out, 405, "method_not_allowed",
+                                  f"No route {method} {scope.get('path')}; it takes "
+                                  f"{', '.join(allowed)}.",
+                                  headers=[(b"allow", ", ".join(allowed).encode())])
+            else:
+                await self._reply(scope, out, 404, "not_found",
+                                  f"No route {method} {scope.get('path')}.")
             return
         if rule.action != AUTHENTICATED and not allows(principal, rule.action, resource):
             await self._refuse(scope, out, 403, _forbidden(principal, rule, target),
@@ -160,11 +170,22 @@ class AuthMiddleware:
             try:
                 self.limiter.check(limit_key)
             except LimitExceededError as limited:
-                await self._limited(send, limited)
+                await self._limited(scope, send, limited)
                 return
         await self._record(scope, status, exc, actor, action, target)
         headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-        await reply_json(send, status, exc.code, exc.message, exc.hint, headers)
+        await self._reply(scope, send, status, exc.code, exc.message, exc.hint, headers)
+
+    async def _reply(self, scope: Scope, send: Send, status: int, code: str, message: str,
+                     hint: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await reply_json(send, status, code, message, hint, headers,
+                         body=self.error_body(scope, status, code, message, hint))
+
+    def _allowed(self, path: str) -> list[str]:
+        """The methods the route table takes on ``path`` (the ``Allow`` of a 405)."""
+        methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
+        return [m for m in methods if self.table.resolve(m, path)[0] is not None]
 
     async def _to_login(self, scope: Scope, send: Send, exc: AuthenticationError,
                         action: str, target: str, client: str) -> None:
@@ -179,7 +200,7 @@ class AuthMiddleware:
             try:
                 self.limiter.check(f"anon:{client}")
             except LimitExceededError as limited:
-                await self._limited(send, limited)
+                await self._limited(scope, send, limited)
                 return
             await self._record(scope, 401, exc, ANONYMOUS, action, target)
         location = (scope.get("root_path", "") + LOGIN_PATH).encode("latin-1")
@@ -203,10 +224,10 @@ class AuthMiddleware:
             # Refusing still matters more than recording the refusal.
             log.error("could not audit a denied request: %s", failure.code)
 
-    async def _limited(self, send: Send, exc: LimitExceededError) -> None:
+    async def _limited(self, scope: Scope, send: Send, exc: LimitExceededError) -> None:
         retry = str(max(1, round(exc.retry_after or 1)))
-        await reply_json(send, 429, exc.code, exc.message, exc.hint,
-                         [(b"retry-after", retry.encode())])
+        await self._reply(scope, send, 429, exc.code, exc.message, exc.hint,
+                          [(b"retry-after", retry.encode())])
 
 
 def closing_send(send: Send) -> Send:
@@ -425,11 +446,10 @@ def secure_asgi(
     app: Any, *, identities: IdentityStore, audit: AuditSink | None, settings: Any,
     extra_rules: Iterable[RouteRule] = (), sessions: SessionStore | None = None,
 ) -> Any:
-    """Wrap any ASGI app (the serving app) in the transport guard and authentication
-    (dashboard session cookies count only when ``sessions`` is given)."""
+    """Wrap any ASGI app in the transport guard and authentication (dashboard session cookies
+    count only when ``sessions`` is given)."""
     from mlharbor.security.routemap import RULES
     from mlharbor.security.tokens import verifier_from_settings
-    from mlharbor.security.transport import TransportGuard, allowed_hosts
 
     sec = settings.security
     table = RouteTable([*RULES, *extra_rules])
@@ -438,8 +458,30 @@ def secure_asgi(
         limiter=RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst),
         tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
         sessions=sessions)
-    return TransportGuard(guarded, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
-                          max_body_bytes=settings.server.max_body_bytes)
+    return guard_transport(guarded, settings)
+
+
+def guard_transport(app: Any, settings: Any, *, body_limit: bool = True,
+                    error_body: ErrorBody = default_error_body) -> Any:
+    """``app`` behind the transport guard the control plane has: the Host allowlist
+    (``security.allowed_hosts``, loopback and ``server.host``) and, with ``body_limit``, the
+    body size limit (off for an app that enforces ``server.max_body_bytes`` on every route
+    itself, as the serving app does).
+
+    With no allowlist configured and ``server.host`` every interface (0.0.0.0, as in the
+    container images), the allowlist holds only for connections arriving on loopback: there a
+    browser on the same host can be turned against the server by DNS rebinding, while
+    orchestrator probes and load balancers reach the other interfaces under host names
+    nobody configured. Configure ``security.allowed_hosts`` to enforce it everywhere.
+    """
+    from mlharbor.security.transport import ANY_ADDRESSES, TransportGuard, allowed_hosts
+
+    sec = settings.security
+    wildcard_bind = (settings.server.host or "") in ANY_ADDRESSES
+    return TransportGuard(app, hosts=allowed_hosts(sec.allowed_hosts, settings.server.host),
+                          max_body_bytes=settings.server.max_body_bytes if body_limit else None,
+                          error_body=error_body,
+                          loopback_only=wildcard_bind and not sec.allowed_hosts)
 
 
 ANONYMOUS_ROLES = frozenset({"viewer", "predictor"})

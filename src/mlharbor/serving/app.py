@@ -5,6 +5,10 @@
 setup, as an endpoint named after the model (so Open Inference and KServe clients call it
 ``churn``). The app polls the registry and swaps versions in after they are warm; on shutdown
 (SIGTERM, once uvicorn has drained in-flight requests) it stops polling and flushes the sink.
+
+Layers, outermost first: the transport guard (Host allowlist, as on the control plane), the
+security middleware (API keys, the policy table), then the lean HTTP layer, where every route,
+GraphQL included, sits behind the same body limit, content-type check and load shedding.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mlharbor.serving.batching import MicroBatcher
 from mlharbor.serving.core import DataPlane
-from mlharbor.serving.http import HttpApp, Request, Response, Route, Router
+from mlharbor.serving.http import JSON_ONLY, HttpApp, Request, Response, Route, Router, asgi_handler
 from mlharbor.serving.pool import ModelPool
 from mlharbor.serving.reconciler import Reconciler
 from mlharbor.serving.sink import (
@@ -37,10 +41,12 @@ if TYPE_CHECKING:
     from mlharbor.telemetry.metrics import ServingMetrics
 
 log = logging.getLogger("mlharbor.serving")
+SHADOW_THREADS = 1  # threads running shadow models, apart from the primaries' threads
 
 
 class ServingApp:
-    """The ASGI app (auth in front of the lean HTTP layer), with handles on its parts."""
+    """The ASGI app (transport guard and auth in front of the lean HTTP layer), with handles
+    on its parts."""
 
     def __init__(self, asgi: Any, http: HttpApp, plane: DataPlane, pool: ModelPool,
                  reconciler: Reconciler, dispatcher: SinkDispatcher | DirectDispatcher
@@ -92,13 +98,15 @@ def create_serving_app(
     batches from a background thread; none when ``monitoring.log_predictions`` is off);
     ``loader`` replaces how versions are loaded (tests);
     ``auth`` puts the security middleware (API keys, the policy table) in front, checking keys
-    against ``identities`` (default: the registry database's); ``metrics`` lets the caller
+    against ``identities`` (default: the registry database's); the transport guard (Host
+    allowlist) is always in front; ``metrics`` lets the caller
     register more collectors (the prediction log's backlog); ``feedback`` stores ground truth
     posted to ``/v1/endpoints/{name}/feedback`` (monitoring's label store).
     """
     from mlharbor.core.status import status_for
     from mlharbor.serving.loader import registry_loader
     from mlharbor.serving.protocols import kserve, mlflow, native, open_inference
+    from mlharbor.serving.protocols.errors import error_body, error_for
     from mlharbor.telemetry.metrics import CONTENT_TYPE, ServingMetrics
 
     serving = settings.serving
@@ -113,15 +121,19 @@ def create_serving_app(
     plane = DataPlane(metrics=metrics, sink=dispatcher,
                       default_endpoint=serving.default_endpoint)
     inference = ThreadPoolExecutor(serving.inference_threads, "mlharbor-infer")
+    # Shadows run on a thread of their own: a slow shadow can only fill its own queue (the
+    # data plane drops copies past its capacity), never hold the primaries' threads.
+    shadows = ThreadPoolExecutor(SHADOW_THREADS, "mlharbor-shadow")
     loads = ThreadPoolExecutor(2, "mlharbor-load")
     pool = ModelPool(loader or registry_loader(registry, settings), metrics=metrics,
                      load_executor=loads)
 
-    def make_batcher(model: ServedModel, spec: EndpointSpec) -> MicroBatcher:
+    def make_batcher(model: ServedModel, spec: EndpointSpec, *,
+                     shadow: bool = False) -> MicroBatcher:
         b = spec.batching
         name = spec.name
         return MicroBatcher(
-            model, inference,
+            model, shadows if shadow else inference,
             enabled=serving.batching if b.enabled is None else b.enabled,
             max_batch_size=b.max_batch_size or serving.max_batch_size,
             max_wait_s=(serving.max_batch_wait_ms if b.max_wait_ms is None
@@ -148,6 +160,13 @@ def create_serving_app(
 
     router.add(Route("GET", "/metrics", metrics_route, "metrics", native.render_error))
     router.add(Route("GET", "/openapi.json", openapi_route, "native", native.render_error))
+    from mlharbor.serving.graphql import create_graphql_app
+
+    # GraphQL is a route like the others: its body is read under the body limit, and since a
+    # query may predict, it counts against the concurrency limit (shed like predictions).
+    graphql = asgi_handler(create_graphql_app(plane, registry, status_for))
+    router.add(Route("POST", "/graphql", graphql, "graphql", native.render_error,
+                     predict=True, accepts=JSON_ONLY))
 
     async def lifespan(phase: str) -> None:
         if phase == "startup":
@@ -163,17 +182,14 @@ def create_serving_app(
             await reconciler.stop()
             dispatcher.stop()
             inference.shutdown(wait=False, cancel_futures=True)
+            shadows.shutdown(wait=False, cancel_futures=True)
             loads.shutdown(wait=False, cancel_futures=True)
 
-    from mlharbor.serving.graphql import create_graphql_app
-
-    graphql = create_graphql_app(plane, registry, status_for)
     http = HttpApp(
         router, metrics=metrics, status_for=status_for,
-        mounts={"/graphql": graphql},
         max_body_bytes=settings.server.max_body_bytes,
         max_concurrency=serving.max_concurrency, debug=settings.server.debug,
-        default_error=native.render_error, access_log=serving.access_log, lifespan=lifespan,
+        error_for=error_for, access_log=serving.access_log, lifespan=lifespan,
     )
     asgi: Any = http
     if auth:
@@ -182,5 +198,10 @@ def create_serving_app(
 
         store = identities or _Identities(registry.store.db.engine,
                                           audit=registry.store.record)
-        asgi = with_auth(http, registry, settings, store)
+        asgi = with_auth(http, registry, settings, store, error_body=error_body)
+    from mlharbor.security.middleware import guard_transport
+
+    # The HTTP layer enforces the body limit on every route itself, so the guard checks the
+    # Host only: one header scan per request.
+    asgi = guard_transport(asgi, settings, body_limit=False, error_body=error_body)
     return ServingApp(asgi, http, plane, pool, reconciler, dispatcher)

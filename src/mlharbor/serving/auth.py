@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import AuthenticationError, MlharborError
+from mlharbor.security.transport import ErrorBody, default_error_body
 
 if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
@@ -65,8 +66,10 @@ class CachedIdentities:
         return getattr(self.inner, name)
 
 
-def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityStore) -> Any:
-    """``app`` behind the security middleware, with the shared route -> action table."""
+def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityStore, *,
+              error_body: ErrorBody = default_error_body) -> Any:
+    """``app`` behind the security middleware, with the shared route -> action table;
+    ``error_body`` shapes its refusals per path (each protocol's error body)."""
     from mlharbor.security.middleware import AuthMiddleware, anonymous_principal, credential_of
     from mlharbor.security.ratelimit import RateLimiter
     from mlharbor.security.routemap import RULES, RouteTable
@@ -92,4 +95,5 @@ def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityS
         limiter=RateLimiter(settings.serving.rate_limit_per_minute,
                             settings.serving.rate_limit_burst),
         tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
+        error_body=error_body,
     )

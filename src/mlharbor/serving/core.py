@@ -3,9 +3,16 @@
 ``DataPlane.predict`` reads the endpoint's current plan once, picks a target (weights, sticky
 key or a pinned version), validates the input against that version's signature *before* any
 inference, submits it to the version's micro-batcher under the endpoint's timeout, and on an
-error or timeout walks the fallback chain (other versions, then a fixed answer). Each answer is
-offered to the prediction sink (never awaited) and, when the endpoint has a shadow, copied to it
-after the answer is on its way.
+error or timeout walks the fallback chain (other versions, then a fixed answer). The timeout is
+one deadline for the whole request: the chain gets what the failed attempts left of it, so two
+slow models answer (or fail with 504) within one timeout, not two. Each answer is offered to
+the prediction sink (never awaited) and, when the endpoint has a shadow, copied to it after the
+answer is on its way.
+
+A shadow never slows the primary: its batcher runs on an executor of its own (see
+``serving.app``), and at most ``shadow_capacity`` shadow copies are queued or running at once
+in this process; a copy past that is dropped and counted (``mlharbor_shadow_dropped_total``),
+never waited for.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from mlharbor.telemetry.metrics import ServingMetrics
 
 log = logging.getLogger("mlharbor.serving")
+SHADOW_CAPACITY = 32  # shadow copies queued or running at once, per process
 
 
 @dataclasses.dataclass(slots=True)
@@ -63,8 +71,11 @@ class DataPlane:
 
     def __init__(
         self, *, metrics: ServingMetrics, sink: SinkDispatcher, default_endpoint: str | None,
+        shadow_capacity: int = SHADOW_CAPACITY,
     ) -> None:
         self.metrics = metrics
+        self.shadow_capacity = shadow_capacity
+        self.shadow_in_flight = 0
         self.sink = sink
         self.default_endpoint = default_endpoint
         self.plans: dict[str, EndpointPlan] = {}
@@ -133,20 +144,36 @@ class DataPlane:
             sticky = headers.get(plan.sticky_header) if headers else None
             target = plan.pick(sticky)
         x, rows, matrix = self._prepare(plan, target.model, data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.timeout_s
         try:
-            async with asyncio.timeout(plan.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 outputs = await target.batcher.submit(x, rows)
             answer = Answer(endpoint, target.model, target.ref, outputs, rows)
         except (TimeoutError, Exception) as exc:
-            answer = await self._fall_back(plan, target, data, rows, exc, request_id)
+            answer = await self._fall_back(plan, target, data, rows, exc, request_id,
+                                           deadline)
         self._record(answer, data, request_id, time.perf_counter() - started, shadow=False,
                      matrix=matrix, columns=target.model.signature.names)
         if plan.shadow is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._shadow(plan, plan.shadow, data, request_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._start_shadow(loop, plan, plan.shadow, data, request_id)
         return answer
+
+    def _start_shadow(self, loop: asyncio.AbstractEventLoop, plan: EndpointPlan,
+                      shadow: Target, data: Any, request_id: str) -> None:
+        """Copy the request to the shadow in the background, or drop it (counted) when
+        ``shadow_capacity`` copies are already queued or running."""
+        if self.shadow_in_flight >= self.shadow_capacity:
+            self.metrics.shadow_dropped(plan.name)
+            return
+        self.shadow_in_flight += 1
+        task = loop.create_task(self._shadow(plan, shadow, data, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        self.shadow_in_flight -= 1
 
     def _prepare(self, plan: EndpointPlan, model: ServedModel, data: Any
                  ) -> tuple[Any, int, np.ndarray | None]:
@@ -163,8 +190,9 @@ class DataPlane:
 
     async def _fall_back(
         self, plan: EndpointPlan, failed: Target, data: Any, rows: int, exc: BaseException,
-        request_id: str,
+        request_id: str, deadline: float,
     ) -> Answer:
+        loop = asyncio.get_running_loop()
         timed_out = isinstance(exc, TimeoutError)
         reason = "timeout" if timed_out else "error"
         log.warning("%s failed on %s (%s): %s", failed.model.ref, plan.name, reason,
@@ -174,11 +202,17 @@ class DataPlane:
         for fallback in plan.fallbacks:
             if fallback.model is failed.model:
                 continue
+            if loop.time() >= deadline:  # the request's one timeout is spent
+                timed_out = True
+                break
             try:
                 x, n, _matrix = self._prepare(plan, fallback.model, data)
-                async with asyncio.timeout(plan.timeout_s):
+                async with asyncio.timeout_at(deadline):
                     outputs = await fallback.batcher.submit(x, n)
-            except (TimeoutError, Exception):
+            except TimeoutError:
+                timed_out = True
+                break
+            except Exception:
                 continue
             self.metrics.fallback(plan.name, reason)
             return Answer(plan.name, fallback.model, fallback.ref, outputs, n, fallback={
@@ -191,8 +225,10 @@ class DataPlane:
                 "reason": reason, "from": failed.model.ref, "to": "default"})
         if timed_out:
             raise TimeoutError_(
-                f"{failed.model.ref} took longer than {plan.timeout_s:g}s on endpoint "
-                f"{plan.name!r}.", hint="Retry, send fewer rows, or raise limits.timeout_ms.",
+                f"Endpoint {plan.name!r} did not answer within its timeout of "
+                f"{plan.timeout_s:g}s ({failed.model.ref}: {reason}"
+                f"{', then its fallbacks' if plan.fallbacks else ''}).",
+                hint="Retry, send fewer rows, or raise limits.timeout_ms.",
             ) from exc
         if isinstance(exc, MlharborError):
             raise exc

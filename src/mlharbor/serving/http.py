@@ -8,7 +8,14 @@ whether it is a prediction (counted against the concurrency limit).
 
 Limits: a ``Content-Length`` above the limit is refused with 413 before a byte of the body is
 read (and a chunked body is cut off as soon as it passes the limit); more predictions in flight
-than ``max_concurrency`` are refused at once with 503 and ``Retry-After``.
+than ``max_concurrency`` are refused at once with 503 and ``Retry-After``; a body in a content
+type the route cannot read is refused with 415 before it is read. Every route sits behind the
+same limits: an embedded ASGI app (GraphQL) is a route like any other (:func:`asgi_handler`),
+handed the body this layer has already read and checked.
+
+A method the path does not take is 405 with ``Allow``; errors take the shape of the protocol
+that owns the path (``error_for``), so an Open Inference client gets ``{"error": "..."}`` even
+for a path no route matches.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from mlharbor.core.errors import (
     NotFoundError,
     PayloadTooLargeError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 
 if TYPE_CHECKING:
@@ -90,12 +98,20 @@ ErrorRenderer = Callable[[MlharborError, int], Response]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
+    """One route. ``predict`` routes count against the concurrency limit (and are shed);
+    ``accepts`` lists the media types a route that reads a body can read (a request without
+    ``Content-Type`` is read as the first); None for routes that take no body."""
+
     method: str
     path: str
     handler: Handler
     protocol: str
     render_error: ErrorRenderer
     predict: bool = False
+    accepts: tuple[bytes, ...] | None = None
+
+
+JSON_ONLY = (JSON,)
 
 
 class Router:
@@ -130,6 +146,75 @@ class Router:
             found = any(p == path for (_m, p) in self.exact)
         return None, {}, found
 
+    def allowed(self, path: str) -> list[str]:
+        """The methods some route takes on ``path`` (the ``Allow`` of a 405)."""
+        methods = {m for (m, p) in self.exact if p == path}
+        methods.update(m for m, pattern, _r in self.patterns if pattern.match(path))
+        return sorted(methods)
+
+
+def media_type(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's ``Content-Type`` without parameters, lower-cased (None when absent)."""
+    for key, value in headers:
+        if key == b"content-type":
+            return value.split(b";", 1)[0].strip().lower()
+    return None
+
+
+def check_media_type(route: Route, headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse (415) a body in a content type ``route`` cannot read, before reading it."""
+    accepts = route.accepts
+    if accepts is None:
+        return
+    given = media_type(headers)
+    if given is None or given in accepts:
+        return
+    names = ", ".join(a.decode() for a in accepts)
+    raise UnsupportedMediaTypeError(
+        f"{route.method} {route.path} reads {names}; the request body is "
+        f"{given.decode('latin-1')[:100]!r}.",
+        hint=f"Send 'Content-Type: {accepts[0].decode()}'.", field="Content-Type",
+        expected=[a.decode() for a in accepts], received=given.decode("latin-1")[:100])
+
+
+def asgi_handler(app: ASGIApp) -> Handler:
+    """An ASGI app (GraphQL) as a route handler: it gets the body this layer has already read
+    under the body limit, and its answer comes back as a :class:`Response`, so it sits behind
+    exactly the limits, errors and metrics of every other route."""
+
+    async def handle(request: Request) -> Response:
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": request.body, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status = 500
+        content_type = JSON
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers") or ():
+                    name = bytes(key).lower()
+                    if name == b"content-type":
+                        content_type = bytes(value)
+                    elif name not in (b"content-length", b"x-request-id"):
+                        headers.append((name, bytes(value)))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await app(request.scope, receive, send)
+        return Response(b"".join(chunks), status, content_type, headers or None)
+
+    return handle
+
 
 class HttpApp:
     """The ASGI callable: limits, request ids, error mapping, metrics around each route."""
@@ -137,8 +222,7 @@ class HttpApp:
     def __init__(
         self, router: Router, *, metrics: ServingMetrics, status_for: Callable[[Any], int],
         max_body_bytes: int, max_concurrency: int, debug: bool = False,
-        default_error: ErrorRenderer, access_log: bool = False,
-        mounts: dict[str, ASGIApp] | None = None,
+        error_for: Callable[[str], ErrorRenderer], access_log: bool = False,
         lifespan: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.router = router
@@ -147,9 +231,8 @@ class HttpApp:
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
         self.debug = debug
-        self.default_error = default_error
+        self.error_for = error_for
         self.access_log = access_log
-        self.mounts = mounts or {}
         self.lifespan = lifespan
         self.in_flight = 0
         metrics.track_in_flight(lambda: self.in_flight)
@@ -157,15 +240,10 @@ class HttpApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
-            mount = self.mounts.get(scope["path"])
-            if mount is not None:
-                await mount(scope, receive, send)
-                return
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif kind == "websocket" and scope["path"] in self.mounts:
-            await self.mounts[scope["path"]](scope, receive, send)
+        # websockets: no route takes one; returning without accepting refuses the handshake
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -190,12 +268,16 @@ class HttpApp:
         route, params, exists = self.router.match(scope["method"], scope["path"])
         request: Request | None = None
         counted = False
-        render = self.default_error if route is None else route.render_error
+        render = self.error_for(scope["path"]) if route is None else route.render_error
         try:
             if route is None:
                 if exists:
+                    allowed = self.router.allowed(scope["path"])
                     response = render(_MethodNotAllowed(
-                        f"{scope['method']} is not allowed on {scope['path']}."), 405)
+                        f"{scope['method']} is not allowed on {scope['path']}; it takes "
+                        f"{', '.join(allowed)}."), 405)
+                    response.headers = [*(response.headers or []),
+                                        (b"allow", ", ".join(allowed).encode())]
                 else:
                     raise NotFoundError(f"No route {scope['method']} {scope['path']}.")
             else:
@@ -207,6 +289,8 @@ class HttpApp:
                             "predictions in flight.", hint="Retry after a second.")
                     self.in_flight += 1
                     counted = True
+                if route.accepts is not None:
+                    check_media_type(route, scope["headers"])
                 body = await self._read_body(scope, receive)
                 request = Request(scope, body, request_id, params)
                 response = await route.handler(request)

@@ -35,6 +35,9 @@ _MLFLOW = {"type": "object", "properties": {
     "instances": {"oneOf": [_RECORDS, _ROWS]}, "inputs": {"type": "object"},
     "params": {"type": "object"}}}
 _KSERVE = {"type": "object", "properties": {"instances": {"oneOf": [_RECORDS, _ROWS]}}}
+_GRAPHQL = {"type": "object", "required": ["query"], "properties": {
+    "query": {"type": "string"}, "variables": {"type": ["object", "null"]},
+    "operationName": {"type": ["string", "null"]}}}
 
 
 def _param(name: str) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def _op(summary: str, tag: str, params: tuple[str, ...] = (),
                       **{str(code): _ERROR for code in (400, 404, 413, 422, *extra)}},
     }
     if body is not None:
+        op["responses"]["415"] = _ERROR
         op["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": body}}}
     return op
@@ -67,6 +71,9 @@ def openapi_document() -> bytes:
     v2v = "/v2/models/{model}/versions/{version}"
     predict_extra = (503, 504)
     paths: dict[str, Any] = {
+        "/": _health("Liveness (KServe v1): {\"status\": \"alive\"}"),
+        "/graphql": {"post": _op("GraphQL: models, versions, endpoints; predict mutation",
+                                 "graphql", body=_GRAPHQL, extra=(503,))},
         "/v1/endpoints/{name}/predict": {"post": _op(
             "Predict with an endpoint (records or {columns, data})", "native", ("name",),
             {"oneOf": [_RECORDS, _RECORD, _SPLIT]}, extra=predict_extra)},

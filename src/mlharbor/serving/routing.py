@@ -15,8 +15,8 @@ import bisect
 import dataclasses
 import hashlib
 import random
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlharbor.serving.batching import MicroBatcher
 from mlharbor.serving.model import ServedModel
@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from mlharbor.registry.endpoints import DefaultAnswer, EndpointSpec
     from mlharbor.settings import ServingSettings
 
-BatcherFactory = Callable[[ServedModel, "EndpointSpec"], MicroBatcher]
+
+
+class BatcherFactory(Protocol):
+    """Makes the batcher of one version for one endpoint; ``shadow=True`` for the shadow's,
+    which must run on capacity of its own so that it can never slow the primary."""
+
+    def __call__(self, model: ServedModel, spec: EndpointSpec, *,
+                 shadow: bool = False) -> MicroBatcher: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,17 +139,22 @@ def build_plan(
 ) -> EndpointPlan:
     """Turn ``spec`` into a plan from ready pool entries, keeping old targets where needed."""
     old: dict[str, Target] = {}
-    batchers: dict[tuple[str, int], MicroBatcher] = {}
+    # (name, version, shadow) -> batcher: a shadow's batcher runs on the shadow's own
+    # executor, so it is never shared with a primary or a fallback of the same version.
+    batchers: dict[tuple[str, int, bool], MicroBatcher] = {}
     if previous is not None:
         for prior, kept_target in zip(previous.routes, previous.route_targets, strict=False):
             if kept_target is not None:
                 old[prior.ref] = kept_target
-        for t in (*previous.targets, *previous.fallbacks,
-                  *((previous.shadow,) if previous.shadow else ())):
-            if previous.spec.batching == spec.batching:
-                batchers[(t.model.name, t.model.version)] = t.batcher
+        if previous.spec.batching == spec.batching:
+            for t in (*previous.targets, *previous.fallbacks):
+                batchers[(t.model.name, t.model.version, False)] = t.batcher
+            if previous.shadow is not None:
+                t = previous.shadow
+                batchers[(t.model.name, t.model.version, True)] = t.batcher
 
-    def target_for(ref: str) -> tuple[Target | None, str, str | None, int | None]:
+    def target_for(ref: str, *, shadow: bool = False
+                   ) -> tuple[Target | None, str, str | None, int | None]:
         mv = resolved.get(ref)
         if isinstance(mv, Exception) or mv is None:
             reason = f"{type(mv).__name__}: {mv}" if mv is not None else "not resolved yet"
@@ -151,10 +163,10 @@ def build_plan(
         if entry is None or entry.state != "ready" or entry.model is None:
             state = "loading" if entry is None else entry.state
             return None, state, None if entry is None else entry.reason, mv.version
-        key = (mv.name, mv.version)
+        key = (mv.name, mv.version, shadow)
         batcher = batchers.get(key)
         if batcher is None or batcher.model is not entry.model:
-            batcher = make_batcher(entry.model, spec)
+            batcher = make_batcher(entry.model, spec, shadow=shadow)
             batchers[key] = batcher
         return Target(ref, entry, entry.model, batcher), "ready", None, mv.version
 
@@ -172,7 +184,7 @@ def build_plan(
             targets.append((target, route.weight))
     fallbacks = [t for t in (target_for(ref)[0] for ref in resolved_fallbacks(spec, resolved))
                  if t is not None]
-    shadow = target_for(spec.shadow)[0] if spec.shadow else None
+    shadow = target_for(spec.shadow, shadow=True)[0] if spec.shadow else None
     return EndpointPlan(spec, revision, settings, targets=targets, shadow=shadow,
                         fallbacks=fallbacks, routes=states, route_targets=kept)
 

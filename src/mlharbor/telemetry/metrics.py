@@ -49,6 +49,10 @@ class ServingMetrics:
         self.versions_ready = Gauge("mlharbor_endpoint_ready",
                                     "1 when the endpoint has a loaded version to answer with.",
                                     ["endpoint"], registry=r)
+        self.shadow_drops = Counter(
+            "mlharbor_shadow_dropped",
+            "Shadow copies not run because the shadow's own capacity was full.",
+            ["endpoint"], registry=r)
         self.records_dropped = Counter("mlharbor_prediction_records_dropped_total",
                                        "Prediction records dropped because the sink lagged.",
                                        registry=r)
@@ -80,6 +84,14 @@ class ServingMetrics:
             child = self.batch_rows.labels(self.endpoint_label(endpoint))
             self._children[key] = child
         child.observe(rows)
+
+    def shadow_dropped(self, endpoint: str) -> None:
+        key = ("s", endpoint)
+        child = self._children.get(key)
+        if child is None:
+            child = self.shadow_drops.labels(self.endpoint_label(endpoint))
+            self._children[key] = child
+        child.inc()
 
     def fallback(self, endpoint: str, reason: str) -> None:
         self.fallbacks.labels(self.endpoint_label(endpoint), reason).inc()

@@ -1,4 +1,5 @@
-"""The KServe V1 protocol: ``POST /v1/models/{name}:predict``, model list and readiness.
+"""The KServe V1 protocol: ``POST /v1/models/{name}:predict``, model list and readiness, and
+liveness at ``GET /`` (``{"status": "alive"}``, as KServe's model server answers).
 
 Request ``{"instances": [...]}`` (records, or rows in signature column order) or
 ``{"inputs": ...}``; answer ``{"predictions": [...]}``. Errors: ``{"error": "message"}``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import InvalidInputError, MlharborError
-from mlharbor.serving.http import Request, Response, Route, json_response
+from mlharbor.serving.http import JSON_ONLY, Request, Response, Route, json_response
 from mlharbor.serving.protocols.payload import answer_headers, jsonable, parse_json, split_frame
 
 if TYPE_CHECKING:
@@ -62,9 +63,13 @@ def routes(plane: DataPlane) -> list[Route]:
     async def models(request: Request) -> Response:
         return json_response({"models": sorted(plane.plans)})
 
+    async def alive(request: Request) -> Response:
+        return json_response({"status": "alive"})
+
     return [
         Route("POST", "/v1/models/{model}:predict", predict, "kserve", render_error,
-              predict=True),
+              predict=True, accepts=JSON_ONLY),
+        Route("GET", "/", alive, "health", render_error),
         Route("GET", "/v1/models/{model}", model, "kserve", render_error),
         Route("GET", "/v1/models", models, "kserve", render_error),
     ]

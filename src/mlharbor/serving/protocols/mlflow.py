@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlharbor import __version__
 from mlharbor.core.errors import InvalidInputError, MlharborError
-from mlharbor.serving.http import Request, Response, Route, json_response
+from mlharbor.serving.http import JSON, Request, Response, Route, json_response
 from mlharbor.serving.protocols.payload import answer_headers, jsonable, parse_json, split_frame
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def routes(plane: DataPlane) -> list[Route]:
         return Response(__version__.encode(), content_type=b"text/plain; charset=utf-8")
 
     return [
-        Route("POST", "/invocations", invocations, "mlflow", render_error, predict=True),
+        Route("POST", "/invocations", invocations, "mlflow", render_error, predict=True,
+              accepts=(JSON, b"text/csv")),
         Route("GET", "/ping", ping, "health", render_error),
         Route("GET", "/health", ping, "health", render_error),
         Route("GET", "/version", version, "mlflow", render_error),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlharbor import __version__
 from mlharbor.core.errors import MlharborError
-from mlharbor.serving.http import Request, Response, Route, json_response
+from mlharbor.serving.http import JSON_ONLY, Request, Response, Route, json_response
 from mlharbor.serving.protocols.payload import (
     answer_headers,
     jsonable,
@@ -106,11 +106,12 @@ def routes(plane: DataPlane, pool: ModelPool, feedback: FeedbackWriter | None = 
         return json_response({"name": "mlharbor", "version": __version__})
 
     extra = [] if feedback is None else [
-        Route("POST", "/v1/endpoints/{name}/feedback", post_feedback, "native", render_error)]
+        Route("POST", "/v1/endpoints/{name}/feedback", post_feedback, "native", render_error,
+              accepts=JSON_ONLY)]
     return [
         *extra,
         Route("POST", "/v1/endpoints/{name}/predict", predict, "native", render_error,
-              predict=True),
+              predict=True, accepts=JSON_ONLY),
         Route("GET", "/v1/endpoints", list_status, "native", render_error),
         Route("GET", "/v1/endpoints/{name}", endpoint_status, "native", render_error),
         Route("GET", "/livez", livez, "health", render_error),

@@ -11,6 +11,7 @@ size in ``parameters.binary_data_size``; outputs are returned binary when the re
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import orjson
 
 from mlharbor import __version__
 from mlharbor.core.errors import InvalidInputError, MlharborError, NotFoundError
-from mlharbor.serving.http import Request, Response, Route, json_response
+from mlharbor.serving.http import JSON, Request, Response, Route, json_response
 from mlharbor.serving.protocols.payload import answer_headers, parse_json
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ DTYPES: dict[str, Any] = {
 SIGNATURE_TYPES = {"float64": "FP64", "float32": "FP32", "int64": "INT64", "int32": "INT32",
                    "bool": "BOOL", "string": "BYTES"}
 HEADER_LENGTH = b"inference-header-content-length"
+MAX_RANK = 8  # dimensions of one input tensor
+MAX_ELEMENTS = 2**32  # elements one tensor's shape may describe (and its data must hold)
+# JSON, or a JSON header followed by binary tensors (the binary tensor extension)
+ACCEPTS = (JSON, b"application/octet-stream")
 
 
 def render_error(exc: MlharborError, status: int) -> Response:
@@ -60,10 +65,7 @@ def _decode_tensor(spec: dict[str, Any], blob: bytes | None, index: int) -> np.n
         raise InvalidInputError(
             f"Input {name!r} has datatype {datatype!r}; expected one of {', '.join(DTYPES)}.",
             field=f"{where}.datatype", expected=list(DTYPES), received=datatype)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidInputError(f"Input {name!r} needs a shape of non-negative integers.",
-                                field=f"{where}.shape", expected="[n, ...]", received=shape)
-    count = int(np.prod(shape)) if shape else 1
+    count = _element_count(name, shape, where)
     if blob is not None:
         if datatype == "BYTES":
             values = _bytes_elements(blob, name)
@@ -84,7 +86,7 @@ def _decode_tensor(spec: dict[str, Any], blob: bytes | None, index: int) -> np.n
                                     field=f"{where}.data")
         try:
             arr = np.array(data, dtype=DTYPES[datatype]).reshape(-1)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidInputError(f"Input {name!r}: its data is not {datatype}: {exc}.",
                                     field=f"{where}.data", expected=datatype) from exc
     if arr.size != count:
@@ -95,6 +97,29 @@ def _decode_tensor(spec: dict[str, Any], blob: bytes | None, index: int) -> np.n
         arr = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
                         for v in arr.tolist()], dtype=object)
     return arr.reshape(shape) if shape else arr
+
+
+def _element_count(name: str, shape: Any, where: str) -> int:
+    """The element count of a tensor shape, checked before anything is allocated: at most
+    ``MAX_RANK`` whole numbers >= 0, describing at most ``MAX_ELEMENTS`` elements (zero
+    dimensions counted as one, so that an empty tensor cannot carry absurd dimensions
+    either). The count is computed on Python integers (numpy's product silently wraps past
+    2**63), and it must then equal the number of values sent, so no shape makes the server
+    allocate more than it received."""
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise InvalidInputError(
+            f"Input {name!r} needs a shape of at most {MAX_RANK} whole numbers >= 0; "
+            f"received {str(shape)[:200]}.", field=f"{where}.shape",
+            expected="[n, ...]", received=str(shape)[:200])
+    span = math.prod(d or 1 for d in shape)
+    if span > MAX_ELEMENTS:
+        raise InvalidInputError(
+            f"Input {name!r} has shape {str(shape)[:200]}: {span} elements, more than the "
+            f"{MAX_ELEMENTS} a tensor may have.", hint="Send the shape of the data you send.",
+            field=f"{where}.shape", expected=f"<= {MAX_ELEMENTS} elements",
+            received=str(shape)[:200])
+    return math.prod(shape)
 
 
 def _bytes_elements(blob: bytes, name: str) -> list[bytes]:
@@ -290,8 +315,8 @@ def routes(plane: DataPlane) -> list[Route]:
         Route("GET", v, model_metadata, "v2", render_error),
         Route("GET", p + "/ready", model_ready, "v2", render_error),
         Route("GET", v + "/ready", model_ready, "v2", render_error),
-        Route("POST", p + "/infer", infer, "v2", render_error, predict=True),
-        Route("POST", v + "/infer", infer, "v2", render_error, predict=True),
+        Route("POST", p + "/infer", infer, "v2", render_error, predict=True, accepts=ACCEPTS),
+        Route("POST", v + "/infer", infer, "v2", render_error, predict=True, accepts=ACCEPTS),
     ]
 
 
