@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             f"{endpoint}: {'DRIFT' if dataset['drifted'] else 'no drift'} "
             f"({report['window']['rows']} rows, drifted share {dataset['drifted_share']:.0%})",
             ["feature", "drifted", "score", "tests"],
-            [(f["name"], "yes" if f["drifted"] else "", f"{f['score'] or float('inf'):.2f}",
+            [(f["name"], "yes" if f["drifted"] else "", _score(f["score"]),
               ", ".join(f["drifted_tests"])) for f in report["features"]])
         if fail_on_drift and dataset["drifted"]:
             sys.exit(1)
@@ -114,3 +114,8 @@ def _monitor(ctx: typer.Context) -> Any:
 
     settings = settings_from(ctx)
     return Monitor(settings, open_registry(settings))
+
+
+def _score(score: float | None) -> str:
+    """A drift score as the report shows it: ``None`` is the JSON for an infinite score."""
+    return "inf" if score is None else f"{score:.2f}"

@@ -13,6 +13,18 @@ stay comparable. The profile is plain JSON::
 
 Numeric ``counts`` has one entry per bin between consecutive ``bin_edges``; values below the
 first or above the last edge fall in the first or last bin.
+
+Bins are quantiles of the reference, except for a **discrete** column: integer values only,
+at most :data:`MAX_DISTINCT_VALUES` of them. Quantile edges cannot split a value, so a 0/1
+column would get a single bin "0 to 1" at 100% and its drift could never show. A discrete
+column is profiled by value instead (``"binning": "values"``, ``"values": [...]``): one bin
+``[v - 1/4, v + 1/4)`` per reference value ``v``, one bin for each gap between consecutive
+values, one below the smallest and one above the largest. The gap and outer bins are empty in
+the reference, so a window's values that the reference never had (a shift by 0.5, a new
+code, a value off either end) land apart from every reference value and move the statistics.
+The quarter-width keeps float noise (``0.9999999``) on its value. 20 is the quantile bin count:
+a column with at most 20 values loses nothing a quantile binning could resolve, and it is the
+bound under which a numeric target is read as classes (:mod:`mlharbor.data.schema`).
 """
 
 from __future__ import annotations
@@ -25,6 +37,9 @@ if TYPE_CHECKING:
 
 PROFILE_FORMAT = "mlharbor.profile/v1"
 NUMERIC_BINS = 20
+MAX_DISTINCT_VALUES = 20  # integer columns with at most this many values are binned by value
+VALUE_HALF_WIDTH = 0.25  # a value's bin is [v - 1/4, v + 1/4): integers are 1 apart
+_EXACT_FLOAT_INTEGERS = 2.0 ** 50  # beyond this, v +- 1/4 is not exact in float64
 SAMPLE_SIZE = 10_000
 MAX_CATEGORIES = 50
 OTHER = "__other__"
@@ -64,9 +79,15 @@ def _numeric(series: pd.Series, seed: int, sample_size: int) -> dict[str, Any]:
     if len(present) == 0:
         entry.update(bin_edges=[], counts=[], sample=[], mean=None, std=None, min=None, max=None)
         return entry
-    edges = np.unique(np.quantile(present, np.linspace(0.0, 1.0, NUMERIC_BINS + 1)))
-    if len(edges) == 1:
-        edges = np.array([edges[0], edges[0]])
+    values = discrete_values(present)
+    if values is not None:
+        edges = value_edges(values)
+        entry.update(binning="values", values=[float(v) for v in values])
+    else:
+        edges = np.unique(np.quantile(present, np.linspace(0.0, 1.0, NUMERIC_BINS + 1)))
+        if len(edges) == 1:
+            edges = np.array([edges[0], edges[0]])
+        entry["binning"] = "quantiles"
     entry.update(
         bin_edges=[float(e) for e in edges],
         counts=[int(c) for c in bin_counts(present, edges)],
@@ -77,6 +98,31 @@ def _numeric(series: pd.Series, seed: int, sample_size: int) -> dict[str, Any]:
         max=float(present.max()),
     )
     return entry
+
+
+def discrete_values(present: Any) -> Any:
+    """The sorted distinct values of ``present`` when the column is discrete, else None."""
+    import numpy as np
+
+    if not np.all(np.isfinite(present)) or np.abs(present).max() >= _EXACT_FLOAT_INTEGERS:
+        return None
+    if not np.all(present == np.round(present)):
+        return None
+    values = np.unique(present)
+    return values if len(values) <= MAX_DISTINCT_VALUES else None
+
+
+def value_edges(values: Any) -> Any:
+    """Edges of the per-value layout: below, then per value its bin and the gap after it.
+
+    ``[v1 - 3/4, v1 - 1/4, v1 + 1/4, v2 - 1/4, v2 + 1/4, ..., vk + 1/4, vk + 3/4]``: bin ``2i + 1``
+    holds value ``i``; even bins are the empty outer and gap bins.
+    """
+    import numpy as np
+
+    h = VALUE_HALF_WIDTH
+    inner = np.column_stack([values - h, values + h]).ravel()
+    return np.concatenate([[values[0] - 3 * h], inner, [values[-1] + 3 * h]])
 
 
 def bin_counts(values: Any, edges: Any) -> Any:

@@ -65,9 +65,20 @@ def _shares(counts: np.ndarray) -> list[float]:
 def _labels(ref: FeatureReference) -> list[str]:
     if not ref.numeric:
         return [*ref.categories, *([OTHER_LABEL] if ref.has_other else [])]
+    if ref.values:
+        return _value_labels(ref.values)
     edges: list[float] = [] if ref.edges is None else [float(e) for e in ref.edges]
     show = _date if ref.kind == "datetime" else _number
     return [f"{show(lo)} to {show(hi)}" for lo, hi in itertools.pairwise(edges)]
+
+
+def _value_labels(values: tuple[float, ...]) -> list[str]:
+    """Labels of the per-value layout: below, each value and the gap after it, above."""
+    shown = [f"{int(v)}" for v in values]
+    labels = [f"below {shown[0]}"]
+    for low, high in itertools.pairwise(shown):
+        labels += [low, f"between {low} and {high}"]
+    return [*labels, shown[-1], f"above {shown[-1]}"]
 
 
 def _number(value: float) -> str:

@@ -2,8 +2,9 @@
 
 :func:`Reference.from_profile` reads the ``mlharbor.profile/v1`` document written by
 :mod:`mlharbor.data.profile` (stored with each trained version). It holds everything drift needs
-per feature: numeric quantile bin edges with counts and a sample, categorical counts, the
-missing share, and feature importances. :func:`Reference.from_frame` builds the same thing from
+per feature: numeric bin edges (quantiles, or per value for discrete columns: see
+:mod:`mlharbor.data.profile`) with counts and a sample, categorical counts, the missing share,
+and feature importances. :func:`Reference.from_frame` builds the same thing from
 a DataFrame (used when a version was registered without a profile, and for the prediction
 reference, which the training profile does not hold: see :func:`prediction_entry`).
 """
@@ -39,6 +40,7 @@ class FeatureReference:
     scale: float = 1.0  # numeric: reference standard deviation
     categories: tuple[str, ...] = ()  # categorical: one bin per category ...
     has_other: bool = False  # ... plus a last "other" bin for the long tail
+    values: tuple[float, ...] = ()  # numeric binned by value: bin 2i + 1 holds values[i]
 
     @property
     def rows(self) -> int:
@@ -150,8 +152,18 @@ def _feature(name: str, entry: Mapping[str, Any], rows: int) -> FeatureReference
         missing = _missing(missing_share, present)
         sample = np.asarray(entry.get("sample") or [], dtype=float)
         scale = float(entry.get("std") or 0.0) or float(np.ptp(edges)) or 1.0
+        values: tuple[float, ...] = ()
+        if entry.get("binning") == "values":
+            values = tuple(float(v) for v in entry.get("values") or [])
+            if len(edges) != 2 * len(values) + 2:
+                raise InvalidInputError(
+                    f"Feature {name!r} of the reference profile is binned by value but has "
+                    f"{len(values)} values for {len(edges)} edges (expected "
+                    f"{2 * len(values) + 2}).",
+                    hint="Rebuild the profile (mlharbor.data.profile.build_profile).",
+                )
         return FeatureReference(name, kind, counts, missing, edges,
-                                _points(edges, sample), scale)
+                                _points(edges, sample), scale, values=values)
     if kind == "categorical":
         raw = entry.get("counts") or {}
         categories = tuple(str(c) for c in raw)
