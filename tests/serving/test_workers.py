@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -267,7 +268,7 @@ def test_two_tls_workers_share_the_port_log_everything_and_stop_on_sigterm(
     port = int(served.url.rsplit(":", 1)[1])
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     with served.verify.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: x\r\n"
+        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                      b"authorization: " + served.headers["Authorization"].encode() + b"\r\n"
                      b"content-type: application/json\r\n"
                      b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
@@ -301,6 +302,74 @@ def test_two_tls_workers_share_the_port_log_everything_and_stop_on_sigterm(
     # One row per predicted row: the request in flight at SIGTERM had 200.
     assert len(logged) == len(answered) - 1 + 200
     assert sorted(set(logged)) == sorted(answered)
+
+
+def _native_ok(text: str) -> float:
+    """``mlharbor_requests_total`` of native predictions answered 200 on endpoint churn."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlharbor_requests_total" and sample.labels == {
+                    "protocol": "native", "endpoint": "churn", "code": "200"}:
+                return sample.value
+    return 0.0
+
+
+def _gauge(text: str, name: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_metrics_add_up_every_worker_whichever_answers_the_scrape(
+        start_workers: Any, home_settings: Any, pki: Pki) -> None:
+    import tempfile
+
+    folders = Path(tempfile.gettempdir())
+    before = set(folders.glob("mlharbor-metrics-*"))
+    served = start_workers("churn@champion", "--workers", "2", "--tls-cert", str(pki.cert),
+                           "--tls-key", str(pki.key), ca=pki.ca)
+    journals = home_settings.home / "monitoring" / "journal"
+    sent = 0
+    deadline = time.monotonic() + 60
+    while True:  # until both workers have answered predictions (their journals say so)
+        for _ in range(20):  # a new connection each: the kernel spreads them over workers
+            response = httpx.post(f"{served.url}/v1/endpoints/churn/predict", json=ROW,
+                                  headers=served.headers, verify=served.verify, timeout=30)
+            assert response.status_code == 200, response.text
+            sent += 1
+        time.sleep(1.5)  # journals flush within 1 s; metric snapshots within 0.5 s
+        per_slot = [_journal_entries(slot) for slot in journals.glob("slot-*")]
+        if sum(1 for n in per_slot if n) >= 2 or time.monotonic() > deadline:
+            break
+    assert sum(1 for n in per_slot if n) >= 2, per_slot  # neither worker alone saw `sent`
+    assert sum(per_slot) == sent
+    texts = [httpx.get(f"{served.url}/metrics", headers=served.headers, verify=served.verify,
+                       timeout=10).text for _ in range(8)]
+    for text in texts:
+        assert _native_ok(text) == sent
+        assert _gauge(text, "mlharbor_workers") == 2
+        assert _gauge(text, "mlharbor_endpoint_ready") == 1  # every worker ready
+    # The parent made one folder for this server, where each worker keeps its snapshot, and
+    # removes it when it stops.
+    (shared,) = set(folders.glob("mlharbor-metrics-*")) - before
+    assert sorted(int(p.stem) for p in shared.glob("*.json")) == _workers(served.proc.pid)
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(60) == 0
+    assert not shared.exists()
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/system-deps.sh installs prometheus)")
+    lint = subprocess.run([promtool, "check", "metrics"], input=texts[0], capture_output=True,
+                          text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 @pytest.mark.slow

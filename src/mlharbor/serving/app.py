@@ -13,8 +13,11 @@ GraphQL included, sits behind the same body limit, content-type check and load s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mlharbor.serving.batching import MicroBatcher
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from mlharbor.serving.model import ServedModel
     from mlharbor.serving.protocols.native import FeedbackWriter
     from mlharbor.settings import Settings
-    from mlharbor.telemetry.metrics import ServingMetrics
+    from mlharbor.telemetry.metrics import ServingMetrics, SharedMetrics
 
 log = logging.getLogger("mlharbor.serving")
 SHADOW_THREADS = 1  # threads running shadow models, apart from the primaries' threads
@@ -61,6 +64,12 @@ class ServingApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.asgi(scope, receive, send)
 
+    def share_metrics(self, directory: Path) -> None:
+        """Merge ``/metrics`` with the other workers of this server that share ``directory``
+        (the runner calls it in each worker of ``serve --workers N``); the snapshot is
+        written while the app runs (see mlharbor.telemetry.metrics)."""
+        self.http.metrics.share(directory)
+
 
 def _freeze_startup_objects() -> None:
     """Move everything alive after start-up (libraries, loaded models) out of the garbage
@@ -73,6 +82,16 @@ def _freeze_startup_objects() -> None:
 
     gc.collect()
     gc.freeze()
+
+
+async def _write_snapshots(shared: SharedMetrics) -> None:
+    """Write this worker's metrics snapshot every ``SNAPSHOT_INTERVAL_S`` until cancelled."""
+    from mlharbor.telemetry.metrics import SNAPSHOT_INTERVAL_S
+
+    while True:
+        with contextlib.suppress(OSError):  # the folder went away: the server is stopping
+            await asyncio.to_thread(shared.write)
+        await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
 def single_model_spec(ref: str) -> EndpointSpec:
@@ -168,8 +187,13 @@ def create_serving_app(
     router.add(Route("POST", "/graphql", graphql, "graphql", native.render_error,
                      predict=True, accepts=JSON_ONLY))
 
+    sharing: list[asyncio.Task[None]] = []
+
     async def lifespan(phase: str) -> None:
         if phase == "startup":
+            if metrics.shared is not None:
+                sharing.append(asyncio.get_running_loop().create_task(
+                    _write_snapshots(metrics.shared)))
             dispatcher.start()
             try:
                 await reconciler.sync()
@@ -179,6 +203,10 @@ def create_serving_app(
             _freeze_startup_objects()
             reconciler.start()
         elif phase == "shutdown":
+            for task in sharing:
+                task.cancel()
+            if metrics.shared is not None:
+                await asyncio.to_thread(metrics.shared.write)  # the final counts
             await reconciler.stop()
             dispatcher.stop()
             inference.shutdown(wait=False, cancel_futures=True)

@@ -14,7 +14,10 @@ what is opened; ``close`` runs once the app's own shutdown is done.
   metrics and sink, and accepts on the shared socket. SIGTERM/SIGINT to the parent reaches
   every worker, each drains as above, and the parent exits with status 0 once all are gone.
   A worker that dies is replaced; one that cannot start stops them all (exit status 8).
-  SIGHUP restarts the workers one by one, SIGTTIN/SIGTTOU add or remove one.
+  SIGHUP restarts the workers one by one, SIGTTIN/SIGTTOU add or remove one. ``/metrics``
+  adds up every worker's numbers, whichever worker answers the scrape: the parent creates a
+  folder for this server (removed when it stops) where each worker keeps a snapshot of its
+  metrics (mlharbor.telemetry.metrics), handed to the app's ``share_metrics``.
 
 The socket is bound here in both cases, so a busy port is one clear error, and port 0 is
 resolved once for every worker. TLS files are checked before anything starts
@@ -156,17 +159,22 @@ def run_server(settings: Settings, build: AppBuilder, listener: Listener) -> Non
 def run_workers(settings: Settings, build: AppBuilder, listener: Listener) -> None:
     """Serve with ``listener.workers`` processes until SIGTERM/SIGINT (see the module
     docstring); ``build`` is pickled into each worker, which calls it once."""
+    import shutil
+    import tempfile
+
     from uvicorn.supervisors import Multiprocess
 
     sock = bind(listener)
+    shared = Path(tempfile.mkdtemp(prefix="mlharbor-metrics-"))
     try:
-        config = _config(settings, _WorkerApp(build), listener, sock,
+        config = _config(settings, _WorkerApp(build, shared), listener, sock,
                          factory=True, workers=listener.workers)
         supervisor = Multiprocess(config, sockets=[sock])
         _announce(listener, sock)
         supervisor.run()
     finally:
         sock.close()
+        shutil.rmtree(shared, ignore_errors=True)
     failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
     if failed:
         raise UnavailableError(
@@ -211,18 +219,23 @@ def _announce(listener: Listener, sock: socket.socket) -> None:
 
 
 class _WorkerApp:
-    """The app factory each worker process calls: the builder's app, closed after shutdown.
+    """The app factory each worker process calls: the builder's app, closed after shutdown,
+    sharing its metrics through ``metrics_dir`` with the other workers.
 
     A worker whose app cannot be built logs why and exits with uvicorn's startup-failure
     status, so its supervisor stops instead of restarting it forever.
     """
 
-    def __init__(self, build: AppBuilder) -> None:
+    def __init__(self, build: AppBuilder, metrics_dir: Path | None = None) -> None:
         self.build = build
+        self.metrics_dir = metrics_dir
 
     def __call__(self) -> _ClosingApp:
         try:
             app, close = self.build()
+            share = getattr(app, "share_metrics", None)
+            if self.metrics_dir is not None and share is not None:
+                share(self.metrics_dir)
         except Exception as exc:
             log.error("serving worker failed to start: %s", " ".join(str(exc).split()),
                       extra={"event": "serving.worker_failed", "error": type(exc).__name__})

@@ -3,16 +3,35 @@
 Base units (seconds, rows), bounded labels: ``endpoint`` takes only names of configured
 endpoints (anything else is counted as ``other``), ``protocol`` one of a fixed set, ``code`` the
 HTTP status. Label children are cached, so recording costs a dict lookup and an add.
+
+With ``mlharbor serve --workers N`` each worker process records into its own registry, as
+above, and nothing more on the hot path; :meth:`ServingMetrics.share` (called by the runner in
+each worker) makes it also write a snapshot of its registry to a folder the parent process
+created for this server, every ``SNAPSHOT_INTERVAL_S`` and at shutdown. A scrape, whichever
+worker answers it, merges its own live numbers with the other workers' snapshots
+(:class:`SharedMetrics`): counters and histograms add up, so rates are right; gauges add up
+(requests in flight, backlogs), except ``mlharbor_endpoint_ready``, which is the minimum (ready
+when every worker is). The numbers of the other workers are at most ``SNAPSHOT_INTERVAL_S``
+old. A worker that died (and was replaced) keeps its counts in the sum, so counters never go
+back; its gauges are left out. ``mlharbor_workers`` says how many live workers were merged.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -21,6 +40,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OTHER = "other"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+SNAPSHOT_INTERVAL_S = 0.5
+# How the values of one gauge from several workers combine (default: their sum).
+GAUGE_MERGE: dict[str, Callable[[Iterable[float]], float]] = {"mlharbor_endpoint_ready": min}
 
 
 class ServingMetrics:
@@ -59,6 +81,14 @@ class ServingMetrics:
         self._endpoints: frozenset[str] = frozenset()
         self._models: frozenset[str] = frozenset()
         self._children: dict[tuple[Any, ...], Any] = {}
+        self.shared: SharedMetrics | None = None
+
+    def share(self, directory: Path) -> SharedMetrics:
+        """Merge this process's metrics with those of the other workers of one server that
+        share ``directory`` (see the module docstring). The caller runs
+        :meth:`SharedMetrics.write` every ``SNAPSHOT_INTERVAL_S`` and once at shutdown."""
+        self.shared = SharedMetrics(self.registry, directory)
+        return self.shared
 
     def set_known(self, endpoints: set[str], models: set[str]) -> None:
         """The label values allowed from now on (the configured endpoints and models)."""
@@ -106,7 +136,93 @@ class ServingMetrics:
         return model if model in self._models else OTHER
 
     def exposition(self) -> bytes:
+        if self.shared is not None:
+            return generate_latest(self.shared)
         return generate_latest(self.registry)
+
+
+Snapshot = list[dict[str, Any]]
+
+
+def snapshot(registry: CollectorRegistry) -> Snapshot:
+    """Every metric family of ``registry`` as JSON-ready data."""
+    return [{"name": m.name, "type": m.type, "help": m.documentation, "unit": m.unit,
+             "samples": [[x.name, x.labels, x.value] for x in m.samples]}
+            for m in registry.collect()]
+
+
+class SharedMetrics:
+    """One worker's side of the metrics of a multi-worker server: writes its snapshot to
+    ``<directory>/<pid>.json`` and, on scrape, merges its live registry with the snapshots
+    of the other workers (``collect``, so ``generate_latest(shared)`` is the exposition)."""
+
+    def __init__(self, registry: CollectorRegistry, directory: Path) -> None:
+        self.registry = registry
+        self.directory = directory
+        self.pid = os.getpid()
+        self.path = directory / f"{self.pid}.json"
+
+    def write(self) -> None:
+        """Replace this worker's snapshot at once (write aside, then rename)."""
+        data = json.dumps(snapshot(self.registry)).encode()
+        temp = self.path.with_suffix(".tmp")
+        temp.write_bytes(data)
+        temp.replace(self.path)
+
+    def _others(self) -> Iterator[tuple[Snapshot, bool]]:
+        """(snapshot, alive) of every other worker that has written one."""
+        for path in sorted(self.directory.glob("*.json")):
+            if path == self.path or not path.stem.isdigit():
+                continue
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # replaced or removed under us: the next scrape reads it
+            yield data, _alive(int(path.stem))
+
+    def collect(self) -> Iterator[Metric]:
+        parts = [(snapshot(self.registry), True), *self._others()]
+        yield from merge(parts)
+        workers = GaugeMetricFamily("mlharbor_workers",
+                                    "Live worker processes whose metrics this scrape merged.",
+                                    value=sum(1 for _s, alive in parts if alive))
+        yield workers
+
+
+def merge(parts: list[tuple[Snapshot, bool]]) -> Iterator[Metric]:
+    """The metric families of several workers' snapshots as one (see the module docstring);
+    gauges of dead workers are left out."""
+    families: dict[str, tuple[dict[str, Any], dict[tuple[Any, ...], list[float]]]] = {}
+    for data, alive in parts:
+        for family in data:
+            if family["type"] == "gauge" and not alive:
+                continue
+            entry = families.get(family["name"])
+            if entry is None:
+                entry = families[family["name"]] = (family, {})
+            values = entry[1]
+            for name, labels, value in family["samples"]:
+                if value is None:
+                    continue
+                key = (name, tuple(sorted(labels.items())))
+                values.setdefault(key, []).append(float(value))
+    for name, (family, values) in families.items():
+        metric = Metric(name, family["help"], family["type"], family.get("unit") or "")
+        combine = GAUGE_MERGE.get(name, sum) if family["type"] == "gauge" else sum
+        for (sample, labels), seen in values.items():
+            value = min(seen) if sample.endswith("_created") else combine(seen)
+            metric.add_sample(sample, dict(labels), value)
+        yield metric
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RequestStats:
