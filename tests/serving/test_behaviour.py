@@ -153,7 +153,7 @@ def test_body_limit_and_load_shedding(home_settings: Settings, registry: Any,
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     # refused on the headers alone: the body is never sent
     with socket.create_connection(("127.0.0.1", server.port), timeout=3) as sock:
-        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: x\r\n"
+        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                      b"content-type: application/json\r\ncontent-length: 99999999\r\n\r\n")
         assert sock.recv(200).startswith(b"HTTP/1.1 413")
     responses = asyncio.run(fire(server.url, 8, 8))

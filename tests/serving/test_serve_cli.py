@@ -113,7 +113,7 @@ def test_serve_one_model_by_reference_then_drain_on_sigterm(mlharbor_serve: Any)
         assert client.get("/v2/models/churn/ready").status_code == 200
     body = json.dumps(ROW * 200).encode()
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: x\r\n"
+        sock.sendall(b"POST /v1/endpoints/churn/predict HTTP/1.1\r\nhost: 127.0.0.1\r\n"
                      b"authorization: Bearer " + served.key.encode() + b"\r\n"
                      b"content-type: application/json\r\n"
                      b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
