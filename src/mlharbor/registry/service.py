@@ -117,9 +117,13 @@ class Registry:
         params: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None,
         manifest: dict[str, Any] | None = None, actor: str = LOCAL_ACTOR,
         status: VersionStatus | str = VersionStatus.READY, status_reason: str | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, environment: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Store every file under ``bundle_dir`` as a new version of ``name``.
+
+        ``environment`` is the environment that built the model, for the lineage: by default
+        this process's own (the model was built here); a server registering an upload passes
+        what the client declared, or :func:`~mlharbor.registry.lineage.unknown_environment`.
 
         The version number is taken first (status ``registering``), the files are uploaded,
         then the version becomes ``ready`` (or ``failed``, when ``status`` says so, e.g. after a
@@ -138,7 +142,8 @@ class Registry:
             name, actor=actor, description=description, tags=checked_tags,
             metrics=_check_metrics(metrics),
             params={k: str(v) for k, v in (params or {}).items()},
-            lineage={**environment_lineage(), **(lineage or {})},
+            lineage={**(environment_lineage() if environment is None else environment),
+                     **(lineage or {})},
         )
         try:
             stored = []
@@ -337,6 +342,44 @@ def _bundle_files(root: Path) -> list[tuple[str, Path]]:
     if not found:
         raise InvalidInputError(f"The folder {str(root)!r} is empty; nothing to register.")
     return found
+
+
+MAX_PATH_CHARS = 1024
+MAX_PART_BYTES = 255
+
+
+def bundle_path(text: str, *, field: str = "files") -> PurePosixPath:
+    """``text`` as a path inside a version's bundle, or InvalidInputError saying why not.
+
+    One spelling per file: relative, ``/``-separated (a ``\\`` counts as ``/``), no empty,
+    ``.`` or ``..`` parts, no NUL or other control character, no lone surrogate (it cannot
+    become a file name), no drive (``C:``), at most 1024 characters and 255 bytes a part.
+    What is accepted is returned unchanged, so it resolves strictly inside any folder it is
+    joined to. The message shows the name escaped (``repr``), so any input can be echoed.
+    """
+    cleaned = text.replace("\\", "/") if isinstance(text, str) else ""
+    parts = cleaned.split("/")
+    if (not cleaned or cleaned.startswith("/") or len(cleaned) > MAX_PATH_CHARS
+            or any(part in ("", ".", "..") for part in parts)
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in cleaned)
+            or ":" in parts[0] or not _encodable(cleaned)
+            or any(len(part.encode()) > MAX_PART_BYTES for part in parts)):
+        shown = ascii(text[:80]) if isinstance(text, str) else type(text).__name__
+        raise InvalidInputError(
+            f"File path {shown} is not allowed: it must name a file inside the bundle, "
+            "relative, with no empty, '.' or '..' parts and no control characters, each part "
+            f"at most {MAX_PART_BYTES} bytes and {MAX_PATH_CHARS} characters in all.",
+            field=field, received=shown, expected="a relative path such as model/weights.bin",
+        )
+    return PurePosixPath(cleaned)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 RESERVED_TAG_PREFIXES = ("signature.",)

@@ -17,6 +17,12 @@ from mlharbor.api.context import actor_of, registry_of, request_id_of
 from mlharbor.core.errors import InvalidInputError, NotFoundError
 from mlharbor.core.records import to_dict
 from mlharbor.core.refs import ModelRef
+from mlharbor.registry.lineage import (
+    declared_environment,
+    manifest_environment,
+    unknown_environment,
+)
+from mlharbor.registry.service import bundle_path
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
 NameParam = Annotated[str, Field(min_length=1, max_length=255)]
@@ -128,14 +134,23 @@ def upload_version(
     tags: str = Form("{}", description="JSON object of string tags"),
     metrics: str = Form("{}", description="JSON object of numeric metrics"),
     params: str = Form("{}", description="JSON object of parameters"),
+    environment: str = Form("", description="JSON object: the environment that built the "
+                            "model (python, platform, code_version, packages {name: version})"
+                            "; else taken from the bundle's manifest.json, else unknown"),
 ) -> dict[str, Any]:
-    """Register a version from uploaded files (stored as sent; use the CLI to build bundles)."""
+    """Register a version from uploaded files (stored as sent; use the CLI to build bundles).
+
+    The lineage records the environment that built the model: the one the client declares,
+    or the bundle manifest's, or "not provided"; never this server's own.
+    """
     parsed = {key: _json_object(key, text) for key, text in
               (("tags", tags), ("metrics", metrics), ("params", params))}
+    declared = declared_environment(_json_object("environment", environment)) \
+        if environment.strip() else None
     staging = Path(tempfile.mkdtemp(prefix="mlharbor-upload-"))
     try:
         for upload in files:
-            rel = _safe_relative(upload.filename or "")
+            rel = bundle_path(upload.filename or "")
             dest = staging / rel
             if dest.exists():
                 raise InvalidInputError(
@@ -155,6 +170,7 @@ def upload_version(
             name, staging, description=description, tags=parsed["tags"],
             metrics=parsed["metrics"], params=parsed["params"], actor=actor_of(request),
             request_id=request_id_of(request),
+            environment=declared or _uploaded_environment(staging),
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -201,7 +217,7 @@ def unarchive_version(request: Request, name: str, version: VersionParam) -> dic
 def download_file(request: Request, name: str, version: VersionParam, path: str) -> FileResponse:
     registry = registry_of(request)
     mv = registry.get_version(_ref(name, version))
-    rel = str(_safe_relative(path))
+    rel = str(bundle_path(path, field="path"))
     if rel not in {f.path for f in mv.files}:
         raise NotFoundError(f"Version {mv.ref} has no file {rel!r}.",
                             hint=f"Files: {', '.join(f.path for f in mv.files)}.")
@@ -296,6 +312,25 @@ def resolve(request: Request, reference: str) -> dict[str, Any]:
     return to_dict(registry_of(request).get_version(reference))  # type: ignore[no-any-return]
 
 
+#: A manifest larger than this is not read for its environment (it would not be a manifest).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def _uploaded_environment(staging: Path) -> dict[str, Any]:
+    """The build environment an uploaded bundle's manifest records, else unknown."""
+    from mlharbor.formats.bundle import MANIFEST_NAME
+
+    path = staging / MANIFEST_NAME
+    try:
+        if path.is_file() and path.stat().st_size <= MAX_MANIFEST_BYTES:
+            found = manifest_environment(json.loads(path.read_text(encoding="utf-8")))
+            if found is not None:
+                return found
+    except (OSError, ValueError):
+        pass  # not a readable manifest: the environment is simply unknown
+    return unknown_environment()
+
+
 def _json_object(field: str, text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -305,19 +340,3 @@ def _json_object(field: str, text: str) -> dict[str, Any]:
         raise InvalidInputError(f"{field} must be a JSON object; received "
                                 f"{type(value).__name__}.", field=field)
     return value
-
-
-def _safe_relative(text: str) -> PurePosixPath:
-    """A bundle-relative path that cannot escape the bundle."""
-    cleaned = text.replace("\\", "/")
-    path = PurePosixPath(cleaned)
-    if (not cleaned or "\x00" in cleaned or path.is_absolute()
-            or any(part in ("..", "") for part in cleaned.split("/"))
-            or ":" in path.parts[0]
-            or len(cleaned) > 1024 or any(len(part.encode()) > 255 for part in path.parts)):
-        raise InvalidInputError(
-            f"File path {text[:80]!r} is not allowed: it must be relative, inside the bundle, "
-            "with no '..' parts, each part at most 255 bytes and 1024 characters in all.",
-            field="files",
-        )
-    return path
