@@ -187,3 +187,34 @@ def test_a_wrong_key_in_the_login_form_is_refused(dashboard: tuple[str, str]) ->
     with_cookie = {"Cookie": right.headers["set-cookie"].split(";")[0]}
     assert httpx.get(f"{url}/ui", headers=with_cookie).status_code == 200
     assert httpx.get(f"{url}/ui/static/dashboard.js", headers=with_cookie).status_code == 200
+
+
+def test_login_returns_to_the_page_it_was_opened_with(dashboard: tuple[str, str]) -> None:
+    """/ui#/drift?endpoint=churn without a session -> the login form -> a wrong key -> the
+    right key -> that same drift page, not the default one."""
+    url, key = dashboard
+    with watched_context(url) as (_context, page):
+        page.goto(f"{url}/ui#/drift?endpoint=churn")
+        assert page.url == f"{url}/ui/login#/drift?endpoint=churn"
+        page.fill("#key", key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB"))
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#login-error:has-text('not valid')")
+        page.fill("#key", key)
+        page.click("#login button[type=submit]")
+        page.wait_for_url(f"{url}/ui#/drift?endpoint=churn")
+        page.wait_for_selector("#features tbody tr")  # the drift page, for churn
+
+
+@pytest.mark.parametrize("next_page", [
+    "//evil.example/ui", "https://evil.example/", "#/x\"><script>alert(1)</script>",
+    "/../api/v1/audit", "#/" + "a" * 500, "#\\evil.example",
+])
+def test_login_never_redirects_off_the_dashboard(dashboard: tuple[str, str],
+                                                 next_page: str) -> None:
+    url, key = dashboard
+    answer = httpx.post(f"{url}/ui/login", data={"key": key, "next": next_page},
+                        headers={"Origin": url})
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui"
+    kept = httpx.post(f"{url}/ui/login", data={"key": key, "next": "#/endpoints/churn"},
+                      headers={"Origin": url})
+    assert kept.headers["location"] == "/ui#/endpoints/churn"

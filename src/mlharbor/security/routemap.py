@@ -139,7 +139,7 @@ RULES: tuple[RouteRule, ...] = (
     # The dashboard's login form: public (it is how a browser gets a credential). POST
     # /ui/login checks the key itself (mlharbor.security.middleware.LoginGate); the session
     # cookie it sets is only ever accepted for GET/HEAD.
-    *_rules("GET", PUBLIC, None, "/ui/login"),
+    *_rules("GET", PUBLIC, None, "/ui/login", "/ui/login.js"),
     *_rules("POST", PUBLIC, None, "/ui/login", "/ui/logout"),
     # -- dashboard data (issue 7): traffic charts, version lineage and evaluation reports, the
     # deployment ledger (alias moves, endpoint revisions, and the deploy.* records: target,

@@ -15,6 +15,7 @@ site, is refused (403).
 from __future__ import annotations
 
 import html
+import re
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,9 +28,12 @@ from mlharbor.security.middleware import SESSION_COOKIE, LoginGate
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
-# The login form loads nothing at all and may only post to this origin.
-LOGIN_CSP = ("default-src 'none'; img-src data:; form-action 'self'; frame-ancestors 'none'; "
-             "base-uri 'none'")
+# The login form loads only its one script and may only post to this origin.
+LOGIN_CSP = ("default-src 'none'; script-src 'self'; img-src data:; form-action 'self'; "
+             "frame-ancestors 'none'; base-uri 'none'")
+# A dashboard page to return to after login: a hash route of /ui and nothing else (an open
+# redirect to another site, or markup, cannot get through).
+DEEP_LINK = re.compile(r"#/[A-Za-z0-9_.~!$&'()*+,;=:@%/?-]{0,400}")
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -37,10 +41,13 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def _login_page(request: Request, status: int = 200, error: str = "") -> HTMLResponse:
+def _login_page(request: Request, status: int = 200, error: str = "", next_page: str = ""
+                ) -> HTMLResponse:
     text = resources.files("mlharbor.ui").joinpath("templates", "login.html").read_text("utf-8")
     text = (text.replace("{action}", html.escape(f"{_root(request)}/ui/login"))
-            .replace("{error}", html.escape(error)))
+            .replace("{error}", html.escape(error))
+            .replace("{script}", html.escape(f"{_root(request)}/ui/login.js"))
+            .replace("{next}", html.escape(next_page if DEEP_LINK.fullmatch(next_page) else "")))
     return HTMLResponse(text, status_code=status,
                         headers={"Content-Security-Policy": LOGIN_CSP, **NO_STORE})
 
@@ -85,6 +92,18 @@ def login_form(request: Request) -> HTMLResponse:
     return _login_page(request)
 
 
+@router.get("/ui/login.js")
+def login_script() -> Response:
+    script = resources.files("mlharbor.ui").joinpath("static", "login.js").read_bytes()
+    return Response(script, media_type="text/javascript",
+                    headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _after_login(request: Request, next_page: str) -> str:
+    """Where a successful login goes: the dashboard page it was sent from, when that is one."""
+    return f"{_root(request)}/ui{next_page if DEEP_LINK.fullmatch(next_page) else ''}"
+
+
 @router.post("/ui/login", response_model=None)
 async def login(request: Request) -> Response:
     """Check the form's ``key`` with the identity store, open a session for it and hand the
@@ -92,6 +111,7 @@ async def login(request: Request) -> Response:
     _same_origin(request)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
     key = (form.get("key") or [""])[0].strip()
+    next_page = (form.get("next") or [""])[0]
     gate: LoginGate = request.app.state.login_gate
     client = request.client.host if request.client else "?"
     try:
@@ -99,8 +119,8 @@ async def login(request: Request) -> Response:
             key, client=client, path=request.url.path,
             request_id=getattr(request.state, "request_id", None)))
     except AuthenticationError:
-        return _login_page(request, 401, "That API key is not valid.")
-    response = _redirect(f"{_root(request)}/ui")
+        return _login_page(request, 401, "That API key is not valid.", next_page)
+    response = _redirect(_after_login(request, next_page))
     response.headers.append("Set-Cookie", _session_cookie(
         token, secure=gate.secure_cookie(request.url.scheme)))
     return response
