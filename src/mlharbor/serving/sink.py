@@ -93,7 +93,12 @@ class SinkDispatcher:
             try:
                 self.sink.write(chunk)
             except Exception:
-                log.exception("prediction sink failed; %d record(s) lost", len(chunk))
+                # Counted like a full buffer (metric and all): a lost record is never silent.
+                self.dropped += len(chunk)
+                if self.on_drop is not None:
+                    self.on_drop(len(chunk))
+                log.exception("prediction sink failed; %d record(s) dropped (%d since start)",
+                              len(chunk), self.dropped)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
