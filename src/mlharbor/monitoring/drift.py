@@ -177,6 +177,8 @@ class DriftEngine:
         cal, name = self.calibration, ref.name
         tests: list[TestResult] = []
         n = counts.present
+        if counts.rows:  # a window under the calibration grid is calibrated at its size
+            cal.prepare(ref, max(n, 1))
         binned = st.NUMERIC_TESTS if ref.numeric else st.CATEGORICAL_TESTS
         if n > 0:
             stats = st.scores(binned, counts.counts, ref.counts, points=ref.points,

@@ -137,6 +137,11 @@ class Monitor:
     def performance(self, endpoint: str, *, start: Any, end: Any, window: Any,
                     task: str | None = None) -> list[dict[str, Any]]:
         rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
+        """Live metrics per ``window``-long step of ``[start, end)`` and version (at most
+        ``monitoring.max_windows`` steps: WindowLimitError before anything is read)."""
+        from mlharbor.monitoring.windows import check_time_windows
+
+        check_time_windows(end - start, window, self.settings.monitoring.max_windows)
                                          task=task)
         model = self._model_of(endpoint, start, end)
         if model is None or self.registry is None:
@@ -177,28 +182,48 @@ class Monitor:
         from mlharbor.monitoring.drift import DriftEngine
 
         mon = self.settings.monitoring
-        path = (self.cache_dir / "calibration" /
-                f"{reference.digest[:32]}-{mon.drift_alpha}-{mon.drift_min_share_change}.json")
+        path = self._calibration_path(reference)
         calibration = None
         if path.exists():
             calibration = Calibration.from_dict(orjson.loads(path.read_bytes()))
         if calibration is None:
             calibration = calibrate(reference, alpha=mon.drift_alpha,
                                     min_share_change=mon.drift_min_share_change)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps(calibration.to_dict()))
-            tmp.replace(path)
+            _write_atomic(path, orjson.dumps(calibration.to_dict()))
         return DriftEngine(reference, calibration, dataset_share=mon.drift_dataset_share)
 
     def drift(self, endpoint: str, *, start: Any, end: Any, step: Any = None,
+    def _calibration_path(self, reference: Any) -> Path:
+        mon = self.settings.monitoring
+        return (self.cache_dir / "calibration" /
+                f"{reference.digest[:32]}-{mon.drift_alpha}-{mon.drift_min_share_change}.json")
+
+    def _keep_calibration(self, engine: Any) -> None:
+        """Save the thresholds simulated for small windows' exact sizes, so the next report
+        (or process) does not simulate them again."""
+        import orjson
+
+        calibration = engine.calibration
+        if calibration.unsaved:
+            _write_atomic(self._calibration_path(engine.reference),
+                          orjson.dumps(calibration.to_dict()))
+            calibration.unsaved = False
+
               version: int | None = None, rows: int | None = None) -> dict[str, Any]:
         """Drift of ``[start, end)`` against the served version's profile, plus a series of
         windows: ``step``-long (finished windows' counts are cached and merged, not rescanned)
-        or, with ``rows``, consecutive windows of that many predictions."""
-        from mlharbor.core.errors import NotFoundError
-        from mlharbor.monitoring.windows import merge_all
+        or, with ``rows``, consecutive windows of that many predictions.
 
+        At most ``monitoring.max_windows`` windows: a finer step is refused (WindowLimitError)
+        before the log is read."""
+        from mlharbor.core.errors import InvalidInputError, NotFoundError
+        from mlharbor.monitoring.windows import merge_all, time_windows
+
+        if rows is not None and rows < 1:
+            raise InvalidInputError(f"Windows need at least one row; received {rows}.",
+                                    field="rows")
+        bounds = (time_windows(start, end, step or (end - start), limit=self.max_windows)
+                  if rows is None and end > start else [])
         model, version = self._served(endpoint, start, end, version)
         if model is None or version is None:
             raise NotFoundError(
@@ -209,7 +234,8 @@ class Monitor:
         if rows is not None:
             windows = self._count_windows(engine, endpoint, version, start, end, rows)
         else:
-            windows = self._time_windows(engine, endpoint, version, start, end, step)
+            windows = [self.window_counts(engine, endpoint, version, lo, hi)
+                       for lo, hi in bounds]
         total = merge_all(windows)
         if total is None:
             total = self.window_counts(engine, endpoint, version, start, end)
@@ -218,38 +244,26 @@ class Monitor:
         report = engine.compare(total).to_dict()
         report.update(endpoint=endpoint, model=model, version=version, series=series)
         return dict(report)
+        self._keep_calibration(engine)
 
-    def _time_windows(self, engine: Any, endpoint: str, version: int, start: Any, end: Any,
-                      step: Any) -> list[Any]:
-        from datetime import datetime
-
-        step = step or (end - start)
-        windows = []
-        moment = start
-        size = step.total_seconds()
-        while moment < end:
-            # Boundaries on the step's grid (whole hours for 1h), so the finished windows of
-            # one report are the cached windows of the next.
-            aligned = (moment.timestamp() // size + 1) * size
-            upper = min(datetime.fromtimestamp(aligned, tz=moment.tzinfo), end)
-            windows.append(self.window_counts(engine, endpoint, version, moment, upper))
-            moment = upper
-        return windows
+    @property
+    def max_windows(self) -> int:
+        """The one cap on windows per request (``monitoring.max_windows``)."""
+        return int(self.settings.monitoring.max_windows)
 
     def _count_windows(self, engine: Any, endpoint: str, version: int, start: Any, end: Any,
                        rows: int) -> list[Any]:
-        from datetime import UTC, datetime
+        from mlharbor.monitoring.windows import check_window_count, moment_of
 
-        from mlharbor.core.errors import InvalidInputError
-
-        if rows < 1:
-            raise InvalidInputError(f"Windows need at least one row; received {rows}.")
         table = self._version_rows(endpoint, version, start, end).sort_by("at")
         windows = []
+        check_window_count(-(-table.num_rows // rows), self.max_windows, field="rows",
+                           asked=f"{table.num_rows:,} predictions in windows of {rows:,} rows",
+                           fix="Ask for more rows per window or a shorter window.")
         for offset in range(0, table.num_rows, rows):
             part = table.slice(offset, rows)
-            first = datetime.fromtimestamp(part["at"][0].as_py() / 1e6, tz=UTC)
-            last = datetime.fromtimestamp(part["at"][-1].as_py() / 1e6, tz=UTC)
+            first = moment_of(part["at"][0].as_py())
+            last = moment_of(part["at"][-1].as_py())
             windows.append(self._count_table(engine, part, first, last))
         return windows
 
@@ -258,18 +272,18 @@ class Monitor:
         """Bin counts of one version's rows logged in [lo, hi), cached once the window is past."""
         import orjson
 
-        from mlharbor.core.clock import utcnow
+        from mlharbor.core.clock import epoch_micros, utcnow
         from mlharbor.monitoring.windows import WindowCounts
 
-        key = f"{engine.reference.digest[:16]}-{int(lo.timestamp())}-{int(hi.timestamp())}"
+        # Exact microseconds: two windows within one second are two cache entries.
+        key = f"{engine.reference.digest[:16]}-{epoch_micros(lo)}-{epoch_micros(hi)}"
         path = self.cache_dir / "windows" / endpoint / f"{version}-{key}.json"
         if path.exists():
             return WindowCounts.from_dict(orjson.loads(path.read_bytes()))
         counts = self._count_table(engine, self._version_rows(endpoint, version, lo, hi), lo, hi)
         settled = hi.timestamp() < utcnow().timestamp() - 2 * self.log.segment_interval_s - 60
         if settled:  # later rows cannot arrive any more: keep the counts
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(orjson.dumps(counts.to_dict()))
+            _write_atomic(path, orjson.dumps(counts.to_dict()))
         return counts
 
     def _version_rows(self, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
@@ -327,6 +341,23 @@ class Monitor:
 
 
 def _brief(report: Any) -> dict[str, Any]:
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (concurrent writers each use their own
+    temporary file; the last rename wins)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
     return {"drifted": report.drifted, "drifted_share": report.drifted_share,
             "drifted_features": report.drifted_features,
             "scores": {f.name: round(f.score, 4) for f in report.features}}

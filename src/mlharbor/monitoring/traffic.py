@@ -14,7 +14,7 @@ never disagree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import epoch_micros
@@ -80,7 +80,7 @@ def latency_quantile(table: pa.Table, q: float) -> float | None:
 
 
 def traffic(log: PredictionLog, endpoint: str, *, start: datetime, end: datetime,
-            step: timedelta) -> dict[str, Any]:
+            step: timedelta, max_buckets: int = MAX_BUCKETS) -> dict[str, Any]:
     """Requests, requests per second, latency p50/p95/p99 (seconds) and error rate per
     ``step`` bucket of ``[start, end)``, the totals, and how requests split over the routes.
 
@@ -89,7 +89,7 @@ def traffic(log: PredictionLog, endpoint: str, *, start: datetime, end: datetime
     import numpy as np
     import pyarrow.compute as pc
 
-    edges = bucket_edges(start, end, step)
+    edges = bucket_edges(start, end, step, max_buckets)
     table = log.scan(endpoint, start, end,
                      columns=["row", "shadow", "latency_s", "fallback", "model_ref", "version"])
     requests = first_rows(table)
@@ -116,27 +116,20 @@ def traffic(log: PredictionLog, endpoint: str, *, start: datetime, end: datetime
     }
 
 
-def bucket_edges(start: datetime, end: datetime, step: timedelta) -> list[datetime]:
-    """``start``, the step-grid boundaries inside ``(start, end)``, then ``end``."""
-    size = step.total_seconds()
-    if size <= 0:
+def bucket_edges(start: datetime, end: datetime, step: timedelta,
+                 max_buckets: int = MAX_BUCKETS) -> list[datetime]:
+    """``start``, the step-grid boundaries inside ``(start, end)``, then ``end``: the windows
+    of :func:`mlharbor.monitoring.windows.time_windows` (exact microseconds; more than
+    ``max_buckets`` is refused there, the one window cap)."""
+    from mlharbor.monitoring.windows import time_windows
+
+    if step <= timedelta(0):
         raise InvalidInputError(f"The step must be positive; received {step}.", field="step")
     if end <= start:
         raise InvalidInputError("The window is empty: its end is not after its start.",
                                 field="window")
-    span = (end - start).total_seconds()
-    if span / size > MAX_BUCKETS:
-        raise InvalidInputError(
-            f"A {span:.0f}s window in {size:.0f}s steps is {span / size:.0f} buckets; at most "
-            f"{MAX_BUCKETS} are drawn.", hint="Use a longer step or a shorter window.",
-            field="step")
-    edges = [start]
-    moment = (start.timestamp() // size + 1) * size
-    while moment < end.timestamp():
-        edges.append(datetime.fromtimestamp(moment, tz=UTC))
-        moment += size
-    edges.append(end)
-    return edges
+    windows = time_windows(start, end, step, limit=max_buckets)
+    return [windows[0][0], *(hi for _lo, hi in windows)]
 
 
 def _bucket(lo: datetime, hi: datetime, latencies: np.ndarray, fallback: np.ndarray

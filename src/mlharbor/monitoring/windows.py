@@ -8,12 +8,14 @@ month of drift is the sum of its days, without rescanning the log.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from mlharbor.core.errors import InvalidInputError
 from mlharbor.monitoring.reference import PREDICTION, FeatureReference, Reference
 
 UNSEEN_KEPT = 10  # most frequent unseen categories named in a report
@@ -201,28 +203,145 @@ def _length(data: Any) -> int:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MICROSECOND = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_DURATION_S = 10 * 366 * 86400
 
 
-def parse_duration(text: str) -> Any:
-    """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` as a timedelta (ConfigError-free: InvalidInput)."""
-    from datetime import timedelta
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``2w``, ``5.13m`` as a timedelta of whole
+    microseconds (InvalidInputError when malformed, not positive, shorter than a microsecond
+    or longer than ten years).
 
-    from mlharbor.core.errors import InvalidInputError
+    The amount is read as a decimal, not a float, so ``40.7s`` is exactly 40,700,000 us:
+    windows are cut on integer microseconds (:func:`window_bounds`), like the log's times.
+    """
+    from decimal import ROUND_HALF_EVEN, Decimal, DecimalException
 
     value = text.strip().lower()
     try:
-        amount = float(value[:-1])
+        amount = Decimal(value[:-1])
         unit = _UNITS[value[-1]]
-    except (KeyError, ValueError, IndexError) as exc:
+    except (KeyError, DecimalException, IndexError) as exc:
         raise InvalidInputError(
             f"The duration {text!r} is not understood.",
             hint="Write a number and a unit: 90s, 15m, 24h, 7d or 2w.") from exc
-    if not amount > 0:  # also NaN
-        raise InvalidInputError(f"The duration {text!r} must be positive.")
-    if amount * unit > MAX_DURATION_S:  # also infinity
+    if not amount.is_finite() or not amount > 0:
+        raise InvalidInputError(f"The duration {text!r} must be a positive number.")
+    if amount > MAX_DURATION_S or amount * unit > MAX_DURATION_S:
         raise InvalidInputError(f"The duration {text!r} is longer than ten years.",
                                 hint="Ask for a shorter window.")
-    return timedelta(seconds=amount * unit)
+    micros = int((amount * unit * 1_000_000).to_integral_value(ROUND_HALF_EVEN))
+    if micros < 1:
+        raise InvalidInputError(f"The duration {text!r} is shorter than a microsecond.")
+    return timedelta(microseconds=micros)
 
 
-MAX_DURATION_S = 10 * 366 * 86400
+# -- windows on the step's grid ------------------------------------------------------------
+
+
+class WindowLimitError(InvalidInputError):
+    """More windows were asked for than ``monitoring.max_windows`` allows (HTTP routes answer
+    it 422 naming the parameter, like any malformed query)."""
+
+
+def moment_of(micros: int) -> datetime:
+    """The UTC moment ``micros`` microseconds after the Unix epoch: the inverse of
+    :func:`mlharbor.core.clock.epoch_micros`, exact (no float on the way)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def window_count(start_us: int, end_us: int, step_us: int) -> int:
+    """How many windows :func:`window_bounds` cuts ``[start_us, end_us)`` into (O(1))."""
+    if end_us <= start_us:
+        return 0
+    # Grid points g * step strictly inside (start, end): g from start // step + 1 to
+    # (end - 1) // step; each one splits a window in two.
+    return (end_us - 1) // step_us - start_us // step_us + 1
+
+
+def check_window_count(count: int, limit: int, *, asked: str, fix: str,
+                       field: str = "step") -> None:
+    """The one cap on windows per request (``monitoring.max_windows``): every windowed
+    computation calls it before building a window. ``asked`` says what was asked for
+    ("A 7d window in 1s steps"), ``fix`` how to ask for fewer windows."""
+    if count <= limit:
+        return
+    raise WindowLimitError(
+        f"{asked} makes {count:,} windows; at most {limit:,} are allowed "
+        "(setting monitoring.max_windows).", hint=fix, field=field, limit=limit,
+        received=count)
+
+
+def check_time_windows(span: timedelta, step: timedelta, limit: int) -> int:
+    """How many ``step`` windows laid from the start of ``span`` cover it (the last one may
+    be cut short), refused past ``limit``."""
+    span_us, step_us = max(span // MICROSECOND, 0), max(step // MICROSECOND, 1)
+    count = window_count(0, span_us, step_us)
+    _check_steps(count, limit, span_us, step_us)
+    return count
+
+
+def _check_steps(count: int, limit: int, span_us: int, step_us: int) -> None:
+    fewest = -(-span_us // max(limit - 1, 1))  # ceil: a step this long always fits
+    # Rounded up to a readable grain: ms below a second, s below an hour, min below a day.
+    grain = next(g for bound, g in ((10**6, 10**3), (3600 * 10**6, 10**6),
+                                    (86400 * 10**6, 60 * 10**6), (None, 3600 * 10**6))
+                 if bound is None or fewest < bound)
+    fewest = -(-fewest // grain) * grain
+    check_window_count(
+        count, limit, field="step",
+        asked=f"A {_human(timedelta(microseconds=span_us))} window in "
+              f"{_human(timedelta(microseconds=step_us))} steps",
+        fix=f"Use a longer step (at least {_human(timedelta(microseconds=fewest))}) or a "
+            "shorter window.")
+
+
+def window_bounds(start_us: int, end_us: int, step_us: int, *, limit: int
+                  ) -> list[tuple[int, int]]:
+    """``[start_us, end_us)`` cut at the multiples of ``step_us`` since the epoch (whole hours
+    for 1h, so the finished windows of one report are the cached windows of the next).
+
+    Integer microseconds throughout: the windows cover the span exactly, without gap or
+    overlap, each is non-empty, and the boundaries strictly increase (a ``range``, so the
+    loop always ends). An empty span has no windows. More than ``limit`` windows is refused
+    before any is built.
+    """
+    if step_us < 1:
+        raise InvalidInputError(f"The step must be at least a microsecond; received "
+                                f"{step_us} us.", field="step")
+    count = window_count(start_us, end_us, step_us)
+    _check_steps(count, limit, max(end_us - start_us, 0), step_us)
+    if count == 0:
+        return []
+    inner = range((start_us // step_us + 1) * step_us, end_us, step_us)
+    edges = [start_us, *inner, end_us]
+    return list(itertools.pairwise(edges))
+
+
+def time_windows(start: datetime, end: datetime, step: timedelta, *, limit: int
+                 ) -> list[tuple[datetime, datetime]]:
+    """:func:`window_bounds` on datetimes (UTC)."""
+    from mlharbor.core.clock import epoch_micros
+
+    bounds = window_bounds(epoch_micros(start), epoch_micros(end), step // MICROSECOND,
+                           limit=limit)
+    return [(moment_of(lo), moment_of(hi)) for lo, hi in bounds]
+
+
+def _human(span: timedelta) -> str:
+    """A duration as exact ``parse_duration`` text in the largest unit that keeps at most three
+    decimals (``3650d``, ``1.5h``, ``40.7s``, ``0.000001s``)."""
+    from decimal import Decimal
+
+    micros = span // MICROSECOND
+    for suffix, seconds in sorted(_UNITS.items(), key=lambda kv: -kv[1]):
+        size = seconds * 1_000_000
+        if micros >= size and (micros * 1000) % size == 0:
+            return _decimal_text(Decimal(micros) / Decimal(size)) + suffix
+    return _decimal_text(Decimal(micros) / Decimal(1_000_000)) + "s"
+
+
+def _decimal_text(value: Any) -> str:
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -3,7 +3,9 @@
 ``POST /v1/endpoints/{name}/feedback`` sits next to the prediction route a client already
 calls; the read routes are under ``/api/v1/monitoring``. Their authorisation rules are in the one
 route table, :mod:`mlharbor.security.routemap`. Windows and steps are durations (``15m``,
-``24h``, ``7d``); a malformed one is answered 422 naming the parameter.
+``24h``, ``7d``, ``40.7s``); a malformed one is answered 422 naming the parameter, and so is a
+request for more windows (steps, buckets) than ``monitoring.max_windows``: the one cap, stated
+in the answer with the finest step that fits.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from mlharbor.api.routes.params import Duration, invalid_query
+from mlharbor.api.routes.params import Duration, invalid_query, window_limit
 from mlharbor.core.clock import utcnow
 
 # A duration query parameter, checked before the route runs (422 naming it when malformed).
@@ -65,9 +67,10 @@ def get_drift(request: Request, name: str, window: DurationQuery = "24h",
     span = parse_duration(window)
     start = end - span
     monitor = monitor_of(request)
-    report = dict(monitor.drift(
-        name, start=start, end=end, step=parse_duration(step) if step else None,
-        version=version, rows=rows))
+    with window_limit():
+        report = dict(monitor.drift(
+            name, start=start, end=end, step=parse_duration(step) if step else None,
+            version=version, rows=rows))
     if distributions:
         from mlharbor.monitoring.distributions import feature_distributions
 
@@ -89,8 +92,9 @@ def get_performance(request: Request, name: str, window: DurationQuery = "7d",
     span = parse_duration(window)
     start = end - span
     # A step longer than the window would report one bucket reaching past "now".
-    rows = monitor_of(request).performance(name, start=start, end=end,
-                                           window=min(parse_duration(step), span))
+    with window_limit():
+        rows = monitor_of(request).performance(name, start=start, end=end,
+                                               window=min(parse_duration(step), span))
     return {"endpoint": name, "windows": rows}
 
 
@@ -101,19 +105,19 @@ def get_traffic(request: Request, name: str, window: DurationQuery = "1h",
     (seconds) and error rate (share answered by a fallback), counting one value per request
     and leaving shadow copies out; with the totals and the split over routes and versions."""
     from mlharbor.core.names import validate_name
-    from mlharbor.monitoring.traffic import MAX_BUCKETS, traffic
+    from mlharbor.monitoring.traffic import traffic
     from mlharbor.monitoring.windows import parse_duration
 
     span, size = parse_duration(window), parse_duration(step)
     if size > span:
         invalid_query("step", f"The step ({step}) is longer than the window ({window}).",
                       step)
-    if span / size > MAX_BUCKETS:
-        invalid_query("step", f"A {window} window in {step} steps is more than {MAX_BUCKETS} "
-                      "buckets; use a longer step or a shorter window.", step)
     validate_name(name, kind="endpoint name")  # it names a folder of the log
     end = utcnow()
-    return traffic(monitor_of(request).log, name, start=end - span, end=end, step=size)
+    monitor = monitor_of(request)
+    with window_limit():
+        return traffic(monitor.log, name, start=end - span, end=end, step=size,
+                       max_buckets=monitor.max_windows)
 
 
 @router.get(f"{_API}/endpoints")
