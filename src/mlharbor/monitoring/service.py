@@ -136,12 +136,12 @@ class Monitor:
 
     def performance(self, endpoint: str, *, start: Any, end: Any, window: Any,
                     task: str | None = None) -> list[dict[str, Any]]:
-        rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
         """Live metrics per ``window``-long step of ``[start, end)`` and version (at most
         ``monitoring.max_windows`` steps: WindowLimitError before anything is read)."""
         from mlharbor.monitoring.windows import check_time_windows
 
         check_time_windows(end - start, window, self.settings.monitoring.max_windows)
+        rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
                                          task=task)
         model = self._model_of(endpoint, start, end)
         if model is None or self.registry is None:
@@ -192,7 +192,6 @@ class Monitor:
             _write_atomic(path, orjson.dumps(calibration.to_dict()))
         return DriftEngine(reference, calibration, dataset_share=mon.drift_dataset_share)
 
-    def drift(self, endpoint: str, *, start: Any, end: Any, step: Any = None,
     def _calibration_path(self, reference: Any) -> Path:
         mon = self.settings.monitoring
         return (self.cache_dir / "calibration" /
@@ -209,6 +208,7 @@ class Monitor:
                           orjson.dumps(calibration.to_dict()))
             calibration.unsaved = False
 
+    def drift(self, endpoint: str, *, start: Any, end: Any, step: Any = None,
               version: int | None = None, rows: int | None = None) -> dict[str, Any]:
         """Drift of ``[start, end)`` against the served version's profile, plus a series of
         windows: ``step``-long (finished windows' counts are cached and merged, not rescanned)
@@ -243,8 +243,8 @@ class Monitor:
                    **_brief(engine.compare(w))} for w in windows if w.rows]
         report = engine.compare(total).to_dict()
         report.update(endpoint=endpoint, model=model, version=version, series=series)
-        return dict(report)
         self._keep_calibration(engine)
+        return dict(report)
 
     @property
     def max_windows(self) -> int:
@@ -256,10 +256,10 @@ class Monitor:
         from mlharbor.monitoring.windows import check_window_count, moment_of
 
         table = self._version_rows(endpoint, version, start, end).sort_by("at")
-        windows = []
         check_window_count(-(-table.num_rows // rows), self.max_windows, field="rows",
                            asked=f"{table.num_rows:,} predictions in windows of {rows:,} rows",
                            fix="Ask for more rows per window or a shorter window.")
+        windows = []
         for offset in range(0, table.num_rows, rows):
             part = table.slice(offset, rows)
             first = moment_of(part["at"][0].as_py())
@@ -340,7 +340,6 @@ class Monitor:
         return self._served(endpoint, start, end, 0)[0]
 
 
-def _brief(report: Any) -> dict[str, Any]:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all (concurrent writers each use their own
     temporary file; the last rename wins)."""
@@ -358,6 +357,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _brief(report: Any) -> dict[str, Any]:
     return {"drifted": report.drifted, "drifted_share": report.drifted_share,
             "drifted_features": report.drifted_features,
             "scores": {f.name: round(f.score, 4) for f in report.features}}
