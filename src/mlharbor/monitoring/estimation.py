@@ -87,10 +87,10 @@ class PerformanceEstimator:
     classes: tuple[Any, ...]
     pos_label: Any
     check: CalibrationCheck
-    knots_x: tuple[float, ...]
-    knots_y: tuple[float, ...]
-    reference_scores: tuple[float, ...]
-    reference_residuals: tuple[float, ...]
+    knots_x: tuple[float, ...] = dataclasses.field(repr=False)
+    knots_y: tuple[float, ...] = dataclasses.field(repr=False)
+    reference_scores: tuple[float, ...] = dataclasses.field(repr=False)
+    reference_residuals: tuple[float, ...] = dataclasses.field(repr=False)
 
     @property
     def binary(self) -> bool:

@@ -156,14 +156,14 @@ def decide(plan: ABPlan, control: Proportion | Mean, challenger: Proportion | Me
                           ci_low=effect - z_a * se1, ci_high=effect + z_a * se1,
                           p_value=p_value, boundary_z=z_a, alpha_spent=plan.alpha, **common)
     fractions = [d.information_fraction for d in previous]
-    if fractions and t < fractions[-1] + MIN_LOOK_INCREMENT:
+    if t >= 1.0 - MIN_LOOK_INCREMENT / 10:
+        t = 1.0  # the last look spends what is left, however little it adds
+    if fractions and (t <= fractions[-1] or (t < 1.0 and t < fractions[-1] + MIN_LOOK_INCREMENT)):
         raise InvalidInputError(
             f"A look must add information: this one is at {t:.3f} of the plan, the last was "
             f"at {fractions[-1]:.3f} (at least {MIN_LOOK_INCREMENT:.0%} more is needed).",
             hint="Look once per canary step, after the step's minimum requests.",
             field="previous")
-    if t >= 1.0 - MIN_LOOK_INCREMENT / 10:
-        t = 1.0
     here = _stage(plan.alpha, (*fractions, t))
     before = _stage(plan.alpha, tuple(fractions)) if fractions else _ORIGIN
     p_value = min(1.0, before.spent + _exit(before, t, abs(z) * math.sqrt(t)))
