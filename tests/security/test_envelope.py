@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from mlharbor.bootstrap import open_registry
@@ -210,3 +212,113 @@ def test_kms_wraps_data_keys_and_rotation_from_a_local_key(
     assert (registry.download(mv) / "extra.bin").read_bytes() == extra.read_bytes()
     registry.close()
     _assert_nothing_loads(settings, bundles, ConfigError)  # the local key no longer opens
+
+
+class _Clock:
+    """An injectable monotonic clock the test moves forward (no sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _kms_calls(client: Any) -> Counter[str]:
+    """Counts the KMS API calls ``client`` makes, by operation (botocore's own event hook)."""
+    calls: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    client.meta.events.register("before-call.kms", count)
+    return calls
+
+
+def _log_record(i: int) -> Any:
+    from datetime import UTC, datetime
+
+    from mlharbor.core.records import PredictionRecord
+
+    return PredictionRecord(f"r{i}", "churn", "churn@champion", 1, {"tenure": i}, [i % 2],
+                            0.001, datetime.now(UTC))
+
+
+def test_log_data_keys_are_cached_with_a_bounded_lifetime_and_use_count(
+        tmp_path: Path, moto_server: str, kms_key: str) -> None:
+    from mlharbor.monitoring.predlog import PredictionLog
+    from mlharbor.monitoring.segments import LocalSegments, Sealer
+    from mlharbor.security.envelope import KmsMasterKey
+
+    clock = _Clock()
+    wrapper = KmsMasterKey.connect(kms_key, endpoint_url=moto_server, region="us-east-1")
+    calls = _kms_calls(wrapper.client)
+    sealer = Sealer(wrapper, max_age_s=300, max_uses=1_000, clock=clock)
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"),
+                        sealer=sealer)
+    for i in range(200):  # 200 journal writes within one key lifetime
+        log.emit(_log_record(i))
+        assert log.flush() == 1
+        clock.now += 1.0
+    assert calls == {"GenerateDataKey": 1}  # not one KMS call per write
+    first = sealer.keys.current()
+    clock.now += 101.0  # 301 s after the key was made: it has expired
+    log.emit(_log_record(200))
+    log.flush()
+    assert calls["GenerateDataKey"] == 2
+    second = sealer.keys.current()
+    assert second[1] != first[1] and second[0] != first[0]  # a new key, newly wrapped
+
+    # Compaction reads 201 sealed frames and seals a segment: one Decrypt, for the first key
+    # (it is past its lifetime, so no longer kept in memory); the current key is remembered
+    # since this process made it, and seals the segment too.
+    log.compact()
+    assert calls == {"GenerateDataKey": 2, "Decrypt": 1}
+    ids = log.scan("churn", columns=["request_id"])["request_id"].to_pylist()
+    assert sorted(ids) == sorted(f"r{i}" for i in range(201))
+
+    # Another process opens each distinct key once, however many blobs it seals.
+    reader = Sealer(KmsMasterKey.connect(kms_key, endpoint_url=moto_server,
+                                         region="us-east-1"), clock=clock)
+    reads = _kms_calls(reader.wrapper.client)
+    for name in log.segment_names("churn") * 3:
+        assert reader.open(LocalSegments(tmp_path / "segments").get(name), name)
+    assert reads == {"Decrypt": 1}
+
+    # The use count bounds a key too: 25 blobs at 10 per key take 3 keys.
+    counted = Sealer(wrapper, max_age_s=300, max_uses=10, clock=clock)
+    before = calls["GenerateDataKey"]
+    for i in range(25):
+        counted.seal(b"frame", f"journal-{i}.log")
+    assert calls["GenerateDataKey"] - before == 3
+
+    # Plaintext keys never reach the disk: not in the journal, the segments or anywhere else.
+    keys = [first[0], second[0]]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(key in data for key in keys), path
+    with pytest.raises(TypeError, match="never pickled"):
+        import pickle
+
+        pickle.dumps(sealer.keys)
+    log.close()
+
+
+def test_the_data_key_lifetime_is_a_setting(tmp_path: Path) -> None:
+    from mlharbor.monitoring.segments import sealer_from_settings
+
+    key = new_master_key_text()
+    default = sealer_from_settings(Settings(home=tmp_path, security={"master_key": key}))
+    assert default is not None and default.keys.max_age_s == 300.0
+    tuned = sealer_from_settings(Settings(home=tmp_path, security={
+        "master_key": key, "data_key_max_age_s": 30, "data_key_max_uses": 500}))
+    assert tuned is not None and (tuned.keys.max_age_s, tuned.keys.max_uses) == (30.0, 500)
+    fresh = sealer_from_settings(Settings(home=tmp_path, security={
+        "master_key": key, "data_key_max_age_s": 0}))
+    assert fresh is not None
+    blobs = [fresh.seal(b"x", "a") for _ in range(3)]
+    headers = {b[12:12 + int.from_bytes(b[8:12], "big")] for b in blobs}
+    assert len(headers) == 3  # 0 = a fresh key per blob
+    with pytest.raises(ValidationError):
+        Settings(home=tmp_path, security={"data_key_max_age_s": -1})
