@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
     @audit_app.command("verify")
     def verify(
         ctx: typer.Context,
-        anchor: str = typer.Option(None, help="A head hash recorded earlier (`audit head`): "
-                                   "also detects records cut off the end."),
+        anchor: str = typer.Option(None, help="A head recorded earlier: what `audit head` "
+                                   "printed (SEQ HASH, pasted as is) or just the hash; also "
+                                   "detects records cut off the end."),
     ) -> None:
         """Recompute the chain; exits 5 naming the first bad record if anything was altered."""
         from mlharbor.core.errors import IntegrityError

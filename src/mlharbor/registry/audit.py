@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, select
 
 from mlharbor.core.clock import utcnow
+from mlharbor.core.errors import InvalidInputError
 from mlharbor.registry.schema import audit_events
 
 GENESIS_HASH = "0" * 64
@@ -36,6 +38,56 @@ class AuditEvent:
     details: dict[str, Any]
     prev_hash: str
     hash: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Anchor:
+    """A head recorded earlier: its hash, and its sequence number when it was kept too."""
+
+    hash: str
+    seq: int | None = None
+
+
+_HASH_RE = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{64}(?![0-9a-fA-F])")
+_SEQ_RE = re.compile(r"(?<![0-9A-Za-z])\d{1,19}(?![0-9A-Za-z])")
+
+
+def parse_anchor(text: str) -> Anchor:
+    """Read an anchor as ``mlharbor audit head`` prints it (``SEQ HASH``), or as just the
+    hash, with any label or surrounding whitespace (``head 6 ab12...``), or the JSON of
+    ``GET /api/v1/audit/head``. Anything without exactly one 64-hex-digit hash is refused."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        return _json_anchor(stripped)
+    hashes = _HASH_RE.findall(stripped)
+    if len(hashes) != 1:
+        raise InvalidInputError(
+            f"The anchor {stripped[:100]!r} holds {len(hashes) or 'no'} head hash(es) of 64 hex "
+            "digits; expected one.", field="anchor",
+            hint="Pass what `mlharbor audit head` printed, e.g. '6 3fa9...'.")
+    rest = _HASH_RE.sub(" ", stripped)
+    numbers = _SEQ_RE.findall(rest)
+    if len(numbers) > 1:
+        raise InvalidInputError(
+            f"The anchor {stripped[:100]!r} holds several numbers; expected at most one "
+            "sequence number before the hash.", field="anchor",
+            hint="Pass what `mlharbor audit head` printed, e.g. '6 3fa9...'.")
+    return Anchor(hashes[0].lower(), int(numbers[0]) if numbers else None)
+
+
+def _json_anchor(text: str) -> Anchor:
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"The anchor looks like JSON but is not: {exc}.",
+                                field="anchor") from exc
+    digest, seq = (body.get("hash"), body.get("seq")) if isinstance(body, dict) else (None, None)
+    if not isinstance(digest, str) or not _HASH_RE.fullmatch(digest) or not (
+            seq is None or (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0)):
+        raise InvalidInputError("The anchor JSON needs a 64-hex-digit 'hash' and may have a "
+                                "whole-number 'seq' (as GET /api/v1/audit/head answers).",
+                                field="anchor")
+    return Anchor(digest.lower(), seq)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,13 +154,21 @@ def row_to_event(row: Any) -> AuditEvent:
     )
 
 
-def verify_chain(events: Iterable[AuditEvent], *, anchor: str | None = None) -> ChainVerdict:
-    """Recompute the chain; ``anchor`` is a head hash recorded elsewhere (detects truncation)."""
+def verify_chain(
+    events: Iterable[AuditEvent], *, anchor: str | Anchor | None = None
+) -> ChainVerdict:
+    """Recompute the chain; ``anchor`` is a head recorded elsewhere (detects truncation).
+
+    The anchored record must still be in the chain (at its sequence number, when the anchor
+    has one). The genesis anchor (``0 000...0``, what ``audit head`` prints for an empty
+    chain) fits every chain.
+    """
+    wanted = parse_anchor(anchor) if isinstance(anchor, str) else anchor
     expected_prev = GENESIS_HASH
     expected_seq = 1
     checked = 0
     last: AuditEvent | None = None
-    anchor_seen = anchor is None
+    anchor_seen = wanted is None or (wanted.hash == GENESIS_HASH and wanted.seq in (None, 0))
     for event in events:
         if event.seq != expected_seq:
             return _bad(checked, expected_seq, f"expected record {expected_seq}, found {event.seq}"
@@ -123,7 +183,13 @@ def verify_chain(events: Iterable[AuditEvent], *, anchor: str | None = None) -> 
         )
         if recomputed != event.hash:
             return _bad(checked, event.seq, "its content does not match its hash (edited)", last)
-        if anchor is not None and event.hash == anchor:
+        if wanted is not None and wanted.seq == event.seq and wanted.hash != event.hash:
+            return _bad(checked, event.seq, "the anchored head hash is not this record's "
+                        "(the chain was rewritten)", last)
+        if wanted is not None and event.hash == wanted.hash:
+            if wanted.seq not in (None, event.seq):
+                return _bad(checked, event.seq, f"the anchor names record {wanted.seq}, but its "
+                            f"hash is record {event.seq}'s", last)
             anchor_seen = True
         expected_prev = event.hash
         expected_seq += 1
