@@ -2,14 +2,22 @@
 
 Each case gives the source to register (object or file), the build arguments, test input, and
 the original model's own outputs on that input: what a loaded bundle must reproduce.
+
+Some classifiers predict differently from their most probable class on purpose (a
+``FixedThresholdClassifier`` at 0.2, a hand-written ``predict``): ``differs_from_argmax`` marks
+them, and the suites check the difference is real, so serving labels as the most probable class
+fails them. Two of them are converted to ONNX by a converter registered for the build only
+(``converter``): one that applies the threshold (ONNX serves), one that ignores it (the parity
+check must see the labels differ from ``predict`` and serve natively).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import textwrap
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,13 @@ class Case:
     build: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
     column: str = "x0"  # a column the signature must enforce
+    differs_from_argmax: bool = False  # predict is not the most probable class on many rows
+    runtime: str | None = None  # the runtime registration must choose, when the case says
+    converter: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+    def building(self) -> contextlib.AbstractContextManager[None]:
+        """What must be in force while the case's bundle is built (an ONNX converter)."""
+        return self.converter()
 
 
 def numeric_data(n: int = 300, width: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -217,6 +232,211 @@ def pickle_file(tmp: Path) -> Case:
                 load={"trust": {"pickle_sha256": pin}})
 
 
+THRESHOLD = 0.2  # far from 0.5: labels differ from the most probable class on many rows
+
+
+def threshold_data(n_train: int = 300, n_test: int = 120) -> tuple[np.ndarray, np.ndarray,
+                                                                     np.ndarray]:
+    """Training rows, their labels, and held-out test rows."""
+    x, y = numeric_data(n_train + n_test)
+    return x[:n_train], y[:n_train], x[n_train:]
+
+
+def _tuned(final: Any, labels: Callable[[np.ndarray], np.ndarray] = lambda y: y) -> Case:
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    x, y, test = threshold_data()
+    model = FixedThresholdClassifier(final, threshold=THRESHOLD).fit(x, labels(y))
+    return Case(model, test, model.predict(test), model.predict_proba(test),
+                build={"training_data": x}, differs_from_argmax=True)
+
+
+def sklearn_threshold(tmp: Path) -> Case:
+    """A FixedThresholdClassifier (string classes) saved with skops; skl2onnx cannot convert
+    it, so it is served natively."""
+    from sklearn.linear_model import LogisticRegression
+
+    case = _tuned(LogisticRegression(), lambda y: np.where(y == 1, "churn", "stay"))
+    case.runtime = "native"
+    return case
+
+
+def sklearn_pipeline_threshold(tmp: Path) -> Case:
+    """A stock Pipeline ending in a threshold-tuned forest: not the forest's argmax."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, test = threshold_data()
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    tuned = FixedThresholdClassifier(RandomForestClassifier(20, max_depth=6, random_state=0),
+                                     threshold=THRESHOLD)
+    model = make_pipeline(StandardScaler(), tuned).fit(x, y)
+    return Case(model, test, model.predict(test), model.predict_proba(test),
+                build={"training_data": x}, differs_from_argmax=True, runtime="native")
+
+
+def tuned_threshold_cv(tmp: Path) -> Case:
+    """TunedThresholdClassifierCV on imbalanced classes, tuned for balanced accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    x, _y, test = threshold_data()
+    y = (x[:, 0] + 0.5 * x[:, 1] > 1.0).astype(int)  # about one row in five is positive
+    model = TunedThresholdClassifierCV(LogisticRegression(), scoring="balanced_accuracy",
+                                       cv=3, random_state=0).fit(x, y)
+    # skops names the scorer it keeps; those names are outside the default policy, so the
+    # case trusts them explicitly, as a platform would in formats.skops_trusted_types.
+    trust = {"skops_trusted_types": TUNED_CV_SKOPS_TYPES}
+    return Case(model, test, model.predict(test), model.predict_proba(test),
+                build={"training_data": x, "trust": trust}, load={"trust": trust},
+                runtime="native")
+
+
+TUNED_CV_SKOPS_TYPES = (
+    "sklearn.metrics._classification.balanced_accuracy_score",
+    "sklearn.metrics._scorer._CurveScorer", "sklearn.metrics._scorer._Scorer",
+    "sklearn.utils._metadata_requests.MetadataRequest",
+    "sklearn.utils._metadata_requests.MethodMetadataRequest",
+)
+
+
+@contextlib.contextmanager
+def threshold_converter(apply_threshold: bool) -> Iterator[None]:
+    """An skl2onnx converter for FixedThresholdClassifier, registered while the block runs.
+
+    ``apply_threshold=False`` converts it as its inner estimator (the threshold is lost: the
+    probabilities match, the labels do not), as a careless converter would.
+    """
+    from onnx import TensorProto
+    from skl2onnx import update_registered_converter
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxCast,
+        OnnxGather,
+        OnnxGreaterOrEqual,
+        OnnxIdentity,
+        OnnxReshape,
+    )
+    from skl2onnx.common import _registration
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+    from sklearn.model_selection import FixedThresholdClassifier
+
+    def convert(scope: Any, operator: Any, container: Any) -> None:
+        model, opv = operator.raw_operator, container.target_opset
+        inner = OnnxSubEstimator(model.estimator_, operator.inputs[0], op_version=opv,
+                                 options={"zipmap": False})
+        label, proba = inner[0], inner[1]
+        if apply_threshold:
+            positive = OnnxGather(proba, np.array([1], dtype=np.int64), axis=1, op_version=opv)
+            above = OnnxGreaterOrEqual(positive, np.array([model.threshold], dtype=np.float32),
+                                       op_version=opv)
+            index = OnnxReshape(OnnxCast(above, to=TensorProto.INT64, op_version=opv),
+                                np.array([-1], dtype=np.int64), op_version=opv)
+            label = OnnxGather(np.asarray(model.classes_, dtype=np.int64), index, axis=0,
+                               op_version=opv)
+        OnnxIdentity(label, output_names=[operator.outputs[0]],
+                     op_version=opv).add_to(scope, container)
+        OnnxIdentity(proba, output_names=[operator.outputs[1]],
+                     op_version=opv).add_to(scope, container)
+
+    alias = "MlharborTestFixedThreshold"
+    update_registered_converter(
+        FixedThresholdClassifier, alias, calculate_linear_classifier_output_shapes, convert,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]})
+    try:
+        yield
+    finally:
+        sklearn_operator_name_map.pop(FixedThresholdClassifier, None)
+        _registration._converter_pool.pop(alias, None)
+        _registration._shape_calculator_pool.pop(alias, None)
+
+
+def onnx_threshold(tmp: Path) -> Case:
+    """Converted with the threshold in the graph: ONNX serves, its label output is predict."""
+    from sklearn.linear_model import LogisticRegression
+
+    case = _tuned(LogisticRegression())
+    case.runtime, case.converter = "onnx", lambda: threshold_converter(True)
+    return case
+
+
+def onnx_threshold_lost(tmp: Path) -> Case:
+    """Converted without the threshold: parity sees the labels differ, native serves."""
+    from sklearn.linear_model import LogisticRegression
+
+    case = _tuned(LogisticRegression())
+    case.runtime, case.converter = "native", lambda: threshold_converter(False)
+    return case
+
+
+def xgboost_booster_classifier(tmp: Path) -> Case:
+    """A bare Booster with a probability objective: labels as XGBClassifier gives them."""
+    xgboost = pytest.importorskip("xgboost", reason="xgboost is not installed")
+    x, y, test = threshold_data()
+    booster = xgboost.train({"max_depth": 3, "objective": "binary:logistic", "nthread": 1},
+                            xgboost.DMatrix(x, label=y), num_boost_round=15)
+    path = tmp / "booster.json"
+    booster.save_model(str(path))
+    p = booster.inplace_predict(test)
+    # XGBClassifier.predict: class 1 where the probability is above 0.5.
+    return Case(path, test, (p > 0.5).astype(int), np.column_stack([1 - p, p]),
+                build={"training_data": x})
+
+
+CUSTOM_PREDICT_MODEL = textwrap.dedent('''
+    """A hand-written classifier whose predict is a threshold, not the most probable class."""
+    import numpy as np
+
+
+    class ThresholdRule:
+        feature_names = ["a", "b"]
+        classes_ = np.array(["stay", "churn"])
+        threshold = 0.2
+
+        def predict_proba(self, frame):
+            p = 1 / (1 + np.exp(-(frame["a"].to_numpy() + 2 * frame["b"].to_numpy())))
+            return np.column_stack([1 - p, p])
+
+        def predict(self, frame):
+            churn = self.predict_proba(frame)[:, 1] >= self.threshold
+            return self.classes_[churn.astype(int)]
+''')
+
+
+def python_custom_predict(tmp: Path) -> Case:
+    path = tmp / "threshold_rule.py"
+    path.write_text(CUSTOM_PREDICT_MODEL, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("conformance_threshold_rule", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.ThresholdRule()
+    rng = np.random.default_rng(RNG_SEED)
+    data = pd.DataFrame({"a": rng.normal(size=120), "b": rng.normal(size=120)})
+    return Case(path, data, model.predict(data), model.predict_proba(data),
+                build={"sample_input": data, "trust": {"code": True}},
+                load={"trust": {"code": True}}, column="a", differs_from_argmax=True,
+                runtime="native")
+
+
+def pickle_threshold(tmp: Path) -> Case:
+    import hashlib
+
+    import joblib
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    case = _tuned(ExtraTreesClassifier(20, max_depth=6, random_state=0))
+    path = tmp / "tuned.joblib"
+    joblib.dump(case.source, path)
+    pin = hashlib.sha256(path.read_bytes()).hexdigest()
+    case.source, case.runtime = path, "native"
+    case.build["trust"] = case.load["trust"] = {"pickle_sha256": pin}
+    return case
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     "sklearn-object": sklearn_array,
     "sklearn-pipeline": sklearn_pipeline,
@@ -229,4 +449,12 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "torchscript-file": torchscript_file,
     "python-source": python_file,
     "pickle-pinned": pickle_file,
+    "sklearn-threshold": sklearn_threshold,
+    "sklearn-pipeline-threshold": sklearn_pipeline_threshold,
+    "sklearn-tuned-threshold-cv": tuned_threshold_cv,
+    "onnx-converted-threshold": onnx_threshold,
+    "onnx-converted-threshold-lost": onnx_threshold_lost,
+    "xgboost-booster-classifier": xgboost_booster_classifier,
+    "python-custom-predict": python_custom_predict,
+    "pickle-threshold": pickle_threshold,
 }

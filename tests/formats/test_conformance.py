@@ -25,13 +25,18 @@ EXPECTED_FORMAT = {
     "xgboost-classifier": "xgboost", "xgboost-json-file": "xgboost",
     "lightgbm-classifier": "lightgbm", "lightgbm-text-file": "lightgbm", "onnx-file": "onnx",
     "torchscript-file": "torch", "python-source": "python", "pickle-pinned": "pickle",
+    "sklearn-threshold": "sklearn", "sklearn-pipeline-threshold": "sklearn",
+    "sklearn-tuned-threshold-cv": "sklearn", "onnx-converted-threshold": "sklearn",
+    "onnx-converted-threshold-lost": "sklearn", "xgboost-booster-classifier": "xgboost",
+    "python-custom-predict": "python", "pickle-threshold": "pickle",
 }
 
 
 def _build(case: Case, dest: Path) -> BuildResult:
     args = dict(case.build)
     trust = TrustOptions(**args.pop("trust", {}))
-    return build_bundle(case.source, dest, trust=trust, **args)
+    with case.building():
+        return build_bundle(case.source, dest, trust=trust, **args)
 
 
 def _load(case: Case, dest: Path, runtime: str | None = None) -> Any:

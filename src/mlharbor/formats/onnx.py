@@ -255,7 +255,7 @@ def _class_labels(model: Any) -> list[Any] | None:
         if node.op_type in ("TreeEnsembleClassifier", "LinearClassifier", "SVMClassifier",
                             "ZipMap"):
             for attr in node.attribute:
-                if attr.name == "classlabels_int64s" and attr.ints:
+                if attr.name in ("classlabels_int64s", "classlabels_ints") and attr.ints:
                     return list(attr.ints)
                 if attr.name == "classlabels_strings" and attr.strings:
                     return [s.decode() for s in attr.strings]

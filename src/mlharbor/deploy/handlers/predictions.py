@@ -105,9 +105,10 @@ class PredictionService:
         outputs = self.predictor.outputs(data)
         answer: dict[str, Any] = {"model": self.name, "version": self.version,
                                   "predictions": outputs.predictions.tolist()}
-        if outputs.probabilities is not None and self.predictor.classes is not None:
+        if outputs.probabilities is not None:
             answer["probabilities"] = outputs.probabilities.tolist()
-            answer["classes"] = list(self.predictor.classes)
+            if self.predictor.classes is not None:
+                answer["classes"] = list(self.predictor.classes)
         return answer
 
 
