@@ -74,7 +74,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
-    """Environment that points the CLI at ``settings``' home and stores."""
+    """Environment that points the CLI at ``settings``' home and stores (the home is made
+    first, so the CLI does not announce a new one)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
     return {
         "MLHARBOR_HOME": str(settings.home),
         "MLHARBOR_DATABASE_URL": settings.database_url_value,

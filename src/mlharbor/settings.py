@@ -2,8 +2,10 @@
 
 Sources, highest precedence first: arguments given in code, ``MLHARBOR_*`` environment variables
 (nested fields use ``__``: ``MLHARBOR_SERVER__PORT=9000``), an optional config file (YAML or TOML,
-named by ``MLHARBOR_CONFIG`` or ``--config``), then defaults. Nothing below the entry point reads
-``os.environ``.
+named by ``MLHARBOR_CONFIG`` or ``--config``, else the first ``mlharbor.yaml``/``.yml``/``.toml``
+found in the working folder or a parent folder, else ``~/.config/mlharbor/config.yaml``), then
+defaults. A relative ``home`` in a config file is relative to that file's folder. Nothing below
+the entry point reads ``os.environ``.
 
 Each stage owns one section class below; add fields there, with a type, a default and a
 description, rather than reading environment variables elsewhere.
@@ -27,6 +29,8 @@ from pydantic_settings import (
 from mlharbor.core.errors import ConfigError
 
 CONFIG_ENV_VAR = "MLHARBOR_CONFIG"
+# Looked for in the working folder and each parent, as git looks for .git.
+CONFIG_FILE_NAMES = ("mlharbor.yaml", "mlharbor.yml", "mlharbor.toml")
 
 
 class ServerSettings(BaseModel):
@@ -306,11 +310,44 @@ def read_config_file(path: Path) -> dict[str, Any]:
             f"The config file {str(path)!r} must hold a mapping of settings; "
             f"it holds a {type(data).__name__}."
         )
-    return data
+    home = data.get("home")
+    if isinstance(home, str) and home and not Path(home).expanduser().is_absolute():
+        # A project's config names its home next to itself, wherever the command runs.
+        data = {**data, "home": str(path.resolve().parent / home)}
+    return dict(data)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings once, at an entry point, turning validation errors into ConfigError."""
+def find_config_file(start: Path, user_config_dir: Path | None) -> Path | None:
+    """The config file a command run in ``start`` uses when none is named: the first of
+    CONFIG_FILE_NAMES in ``start`` or a parent folder, else ``config.yaml``/``.yml``/``.toml``
+    in ``user_config_dir`` (``$XDG_CONFIG_HOME/mlharbor`` or ``~/.config/mlharbor``)."""
+    for folder in (start, *start.parents):
+        for name in CONFIG_FILE_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    if user_config_dir is not None:
+        for name in ("config.yaml", "config.yml", "config.toml"):
+            candidate = user_config_dir / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def user_config_dir() -> Path:
+    """Where a user's own mlharbor config lives (XDG base directory convention)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path("~/.config").expanduser())
+    return Path(base) / "mlharbor"
+
+
+def load_settings(config_file: Path | None = None, *, discover: bool = False,
+                  **overrides: Any) -> Settings:
+    """Build the settings once, at an entry point, turning validation errors into ConfigError.
+
+    ``discover`` (the CLI) looks for a config file (find_config_file) when none is named; the
+    one found is put in MLHARBOR_CONFIG so that processes the command starts read it too."""
+    if config_file is None and discover and not os.environ.get(CONFIG_ENV_VAR):
+        config_file = find_config_file(Path.cwd(), user_config_dir())
     if config_file is not None:
         os.environ[CONFIG_ENV_VAR] = str(config_file)
     try:

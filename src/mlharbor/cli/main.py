@@ -140,6 +140,26 @@ def settings_from(ctx: typer.Context) -> Any:
     obj = root.obj or {}
     if "settings" not in obj:
         config = obj.get("config")
-        obj["settings"] = load_settings(Path(config) if config else None)
+        settings = load_settings(Path(config) if config else None, discover=True)
+        _say_if_new_home(settings)
+        obj["settings"] = settings
         root.obj = obj
     return obj["settings"]
+
+
+def _say_if_new_home(settings: Any) -> None:
+    """A command run where no home exists would silently start an empty registry there: say
+    which home is in use and how to point at another (one line, on stderr)."""
+    import os
+
+    from mlharbor.settings import CONFIG_ENV_VAR
+
+    home = settings.home
+    if home.exists() or settings.database_url_value != f"sqlite:///{home / 'mlharbor.db'}":
+        return
+    source = os.environ.get(CONFIG_ENV_VAR)
+    why = (f"from the config file {source}" if source else
+           "MLHARBOR_HOME" if os.environ.get("MLHARBOR_HOME") else "the default, ./.mlharbor")
+    sys.stderr.write(
+        f"note: using a new, empty home at {home} ({why}); to use another, set MLHARBOR_HOME "
+        "or put an mlharbor.yaml with 'home: PATH' in this folder or a parent.\n")
