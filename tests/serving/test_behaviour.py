@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import socket
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -27,11 +28,14 @@ ROW = [{f: 0.1 * i for i, f in enumerate(FEATURES)}]
 
 
 class FaultyRunner:
-    """Wraps a real runner: sleeps ``delay`` seconds per batch and/or raises."""
+    """Wraps a real runner: sleeps ``delay`` seconds per batch, or waits for ``gate`` (an
+    Event the test sets) before answering, and/or raises."""
 
-    def __init__(self, inner: Any, *, delay: float = 0.0, fail: bool = False) -> None:
-        self.inner, self.delay, self.fail = inner, delay, fail
+    def __init__(self, inner: Any, *, delay: float = 0.0, fail: bool = False,
+                 gate: threading.Event | None = None) -> None:
+        self.inner, self.delay, self.fail, self.gate = inner, delay, fail, gate
         self.runtime = inner.runtime
+        self.blocked = 0  # batches waiting at the gate now
 
     def prepare(self, validator: Any, data: Any) -> Any:
         return self.inner.prepare(validator, data)
@@ -44,21 +48,31 @@ class FaultyRunner:
 
     def run(self, x: Any) -> Outputs:
         time.sleep(self.delay)
+        if self.gate is not None:
+            self.blocked += 1
+            try:
+                assert self.gate.wait(60), "the test never opened the gate"
+            finally:
+                self.blocked -= 1
         if self.fail:
             raise RuntimeError("the model broke")
         return self.inner.run(x)  # type: ignore[no-any-return]
 
 
 def faulty(settings: Settings, registry: Any, **by_version: dict[str, Any]) -> Any:
+    """A loader whose versions named in ``by_version`` (``v1={"fail": True}``) run through a
+    :class:`FaultyRunner`; ``load.runners`` holds the runners made, by version."""
     real = registry_loader(registry, settings)
+    runners: dict[int, FaultyRunner] = {}
 
     def load(mv: Any) -> ServedModel:
         model = real(mv)
         options = by_version.get(f"v{mv.version}")
         if options:
-            model.runner = FaultyRunner(model.runner, **options)
+            model.runner = runners[mv.version] = FaultyRunner(model.runner, **options)
         return model
 
+    load.runners = runners  # type: ignore[attr-defined]
     return load
 
 
@@ -129,17 +143,30 @@ def test_fallback_on_error_then_default_answer(
 def test_timeouts_fall_back_or_answer_504(
     home_settings: Settings, registry: Any, serve: Any
 ) -> None:
-    loader = faulty(home_settings, registry, v1={"delay": 0.5})
+    # v1 answers only when the test opens the gate: every answer below comes while it is
+    # still working, so each one came from the timeout, whatever the machine's speed. The
+    # fallback chain shares the request's one deadline: once v1 has spent it, churn:2 is not
+    # tried, and only the default answer (no model call) can still answer.
+    gate = threading.Event()
+    loader = faulty(home_settings, registry, v1={"gate": gate})
     server = serve(loader=loader, endpoints=[
-        spec(routes=[{"ref": "churn:1"}], fallback=["churn:2"], limits={"timeout_ms": 100}),
-        spec(name="strict", routes=[{"ref": "churn:1"}], limits={"timeout_ms": 100}),
+        spec(routes=[{"ref": "churn:1"}], fallback=["churn:2"], limits={"timeout_ms": 100},
+             default_answer={"prediction": 0}),
+        spec(name="strict", routes=[{"ref": "churn:1"}], fallback=["churn:2"],
+             limits={"timeout_ms": 100}),
     ])
-    saved = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=ROW)
-    assert saved.json()["fallback"]["reason"] == "timeout" and saved.json()["version"] == 2
-    started = time.perf_counter()
-    late = httpx.post(f"{server.url}/v1/endpoints/strict/predict", json=ROW)
-    assert late.status_code == 504 and time.perf_counter() - started < 0.45
-    assert late.json()["error"]["code"] == "timeout"
+    try:
+        saved = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=ROW, timeout=30)
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["fallback"] == {"reason": "timeout", "from": "churn:1",
+                                            "to": "default"}
+        assert saved.json()["predictions"] == [0]
+        late = httpx.post(f"{server.url}/v1/endpoints/strict/predict", json=ROW, timeout=30)
+        assert late.status_code == 504
+        assert late.json()["error"]["code"] == "timeout"
+        assert not gate.is_set() and loader.runners[1].blocked >= 1  # v1 never answered
+    finally:
+        gate.set()
 
 
 def test_body_limit_and_load_shedding(home_settings: Settings, registry: Any,
@@ -164,29 +191,45 @@ def test_body_limit_and_load_shedding(home_settings: Settings, registry: Any,
     assert metric(httpx.get(f"{server.url}/metrics").text, "mlharbor_shed_requests_total") >= 1
 
 
-class SlowSink(MemorySink):
+class GatedSink(MemorySink):
+    """Takes records only once the test opens ``gate``: a sink stuck as long as it likes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.waiting = threading.Event()  # a write is blocked at the gate
+
     def write(self, records: Any) -> None:
-        time.sleep(1.0)
+        self.waiting.set()
+        assert self.gate.wait(60), "the test never opened the gate"
         super().write(records)
 
 
 def test_records_reach_the_sink_without_being_waited_on(serve: Any) -> None:
-    sink = SlowSink()
+    """Answers never wait for the sink: every request is answered while the sink is blocked
+    (were serving waiting for it, the requests would hang until the gate opened), and
+    opening the gate then delivers every record, the primary's and the shadow's."""
+    sink = GatedSink()
     server = serve(sink=sink, endpoints=[spec(routes=[{"ref": "churn:1"}],
                                               shadow="churn:2")])
-    started = time.perf_counter()
     ids = []
-    for i in range(5):
-        response = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=ROW,
-                              headers={"x-request-id": f"rec-{i}"})
-        ids.append(response.json()["request_id"])
-    assert time.perf_counter() - started < 0.8
-    deadline = time.monotonic() + 5
+    try:
+        for i in range(5):
+            response = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=ROW,
+                                  headers={"x-request-id": f"rec-{i}"}, timeout=30)
+            assert response.status_code == 200
+            ids.append(response.json()["request_id"])
+        assert sink.waiting.wait(30), "no record was handed to the sink"
+        assert sink.records == []  # all five answered while the sink took nothing
+    finally:
+        sink.gate.set()
+    deadline = time.monotonic() + 30  # a hang guard, not a speed bound
     while len(sink.records) < 10 and time.monotonic() < deadline:
         time.sleep(0.05)
     main = [r for r in sink.records if not r.shadow]
     shadow = [r for r in sink.records if r.shadow]
     assert [r.request_id for r in main] == ids
+    assert sorted(r.request_id for r in shadow) == sorted(ids)
     assert {r.served_version for r in main} == {1} and {r.served_version for r in shadow} == {2}
     assert main[0].endpoint == "churn" and main[0].model_ref == "churn:1"
     assert main[0].latency_s > 0 and main[0].outputs.predictions.shape == (1,)
