@@ -12,6 +12,7 @@ Modules, one noun each (import them directly; nothing heavy loads with this pack
     segments     where segments live (folder, S3) and how they are sealed
     predlog      PredictionLog: the sink serving writes to, and the column-wise reader
     feedback     labels joined with the log into live metrics
+    estimation   performance estimated without labels (CBPE), with its stated error
     alerts       rules, the M-of-N state machine, history
     notify       webhooks (generic JSON, Slack)
     signals      the values rules are evaluated on; the evaluation loop
