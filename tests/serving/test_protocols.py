@@ -205,3 +205,168 @@ def test_python_client(server: Any, data: Any, reference_proba: Any) -> None:
         assert caught.value.details["column"] == "f4"
         with pytest.raises(NotFoundError):
             client.predict("nope", x.head(1))
+
+
+def test_open_inference_errors_are_flat_for_tritonclient(
+        home_settings: Any, registry: Any, serve: Any) -> None:
+    """Every error on /v2 is {"error": "<message>"}, refusals by the security layer too, so
+    tritonclient raises its exception with our text (it crashed on a nested object)."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    from mlharbor.bootstrap import open_identities
+
+    identities = open_identities(registry)
+    identities.create_identity("app", kind="service", grants=["predictor@endpoint:churn"],
+                               actor="test")
+    key = identities.create_key("app", actor="test")[1]
+    server = serve(ref="churn@champion", auth=True)
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    tensor = triton.InferInput("input", [1, 20], "FP64")
+    tensor.set_data_from_numpy(np.zeros((1, 20)), binary_data=True)
+    cases = [
+        ({"Authorization": "Bearer mlh_not_a_key_at_all_000000000000"}, "churn", "401",
+         "The API key is malformed"),
+        ({}, "churn", "401", "needs credentials"),
+        ({"Authorization": f"Bearer {key}"}, "nope", "403", "may not predict"),
+    ]
+    for headers, model, status, text in cases:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, [tensor], headers=dict(headers))  # it adds to the dict
+        assert caught.value.status() == status
+        assert text in caught.value.message() and text in str(caught.value)
+        raw = httpx.post(f"{server.url}/v2/models/{model}/infer", headers=headers,
+                         json={"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64",
+                                           "data": [0.0] * 20}]})
+        assert isinstance(raw.json()["error"], str) and text in raw.json()["error"]
+    good = {"Authorization": f"Bearer {key}"}
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("churn", model_version="9", headers=good)
+    assert caught.value.status() == "404" and "no served version 9" in caught.value.message()
+    # no route at all, a wrong method, a wrong Host: still the flat v2 shape
+    for response in (httpx.get(f"{server.url}/v2/nowhere", headers=good),
+                     httpx.get(f"{server.url}/v2/models/churn/infer", headers=good),
+                     httpx.get(f"{server.url}/v2/health/live",
+                               headers={"Host": "evil.example.com"})):
+        assert response.status_code in (400, 404, 405), response.text
+        assert isinstance(response.json()["error"], str), response.text
+    # the native protocol keeps its own shape
+    native = httpx.post(f"{server.url}/v1/endpoints/churn/predict", json=[{"f0": 1}])
+    assert native.json()["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_kserve_liveness_allow_and_unsupported_content_types(serve: Any, registry: Any,
+                                                             auth: bool) -> None:
+    headers = {}
+    if auth:
+        from mlharbor.bootstrap import open_identities
+
+        key = open_identities(registry).init_admin("ops", actor="test")[1]
+        headers = {"Authorization": f"Bearer {key}"}
+    server = serve(ref="churn@champion", auth=auth)
+    alive = httpx.get(f"{server.url}/")  # public: orchestrators probe it without a key
+    assert alive.status_code == 200 and alive.json() == {"status": "alive"}
+    # 405 names what the path takes (from the route table when auth answers first), in the
+    # protocol's own error shape
+    wrong = httpx.get(f"{server.url}/v1/models/churn:predict", headers=headers)
+    assert wrong.status_code == 405, wrong.text
+    assert wrong.headers["allow"] == "POST"
+    assert isinstance(wrong.json()["error"], str)
+    for path, allow in (("/v1/endpoints/churn/predict", "POST"), ("/livez", "GET"),
+                        ("/v2/models/churn", "GET")):
+        response = httpx.delete(f"{server.url}{path}", headers=headers)
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["allow"] == allow
+    if auth:
+        return
+    row = {"instances": [[0.0] * 20]}
+    body_routes = {"/v1/models/churn:predict": "application/json",
+                   "/v2/models/churn/infer": "application/json",
+                   "/v1/endpoints/churn/predict": "application/json",
+                   "/invocations": "application/json", "/graphql": "application/json"}
+    for path, accepted in body_routes.items():
+        for content_type in ("application/x-www-form-urlencoded", "text/plain",
+                             "application/xml"):
+            response = httpx.post(f"{server.url}{path}", content=b'{"a": 1}',
+                                  headers={"content-type": content_type})
+            assert response.status_code == 415, (path, content_type, response.text)
+            assert accepted in response.text
+    # accepted types (with parameters), and no Content-Type at all, are read as JSON
+    ok = httpx.post(f"{server.url}/v1/models/churn:predict", content=orjson_dumps(row),
+                    headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+    assert httpx.post(f"{server.url}/v1/models/churn:predict",
+                      content=orjson_dumps(row)).status_code == 200
+
+
+def orjson_dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+
+
+@pytest.mark.parametrize("shape", [[4294967296, 4294967296], [2**62, 4], [2**64], [-1, 20],
+                                   [1, -20], [0, 2**40, 2**40], [3, 20], [1.5, 20], "20",
+                                   [True, 20], [1] * 40])
+def test_open_inference_shapes_that_do_not_fit_are_400(server: Any, shape: Any) -> None:
+    response = httpx.post(f"{server.url}/v2/models/churn/infer", json={"inputs": [
+        {"name": "x", "shape": shape, "datatype": "FP64", "data": [0.0] * 20}]})
+    assert response.status_code in (400, 422), response.text
+    message = response.json()["error"]
+    assert "shape" in message, message
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def _fake_request(doc: Any, blob: bytes = b"") -> Any:
+    """A request as the HTTP layer hands it to the route (stdlib JSON: any integer)."""
+    import json
+
+    from mlharbor.serving.http import Request
+
+    header = json.dumps(doc).encode()
+    headers = [(b"inference-header-content-length", str(len(header)).encode())] if blob else []
+    scope = {"method": "POST", "path": "/v2/models/m/infer", "headers": headers}
+    return Request(scope, header + blob, "r", {"model": "m"})
+
+
+@pytest.mark.parametrize("columns", [2])
+def test_tensor_parser_raises_only_our_error(columns: int) -> None:
+    """Property: for any shape, datatype and data length, the v2 tensor parser returns
+    arrays of the declared shape or raises InvalidInputError, never anything else."""
+    from types import SimpleNamespace
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mlharbor.core.errors import InvalidInputError
+    from mlharbor.serving.protocols.open_inference import DTYPES, parse_inputs
+
+    model = SimpleNamespace(signature=SimpleNamespace(names=("a", "b"), all_numeric=True))
+    dims = st.one_of(st.integers(-3, 6), st.sampled_from([2**31, 2**32, 2**62, 2**63, 2**64,
+                                                          2**70, -(2**63)]))
+    shapes = st.one_of(st.lists(dims, max_size=10), st.just([]), st.integers(),
+                       st.none(), st.lists(st.floats(allow_nan=False), max_size=3))
+    values = st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.booleans(),
+                       st.text(max_size=3))
+
+    @settings(derandomize=True, deadline=None, max_examples=400)
+    @given(shape=shapes, datatype=st.sampled_from([*DTYPES, "NOPE"]),
+           data=st.one_of(st.lists(values, max_size=12),
+                          st.lists(st.lists(values, max_size=3), max_size=4)),
+           binary=st.one_of(st.none(), st.binary(max_size=40)))
+    def check(shape: Any, datatype: str, data: Any, binary: bytes | None) -> None:
+        tensor: dict[str, Any] = {"name": "a", "shape": shape, "datatype": datatype}
+        if binary is None:
+            tensor["data"] = data
+        else:
+            tensor["parameters"] = {"binary_data_size": len(binary)}
+        try:
+            _doc, parsed = parse_inputs(_fake_request({"inputs": [tensor]}, binary or b""),
+                                        model)
+        except InvalidInputError:
+            return
+        arrays = parsed.values() if isinstance(parsed, dict) else [parsed]
+        assert all(isinstance(a, np.ndarray) for a in arrays)
+
+    check()

@@ -85,8 +85,9 @@ def _decode_tensor(spec: dict[str, Any], blob: bytes | None, index: int) -> np.n
             raise InvalidInputError(f"Input {name!r} has no 'data' and no binary data.",
                                     field=f"{where}.data")
         try:
-            arr = np.array(data, dtype=DTYPES[datatype]).reshape(-1)
-        except (TypeError, ValueError, OverflowError) as exc:
+            with np.errstate(over="raise", invalid="raise"):  # 1e300 is no FP16, NaN no INT
+                arr = np.array(data, dtype=DTYPES[datatype]).reshape(-1)
+        except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
             raise InvalidInputError(f"Input {name!r}: its data is not {datatype}: {exc}.",
                                     field=f"{where}.data", expected=datatype) from exc
     if arr.size != count:
