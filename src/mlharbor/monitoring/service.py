@@ -230,9 +230,10 @@ class Monitor:
                 f"Endpoint {endpoint!r} logged no predictions between {start:%Y-%m-%d %H:%M} "
                 f"and {end:%Y-%m-%d %H:%M} UTC.",
                 hint="Widen --window, or check that serving writes the prediction log.")
+        table = None if rows is None else self._row_windows(endpoint, version, start, end, rows)
         engine = self.drift_engine(model, version)
-        if rows is not None:
-            windows = self._count_windows(engine, endpoint, version, start, end, rows)
+        if table is not None and rows is not None:
+            windows = self._count_windows(engine, table, rows)
         else:
             windows = [self.window_counts(engine, endpoint, version, lo, hi)
                        for lo, hi in bounds]
@@ -251,14 +252,21 @@ class Monitor:
         """The one cap on windows per request (``monitoring.max_windows``)."""
         return int(self.settings.monitoring.max_windows)
 
-    def _count_windows(self, engine: Any, endpoint: str, version: int, start: Any, end: Any,
-                       rows: int) -> list[Any]:
-        from mlharbor.monitoring.windows import check_window_count, moment_of
+    def _row_windows(self, endpoint: str, version: int, start: Any, end: Any, rows: int
+                     ) -> Any:
+        """The version's rows in ``[start, end)`` by time, refused (before any is counted)
+        when they make more than ``monitoring.max_windows`` windows of ``rows``."""
+        from mlharbor.monitoring.windows import check_window_count
 
         table = self._version_rows(endpoint, version, start, end).sort_by("at")
         check_window_count(-(-table.num_rows // rows), self.max_windows, field="rows",
                            asked=f"{table.num_rows:,} predictions in windows of {rows:,} rows",
                            fix="Ask for more rows per window or a shorter window.")
+        return table
+
+    def _count_windows(self, engine: Any, table: Any, rows: int) -> list[Any]:
+        from mlharbor.monitoring.windows import moment_of
+
         windows = []
         for offset in range(0, table.num_rows, rows):
             part = table.slice(offset, rows)
