@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from mlharbor.monitoring.distributions import distribution
 from mlharbor.monitoring.drift import DriftEngine
 from mlharbor.monitoring.reference import Reference
 from mlharbor.monitoring.service import open_prediction_log
+from mlharbor.monitoring.statistics import score as statistic
 from mlharbor.monitoring.windows import count_window
 from mlharbor.settings import Settings
 from tests.support import cli_env, run_cli
@@ -89,6 +91,19 @@ def test_an_integer_column_shifted_by_half_is_drift_both_ways() -> None:
         assert np.isfinite(calls.score) and calls.to_dict()["score"] is not None
     unshifted = engine.run(frame(rng, 500))
     assert "calls" not in unshifted.drifted_features
+
+
+def test_psi_ignores_bins_empty_on_both_sides() -> None:
+    # The same constant column, 600 rows against 3,000: identical, so no drift at all.
+    assert statistic("psi", [0, 600, 0], [0, 3_000, 0]) == 0.0
+    # Empty gaps between values change nothing: the same PSI as without them.
+    assert statistic("psi", [0, 60, 0, 40, 0], [0, 600, 0, 400, 0]) == pytest.approx(
+        statistic("psi", [60, 40], [600, 400]), rel=1e-12)
+    # Bins every sample uses are smoothed exactly as before: half a count per bin.
+    w, r = np.array([30.0, 50.0, 20.0]), np.array([300.0, 400.0, 300.0])
+    qs, ps = (w + 0.5) / (100 + 1.5), (r + 0.5) / (1_000 + 1.5)
+    assert statistic("psi", w, r) == pytest.approx(np.sum((qs - ps) * np.log(qs / ps)))
+    assert statistic("psi", [0, 95, 5], [0, 1_000, 0]) > 0.01  # values the reference never had
 
 
 def test_continuous_and_wide_integer_columns_keep_quantile_bins() -> None:

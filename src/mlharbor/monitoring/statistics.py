@@ -14,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
-# Additive smoothing for the logarithms of PSI (half a count per bin, Jeffreys' prior).
+# Additive smoothing for the logarithms of PSI (half a count per bin, Jeffreys' prior), on the
+# bins that the window or the reference uses. A bin empty in both (a value the reference never
+# had, see mlharbor.data.profile) carries no information; smoothing it anyway would give two
+# identical samples of different sizes a PSI above 0 (on a constant column, with no noise for
+# the calibration to absorb, a false alarm).
 PSEUDO_COUNT = 0.5
 
 NUMERIC_TESTS = ("psi", "jensen_shannon", "ks", "wasserstein")
@@ -71,10 +75,11 @@ def scores(tests: tuple[str, ...], w: Any, r: Any, *, points: Any = None,
     p = r / np.where(m > 0, m, 1.0)
     out: dict[str, np.ndarray] = {}
     if "psi" in tests:
-        k = w.shape[-1]
+        used = (w + r) > 0
+        k = np.maximum(used.sum(axis=-1, keepdims=True), 1)
         qs = (w + PSEUDO_COUNT) / (n + PSEUDO_COUNT * k)
         ps = (r + PSEUDO_COUNT) / (m + PSEUDO_COUNT * k)
-        out["psi"] = np.sum((qs - ps) * np.log(qs / ps), axis=-1)
+        out["psi"] = np.sum(np.where(used, (qs - ps) * np.log(qs / ps), 0.0), axis=-1)
     if "jensen_shannon" in tests:
         mid = 0.5 * (q + p)
         safe = np.where(mid > 0, mid, 1.0)
