@@ -167,3 +167,40 @@ def test_server_speaks_tls(settings: Settings, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
+
+
+def test_serving_guard_without_an_allowlist_holds_loopback_arrivals(tmp_path: Path) -> None:
+    """``guard_transport`` for a server on every interface with no allowlist: connections
+    arriving on loopback (where DNS rebinding reaches it) keep the loopback names; others
+    (probes, load balancers) may name any host. A configured allowlist holds everywhere."""
+    import asyncio
+
+    from mlharbor.security.middleware import guard_transport
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def status(settings: Settings, host: bytes, local: str) -> int:
+        guard = guard_transport(app, settings, body_limit=False)
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/livez",
+                 "headers": [(b"host", host)], "server": (local, 8080)}
+        asyncio.run(guard(scope, None, send))
+        return int(sent[0]["status"])
+
+    open_bind = Settings(home=tmp_path, server={"host": "0.0.0.0"})
+    assert status(open_bind, b"10.1.2.3:8080", "10.1.2.3") == 200
+    assert status(open_bind, b"evil.example.com", "127.0.0.1") == 400
+    assert status(open_bind, b"evil.example.com", "::1") == 400
+    assert status(open_bind, b"localhost:8080", "127.0.0.1") == 200
+    configured = Settings(home=tmp_path, server={"host": "0.0.0.0"},
+                          security={"allowed_hosts": ["models.example.com"]})
+    assert status(configured, b"10.1.2.3:8080", "10.1.2.3") == 400
+    assert status(configured, b"models.example.com", "10.1.2.3") == 200
+    loopback_bind = Settings(home=tmp_path)  # server.host 127.0.0.1: enforced everywhere
+    assert status(loopback_bind, b"evil.example.com", "10.1.2.3") == 400
