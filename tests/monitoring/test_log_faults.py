@@ -132,6 +132,25 @@ def test_a_full_disk_keeps_records_for_the_next_flush_then_counts_the_overflow(
     log.close()
 
 
+def test_records_the_journal_still_refuses_at_shutdown_are_counted(tmp_path: Path) -> None:
+    metrics = CollectorRegistry()
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"),
+                        metrics_registry=metrics)
+    for i in range(10):
+        log.emit(record(i))
+    assert log.flush() == 10
+    (active,) = (tmp_path / "journal").glob("journal-*.log")
+    for i in range(10, 30):
+        log.emit(record(i))
+    with disk_full_past(active.stat().st_size + 64):
+        log.close()  # the last flush fails: this process cannot keep them any longer
+    assert log.drops == {**dict.fromkeys(log.drops, 0), "write_failed": 20}
+    recovered = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"))
+    recovered.compact()  # whatever the shutdown could not compact, the next start does
+    assert_accounted(range(30), stored_ids(recovered), {f"r{i:05d}" for i in range(10, 30)},
+                     log, metrics)
+
+
 @pytest.fixture
 def kms_alias(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str, str]:
     """(kms client, alias, key id) of a fresh key on moto's KMS, addressed by its alias."""
