@@ -50,7 +50,7 @@ class ServingProcess:
 
                 log = open_prediction_log(self.settings,
                                           metrics_registry=metrics.registry).start()
-                feedback = open_feedback(self.settings, log).add
+                feedback = open_feedback(self.settings, log, registry).add
             app = create_serving_app(self.settings, registry, ref=self.ref, sink=log,
                                      identities=open_identities(registry), metrics=metrics,
                                      feedback=feedback)

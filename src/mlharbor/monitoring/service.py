@@ -126,7 +126,7 @@ class Monitor:
         self.settings = settings
         self.registry = registry
         self.log = log or open_prediction_log(settings)
-        self.feedback = open_feedback(settings, self.log)
+        self.feedback = open_feedback(settings, self.log, registry)
         self.cache_dir = settings.home / "monitoring"
 
     # -- feedback and performance ----------------------------------------------------------
