@@ -217,6 +217,11 @@ def test_cli_drift_with_fractional_window_and_step_returns(settings: Settings,
     assert sum(point["rows"] for point in body["series"]) == 240
     starts = [point["start"] for point in body["series"]]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    # Windows of about 30 rows were judged on thresholds simulated at their exact sizes,
+    # saved with the calibration for the next report.
+    (saved,) = (settings.home / "monitoring" / "calibration").glob("*.json")
+    exact = orjson.loads(saved.read_bytes())["exact"]
+    assert {int(n) for n in exact["x"]} >= {point["rows"] for point in body["series"]}
 
 
 def test_cli_refuses_too_many_windows_in_one_line(settings: Settings) -> None:
