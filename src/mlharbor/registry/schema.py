@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -107,4 +108,52 @@ audit_events = Table(
     Column("details", JSON, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# -- durable jobs (mlharbor.pipelines.jobs; migration 0005) ----------------------------------
+
+#: States in which a job holds its endpoint: at most one such job per endpoint, enforced by the
+#: partial unique index below (the same literal is in migration 0005).
+JOB_ACTIVE_STATES_SQL = "state IN ('queued', 'running')"
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("endpoint", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    # What the job was asked to do (a RetrainRequest as JSON, say) and the planned step names.
+    Column("request", JSON, nullable=False),
+    Column("plan", JSON, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    # The lease: who runs the job and until when; ``attempt`` counts claims and fences writes.
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("error", Text, nullable=True),
+    Index("ix_jobs_state", "state"),
+    Index("uq_jobs_active_endpoint", "endpoint", unique=True,
+          sqlite_where=text(JOB_ACTIVE_STATES_SQL), postgresql_where=text(JOB_ACTIVE_STATES_SQL)),
+)
+
+job_steps = Table(
+    "job_steps",
+    metadata,
+    Column("job_id", String(32), ForeignKey("jobs.id"), primary_key=True),
+    Column("ordinal", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("runner", String(255), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    # What a step noted while running (its own effects, for an idempotent re-run) and returned.
+    Column("progress", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
 )

@@ -1,0 +1,687 @@
+"""Durable jobs: ordered, named steps kept in the metadata store, run by exactly one runner.
+
+A job is a kind (a name and an ordered tuple of :class:`Step`) applied to one endpoint with a
+JSON request (a :class:`~mlharbor.core.loop.RetrainRequest`, say). Its rows (``jobs``,
+``job_steps`` in :mod:`mlharbor.registry.schema`, migration ``0005``) are the only truth, so
+any process sharing the database can show, cancel or resume it.
+
+**States** are data, written once in :data:`JOB_TRANSITIONS` and :data:`STEP_TRANSITIONS`::
+
+    job:  queued -> running -> succeeded | failed | cancelled      (queued -> cancelled too)
+    step: pending -> running -> succeeded | failed | cancelled     (running -> running: re-run)
+
+Any other move raises :class:`~mlharbor.core.errors.ConflictError`.
+
+**One job per endpoint.** A second :meth:`JobStore.submit` for an endpoint that has a queued or
+running job returns that job (``created=False``), whatever its kind: a persisting alarm starts
+one job, not one per window. The database enforces it (partial unique index
+``uq_jobs_active_endpoint``); the code only reads first to answer nicely.
+
+**Exactly one runner.** A runner claims a job by compare-and-set on its lease (``UPDATE ...
+WHERE lease free or expired AND attempt = seen``), which bumps ``attempt``. Every later write
+of that runner is fenced on ``(lease_owner, attempt)``: once another runner has claimed the job,
+the old one's writes change nothing and it stops (:class:`LeaseLost`). A heartbeat thread
+renews the lease while a step runs. Lease times come from each runner's clock, so servers
+sharing a database need clocks synchronised well within the lease (NTP does it).
+
+**Resuming.** A step's result is committed before the next step starts, so a runner that
+claims a dead runner's job skips every succeeded step and starts at the first unfinished one.
+The step that was running when its runner died is run again (or, for a step declared
+``rerun_after_crash=False``, the job fails cleanly instead). Hence the contract for step
+authors: **a step must be idempotent**. It may have done part or all of its effect before the
+crash; :attr:`StepContext.previous_attempt` says whether this is such a re-run, and
+:meth:`StepContext.note` commits what the step has done so far (``ctx.note(version=4)`` right
+after registering) so the re-run can read it back from :attr:`StepContext.progress` and check
+its earlier effect instead of repeating it. Effects between the action and the note must be
+recognisable in the target system itself (tag a registered version with the job id).
+
+**Cancel** marks the job; a queued job is cancelled at once, a running one by its runner
+between steps (a long step may call :meth:`StepContext.check` to stop sooner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from mlharbor.core.clock import utcnow
+from mlharbor.core.errors import ConflictError, InvalidInputError, MlharborError, NotFoundError
+from mlharbor.core.names import validate_name
+from mlharbor.registry.schema import job_steps, jobs
+
+if TYPE_CHECKING:
+    from mlharbor.registry.store import MetadataStore
+
+log = logging.getLogger(__name__)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: The job state machine. ``running -> running`` is not a move: a re-claim keeps the state.
+JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+#: The step state machine; ``running -> running`` is the re-run of a step whose runner died.
+STEP_TRANSITIONS: Mapping[StepState, frozenset[StepState]] = {
+    StepState.PENDING: frozenset({StepState.RUNNING, StepState.CANCELLED}),
+    StepState.RUNNING: frozenset({StepState.RUNNING, StepState.SUCCEEDED, StepState.FAILED,
+                                  StepState.CANCELLED}),
+    StepState.SUCCEEDED: frozenset(),
+    StepState.FAILED: frozenset(),
+    StepState.CANCELLED: frozenset(),
+}
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+def check_job_transition(current: JobState, new: JobState, *, job_id: str) -> None:
+    """Raise :class:`ConflictError` unless ``current -> new`` is a move of the job machine."""
+    if new not in JOB_TRANSITIONS[current]:
+        raise ConflictError(f"Job {job_id} is {current.value}; it cannot become {new.value}.",
+                            job_id=job_id, state=current.value, wanted=new.value)
+
+
+def check_step_transition(current: StepState, new: StepState, *, step: str) -> None:
+    """Raise :class:`ConflictError` unless ``current -> new`` is a move of the step machine."""
+    if new not in STEP_TRANSITIONS[current]:
+        raise ConflictError(f"Step {step!r} is {current.value}; it cannot become {new.value}.",
+                            step=step, state=current.value, wanted=new.value)
+
+
+def parse_job_state(value: str) -> JobState:
+    """A state filter from a user: one of the job states, or a clear error naming them."""
+    try:
+        return JobState(value.strip().lower())
+    except ValueError as exc:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidInputError(f"Unknown job state {value!r}; expected one of: {known}.",
+                                field="state", expected=known, received=value) from exc
+
+
+# -- records ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepView:
+    """One step of a stored job, as last committed."""
+
+    ordinal: int
+    name: str
+    state: StepState
+    attempts: int
+    runner: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: dict[str, Any] | None
+    result: Any
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A stored job with its steps in order."""
+
+    id: str
+    kind: str
+    endpoint: str
+    state: JobState
+    request: dict[str, Any]
+    plan: tuple[str, ...]
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    attempt: int
+    cancel_requested: bool
+    error: str | None
+    steps: tuple[StepView, ...]
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (datetimes as ISO strings) for the CLI and the API."""
+        body: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self), default=_iso))
+        return body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreviousAttempt:
+    """What a step's earlier, unfinished attempt left: who ran it, when, what it noted."""
+
+    attempt: int
+    runner: str | None
+    started_at: datetime | None
+    progress: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fence:
+    """A runner's hold on a job: writes count only while ``(owner, attempt)`` still match."""
+
+    job_id: str
+    owner: str
+    attempt: int
+
+
+class LeaseLost(ConflictError):
+    """Another runner has claimed the job: stop without writing anything more.
+
+    A :class:`ConflictError`, so a fenced write inside an audited transaction rolls back.
+    """
+
+
+class CancelRequested(Exception):
+    """Raised by :meth:`StepContext.check` when the job was cancelled while a step ran."""
+
+
+# -- step definitions -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """A named step: ``run(ctx)`` does the work and returns a JSON-able result.
+
+    ``rerun_after_crash=False`` declares a step that cannot check its own earlier effect; if
+    its runner dies mid-way the job fails cleanly on restart instead of running it twice.
+    """
+
+    name: str
+    run: Callable[[StepContext], Any]
+    rerun_after_crash: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobKind:
+    """A kind of job: its name and its steps in order (names unique)."""
+
+    name: str
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, kind="job kind")
+        names = [step.name for step in self.steps]
+        if not names:
+            raise InvalidInputError(f"Job kind {self.name!r} has no steps.")
+        for name in names:
+            validate_name(name, kind="step name")
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"Job kind {self.name!r} repeats a step name: {names}.")
+
+    @property
+    def plan(self) -> tuple[str, ...]:
+        return tuple(step.name for step in self.steps)
+
+
+class StepContext:
+    """What a running step sees: its job, earlier results, its own earlier attempt, the lease."""
+
+    def __init__(
+        self, store: JobStore, fence: Fence, job: Job, step: StepView, attempt: int,
+        previous_attempt: PreviousAttempt | None, lease_lost: threading.Event,
+        cancel_requested: threading.Event,
+    ) -> None:
+        self._store = store
+        self._fence = fence
+        self.job = job
+        self.step = step
+        self.attempt = attempt
+        self.previous_attempt = previous_attempt
+        self.lease_lost = lease_lost
+        self.cancel_requested = cancel_requested
+        self._progress = dict(previous_attempt.progress) if previous_attempt else {}
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Results of the steps before this one, by step name."""
+        return {s.name: s.result for s in self.job.steps[: self.step.ordinal]}
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """Everything noted so far by this step, across attempts."""
+        return dict(self._progress)
+
+    def note(self, **progress: Any) -> None:
+        """Commit what this step has done so far, for an idempotent re-run to read back."""
+        merged = {**self._progress, **progress}
+        _check_json(merged, what=f"progress of step {self.step.name!r}")
+        self._store.note_step(self._fence, self.step.ordinal, merged)
+        self._progress = merged
+
+    def check(self) -> None:
+        """Raise if the runner lost the job or the job was cancelled; call it in long steps."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(f"Job {self._fence.job_id} was taken over by another runner.")
+        if self.cancel_requested.is_set():
+            raise CancelRequested(self._fence.job_id)
+
+
+# -- the store --------------------------------------------------------------------------------
+
+class JobStore:
+    """Jobs and steps in the metadata database; every change is one transaction."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.meta = store
+        self.db = store.db
+
+    def submit(
+        self, kind: str, endpoint: str, request: Mapping[str, Any], plan: Iterable[str], *,
+        actor: str,
+    ) -> tuple[Job, bool]:
+        """Queue a job, or return the endpoint's active one (``created`` is then False)."""
+        endpoint = validate_name(endpoint, kind="endpoint name")
+        steps = tuple(plan)
+        payload = dict(request)
+        _check_json(payload, what="job request")
+        for _ in range(3):
+            existing = self._active_for(endpoint)
+            if existing is not None:
+                return existing, False
+            job_id = uuid.uuid4().hex
+            now = utcnow()
+
+            def work(conn: Connection, job_id: str = job_id, now: datetime = now) -> tuple[
+                    None, dict[str, Any]]:
+                conn.execute(jobs.insert().values(
+                    id=job_id, kind=kind, endpoint=endpoint, state=JobState.QUEUED.value,
+                    request=payload, plan=list(steps), created_by=actor, created_at=now,
+                    updated_at=now, attempt=0, cancel_requested=False))
+                conn.execute(job_steps.insert(), [
+                    {"job_id": job_id, "ordinal": i, "name": name,
+                     "state": StepState.PENDING.value, "attempts": 0}
+                    for i, name in enumerate(steps)])
+                return None, {"kind": kind, "endpoint": endpoint, "steps": list(steps)}
+
+            try:
+                self.meta.mutate("job.submit", f"job:{job_id}", work, actor=actor)
+            except ConflictError:
+                continue  # another submit won the endpoint's unique index: return its job
+            return self.get(job_id), True
+        raise ConflictError(f"Endpoint {endpoint!r} keeps changing jobs; submit again.")
+
+    def get(self, job_id: str) -> Job:
+        with self.db.read() as conn:
+            job = _load(conn, job_id)
+        if job is None:
+            raise NotFoundError(f"No job with id {job_id!r}.",
+                                hint="List jobs with `mlharbor jobs list`.", job_id=job_id)
+        return job
+
+    def list_jobs(
+        self, *, state: JobState | None = None, endpoint: str | None = None, limit: int = 100,
+    ) -> list[Job]:
+        """Newest first."""
+        query = select(jobs.c.id).order_by(jobs.c.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(jobs.c.state == state.value)
+        if endpoint is not None:
+            query = query.where(jobs.c.endpoint == endpoint)
+        with self.db.read() as conn:
+            ids = [row.id for row in conn.execute(query)]
+            return [job for job in (_load(conn, i) for i in ids) if job is not None]
+
+    def cancel(self, job_id: str, *, actor: str) -> Job:
+        """Cancel a queued job now; mark a running one for its runner to stop between steps."""
+        current = self.get(job_id)
+        if not current.active:
+            check_job_transition(current.state, JobState.CANCELLED, job_id=job_id)
+
+        def work(conn: Connection) -> tuple[None, dict[str, Any]]:
+            now = utcnow()
+            row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            state = JobState(row.state) if row else current.state
+            if state is JobState.QUEUED:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    state=JobState.CANCELLED.value, cancel_requested=True, updated_at=now,
+                    finished_at=now))
+                _cancel_open_steps(conn, job_id, now)
+            elif state is JobState.RUNNING:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    cancel_requested=True, updated_at=now))
+            else:
+                check_job_transition(state, JobState.CANCELLED, job_id=job_id)
+            return None, {"state_before": state.value}
+
+        self.meta.mutate("job.cancel", f"job:{job_id}", work, actor=actor)
+        return self.get(job_id)
+
+    # -- used by the runner; every write after the claim is fenced ---------------------------
+
+    def claim(self, owner: str, kinds: Iterable[str], lease: timedelta) -> Job | None:
+        """Take the oldest active job of ``kinds`` whose lease is free or expired, or None."""
+        now = utcnow()
+        free = or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now)
+        active = jobs.c.state.in_([s.value for s in ACTIVE_STATES])
+        with self.db.write() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.state, jobs.c.attempt)
+                .where(jobs.c.kind.in_(list(kinds)), active, free)
+                .order_by(jobs.c.created_at).limit(20)).all()
+            for row in rows:
+                if JobState(row.state) is JobState.QUEUED:
+                    check_job_transition(JobState.QUEUED, JobState.RUNNING, job_id=row.id)
+                # Compare-and-set: only if nobody claimed it since we looked.
+                done = conn.execute(update(jobs).where(
+                    jobs.c.id == row.id, jobs.c.attempt == row.attempt, active, free,
+                ).values(state=JobState.RUNNING.value, lease_owner=owner,
+                         lease_expires_at=now + lease, attempt=row.attempt + 1, updated_at=now))
+                if done.rowcount == 1:
+                    return _load(conn, row.id)
+        return None
+
+    def renew(self, fence: Fence, lease: timedelta) -> bool:
+        """Extend the lease; returns whether the job has been asked to cancel."""
+        with self.db.write() as conn:
+            _hold(conn, fence, lease)
+            row = conn.execute(select(jobs.c.cancel_requested)
+                               .where(jobs.c.id == fence.job_id)).one()
+            return bool(row.cancel_requested)
+
+    def start_step(self, fence: Fence, ordinal: int, lease: timedelta) -> tuple[
+            Job, int, PreviousAttempt | None]:
+        """Mark step ``ordinal`` running (again); the job as now stored, the attempt, the last."""
+        with self.db.write() as conn:
+            _hold(conn, fence, lease)
+            step = conn.execute(select(job_steps).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal)).one()
+            state = StepState(step.state)
+            check_step_transition(state, StepState.RUNNING, step=step.name)
+            previous = None
+            if state is StepState.RUNNING:
+                previous = PreviousAttempt(step.attempts, step.runner, _utc(step.started_at),
+                                           dict(step.progress or {}))
+            attempt = int(step.attempts) + 1
+            conn.execute(update(job_steps).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal,
+            ).values(state=StepState.RUNNING.value, attempts=attempt, runner=fence.owner,
+                     started_at=utcnow(), error=None))
+            job = _load(conn, fence.job_id)
+            assert job is not None
+            return job, attempt, previous
+
+    def note_step(self, fence: Fence, ordinal: int, progress: dict[str, Any]) -> None:
+        with self.db.write() as conn:
+            _hold(conn, fence, None)
+            conn.execute(update(job_steps).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal,
+                job_steps.c.state == StepState.RUNNING.value).values(progress=progress))
+
+    def finish_step(self, fence: Fence, ordinal: int, state: StepState, *, result: Any = None,
+                    error: str | None = None) -> None:
+        with self.db.write() as conn:
+            _hold(conn, fence, None)
+            row = conn.execute(select(job_steps.c.state, job_steps.c.name).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal)).one()
+            check_step_transition(StepState(row.state), state, step=row.name)
+            conn.execute(update(job_steps).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal,
+            ).values(state=state.value, result=result, error=error, finished_at=utcnow()))
+
+    def finish_job(self, fence: Fence, state: JobState, *, error: str | None = None) -> None:
+        """End the job (audited); open steps become cancelled; the lease is released."""
+
+        def work(conn: Connection) -> tuple[None, dict[str, Any]]:
+            _hold(conn, fence, None)
+            check_job_transition(JobState.RUNNING, state, job_id=fence.job_id)
+            now = utcnow()
+            conn.execute(update(jobs).where(jobs.c.id == fence.job_id).values(
+                state=state.value, error=error, finished_at=now, updated_at=now,
+                lease_owner=None, lease_expires_at=None))
+            _cancel_open_steps(conn, fence.job_id, now)
+            return None, {"state": state.value, "attempt": fence.attempt,
+                          **({"error": error} if error else {})}
+
+        self.meta.mutate(f"job.{state.value}", f"job:{fence.job_id}", work, actor=fence.owner)
+
+    def _active_for(self, endpoint: str) -> Job | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(jobs.c.id).where(
+                jobs.c.endpoint == endpoint,
+                jobs.c.state.in_([s.value for s in ACTIVE_STATES]))).first()
+            return _load(conn, row.id) if row else None
+
+
+def _hold(conn: Connection, fence: Fence, lease: timedelta | None) -> None:
+    """Check the fence inside ``conn``'s transaction (and extend the lease); else LeaseLost."""
+    now = utcnow()
+    values: dict[str, Any] = {"updated_at": now}
+    if lease is not None:
+        values["lease_expires_at"] = now + lease
+    done = conn.execute(update(jobs).where(and_(
+        jobs.c.id == fence.job_id, jobs.c.lease_owner == fence.owner,
+        jobs.c.attempt == fence.attempt, jobs.c.state == JobState.RUNNING.value,
+    )).values(**values))
+    if done.rowcount != 1:
+        raise LeaseLost(f"Job {fence.job_id} is no longer held by {fence.owner} "
+                              f"(attempt {fence.attempt}).")
+
+
+def _cancel_open_steps(conn: Connection, job_id: str, now: datetime) -> None:
+    conn.execute(update(job_steps).where(
+        job_steps.c.job_id == job_id,
+        job_steps.c.state.in_([StepState.PENDING.value, StepState.RUNNING.value]),
+    ).values(state=StepState.CANCELLED.value, finished_at=now))
+
+
+def _load(conn: Connection, job_id: str) -> Job | None:
+    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return None
+    steps = conn.execute(select(job_steps).where(job_steps.c.job_id == job_id)
+                         .order_by(job_steps.c.ordinal)).all()
+    return Job(
+        id=row.id, kind=row.kind, endpoint=row.endpoint, state=JobState(row.state),
+        request=dict(row.request), plan=tuple(row.plan), created_by=row.created_by,
+        created_at=_utc_req(row.created_at), updated_at=_utc_req(row.updated_at),
+        finished_at=_utc(row.finished_at), lease_owner=row.lease_owner,
+        lease_expires_at=_utc(row.lease_expires_at), attempt=int(row.attempt),
+        cancel_requested=bool(row.cancel_requested), error=row.error,
+        steps=tuple(StepView(
+            ordinal=int(s.ordinal), name=s.name, state=StepState(s.state),
+            attempts=int(s.attempts), runner=s.runner, started_at=_utc(s.started_at),
+            finished_at=_utc(s.finished_at), progress=s.progress, result=s.result,
+            error=s.error) for s in steps))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_req(value: datetime) -> datetime:
+    result = _utc(value)
+    assert result is not None
+    return result
+
+
+def _iso(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _check_json(value: Any, *, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"The {what} is not JSON ({exc}).",
+                                hint="Return numbers, strings, lists and dicts only.") from exc
+
+
+# -- the runner -------------------------------------------------------------------------------
+
+def default_owner() -> str:
+    """A name for this runner unique across hosts and processes: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class JobRunner:
+    """Claims jobs of the kinds it knows and runs their steps, one job at a time."""
+
+    def __init__(
+        self, store: JobStore, kinds: Iterable[JobKind], *, owner: str | None = None,
+        lease_seconds: float = 30.0, poll_seconds: float = 1.0, max_attempts: int = 3,
+    ) -> None:
+        if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1:
+            raise InvalidInputError("lease_seconds and poll_seconds must be positive and "
+                                    "max_attempts at least 1.")
+        self.store = store
+        self.kinds = {kind.name: kind for kind in kinds}
+        self.owner = owner or default_owner()
+        self.lease = timedelta(seconds=lease_seconds)
+        self.poll_seconds = poll_seconds
+        self.max_attempts = max_attempts
+
+    def submit(self, kind: str, endpoint: str, request: Mapping[str, Any], *,
+               actor: str) -> tuple[Job, bool]:
+        """Queue a job of a known kind (or get the endpoint's active job, ``created=False``)."""
+        if kind not in self.kinds:
+            known = ", ".join(sorted(self.kinds)) or "none"
+            raise InvalidInputError(f"Unknown job kind {kind!r}; this runner knows: {known}.")
+        return self.store.submit(kind, endpoint, request, self.kinds[kind].plan, actor=actor)
+
+    def run_once(self) -> Job | None:
+        """Claim one job and run it until it ends or this runner loses it; None if idle."""
+        job = self.store.claim(self.owner, self.kinds, self.lease)
+        if job is None:
+            return None
+        try:
+            self._execute(job, Fence(job.id, self.owner, job.attempt))
+        except LeaseLost:
+            log.warning("job %s: lease lost by %s; another runner has it", job.id, self.owner)
+        return self.store.get(job.id)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run jobs until ``stop`` is set (``mlharbor server`` or a worker calls this)."""
+        while not stop.is_set():
+            try:
+                job = self.run_once()
+            except MlharborError as exc:  # the database is down, say: wait and try again
+                log.warning("job runner %s: %s", self.owner, exc)
+                job = None
+            if job is None:
+                stop.wait(self.poll_seconds)
+
+    def _execute(self, job: Job, fence: Fence) -> None:
+        kind = self.kinds[job.kind]
+        if job.plan != kind.plan:
+            self.store.finish_job(fence, JobState.FAILED, error=(
+                f"The job was planned as {list(job.plan)} but this runner's {kind.name!r} "
+                f"has steps {list(kind.plan)}; it cannot resume safely."))
+            return
+        if job.attempt > self.max_attempts:
+            self.store.finish_job(fence, JobState.FAILED, error=(
+                f"Abandoned: its runner stopped {job.attempt - 1} times before it finished."))
+            return
+        lost, cancel = threading.Event(), threading.Event()
+        beat = _Heartbeat(self.store, fence, self.lease, lost, cancel)
+        beat.start()
+        try:
+            for step in kind.steps:
+                if not self._run_step(step, job, fence, lost, cancel):
+                    return
+                job = self.store.get(job.id)
+            self.store.finish_job(fence, JobState.SUCCEEDED)
+        finally:
+            beat.stop()
+
+    def _run_step(self, step: Step, job: Job, fence: Fence, lost: threading.Event,
+                  cancel: threading.Event) -> bool:
+        """Run one step; False when the job ended (failed or cancelled) instead."""
+        view = job.steps[job.plan.index(step.name)]
+        if view.state is StepState.SUCCEEDED:
+            return True
+        if job.cancel_requested or cancel.is_set():
+            self.store.finish_job(fence, JobState.CANCELLED)
+            return False
+        if view.state is StepState.RUNNING and not step.rerun_after_crash:
+            self.store.finish_step(fence, view.ordinal, StepState.FAILED,
+                                   error="interrupted; not safe to re-run")
+            self.store.finish_job(fence, JobState.FAILED, error=(
+                f"Step {step.name!r} was interrupted (its runner stopped) and is declared "
+                "not safe to re-run."))
+            return False
+        job, attempt, previous = self.store.start_step(fence, view.ordinal, self.lease)
+        ctx = StepContext(self.store, fence, job, job.steps[view.ordinal], attempt, previous,
+                          lost, cancel)
+        try:
+            result = step.run(ctx)
+            _check_json(result, what=f"result of step {step.name!r}")
+        except LeaseLost:
+            raise
+        except CancelRequested:
+            self.store.finish_step(fence, view.ordinal, StepState.CANCELLED)
+            self.store.finish_job(fence, JobState.CANCELLED)
+            return False
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log.warning("job %s step %s failed: %s", job.id, step.name, message)
+            self.store.finish_step(fence, view.ordinal, StepState.FAILED, error=message)
+            self.store.finish_job(fence, JobState.FAILED,
+                                  error=f"Step {step.name!r} failed: {message}")
+            return False
+        if lost.is_set():
+            raise LeaseLost(f"Job {fence.job_id} was taken over while step {step.name!r} ran.")
+        self.store.finish_step(fence, view.ordinal, StepState.SUCCEEDED, result=result)
+        return True
+
+
+class _Heartbeat:
+    """Renews a lease every third of its length while a job runs; flags loss and cancel."""
+
+    def __init__(self, store: JobStore, fence: Fence, lease: timedelta,
+                 lost: threading.Event, cancel: threading.Event) -> None:
+        self._store, self._fence, self._lease = store, fence, lease
+        self._lost, self._cancel = lost, cancel
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"job-heartbeat-{fence.job_id[:8]}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        interval = self._lease.total_seconds() / 3
+        while not self._stop.wait(interval):
+            try:
+                if self._store.renew(self._fence, self._lease):
+                    self._cancel.set()
+            except LeaseLost:
+                self._lost.set()
+                return
+            except MlharborError as exc:  # keep trying; the fenced writes decide
+                log.warning("job %s: lease renewal failed: %s", self._fence.job_id, exc)
