@@ -131,3 +131,122 @@ def test_live_metrics_are_compared_with_the_registered_validation_metrics(
         assert rows[1]["validation"] == {"accuracy": 0.88}
     finally:
         registry.close()
+
+
+def _log_binary(monitor: Monitor, start: datetime, n: int = 10) -> None:
+    for i in range(n):
+        monitor.log.emit(PredictionRecord(f"b{i}", "churn", "churn@champion", 1, {"x": i},
+                                          Outputs(np.array([i % 2]), np.array([[0.4, 0.6]])),
+                                          0.01, start + timedelta(minutes=i)))
+    monitor.log.flush()
+    monitor.log.compact()
+
+
+@pytest.fixture
+def churn_registry(settings: Settings) -> Any:
+    """A registry with a real binary classifier ``churn`` (classes 0 and 1) as champion."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.registry.bundles import register_model
+
+    registry = open_registry(settings)
+    x = pd.DataFrame({"x": np.arange(20.0)})
+    register_model(registry, "churn", LogisticRegression().fit(x, np.arange(20) % 2),
+                   settings=settings, sample_input=x.head(5))
+    registry.set_alias("churn", "champion", 1)
+    yield registry
+    registry.close()
+
+
+def test_labels_of_mixed_types_are_refused_and_performance_keeps_working(
+        settings: Settings, churn_registry: Any, live_server: Any) -> None:
+    """The issue's case: one number and one string, for ids served or never served: a 422
+    naming the label and the model's classes, and the performance route still answers."""
+    app = monitoring_app(settings)
+    app.state.registry = churn_registry
+    monitor = app.state.monitor = Monitor(settings, churn_registry)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    _log_binary(monitor, start)
+    with live_server(app) as server:
+        url = f"{server.url}/v1/endpoints/churn/feedback"
+        for ids in (("b0", "b1"), ("never-served", "nor-this")):
+            mixed = httpx.post(url, json={"labels": [{"request_id": ids[0], "label": 1},
+                                                     {"request_id": ids[1], "label": "abc"}]})
+            assert mixed.status_code == 422, mixed.text
+            error = mixed.json()["error"]
+            assert "'abc'" in error["message"] and "[0, 1]" in error["message"]
+            assert error["details"]["field"] == "labels[1].label"
+        as_text = httpx.post(url, json={"labels": [{"request_id": f"b{i}", "label": str(i % 2)}
+                                                   for i in range(10)]})
+        assert as_text.status_code == 200, as_text.text
+        perf = httpx.get(f"{server.url}/api/v1/monitoring/endpoints/churn/performance",
+                         params={"window": "2h", "step": "2h"})
+        assert perf.status_code == 200, perf.text
+        (row,) = perf.json()["windows"]
+    assert row["labelled_rows"] == 10 and row["metrics"]["accuracy"] == 1.0
+
+
+def test_a_regressor_takes_numbers_only(settings: Settings) -> None:
+    from mlharbor.core.errors import SchemaError
+    from mlharbor.monitoring.labels import LabelSpec, check_labels
+
+    spec = LabelSpec(None, True, ("price:1",))
+    assert check_labels([{"label": 3}, {"label": 2.5}], spec) == [3.0, 2.5]
+    for bad in ("3", True, 2**1100):
+        with pytest.raises(SchemaError, match="finite number"):
+            check_labels([{"label": 1.0}, {"label": bad}], spec)
+    with pytest.raises(SchemaError, match="labels\\[1\\]"):  # no model known: one kind
+        check_labels([{"label": 1}, {"label": "a"}], None)
+
+
+def test_labels_for_unknown_request_ids_are_kept_apart_and_expire(settings: Settings) -> None:
+    """Labels wait in the inbox until their request id is logged; ids never served never
+    reach the store and are dropped after PENDING_TTL."""
+    from mlharbor.monitoring.feedback import PENDING_TTL
+
+    monitor = Monitor(settings)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    monitor.add_feedback("churn", {"labels": [{"request_id": "b0", "label": 0},
+                                              {"request_id": "ghost", "label": 1}]})
+    assert monitor.feedback.labels("churn").num_rows == 0  # b0 not logged yet
+    assert monitor.feedback.pending("churn") == 2
+    _log_binary(monitor, start)  # b0 reaches the log after its label
+    assert monitor.feedback.labels("churn").to_pylist() == [
+        {"request_id": "b0", "row": 0, "label": 0}]
+    assert monitor.feedback.pending("churn") == 1  # the ghost waits, apart from the store
+    later = datetime.now(UTC) + PENDING_TTL + timedelta(minutes=1)
+    assert monitor.feedback.labels("churn", now=later).num_rows == 1
+    assert monitor.feedback.pending("churn") == 0
+    assert not [n for n in monitor.feedback.store.names() if "ghost" in n]
+
+
+def test_a_store_holding_bad_segments_written_by_older_versions_recovers(
+        settings: Settings, caplog: Any) -> None:
+    """Label files as the old code wrote them (one int64 file, one text file from a mixed
+    batch, one that is not Parquet at all): performance answers from what can be read."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monitor = Monitor(settings)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    _log_binary(monitor, start)
+
+    def old_file(name: str, labels: list[Any]) -> None:
+        sink = io.BytesIO()
+        pq.write_table(pa.table({
+            "request_id": [f"b{i}" for i in range(len(labels))],
+            "row": pa.array([0] * len(labels), pa.int64()), "label": labels,
+            "received_at": pa.array([1] * len(labels), pa.int64())}), sink)
+        monitor.feedback.store.put(f"endpoint=churn/{name}.parquet", sink.getvalue())
+
+    old_file("1-ints", [i % 2 for i in range(6)])
+    old_file("2-mixed", ["0", "1", "0", "abc"])  # the mixed batch, stored as text
+    monitor.feedback.store.put("endpoint=churn/3-torn.parquet", b"PAR1 torn")
+    (row,) = monitor.feedback.performance("churn", start=start, end=datetime.now(UTC),
+                                          window=timedelta(hours=2))
+    assert row["labelled_rows"] == 6  # b0..b5; b0..b3 from both files (same received_at)
+    assert "3-torn.parquet" in caplog.text
