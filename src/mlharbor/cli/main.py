@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.monitor",
     "mlharbor.cli.build",
     "mlharbor.cli.deploy",
+    "mlharbor.cli.jobs",
 )
 
 EXIT_CODES: dict[type[errors.MlharborError], int] = {
