@@ -164,6 +164,22 @@ def onnx_file(tmp: Path) -> Case:
     return Case(path, x[:50], labels, proba)
 
 
+def onnx_zipmap_file(tmp: Path) -> Case:
+    """skl2onnx's defaults: outputs ``output_label`` and ZipMap'd ``output_probability``."""
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = numeric_data()
+    model = RandomForestClassifier(10, max_depth=5, random_state=0).fit(x, np.where(y, "b", "a"))
+    path = tmp / "forest.onnx"
+    path.write_bytes(to_onnx(model, x[:1].astype(np.float32)).SerializeToString())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels, maps = session.run(None, {session.get_inputs()[0].name: x[:50].astype(np.float32)})
+    proba = np.array([[row["a"], row["b"]] for row in maps])
+    return Case(path, x[:50], np.asarray(labels), proba)
+
+
 def torchscript_file(tmp: Path) -> Case:
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install "
                                 "torch==2.13.0, in the dev extra)")
@@ -446,6 +462,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "lightgbm-classifier": lightgbm_classifier,
     "lightgbm-text-file": lightgbm_text_file,
     "onnx-file": onnx_file,
+    "onnx-zipmap-file": onnx_zipmap_file,
     "torchscript-file": torchscript_file,
     "python-source": python_file,
     "pickle-pinned": pickle_file,

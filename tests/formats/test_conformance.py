@@ -24,6 +24,7 @@ EXPECTED_FORMAT = {
     "sklearn-object": "sklearn", "sklearn-pipeline": "sklearn", "sklearn-skops-file": "sklearn",
     "xgboost-classifier": "xgboost", "xgboost-json-file": "xgboost",
     "lightgbm-classifier": "lightgbm", "lightgbm-text-file": "lightgbm", "onnx-file": "onnx",
+    "onnx-zipmap-file": "onnx",
     "torchscript-file": "torch", "python-source": "python", "pickle-pinned": "pickle",
     "sklearn-threshold": "sklearn", "sklearn-pipeline-threshold": "sklearn",
     "sklearn-tuned-threshold-cv": "sklearn", "onnx-converted-threshold": "sklearn",

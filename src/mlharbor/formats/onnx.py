@@ -23,6 +23,8 @@ ORT_DTYPES: dict[str, Any] = {
     "tensor(int32)": np.int32, "tensor(string)": object, "tensor(bool)": np.bool_,
 }
 _PROBA_NAMES = ("probabilities", "output_probability", "probability", "proba")
+# A classifier's label output: the model's own predict (converters compute it there).
+_LABEL_NAMES = ("label", "output_label")
 # What a missing value (None / NaN) of a string column is fed to ONNX Runtime as. ORT would
 # turn None into "None" and NaN into "nan", which are real strings; converted imputers
 # (see onnx_convert) treat exactly this marker as missing, as scikit-learn treats None/NaN.
@@ -143,9 +145,14 @@ class OnnxModel(NativeModel):
         names = [o.name for o in outputs]
         self.output_names = names
         self.proba_name = next((n for n in names if n in _PROBA_NAMES), None)
-        self.label_name = "label" if "label" in names else None
+        self.label_name = next((n for n in names if n in _LABEL_NAMES), None)
         if self.proba_name is None and len(outputs) == 2 and self.label_name:
-            self.proba_name = next(n for n in names if n != "label")
+            self.proba_name = next(n for n in names if n != self.label_name)
+        if self.label_name is None and self.proba_name is not None and len(outputs) == 2:
+            # The other output of a classifier is its label when it holds integers or strings.
+            other = next(o for o in outputs if o.name != self.proba_name)
+            if other.type in ("tensor(int64)", "tensor(int32)", "tensor(string)"):
+                self.label_name = other.name
         self.value_name = self.label_name or names[0]
         self.classes = None if classes is None else np.asarray(classes)
         self.input_kind = "array"
