@@ -4,7 +4,8 @@ Run by hand, pinned to one core:  taskset -c 1 .venv/bin/python bench/predictor_
 
 Model: RandomForestClassifier(100 trees, max_depth 8) on 20 numeric features. Prints one table
 row per path: bare ``session.run``, Predictor given a NumPy row, a dict, a one-row DataFrame,
-and native scikit-learn ``predict_proba``.
+and native scikit-learn ``predict_proba``; then the serving path (``ServedModel.prepare`` +
+``run``: labels and probabilities of one dict row) on ONNX Runtime and on the native model.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     from mlharbor.formats.builder import build_bundle
     from mlharbor.formats.onnx import make_session
     from mlharbor.formats.predictor import load_bundle
+    from mlharbor.serving.model import ServedModel, runner_for
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 20))
@@ -60,13 +62,27 @@ def main() -> None:
         as_dict = {n: float(v) for n, v in zip(names, row64[0], strict=True)}
         frame = pd.DataFrame([as_dict])
         input_name = session.get_inputs()[0].name
+        served = {}
+        for runtime in ("onnx", "native"):
+            loaded = load_bundle(bundle, runtime=runtime)
+            served[runtime] = ServedModel("bench", 1, loaded.signature, runner_for(loaded),
+                                          task=loaded.task, classes=loaded.classes)
+
+        def serve(runtime: str) -> Callable[[], Any]:
+            model = served[runtime]
+            return lambda: model.run(model.prepare(as_dict)[0])
+
         rows = [
             ("bare ORT session.run (float32 row)",
              lambda: session.run(["probabilities"], {input_name: row})),
             ("Predictor.predict_proba numpy row", lambda: predictor.predict_proba(row64)),
             ("Predictor.predict_proba dict", lambda: predictor.predict_proba(as_dict)),
             ("Predictor.predict_proba DataFrame", lambda: predictor.predict_proba(frame)),
+            ("Predictor.predict dict", lambda: predictor.predict(as_dict)),
+            ("served labels+proba dict, onnx", serve("onnx")),
             ("native sklearn predict_proba", lambda: model.predict_proba(row64)),
+            ("native sklearn predict", lambda: model.predict(row64)),
+            ("native served labels+proba dict", serve("native")),
         ]
         print(f"format={result.format} runtime={predictor.runtime} "
               f"parity={result.parity['status']}")
