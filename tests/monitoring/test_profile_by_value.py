@@ -178,3 +178,18 @@ def test_cli_json_and_report_show_the_same_scores(settings: Settings, tmp_path: 
     for name, score in scores.items():
         assert re.search(rf">{name}<.*?>{score:.2f}<", page, re.S), name
     assert "inf" not in result.stdout and "∞" not in page
+
+
+def test_a_constant_column_that_changes_is_drift_with_a_readable_score() -> None:
+    """The reference never varies, so every simulated statistic is 0: the change is drift, and
+    its score is a number a person can read (the threshold has a floor), not x / 1e-300."""
+    rng = np.random.default_rng(5)
+    reference = frame(rng, 2_000).assign(plan=3)
+    engine = DriftEngine(Reference.from_profile(build_profile(
+        reference, {**KINDS, "plan": "numeric"})))
+    same = next(f for f in engine.run(reference.head(300)).features if f.name == "plan")
+    assert not same.drifted and same.score == 0.0
+    changed = reference.head(300).assign(plan=[3] * 200 + [4] * 100)
+    plan = next(f for f in engine.run(changed).features if f.name == "plan")
+    assert plan.drifted
+    assert 1.0 < plan.score < 1e6, plan.score

@@ -39,6 +39,10 @@ DRAWS = 10_000
 ALGORITHM = 1  # bump when the statistics or the simulation change (invalidates caches)
 
 
+#: The smallest threshold of a distribution test (PSI, JS, KS, scaled Wasserstein, ...).
+MIN_THRESHOLD = 1e-3
+
+
 @dataclasses.dataclass
 class Calibration:
     """Per feature and test, the threshold at each grid size (``threshold`` interpolates),
@@ -73,7 +77,10 @@ class Calibration:
             value = _interpolate(self.sizes, self.thresholds[feature][test], n)
         if test in ("missing", "unseen"):
             return max(value, self.min_share_change)
-        return value
+        # A feature the reference never varies (a constant column) simulates thresholds of 0:
+        # any change is then drift, but its score (statistic / threshold) must stay a number a
+        # person can read, not statistic / 1e-300. Below this no test's change matters.
+        return max(value, MIN_THRESHOLD)
 
     def prepare(self, feature: FeatureReference, n: int) -> None:
         """Make sure :meth:`threshold` can answer for ``n`` rows of ``feature``: below the
