@@ -82,6 +82,8 @@ def main() -> None:
         if ran is None and not any(job.active for job in store.list_jobs(limit=1000)):
             break
         if ran is None:
+            # Tells the test this runner is up and has found nothing it may claim.
+            (workdir / f"idle-{owner}").touch()
             time.sleep(0.1)
     registry.close()
 

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,30 +107,47 @@ def test_a_runner_killed_in_step_two_is_resumed_there_by_another_process(
                                 ["one", "two", "three"], actor="test")
     assert created
 
-    first = start_worker(url, settings.home, workdir, "--lease", "1", "--block")
+    first = start_worker(url, settings.home, workdir, "--lease", "1", "--block",
+                         "--owner", "first")
+    second = None
     try:
         wait_for(lambda: (workdir / "blocked").exists() or first.poll() is not None,
                  "the first runner to block in step two")
         assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+        second = start_worker(url, settings.home, workdir, "--lease", "1", "--owner", "second")
+        # While the first runner lives, its heartbeat keeps the job: the second one, polling
+        # all along, claims nothing (seen over three renewals after it went idle).
+        wait_for(lambda: (workdir / "idle-second").exists(), "the second runner to poll")
+        for _ in range(3):
+            seen = store.get(job.id).lease_expires_at
+
+            def renewed(seen: datetime | None = seen) -> bool:
+                return store.get(job.id).lease_expires_at != seen
+
+            wait_for(renewed, "a lease renewal")
+        held = store.get(job.id)
+        assert held.state is JobState.RUNNING
+        assert held.lease_owner == "first" and held.attempt == 1
+        assert [s.state for s in held.steps] == [StepState.SUCCEEDED, StepState.RUNNING,
+                                                 StepState.PENDING]
+        assert held.steps[1].progress == {"half": True}
+        assert effects(workdir)[f"two-start {job.id}"] == 1
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        # The second runner takes over once the dead runner's lease lapses.
+        finish(second)
     finally:
-        if first.poll() is None:
-            first.kill()
-    dead = store.get(job.id)
-    assert dead.state is JobState.RUNNING and dead.attempt == 1
-    assert [s.state for s in dead.steps] == [StepState.SUCCEEDED, StepState.RUNNING,
-                                             StepState.PENDING]
-    assert dead.steps[1].progress == {"half": True}
-
-    second = start_worker(url, settings.home, workdir, "--lease", "1")
-    finish(second)
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
 
     done = store.get(job.id)
     assert done.state is JobState.SUCCEEDED, done.error
     assert done.attempt == 2
     assert [s.attempts for s in done.steps] == [1, 2, 1]
     assert done.steps[1].result == {"used": 10}
+    assert done.steps[1].runner == "second" and done.steps[0].runner == "first"
+    assert done.steps[1].progress == {"half": True}
     count = effects(workdir)
     assert count[f"one {job.id}"] == 1          # step one was never re-run
     assert count[f"two-start {job.id}"] == 2    # step two was re-run after the crash ...
@@ -377,3 +394,40 @@ def test_cli_lists_shows_and_cancels_and_answers_bad_input_with_one_line(
         assert result.returncode == code, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_a_job_whose_runners_keep_dying_is_abandoned_not_retried_forever(
+    store: JobStore,
+) -> None:
+    calls: list[str] = []
+    job, _ = store.submit("count", "churn", {}, ["a", "b", "c"], actor="test")
+    for n in range(3):  # three runners claim it and die before finishing a step
+        claimed = store.claim(f"dead-{n}", ["count"], timedelta(seconds=-1))
+        assert claimed is not None and claimed.attempt == n + 1
+        store.start_step(Fence(job.id, f"dead-{n}", n + 1), 0, timedelta(seconds=-1))
+    ended = JobRunner(store, [counting_kind(calls)], owner="r", max_attempts=3).run_once()
+    assert ended is not None and ended.state is JobState.FAILED
+    assert ended.error is not None and "Abandoned" in ended.error
+    assert calls == []
+
+
+def test_submit_cancel_and_the_end_of_a_job_are_audited(
+    store: JobStore, registry: Registry,
+) -> None:
+    from mlharbor.registry.audit import iter_events, verify_chain
+
+    runner = JobRunner(store, [counting_kind([])], owner="runner-1")
+    done, _ = runner.submit("count", "churn", {}, actor="alice")
+    runner.run_once()
+    cancelled, _ = runner.submit("count", "fraud", {}, actor="bob")
+    store.cancel(cancelled.id, actor="carol")
+    with registry.store.db.read() as conn:
+        chain = list(iter_events(conn))
+    assert verify_chain(chain).ok
+    events = [(e.actor, e.action, e.resource, e.outcome) for e in chain]
+    assert events == [
+        ("alice", "job.submit", f"job:{done.id}", "success"),
+        ("runner-1", "job.succeeded", f"job:{done.id}", "success"),
+        ("bob", "job.submit", f"job:{cancelled.id}", "success"),
+        ("carol", "job.cancel", f"job:{cancelled.id}", "success"),
+    ]
