@@ -7,8 +7,6 @@ once, when created, and never again.
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -21,7 +19,6 @@ if TYPE_CHECKING:
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
 ROLE_OPTION = typer.Option(None, "--role", help="ROLE or ROLE@model:NAME / ROLE@endpoint:NAME; "
                            "repeatable.")
-_DURATION = re.compile(r"(\d+)([smhd])")
 
 
 def cli_actor() -> str:
@@ -38,16 +35,6 @@ def _identities(ctx: typer.Context) -> IdentityStore:
     from mlharbor.cli.main import settings_from
 
     return open_identities(open_registry(settings_from(ctx)))
-
-
-def parse_duration(text: str) -> timedelta:
-    from mlharbor.core.errors import InvalidInputError
-
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise InvalidInputError(f"Duration {text!r} is not like 30d, 12h, 45m or 90s.")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
 
 
 def _show_key(identity: str, key: str, prefix: str) -> None:
@@ -156,6 +143,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create an API key and print it once."""
         from mlharbor.core.clock import utcnow
+        from mlharbor.core.durations import parse_duration
 
         expires = utcnow() + parse_duration(expires_in) if expires_in else None
         info, key = _identities(ctx).create_key(identity, label=label, roles=role or None,

@@ -13,8 +13,8 @@ _RELATIVE = re.compile(r"(\d+)([smhd])")
 
 
 def _parse_since(text: str) -> datetime:
-    from mlharbor.cli.admin import parse_duration
     from mlharbor.core.clock import utcnow
+    from mlharbor.core.durations import parse_duration
     from mlharbor.core.errors import InvalidInputError
 
     if _RELATIVE.fullmatch(text.strip()):

@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from mlharbor.core.durations import DURATION_UNITS as _UNITS
+
+# Re-exported: windows are where most callers meet durations.
+from mlharbor.core.durations import MAX_DURATION_S as MAX_DURATION_S
+from mlharbor.core.durations import parse_duration as parse_duration
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.monitoring.reference import PREDICTION, FeatureReference, Reference
 
@@ -202,39 +207,8 @@ def _length(data: Any) -> int:
     return len(data)
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MICROSECOND = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_DURATION_S = 10 * 366 * 86400
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``24h``, ``7d``, ``2w``, ``5.13m`` as a timedelta of whole
-    microseconds (InvalidInputError when malformed, not positive, shorter than a microsecond
-    or longer than ten years).
-
-    The amount is read as a decimal, not a float, so ``40.7s`` is exactly 40,700,000 us:
-    windows are cut on integer microseconds (:func:`window_bounds`), like the log's times.
-    """
-    from decimal import ROUND_HALF_EVEN, Decimal, DecimalException
-
-    value = text.strip().lower()
-    try:
-        amount = Decimal(value[:-1])
-        unit = _UNITS[value[-1]]
-    except (KeyError, DecimalException, IndexError) as exc:
-        raise InvalidInputError(
-            f"The duration {text!r} is not understood.",
-            hint="Write a number and a unit: 90s, 15m, 24h, 7d or 2w.") from exc
-    if not amount.is_finite() or not amount > 0:
-        raise InvalidInputError(f"The duration {text!r} must be a positive number.")
-    if amount > MAX_DURATION_S or amount * unit > MAX_DURATION_S:
-        raise InvalidInputError(f"The duration {text!r} is longer than ten years.",
-                                hint="Ask for a shorter window.")
-    micros = int((amount * unit * 1_000_000).to_integral_value(ROUND_HALF_EVEN))
-    if micros < 1:
-        raise InvalidInputError(f"The duration {text!r} is shorter than a microsecond.")
-    return timedelta(microseconds=micros)
 
 
 # -- windows on the step's grid ------------------------------------------------------------
