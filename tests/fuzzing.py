@@ -9,7 +9,9 @@ the cases) against a live server on a loopback port, in four passes per operatio
   (:data:`HOSTILE` and :func:`hostile_json`: integers past 64 bits, ``.``-like path segments,
   mixed-type JSON, label-shaped bodies with a number and a string);
 - ``sweep``: deterministic, so a class of bug cannot hide behind the draw: every parameter of
-  every operation gets every value of :data:`HOSTILE` once, with the other parameters set to
+  every operation gets every value of :data:`HOSTILE` once, every leaf of a JSON body (up to
+  24) a hostile value and every list of integers an overflowing one (``[2**32, 2**32]``,
+  ``[2**62, 4]``), with the other parameters set to
   values that exist (``known``: a real model, version, alias, file and endpoint), so the
   request reaches the code behind the 404s.
 
@@ -240,8 +242,7 @@ class RouteFuzzer:
             if where == "body":
                 bodies: list[Any] = [[1, "a"], {"labels": [{"request_id": "r0", "label": 1},
                                                            {"request_id": "r1", "label": "a"}]}]
-                if isinstance(case.body, dict):
-                    bodies += [{**case.body, k: v} for k in case.body for v in HOSTILE[:7]]
+                bodies += list(_leaf_variants(case.body))
                 for body in bodies:
                     with _changed(case, body=body, media_type="application/json"):
                         self._send(key, "sweep", case)
@@ -292,6 +293,46 @@ def _set(case: Any, where: str, name: str, value: Any) -> None:
         case.path_parameters = {**(case.path_parameters or {}), name: value}
     else:
         case.query = {**(case.query or {}), name: value}
+
+
+#: What every list of integers in a body is replaced with (element counts that overflow).
+_OVERFLOWING_LISTS: tuple[list[int], ...] = ([4294967296, 4294967296], [2**62, 4], [2**64])
+
+
+def _leaf_variants(body: Any, limit: int = 24) -> Iterator[Any]:
+    """``body`` with one leaf at a time replaced by a hostile value, and each list of
+    integers by an overflowing one (a tensor shape, a row index), depth first."""
+    import copy
+
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if len(paths) >= limit:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*path, key))
+        elif isinstance(node, list) and node and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in node):
+            paths.append(path)
+        elif isinstance(node, list):
+            for i, value in enumerate(node[:4]):
+                walk(value, (*path, i))
+        else:
+            paths.append(path)
+
+    walk(body, ())
+    for path in paths:
+        if not path:
+            continue
+        parent_path, last = path[:-1], path[-1]
+        for value in (*HOSTILE[:7], *_OVERFLOWING_LISTS):
+            variant = copy.deepcopy(body)
+            parent = variant
+            for step in parent_path:
+                parent = parent[step]
+            parent[last] = value
+            yield variant
 
 
 @contextlib.contextmanager

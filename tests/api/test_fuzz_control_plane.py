@@ -44,6 +44,7 @@ HIDDEN: dict[str, Any] = {
         "/docs": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui/whoami": {"get": {"responses": {"200": {"description": "ok"}}}},
+        "/ui/login.js": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui/login": {
             "get": {"responses": {"200": {"description": "ok"}}},
             "post": {"requestBody": {"content": {"application/x-www-form-urlencoded": {
