@@ -56,7 +56,7 @@ async def post_feedback(name: str, request: Request) -> dict[str, Any]:
 @router.get(f"{_API}/endpoints/{{name}}/drift")
 def get_drift(request: Request, name: str, window: DurationQuery = "24h",
               step: Annotated[Duration | None, Query()] = None,
-              version: int | None = Query(None, ge=1),
+              version: int | None = Query(None, ge=1, le=2**31 - 1),
               rows: int | None = Query(None, ge=1, le=10_000_000),
               distributions: bool = Query(False, description="Add each feature's reference "
                                           "and current distribution on the reference bins.")
