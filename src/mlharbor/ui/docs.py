@@ -8,12 +8,10 @@ session cookie (GET only, like every cookie-authenticated request); scripts use 
 
 from __future__ import annotations
 
-import html
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from mlharbor.ui.routes import read_asset
+from mlharbor.ui.routes import html_page
 
 router = APIRouter(tags=["docs"], include_in_schema=False)
 
@@ -25,7 +23,4 @@ DOCS_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
 
 @router.get("/docs")
 def docs(request: Request) -> HTMLResponse:
-    root = html.escape(str(request.scope.get("root_path", "")).rstrip("/"))
-    page = read_asset("templates", "docs.html").decode("utf-8").replace("{root}", root)
-    return HTMLResponse(page, headers={"Content-Security-Policy": DOCS_CSP,
-                                       "Cache-Control": "no-store"})
+    return html_page(request, "docs.html", DOCS_CSP)

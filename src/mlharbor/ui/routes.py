@@ -44,15 +44,20 @@ def read_asset(folder: str, name: str) -> bytes:
     return resources.files("mlharbor.ui").joinpath(folder, name).read_bytes()
 
 
+def html_page(request: Request, template: str, csp: str) -> HTMLResponse:
+    """One of the package's pages, its ``{root}`` set to the app's root path (the page's
+    <base>, so every URL in it is relative and works behind a proxy prefix)."""
+    root = html.escape(str(request.scope.get("root_path", "")).rstrip("/"))
+    page = read_asset("templates", template).decode("utf-8").replace("{root}", root)
+    return HTMLResponse(page, headers={"Content-Security-Policy": csp,
+                                       "Cache-Control": "no-store"})
+
+
 @router.get("/ui")
 def dashboard(request: Request) -> HTMLResponse:
-    # Every URL in the page is relative to <base> ({root}/ui, so "#/models" stays on this page
-    # and "api/v1/..." goes to {root}/api/v1): the dashboard also works behind a proxy that
-    # serves it under a prefix.
-    root = html.escape(str(request.scope.get("root_path", "")).rstrip("/"))
-    page = read_asset("templates", "dashboard.html").decode("utf-8").replace("{root}", root)
-    return HTMLResponse(page, headers={"Content-Security-Policy": CSP,
-                                       "Cache-Control": "no-store"})
+    # <base> is {root}/ui, so "#/models" stays on this page and "api/v1/..." goes to
+    # {root}/api/v1.
+    return html_page(request, "dashboard.html", CSP)
 
 
 @router.get("/ui/static/{name}")
