@@ -64,6 +64,14 @@ def store(registry: Registry) -> JobStore:
     return JobStore(registry.store)
 
 
+@pytest.fixture
+def db_registry(db_settings: Settings) -> Iterator[Registry]:
+    """The registry on SQLite, then on PostgreSQL."""
+    reg = Registry.from_settings(db_settings)
+    yield reg
+    reg.close()
+
+
 def effects(workdir: Path) -> collections.Counter[str]:
     path = workdir / "effects.log"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -223,8 +231,10 @@ def test_a_runner_whose_job_was_taken_over_can_write_nothing_more(store: JobStor
 # -- (4) one job per endpoint -----------------------------------------------------------------
 
 def test_one_active_job_per_endpoint_and_the_database_enforces_it(
-    store: JobStore, registry: Registry,
+    db_registry: Registry,
 ) -> None:
+    registry = db_registry
+    store = JobStore(registry.store)
     calls: list[str] = []
     runner = JobRunner(store, [counting_kind(calls)], owner="r1", lease_seconds=30)
     first, created = runner.submit("count", "churn", {"why": "drift"}, actor="test")
@@ -263,7 +273,8 @@ def test_one_active_job_per_endpoint_and_the_database_enforces_it(
 
 # -- (5) cancel --------------------------------------------------------------------------------
 
-def test_cancel_a_queued_job_and_a_running_one_between_steps(store: JobStore) -> None:
+def test_cancel_a_queued_job_and_a_running_one_between_steps(db_registry: Registry) -> None:
+    store = JobStore(db_registry.store)
     calls: list[str] = []
 
     def cancel_self(ctx: StepContext) -> Any:
