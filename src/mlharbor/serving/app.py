@@ -122,10 +122,12 @@ def create_serving_app(
     register more collectors (the prediction log's backlog); ``feedback`` stores ground truth
     posted to ``/v1/endpoints/{name}/feedback`` (monitoring's label store).
     """
+    from mlharbor.core.errors import InvalidInputError
     from mlharbor.core.status import status_for
     from mlharbor.serving.loader import registry_loader
     from mlharbor.serving.protocols import kserve, mlflow, native, open_inference
     from mlharbor.serving.protocols.errors import error_body, error_for
+    from mlharbor.serving.protocols.payload import parse_json
     from mlharbor.telemetry.metrics import CONTENT_TYPE, ServingMetrics
 
     serving = settings.serving
@@ -183,7 +185,17 @@ def create_serving_app(
 
     # GraphQL is a route like the others: its body is read under the body limit, and since a
     # query may predict, it counts against the concurrency limit (shed like predictions).
-    graphql = asgi_handler(create_graphql_app(plane, registry, status_for))
+    run_graphql = asgi_handler(create_graphql_app(plane, registry, status_for))
+
+    async def graphql(request: Request) -> Response:
+        # A clear 400 for what Strawberry would fail on with a 500 (bytes that are not JSON,
+        # JSON that is not an object).
+        if not isinstance(parse_json(request.body, what="GraphQL request"), dict):
+            raise InvalidInputError(
+                "A GraphQL request is a JSON object: {\"query\": ..., \"variables\": ...}.",
+                field="body", expected="object")
+        return await run_graphql(request)
+
     router.add(Route("POST", "/graphql", graphql, "graphql", native.render_error,
                      predict=True, accepts=JSON_ONLY))
 

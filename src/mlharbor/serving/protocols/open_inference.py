@@ -61,10 +61,11 @@ def _decode_tensor(spec: dict[str, Any], blob: bytes | None, index: int) -> np.n
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
     if not isinstance(name, str):
         raise InvalidInputError(f"{where}.name must be a string.", field=f"{where}.name")
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:
         raise InvalidInputError(
-            f"Input {name!r} has datatype {datatype!r}; expected one of {', '.join(DTYPES)}.",
-            field=f"{where}.datatype", expected=list(DTYPES), received=datatype)
+            f"Input {name!r} has datatype {str(datatype)[:100]!r}; expected one of "
+            f"{', '.join(DTYPES)}.", field=f"{where}.datatype", expected=list(DTYPES),
+            received=str(datatype)[:100])
     count = _element_count(name, shape, where)
     if blob is not None:
         if datatype == "BYTES":
@@ -221,13 +222,15 @@ def encode_outputs(
     if isinstance(wanted, list) and wanted:
         for i, item in enumerate(wanted):
             name = item.get("name") if isinstance(item, dict) else None
-            if name not in available:
+            if not isinstance(name, str) or name not in available:
                 raise InvalidInputError(
-                    f"outputs[{i}] asks for {name!r}; this model gives "
+                    f"outputs[{i}] asks for {str(name)[:100]!r}; this model gives "
                     f"{', '.join(available)}.", field=f"outputs[{i}].name",
-                    expected=list(available), received=name)
-            p = item.get("parameters") or {}
-            selected.append((name, bool(p.get("binary_data", default_binary))))
+                    expected=list(available), received=str(name)[:100])
+            p = item.get("parameters")
+            binary = p.get("binary_data", default_binary) if isinstance(p, dict) \
+                else default_binary
+            selected.append((name, bool(binary)))
     else:
         selected = [(name, default_binary) for name in available]
     tensors, blobs = [], []
