@@ -99,3 +99,18 @@ def test_without_an_allowlist_loopback_connections_are_still_guarded(
     assert httpx.get(f"{server.url}/livez", headers={"Host": "evil.example.com"}
                      ).status_code == 400
     assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+def test_the_allowlist_follows_the_address_really_bound(home_settings: Settings,
+                                                        registry: Any) -> None:
+    """``serve --host`` may differ from ``server.host``: the runner tells the app, and the
+    allowlist is built for the address really bound."""
+    from mlharbor.serving.app import create_serving_app
+
+    app = create_serving_app(home_settings, registry, ref="churn@champion", auth=False)
+    assert not app.asgi.loopback_only and "10.0.0.5" not in app.asgi.hosts
+    app.listening_on("10.0.0.5")
+    assert "10.0.0.5" in app.asgi.hosts and not app.asgi.loopback_only
+    app.listening_on("0.0.0.0")  # every interface, no allowlist: loopback arrivals guarded
+    assert app.asgi.loopback_only
+    assert app.asgi.app is app.http  # the same app behind the rebuilt guard

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -60,9 +61,16 @@ class ServingApp:
         self.pool = pool
         self.reconciler = reconciler
         self.dispatcher = dispatcher
+        self.guard_for: Callable[[str], Any] | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.asgi(scope, receive, send)
+
+    def listening_on(self, host: str) -> None:
+        """Hold the Host allowlist to the address the server really binds (``serve --host``
+        may differ from ``server.host``, which the allowlist was built from)."""
+        if self.guard_for is not None:
+            self.asgi = self.guard_for(host)
 
     def share_metrics(self, directory: Path) -> None:
         """Merge ``/metrics`` with the other workers of this server that share ``directory``
@@ -241,7 +249,16 @@ def create_serving_app(
         asgi = with_auth(http, registry, settings, store, error_body=error_body)
     from mlharbor.security.middleware import guard_transport
 
-    # The HTTP layer enforces the body limit on every route itself, so the guard checks the
-    # Host only: one header scan per request.
-    asgi = guard_transport(asgi, settings, body_limit=False, error_body=error_body)
-    return ServingApp(asgi, http, plane, pool, reconciler, dispatcher)
+    inner = asgi
+
+    def guard_for(host: str) -> Any:
+        # The HTTP layer enforces the body limit on every route itself, so the guard checks
+        # the Host only: one header scan per request.
+        bound = settings.model_copy(update={
+            "server": settings.server.model_copy(update={"host": host})})
+        return guard_transport(inner, bound, body_limit=False, error_body=error_body)
+
+    app = ServingApp(guard_for(settings.server.host), http, plane, pool, reconciler,
+                     dispatcher)
+    app.guard_for = guard_for
+    return app

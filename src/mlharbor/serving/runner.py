@@ -140,6 +140,7 @@ def run_server(settings: Settings, build: AppBuilder, listener: Listener) -> Non
     sock = bind(listener)
     try:
         app = _ClosingApp(*build())
+        _listening(app.app, listener.host)
     except BaseException:
         sock.close()
         raise
@@ -167,7 +168,7 @@ def run_workers(settings: Settings, build: AppBuilder, listener: Listener) -> No
     sock = bind(listener)
     shared = Path(tempfile.mkdtemp(prefix="mlharbor-metrics-"))
     try:
-        config = _config(settings, _WorkerApp(build, shared), listener, sock,
+        config = _config(settings, _WorkerApp(build, shared, listener.host), listener, sock,
                          factory=True, workers=listener.workers)
         supervisor = Multiprocess(config, sockets=[sock])
         _announce(listener, sock)
@@ -226,9 +227,11 @@ class _WorkerApp:
     status, so its supervisor stops instead of restarting it forever.
     """
 
-    def __init__(self, build: AppBuilder, metrics_dir: Path | None = None) -> None:
+    def __init__(self, build: AppBuilder, metrics_dir: Path | None = None,
+                 host: str | None = None) -> None:
         self.build = build
         self.metrics_dir = metrics_dir
+        self.host = host
 
     def __call__(self) -> _ClosingApp:
         try:
@@ -236,6 +239,8 @@ class _WorkerApp:
             share = getattr(app, "share_metrics", None)
             if self.metrics_dir is not None and share is not None:
                 share(self.metrics_dir)
+            if self.host is not None:
+                _listening(app, self.host)
         except Exception as exc:
             log.error("serving worker failed to start: %s", " ".join(str(exc).split()),
                       extra={"event": "serving.worker_failed", "error": type(exc).__name__})
@@ -268,6 +273,13 @@ class _ClosingApp:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+def _listening(app: Any, host: str) -> None:
+    """Tell a serving app the address it really listens on (its Host allowlist)."""
+    listening_on = getattr(app, "listening_on", None)
+    if listening_on is not None:
+        listening_on(host)
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:
