@@ -9,7 +9,9 @@ How a surface plugs in:
 
 * HTTP (Starlette/FastAPI): ``middleware.add_auth(app, identities=..., audit=..., settings=...)``
   then ``middleware.add_transport(app, settings)``; any other ASGI app:
-  ``middleware.secure_asgi(app, ...)``. Identities come from
+  ``middleware.secure_asgi(app, ...)``. The serving app (its own cached-key auth) takes the
+  same transport guard from ``middleware.guard_transport(app, settings, body_limit=False)``:
+  its HTTP layer enforces the body limit on every route itself. Identities come from
   ``bootstrap.open_identities(registry)``, the audit sink is ``registry.store.record``.
 * New routes: one :class:`routemap.RouteRule` per (method, path template) in
   ``routemap.RULES`` (or ``extra_rules=``): the action from ``policy.ACTIONS`` and a resource
