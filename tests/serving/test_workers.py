@@ -411,13 +411,12 @@ def _bad_combinations(pki: Pki, tmp: Path) -> list[tuple[list[str], dict[str, st
 def test_bad_options_are_one_line_before_anything_starts(
         home_settings: Any, pki: Pki, tmp_path: Path, case: int) -> None:
     args, env, message = _bad_combinations(pki, tmp_path)[case]
-    started = time.monotonic()
+    # "Before anything starts": run_cli's own timeout fails a server that started instead.
     result = run_cli("serve", "churn@champion", "--port", "0", *args,
                      env={**cli_env(home_settings), **env})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert time.monotonic() - started < 30
 
 
 def test_encrypted_key_and_busy_port_are_one_line(home_settings: Any, pki: Pki,
