@@ -225,13 +225,15 @@ class Feedback:
             return []
         task = task or _infer_task(joined)
         joined, unusable = _usable(joined, task)
-        step = int(window.total_seconds() * 1_000_000)
+        from mlharbor.monitoring.windows import MICROSECOND, moment_of
+
+        step = window // MICROSECOND  # exact: total_seconds() * 1e6 is a float
         origin = epoch_micros(start)
         joined["window"] = (joined["at"] - origin) // step
         joined["version"] = joined["version"].astype("Int64")
         out = []
         for (index, version), part in joined.groupby(["window", "version"], dropna=False):
-            lo = datetime.fromtimestamp((origin + int(index) * step) / 1e6, tz=start.tzinfo)
+            lo = moment_of(origin + int(index) * step).astimezone(start.tzinfo)
             metrics = _metrics(part, task)
             row: dict[str, Any] = {
                 "start": lo.isoformat(), "end": (lo + window).isoformat(),
