@@ -22,14 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from mlharbor.core.errors import ConfigError
+from mlharbor.core.yamldoc import Location
 from mlharbor.data.numbers import UnparseablePolicy
 
 Task = Literal["classification", "regression"]
 FeatureKind = Literal["numeric", "categorical", "datetime"]
-Location = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
@@ -224,11 +224,15 @@ class Recipe(_Strict):
 
     def where(self, *loc: str | int) -> str:
         """``"recipe.yaml line 7, data.target"`` for error messages (line when known)."""
-        return _where(self._source, self._lines, loc)
+        from mlharbor.core.yamldoc import where
+
+        return where(self._source, self._lines, loc)
 
     def error(self, loc: Location, message: str, *, hint: str | None = None) -> ConfigError:
         """A ConfigError that names the recipe, the line and the field."""
-        return ConfigError(f"{self.where(*loc)}: {message}", hint=hint, field=_dotted(loc))
+        from mlharbor.core.yamldoc import dotted
+
+        return ConfigError(f"{self.where(*loc)}: {message}", hint=hint, field=dotted(loc))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -236,34 +240,19 @@ class Recipe(_Strict):
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every error names the file, line and field."""
+    from mlharbor.core.yamldoc import read_text
+
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"Cannot read the recipe {str(file)!r}: {exc.strerror or exc}.",
-            hint="Check the path; a recipe is a YAML file such as recipe.yaml.",
-        ) from exc
+    text = read_text(file, what="recipe",
+                     hint="Check the path; a recipe is a YAML file such as recipe.yaml.")
     return recipe_from_yaml(text, source=str(file), base_dir=file.resolve().parent)
 
 
 def recipe_from_yaml(text: str, *, source: str = "recipe", base_dir: Path | None = None) -> Recipe:
-    import yaml
+    from mlharbor.core.yamldoc import load_yaml
 
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{source}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc}).",
-            hint="Fix the indentation or quoting at that line.",
-        ) from exc
-    lines: dict[Location, int] = {}
-    if node is not None:
-        _collect_lines(node, (), lines)
-    return recipe_from_dict(data, source=source, lines=lines, base_dir=base_dir)
+    doc = load_yaml(text, source=source)
+    return recipe_from_dict(doc.data, source=source, lines=doc.lines, base_dir=base_dir)
 
 
 def recipe_from_dict(
@@ -273,74 +262,19 @@ def recipe_from_dict(
     lines: dict[Location, int] | None = None,
     base_dir: Path | None = None,
 ) -> Recipe:
+    from mlharbor.core.yamldoc import validate_model
+
     lines = lines or {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: a recipe must be a mapping with at least `data` and `candidates`; "
             f"received {type(data).__name__}."
         )
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{_where(source, lines, tuple(err['loc']))}: {_message(err)}" for err in exc.errors()
-        ]
-        raise ConfigError(
-            "Invalid recipe: " + "; ".join(problems) + ".",
-            hint="See the recipe reference in the docs, or src/mlharbor/demo/recipe.yaml.",
-            problems=problems,
-        ) from exc
+    recipe = validate_model(
+        Recipe, data, source=source, lines=lines, what="recipe",
+        hint="See the recipe reference in the docs, or src/mlharbor/demo/recipe.yaml.")
     recipe._source = source
     recipe._lines = lines
     if base_dir is not None:
         recipe._base_dir = base_dir
     return recipe
-
-
-def _message(err: Any) -> str:
-    kind = err["type"]
-    if kind == "missing":
-        return "this field is required"
-    if kind == "extra_forbidden":
-        return "unknown field (check the spelling)"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if "input" in err and kind not in ("model_type",) and not isinstance(err["input"], dict):
-        return f"{msg}; received {err['input']!r}"
-    return msg
-
-
-def _dotted(loc: Location) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "recipe"
-
-
-def _where(source: str, lines: dict[Location, int], loc: Location) -> str:
-    # Pydantic adds union member names to locations ("list[any]"); keep only real path parts.
-    path = tuple(p for p in loc if isinstance(p, int) or not _is_union_tag(p))
-    probe = path
-    while probe and probe not in lines:
-        probe = probe[:-1]
-    line = lines.get(probe) if probe else None  # the whole file's first line helps nobody
-    at = f" line {line}" if line else ""
-    return f"{source}{at}, {_dotted(path)}"
-
-
-def _is_union_tag(part: str) -> bool:
-    return "[" in part or part in {"Distribution", "str", "int", "bool"}
-
-
-def _collect_lines(node: Any, path: Location, out: dict[Location, int]) -> None:
-    import yaml
-
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _collect_lines(value_node, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            out[(*path, index)] = item.start_mark.line + 1
-            _collect_lines(item, (*path, index), out)
