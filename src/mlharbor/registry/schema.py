@@ -157,3 +157,32 @@ job_steps = Table(
     Column("result", JSON, nullable=True),
     Column("error", Text, nullable=True),
 )
+
+# -- retraining policies (mlharbor.registry.policies; migration 0006) ------------------------
+
+policies = Table(
+    "policies",
+    metadata,
+    # One current policy per endpoint: the validated spec as JSON and its revision (bumped by
+    # a compare-and-set on every change; revisions never repeat for an endpoint).
+    Column("endpoint", String(255), primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(255), nullable=False),
+)
+
+policy_revisions = Table(
+    "policy_revisions",
+    metadata,
+    # Every revision ever applied (and each delete), so `policies show --revision N` and the
+    # job that ran under revision N can be read back.
+    Column("endpoint", String(255), primary_key=True),
+    Column("revision", Integer, primary_key=True, autoincrement=False),
+    Column("action", String(16), nullable=False),
+    Column("spec", JSON, nullable=True),
+    Column("actor", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
