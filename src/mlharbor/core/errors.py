@@ -41,8 +41,10 @@ class MlharborError(Exception):
         self.details: dict[str, Any] = details
 
     def __str__(self) -> str:
+        """The message, then the hint: the one place the two are joined, so a message always
+        ends with punctuation before its hint (``... 'target']. Fix the spelling ...``)."""
         if self.hint:
-            return f"{self.message} {self.hint}"
+            return f"{sentence(self.message)} {self.hint}"
         return self.message
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +55,54 @@ class MlharborError(Exception):
         if self.details:
             body["details"] = {k: _jsonable(v) for k, v in self.details.items()}
         return body
+
+
+MAX_SHOWN = 80
+
+
+def describe_value(value: object, limit: int = MAX_SHOWN) -> str:
+    """``value`` as an error message may show it: short, escaped, never a whole repr.
+
+    Messages echo what a user passed ("received ..."), but a DataFrame, a model or a
+    ``ModelVersion`` with its manifest would fill kilobytes. Strings and numbers are shown as
+    ``repr`` cut to ``limit`` characters; arrays and frames as their type and shape; any other
+    object as its type, its length when it has one, and the start of its one-line repr:
+    ``ModelVersion ModelVersion(name='churn', version=1, ...``.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return _cut(repr(value), limit)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    kind = type(value).__name__
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple):
+        return _cut(f"{kind} of shape {shape}", limit)
+    try:
+        count = len(value)  # type: ignore[arg-type]
+        head = f"{kind} ({count} item{'' if count == 1 else 's'})"
+    except Exception:  # no length, or a broken __len__: the type is enough
+        head = kind
+    try:
+        preview = " ".join(repr(value).split())  # one line
+    except Exception:  # a broken __repr__ must not hide the real error
+        preview = ""
+    if not preview or (preview.startswith("<") and " at 0x" in preview):
+        return _cut(head, limit)  # the default repr says nothing the type does not
+    return head + " " + _cut(preview, max(limit - len(head) - 1, 20))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_CLOSING = ".!?:;…"
+
+
+def sentence(text: str) -> str:
+    """``text`` ending with punctuation: a full stop is added unless one of ``.!?:;…`` ends it
+    (trailing spaces dropped), so a hint can follow it."""
+    text = text.rstrip()
+    return text if not text or text.endswith(tuple(_CLOSING)) else text + "."
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import re
 
-from mlharbor.core.errors import InvalidNameError
+from mlharbor.core.errors import InvalidNameError, describe_value
 
 MAX_NAME_LENGTH = 255
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 RESERVED_ALIASES = frozenset({"latest"})
 _ALLOWED_NAME = "letters, digits, '.', '_' and '-', starting with a letter or digit"
-
-
-def _describe(value: str) -> str:
-    shown = value if len(value) <= 60 else value[:57] + "..."
-    return repr(shown)
 
 
 def validate_name(value: object, *, kind: str = "model name") -> str:
@@ -34,7 +29,7 @@ def validate_name(value: object, *, kind: str = "model name") -> str:
         raise InvalidNameError(f"The {kind} is empty.", hint=f"Use {_ALLOWED_NAME}.", field=kind)
     if value != value.strip():
         raise InvalidNameError(
-            f"The {kind} {_describe(value)} has leading or trailing spaces.",
+            f"The {kind} {describe_value(value)} has leading or trailing spaces.",
             hint="Remove the spaces.",
             field=kind,
         )
@@ -47,7 +42,7 @@ def validate_name(value: object, *, kind: str = "model name") -> str:
         raise InvalidNameError(f"The {kind} contains a NUL character.", field=kind)
     if ".." in value or not _NAME_RE.fullmatch(value):
         raise InvalidNameError(
-            f"The {kind} {_describe(value)} is not allowed.",
+            f"The {kind} {describe_value(value)} is not allowed.",
             hint=f"Use {_ALLOWED_NAME}, with no '..' (names never form paths).",
             field=kind,
         )
@@ -59,7 +54,7 @@ def validate_alias(value: object) -> str:
     name = validate_name(value, kind="alias")
     if not _ALIAS_RE.fullmatch(name):
         raise InvalidNameError(
-            f"The alias {_describe(name)} is not allowed.",
+            f"The alias {describe_value(name)} is not allowed.",
             hint="An alias starts with a letter and holds letters, digits, '_' and '-' "
             "(so it can never be mistaken for a version number).",
             field="alias",

@@ -17,6 +17,7 @@ from mlharbor.core.records import ModelVersion
 from mlharbor.core.signature import Signature
 
 if TYPE_CHECKING:
+    from mlharbor.core.refs import RefLike
     from mlharbor.formats.predictor import Predictor
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
@@ -94,7 +95,7 @@ def register_model(
 
 
 def load_predictor(
-    registry: Registry, ref: str, settings: Settings, runtime: str | None = None
+    registry: Registry, ref: RefLike, settings: Settings, runtime: str | None = None
 ) -> Predictor:
     """The version ``ref`` (``name:3``, ``name@alias``, ``name``), verified and loaded.
 

@@ -18,7 +18,12 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.core.errors import InvalidInputError, UnavailableError, UnsafeArtifactError
+from mlharbor.core.errors import (
+    InvalidInputError,
+    UnavailableError,
+    UnsafeArtifactError,
+    describe_value,
+)
 from mlharbor.core.names import validate_alias, validate_name
 from mlharbor.core.records import (
     AliasMove,
@@ -28,7 +33,7 @@ from mlharbor.core.records import (
     VersionFile,
     VersionStatus,
 )
-from mlharbor.core.refs import ModelRef
+from mlharbor.core.refs import RefLike, as_ref
 from mlharbor.registry.artifacts.base import ArtifactStore, open_artifact_store
 from mlharbor.registry.database import Database
 from mlharbor.registry.lineage import environment_lineage
@@ -163,8 +168,10 @@ class Registry:
             manifest=manifest, actor=actor, request_id=request_id,
         )
 
-    def get_version(self, ref: str | ModelRef) -> ModelVersion:
-        return self.store.get_version(_ref(ref))
+    def get_version(self, ref: RefLike) -> ModelVersion:
+        """The version ``ref`` names: text (``churn:3``, ``churn@champion``), a ModelRef, a
+        ModelVersion or a registration result (read again, so its state is current)."""
+        return self.store.get_version(as_ref(ref))
 
     def list_versions(
         self, name: str, *, status: VersionStatus | str | None = None,
@@ -178,18 +185,18 @@ class Registry:
         )
 
     def update_version(
-        self, ref: str | ModelRef, *, description: str | None = None,
+        self, ref: RefLike, *, description: str | None = None,
         tags: dict[str, str] | None = None, actor: str = LOCAL_ACTOR,
         request_id: str | None = None,
     ) -> ModelVersion:
         return self.store.update_version(
-            _ref(ref), description=description,
+            as_ref(ref), description=description,
             tags=_check_tags(tags) if tags is not None else None, actor=actor,
             request_id=request_id,
         )
 
     def record_signature(
-        self, ref: str | ModelRef, signature_tags: dict[str, str], *, actor: str = LOCAL_ACTOR,
+        self, ref: RefLike, signature_tags: dict[str, str], *, actor: str = LOCAL_ACTOR,
         request_id: str | None = None,
     ) -> ModelVersion:
         """Store a signature made over a version's files (tags under ``signature.``)."""
@@ -197,25 +204,25 @@ class Registry:
                                          for k in signature_tags):
             raise InvalidInputError("Signature tags must all start with 'signature.'.")
         return self.store.update_version(
-            _ref(ref), description=None, tags=_check_tags(signature_tags, reserved_ok=True),
+            as_ref(ref), description=None, tags=_check_tags(signature_tags, reserved_ok=True),
             actor=actor, request_id=request_id,
         )
 
     def archive_version(
-        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+        self, ref: RefLike, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
     ) -> ModelVersion:
-        return self.store.set_archived(_ref(ref), True, actor=actor, request_id=request_id)
+        return self.store.set_archived(as_ref(ref), True, actor=actor, request_id=request_id)
 
     def unarchive_version(
-        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+        self, ref: RefLike, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
     ) -> ModelVersion:
-        return self.store.set_archived(_ref(ref), False, actor=actor, request_id=request_id)
+        return self.store.set_archived(as_ref(ref), False, actor=actor, request_id=request_id)
 
     def delete_version(
-        self, ref: str | ModelRef, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
+        self, ref: RefLike, *, actor: str = LOCAL_ACTOR, request_id: str | None = None
     ) -> None:
         """Delete a version (refused while an alias points to it or it is registering)."""
-        self.store.delete_version(_ref(ref), actor=actor, request_id=request_id)
+        self.store.delete_version(as_ref(ref), actor=actor, request_id=request_id)
 
     def sweep_stale_registrations(self, older_than: timedelta = timedelta(hours=1)) -> list[str]:
         """Mark registrations abandoned (e.g. by a killed process) as failed."""
@@ -224,17 +231,42 @@ class Registry:
     # -- aliases --------------------------------------------------------------------------
 
     def set_alias(
-        self, name: str, alias: str, version: int, *, actor: str = LOCAL_ACTOR,
+        self, name: str, alias: str, version: int | RefLike, *, actor: str = LOCAL_ACTOR,
         reason: str = "", request_id: str | None = None,
     ) -> AliasMove:
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise InvalidInputError(
-                f"version must be a positive whole number; received {version!r}.",
-                field="version",
-            )
-        return self.store.set_alias(validate_name(name), validate_alias(alias), version,
-                                    actor=actor, reason=reason, request_id=request_id,
+        """Point ``alias`` of model ``name`` at ``version``: a number, or what names one of
+        this model's versions (a ModelVersion, a registration result, ``churn:3``,
+        ``churn@challenger``)."""
+        return self.store.set_alias(validate_name(name), validate_alias(alias),
+                                    self._version_number(name, version), actor=actor,
+                                    reason=reason, request_id=request_id,
                                     guard=self.alias_guard)
+
+    def _version_number(self, name: str, version: object) -> int:
+        """The number of the version of ``name`` that ``version`` stands for."""
+        if isinstance(version, str) and version.isascii() and version.isdigit():
+            version = int(version)
+        if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+            return version
+        refused = InvalidInputError(
+            "version must be a positive whole number or a version of the model (a "
+            f"ModelVersion, 'churn:3'); received {describe_value(version)}.",
+            field="version", received=describe_value(version),
+        )
+        if isinstance(version, int | float | bool) or version is None:
+            raise refused
+        try:
+            ref = as_ref(version, field="version")
+        except InvalidInputError as exc:
+            if isinstance(version, str):
+                raise  # the parser's own message says what is wrong with the text
+            raise refused from exc
+        if ref.name != name:
+            raise InvalidInputError(
+                f"{describe_value(str(ref))} is a version of model {ref.name!r}, not of "
+                f"{name!r}; an alias points at a version of its own model.",
+                field="version", received=str(ref))
+        return ref.version if ref.version is not None else self.get_version(ref).version
 
     def delete_alias(
         self, name: str, alias: str, *, actor: str = LOCAL_ACTOR, reason: str = "",
@@ -249,7 +281,7 @@ class Registry:
 
     # -- artifacts ------------------------------------------------------------------------
 
-    def download(self, ref: str | ModelRef | ModelVersion) -> Path:
+    def download(self, ref: RefLike) -> Path:
         """A local folder holding the version's files, every digest verified.
 
         Copies are cached per version; a cached copy is re-hashed before it is handed out and
@@ -297,10 +329,6 @@ def _install(staging: Path, target: Path, files: tuple[VersionFile, ...]) -> Non
             target.rename(aside)
             shutil.rmtree(aside, ignore_errors=True)
     raise UnavailableError(f"Could not place the local copy of {target}; try again.")
-
-
-def _ref(ref: str | ModelRef) -> ModelRef:
-    return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
 
 
 def _matches(folder: Path, files: tuple[VersionFile, ...]) -> bool:
