@@ -84,9 +84,14 @@ def build_bundle(
     fmt, obj, blob, trust_record = _store_model(source, model_dir, trust, created_by)
     file_name = blob.name
     info = fmt.describe(obj)
+    generated = None
+    if signature is None and sample_input is None and training_data is None:
+        signature, generated = _fitted_signature(fmt, obj)
     sig = _signature(signature, info, obj, sample_input, training_data)
     sig = sig.with_policy(extra_columns=extra_columns, unseen_categories=unseen_categories)
     training_data, sample_input = _trim(training_data, sig), _trim(sample_input, sig)
+    if generated is not None:  # rows made from what the model learned: example and parity
+        training_data = generated
     example = _example_rows(sig, training_data if sample_input is None else sample_input)
     (dest / INPUT_EXAMPLE_NAME).write_text(json.dumps(example, default=_json_default),
                                            encoding="utf-8")
@@ -100,9 +105,17 @@ def build_bundle(
     except MlharborError:
         raise
     except Exception as exc:
+        if signature is None and sample_input is None and training_data is None:
+            from mlharbor.formats.sklearn import SAMPLE_HINT
+
+            raise InvalidInputError(
+                f"The {fmt.name} model's inputs cannot be worked out from the model alone: it "
+                f"fails on rows of the inputs guessed for it ({_brief_error(exc)}).",
+                hint=SAMPLE_HINT,
+            ) from exc
         raise InvalidInputError(
             f"The {fmt.name} model could not predict its own input example: "
-            f"{type(exc).__name__}: {exc}",
+            f"{_brief_error(exc)}.",
             hint="Give sample_input (--sample CSV) with a few real rows, or a signature.",
         ) from exc
     manifest = BundleManifest(
@@ -116,6 +129,29 @@ def build_bundle(
     write_manifest(dest, manifest)
     _check_recorded(manifest, blob)
     return BuildResult(manifest, fmt.name, manifest.default_runtime, parity)
+
+
+def _fitted_signature(fmt: ModelFormat, obj: Any) -> tuple[Signature | None, Any]:
+    """The inputs a fitted scikit-learn pipeline reveals about itself, and rows made from them.
+
+    See :func:`mlharbor.formats.sklearn.fitted_columns`; ``(None, None)`` when the model does
+    not name its inputs (fitted on an array) or is not scikit-learn.
+    """
+    if fmt.name != "sklearn":
+        return None, None
+    from mlharbor.formats.sklearn import fitted_columns, generated_rows
+
+    columns = fitted_columns(obj)
+    if not columns:
+        return None, None
+    sig = Signature(tuple(c.spec() for c in columns), "frame")
+    return sig, generated_rows(columns)
+
+
+def _brief_error(exc: Exception) -> str:
+    """An exception as one short clause: its type and first line, cut to 200 characters."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
 def _check_recorded(manifest: BundleManifest, blob: ModelBytes) -> None:
