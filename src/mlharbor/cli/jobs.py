@@ -1,8 +1,10 @@
-"""``mlharbor jobs``: list, show and cancel durable jobs (:mod:`mlharbor.pipelines.jobs`).
+"""``mlharbor jobs``: list, show, cancel, approve and reject durable jobs
+(:mod:`mlharbor.pipelines.jobs`).
 
 Reads and cancels go straight to the metadata store, so they work from any machine that shares
 the database with the runners. Bad input (an unknown id, a state that does not exist) is one
-error line and a non-zero exit; nothing is changed.
+error line and a non-zero exit; nothing is changed. ``approve``/``reject`` act on a job
+``waiting`` for a human (a rollout's approval step) and are audited with the actor and reason.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def _progress(job: Job) -> str:
     from mlharbor.pipelines.jobs import StepState
 
     done = sum(step.state is StepState.SUCCEEDED for step in job.steps)
-    current = next((s.name for s in job.steps if s.state is StepState.RUNNING), None)
+    current = next((s.name for s in job.steps
+                    if s.state in (StepState.RUNNING, StepState.WAITING)), None)
     return f"{done}/{len(job.steps)}" + (f" ({current})" if current else "")
 
 
@@ -62,14 +65,15 @@ def _show(job: Job) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    jobs_app = typer.Typer(help="Durable jobs (retraining, rollout): list, show, cancel.",
+    jobs_app = typer.Typer(help="Durable jobs (retraining, rollout): list, show, cancel, "
+                           "approve, reject.",
                            no_args_is_help=True)
 
     @jobs_app.command("list")
     def list_cmd(
         ctx: typer.Context,
-        state: str = typer.Option(None, "--state", help="queued, running, succeeded, failed "
-                                  "or cancelled."),
+        state: str = typer.Option(None, "--state", help="queued, running, waiting, "
+                                  "succeeded, failed or cancelled."),
         endpoint: str = typer.Option(None, "--endpoint", help="Only this endpoint's jobs."),
         limit: int = typer.Option(50, "--limit", min=1, max=1000),
         as_json: bool = JSON_OPTION,
@@ -107,5 +111,29 @@ def register(app: typer.Typer) -> None:
         what = ("cancelled" if not job.active else
                 "will stop before its next step (cancel requested)")
         typer.echo(f"Job {job.id} {what}.")
+
+    @jobs_app.command("approve")
+    def approve_cmd(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id."),
+                    reason: str = typer.Option("", "--reason", help="Why (kept in the audit "
+                                               "trail)."),
+                    as_json: bool = JSON_OPTION) -> None:
+        """Approve a job waiting for a human: it is queued again and goes on."""
+        job = _store(ctx).approve(job_id, actor="local", reason=reason)
+        if as_json:
+            print_json(job.to_dict())
+            return
+        typer.echo(f"Job {job.id} approved; it goes on with its next step.")
+
+    @jobs_app.command("reject")
+    def reject_cmd(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id."),
+                   reason: str = typer.Option("", "--reason", help="Why (kept in the audit "
+                                              "trail and on the job)."),
+                   as_json: bool = JSON_OPTION) -> None:
+        """Reject a job waiting for a human: it ends failed, nothing more is done."""
+        job = _store(ctx).reject(job_id, actor="local", reason=reason)
+        if as_json:
+            print_json(job.to_dict())
+            return
+        typer.echo(f"Job {job.id} rejected; it ends here ({job.error}).")
 
     app.add_typer(jobs_app, name="jobs")

@@ -8,7 +8,9 @@ any process sharing the database can show, cancel or resume it.
 **States** are data, written once in :data:`JOB_TRANSITIONS` and :data:`STEP_TRANSITIONS`::
 
     job:  queued -> running -> succeeded | failed | cancelled      (queued -> cancelled too)
+          running -> waiting -> queued (approved) | failed (rejected) | cancelled
     step: pending -> running -> succeeded | failed | cancelled     (running -> running: re-run)
+          running -> waiting -> running (approved) | failed (rejected) | cancelled
 
 Any other move raises :class:`~mlharbor.core.errors.ConflictError`.
 
@@ -37,6 +39,20 @@ recognisable in the target system itself (tag a registered version with the job 
 
 **Cancel** marks the job; a queued job is cancelled at once, a running one by its runner
 between steps (a long step may call :meth:`StepContext.check` to stop sooner).
+
+**Waiting for a human.** A step that needs an approval raises :class:`AwaitApproval`: its
+runner parks the job in ``waiting`` (step ``waiting`` too), releases the lease and moves on, so
+no thread is held while someone decides, for minutes or days. :meth:`JobStore.approve` records
+the approval (actor, reason, time) in the waiting step's progress and queues the job again;
+the runner that claims it re-runs the step, which finds :attr:`StepContext.approval` and
+succeeds. :meth:`JobStore.reject` ends the job ``failed`` with the rejection recorded on the
+step. A waiting job still holds its endpoint (one job per endpoint). Both are audited
+(``job.approve`` / ``job.reject``, with the reason) and refused, writing nothing, for a job
+that is not waiting.
+
+**A step that fails with a result.** A step that decided something and must end the job (a
+rollout that rolled back) raises :class:`StepFailed` with that decision as ``result``: it is
+stored on the failed step beside the error.
 """
 
 from __future__ import annotations
@@ -69,6 +85,7 @@ log = logging.getLogger(__name__)
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -77,6 +94,7 @@ class JobState(enum.StrEnum):
 class StepState(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -85,7 +103,9 @@ class StepState(enum.StrEnum):
 #: The job state machine. ``running -> running`` is not a move: a re-claim keeps the state.
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
+                                 JobState.WAITING}),
+    JobState.WAITING: frozenset({JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -94,12 +114,16 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 STEP_TRANSITIONS: Mapping[StepState, frozenset[StepState]] = {
     StepState.PENDING: frozenset({StepState.RUNNING, StepState.CANCELLED}),
     StepState.RUNNING: frozenset({StepState.RUNNING, StepState.SUCCEEDED, StepState.FAILED,
-                                  StepState.CANCELLED}),
+                                  StepState.CANCELLED, StepState.WAITING}),
+    StepState.WAITING: frozenset({StepState.RUNNING, StepState.FAILED, StepState.CANCELLED}),
     StepState.SUCCEEDED: frozenset(),
     StepState.FAILED: frozenset(),
     StepState.CANCELLED: frozenset(),
 }
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+#: States in which a job holds its endpoint (one such job per endpoint).
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.WAITING)
+#: States a runner may claim a job in (a waiting job is queued again by its approval).
+CLAIMABLE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
 def check_job_transition(current: JobState, new: JobState, *, job_id: str) -> None:
@@ -205,6 +229,41 @@ class CancelRequested(Exception):
     """Raised by :meth:`StepContext.check` when the job was cancelled while a step ran."""
 
 
+class AwaitApproval(Exception):
+    """Raised by a step that needs a human's approval before it can go on.
+
+    The runner parks the job in ``waiting`` and releases it; ``mlharbor jobs approve`` queues it
+    again and the step is re-run with :attr:`StepContext.approval` set.
+    """
+
+
+class StepFailed(Exception):
+    """A step ends the job as failed, keeping ``result`` (a JSON-able decision) on the step."""
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Approval:
+    """A human's decision on a waiting job: who, why, when."""
+
+    approved: bool
+    actor: str
+    reason: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"approved": self.approved, "actor": self.actor, "reason": self.reason,
+                "at": self.at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Approval:
+        return cls(bool(body["approved"]), str(body["actor"]), str(body.get("reason", "")),
+                   datetime.fromisoformat(str(body["at"])))
+
+
 # -- step definitions -------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,6 +329,12 @@ class StepContext:
         """Everything noted so far by this step, across attempts."""
         return dict(self._progress)
 
+    @property
+    def approval(self) -> Approval | None:
+        """The approval recorded while this step waited (:class:`AwaitApproval`), if any."""
+        body = self._progress.get(APPROVAL_KEY)
+        return Approval.from_dict(body) if isinstance(body, Mapping) else None
+
     def note(self, **progress: Any) -> None:
         """Commit what this step has done so far, for an idempotent re-run to read back."""
         merged = {**self._progress, **progress}
@@ -283,6 +348,10 @@ class StepContext:
             raise LeaseLost(f"Job {self._fence.job_id} was taken over by another runner.")
         if self.cancel_requested.is_set():
             raise CancelRequested(self._fence.job_id)
+
+
+APPROVAL_KEY = "approval"
+MAX_REASON_CHARS = 2000
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -312,6 +381,12 @@ class JobStore:
 
             def work(conn: Connection, job_id: str = job_id, now: datetime = now) -> tuple[
                     None, dict[str, Any]]:
+                # The index holds queued and running jobs; a waiting one is checked here too,
+                # inside the write transaction (and by the index from migration 0007).
+                if conn.execute(select(jobs.c.id).where(
+                        jobs.c.endpoint == endpoint,
+                        jobs.c.state.in_([s.value for s in ACTIVE_STATES]))).first():
+                    raise ConflictError(f"Endpoint {endpoint!r} already has an active job.")
                 conn.execute(jobs.insert().values(
                     id=job_id, kind=kind, endpoint=endpoint, state=JobState.QUEUED.value,
                     request=payload, plan=list(steps), created_by=actor, created_at=now,
@@ -360,7 +435,7 @@ class JobStore:
             now = utcnow()
             row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
             state = JobState(row.state) if row else current.state
-            if state is JobState.QUEUED:
+            if state in (JobState.QUEUED, JobState.WAITING):
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(
                     state=JobState.CANCELLED.value, cancel_requested=True, updated_at=now,
                     finished_at=now))
@@ -375,13 +450,66 @@ class JobStore:
         self.meta.mutate("job.cancel", f"job:{job_id}", work, actor=actor)
         return self.get(job_id)
 
+    def approve(self, job_id: str, *, actor: str, reason: str = "") -> Job:
+        """Approve a waiting job: record who and why on its waiting step, queue it again."""
+        return self._decide(job_id, approved=True, actor=actor, reason=reason)
+
+    def reject(self, job_id: str, *, actor: str, reason: str = "") -> Job:
+        """Reject a waiting job: it ends ``failed``, the rejection recorded on its step."""
+        return self._decide(job_id, approved=False, actor=actor, reason=reason)
+
+    def _decide(self, job_id: str, *, approved: bool, actor: str, reason: str) -> Job:
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+            raise InvalidInputError(f"The reason must be text of at most {MAX_REASON_CHARS} "
+                                    "characters.", field="reason")
+        current = self.get(job_id)  # NotFoundError for an unknown id, before any write
+        target = JobState.QUEUED if approved else JobState.FAILED
+        if current.state is not JobState.WAITING:
+            raise ConflictError(
+                f"Job {job_id} is {current.state.value}, not waiting for an approval; "
+                "nothing was changed.", job_id=job_id, state=current.state.value)
+        verb = "approved" if approved else "rejected"
+
+        def work(conn: Connection) -> tuple[None, dict[str, Any]]:
+            now = utcnow()
+            row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).one()
+            if JobState(row.state) is not JobState.WAITING:  # decided meanwhile
+                raise ConflictError(f"Job {job_id} is {row.state}, not waiting for an "
+                                    "approval; nothing was changed.", job_id=job_id)
+            check_job_transition(JobState.WAITING, target, job_id=job_id)
+            step = conn.execute(select(job_steps).where(
+                job_steps.c.job_id == job_id,
+                job_steps.c.state == StepState.WAITING.value)).one()
+            record = Approval(approved, actor, reason, now).to_dict()
+            step_values: dict[str, Any] = {
+                "progress": {**dict(step.progress or {}), APPROVAL_KEY: record}}
+            job_values: dict[str, Any] = {"state": target.value, "updated_at": now}
+            if not approved:
+                check_step_transition(StepState.WAITING, StepState.FAILED, step=step.name)
+                error = f"Rejected by {actor}" + (f": {reason}" if reason else ".")
+                step_values.update(state=StepState.FAILED.value, finished_at=now,
+                                   error=error, result={APPROVAL_KEY: record})
+                job_values.update(error=error, finished_at=now)
+            conn.execute(update(job_steps).where(
+                job_steps.c.job_id == job_id, job_steps.c.ordinal == step.ordinal,
+            ).values(**step_values))
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**job_values))
+            if not approved:
+                _cancel_open_steps(conn, job_id, now)
+            return None, {"step": step.name, "reason": reason, "state": target.value}
+
+        self.meta.mutate(f"job.{'approve' if approved else 'reject'}", f"job:{job_id}", work,
+                         actor=actor)
+        log.info("job %s %s by %s", job_id, verb, actor)
+        return self.get(job_id)
+
     # -- used by the runner; every write after the claim is fenced ---------------------------
 
     def claim(self, owner: str, kinds: Iterable[str], lease: timedelta) -> Job | None:
         """Take the oldest active job of ``kinds`` whose lease is free or expired, or None."""
         now = utcnow()
         free = or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now)
-        active = jobs.c.state.in_([s.value for s in ACTIVE_STATES])
+        active = jobs.c.state.in_([s.value for s in CLAIMABLE_STATES])
         with self.db.write() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.attempt)
@@ -417,7 +545,7 @@ class JobStore:
             state = StepState(step.state)
             check_step_transition(state, StepState.RUNNING, step=step.name)
             previous = None
-            if state is StepState.RUNNING:
+            if state in (StepState.RUNNING, StepState.WAITING):
                 previous = PreviousAttempt(step.attempts, step.runner, _utc(step.started_at),
                                            dict(step.progress or {}))
             attempt = int(step.attempts) + 1
@@ -446,6 +574,26 @@ class JobStore:
             conn.execute(update(job_steps).where(
                 job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal,
             ).values(state=state.value, result=result, error=error, finished_at=utcnow()))
+
+    def park(self, fence: Fence, ordinal: int, message: str) -> None:
+        """Step ``ordinal`` waits for an approval: job and step ``waiting``, lease released."""
+
+        def work(conn: Connection) -> tuple[None, dict[str, Any]]:
+            _hold(conn, fence, None)
+            row = conn.execute(select(job_steps.c.state, job_steps.c.name).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal)).one()
+            check_step_transition(StepState(row.state), StepState.WAITING, step=row.name)
+            check_job_transition(JobState.RUNNING, JobState.WAITING, job_id=fence.job_id)
+            now = utcnow()
+            conn.execute(update(job_steps).where(
+                job_steps.c.job_id == fence.job_id, job_steps.c.ordinal == ordinal,
+            ).values(state=StepState.WAITING.value, error=None))
+            conn.execute(update(jobs).where(jobs.c.id == fence.job_id).values(
+                state=JobState.WAITING.value, updated_at=now, lease_owner=None,
+                lease_expires_at=None))
+            return None, {"step": row.name, "message": message, "attempt": fence.attempt}
+
+        self.meta.mutate("job.waiting", f"job:{fence.job_id}", work, actor=fence.owner)
 
     def finish_job(self, fence: Fence, state: JobState, *, error: str | None = None) -> None:
         """End the job (audited); open steps become cancelled; the lease is released."""
@@ -489,7 +637,8 @@ def _hold(conn: Connection, fence: Fence, lease: timedelta | None) -> None:
 def _cancel_open_steps(conn: Connection, job_id: str, now: datetime) -> None:
     conn.execute(update(job_steps).where(
         job_steps.c.job_id == job_id,
-        job_steps.c.state.in_([StepState.PENDING.value, StepState.RUNNING.value]),
+        job_steps.c.state.in_([StepState.PENDING.value, StepState.RUNNING.value,
+                               StepState.WAITING.value]),
     ).values(state=StepState.CANCELLED.value, finished_at=now))
 
 
@@ -599,9 +748,12 @@ class JobRunner:
                 f"The job was planned as {list(job.plan)} but this runner's {kind.name!r} "
                 f"has steps {list(kind.plan)}; it cannot resume safely."))
             return
-        if job.attempt > self.max_attempts:
+        # A claim after an approval is not a runner that stopped: do not count it.
+        resumed = sum(1 for s in job.steps if s.progress and APPROVAL_KEY in s.progress)
+        if job.attempt - resumed > self.max_attempts:
             self.store.finish_job(fence, JobState.FAILED, error=(
-                f"Abandoned: its runner stopped {job.attempt - 1} times before it finished."))
+                f"Abandoned: its runner stopped {job.attempt - 1 - resumed} times before it "
+                "finished."))
             return
         lost, cancel = threading.Event(), threading.Event()
         beat = _Heartbeat(self.store, fence, self.lease, lost, cancel)
@@ -642,6 +794,18 @@ class JobRunner:
         except CancelRequested:
             self.store.finish_step(fence, view.ordinal, StepState.CANCELLED)
             self.store.finish_job(fence, JobState.CANCELLED)
+            return False
+        except AwaitApproval as exc:
+            log.info("job %s step %s waits for an approval: %s", job.id, step.name, exc)
+            self.store.park(fence, view.ordinal, str(exc))
+            return False
+        except StepFailed as exc:
+            _check_json(exc.result, what=f"result of step {step.name!r}")
+            log.warning("job %s step %s failed: %s", job.id, step.name, exc)
+            self.store.finish_step(fence, view.ordinal, StepState.FAILED, result=exc.result,
+                                   error=str(exc))
+            self.store.finish_job(fence, JobState.FAILED,
+                                  error=f"Step {step.name!r} failed: {exc}")
             return False
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
