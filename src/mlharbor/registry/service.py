@@ -186,13 +186,15 @@ class Registry:
 
     def update_version(
         self, ref: RefLike, *, description: str | None = None,
-        tags: dict[str, str] | None = None, actor: str = LOCAL_ACTOR,
-        request_id: str | None = None,
+        tags: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
+        actor: str = LOCAL_ACTOR, request_id: str | None = None,
     ) -> ModelVersion:
+        """Change a version's description, add tags, or add lineage entries (a reference
+        profile attached later); its files never change."""
         return self.store.update_version(
             as_ref(ref), description=description,
-            tags=_check_tags(tags) if tags is not None else None, actor=actor,
-            request_id=request_id,
+            tags=_check_tags(tags) if tags is not None else None, lineage=lineage,
+            actor=actor, request_id=request_id,
         )
 
     def record_signature(

@@ -344,9 +344,10 @@ class MetadataStore:
 
     def update_version(
         self, ref: ModelRef, *, description: str | None, tags: dict[str, str] | None,
-        actor: str, request_id: str | None = None,
+        actor: str, request_id: str | None = None, lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """Only the description and tags of a version may change; its contents never do."""
+        """Only the description, tags and lineage entries of a version may change; its
+        contents never do. The audit records which lineage keys were set, not their values."""
         def work(conn: Connection) -> tuple[ModelVersion, dict[str, Any]]:
             row = self._resolve(conn, ref)
             values: dict[str, Any] = {"updated_at": utcnow()}
@@ -354,9 +355,14 @@ class MetadataStore:
                 values["description"] = description
             if tags is not None:
                 values["tags"] = {**(row.tags or {}), **tags}
+            if lineage is not None:
+                values["lineage"] = {**(row.lineage or {}), **lineage}
             conn.execute(update(versions).where(versions.c.id == row.id).values(**values))
             fresh = conn.execute(select(versions).where(versions.c.id == row.id)).one()
-            return self._version(conn, fresh), {"description": description, "tags": tags}
+            details: dict[str, Any] = {"description": description, "tags": tags}
+            if lineage is not None:
+                details["lineage"] = sorted(lineage)
+            return self._version(conn, fresh), details
 
         return self.mutate("version.update", _resource(ref), work, actor=actor,
                            request_id=request_id)
