@@ -58,25 +58,33 @@ class CronSchedule:
 
         InvalidInputError when the expression names no real day (``0 0 31 2 *``).
         """
-        at = _utc(moment).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        start = _utc(moment)
+        try:
+            found = self._search(start.replace(second=0, microsecond=0) + timedelta(minutes=1))
+        except (OverflowError, ValueError) as exc:  # past year 9999
+            raise InvalidInputError(f"No run of {self.expression!r} after {moment.isoformat()} "
+                                    "fits in the calendar.", field="at") from exc
+        if found is not None:
+            return found
+        raise InvalidInputError(f"The schedule {self.expression!r} never runs.",
+                                hint="Check the day of month against the month.",
+                                field="schedule")
+
+    def _search(self, at: datetime) -> datetime | None:
+        """The first matching minute from ``at`` on, skipping whole months, days and hours."""
         limit = at.year + _HORIZON_YEARS
         while at.year <= limit:
             if at.month not in self.months:
                 at = _first_of_next_month(at)
-                continue
-            if not self._day_matches(at):
+            elif not self._day_matches(at):
                 at = (at + timedelta(days=1)).replace(hour=0, minute=0)
-                continue
-            if at.hour not in self.hours:
+            elif at.hour not in self.hours:
                 at = (at + timedelta(hours=1)).replace(minute=0)
-                continue
-            if at.minute not in self.minutes:
+            elif at.minute not in self.minutes:
                 at += timedelta(minutes=1)
-                continue
-            return at
-        raise InvalidInputError(f"The schedule {self.expression!r} never runs.",
-                                hint="Check the day of month against the month.",
-                                field="schedule")
+            else:
+                return at
+        return None
 
     def _day_matches(self, at: datetime) -> bool:
         in_month = at.day in self.days
