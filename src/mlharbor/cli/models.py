@@ -49,7 +49,15 @@ def _version_rows(version: Any) -> list[tuple[str, Any]]:
         ("metrics", ", ".join(f"{k}={v:.4g}" for k, v in version.metrics.items())),
         ("params", ", ".join(f"{k}={v}" for k, v in version.params.items())),
         ("tags", ", ".join(f"{k}={v}" for k, v in version.tags.items())),
+        ("reference", _reference_row(version.lineage.get("reference_profile"))),
     ]
+
+
+def _reference_row(profile: Any) -> str:
+    """What drift monitoring compares this version with, in a few words."""
+    if not isinstance(profile, dict) or "features" not in profile:
+        return "none (set one: mlharbor monitor reference set NAME:N --data FILE)"
+    return f"profile of {profile.get('rows', '?')} rows, {len(profile['features'])} column(s)"
 
 
 def register(app: typer.Typer) -> None:
@@ -68,8 +76,10 @@ def register(app: typer.Typer) -> None:
         tag: list[str] = typer.Option(None, "--tag", help="KEY=VALUE, repeatable."),
         sample: Path = typer.Option(None, "--sample", help="CSV of a few input rows: the "
                                     "signature and input example come from it."),
-        training_data: Path = typer.Option(None, "--training-data", help="CSV of training "
-                                           "rows: categories and the ONNX parity check use it."),
+        training_data: Path = typer.Option(None, "--training-data", help="CSV/Parquet of "
+                                           "training rows: stored as the reference profile "
+                                           "drift monitoring compares live inputs with; "
+                                           "categories and the ONNX parity check use it too."),
         trust_pickle: str = typer.Option(None, "--trust-pickle", metavar="SHA256",
                                          help="Load a pickle/joblib file whose sha256 is this."),
         trust_code: bool = typer.Option(False, "--trust-code",
@@ -96,28 +106,35 @@ def register(app: typer.Typer) -> None:
         from mlharbor.cli.main import settings_from
         from mlharbor.registry.bundles import register_model
 
-        def read_csv(csv: Path | None) -> Any:
-            if csv is None:
-                return None
-            import pandas as pd
+        settings = settings_from(ctx)
 
-            return pd.read_csv(csv)
+        def read_table(file: Path | None) -> Any:
+            if file is None:
+                return None
+            from mlharbor.data.loading import load_table
+
+            return load_table(file, s3_endpoint_url=settings.s3_endpoint_url,
+                              s3_region=settings.s3_region).frame
 
         result = register_model(
-            registry, name, path, settings=settings_from(ctx), sample_input=read_csv(sample),
-            training_data=read_csv(training_data), trust_pickle_sha256=trust_pickle,
+            registry, name, path, settings=settings, sample_input=read_table(sample),
+            training_data=read_table(training_data), trust_pickle_sha256=trust_pickle,
             trust_code=trust_code, runtime=runtime, description=description,
             tags=_parse_tags(tag),
         )
         if as_json:
             print_json({"format": result.format, "runtime": result.runtime,
-                        "parity": result.parity, "version": to_dict(result.version)})
+                        "parity": result.parity, "reference": result.reference,
+                        "version": to_dict(result.version)})
             return
         parity = result.parity
         typer.echo(f"Registered {result.version.ref} ({len(result.version.files)} file(s)).")
         typer.echo(f"  format:  {result.format}")
         typer.echo(f"  runtime: {result.runtime}")
         typer.echo(f"  parity:  {parity.get('status', 'n/a')} - {parity.get('reason', '')}")
+        typer.echo(f"  reference: {result.reference}" if result.reference else
+                   "  reference: none (drift monitoring needs one: pass --training-data, or "
+                   f"later `mlharbor monitor reference set {result.version.ref} --data FILE`)")
 
     @models_app.command("list")
     def list_cmd(

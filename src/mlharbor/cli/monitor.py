@@ -1,4 +1,5 @@
-"""``mlharbor monitor``: drift reports, live performance, alert rules for Prometheus."""
+"""``mlharbor monitor``: drift reports, live performance, alert rules for Prometheus, and the
+reference profiles drift is measured against."""
 
 from __future__ import annotations
 
@@ -15,6 +16,42 @@ def register(app: typer.Typer) -> None:
     monitor_app = typer.Typer(help="Drift, live performance and alerts of served models.",
                               no_args_is_help=True)
     app.add_typer(monitor_app, name="monitor")
+    reference_app = typer.Typer(help="The training-data profile a version's drift is "
+                                "measured against.", no_args_is_help=True)
+    monitor_app.add_typer(reference_app, name="reference")
+
+    @reference_app.command("set")
+    def reference_set(
+        ctx: typer.Context,
+        ref: str = typer.Argument(..., help="Version: churn:3, churn@champion ..."),
+        data: str = typer.Option(..., "--data", help="CSV/Parquet file (or s3://) of the "
+                                 "rows the model was trained on."),
+        target: str = typer.Option(None, "--target", help="The label column of the file, "
+                                   "left out of the profile."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    ) -> None:
+        """Attach (or replace) the reference profile of a version registered without one:
+        the same profile `mlharbor train` stores. Audited; the model files do not change."""
+        from mlharbor.bootstrap import open_registry
+        from mlharbor.cli.main import settings_from
+        from mlharbor.data.loading import load_table
+        from mlharbor.registry.bundles import set_reference
+
+        settings = settings_from(ctx)
+        frame = load_table(data, s3_endpoint_url=settings.s3_endpoint_url,
+                           s3_region=settings.s3_region).frame
+        registry = open_registry(settings)
+        try:
+            version = set_reference(registry, ref, frame, target=target)
+        finally:
+            registry.close()
+        profile = version.lineage["reference_profile"]
+        if as_json:
+            print_json({"version": version.ref, "rows": profile["rows"],
+                        "features": {n: f["kind"] for n, f in profile["features"].items()}})
+            return
+        typer.echo(f"{version.ref}: reference profile of {profile['rows']} rows over "
+                   f"{len(profile['features'])} column(s); drift is now measured against it.")
 
     @monitor_app.command("drift")
     def drift(
