@@ -184,7 +184,7 @@ async def _proxy_page(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def test_a_non_json_error_page_is_unavailable() -> None:
-    with LiveServer(_proxy_page) as proxy, Client(proxy.url) as client:
-        with pytest.raises(UnavailableError) as err:
-            client.predict("churn", [{"tenure": 1.0}])
+    with LiveServer(_proxy_page) as proxy, Client(proxy.url) as client, \
+            pytest.raises(UnavailableError) as err:
+        client.predict("churn", [{"tenure": 1.0}])
     assert "502" in str(err.value) and proxy.url in str(err.value)
