@@ -263,3 +263,126 @@ def test_a_policy_needs_its_endpoint_and_model_and_failures_are_audited(
         service.history("churn")
     assert [d["error"] for _, d in _audit(registry, "policy.apply")] == ["not_found", "conflict"]
     assert all(o == "failure" for o, _ in _audit(registry, "policy.apply"))
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_home(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    from tests.support import cli_env
+
+    reg = Registry.from_settings(settings)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.bin").write_bytes(b"weights")
+    reg.register_version("churn", bundle)
+    EndpointService(reg).create({"name": "churn", "routes": [{"ref": "churn:1"}]},
+                                actor="setup")
+    reg.close()
+    return cli_env(settings)
+
+
+def test_cli_apply_show_history_and_a_stale_revision(cli_home: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    import json
+
+    from tests.support import run_cli
+
+    file = tmp_path / "policy.yaml"
+    file.write_text(FULL)
+    first = run_cli("policies", "apply", str(file), "--reason", "first", "--json", env=cli_home)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["revision"] == 1
+    file.write_text(FULL.replace("approval: true", "approval: false"))
+    second = run_cli("policies", "apply", str(file), "--revision", "1", env=cli_home)
+    assert second.returncode == 0 and "revision 2" in second.stdout, second.stderr
+    stale = run_cli("policies", "apply", str(file.with_name("policy.yaml")), "--revision", "1",
+                    env=cli_home)
+    assert stale.returncode == 4 and stale.stderr.count("\n") == 1, stale.stderr
+    assert "at revision 2, not 1" in stale.stderr
+    # `show` prints YAML that `apply` reads back (unchanged: no new revision).
+    shown = run_cli("policies", "show", "churn", "--revision", "1", env=cli_home)
+    assert shown.returncode == 0 and "approval: true" in shown.stdout
+    (tmp_path / "back.yaml").write_text(
+        run_cli("policies", "show", "churn", env=cli_home).stdout)
+    back = run_cli("policies", "apply", str(tmp_path / "back.yaml"), "--json", env=cli_home)
+    assert json.loads(back.stdout)["outcome"] == "unchanged"
+    history = json.loads(run_cli("policies", "history", "churn", "--json", env=cli_home).stdout)
+    assert [(h["revision"], h["reason"]) for h in history] == [(1, "first"), (2, "")]
+    listed = json.loads(run_cli("policies", "list", "--json", env=cli_home).stdout)
+    assert [p["endpoint"] for p in listed] == ["churn"]
+    gone = run_cli("policies", "delete", "churn", "--yes", env=cli_home)
+    assert gone.returncode == 0
+    missing = run_cli("policies", "show", "churn", "--json", env=cli_home)
+    assert missing.returncode == 3 and missing.stdout == ""
+
+
+@pytest.mark.parametrize(("text", "code", "expected"), [
+    ("endpoint: churn\nrollout:\n  canary:\n    steps: [5, 50, 25]\n", 2,
+     "policy.yaml line 4, rollout.canary.steps: steps must be strictly increasing"),
+    ("endpoint: churn\n  oops: [\n", 2, "policy.yaml line 2: not valid YAML"),
+    ("endpoint: fraud\n", 3, "Endpoint 'fraud' does not exist"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(
+    cli_home: dict[str, str], tmp_path: Path, text: str, code: int, expected: str,
+) -> None:
+    from tests.support import run_cli
+
+    file = tmp_path / "policy.yaml"
+    file.write_text(text)
+    result = run_cli("policies", "apply", str(file), "--json", env=cli_home)
+    assert result.returncode == code and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert expected in result.stderr
+    assert run_cli("policies", "list", "--json", env=cli_home).stdout.strip() == "[]"
+    assert run_cli("policies", "apply", str(tmp_path / "nope.yaml"),
+                   env=cli_home).returncode == 2
+
+
+def test_cli_retrain_queues_one_job_and_a_second_call_returns_it(
+    cli_home: dict[str, str], settings: Settings,
+) -> None:
+    import json
+
+    from mlharbor.pipelines.jobs import JobStore
+    from mlharbor.pipelines.retrain import RETRAIN_STEPS
+    from tests.support import run_cli
+
+    first = run_cli("retrain", "churn", "--reason", "labels look off", "--json", env=cli_home)
+    assert first.returncode == 0, first.stderr
+    job = json.loads(first.stdout)
+    assert job["created"] is True and job["state"] == "queued" and job["kind"] == "retrain"
+    assert tuple(job["plan"][:3]) == RETRAIN_STEPS and job["plan"][-1] == "promote"
+    second = run_cli("retrain", "churn", env=cli_home)
+    assert second.returncode == 0 and job["job"] in second.stdout
+    assert "no new job was queued" in second.stdout
+    reg = Registry.from_settings(settings)
+    try:
+        jobs = JobStore(reg.store).list_jobs(endpoint="churn")
+        assert [j.id for j in jobs] == [job["job"]]
+        request = jobs[0].request
+        assert (request["trigger"], request["reason"], request["policy_revision"]) == (
+            "manual", "labels look off", None)
+    finally:
+        reg.close()
+    unknown = run_cli("retrain", "fraud", env=cli_home)
+    assert unknown.returncode == 3 and unknown.stderr.count("\n") == 1
+    assert "Endpoint 'fraud' does not exist" in unknown.stderr
+
+
+def test_a_submitted_job_runs_under_the_stored_policy_revision(registry: Registry) -> None:
+    from mlharbor.core.loop import RetrainTrigger
+    from mlharbor.pipelines.submit import submit_retrain
+
+    PolicyService(registry).apply(
+        _policy(rollout={"approval": True, "shadow": {"requests": 10},
+                         "canary": {"steps": [50, 100]}}), actor="alice")
+    job, created = submit_retrain(registry, "churn", trigger=RetrainTrigger.DRIFT,
+                                  reason="drift in 4 of 6 windows", actor="monitor")
+    assert created and job.request["policy_revision"] == 1
+    assert job.plan == ("snapshot", "train", "validate", "shadow", "approval", "canary-50",
+                        "canary-100", "promote")
+    again, created = submit_retrain(registry, "churn", trigger=RetrainTrigger.DRIFT,
+                                    reason="still drifting", actor="monitor")
+    assert (again.id, created) == (job.id, False)

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.build",
     "mlharbor.cli.deploy",
     "mlharbor.cli.jobs",
+    "mlharbor.cli.policies",
 )
 
 EXIT_CODES: dict[type[errors.MlharborError], int] = {
