@@ -70,17 +70,11 @@ def check_dataset(
     """
     from mlharbor.data.numbers import bad_cells_text, parse_numbers
 
-    found: list[Finding] = []
-    n = len(frame)
-    target = frame[schema.target]
-    target_missing = float(target.isna().mean())
-    if target_missing > thresholds.max_target_missing_share:
-        found.append(_f(
-            "target_missing", "violation", schema.target, target_missing,
-            f"The target {schema.target!r} is missing in {int(target.isna().sum())} of {n} rows "
-            f"({target_missing:.1%}); at most {thresholds.max_target_missing_share:.1%} allowed. "
-            "Drop those rows or raise checks.max_target_missing_share.",
-        ))
+    found = _target_findings(frame, schema, thresholds)
+    if any(f.check == "single_class" for f in found):
+        # Nothing else means anything with one class: every leakage score is perfect and
+        # scikit-learn warns at each fold. One finding, before any fitting.
+        return CheckReport(tuple(f for f in found if f.severity == "violation"))
     for column, kind in schema.features.items():
         series = frame[column]
         if kind == "numeric":
@@ -93,14 +87,15 @@ def check_dataset(
         if share > thresholds.max_missing_share:
             found.append(_f(
                 "missing_values", "violation", column, share,
-                f"Column {column!r} is missing in {share:.1%} of rows; at most "
-                f"{thresholds.max_missing_share:.1%} allowed. Exclude it or raise "
-                "checks.max_missing_share.",
+                f"Column {column!r} is missing in {percent(share, thresholds.max_missing_share)} "
+                f"of rows; at most {percent(thresholds.max_missing_share)} allowed. Exclude it "
+                "or raise checks.max_missing_share.",
             ))
         elif share > 0:
             found.append(_f(
                 "missing_values", "warning", column, share,
-                f"Column {column!r} is missing in {share:.1%} of rows; they will be imputed.",
+                f"Column {column!r} is missing in {percent(share, 0.0)} of rows; they will be "
+                "imputed.",
             ))
         distinct = int(series.nunique(dropna=True))
         if distinct <= 1:
@@ -119,18 +114,80 @@ def check_dataset(
     if duplicates > thresholds.max_duplicate_share:
         found.append(_f(
             "duplicate_rows", "violation", None, duplicates,
-            f"{duplicates:.1%} of rows are exact duplicates; at most "
-            f"{thresholds.max_duplicate_share:.1%} allowed.",
+            f"{percent(duplicates, thresholds.max_duplicate_share)} of rows are exact "
+            f"duplicates; at most {percent(thresholds.max_duplicate_share)} allowed.",
         ))
     elif duplicates > 0:
         found.append(_f(
             "duplicate_rows", "warning", None, duplicates,
-            f"{duplicates:.1%} of rows are exact duplicates.",
+            f"{percent(duplicates, 0.0)} of rows are exact duplicates.",
         ))
     if schema.task == "classification":
-        found.extend(_class_balance(target.dropna(), schema.target, thresholds))
+        found.extend(_class_balance(frame[schema.target].dropna(), schema.target, thresholds))
     found.extend(_leakage(frame, schema, thresholds, seed))
     return CheckReport(tuple(found))
+
+
+def _target_findings(frame: pd.DataFrame, schema: Schema, thresholds: Thresholds
+                     ) -> list[Finding]:
+    """The target's own checks, run first: missing labels (a violation over the allowed share,
+    else a warning that counts the rows training drops) and, for classification, one class."""
+    target = frame[schema.target]
+    n, missing = len(frame), int(target.isna().sum())
+    share = missing / n if n else 0.0
+    allowed = thresholds.max_target_missing_share
+    out: list[Finding] = []
+    if share > allowed:
+        out.append(_f(
+            "target_missing", "violation", schema.target, share,
+            f"The target {schema.target!r} is missing in {missing} of {n} rows "
+            f"({percent(share, allowed)}); at most {percent(allowed)} allowed. Drop those rows "
+            "or raise checks.max_target_missing_share.",
+        ))
+    elif missing:
+        out.append(_f(
+            "target_missing", "warning", schema.target, share,
+            f"The target {schema.target!r} is missing in {missing} of {n} rows "
+            f"({percent(share, 0.0)}); those {missing} rows are dropped, {n - missing} are used "
+            f"(checks.max_target_missing_share allows {percent(allowed)}).",
+        ))
+    labels = target.dropna()
+    if schema.task == "classification" and labels.nunique() < 2:
+        import pandas as pd
+
+        only = ""
+        if len(labels):
+            value = labels.iloc[0]
+            value = value.item() if hasattr(value, "item") else value
+            only = f" ({value!r} in all {len(labels)} labelled rows)"
+        regression = (" or set data.task: regression" if pd.api.types.is_numeric_dtype(labels)
+                      else "")
+        out.append(_f(
+            "single_class", "violation", schema.target, float(labels.nunique()),
+            f"The target {schema.target!r} has one class{only}; classification needs at least "
+            f"2. Check the data source and its filters{regression}.",
+        ))
+    return out
+
+
+def percent(share: float, threshold: float | None = None) -> str:
+    """``share`` (0.0497) as a percentage ("4.97%") that never reads as equal to ``threshold``.
+
+    One decimal is enough unless rounding would make a value below (or above) the threshold
+    print as the threshold itself: 4.97% against 5% prints "4.97%", never "5.0%". More
+    decimals are added until the side is clear (at most six); without a threshold, trailing
+    zeros are dropped ("5%", "0.5%").
+    """
+    if threshold is None:
+        return f"{round(share * 100, 6):g}%"
+    value, limit = share * 100, round(threshold * 100, 9)
+    if share == threshold:
+        return f"{value:.1f}%"
+    for digits in range(1, 7):
+        shown = round(value, digits)
+        if (shown < limit) == (value < limit) and shown != limit:
+            return f"{value:.{digits}f}%"
+    return f"{'<' if value < limit else '>'}{limit:g}%"  # within a millionth of a percent
 
 
 def _f(check: str, severity: str, column: str | None, value: float, message: str) -> Finding:
@@ -153,11 +210,7 @@ def _class_balance(labels: pd.Series, target: str, thresholds: Thresholds) -> li
     counts = labels.value_counts()
     out: list[Finding] = []
     if len(counts) < 2:
-        out.append(_f(
-            "single_class", "violation", target, float(len(counts)),
-            f"The target {target!r} has {len(counts)} class; classification needs at least 2.",
-        ))
-        return out
+        return out  # found by _target_findings, which stops the checks
     for label, count in counts.items():
         share = float(count / counts.sum())
         if count < thresholds.min_class_count:
@@ -169,8 +222,9 @@ def _class_balance(labels: pd.Series, target: str, thresholds: Thresholds) -> li
         elif share < thresholds.min_class_share:
             out.append(_f(
                 "class_imbalance", "warning", target, share,
-                f"Class {label!r} of {target!r} is {share:.1%} of rows (below "
-                f"{thresholds.min_class_share:.0%}); prefer f1, balanced_accuracy or pr_auc.",
+                f"Class {label!r} of {target!r} is {percent(share, thresholds.min_class_share)} "
+                f"of rows (below {percent(thresholds.min_class_share)}); prefer f1, "
+                "balanced_accuracy or pr_auc.",
             ))
     return out
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlharbor.core.warning_tally import CaughtWarning, catching
 from mlharbor.evaluation.bootstrap import fast_metrics
 from mlharbor.evaluation.metrics import Target, higher_is_better, predictions
 
@@ -26,6 +27,8 @@ class FoldScores:
     metrics: dict[str, float]
     fit_seconds: float
     score_seconds: float
+    # Library warnings of this fit, caught in the worker; the caller summarises them.
+    warnings: tuple[CaughtWarning, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +68,15 @@ def _fit_and_score(
     from sklearn.base import clone
 
     model = clone(estimator)
-    started = time.perf_counter()
-    model.fit(X.iloc[train], y[train])
-    fitted = time.perf_counter()
-    y_pred, proba = predictions(model, X.iloc[test], target)
-    scores = fast_metrics(y[test], y_pred, proba, target)
-    return FoldScores(fold, scores, fitted - started, time.perf_counter() - fitted)
+    caught: list[CaughtWarning] = []
+    with catching(caught):
+        started = time.perf_counter()
+        model.fit(X.iloc[train], y[train])
+        fitted = time.perf_counter()
+        y_pred, proba = predictions(model, X.iloc[test], target)
+        scores = fast_metrics(y[test], y_pred, proba, target)
+    return FoldScores(fold, scores, fitted - started, time.perf_counter() - fitted,
+                      tuple(caught))
 
 
 def cross_validate_many(

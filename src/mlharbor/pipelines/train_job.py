@@ -190,6 +190,7 @@ def run_training(
     With ``trusted_types`` (the registry's skops policy), a pipeline that would need a type
     outside it is refused before any fitting, instead of failing at registration.
     """
+    from mlharbor.core.warning_tally import CaughtWarning, WarningTally, catching
     from mlharbor.data.profile import build_profile
     from mlharbor.data.splits import plan_splits
     from mlharbor.evaluation.assessment import (
@@ -202,6 +203,7 @@ def run_training(
     from mlharbor.training.preparation import check_trusted
 
     progress = progress or Progress()
+    tally, caught = WarningTally(), list[CaughtWarning]()  # library warnings, said once each
     started = time.perf_counter()
     prepare(recipe)
     progress.start("data", "Loading data", None)
@@ -210,7 +212,8 @@ def run_training(
     schema = bind_schema(recipe, dataset)
     plan = prepare(recipe, schema.task)
     progress.start("checks", "Checking data", None)
-    checks = check_data(recipe, dataset, schema, warn=progress.note)
+    with catching(caught, "the data checks"):
+        checks = check_data(recipe, dataset, schema, warn=progress.note)
     progress.finish("checks")
     spec, validation = recipe.data, recipe.validation
     frame = dataset.frame[dataset.frame[spec.target].notna()].reset_index(drop=True)
@@ -230,7 +233,13 @@ def run_training(
     if trusted_types is not None:
         check_trusted(recipe, settings[0].pipeline, trusted_types)
     total = (len(settings) + 1) * len(splits.folds)  # + the baseline
-    on_fold = _fold_progress(progress, settings, len(splits.folds))
+    advance = _fold_progress(progress, settings, len(splits.folds))
+    label = {s.key: f"candidate {s.candidate}" for s in settings}
+
+    def on_fold(key: str, scores: Any) -> None:
+        tally.add(scores.warnings, f"{label.get(key, 'the baseline')}, fold {scores.fold + 1}")
+        advance(key, scores)
+
     progress.start("folds", f"Cross-validating {len(settings)} setting(s) + baseline", total)
 
     def on_stage(stage: str) -> None:
@@ -238,19 +247,23 @@ def run_training(
             progress.finish("folds")
             progress.start("fit", "Fitting the winner and scoring the holdout", None)
 
-    assessment = assess(
-        settings,
-        (X.iloc[splits.train], y[splits.train], X.iloc[splits.holdout], y[splits.holdout]),
-        splits.folds, target, primary=primary, gates=plan.gates,
-        baseline=recipe.metrics.baseline, seed=validation.seed,
-        resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
-        champion_error=champion_error, n_jobs=n_jobs, on_fold=on_fold, on_stage=on_stage,
-    )
-    importances = permutation_importances(
-        assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
-        seed=validation.seed,
-    )
+    with catching(caught, "the final fit and holdout"):
+        assessment = assess(
+            settings,
+            (X.iloc[splits.train], y[splits.train], X.iloc[splits.holdout], y[splits.holdout]),
+            splits.folds, target, primary=primary, gates=plan.gates,
+            baseline=recipe.metrics.baseline, seed=validation.seed,
+            resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
+            champion_error=champion_error, n_jobs=n_jobs, on_fold=on_fold, on_stage=on_stage,
+        )
+        importances = permutation_importances(
+            assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
+            seed=validation.seed,
+        )
     progress.finish("fit")
+    tally.add(caught)
+    for line in tally.lines():
+        progress.note(f"warning: {line}")
     train_part = X.iloc[splits.train]
     profile = build_profile(train_part, schema.features, seed=validation.seed,
                             importances=importances)
@@ -262,6 +275,7 @@ def run_training(
         "schema": schema.to_dict(),
         "splits": splits.describe(),
         "data_checks": checks.to_dict(),
+        "library_warnings": tally.lines(),
         "champion_note": champion_note,
         "importances": importances,
     }

@@ -214,22 +214,32 @@ def build_preprocessor(
 
 
 def check_trusted(recipe: Recipe, pipeline: Any, trusted: Collection[str]) -> None:
-    """Our own preparation steps load from a bundle only when the skops policy trusts them."""
+    """Refuse, before any fitting, a pipeline whose own steps the registry would not load.
+
+    The answer comes from the skops policy itself (:func:`mlharbor.formats.sklearn.
+    untrusted_types`), so training and loading never disagree: mlharbor's pure transformers
+    (:class:`DateParts`) are trusted by the platform, while :class:`FeatureFunctions` runs the
+    recipe's code when a version loads and needs the operator's setting.
+    """
+    from mlharbor.formats.sklearn import untrusted_types
+
     needed: list[type[Any]] = []
     if "features" in pipeline.named_steps:
         needed.append(FeatureFunctions)
     prepare_step = pipeline.named_steps["prepare"]
     if any(name == "date" for name, _, _ in prepare_step.transformers):
         needed.append(DateParts)
-    missing = [f"{c.__module__}.{c.__qualname__}" for c in needed
-               if f"{c.__module__}.{c.__qualname__}" not in trusted]
+    missing = untrusted_types([_full_name(c) for c in needed], tuple(trusted))
     if missing:
-        why = ("runs the feature functions' code when a version loads"
-               if FeatureFunctions in needed else "is mlharbor's own date-part step")
         raise recipe.error(
             ("preparation",),
             f"the prepared pipeline uses {', '.join(missing)}, which the registry loads only "
-            f"when trusted ({why}); nothing was trained or registered",
+            "when trusted (it runs the feature functions' code when a version loads); nothing "
+            "was trained or registered",
             hint=f"Add {', '.join(missing)} to formats.skops_trusted_types "
-                 "(MLHARBOR_FORMATS__SKOPS_TRUSTED_TYPES) or drop the datetime columns.",
+                 "(MLHARBOR_FORMATS__SKOPS_TRUSTED_TYPES) or drop preparation.feature_functions.",
         )
+
+
+def _full_name(cls: type[Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
