@@ -1,4 +1,8 @@
-"""``mlharbor build REF --output DIR``: the OCI build context (and image) of a model server."""
+"""``mlharbor build REF --output DIR``: the OCI build context (and image) of a model server.
+
+With ``--build`` (or ``--push``) the image builder is checked first, so a machine without one
+gets one line before anything is written; ``--dry-run`` checks it too and needs no folder.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ def register(app: typer.Typer) -> None:
     def build(
         ctx: typer.Context,
         ref: str = typer.Argument(..., help="Model version to serve: churn:3, churn@champion."),
-        output: Path = typer.Option(..., "--output", "-o", help="New or empty folder for the "
-                                    "build context (Dockerfile, wheels, model)."),
+        output: Path | None = typer.Option(None, "--output", "-o", help="New or empty folder for "
+                                           "the build context (Dockerfile, wheels, model); not "
+                                           "needed with --dry-run.", show_default=False),
         bake: bool = typer.Option(True, "--bake/--no-bake", help="Bake the model into the "
                                   "image (default), or fetch it from the registry at start."),
         do_build: bool = typer.Option(False, "--build", help="Also build the image: docker "
@@ -74,12 +79,19 @@ def register(app: typer.Typer) -> None:
         from mlharbor.core.errors import InvalidInputError
         from mlharbor.deploy.base import resolve_source
         from mlharbor.deploy.container import DEFAULT_BASE_IMAGE, ContextOptions
-        from mlharbor.deploy.imagebuild import RegistryAuth, check_push
+        from mlharbor.deploy.imagebuild import RegistryAuth, check_push, find_builder
 
         if api_key and not bake:
             raise InvalidInputError(
                 "--api-key needs a baked image: without --bake, keys live in the shared "
                 "registry (mlharbor admin keys create).")
+        if output is None and not dry_run:
+            raise InvalidInputError(
+                "mlharbor build writes a build context: give its folder with --output DIR.",
+                hint="Or add --dry-run to see what would be written.", field="output")
+        # Before anything else: a build that cannot happen is refused now, not after minutes
+        # of writing a context of hundreds of MB.
+        chosen = find_builder(builder) if do_build or push else builder
         settings = settings_from(ctx)
         console = Console(stderr=True)
         registry = open_registry(settings)
@@ -88,29 +100,34 @@ def register(app: typer.Typer) -> None:
             base = base_image or DEFAULT_BASE_IMAGE
             auth = RegistryAuth(authfile, registry_user, registry_password_env)
             if push:  # before minutes of building: a push that cannot work is refused now
-                host = check_push(source.image, builder, auth, os.environ,
+                host = check_push(source.image, chosen, auth, os.environ,
                                   tls_verify=tls_verify)
             if dry_run:
                 typer.echo(f"build: {ref} -> {source.version.ref} (image {source.image})")
+                where = f"{output}/" if output is not None else ""
                 for item in ("Dockerfile", ".dockerignore", "entrypoint.sh", "build.json",
                              "wheels/ (mlharbor and every dependency)"):
-                    typer.echo(f"  write  {output}/{item}")
+                    typer.echo(f"  write  {where}{item}")
                 if bake:
-                    typer.echo(f"  write  {output}/model/ (a registry holding only "
+                    typer.echo(f"  write  {where}model/ (a registry holding only "
                                f"{source.version.ref})")
                 if do_build or push:
-                    typer.echo(f"  build  image {source.image} from {base}")
+                    typer.echo(f"  build  image {source.image} from {base} with {chosen}")
                 if push:
                     tls = "TLS verified" if tls_verify else "TLS not verified, plain HTTP allowed"
                     typer.echo(f"  push   {source.image} to {host} ({tls}; "
                                f"{auth.describe()})")
                 if api_key:
                     typer.echo("  create predictor API key in the baked registry")
+                if output is None:
+                    typer.echo("  note   the files go under the --output folder of a real run")
+                typer.echo("dry run: nothing was written or built")
                 return
             options = ContextOptions(bake=bake, base_image=base, wheel_cache=wheel_cache or (
                 settings.home / "cache" / "wheels"), extras=tuple(extra or ()))
+            assert output is not None  # checked above: only a dry run goes without
             _build(registry, source, output, options, console, do_build or push,
-                   auth if push else None, builder, tls_verify, cli_actor(), api_key)
+                   auth if push else None, chosen, tls_verify, cli_actor(), api_key)
         finally:
             registry.close()
 

@@ -2,7 +2,8 @@
 
 Every command resolves REF in the registry, plans what the target creates (files under
 ``--output``, remote resources), prints the plan, and unless ``--dry-run`` writes, applies and
-records the deployment in the audit ledger as ``deploy.<target>``.
+records the deployment in the audit ledger as ``deploy.<target>``. A dry run needs no
+``--output``: it lists the files by their paths inside the folder a real run would fill.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import typer
 
 REF_HELP = "Model version to deploy: churn:3, churn@champion."
-OUTPUT_HELP = "Folder for the generated files."
+OUTPUT_HELP = "Folder for the generated files (not needed with --dry-run)."
 IMAGE_HELP = "Image serving the version (default mlharbor/<model>:<version>, from mlharbor build)."
 DRY_RUN_HELP = "Print what would be created; change nothing."
 MODE_HELP = ("Registry the replicas read: 'baked' (the image's own), 'shared' (the team's "
@@ -29,7 +30,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("kubernetes")
     def kubernetes(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         image: str = typer.Option(None, help=IMAGE_HELP),
         helm: bool = typer.Option(False, "--helm", help="Write a Helm chart."),
         kserve: bool = typer.Option(False, "--kserve", help="Write a KServe InferenceService "
@@ -90,7 +92,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("lambda")
     def aws_lambda(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         image: str = typer.Option(None, help=IMAGE_HELP + " Must be in ECR."),
         memory: int = typer.Option(2048, help="Function memory (MB)."),
         timeout: int = typer.Option(30, help="Function timeout (s)."),
@@ -105,7 +108,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("azure-functions")
     def azure_functions(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         bake: bool = typer.Option(True, "--bake/--no-bake", help="Ship the model in the app "
                                   "folder (default), or read the shared registry."),
         registry_mode: str = typer.Option(None, "--registry", help=MODE_HELP),
@@ -127,7 +131,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("cloud-run")
     def cloud_run(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         image: str = typer.Option(None, help=IMAGE_HELP + " Must be in Artifact Registry."),
         min_instances: int = typer.Option(0, help="0 scales to zero."),
         max_instances: int = typer.Option(10),
@@ -144,7 +149,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("vertex")
     def vertex(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         image: str = typer.Option(None, help=IMAGE_HELP),
         machine_type: str = typer.Option("n1-standard-2"),
         min_replicas: int = typer.Option(1), max_replicas: int = typer.Option(3),
@@ -159,7 +165,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("azureml")
     def azureml(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         image: str = typer.Option(None, help=IMAGE_HELP),
         instance_type: str = typer.Option("Standard_DS3_v2"),
         instance_count: int = typer.Option(1),
@@ -174,7 +181,8 @@ def register(app: typer.Typer) -> None:
     @deploy.command("systemd")
     def systemd(
         ctx: typer.Context, ref: str = typer.Argument(..., help=REF_HELP),
-        output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
+        output: Path | None = typer.Option(None, "--output", "-o", help=OUTPUT_HELP,
+                                           show_default=False),
         executable: str = typer.Option("/opt/mlharbor/venv/bin/mlharbor",
                                        help="Absolute path of the mlharbor command."),
         user: str = typer.Option("mlharbor", help="System user running the server."),
@@ -243,6 +251,8 @@ def _run(ctx: typer.Context, target_name: str, ref: str, image: str | None,
     for line in result.plan.describe():
         typer.echo(line)
     if dry_run:
+        if output is None and result.plan.files:
+            typer.echo("  note   the files go under the --output folder of a real run")
         typer.echo("dry run: nothing was written or created")
     elif result.applied:
         typer.echo(f"done: {', '.join(f'{k}={v}' for k, v in result.applied.items())}")

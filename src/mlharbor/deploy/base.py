@@ -137,12 +137,8 @@ class Target(ABC, Generic[O]):
     writes_files: ClassVar[bool] = True
 
     def plan(self, source: DeploymentSource, options: O, output: Path | None) -> Plan:
-        """Validate, then ask the target what it would create."""
-        if self.writes_files and output is None:
-            raise InvalidInputError(
-                f"The {self.name} target writes files; give the folder with --output.",
-                field="output",
-            )
+        """Validate, then ask the target what it would create (under ``output`` when given;
+        a plan without a folder lists the files by their paths inside it)."""
         plan = Plan(self.name, source, output=output)
         self._plan(plan, options)
         return plan
@@ -151,7 +147,16 @@ class Target(ABC, Generic[O]):
         self, source: DeploymentSource, options: O, *, output: Path | None, registry: Registry,
         actor: str, dry_run: bool = False,
     ) -> DeployResult:
-        """Plan; unless ``dry_run``, write the files, apply and record the deployment."""
+        """Plan; unless ``dry_run``, write the files, apply and record the deployment.
+
+        Only a real run of a target that writes files needs ``output``: a dry run prints the
+        plan and writes nothing, so it needs no folder.
+        """
+        if self.writes_files and output is None and not dry_run:
+            raise InvalidInputError(
+                f"The {self.name} target writes files; give their folder with --output DIR.",
+                hint="Or add --dry-run to see what would be written.", field="output",
+            )
         plan = self.plan(source, options, output)
         if dry_run:
             return DeployResult(plan, [], {}, True)

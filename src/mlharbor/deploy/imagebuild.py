@@ -1,5 +1,8 @@
 """Building and pushing images: docker when a daemon answers, else buildah, else podman.
 
+:func:`find_builder` checks that a builder is usable (on PATH and working: ``docker info``
+answers, ``buildah info`` / ``podman info`` succeed) before anything is written.
+
 buildah and podman build without a daemon (``--isolation chroot``) and write Docker-format
 images, so HEALTHCHECK is kept (the OCI image format has no health check).
 
@@ -34,19 +37,50 @@ class BuiltImage:
     size_bytes: int | None
 
 
-def detect_builder() -> str:
-    """The first usable builder: docker (only when its daemon answers), buildah, podman."""
-    if shutil.which("docker") and _run(["docker", "info", "--format", "{{.ID}}"], 10) == 0:
-        return "docker"
-    for name in ("buildah", "podman"):
-        if shutil.which(name):
+INSTALL_BUILDER = ("Install one (apt-get install buildah, or podman, or Docker Engine with its "
+                   "daemon running), or pick one with --builder; without a builder, leave out "
+                   "--build and build the written context yourself: docker build -t TAG DIR.")
+
+
+def find_builder(preferred: str | None = None) -> str:
+    """The builder to use, checked usable before any work: ``preferred`` when given, else the
+    first of docker (only when its daemon answers), buildah, podman.
+
+    Called first by ``mlharbor build --build`` (dry run too), so a missing builder is one line
+    before the minutes of writing a context of hundreds of MB, not an error after them.
+    """
+    if preferred is not None:
+        if preferred not in BUILDERS:
+            raise InvalidInputError(f"Unknown image builder {preferred!r}; known: "
+                                    f"{', '.join(BUILDERS)}.", field="builder",
+                                    expected=list(BUILDERS), received=preferred)
+        why = _unusable(preferred)
+        if why is None:
+            return preferred
+        raise UnavailableError(f"The image builder {preferred} (--builder) is not usable: "
+                               f"{why}.", hint=INSTALL_BUILDER, looked_for=[preferred])
+    reasons = []
+    for name in BUILDERS:
+        why = _unusable(name)
+        if why is None:
             return name
+        reasons.append(f"{name} {why}")
     raise UnavailableError(
-        "No image builder is available: docker has no running daemon and neither buildah "
-        "nor podman is installed.",
-        hint="Start the Docker daemon, or install buildah (apt-get install buildah), or build "
-        "the written context yourself: docker build -t TAG DIR.",
-    )
+        f"No image builder is usable; looked for {', '.join(BUILDERS)}: {'; '.join(reasons)}.",
+        hint=INSTALL_BUILDER, looked_for=list(BUILDERS))
+
+
+def _unusable(builder: str) -> str | None:
+    """None when ``builder`` can build here, else why not (a few words)."""
+    if shutil.which(builder) is None:
+        return "is not on PATH"
+    if builder == "docker":
+        if _run(["docker", "info", "--format", "{{.ID}}"], 10) != 0:
+            return "has no daemon answering (docker info failed)"
+        return None
+    if _run([builder, "info"], 20) != 0:
+        return f"does not work here ({builder} info failed)"
+    return None
 
 
 def build_command(builder: str, context: Path, tag: str, *, base_image: str | None = None,
@@ -68,8 +102,12 @@ def build_command(builder: str, context: Path, tag: str, *, base_image: str | No
 def build_image(context: Path, tag: str, *, builder: str | None = None,
                 base_image: str | None = None, pull: bool = True,
                 log: Path | None = None) -> BuiltImage:
-    """Build the context at ``context`` as ``tag``; the builder's output goes to ``log``."""
-    chosen = builder or detect_builder()
+    """Build the context at ``context`` as ``tag``; the builder's output goes to ``log``.
+
+    ``builder`` is used as given (callers check it first with :func:`find_builder`); without
+    one, the first usable builder is found.
+    """
+    chosen = builder or find_builder()
     cmd = build_command(chosen, context, tag, base_image=base_image, pull=pull)
     started = time.monotonic()
     log_path = log or context.parent / f"{context.name}.build.log"
