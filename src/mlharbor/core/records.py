@@ -113,6 +113,63 @@ class Page(Generic[T]):
     total: int
 
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatasetPart:
+    """One source of a :class:`DatasetSnapshot`: what it is, where it was read, its hash."""
+
+    kind: str  # champion_data | production | dataset_uri
+    uri: str
+    fingerprint: str
+    rows: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatasetSnapshot:
+    """Rows frozen for training: stored once, content-addressed, so a re-run reads the same.
+
+    ``uri`` names the stored bytes (``artifact:sha256:<hex>`` for the artifact store);
+    ``fingerprint`` is ``sha256:<hex>`` of those bytes; ``columns`` maps each column to its
+    dtype; ``parts`` say where the rows came from.
+    """
+
+    uri: str
+    fingerprint: str
+    format: str
+    rows: int
+    columns: dict[str, str]
+    target: str
+    parts: tuple[DatasetPart, ...]
+    created_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GateResult:
+    gate: str
+    passed: bool
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EvaluationReport:
+    """A version judged against its champion and the naive baseline on one holdout.
+
+    ``metrics``, ``baseline`` and ``champion`` are holdout metrics of the version, the
+    baseline and the champion (``None`` without one); ``gates`` are the verdicts;
+    ``passed`` whether every gate passed; ``reason`` says why not.
+    """
+
+    ref: str
+    primary_metric: str
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    champion_ref: str | None
+    champion: dict[str, float] | None
+    gates: tuple[GateResult, ...]
+    passed: bool
+    reason: str | None
+    holdout_rows: int | None = None
+
 def to_dict(record: Any) -> Any:
     """JSON-friendly form of a record (datetimes as ISO 8601, enums as values)."""
     if dataclasses.is_dataclass(record) and not isinstance(record, type):

@@ -28,6 +28,7 @@ from mlharbor.core.clock import epoch_micros, utcnow
 from mlharbor.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from mlharbor.monitoring.predlog import PredictionLog
@@ -207,20 +208,12 @@ class Feedback:
                     validation: Mapping[int, Mapping[str, float]] | None = None,
                     tolerance: float = 0.05) -> list[dict[str, Any]]:
         """One row per (window, version) with labelled rows and live metrics."""
-        import pyarrow as pa
-
         logged = self.log.scan(endpoint, start, end,
                                columns=["request_id", "row", "version", "prediction", "score"])
         labels = self.labels(endpoint)
         if logged.num_rows == 0 or labels.num_rows == 0 or "request_id" not in logged.column_names:
             return []
-        for i, field in enumerate(logged.schema):
-            if pa.types.is_null(field.type):  # a column never set (no scores): make it typed
-                logged = logged.set_column(i, field.name, logged[i].cast(pa.float64()))
-        joined = logged.join(labels.cast(pa.schema([
-            ("request_id", logged.schema.field("request_id").type),
-            ("row", logged.schema.field("row").type), ("label", labels.schema.field("label").type),
-        ])), keys=["request_id", "row"], join_type="inner").to_pandas()
+        joined = _join_labels(logged, labels).to_pandas()
         if joined.empty:
             return []
         task = task or _infer_task(joined)
@@ -248,6 +241,40 @@ class Feedback:
         return compare_with_validation(out, validation or {}, tolerance)
 
 
+    def labelled_rows(self, endpoint: str, *, start: datetime, end: datetime,
+                      target: str = "label") -> pd.DataFrame:
+        """The inputs of the rows ``endpoint`` served in ``[start, end)`` that have a label,
+        with the label as column ``target``: training rows for a retraining job.
+
+        The same join as :meth:`performance` (latest label of each request id and row), on
+        the primary answers only: a shadow's copy of a request is the same input twice. Input
+        columns lose their ``in.`` prefix; a row logged twice (a retried flush) counts once.
+        InvalidInputError when ``target`` is also the name of an input column.
+        """
+        import pandas as pd
+        import pyarrow.compute as pc
+
+        from mlharbor.monitoring.logrows import INPUT_PREFIX
+
+        logged = self.log.scan(endpoint, start, end)
+        labels = self.labels(endpoint)
+        inputs = [c for c in logged.column_names if c.startswith(INPUT_PREFIX)]
+        names = [c.removeprefix(INPUT_PREFIX) for c in inputs]
+        if target in names:
+            raise InvalidInputError(
+                f"The target column {target!r} is also an input column of endpoint "
+                f"{endpoint!r}; the labelled rows cannot hold both.", field="target")
+        if logged.num_rows == 0 or labels.num_rows == 0 or not inputs:
+            return pd.DataFrame(columns=[*names, target])
+        if "shadow" in logged.column_names:
+            logged = logged.filter(pc.invert(pc.fill_null(logged["shadow"], False)))
+        logged = logged.select(["request_id", "row", *inputs])
+        joined = _join_labels(logged, labels).to_pandas()
+        joined = joined.drop_duplicates(["request_id", "row"], keep="first")
+        frame = joined[[*inputs, "label"]].rename(
+            columns={**dict(zip(inputs, names, strict=True)), "label": target})
+        return frame.reset_index(drop=True)
+
 def compare_with_validation(rows: list[dict[str, Any]],
                             validation: Mapping[int, Mapping[str, float]],
                             tolerance: float = 0.05) -> list[dict[str, Any]]:
@@ -260,6 +287,19 @@ def compare_with_validation(rows: list[dict[str, Any]],
             row["degraded"] = _degraded(metrics, reference, row["labelled_rows"], tolerance)
     return rows
 
+
+def _join_labels(logged: pa.Table, labels: pa.Table) -> pa.Table:
+    """Logged rows inner-joined with their labels on (request id, row); columns never set
+    (all null, e.g. no scores) are typed as float64 first so the join can carry them."""
+    import pyarrow as pa
+
+    for i, field in enumerate(logged.schema):
+        if pa.types.is_null(field.type):
+            logged = logged.set_column(i, field.name, logged[i].cast(pa.float64()))
+    return logged.join(labels.cast(pa.schema([
+        ("request_id", logged.schema.field("request_id").type),
+        ("row", logged.schema.field("row").type), ("label", labels.schema.field("label").type),
+    ])), keys=["request_id", "row"], join_type="inner")
 
 def _infer_task(frame: Any) -> str:
     import pandas as pd

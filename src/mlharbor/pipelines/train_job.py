@@ -184,11 +184,14 @@ def run_training(
     s3_region: str = "us-east-1",
     progress: Progress | None = None,
     trusted_types: Collection[str] | None = None,
+    dataset: Dataset | None = None,
 ) -> TrainingOutcome:
     """Load, check, cross-validate, pick, fit and judge; see the module docstring.
 
     With ``trusted_types`` (the registry's skops policy), a pipeline that would need a type
-    outside it is refused before any fitting, instead of failing at registration.
+    outside it is refused before any fitting, instead of failing at registration. With
+    ``dataset`` (a retraining job's snapshot), those rows are used instead of the recipe's
+    ``data`` source; the recipe still names the target and the columns.
     """
     from mlharbor.core.warning_tally import CaughtWarning, WarningTally, catching
     from mlharbor.data.profile import build_profile
@@ -207,7 +210,8 @@ def run_training(
     started = time.perf_counter()
     prepare(recipe)
     progress.start("data", "Loading data", None)
-    dataset = load_data(recipe, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+    if dataset is None:
+        dataset = load_data(recipe, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
     progress.finish("data")
     schema = bind_schema(recipe, dataset)
     plan = prepare(recipe, schema.task)
@@ -399,8 +403,8 @@ def train(
     )
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
-    version = _register(registry, name, outcome, settings=settings, actor=actor,
-                        status="failed" if failed else "ready", status_reason=reason)
+    version = register_outcome(registry, name, outcome, settings=settings, actor=actor,
+                               status="failed" if failed else "ready", status_reason=reason)
     alias = recipe.registration.alias
     moved = None
     if not failed and alias:
@@ -427,18 +431,24 @@ def _save_report(settings: Settings, ref: str, report: dict[str, Any]) -> Path:
     return page
 
 
-def _register(
+def register_outcome(
     registry: Registry, name: str, outcome: TrainingOutcome, *, settings: Settings,
     actor: str, status: str, status_reason: str | None,
+    tags: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
 ) -> Any:
-    """Register the winner with metrics, params, lineage, report and reference profile."""
+    """Register the winner with metrics, params, lineage, report and reference profile.
+
+    ``tags`` are added to the recipe's (a retraining job tags its challenger with its id) and
+    ``lineage`` to what :func:`lineage_of` records (the job and the snapshot it trained on).
+    """
     from mlharbor.registry.bundles import register_model
 
     spec = outcome.recipe.registration
     assert spec is not None
     common: dict[str, Any] = {
-        "description": spec.description, "tags": spec.tags, "metrics": outcome.metrics,
-        "params": outcome.params, "lineage": lineage_of(outcome), "actor": actor,
+        "description": spec.description, "tags": {**spec.tags, **(tags or {})},
+        "metrics": outcome.metrics, "params": outcome.params,
+        "lineage": {**lineage_of(outcome), **(lineage or {})}, "actor": actor,
     }
     return register_model(
         registry, name, outcome.model, settings=settings, sample_input=outcome.sample_input,
