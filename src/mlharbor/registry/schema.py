@@ -113,8 +113,8 @@ audit_events = Table(
 # -- durable jobs (mlharbor.pipelines.jobs; migration 0005) ----------------------------------
 
 #: States in which a job holds its endpoint: at most one such job per endpoint, enforced by the
-#: partial unique index below (the same literal is in migration 0005).
-JOB_ACTIVE_STATES_SQL = "state IN ('queued', 'running')"
+#: partial unique index below (the same literal is in migration 0007; 0005 had no 'waiting').
+JOB_ACTIVE_STATES_SQL = "state IN ('queued', 'running', 'waiting')"
 
 jobs = Table(
     "jobs",
