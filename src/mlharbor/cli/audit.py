@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sys
 from datetime import datetime
-from pathlib import Path
 
 import typer
 
@@ -83,8 +82,10 @@ def register(app: typer.Typer) -> None:
         import dataclasses
         import json
 
+        from mlharbor.cli.output import open_output
+
         start = _parse_since(since) if since else None
-        out = Path(output).open("w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+        out = open_output(output, what="the audit export") if output else sys.stdout
         count = 0
         try:
             for event in _store(ctx).iter_audit(since=start):

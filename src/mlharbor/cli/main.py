@@ -49,6 +49,11 @@ EXIT_CODES: dict[type[errors.MlharborError], int] = {
 }
 
 
+# File-system errors about one path (``filename`` set); anything else stays unexpected.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               FileExistsError)
+
+
 def exit_code_for(exc: errors.MlharborError) -> int:
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
@@ -108,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
             _fail("aborted", 130)
         if debug:
             raise
+        if isinstance(exc, PATH_ERRORS) and exc.filename:
+            # A path the user gave that a command opened without routing it through
+            # cli.output: still bad input (exit 2), one line naming the path.
+            _fail(f"error: cannot use {str(exc.filename)!r}: {exc.strerror or exc}. Check the "
+                  "path (run with --debug for the traceback).", 2)
         _fail(
             f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             1,

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from mlharbor.cli.output import print_json, print_table
+from mlharbor.cli.output import check_output, print_json, print_table, write_output
 
 
 def register(app: typer.Typer) -> None:
@@ -74,15 +74,18 @@ def register(app: typer.Typer) -> None:
         from mlharbor.monitoring.report import render_html
         from mlharbor.monitoring.windows import parse_duration
 
+        check_output(html_out, what="the HTML report")
+        check_output(json_out, what="the JSON report")
         monitor = _monitor(ctx)
         end = utcnow()
         report = monitor.drift(endpoint, start=end - parse_duration(window), end=end,
                                step=parse_duration(step) if step else None, version=version,
                                rows=rows)
         if json_out is not None:
-            json_out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+            write_output(json_out, orjson.dumps(report, option=orjson.OPT_INDENT_2),
+                         what="the JSON report")
         if html_out is not None:
-            html_out.write_text(render_html(report), encoding="utf-8")
+            write_output(html_out, render_html(report), what="the HTML report")
         dataset = report["dataset"]
         print_table(
             f"{endpoint}: {'DRIFT' if dataset['drifted'] else 'no drift'} "
@@ -139,8 +142,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("No alert rules to export.",
                               hint="Pass --rules FILE or set monitoring.alert_rules_file.")
         loaded = load_rules(Path(source))
-        output.write_text(yaml.safe_dump(prometheus_rules(loaded, step=step), sort_keys=False),
-                          encoding="utf-8")
+        write_output(output, yaml.safe_dump(prometheus_rules(loaded, step=step), sort_keys=False),
+                     what="the Prometheus rules")
         typer.echo(f"wrote {len(loaded)} rule(s) to {output}")
 
 

@@ -26,9 +26,11 @@ def register(app: typer.Typer) -> None:
         """Train the recipe's candidates, evaluate, judge the gates and register the winner."""
         from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
+        from mlharbor.cli.output import check_output
         from mlharbor.pipelines.train_job import train
         from mlharbor.training.recipe import load_recipe
 
+        check_output(report, what="the HTML report")  # before training, not after
         settings = settings_from(ctx)
         parsed = load_recipe(recipe)
         registry = open_registry(settings)
@@ -100,7 +102,7 @@ def register(app: typer.Typer) -> None:
                 result = reproduce(registry, ref, settings=settings, progress=progress)
         finally:
             registry.close()
-        if as_json:
+        if as_json:  # stdout holds the JSON alone; the verdict is in it and in the exit code
             print_json({
                 "ref": result.ref, "matches": result.matches, "same_data": result.same_data,
                 "metrics": [{"metric": c.metric, "stored": c.stored,
@@ -120,7 +122,9 @@ def register(app: typer.Typer) -> None:
             sys.stderr.write(f"error: {result.ref} did not reproduce: {', '.join(differing)} "
                              "differ.\n")
             raise SystemExit(1)
-        sys.stdout.write(f"{result.ref} reproduced: all {len(result.checks)} metrics match.\n")
+        if not as_json:
+            sys.stdout.write(f"{result.ref} reproduced: all {len(result.checks)} metrics "
+                             "match.\n")
 
 
 def _num(value: float | None) -> str:
@@ -128,9 +132,10 @@ def _num(value: float | None) -> str:
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
+    from mlharbor.cli.output import write_output
     from mlharbor.evaluation.html import render_html
 
-    path.write_text(render_html(report), encoding="utf-8")
+    write_output(path, render_html(report), what="the HTML report")
 
 
 def _metrics_table(
