@@ -30,6 +30,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     from mlharbor.api.routes import endpoints as endpoint_routes
     from mlharbor.api.routes import models as model_routes
     from mlharbor.api.routes import monitoring as monitoring_routes
+    from mlharbor.api.routes import policies as policy_routes
     from mlharbor.bootstrap import open_registry
     from mlharbor.registry.service import Registry as _Registry
     from mlharbor.ui import docs as ui_docs
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(monitoring_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(deployment_routes.router)
+    app.include_router(policy_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
     app.include_router(ui_login.router)

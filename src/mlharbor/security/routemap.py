@@ -150,6 +150,14 @@ RULES: tuple[RouteRule, ...] = (
             f"{_API}/models/{{name}}/versions/{{version}}/report"),
     *_rules("GET", "read", None, f"{_API}/deployments"),
     *_rules("GET", AUTHENTICATED, None, "/ui/whoami"),
+    # -- issue 13: retraining policies (mlharbor.api.routes.policies). A policy decides what
+    # retrains and redeploys an endpoint, so changing it needs what changing the endpoint does.
+    *_rules("GET", "read", None, f"{_API}/policies"),
+    *_rules("GET", "read", endpoint_param("endpoint"), f"{_API}/policies/{{endpoint}}",
+            f"{_API}/policies/{{endpoint}}/history"),
+    *[r for m in ("PUT", "DELETE") for r in _rules(m, "endpoint.write",
+                                                    endpoint_param("endpoint"),
+                                                    f"{_API}/policies/{{endpoint}}")],
 )
 
 
