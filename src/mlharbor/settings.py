@@ -193,10 +193,27 @@ class MonitoringSettings(BaseModel):
         2000, ge=10, le=1_000_000, description="Most windows (steps, buckets, row windows) "
         "one drift, performance or traffic request may ask for; more is refused (HTTP 422) "
         "with the finest step that fits.")
-    alert_rules_file: Path | None = Field(None, description="YAML file of alert rules.")
+    alert_rules_file: Path | None = Field(
+        None, description="YAML file of alert rules: they extend the default rules, and one "
+        "named like a default rule replaces it.")
+    default_alert_rules: bool = Field(
+        True, description="Watch every endpoint with the default rules (error rate, p99 "
+        "latency, drift, live accuracy, traffic stop, log backlog); false keeps only the "
+        "rules file's.")
     webhooks: list[str] = Field(default_factory=list, description="Generic JSON webhooks.")
     slack_webhooks: list[str] = Field(default_factory=list, description="Slack webhooks.")
     evaluation_interval_s: float = Field(30.0, gt=0, description="Alert evaluation cadence.")
+
+
+class PipelinesSettings(BaseModel):
+    """The closed loop: how often retraining policies' triggers are evaluated."""
+
+    trigger_interval_s: float = Field(
+        60.0, gt=0, description="How often every stored policy's triggers (drift, metric, "
+        "estimated, schedule) are evaluated and due jobs submitted.")
+    triggers: bool = Field(
+        True, description="Run the trigger loop in servers; false leaves retraining to "
+        "manual requests (`mlharbor retrain`).")
 
 
 class Settings(BaseSettings):
@@ -224,6 +241,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    pipelines: PipelinesSettings = Field(default_factory=PipelinesSettings)
 
     @field_validator("home", mode="after")
     @classmethod

@@ -24,7 +24,7 @@ RULES = [
 
 
 def _settings(tmp_path: Path, rules: bool) -> Settings:
-    monitoring: dict[str, object] = {"evaluation_interval_s": 0.2}
+    monitoring: dict[str, object] = {"evaluation_interval_s": 0.2, "default_alert_rules": False}
     if rules:
         rules_file = tmp_path / "rules.yml"
         rules_file.write_text(yaml.safe_dump({"rules": RULES}))

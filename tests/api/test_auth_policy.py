@@ -59,7 +59,8 @@ def test_without_credentials_every_route_but_health_answers_401(
         app: Any, client: httpx.Client) -> None:
     public = {("GET", "/livez"), ("GET", "/readyz")}
     # Public on purpose, so a browser can log in; tests/security/test_session_cookie.py.
-    login_form = {("GET", "/ui/login"), ("GET", "/ui/login.js"), ("POST", "/ui/login"),
+    login_form = {("GET", "/ui/login"), ("GET", "/ui/login.js"), ("GET", "/ui/login.css"),
+                  ("POST", "/ui/login"),
                   ("POST", "/ui/logout")}
     seen = 0
     for method, template in declared_routes(app):

@@ -45,6 +45,7 @@ HIDDEN: dict[str, Any] = {
         "/ui": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui/whoami": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui/login.js": {"get": {"responses": {"200": {"description": "ok"}}}},
+        "/ui/login.css": {"get": {"responses": {"200": {"description": "ok"}}}},
         "/ui/login": {
             "get": {"responses": {"200": {"description": "ok"}}},
             "post": {"requestBody": {"content": {"application/x-www-form-urlencoded": {

@@ -204,7 +204,8 @@ def test_only_the_health_probes_and_the_login_form_are_public(
     public = {(r.method, r.path) for r in table if r.action == PUBLIC}
     declared = set(declared_routes(app))
     assert public & declared == {("GET", "/livez"), ("GET", "/readyz"), ("GET", "/ui/login"),
-                                 ("GET", "/ui/login.js"), ("POST", "/ui/login"),
+                                 ("GET", "/ui/login.js"), ("GET", "/ui/login.css"),
+                                 ("POST", "/ui/login"),
                                  ("POST", "/ui/logout")}
     for method, template in sorted(declared - public):
         path = template.replace("{path:path}", "x").replace("{", "").replace("}", "")

@@ -55,8 +55,8 @@ class Harbor:
     served_rows: int
 
 
-def _serve_predictions(settings: Settings, registry: Any, frame: pd.DataFrame
-                       ) -> list[tuple[str, int, int]]:
+def _serve_predictions(settings: Settings, registry: Any, frame: pd.DataFrame,
+                       metrics: Any) -> list[tuple[str, int, int]]:
     """Send REQUESTS requests of 1 to 3 rows through the real serving app; returns
     (request id, row, label) for every predicted row."""
     from mlharbor.monitoring.service import open_prediction_log
@@ -65,7 +65,7 @@ def _serve_predictions(settings: Settings, registry: Any, frame: pd.DataFrame
     log = open_prediction_log(settings).start()
     labelled: list[tuple[str, int, int]] = []
     try:
-        app = create_serving_app(settings, registry, sink=log, auth=False)
+        app = create_serving_app(settings, registry, sink=log, auth=False, metrics=metrics)
         with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
             deadline = time.monotonic() + 60
             while client.get("/v2/health/ready").status_code != 200:
@@ -91,8 +91,10 @@ def _serve_predictions(settings: Settings, registry: Any, frame: pd.DataFrame
 def harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harbor]:
     from mlharbor.api.app import create_app
     from mlharbor.bootstrap import open_identities, open_registry
+    from mlharbor.monitoring.traffic import ResourceReporter
     from mlharbor.pipelines.train_job import train
     from mlharbor.registry.endpoints import EndpointService
+    from mlharbor.telemetry.metrics import ServingMetrics
     from mlharbor.training.recipe import recipe_from_yaml
 
     tmp = tmp_path_factory.mktemp("harbor")
@@ -123,7 +125,11 @@ def harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harbor]:
                           resource="model/churn/version/2", outcome="success",
                           details={"target": "kubernetes", "ref": "churn:2",
                                    "image": "mlharbor/churn:2", "version": 2})
-    labelled = _serve_predictions(settings, registry, frame)
+    # This process served, and its models stay loaded in the serving app's pool: it reports
+    # its resource use as `mlharbor serve` does (cli/serve.py), for the endpoint page.
+    metrics = ServingMetrics()
+    labelled = _serve_predictions(settings, registry, frame, metrics)
+    reporter = ResourceReporter(settings.home, metrics.resource_sample, interval_s=1.0).start()
     app = create_app(settings, registry=registry)
     try:
         with LiveServer(app) as server:
@@ -135,4 +141,5 @@ def harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harbor]:
             assert feedback.status_code == 200, feedback.text
             yield Harbor(server.url, keys, settings, registry, len(labelled))
     finally:
+        reporter.stop()
         registry.close()

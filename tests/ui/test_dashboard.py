@@ -119,7 +119,8 @@ def test_the_dashboard_shows_drift_performance_and_alerts(dashboard: tuple[str, 
     url, key = dashboard
     with watched_context(url, {"Authorization": f"Bearer {key}"}) as (_context, page):
         page.goto(f"{url}/ui#/drift")
-        page.fill("#endpoint", "churn")
+        page.wait_for_selector("#endpoint option[value=churn]", state="attached")
+        page.select_option("#endpoint", "churn")
         page.click("#controls button[type=submit]")
         page.wait_for_selector("#features tbody tr")
         first = page.locator("#features tbody tr").first
@@ -151,7 +152,8 @@ def test_a_browser_logs_in_with_its_key_and_the_cookie_only_reads(
         assert cookie["value"] != key and key not in cookie["value"]  # a session, not the key
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
         page.click("#nav a[data-page=drift]")
-        page.fill("#endpoint", "churn")
+        page.wait_for_selector("#endpoint option[value=churn]", state="attached")
+        page.select_option("#endpoint", "churn")
         page.click("#controls button[type=submit]")
         page.wait_for_selector("#features tbody tr")
         page.wait_for_selector("#drift-chart canvas")

@@ -60,9 +60,14 @@ class ServingProcess:
             registry.close()
             raise
         opened = log
+        # Resource use for the dashboard (mlharbor.monitoring.traffic.ResourceReporter).
+        from mlharbor.monitoring.traffic import ResourceReporter
+
+        reporter = ResourceReporter(self.settings.home, metrics.resource_sample).start()
 
         def close() -> None:
             try:
+                reporter.stop()
                 if opened is not None:
                     opened.close()
             finally:

@@ -94,16 +94,18 @@ def claim_journal(root: Path) -> tuple[Path, Any]:
 
 def open_alerts(settings: Settings, monitor: Monitor, *, metrics_registry: Any = None
                 ) -> AlertLoop | None:
-    """The alert loop for ``monitoring.alert_rules_file`` (None when no rules are set)."""
-    from mlharbor.monitoring.alerts import AlertManager, load_rules
+    """The alert loop for the default rules and ``monitoring.alert_rules_file`` (None when
+    no rule is in force)."""
+    from mlharbor.monitoring.alerts import AlertManager, configured_rules
     from mlharbor.monitoring.notify import Webhooks
     from mlharbor.monitoring.signals import AlertLoop
 
     mon = settings.monitoring
-    if mon.alert_rules_file is None:
+    rules, sources = configured_rules(settings)
+    if not rules:
         return None
     manager = AlertManager(
-        load_rules(mon.alert_rules_file),
+        rules, sources=sources,
         state_file=settings.home / "monitoring" / "alerts.jsonl",
         notify=Webhooks(mon.webhooks, mon.slack_webhooks),
     )

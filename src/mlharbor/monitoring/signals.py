@@ -5,13 +5,19 @@ Latency, error rate (requests answered by a fallback) and traffic come from the 
 out), the helpers the dashboard's traffic charts use too; drift and accuracy from the monitor;
 the backlog from the log's journal. A signal with no data is ``None``, which never counts as a
 breach, except for ``traffic_stop``, where silence is the point (0 requests).
+
+A rule on every endpoint (``*``) reads latency and error rate over all requests together; drift,
+accuracy and traffic stop are per endpoint, so there the worst endpoint's value counts (the
+largest drifted share, the lowest accuracy, the fewest requests among endpoints that served in
+the day before the window: an endpoint that never served has not *stopped*), and the alert
+names that endpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import utcnow
@@ -26,15 +32,52 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlharbor.monitoring.signals")
 
 
+#: How far back an endpoint must have served for silence now to be a traffic stop (``*``).
+TRAFFIC_LOOKBACK = timedelta(days=1)
+
+
 def signal_values(monitor: Monitor, rules: list[AlertRule], now: datetime | None = None
                   ) -> dict[str, float | None]:
+    return signal_readings(monitor, rules, now)[0]
+
+
+def signal_readings(monitor: Monitor, rules: list[AlertRule], now: datetime | None = None
+                    ) -> tuple[dict[str, float | None], dict[str, str | None]]:
+    """Each rule's value, and for rules on every endpoint the endpoint that value came from."""
     now = now or utcnow()
-    return {rule.name: _value(monitor, rule, now) for rule in rules}
+    values: dict[str, float | None] = {}
+    where: dict[str, str | None] = {}
+    for rule in rules:
+        values[rule.name], where[rule.name] = _reading(monitor, rule, now)
+    return values, where
 
 
-def _value(monitor: Monitor, rule: AlertRule, now: datetime) -> float | None:
+def _reading(monitor: Monitor, rule: AlertRule, now: datetime
+             ) -> tuple[float | None, str | None]:
+    if rule.endpoint != "*" or rule.kind not in PER_ENDPOINT:
+        return _value(monitor, rule, now, None if rule.endpoint == "*" else rule.endpoint), None
+    worst: tuple[float, str] | None = None
+    pick = max if rule.kind == "drift" else min
+    for endpoint in monitor.log.endpoints():
+        if rule.kind == "traffic_stop" and not _served_before(monitor, endpoint, rule, now):
+            continue
+        value = _value(monitor, rule, now, endpoint)
+        if value is not None and (worst is None or pick(value, worst[0]) != worst[0]):
+            worst = (value, endpoint)
+    return (None, None) if worst is None else worst
+
+
+PER_ENDPOINT = frozenset({"drift", "accuracy", "traffic_stop"})
+
+
+def _served_before(monitor: Monitor, endpoint: str, rule: AlertRule, now: datetime) -> bool:
+    start = now - parse_duration(rule.window)
+    return int(request_table(monitor.log, endpoint, start - TRAFFIC_LOOKBACK, start).num_rows) > 0
+
+
+def _value(monitor: Monitor, rule: AlertRule, now: datetime, endpoint: str | None
+           ) -> float | None:
     span = parse_duration(rule.window)
-    endpoint = None if rule.endpoint == "*" else rule.endpoint
     if rule.kind == "log_backlog":
         return float(monitor.log.backlog()["journal_bytes"])
     if rule.kind in ("latency", "error_rate", "traffic_stop"):
@@ -54,7 +97,7 @@ def _value(monitor: Monitor, rule: AlertRule, now: datetime) -> float | None:
             values = [r["metrics"].get("accuracy") for r in rows]
             return float(values[-1]) if values and values[-1] is not None else None
     except MlharborError as exc:  # no profile, no traffic: no value, not a breach
-        log.info("alert %s has no value: %s", rule.name, exc)
+        log.info("alert %s has no value for %s: %s", rule.name, endpoint, exc)
     return None
 
 
@@ -70,10 +113,10 @@ class AlertLoop:
 
     def tick(self) -> list[dict[str, Any]]:
         rules = list(self.alerts.rules.values())
-        values = signal_values(self.monitor, rules)
+        values, where = signal_readings(self.monitor, rules)
         if self.metrics is not None:
             self.metrics.update(rules, values)
-        return self.alerts.evaluate(values)
+        return self.alerts.evaluate(values, where=where)
 
     def start(self) -> AlertLoop:
         self._thread = threading.Thread(target=self._run, name="mlharbor-alerts", daemon=True)

@@ -13,8 +13,11 @@ never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import epoch_micros
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from mlharbor.monitoring.predlog import PredictionLog
+
+log = logging.getLogger("mlharbor.monitoring.traffic")
 
 #: Percentiles the traffic series reports, as (key suffix, quantile).
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
@@ -177,3 +182,139 @@ def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float | None]:
     return [float(v) for v in np.quantile(present, list(qs))]
 
 
+
+
+# -- resource use of the serving processes ---------------------------------------------------
+#
+# A serving process and the control plane share a home but not a port the control plane could
+# know (one, many or no serving processes, started on their own), so each serving process
+# writes its own sample -- ServingMetrics.resource_sample(): CPU seconds, resident memory, the
+# endpoints it serves and each loaded version's memory estimate -- to
+# <home>/monitoring/resources/<host>-<pid>.json every RESOURCE_INTERVAL_S (atomically), and
+# removes it when it stops. The dashboard reads the samples of the processes serving an
+# endpoint; a sample older than three intervals is shown as stale (a process that died).
+
+RESOURCE_INTERVAL_S = 5.0
+
+
+def resources_dir(home: Path) -> Path:
+    return home / "monitoring" / "resources"
+
+
+class ResourceReporter:
+    """Writes ``sample()`` of this serving process every ``interval_s`` on a daemon thread."""
+
+    def __init__(self, home: Path, sample: Callable[[], dict[str, Any]],
+                 interval_s: float = RESOURCE_INTERVAL_S) -> None:
+        import os
+        import socket
+
+        self.sample, self.interval_s = sample, interval_s
+        self.path = resources_dir(home) / f"{socket.gethostname()}-{os.getpid()}.json"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write(self) -> None:
+        import os
+        import socket
+
+        import orjson
+
+        from mlharbor.core.clock import utcnow
+
+        body = {**self.sample(), "host": socket.gethostname(), "at": utcnow().isoformat(),
+                "interval_s": self.interval_s}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(orjson.dumps(body))
+        os.replace(partial, self.path)
+
+    def start(self) -> ResourceReporter:
+        self._thread = threading.Thread(target=self._run, name="mlharbor-resources",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.path.unlink(missing_ok=True)  # a stopped process uses nothing
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.write()
+            except Exception:
+                log.exception("writing the resource sample failed")
+            if self._stop.wait(self.interval_s):
+                return
+
+
+def endpoint_resources(home: Path, endpoint: str, now: datetime) -> dict[str, Any]:
+    """The samples of the serving processes that serve ``endpoint``, newest first, each with
+    its age and whether it is stale."""
+    import orjson
+
+    processes = []
+    folder = resources_dir(home)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            body = orjson.loads(path.read_bytes())
+            at = datetime.fromisoformat(body["at"])
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a file being replaced, or not ours
+        if endpoint not in body.get("endpoints", []):
+            continue
+        age = (now - at).total_seconds()
+        processes.append({
+            "process": f"{body.get('host', '?')}:{body.get('pid', '?')}",
+            "host": body.get("host"), "pid": body.get("pid"), "at": body["at"],
+            "age_s": age, "stale": age > 3 * float(body.get("interval_s", RESOURCE_INTERVAL_S)),
+            "endpoints": body.get("endpoints", []), "cpu_seconds": body.get("cpu_seconds"),
+            "resident_bytes": body.get("resident_bytes"), "models": body.get("models", []),
+        })
+    processes.sort(key=lambda p: (p["stale"], p["age_s"]))
+    return {
+        "endpoint": endpoint, "processes": processes,
+        "note": "CPU: seconds the serving process has used since it started; memory: its "
+                "resident memory (shared by every endpoint it serves); a version's memory is "
+                "estimated as the growth of resident memory while it loaded.",
+    }
+
+
+def endpoint_overview(log: PredictionLog, registry: Any, stored: Sequence[str], *,
+                      end: datetime, span: timedelta = timedelta(days=1)
+                      ) -> list[dict[str, Any]]:
+    """Every endpoint stored or logged, with its requests in ``[end - span, end)``, the
+    version it served most there and whether that version has a reference profile; the ones
+    with traffic first (most first), then by name."""
+    import pyarrow.compute as pc
+
+    names = sorted(set(stored) | set(log.endpoints()))
+    out = []
+    for name in names:
+        requests = request_table(log, name, end - span, end, ["model_ref", "version"])
+        model = version = None
+        if requests.num_rows and "version" in requests.column_names:
+            counts = pc.value_counts(requests["version"].drop_null()).to_pylist()
+            if counts:
+                version = int(max(counts, key=lambda c: c["counts"])["values"])
+                refs = requests.filter(pc.equal(requests["version"], version))["model_ref"]
+                model = str(refs[0].as_py()).split("@")[0].split(":")[0]
+        out.append({"name": name, "stored": name in stored, "requests": requests.num_rows,
+                    "model": model, "version": version,
+                    "has_reference": _has_reference(registry, model, version)})
+    return sorted(out, key=lambda e: (-e["requests"], e["name"]))
+
+
+def _has_reference(registry: Any, model: str | None, version: int | None) -> bool:
+    from mlharbor.core.errors import MlharborError
+
+    if registry is None or model is None or version is None:
+        return False
+    try:
+        mv = registry.get_version(f"{model}:{version}")
+    except MlharborError:
+        return False
+    return bool((mv.lineage or {}).get("reference_profile"))

@@ -139,13 +139,16 @@ RULES: tuple[RouteRule, ...] = (
     # The dashboard's login form: public (it is how a browser gets a credential). POST
     # /ui/login checks the key itself (mlharbor.security.middleware.LoginGate); the session
     # cookie it sets is only ever accepted for GET/HEAD.
-    *_rules("GET", PUBLIC, None, "/ui/login", "/ui/login.js"),
+    *_rules("GET", PUBLIC, None, "/ui/login", "/ui/login.js", "/ui/login.css"),
     *_rules("POST", PUBLIC, None, "/ui/login", "/ui/logout"),
     # -- dashboard data (issue 7): traffic charts, version lineage and evaluation reports, the
     # deployment ledger (alias moves, endpoint revisions, and the deploy.* records: target,
     # image, who, when, outcome and its message). The audit trail itself is `audit.read`
     # (rules above); /ui/whoami tells any caller, scoped keys too, what it may read.
-    *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/traffic"),
+    *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/traffic",
+            f"{_API}/monitoring/endpoints/{{name}}/resources"),
+    # -- issue 14: the alert rules in force (defaults and the rules file) with their state.
+    *_rules("GET", "read", None, f"{_API}/monitoring/alerts/rules"),
     *_rules("GET", "read", _MODEL, f"{_API}/models/{{name}}/versions/{{version}}/lineage",
             f"{_API}/models/{{name}}/versions/{{version}}/report"),
     *_rules("GET", "read", None, f"{_API}/deployments"),

@@ -19,6 +19,7 @@ back; its gauges are left out. ``mlharbor_workers`` says how many live workers w
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -78,6 +79,16 @@ class ServingMetrics:
         self.records_dropped = Counter("mlharbor_prediction_records_dropped_total",
                                        "Prediction records dropped because the sink lagged.",
                                        registry=r)
+        # Resource use: the standard process metrics (process_cpu_seconds_total,
+        # process_resident_memory_bytes, ...) of this serving process, and an estimate of each
+        # loaded version's memory (mlharbor.serving.pool measures it at load time).
+        from prometheus_client import ProcessCollector
+
+        ProcessCollector(registry=r)
+        self.model_memory = Gauge(
+            "mlharbor_model_memory_bytes",
+            "Estimated memory of a loaded version: the growth of this process's resident "
+            "memory while it loaded and warmed up.", ["model", "version"], registry=r)
         self._endpoints: frozenset[str] = frozenset()
         self._models: frozenset[str] = frozenset()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -131,6 +142,33 @@ class ServingMetrics:
 
     def model_load_failed(self, model: str) -> None:
         self.load_failures.labels(self._model_label(model)).inc()
+
+    def model_memory_set(self, model: str, version: int, nbytes: int | None) -> None:
+        """Record (or, with None, forget) a loaded version's memory estimate."""
+        labels = (self._model_label(model), str(version))
+        if nbytes is None:
+            with contextlib.suppress(KeyError):  # never set: nothing to forget
+                self.model_memory.remove(*labels)
+        else:
+            self.model_memory.labels(*labels).set(nbytes)
+
+    def resource_sample(self) -> dict[str, Any]:
+        """This process's resource use as the control plane's dashboard shows it: CPU seconds
+        and resident memory (the process metrics), the endpoints it serves and the memory
+        estimate of each loaded version."""
+        values = {m.name: m for m in self.registry.collect()}
+
+        def first(name: str) -> float | None:
+            metric = values.get(name)
+            return float(metric.samples[0].value) if metric and metric.samples else None
+
+        memory = values.get("mlharbor_model_memory_bytes")
+        models = [{"model": s.labels["model"], "version": int(s.labels["version"]),
+                   "memory_bytes": int(s.value)} for s in (memory.samples if memory else [])]
+        return {"pid": os.getpid(), "cpu_seconds": first("process_cpu_seconds"),
+                "resident_bytes": first("process_resident_memory_bytes"),
+                "start_time": first("process_start_time_seconds"),
+                "endpoints": sorted(self._endpoints), "models": models}
 
     def _model_label(self, model: str) -> str:
         return model if model in self._models else OTHER

@@ -28,9 +28,10 @@ from mlharbor.security.middleware import SESSION_COOKIE, LoginGate
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
-# The login form loads only its one script and may only post to this origin.
-LOGIN_CSP = ("default-src 'none'; script-src 'self'; img-src data:; form-action 'self'; "
-             "frame-ancestors 'none'; base-uri 'none'")
+# The login form loads only its one script and its one stylesheet, and may only post to this
+# origin.
+LOGIN_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; "
+             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 # A dashboard page to return to after login: a hash route of /ui and nothing else (an open
 # redirect to another site, or markup, cannot get through).
 DEEP_LINK = re.compile(r"#/[A-Za-z0-9_.~!$&'()*+,;=:@%/?-]{0,400}")
@@ -47,6 +48,7 @@ def _login_page(request: Request, status: int = 200, error: str = "", next_page:
     text = (text.replace("{action}", html.escape(f"{_root(request)}/ui/login"))
             .replace("{error}", html.escape(error))
             .replace("{script}", html.escape(f"{_root(request)}/ui/login.js"))
+            .replace("{style}", html.escape(f"{_root(request)}/ui/login.css"))
             .replace("{next}", html.escape(next_page if DEEP_LINK.fullmatch(next_page) else "")))
     return HTMLResponse(text, status_code=status,
                         headers={"Content-Security-Policy": LOGIN_CSP, **NO_STORE})
@@ -94,9 +96,18 @@ def login_form(request: Request) -> HTMLResponse:
 
 @router.get("/ui/login.js")
 def login_script() -> Response:
-    script = resources.files("mlharbor.ui").joinpath("static", "login.js").read_bytes()
-    return Response(script, media_type="text/javascript",
-                    headers={"Cache-Control": "public, max-age=3600"})
+    return _public_asset("login.js", "text/javascript")
+
+
+@router.get("/ui/login.css")
+def login_style() -> Response:
+    return _public_asset("login.css", "text/css")
+
+
+def _public_asset(name: str, media: str) -> Response:
+    """A file the login form needs before anyone has logged in (public, like the form)."""
+    body = resources.files("mlharbor.ui").joinpath("static", name).read_bytes()
+    return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 
 
 def _after_login(request: Request, next_page: str) -> str:

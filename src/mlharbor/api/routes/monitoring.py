@@ -121,10 +121,41 @@ def get_traffic(request: Request, name: str, window: DurationQuery = "1h",
 
 
 @router.get(f"{_API}/endpoints")
-def get_logged_endpoints(request: Request) -> dict[str, Any]:
+def get_logged_endpoints(
+        request: Request,
+        details: bool = Query(False, description="Add, for every endpoint stored or logged, "
+                              "its requests in the last 24 hours, the version it served most "
+                              "and whether that version has a reference profile (what the "
+                              "Drift page offers and picks from).")) -> dict[str, Any]:
     """Endpoints with logged predictions, stored ones and those served ad hoc (``mlharbor
     serve churn@champion`` serves an endpoint ``churn`` that is not stored)."""
-    return {"endpoints": monitor_of(request).log.endpoints()}
+    monitor = monitor_of(request)
+    body: dict[str, Any] = {"endpoints": monitor.log.endpoints()}
+    if details:
+        from mlharbor.monitoring.traffic import endpoint_overview
+
+        registry = getattr(request.app.state, "registry", None)
+        stored = [] if registry is None else _stored_endpoints(registry)
+        body["details"] = endpoint_overview(monitor.log, registry, stored, end=utcnow())
+    return body
+
+
+def _stored_endpoints(registry: Any) -> list[str]:
+    from mlharbor.registry.endpoints import EndpointService
+
+    return [e.name for e in EndpointService(registry).list_endpoints()]
+
+
+@router.get(f"{_API}/endpoints/{{name}}/resources")
+def get_resources(request: Request, name: str) -> dict[str, Any]:
+    """Resource use of the serving processes serving ``name``: CPU seconds, resident memory
+    and each loaded version's memory estimate, from the samples they write under the home
+    (see mlharbor.monitoring.traffic)."""
+    from mlharbor.core.names import validate_name
+    from mlharbor.monitoring.traffic import endpoint_resources
+
+    validate_name(name, kind="endpoint name")
+    return endpoint_resources(request.app.state.settings.home, name, utcnow())
 
 
 @router.get(f"{_API}/alerts")
@@ -133,3 +164,19 @@ def get_alerts(request: Request, limit: int = Query(100, ge=1, le=10_000)) -> di
     if alerts is None:
         return {"active": [], "history": []}
     return {"active": alerts.active(), "history": alerts.history(limit)}
+
+
+@router.get(f"{_API}/alerts/rules")
+def get_alert_rules(request: Request) -> dict[str, Any]:
+    """The alert rules in force, default and from the rules file, each with its state
+    (firing or ok), its last value and its breaches among the last evaluations."""
+    alerts = getattr(request.app.state, "alerts", None)
+    mon = request.app.state.settings.monitoring
+    rules = [] if alerts is None else alerts.rule_states()
+    defaults = "on" if mon.default_alert_rules else "off (monitoring.default_alert_rules)"
+    rules_file = mon.alert_rules_file or "none (monitoring.alert_rules_file)"
+    return {"rules": rules, "default_rules": bool(mon.default_alert_rules),
+            "rules_file": str(mon.alert_rules_file) if mon.alert_rules_file else None,
+            "note": f"Default rules: {defaults}; rules file: {rules_file}. A file rule named "
+                    "like a default rule replaces it. Evaluated every "
+                    f"{mon.evaluation_interval_s:g} s."}

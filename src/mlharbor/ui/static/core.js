@@ -35,15 +35,42 @@ MLH.table = (headers, rows, attrs) => {
   for (const row of rows) {
     const tr = MLH.h("tr", row.attrs || {});
     for (const cell of row.cells || row) {
-      if (cell && cell.className !== undefined && cell.value !== undefined) {
-        tr.appendChild(MLH.h("td", { className: cell.className }, cell.value));
+      // A cell is a value, a node, or {value, className?, title?} ("clip" cells are cut with
+      // an ellipsis; their title keeps the whole text).
+      if (cell && typeof cell === "object" && !(cell instanceof Node) && "value" in cell) {
+        tr.appendChild(MLH.h("td", { className: cell.className, title: cell.title }, cell.value));
       } else {
         tr.appendChild(MLH.h("td", {}, cell));
       }
     }
     body.appendChild(tr);
   }
-  return MLH.h("table", attrs || {}, head, body);
+  // The box scrolls sideways if the table still cannot fit: the page itself never does.
+  return MLH.h("div", { className: "table-box" }, MLH.h("table", attrs || {}, head, body));
+};
+
+// A long text cut to one line with an ellipsis; hovering shows all of it.
+MLH.clip = (text) => ({ value: MLH.text(text), className: "clip", title: MLH.text(text) });
+
+// Aliases as "champion → 1" chips (an alias names a version, never a number to format).
+MLH.aliases = (object) => {
+  const entries = Object.entries(object || {});
+  if (!entries.length) return "";
+  const box = MLH.h("span", {});
+  for (const [alias, version] of entries) {
+    box.appendChild(MLH.h("span", { className: "alias" }, `${alias} → ${version}`));
+  }
+  return box;
+};
+
+// Bytes as KiB/MiB/GiB with one decimal.
+MLH.bytes = (value) => {
+  if (value === null || value === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(value);
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
 };
 
 MLH.fill = (id, ...nodes) => {

@@ -39,31 +39,77 @@
     fill("endpoint-history", empty("No revisions: the endpoint is not stored."));
   }
 
+  const ms = (seconds) => (seconds === null || seconds === undefined ? null : 1000 * seconds);
+
+  function card(label, value, id) {
+    return h("div", { className: "card", id }, h("div", { className: "label" }, label),
+      h("div", { className: "value" }, value));
+  }
+
   async function drawTraffic(name) {
     const win = MLH.$("traffic-window").value;
-    const base = `api/v1/monitoring/endpoints/${encodeURIComponent(name)}/traffic`;
-    const t = await MLH.getJson(`${base}?window=${win}&step=${STEPS[win] || "1m"}`);
-    const xs = t.buckets.map((b) => Date.parse(b.start) / 1000);
-    const ms = (key) => t.buckets.map((b) => (b[key] === null ? null : 1000 * b[key]));
+    const base = `api/v1/monitoring/endpoints/${encodeURIComponent(name)}`;
+    const [t, res] = await Promise.all([
+      MLH.getJson(`${base}/traffic?window=${win}&step=${STEPS[win] || "1m"}`),
+      MLH.getJson(`${base}/resources`)]);
+    // Every chart shows the same span, the window asked for, with each bucket drawn at its
+    // middle; a bucket without requests is 0 requests/s (idle), not a gap, so the chart's
+    // average is the summary's rate.
+    const xRange = [Date.parse(t.start) / 1000, Date.parse(t.end) / 1000];
+    const edges = t.buckets.map((b) => Date.parse(b.start) / 1000).concat([xRange[1]]);
+    const xs = t.buckets.map((_, i) => (edges[i] + edges[i + 1]) / 2);
+    const opts = { xRange, height: 200 };
     MLH.timeChart("chart-throughput", xs, [
-      { label: "requests/s", values: t.buckets.map((b) => (b.requests ? b.requests_per_s : null)) }]);
+      { label: "requests/s", values: t.buckets.map((b) => b.requests_per_s) }], { ...opts, unit: "/s" });
     MLH.timeChart("chart-latency", xs, [
-      { label: "p50", values: ms("latency_p50_s") }, { label: "p95", values: ms("latency_p95_s") },
-      { label: "p99", values: ms("latency_p99_s") }]);
+      { label: "p50", values: t.buckets.map((b) => ms(b.latency_p50_s)) },
+      { label: "p95", values: t.buckets.map((b) => ms(b.latency_p95_s)) },
+      { label: "p99", values: t.buckets.map((b) => ms(b.latency_p99_s)) }], { ...opts, unit: " ms" });
     MLH.timeChart("chart-errors", xs, [
       { label: "error rate", values: t.buckets.map((b) => b.error_rate), stroke: "#d92d20" }],
-    { range: [0, 1] });
+    { ...opts, range: [0, 1], unit: "%" });
     const tot = t.totals;
-    fill("traffic-totals", h("p", { id: "traffic-summary" },
-      `${tot.requests} requests (${number(tot.requests_per_s, 2)}/s), ` +
-      `p50 ${number(tot.latency_p50_s === null ? null : 1000 * tot.latency_p50_s, 1)} ms, ` +
-      `p95 ${number(tot.latency_p95_s === null ? null : 1000 * tot.latency_p95_s, 1)} ms, ` +
-      `p99 ${number(tot.latency_p99_s === null ? null : 1000 * tot.latency_p99_s, 1)} ms, ` +
-      `error rate ${percent(tot.error_rate)}, ${tot.shadow_requests} shadow copies`));
+    const live = res.processes.filter((p) => !p.stale);
+    const sum = (key) => (live.length ? live.reduce((a, p) => a + (p[key] || 0), 0) : null);
+    fill("traffic-totals",
+      h("p", { id: "traffic-summary" },
+        `${tot.requests} requests (${number(tot.requests_per_s, 2)}/s), ` +
+        `p50 ${number(ms(tot.latency_p50_s), 1)} ms, p95 ${number(ms(tot.latency_p95_s), 1)} ms, ` +
+        `p99 ${number(ms(tot.latency_p99_s), 1)} ms, error rate ${percent(tot.error_rate)}, ` +
+        `${tot.shadow_requests} shadow copies`),
+      h("div", { className: "cards" },
+        card("requests", tot.requests), card("throughput", `${number(tot.requests_per_s, 2)}/s`),
+        card("latency p99", `${number(ms(tot.latency_p99_s), 1)} ms`),
+        card("error rate", percent(tot.error_rate)),
+        card("CPU (serving)", live.length ? `${number(sum("cpu_seconds"), 1)} s` : "—", "card-cpu"),
+        card("memory (serving)", live.length ? MLH.bytes(sum("resident_bytes")) : "—", "card-memory")));
+    drawResources(res);
     fill("endpoint-split", t.split.length ? table(["route", "served version", "requests", "share"],
       t.split.map((s) => [s.model_ref, s.version, s.requests, percent(s.share)]), { id: "split-table" })
       : empty("No requests in this window."));
     MLH.$("traffic-updated").textContent = `updated ${new Date().toISOString()}`;
+  }
+
+  // The serving processes that serve this endpoint (their own samples: CPU seconds since they
+  // started, resident memory) and the versions each has loaded with their memory estimate.
+  function drawResources(res) {
+    if (!res.processes.length) {
+      fill("resources-body", empty(res.note || "No serving process has reported yet."));
+      return;
+    }
+    const procs = table(["process", "CPU", "memory", "sampled"], res.processes.map((p) => ({
+      attrs: { dataset: { process: p.process } },
+      cells: [p.process + (p.endpoints.length > 1 ? ` (+${p.endpoints.length - 1} endpoints)` : ""),
+        `${number(p.cpu_seconds, 1)} s`, MLH.bytes(p.resident_bytes),
+        { value: p.stale ? `stale, ${when(p.at)}` : `${number(p.age_s, 0)} s ago`,
+          className: p.stale ? "drift" : "ok" }],
+    })), { id: "processes-table" });
+    const models = res.processes.flatMap((p) => p.models.map((m) => [
+      `${m.model}:${m.version}`, MLH.bytes(m.memory_bytes), p.process]));
+    fill("resources-body", procs, h("h4", {}, "Loaded models"),
+      models.length ? table(["version", "memory (estimate)", "process"], models,
+        { id: "models-memory-table" }) : empty("No version loaded."),
+      h("p", { className: "muted" }, res.note));
   }
 
   async function showEndpoint(name) {

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { h, table, fill, empty, when } = MLH;
+  const { table, fill, empty, when, clip } = MLH;
 
   function deploymentDetail(e) {
     if (e.kind === "alias") {
@@ -37,7 +37,8 @@
         ["at", "kind", "subject", "action", "detail", "by", "outcome", "reason"],
         items.map((e) => ({
           attrs: { dataset: { kind: e.kind } },
-          cells: [when(e.at), e.kind, e.subject, e.action, deploymentDetail(e), e.actor,
+          cells: [{ value: when(e.at), className: "nowrap" }, e.kind, e.subject, e.action,
+            deploymentDetail(e), e.actor,
             { className: e.outcome === "success" ? "ok" : "drift", value: e.outcome }, e.reason],
         })), { id: "deployments-table" }) : empty("Nothing was deployed yet."));
       const next = pager("deployments-more", (before) => MLH.getJson(
@@ -56,9 +57,9 @@
         ["seq", "at", "actor", "action", "resource", "outcome", "details"],
         items.map((e) => ({
           attrs: { dataset: { seq: e.seq } },
-          cells: [e.seq, when(e.at), e.actor, e.action, e.resource,
+          cells: [e.seq, { value: when(e.at), className: "nowrap" }, e.actor, e.action, e.resource,
             { className: e.outcome === "success" ? "ok" : "drift", value: e.outcome },
-            JSON.stringify(e.details)],
+            clip(JSON.stringify(e.details))],
         })), { id: "audit-table" }) : empty("No records match."));
       const next = pager("audit-more", (before) => MLH.getJson("api/v1/audit?limit=100" +
         (action ? "&action=" + encodeURIComponent(action) : "") + (before ? "&before=" + before : "")));

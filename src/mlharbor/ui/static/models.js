@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { h, link, table, fill, empty, number, pairs, when } = MLH;
+  const { h, link, table, fill, empty, number, pairs, when, aliases, clip } = MLH;
   const api = (...parts) => "api/v1/models/" + parts.map((p) => encodeURIComponent(String(p))).join("/");
 
   function tags(object) {
@@ -11,14 +11,21 @@
     return h("ul", { className: "tags" }, ...entries.map(([k, v]) => h("li", {}, `${k}=${v}`)));
   }
 
+  // The holdout metrics in a line (cross-validation and baseline ones are in the report);
+  // hovering shows every metric.
+  function headline(metrics) {
+    const main = Object.fromEntries(Object.entries(metrics || {}).filter(([k]) => !k.includes(".")));
+    return { value: pairs(main), className: "metrics", title: pairs(metrics) };
+  }
+
   async function showList() {
     const page = await MLH.getJson("api/v1/models?page_size=1000");
     fill("models-list", page.items.length ? table(
       ["model", "description", "latest", "aliases", "tags"],
       page.items.map((m) => ({
         attrs: { dataset: { model: m.name } },
-        cells: [link(m.name, "models", m.name), m.description, m.latest_version,
-          pairs(m.aliases), pairs(m.tags)],
+        cells: [link(m.name, "models", m.name), clip(m.description), m.latest_version,
+          aliases(m.aliases), clip(pairs(m.tags))],
       })), { id: "models-table" }) : empty("No models registered yet."));
   }
 
@@ -34,7 +41,8 @@
         attrs: { dataset: { version: v.version } },
         cells: [link(`${v.name}:${v.version}`, "models", v.name, v.version),
           { className: v.status === "ready" ? "ok" : "drift", value: v.status + (v.archived ? " (archived)" : "") },
-          v.aliases.join(", "), pairs(v.metrics), when(v.created_at), v.created_by, pairs(v.tags)],
+          aliases(Object.fromEntries(v.aliases.map((a) => [a, v.version]))), headline(v.metrics),
+          { value: when(v.created_at), className: "nowrap" }, v.created_by, clip(pairs(v.tags))],
       })), { id: "versions-table" }));
     MLH.$("model-detail").hidden = false;
   }
@@ -95,7 +103,7 @@
     MLH.$("version-title").textContent = lineage.ref;
     fill("version-summary", h("p", {}, `Aliases: ${lineage.aliases.join(", ") || "none"}; ` +
       `reference profile: ${lineage.has_reference_profile ? "stored" : "none"}`));
-    fill("version-lineage", table(["", ""], lineageRows(lineage.lineage), { id: "lineage-table" }));
+    fill("version-lineage", table(["field", "value"], lineageRows(lineage.lineage), { id: "lineage-table" }));
     fill("version-moves", lineage.alias_moves.length ? table(["at", "alias", "from", "to", "by", "reason"],
       lineage.alias_moves.slice().reverse().map((m) => [when(m.at), m.alias, m.from_version, m.to_version, m.actor, m.reason]))
       : empty("No alias ever pointed here."));

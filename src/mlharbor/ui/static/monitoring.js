@@ -4,6 +4,11 @@
 (() => {
   const { h, table, fill, empty, when } = MLH;
   const STEPS = { "1h": "5m", "24h": "1h", "7d": "1d" };
+  const SECONDS = { "5m": 300, "1h": 3600, "1d": 86400 };
+  // A window's point is drawn at its end (the window still running: now), so the newest value
+  // sits at the right edge, not a whole step back.
+  const windowEnd = (start, stepSeconds) =>
+    Math.min(Date.parse(start) / 1000 + stepSeconds, Date.now() / 1000);
 
   function cell(row, value, cls) {
     row.appendChild(h("td", { className: cls }, value));
@@ -31,11 +36,19 @@
     MLH.$("verdict").className = d.drifted ? "drift" : "ok";
   }
 
-  function drawSeries(series) {
+  function drawSeries(series, win) {
     const points = series || [];
-    MLH.timeChart("drift-chart", points.map((p) => Date.parse(p.start) / 1000),
+    const step = SECONDS[STEPS[win] || "1h"];
+    MLH.timeChart("drift-chart", points.map((p) => windowEnd(p.start, step)),
       [{ label: "drifted share", values: points.map((p) => p.drifted_share), stroke: "#d92d20" }],
-      { range: [0, 1], width: 1000 });
+      { range: [0, 1], unit: "%", xRange: span(win) });
+  }
+
+  // The span a page shows: the window asked for, ending now.
+  function span(win) {
+    const now = Date.now() / 1000;
+    const seconds = { "1h": 3600, "24h": 86400, "7d": 7 * 86400 }[win] || 86400;
+    return [now - seconds, now];
   }
 
   function drawDistributions(report) {
@@ -48,17 +61,18 @@
       const chart = h("div", { className: "chart dist-chart", dataset: { feature: f.name } });
       const title = `${f.name === "__prediction__" ? "prediction" : f.name}` +
         (f.drifted ? " (drifted)" : "");
-      box.appendChild(h("figure", {}, h("figcaption", { className: f.drifted ? "drift" : "" }, title), chart));
+      box.appendChild(h("figure", { className: "dist" },
+        h("figcaption", { className: f.drifted ? "drift" : "" }, title), chart));
       MLH.distributionChart(chart, f.distribution);
     }
   }
 
-  function drawPerformance(rows) {
+  function drawPerformance(rows, win) {
     const body = MLH.$("performance").querySelector("tbody");
     body.replaceChildren();
     for (const r of rows) {
       const row = h("tr", {});
-      cell(row, r.start);
+      cell(row, `${when(r.start)} to ${when(r.end)}`);
       cell(row, r.version);
       cell(row, r.labelled_rows);
       cell(row, Object.entries(r.metrics).filter(([, v]) => v !== null)
@@ -66,14 +80,29 @@
       cell(row, (r.degraded || []).join(", "), (r.degraded || []).length ? "drift" : "");
       body.appendChild(row);
     }
-    const names = [...new Set(rows.flatMap((r) => Object.keys(r.metrics)))].sort();
-    MLH.timeChart("accuracy-chart", rows.map((r) => Date.parse(r.start) / 1000),
-      names.map((n) => ({ label: n, values: rows.map((r) => (r.metrics[n] === undefined ? null : r.metrics[n])) })),
-      { width: 1000 });
+    // One line per version for the headline metrics (the table has them all): versions
+    // sharing a window are compared, not joined into one zigzag.
+    const all = [...new Set(rows.flatMap((r) => Object.keys(r.metrics)))].sort();
+    const headline = ["accuracy", "f1", "rmse", "mae", "r2"].filter((n) => all.includes(n)).slice(0, 2);
+    const names = headline.length ? headline : all.slice(0, 2);
+    const versions = [...new Set(rows.map((r) => r.version))].sort((a, b) => (a || 0) - (b || 0));
+    const now = Date.now() / 1000;
+    const at = (r) => Math.min(Date.parse(r.end) / 1000, now);
+    const xs = [...new Set(rows.map(at))].sort((a, b) => a - b);
+    const series = [];
+    for (const n of names) {
+      for (const v of versions) {
+        series.push({ label: `${n} v${v === null ? "?" : v}`, values: xs.map((x) => {
+          const r = rows.find((row) => row.version === v && at(row) === x);
+          return r && r.metrics[n] !== undefined ? r.metrics[n] : null;
+        }) });
+      }
+    }
+    MLH.timeChart("accuracy-chart", xs, series, { xRange: span(win) });
   }
 
   function selection() {
-    return { endpoint: MLH.$("endpoint").value.trim(), window: MLH.$("window").value };
+    return { endpoint: (MLH.$("endpoint").value || "").trim(), window: MLH.$("window").value };
   }
 
   async function load(kind) {
@@ -87,11 +116,11 @@
     if (kind === "drift") {
       const drift = await MLH.getJson(`api/v1/monitoring/endpoints/${name}/drift?${query}&distributions=true`);
       drawFeatures(drift);
-      drawSeries(drift.series);
+      drawSeries(drift.series, win);
       drawDistributions(drift);
     } else {
       const perf = await MLH.getJson(`api/v1/monitoring/endpoints/${name}/performance?${query}`);
-      drawPerformance(perf.windows);
+      drawPerformance(perf.windows, win);
     }
   }
 
@@ -105,16 +134,30 @@
     else window.location.hash = target;
   });
 
+  // The endpoints there are (stored or logged), each with its recent traffic and whether its
+  // served version has a reference profile; the first with both is the default choice.
+  async function fillEndpoints(wanted) {
+    const body = await MLH.getJson("api/v1/monitoring/endpoints?details=true");
+    const select = MLH.$("endpoint");
+    const known = body.details.map((d) => d.name);
+    const options = body.details.map((d) => h("option", { value: d.name },
+      `${d.name} — ${d.requests} requests in 24 h` + (d.requests && !d.has_reference ? ", no reference" : "")));
+    if (wanted && !known.includes(wanted)) options.push(h("option", { value: wanted }, `${wanted} (not found)`));
+    select.replaceChildren(...options);
+    const best = body.details.find((d) => d.requests && d.has_reference) ||
+      body.details.find((d) => d.requests) || body.details[0];
+    select.value = wanted || (best ? best.name : "");
+    const chosen = body.details.find((d) => d.name === select.value);
+    MLH.$("endpoint-note").textContent = !body.details.length ? "No endpoint is stored or has traffic yet."
+      : chosen && chosen.model ? `serves ${chosen.model}:${chosen.version}` : "";
+  }
+
   function selectionPage(kind) {
     return {
       controls: true,
       async show(_params, query) {
-        if (query.get("endpoint")) MLH.$("endpoint").value = query.get("endpoint");
         if (query.get("window")) MLH.$("window").value = query.get("window");
-        if (!MLH.$("endpoint").value.trim()) {  // nothing chosen yet: the first with traffic
-          const logged = await MLH.getJson("api/v1/monitoring/endpoints");
-          if (logged.endpoints.length) MLH.$("endpoint").value = logged.endpoints[0];
-        }
+        await fillEndpoints(query.get("endpoint") || MLH.$("endpoint").value);
         await load(kind);
       },
     };
@@ -124,12 +167,25 @@
   MLH.pages.performance = selectionPage("performance");
 
   async function drawAlerts() {
-    const alerts = await MLH.getJson("api/v1/monitoring/alerts?limit=200");
+    const [alerts, rules] = await Promise.all([MLH.getJson("api/v1/monitoring/alerts?limit=200"),
+      MLH.getJson("api/v1/monitoring/alerts/rules")]);
     fill("alerts-active", alerts.active.length ? table(
       ["alert", "severity", "endpoint", "since", "value", "threshold", "breaches"],
       alerts.active.map((a) => [a.alert, { className: "drift", value: a.severity }, a.endpoint,
-        when(a.at), a.value, a.threshold, a.breaches]), { id: "alerts-active-table" })
-      : empty("Nothing is firing."));
+        when(a.at), MLH.number(a.value, 4), a.threshold, a.breaches]), { id: "alerts-active-table" })
+      : empty(rules.rules.length ? `Nothing is firing: ${rules.rules.length} rules are watching.`
+        : "Nothing is firing, and no rule is watching."));
+    MLH.$("alert-rules-note").textContent = rules.note;
+    fill("alert-rules", rules.rules.length ? table(
+      ["rule", "state", "kind", "endpoint", "condition", "last value", "recent breaches", "source"],
+      rules.rules.map((r) => ({
+        attrs: { dataset: { rule: r.name, state: r.state } },
+        cells: [MLH.clip(r.name), h("span", { className: "badge " + r.state }, r.state),
+          r.kind, r.endpoint === "*" ? "every endpoint" : r.endpoint,
+          `${r.direction} ${r.threshold_text} over ${r.window} (${r.m} of ${r.n})`,
+          r.last_value === null ? "no data" : MLH.number(r.last_value, 4),
+          `${r.breaches} of ${r.evaluations}`, r.source],
+      })), { id: "alert-rules-table" }) : empty("No rule is active."));
     const list = MLH.$("alerts");
     list.replaceChildren();
     for (const a of alerts.history) {

@@ -1,0 +1,60 @@
+"""Screenshots of every dashboard page at 1280x800 from the populated harbor, for people to
+look at (issue 14's note). Run with ``MLHARBOR_SCREENSHOTS=/some/dir``; skipped otherwise,
+since a picture asserts nothing a test could check (test_dashboard_look.py checks the layout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.ui.harbor import Harbor
+from tests.ui.test_dashboard import CHROMIUM
+
+PAGES = {  # file name -> hash route, and what must be on it before the picture is taken
+    "models": ("models", "#models-table"),
+    "model-versions": ("models/churn", "#versions-table"),
+    "model-version": ("models/churn/2", "#report-metrics"),
+    "endpoints": ("endpoints", "#endpoints-table"),
+    "endpoint-detail": ("endpoints/churn", "#processes-table"),
+    "drift": ("drift?endpoint=churn&window=1h", ".dist-chart canvas"),
+    "live-accuracy": ("performance?endpoint=churn&window=1h", "#accuracy-chart canvas"),
+    "alerts": ("alerts", "#alert-rules-table"),
+    "deployments": ("deployments", "#deployments-table"),
+    "audit": ("audit", "#audit-table"),
+}
+
+
+def test_screenshots_of_every_page(harbor: Harbor) -> None:
+    target = os.environ.get("MLHARBOR_SCREENSHOTS")
+    if not target or CHROMIUM is None:
+        pytest.skip("set MLHARBOR_SCREENSHOTS=DIR (and install chromium) to take screenshots")
+    from playwright.sync_api import sync_playwright
+
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            page.goto(f"{harbor.url}/ui/login")
+            page.screenshot(path=str(out / "login.png"))
+            page.fill("#key", harbor.keys["admin"])
+            page.click("#login button[type=submit]")
+            page.wait_for_url(f"{harbor.url}/ui")
+            for name, (route, ready) in PAGES.items():
+                page.goto(f"{harbor.url}/ui#/{route}")
+                page.wait_for_selector(ready)
+                page.wait_for_function(
+                    "() => /^Updated/.test(document.getElementById('status').textContent)")
+                page.wait_for_timeout(300)  # charts drawn after the data
+                page.screenshot(path=str(out / f"{name}.png"))  # what 1280x800 shows
+                page.screenshot(path=str(out / f"{name}-full.png"), full_page=True)
+            page.goto(f"{harbor.url}/docs")
+            page.wait_for_selector(".swagger-ui .opblock")
+            page.screenshot(path=str(out / "docs.png"))
+        finally:
+            browser.close()
