@@ -147,3 +147,25 @@ def test_describe_value_is_short_for_anything() -> None:
 
     for value in (Loud(), "z" * 10_000, list(range(10_000)), {i: i for i in range(5000)}):
         assert len(describe_value(value)) <= 90
+
+
+@pytest.mark.parametrize("cell", ["q" * 10_000, list(range(10_000)), {"k": "v" * 10_000}])
+def test_request_cells_are_shown_short(cell: object) -> None:
+    """A huge cell in a request (a string, a list, an object) is echoed short, and a column
+    with thousands of known categories lists a few of them."""
+    import pandas as pd
+
+    from mlharbor.core.errors import SchemaError
+    from mlharbor.core.signature import infer_signature
+
+    categories = [f"zip{i:05d}" for i in range(5000)]
+    frame = pd.DataFrame({"zip": categories[:3], "amount": [1.0, 2.0, 3.0]})
+    signature = infer_signature(frame, categories={"zip": categories})
+    messages = []
+    for row in ({"zip": cell, "amount": 1.0}, {"zip": "zip00001", "amount": cell}):
+        with pytest.raises(SchemaError) as err:
+            signature.validator().columns(row)
+        messages.append(str(err.value))
+        assert len(messages[-1]) < 600, messages[-1][:2000]
+    if isinstance(cell, str):  # an unseen category: a few of the known ones, and the count
+        assert "unseen category" in messages[0] and "(5000 in all)" in messages[0]

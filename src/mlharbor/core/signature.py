@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mlharbor.core.errors import SchemaError
+from mlharbor.core.errors import SchemaError, describe_value
 
 DTYPES: tuple[str, ...] = ("float64", "float32", "int64", "int32", "bool", "string")
 _NUMPY_DTYPE: dict[str, Any] = {
@@ -145,7 +145,8 @@ class Signature:
 
 def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
-        raise SchemaError(f"Invalid {what}: {value!r}; expected one of {', '.join(allowed)}.")
+        raise SchemaError(f"Invalid {what}: {describe_value(value)}; expected one of "
+                          f"{', '.join(allowed)}.")
 
 
 # --------------------------------------------------------------------------- inference
@@ -409,7 +410,7 @@ class InputValidator:
         if spec.dtype == "string":
             return self._coerce_string(spec, arr)
         if kind in "US":
-            raise _type_error(spec, f"the string {_plain(arr[0])!r}", 0)
+            raise _type_error(spec, f"the string {describe_value(_plain(arr[0]))}", 0)
         if kind == "O" or kind == "T":
             arr = _numbers_from_objects(spec, arr)
             kind = arr.dtype.kind
@@ -452,15 +453,16 @@ class InputValidator:
                         raise _type_error(spec, "a missing value (None/NaN)", row,
                                           "This column is not nullable: send a string.")
                 else:
-                    raise _type_error(spec, f"{type(value).__name__} {value!r}", row,
+                    raise _type_error(spec, _shown(value), row,
                                       "Send this column as strings.")
         allowed = self._category_sets.get(spec.name)
         if allowed is not None:
             for row, value in enumerate(arr.tolist()):
                 if value not in allowed and not _is_missing(value):
                     raise SchemaError(
-                        f"Column {spec.name!r} received the unseen category {value!r} at row "
-                        f"{row}; known categories: {', '.join(map(repr, sorted(allowed)))}.",
+                        f"Column {spec.name!r} received the unseen category "
+                        f"{describe_value(value)} at row {row}; known categories: "
+                        f"{_some(sorted(allowed))}.",
                         hint="Send a known category, or register the model with "
                         "unseen_categories='allow'.", column=spec.name,
                         expected=sorted(allowed), received=value,
@@ -498,8 +500,21 @@ def _numbers_from_objects(spec: ColumnSpec, arr: np.ndarray) -> np.ndarray:
             except OverflowError as exc:
                 raise _type_error(spec, "a number too large to represent", row) from exc
         else:
-            raise _type_error(spec, f"{type(value).__name__} {value!r}", row)
+            raise _type_error(spec, _shown(value), row)
     return out
+
+
+def _shown(value: Any) -> str:
+    """A received cell for a message: ``str 'three'``, ``int 7``, ``list (2 items) [1, 2]``."""
+    if isinstance(value, str | int | float):
+        return f"{type(value).__name__} {describe_value(value)}"
+    return describe_value(value)
+
+
+def _some(values: Sequence[Any], limit: int = 20) -> str:
+    """The first ``limit`` values for a message, each cut short, and how many there are."""
+    shown = ", ".join(describe_value(v, 40) for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
 
 
 def _type_error(spec: ColumnSpec, received: str, row: int, hint: str | None = None) -> SchemaError:

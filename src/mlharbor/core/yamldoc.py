@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlharbor.core.errors import ConfigError
+from mlharbor.core.errors import ConfigError, describe_value
 
 Location = tuple[str | int, ...]
 Lines = dict[Location, int]
@@ -90,7 +90,7 @@ def message(err: Any) -> str:
         return "unknown field (check the spelling)"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if "input" in err and kind not in ("model_type",) and not isinstance(err["input"], dict):
-        return f"{msg}; received {err['input']!r}"
+        return f"{msg}; received {describe_value(err['input'])}"
     return msg
 
 
