@@ -364,6 +364,17 @@ def test_reject_ends_the_waiting_job_with_weights_untouched(
     assert (event.action, event.details["reason"]) == ("job.reject", "not this quarter")
 
 
+def test_a_waiting_job_is_cancelled_at_once(registry: Registry,
+                                            endpoints: EndpointService) -> None:
+    runner = make_runner(registry, spec(approval=True), Scripted())
+    job_id = submit(runner)
+    runner.run_once()
+    job = JobStore(registry.store).cancel(job_id, actor="test")
+    assert job.state is JobState.CANCELLED
+    assert {s.state for s in job.steps} == {StepState.CANCELLED}
+    assert runner.run_once() is None and endpoints.get("churn").revision == 1
+
+
 def test_approve_and_reject_refuse_bad_input_in_one_line_writing_nothing(
         registry: Registry, endpoints: EndpointService, home_settings: Settings) -> None:
     runner = make_runner(registry, spec(approval=True), Scripted())
