@@ -134,3 +134,23 @@ def test_dry_run_names_the_builder_it_found(deployed: Deployed, cwd: Path) -> No
     assert result.returncode == 0, result.stderr
     assert " with buildah" in result.stdout
     assert _files_under(cwd) == []
+
+
+def test_python_api_plans_from_the_version_object(deployed: Deployed) -> None:
+    """resolve_source takes the ModelVersion the registry handed out; a plan needs no folder
+    and lists the files by their paths inside it."""
+    from mlharbor.deploy.base import resolve_source
+    from mlharbor.deploy.catalog import get_target
+    from mlharbor.deploy.environment import replica_environment
+    from mlharbor.deploy.kubernetes import KubernetesOptions
+
+    source = resolve_source(deployed.registry, deployed.version)
+    assert source.ref == "churn:1" and source.version.ref == "churn:1"
+    options = KubernetesOptions(replica_environment(deployed.settings, "baked"))
+    result = get_target("kubernetes").deploy(source, options, output=None,
+                                             registry=deployed.registry, actor="t",
+                                             dry_run=True)
+    assert "  write  deployment.yaml" in result.plan.describe()
+    with pytest.raises(InvalidInputError, match="--output"):
+        get_target("kubernetes").deploy(source, options, output=None,
+                                        registry=deployed.registry, actor="t")

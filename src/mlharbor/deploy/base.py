@@ -26,6 +26,7 @@ from mlharbor.core.errors import InvalidInputError, MlharborError
 
 if TYPE_CHECKING:
     from mlharbor.core.records import ModelVersion
+    from mlharbor.core.refs import RefLike
     from mlharbor.registry.service import Registry
 
 DEFAULT_IMAGE_REPOSITORY = "mlharbor"
@@ -209,11 +210,15 @@ def write_files(output: Path, files: list[PlannedFile]) -> list[Path]:
     return written
 
 
-def resolve_source(registry: Registry, ref: str, image: str | None = None) -> DeploymentSource:
-    """The version ``ref`` names (it must be ready) and the image that serves it."""
+def resolve_source(registry: Registry, ref: RefLike, image: str | None = None
+                   ) -> DeploymentSource:
+    """The version ``ref`` names (it must be ready) and the image that serves it; ``ref`` is
+    text (``churn@champion``) or what the registry handed out (a ModelVersion, a result)."""
     from mlharbor.core.records import VersionStatus
+    from mlharbor.core.refs import as_ref
 
     version = registry.get_version(ref)
+    ref = ref if isinstance(ref, str) else str(as_ref(ref))
     if version.status is not VersionStatus.READY:
         raise InvalidInputError(
             f"Version {version.ref} is {version.status.value}; only ready versions deploy.",
