@@ -24,7 +24,6 @@ from mlharbor.core.signature import Signature
 
 if TYPE_CHECKING:
     from mlharbor.core.refs import RefLike
-    from mlharbor.core.refs import RefLike
     from mlharbor.formats.predictor import Predictor
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
