@@ -212,6 +212,10 @@ def test_a_challenger_worse_on_labels_is_rolled_back_and_tagged(
     assert decision.test.verdict.value == "challenger_worse"
     tags = registry.get_version(f"churn:{BAD}").tags
     assert tags[TAG_STATUS] == "rejected" and tags[TAG_JOB] == job_id
+    # The same marker validation writes: one tag says a version was rejected, and why.
+    from mlharbor.pipelines.retrain import VERDICT_TAG
+
+    assert TAG_STATUS == VERDICT_TAG
     assert job_id in endpoints.history("churn")[-1].reason
 
 

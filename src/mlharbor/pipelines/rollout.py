@@ -86,8 +86,10 @@ MIN_HOLD_WAIT = timedelta(minutes=5)
 MIN_LATENCIES = 20
 P99_SHARE = 0.01
 POLL_SECONDS = 0.5
-#: Version tags the rollout writes on the challenger (promoted or rejected, why, by which job).
-TAG_STATUS, TAG_REASON, TAG_JOB = "rollout", "rollout_reason", "rollout_job"
+#: Version tags the rollout writes on the challenger: ``promoted`` or ``rejected``, why, by which
+#: job. The same keys as the retrain job's validate step (``pipelines.retrain.VERDICT_TAG`` ...),
+#: so one tag says whether a version was rejected, at validation or live.
+TAG_STATUS, TAG_REASON, TAG_JOB = "mlharbor.verdict", "mlharbor.reason", "mlharbor.job"
 _NORMAL = NormalDist()
 
 
