@@ -89,6 +89,7 @@ def test_a_numpy_array_gives_the_models_own_predictions(
     rows = x.head(50)
     answer = client.predict("churn", rows.to_numpy())
     assert answer.predictions == _expected(fitted, rows)
+    assert answer.probabilities is not None
     np.testing.assert_allclose(answer.probabilities, model.predict_proba(rows), atol=1e-4)
     assert client.columns("churn") == COLUMNS
     # One row as a 1-D array, and a plain list of lists, in the signature's order.

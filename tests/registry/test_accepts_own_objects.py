@@ -114,12 +114,12 @@ def test_bad_objects_get_a_short_message(
 
 
 def test_long_text_is_cut_in_messages(registry: Any) -> None:
-    with pytest.raises(InvalidNameError) as err:
+    with pytest.raises(InvalidNameError) as name_err:
         registry.get_version("bad name " * 1000)
-    assert len(str(err.value)) < 300
-    with pytest.raises(InvalidInputError) as err:
+    assert len(str(name_err.value)) < 300
+    with pytest.raises(InvalidInputError) as ref_err:
         ModelRef.parse("churn:" + "x" * 5000)
-    assert len(str(err.value)) < 300
+    assert len(str(ref_err.value)) < 300
 
 
 def test_as_ref_forms(registered: tuple[Any, Any, Any]) -> None:
