@@ -59,19 +59,23 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         ref: str = typer.Argument(..., help="Model reference: churn@champion, churn:3 ..."),
         data: str = typer.Option(..., "--data", help="Labelled CSV/Parquet file (or s3://)."),
+        target: str = typer.Option(None, "--target", help="The label column (default: the "
+                                   "one training recorded; needed for a model registered "
+                                   "with `models register`)."),
         report: Path = typer.Option(None, "--report", help="Also write an HTML report here."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
-        """Score a registered version on new labelled data, with 95% bootstrap intervals."""
+        """Score any registered version on new labelled data: metrics of its task with 95%
+        bootstrap intervals, beside the naive baseline (majority class or mean)."""
         from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
-        from mlharbor.cli.output import print_json
-        from mlharbor.pipelines.train_job import evaluate
+        from mlharbor.cli.output import print_json, print_table
+        from mlharbor.pipelines.evaluate_job import evaluate
 
         settings = settings_from(ctx)
         registry = open_registry(settings)
         try:
-            result = evaluate(registry, ref, data, settings=settings)
+            result = evaluate(registry, ref, data, settings=settings, target=target)
         finally:
             registry.close()
         if report is not None:
@@ -79,9 +83,27 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(result.report)
             return
-        holdout = result.report["holdout"]
-        _metrics_table(f"{result.ref} on {result.rows} rows of {data}", holdout["metrics"],
-                       holdout.get("ci95", {}), result.report.get("stored_metrics", {}))
+        holdout, stored = result.report["holdout"], result.report.get("stored_metrics") or {}
+        baseline = result.report["baseline"]
+        base = baseline["holdout"]["metrics"]
+        ci = holdout.get("ci95", {})
+        columns = ["metric", "value", "95% CI", f"baseline ({baseline['strategy']})"]
+        rows = []
+        for name, value in holdout["metrics"].items():
+            interval = ci.get(name)
+            rows.append([name, _num4(value),
+                         f"{interval[0]:.4f} to {interval[1]:.4f}" if interval else "",
+                         _num4(base.get(name))]
+                        + ([_num4(stored.get(name))] if stored else []))
+        print_table(f"{result.ref} on {result.rows} rows of {data} "
+                    f"({result.report['task']}, target {result.report['target']!r})",
+                    columns + (["at registration"] if stored else []), rows)
+        cmp = baseline["comparison"]["holdout"]
+        if cmp.get("difference") is not None:
+            verdict = ("better than" if cmp.get("significantly_better")
+                       else "not clearly better than")
+            sys.stdout.write(f"{cmp['metric']}: {cmp['difference']:+.4f} against the "
+                             f"baseline ({verdict} it).\n")
 
     @app.command("reproduce")
     def reproduce_command(
@@ -129,6 +151,10 @@ def register(app: typer.Typer) -> None:
 
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6f}"
+
+
+def _num4(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:

@@ -75,8 +75,12 @@ def score_on_data(
     model: Any, frame: Any, schema: dict[str, Any], recipe: dict[str, Any], *,
     resamples: int = 500,
 ) -> dict[str, Any]:
-    """Score a fitted model on a labelled frame, using the schema stored at registration."""
-    from mlharbor.evaluation.bootstrap import resample_indices
+    """Score a fitted model on a labelled frame (``schema``: target, task, features, classes),
+    beside the naive baseline (majority class or mean, as training's) fitted on these labels:
+    the best constant guess for this data, compared on the same bootstrap resamples."""
+    from mlharbor.evaluation.baselines import baseline_estimator
+    from mlharbor.evaluation.bootstrap import paired_difference, resample_indices
+    from mlharbor.evaluation.metrics import default_primary
 
     target_column = schema["target"]
     frame = frame[frame[target_column].notna()]
@@ -85,14 +89,25 @@ def score_on_data(
     target = Target(schema["task"], classes,
                     pos_label if pos_label is not None else (classes[-1] if classes else None))
     y = frame[target_column].to_numpy()
+    X = frame[list(schema["features"])]
     indices = resample_indices(len(y), resamples, 0) if resamples else []
-    result = evaluate_holdout(model, frame[list(schema["features"])], y, target, indices)
+    result = evaluate_holdout(model, X, y, target, indices)
+    metrics_spec = recipe.get("metrics") or {}
+    primary = metrics_spec.get("primary") or default_primary(target.task, len(classes))
+    strategy, dummy = baseline_estimator(target.task, metrics_spec.get("baseline") or "auto")
+    base = evaluate_holdout(dummy.fit(X, y), X, y, target, indices, with_curves=False)
     return {
         "format": REPORT_FORMAT,
         "task": target.task,
         "classes": list(classes),
         "positive_class": target.pos_label,
-        "primary_metric": (recipe.get("metrics") or {}).get("primary") or "",
+        "primary_metric": primary,
         "rows": len(y),
         "holdout": result.to_dict(),
+        "baseline": {
+            "strategy": strategy, "fitted_on": "the evaluated rows' labels",
+            "holdout": base.to_dict(),
+            "comparison": {"holdout": paired_difference(
+                primary, (result.metrics, base.metrics), (result.draws, base.draws))},
+        },
     }

@@ -296,8 +296,9 @@ def _only_features(sig: Signature, features: list[str]) -> Signature:
     missing = [f for f in features if f not in specs]
     if missing:
         raise SchemaError(
-            f"The sample lacks the model's feature column(s) {', '.join(map(repr, missing))}.",
-            hint="Give sample rows with every column the model was fitted on.",
+            f"The rows given (sample or training data) lack the model's feature column(s) "
+            f"{', '.join(map(repr, missing))}.",
+            hint="Give rows with every column the model was fitted on.",
             column=missing[0], expected=features, received=list(specs),
         )
     return Signature(tuple(specs[f] for f in features), sig.input_kind, sig.outputs)

@@ -10,7 +10,8 @@ This module sits above data, training, evaluation and the registry and glues the
 3. ``train`` does 2 with the registry's champion, registers the winner (``failed`` with the
    reason when a gate fails) and moves the recipe's alias only when every gate passes.
 
-``reproduce`` re-runs a stored version's recipe; ``evaluate`` scores a version on new data.
+``reproduce`` re-runs a stored version's recipe; ``evaluate`` (in
+:mod:`mlharbor.pipelines.evaluate_job`, for any registered version) scores one on new data.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import ConfigError, InvalidInputError, MlharborError, NotFoundError
+from mlharbor.pipelines.evaluate_job import VersionEvaluation as VersionEvaluation  # re-export
+from mlharbor.pipelines.evaluate_job import evaluate as evaluate  # re-export
 from mlharbor.training.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -544,44 +547,3 @@ def reproduce(
     checks = [MetricCheck(n, version.metrics.get(n), outcome.metrics.get(n)) for n in names]
     return ReproduceResult(version.ref, fingerprint == outcome.dataset.fingerprint, checks,
                            outcome)
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionEvaluation:
-    ref: str
-    rows: int
-    report: dict[str, Any]
-
-
-def evaluate(
-    registry: Registry, ref: str, data: str, *, settings: Settings, resamples: int = 500
-) -> VersionEvaluation:
-    """Score a registered version on new labelled data (Python twin of ``mlharbor evaluate``)."""
-    from mlharbor.data.loading import load_table
-    from mlharbor.evaluation.report import clean_json, score_on_data
-    from mlharbor.registry.bundles import load_predictor
-
-    version = registry.get_version(ref)
-    schema = version.lineage.get("schema")
-    if not isinstance(schema, dict):
-        raise InvalidInputError(
-            f"Version {version.ref} has no stored schema (target, task, features) in its "
-            "lineage; it was not registered by `mlharbor train`."
-        )
-    dataset = load_table(data, s3_endpoint_url=settings.s3_endpoint_url,
-                         s3_region=settings.s3_region)
-    frame = dataset.frame
-    needed = [schema["target"], *schema["features"]]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InvalidInputError(
-            f"The data {dataset.uri!r} lacks column(s) {missing} that {version.ref} needs "
-            f"(target {schema['target']!r} and features {list(schema['features'])}).",
-            field="data",
-        )
-    predictor = load_predictor(registry, version.ref, settings)
-    report = score_on_data(predictor, dataset.frame, schema, version.lineage.get("recipe") or {},
-                           resamples=resamples)
-    report.update(model_name=version.name, version=version.ref, dataset=dataset.snapshot(),
-                  stored_metrics=version.metrics)
-    return VersionEvaluation(version.ref, int(report["rows"]), clean_json(report))
