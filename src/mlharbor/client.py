@@ -181,7 +181,8 @@ class Client:
             _check_width(endpoint, columns, rows)
             frame = {"columns": columns, "data": rows}
         try:
-            return orjson.dumps(frame, option=orjson.OPT_SERIALIZE_NUMPY), positional
+            return orjson.dumps(frame, default=_plain,
+                                option=orjson.OPT_SERIALIZE_NUMPY), positional
         except TypeError as exc:  # orjson.JSONEncodeError
             raise errors.InvalidInputError(
                 f"The rows hold a value that cannot be sent as JSON: {exc}.",
@@ -191,9 +192,11 @@ class Client:
 def _named_rows(data: Any) -> Any:
     """``data`` as a JSON-ready body when it names its columns itself, else None."""
     kind = type(data).__name__
-    if kind == "DataFrame" and hasattr(data, "columns") and hasattr(data, "to_numpy"):
+    if kind == "DataFrame" and hasattr(data, "columns") and hasattr(data, "notna"):
+        # Missing values of every kind (NaN, None, pd.NA, NaT) travel as JSON null.
+        cells = data.astype(object).where(data.notna(), None)
         return {"columns": [str(c) for c in data.columns],
-                "data": data.to_numpy(dtype=object).tolist()}
+                "data": cells.to_numpy(dtype=object).tolist()}
     if kind == "Series" and hasattr(data, "index") and hasattr(data, "to_dict"):
         return {str(k): v for k, v in data.to_dict().items()}  # one row
     if isinstance(data, dict):
@@ -204,6 +207,16 @@ def _named_rows(data: Any) -> Any:
     if isinstance(data, list | tuple) and data and all(isinstance(r, dict) for r in data):
         return list(data)
     return None
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: pandas Timestamps and dates as ISO text, numpy and
+    pandas scalars as their Python value."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _dict_of_lists(data: dict[Any, Any]) -> dict[str, Any]:

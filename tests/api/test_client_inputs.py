@@ -189,3 +189,16 @@ def test_a_non_json_error_page_is_unavailable() -> None:
             pytest.raises(UnavailableError) as err:
         client.predict("churn", [{"tenure": 1.0}])
     assert "502" in str(err.value) and proxy.url in str(err.value)
+
+
+def test_missing_values_travel_as_null(client: Client, fitted: tuple[Any, Any]) -> None:
+    """pd.NA and NaN in a frame reach the server (as JSON null), which names the column."""
+    import pandas as pd
+
+    x, _model = fitted
+    rows = x.head(3).astype(object)
+    rows.iloc[1, 1] = pd.NA
+    with pytest.raises(SchemaError, match=r"Column 'charges' .* missing value .* at row 1"):
+        client.predict("churn", rows)
+    with pytest.raises(InvalidInputError, match="cannot be sent as JSON"):
+        client.predict("churn", [{"tenure": object()}])
