@@ -44,25 +44,51 @@ def fitted() -> tuple[Any, Any]:
     return x, LogisticRegression(max_iter=2000).fit(x, y)
 
 
+def _mixed() -> tuple[Any, Any]:
+    """A pipeline over a number and a text column (one-hot encoded), as the demo's churn."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(5)
+    x = pd.DataFrame({"tenure": rng.uniform(0, 72, 200),
+                      "plan": rng.choice(["basic", "plus", "pro"], 200)})
+    y = ((x.tenure < 30) & (x.plan != "pro")).astype(int)
+    model = Pipeline([
+        ("pre", ColumnTransformer([("num", "passthrough", ["tenure"]),
+                                   ("cat", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
+        ("clf", LogisticRegression(max_iter=1000)),
+    ]).fit(x, y)
+    return x, model
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, fitted: tuple[Any, Any]
            ) -> Iterator[tuple[str, str, str]]:
-    """A serving server (auth on) for ``churn``; yields its URL, a predictor key for every
-    endpoint and a key allowed on another endpoint only."""
+    """A serving server (auth on) for ``churn`` and ``mixed``; yields its URL, a predictor
+    key for every endpoint and a key allowed on another endpoint only."""
     from mlharbor.bootstrap import open_identities, open_registry
     from mlharbor.registry.bundles import register_model
+    from mlharbor.registry.endpoints import EndpointSpec
     from mlharbor.serving.app import create_serving_app
 
     x, model = fitted
     settings = Settings(home=tmp_path_factory.mktemp("client") / "home")
     registry = open_registry(settings)
     register_model(registry, "churn", model, settings=settings, sample_input=x.head(20))
+    mixed_x, mixed_model = _mixed()
+    register_model(registry, "mixed", mixed_model, settings=settings,
+                   sample_input=mixed_x.head(20))
     identities = open_identities(registry)
     keys = []
     for who, grant in (("app", "predictor"), ("other", "predictor@endpoint:x")):
         identities.create_identity(who, kind="service", grants=[grant], actor="test")
         keys.append(identities.create_key(who, actor="test")[1])
-    app = create_serving_app(settings, registry, ref="churn:1", auth=True)
+    specs = [EndpointSpec.model_validate({"name": n, "routes": [{"ref": f"{n}:1"}]})
+             for n in ("churn", "mixed")]
+    app = create_serving_app(settings, registry, endpoints=specs, auth=True)
     with LiveServer(app) as live:
         deadline = time.monotonic() + 60
         while httpx.get(f"{live.url}/readyz").status_code != 200:
@@ -97,6 +123,15 @@ def test_a_numpy_array_gives_the_models_own_predictions(
         fitted, rows.iloc[[3]])
     assert client.predict("churn", rows.to_numpy().tolist()).predictions == _expected(
         fitted, rows)
+
+
+def test_an_object_array_of_mixed_columns(client: Client) -> None:
+    """What ``frame.to_numpy()`` gives for numbers and text: an object array."""
+    x, model = _mixed()
+    rows = x.tail(40)
+    answer = client.predict("mixed", rows.to_numpy())
+    assert answer.predictions == [int(v) for v in model.predict(rows)]
+    assert client.columns("mixed") == ["tenure", "plan"]
 
 
 def test_named_forms_give_the_same_predictions(client: Client, fitted: tuple[Any, Any]) -> None:
