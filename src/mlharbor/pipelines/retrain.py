@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from mlharbor.monitoring.feedback import Feedback
     from mlharbor.pipelines.policy import Policy
+    from mlharbor.pipelines.rollout import RolloutTarget
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
     from mlharbor.training.recipe import Recipe
@@ -466,6 +467,28 @@ def _now() -> datetime:
     return utcnow()
 
 
+# -- the hook for rollout steps ---------------------------------------------------------------
+
+def rollout_target(ctx: StepContext, registry: Registry) -> RolloutTarget:
+    """A :data:`~mlharbor.pipelines.rollout.TargetResolver` for rollout steps that follow
+    ``validate`` in a retrain job: ``Rollout(spec, ..., target=rollout_target).steps()``."""
+    return target_from_results(ctx.results, registry)
+
+
+def target_from_results(results: Mapping[str, Any], registry: Registry) -> RolloutTarget:
+    """The challenger ``validate`` passed and the champion it was judged against."""
+    from mlharbor.pipelines.rollout import RolloutTarget
+
+    validated, made = results.get("validate"), results.get("snapshot")
+    if not isinstance(validated, Mapping) or not isinstance(made, Mapping):
+        raise InvalidInputError("Rollout steps of a retrain job run after 'snapshot' and "
+                                "'validate'; their results are missing.")
+    challenger = registry.get_version(str(validated["challenger"]))
+    base = registry.get_version(str(validated["base"]))
+    return RolloutTarget(challenger.name, str(made.get("champion_alias") or "champion"),
+                         champion=base.version, challenger=challenger.version)
+
+
 # -- the kind ---------------------------------------------------------------------------------
 
 def retrain_steps(retrainer: Retrainer, rollout: Sequence[Step] = ()) -> tuple[Step, ...]:
@@ -485,7 +508,10 @@ def retrain_kind(
 
     ``feedback`` gives labelled production rows (none: a policy asking for them fails the
     job clearly); ``policy_for(job)`` the endpoint's policy (default: the policy defaults);
-    ``rollout`` the steps that follow validation.
+    ``rollout`` the steps that follow validation, e.g.
+    ``Rollout(policy.rollout, registry=..., signals=..., target=rollout_target).steps()``
+    (:mod:`mlharbor.pipelines.rollout`), which then roll out the challenger ``validate``
+    passed instead of one named in the request.
     """
     retrainer = Retrainer(registry, settings, feedback, policy_for or default_policy)
     return JobKind(JOB_KIND, retrain_steps(retrainer, rollout))
@@ -494,5 +520,6 @@ def retrain_kind(
 __all__ = [
     "BASELINE_GATE", "CHALLENGER_ALIAS", "CHAMPION_GATE", "JOB_KIND", "JOB_TAG", "REASON_TAG",
     "RETRAIN_STEPS", "VERDICT_TAG", "Retrainer", "ValidationFailed", "challenger_recipe",
-    "evaluation_report", "request_of", "retrain_kind", "retrain_steps",
+    "evaluation_report", "request_of", "retrain_kind", "retrain_steps", "rollout_target",
+    "target_from_results",
 ]
