@@ -59,6 +59,7 @@ class Client:
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 30.0) -> None:
         import httpx
 
+        _check_url(url)
         headers = {"content-type": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -281,8 +282,25 @@ def _segment(name: str) -> str:
     return quote(name, safe="")
 
 
+def _check_url(url: object) -> None:
+    """Refuse a server URL without scheme or host now, not as a puzzling error per call."""
+    from urllib.parse import urlsplit
+
+    try:  # .port raises on a port that is not a number, urlsplit on an unclosed [IPv6
+        parts = urlsplit(url) if isinstance(url, str) else None
+        usable = parts is not None and parts.scheme in ("http", "https") \
+            and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise errors.InvalidInputError(
+            f"The server URL must be http:// or https:// with a host; received "
+            f"{describe_value(url)}.", hint="For example http://127.0.0.1:8080 (mlharbor serve).",
+            field="url", received=describe_value(url))
+
+
 def _reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
     return text[:200]
 
 

@@ -237,3 +237,11 @@ def test_missing_values_travel_as_null(client: Client, fitted: tuple[Any, Any]) 
         client.predict("churn", rows)
     with pytest.raises(InvalidInputError, match="cannot be sent as JSON"):
         client.predict("churn", [{"tenure": object()}])
+
+
+@pytest.mark.parametrize("url", ["localhost:8080", "127.0.0.1:8080", "ftp://host", "http://",
+                                 "http://[::1", "http://host:port"])
+def test_a_url_that_cannot_work_is_refused_at_once(url: str) -> None:
+    with pytest.raises(InvalidInputError, match="http:// or https:// with a host") as err:
+        Client(url)
+    assert repr(url) in str(err.value)
