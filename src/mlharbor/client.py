@@ -70,11 +70,11 @@ class Client:
 
     def predict(self, endpoint: str, data: Any, *, sticky_key: str | None = None) -> Prediction:
         """Predict ``data`` with ``endpoint``; ``data`` is any of the forms in the module doc."""
+        path = f"/v1/endpoints/{_segment(endpoint)}/predict"
         body, positional = self._body(endpoint, data)
         headers = {"x-mlharbor-sticky": sticky_key} if sticky_key else None
         try:
-            payload = self._send("POST", f"/v1/endpoints/{_segment(endpoint)}/predict",
-                                 content=body, headers=headers)
+            payload = self._send("POST", path, content=body, headers=headers)
         except errors.SchemaError:
             if positional:  # the endpoint may serve another version now: read it again
                 self._columns.pop(endpoint, None)
@@ -91,8 +91,9 @@ class Client:
 
     def columns(self, endpoint: str) -> list[str]:
         """The input columns of ``endpoint`` in signature order (read once, then kept)."""
+        path = f"/v2/models/{_segment(endpoint)}"
         if endpoint not in self._columns:
-            meta = self._send("GET", f"/v2/models/{_segment(endpoint)}")
+            meta = self._send("GET", path)
             inputs = meta.get("inputs") if isinstance(meta, dict) else None
             if not isinstance(inputs, list) or not all(
                     isinstance(i, dict) and isinstance(i.get("name"), str) for i in inputs):
