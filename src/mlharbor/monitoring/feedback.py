@@ -275,6 +275,37 @@ class Feedback:
             columns={**dict(zip(inputs, names, strict=True)), "label": target})
         return frame.reset_index(drop=True)
 
+    def scored_rows(self, endpoint: str, *, start: datetime | None, end: datetime | None,
+                    labelled: bool) -> pd.DataFrame:
+        """The primary answers ``endpoint`` logged in ``[start, end)`` (None: unbounded) as
+        columns ``at``, ``version``, ``prediction``, ``score``; with ``labelled``, only the rows
+        that have a label, with the latest one as ``label`` (the join :meth:`performance`
+        uses). What confidence-based estimation reads: the served probabilities, and for its
+        reference their outcome."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        columns = ["request_id", "row", "version", "prediction", "score", "shadow"]  # + at
+        logged = self.log.scan(endpoint, start, end, columns=columns)
+        names = ["at", "version", "prediction", "score", *(["label"] if labelled else [])]
+        if logged.num_rows == 0 or not {"request_id", "prediction"} <= set(
+                logged.column_names):
+            return pd.DataFrame(columns=names)
+        if "shadow" in logged.column_names:
+            logged = logged.filter(pc.invert(pc.fill_null(logged["shadow"], False)))
+        for name in ("version", "score"):
+            if name not in logged.column_names:
+                logged = logged.append_column(name, pa.nulls(logged.num_rows, pa.float64()))
+        if labelled:
+            labels = self.labels(endpoint)
+            if labels.num_rows == 0:
+                return pd.DataFrame(columns=names)
+            logged = _join_labels(logged, labels)
+        frame = logged.to_pandas().drop_duplicates(["request_id", "row"], keep="first")
+        return frame[names].reset_index(drop=True)
+
+
 def compare_with_validation(rows: list[dict[str, Any]],
                             validation: Mapping[int, Mapping[str, float]],
                             tolerance: float = 0.05) -> list[dict[str, Any]]:
