@@ -85,7 +85,8 @@ def build_bundle(
     file_name = blob.name
     info = fmt.describe(obj)
     generated = None
-    if signature is None and sample_input is None and training_data is None:
+    guessed = signature is None and sample_input is None and training_data is None
+    if guessed:  # nothing tells the inputs but the model itself
         signature, generated = _fitted_signature(fmt, obj)
     sig = _signature(signature, info, obj, sample_input, training_data)
     sig = sig.with_policy(extra_columns=extra_columns, unseen_categories=unseen_categories)
@@ -105,12 +106,12 @@ def build_bundle(
     except MlharborError:
         raise
     except Exception as exc:
-        if signature is None and sample_input is None and training_data is None:
+        if guessed:
             from mlharbor.formats.sklearn import SAMPLE_HINT
 
             raise InvalidInputError(
                 f"The {fmt.name} model's inputs cannot be worked out from the model alone: it "
-                f"fails on rows of the inputs guessed for it ({_brief_error(exc)}).",
+                f"does not accept rows of the inputs read from it ({_columns_text(sig)}).",
                 hint=SAMPLE_HINT,
             ) from exc
         raise InvalidInputError(
@@ -146,6 +147,12 @@ def _fitted_signature(fmt: ModelFormat, obj: Any) -> tuple[Signature | None, Any
         return None, None
     sig = Signature(tuple(c.spec() for c in columns), "frame")
     return sig, generated_rows(columns)
+
+
+def _columns_text(sig: Signature, limit: int = 6) -> str:
+    """``city as string, age as float64, ...``: what was assumed, for an error message."""
+    shown = ", ".join(f"{c.name} as {c.dtype}" for c in sig.inputs[:limit])
+    return shown + (f" and {len(sig.inputs) - limit} more" if len(sig.inputs) > limit else "")
 
 
 def _brief_error(exc: Exception) -> str:
@@ -296,7 +303,7 @@ def _only_features(sig: Signature, features: list[str]) -> Signature:
     missing = [f for f in features if f not in specs]
     if missing:
         raise SchemaError(
-            f"The rows given (sample or training data) lack the model's feature column(s) "
+            f"The data given (sample or training rows) lacks the model's feature column(s) "
             f"{', '.join(map(repr, missing))}.",
             hint="Give rows with every column the model was fitted on.",
             column=missing[0], expected=features, received=list(specs),
