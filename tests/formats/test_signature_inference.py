@@ -29,7 +29,7 @@ def frame(n: int, seed: int = 0) -> pd.DataFrame:
         "city": rng.choice(["oslo", "rome", "lima"], n),
         "age": rng.normal(40, 12, n).round(1),
         "visits": rng.integers(0, 9, n),
-        "device": rng.choice(["ios", "android", None], n).astype(object),
+        "device": np.array(["ios", "android", None], dtype=object)[rng.integers(0, 3, n)],
         "income": rng.normal(5e4, 1e4, n),
     })
     data.loc[rng.choice(n, n // 10, replace=False), "age"] = np.nan
@@ -38,7 +38,8 @@ def frame(n: int, seed: int = 0) -> pd.DataFrame:
 
 def labels(data: pd.DataFrame) -> np.ndarray:
     score = (data["city"] == "oslo") * 1.0 + data["visits"] / 4 - data["age"].fillna(40) / 40
-    return (score > 0).to_numpy().astype(int)
+    out: np.ndarray = (score > 0).to_numpy().astype(int)
+    return out
 
 
 def mixed_pipeline(final: Any = None) -> Any:
