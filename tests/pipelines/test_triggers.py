@@ -380,13 +380,17 @@ def test_cbpe_without_a_labelled_reference_is_inactive_and_says_why(
     rng = np.random.default_rng(1)
     x_train = rng.normal(size=(2000, 2))
     model = LogisticRegression().fit(x_train, concept(rng, x_train))
-    x_ref = rng.normal(size=(100, 2))  # too few labelled rows to check calibration
-    label(monitor, log_scored(monitor, model, x_ref, T - timedelta(days=1), "ref"),
-          concept(rng, x_ref))
+    x_ref = rng.normal(size=(100, 2))
+    ref_ids = log_scored(monitor, model, x_ref, T - timedelta(days=1), "ref")
     x_shift = np.column_stack([rng.normal(1.5, 0.4, 400), rng.normal(0.0, 0.5, 400)])
     log_scored(monitor, model, x_shift, T - timedelta(hours=4), "shift")
     apply(registry, **ESTIMATED)
-    (verdict,) = TriggerLoop(registry, monitor, interval_s=60).tick(T)
+    loop = TriggerLoop(registry, monitor, interval_s=60)
+    (unlabelled,) = loop.tick(T)
+    assert unlabelled.checks[0].inactive and not unlabelled.checks[0].fired
+    assert "no labelled production rows of version 1" in unlabelled.checks[0].reason
+    label(monitor, ref_ids, concept(rng, x_ref))  # too few labelled rows to check calibration
+    (verdict,) = loop.tick(T)
     (check,) = verdict.checks
     assert check.inactive and not check.fired
     assert "refused" in check.reason and "at least 200" in check.reason

@@ -363,6 +363,11 @@ def estimated_check(spec: EstimatedTrigger, monitor: Monitor, endpoint: str, now
     reference = reference[reference["score"].notna()]
     if version is not None:
         reference = reference[reference["version"] == version]
+    if reference.empty:
+        return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, False,
+                            f"estimated {spec.metric}: no labelled production rows of version "
+                            f"{version} before the window to check calibration on",
+                            inactive=True)
     classes = _classes(monitor, endpoint, reference, current)
     if len(classes) != 2:
         return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, False,
