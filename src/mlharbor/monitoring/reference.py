@@ -1,12 +1,14 @@
 """The reference a window is compared with: the profile frozen with a version at training time.
 
 :func:`Reference.from_profile` reads the ``mlharbor.profile/v1`` document written by
-:mod:`mlharbor.data.profile` (stored with each trained version). It holds everything drift needs
-per feature: numeric bin edges (quantiles, or per value for discrete columns: see
+:mod:`mlharbor.data.profile`, stored in a version's lineage by ``mlharbor train``, by
+``mlharbor models register --training-data`` and by ``mlharbor monitor reference set``
+(:func:`mlharbor.registry.bundles.set_reference`). It holds everything drift needs per feature:
+numeric bin edges (quantiles, or per value for discrete columns: see
 :mod:`mlharbor.data.profile`) with counts and a sample, categorical counts, the missing share,
-and feature importances. :func:`Reference.from_frame` builds the same thing from
-a DataFrame (used when a version was registered without a profile, and for the prediction
-reference, which the training profile does not hold: see :func:`prediction_entry`).
+and feature importances. :func:`Reference.from_frame` builds the same thing from a DataFrame
+in memory (tests and notebooks, and the prediction reference, which the training profile does
+not hold: see :func:`prediction_entry`).
 """
 
 from __future__ import annotations

@@ -174,8 +174,8 @@ class Monitor:
             raise NotFoundError(
                 f"Version {model}:{version} has no reference profile, so drift cannot be "
                 "measured against its training data.",
-                hint="Train it with `mlharbor train` (which stores the profile), or build a "
-                "Reference from a DataFrame with Reference.from_frame().")
+                hint=f"Attach the training data's profile: `mlharbor monitor reference set "
+                f"{model}:{version} --data FILE` (or register with --training-data).")
         return self.engine_for(Reference.from_profile(profile))
 
     def engine_for(self, reference: Any) -> Any:
