@@ -273,3 +273,34 @@ def test_bad_inputs_get_one_line_and_change_nothing(
         line = _one_line_error(run_cli(*args, env=env))
         assert named in line, (name, line)
         unchanged()
+
+
+def test_python_api_register_with_training_data_and_set_reference(
+    settings: Settings, user_files: dict[str, Any]
+) -> None:
+    """The same through the Python API: register_model(training_data=...), set_reference,
+    evaluate; each accepts what the API itself returns."""
+    from mlharbor.core.errors import SchemaError
+    from mlharbor.pipelines.evaluate_job import evaluate
+    from mlharbor.registry.bundles import register_model, set_reference
+
+    pipeline, train = user_files["pipeline"], user_files["train"]
+    registry = open_registry(settings)
+    try:
+        first = register_model(registry, "churn", pipeline, settings=settings,
+                               training_data=train)
+        profile = first.version.lineage["reference_profile"]
+        assert set(profile["features"]) == set(FEATURES) and profile["rows"] == len(train)
+        assert first.reference is not None and "left out: churn" in first.reference
+        second = register_model(registry, "churn", pipeline, settings=settings)
+        assert "reference_profile" not in second.version.lineage and second.reference is None
+        with pytest.raises(SchemaError, match="'churn' the model does not take"):
+            set_reference(registry, second, train)  # the label must be named
+        assert "reference_profile" not in registry.get_version(second).lineage
+        updated = set_reference(registry, second, train, target="churn", actor="alice")
+        assert updated.lineage["reference_profile"] == profile
+        scored = evaluate(registry, second, str(user_files["dir"] / "fresh.csv"),
+                          settings=settings, target="churn", resamples=50)
+        assert scored.ref == "churn:2" and scored.report["baseline"]["strategy"] == "majority"
+    finally:
+        registry.close()
