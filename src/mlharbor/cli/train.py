@@ -236,6 +236,10 @@ def _print_json_result(result: TrainJobResult) -> None:
         "winner": result.outcome.winner,
         "metrics": result.outcome.metrics,
         "gates": [v.to_dict() for v in result.outcome.verdicts],
+        # What stderr said while training (data-check warnings such as dropped unlabelled
+        # rows, library warnings summarised), for scripts that only read stdout.
+        "warnings": [f.message for f in result.outcome.checks.warnings]
+        + list(result.outcome.report.get("library_warnings", [])),
     })
 
 
