@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.formats.builder import build_bundle
+from mlharbor.formats.fitted_inputs import fitted_columns, generated_rows
 from mlharbor.formats.predictor import load_bundle
-from mlharbor.formats.sklearn import fitted_columns, generated_rows
 
 
 def frame(n: int, seed: int = 0) -> pd.DataFrame:

@@ -107,7 +107,7 @@ def build_bundle(
         raise
     except Exception as exc:
         if guessed:
-            from mlharbor.formats.sklearn import SAMPLE_HINT
+            from mlharbor.formats.fitted_inputs import SAMPLE_HINT
 
             raise InvalidInputError(
                 f"The {fmt.name} model's inputs cannot be worked out from the model alone: it "
@@ -135,12 +135,12 @@ def build_bundle(
 def _fitted_signature(fmt: ModelFormat, obj: Any) -> tuple[Signature | None, Any]:
     """The inputs a fitted scikit-learn pipeline reveals about itself, and rows made from them.
 
-    See :func:`mlharbor.formats.sklearn.fitted_columns`; ``(None, None)`` when the model does
+    See :func:`mlharbor.formats.fitted_inputs.fitted_columns`; ``(None, None)`` when the model does
     not name its inputs (fitted on an array) or is not scikit-learn.
     """
     if fmt.name != "sklearn":
         return None, None
-    from mlharbor.formats.sklearn import fitted_columns, generated_rows
+    from mlharbor.formats.fitted_inputs import fitted_columns, generated_rows
 
     columns = fitted_columns(obj)
     if not columns:
