@@ -143,6 +143,11 @@ def _convert_sklearn(obj: Any, signature: Signature, sample: Any) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
+    own = _mlharbor_steps(obj)
+    if own:  # no converter exists; say so instead of a converter's type-mismatch message
+        raise NotImplementedError(
+            f"the pipeline uses mlharbor's own step(s) {', '.join(own)} (dates read as text, "
+            "or feature functions), which have no ONNX converter; the native model serves it")
     final = obj.steps[-1][1] if isinstance(obj, Pipeline) else obj
     options = {id(final): {"zipmap": False}} if is_classifier(final) else None
     has_ct = isinstance(obj, Pipeline) and any(
@@ -169,6 +174,24 @@ def _convert_sklearn(obj: Any, signature: Signature, sample: Any) -> Any:
                 continue
     narrow = [(c.name, _tensor_type(c.dtype, wide=False)) for c in signature.inputs]
     return convert_sklearn(obj, initial_types=narrow, options=options, **_custom())
+
+
+def _mlharbor_steps(estimator: Any) -> list[str]:
+    """Names of mlharbor's own transformers inside ``estimator`` (pipelines, column
+    transformers), sorted; they are Python code that skl2onnx cannot translate."""
+    found: set[str] = set()
+
+    def visit(est: Any) -> None:
+        if type(est).__module__.startswith("mlharbor."):
+            found.add(type(est).__qualname__)
+        for _, step in getattr(est, "steps", None) or []:
+            visit(step)
+        for item in getattr(est, "transformers_", None) or getattr(est, "transformers", None) \
+                or []:
+            visit(item[1])
+
+    visit(estimator)
+    return sorted(found)
 
 
 def _wide_matrix(n: int) -> Any:
