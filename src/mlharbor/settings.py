@@ -214,6 +214,15 @@ class PipelinesSettings(BaseModel):
     triggers: bool = Field(
         True, description="Run the trigger loop in servers; false leaves retraining to "
         "manual requests (`mlharbor retrain`).")
+    run_jobs: bool = Field(
+        True, description="`mlharbor server` runs the job runner and the trigger loop in the "
+        "background; false leaves both to `mlharbor worker` processes (training off the "
+        "control plane).")
+    job_lease_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a runner holds a job between heartbeats; "
+        "another runner takes a job over this long after its runner died.")
+    job_poll_s: float = Field(
+        1.0, gt=0, le=600, description="How often an idle runner looks for a queued job.")
 
 
 class Settings(BaseSettings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 
@@ -14,8 +14,7 @@ from mlharbor.api.requests import RequestIdMiddleware
 from mlharbor.api.responses import JsonResponse
 
 if TYPE_CHECKING:
-    from mlharbor.monitoring.service import Monitor
-    from mlharbor.monitoring.signals import AlertLoop
+    from mlharbor.bootstrap.control import ControlPlaneServices
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
 
@@ -23,15 +22,20 @@ if TYPE_CHECKING:
 PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
 
 
-def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
-    """Build the control-plane app for ``settings`` (opening the registry unless given)."""
+def create_app(settings: Settings, *, registry: Registry | None = None,
+               services: ControlPlaneServices | None = None) -> FastAPI:
+    """Build the control-plane app for ``settings`` on ``services`` (built here from the
+    settings, on ``registry`` when given, unless passed). The app's lifespan starts and stops
+    the services' background loops: alerts, and the job runner and trigger loop unless
+    ``pipelines.run_jobs`` is off."""
     from mlharbor.api.routes import audit as audit_routes
     from mlharbor.api.routes import deployments as deployment_routes
     from mlharbor.api.routes import endpoints as endpoint_routes
+    from mlharbor.api.routes import jobs as job_routes
     from mlharbor.api.routes import models as model_routes
     from mlharbor.api.routes import monitoring as monitoring_routes
     from mlharbor.api.routes import policies as policy_routes
-    from mlharbor.bootstrap import open_registry
+    from mlharbor.bootstrap import build_control_plane
     from mlharbor.registry.service import Registry as _Registry
     from mlharbor.ui import docs as ui_docs
     from mlharbor.ui import login as ui_login
@@ -47,9 +51,13 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         redirect_slashes=False,
         lifespan=_lifespan,
     )
+    services = services or build_control_plane(settings, registry=registry)
     app.state.settings = settings
-    app.state.registry = registry or open_registry(settings)
-    app.state.alert_loop = _alert_loop(app)
+    app.state.services = services
+    app.state.registry = services.registry
+    app.state.alert_loop = services.alert_loop
+    if services.alert_loop is not None:  # /api/v1/monitoring/alerts answers from it
+        app.state.alerts = services.alert_loop.alerts
     install_error_handlers(app, debug=settings.server.debug)
     app.include_router(model_routes.router)
     app.include_router(endpoint_routes.router)
@@ -57,6 +65,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(audit_routes.router)
     app.include_router(deployment_routes.router)
     app.include_router(policy_routes.router)
+    app.include_router(job_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
     app.include_router(ui_login.router)
@@ -83,58 +92,25 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         return {"status": "ready"}
 
     # Outermost last: transport guard (Host, body size) -> CORS -> request id -> auth -> app.
-    from mlharbor.bootstrap import open_identities
     from mlharbor.security.middleware import add_auth, add_transport
 
-    reg = app.state.registry
-    add_auth(app, identities=open_identities(reg), audit=reg.store.record, settings=settings)
+    add_auth(app, identities=services.identities, audit=services.registry.store.record,
+             settings=settings)
     app.add_middleware(RequestIdMiddleware)
     add_transport(app, settings)
     return app
-
-
-def _app_monitor(app: FastAPI) -> Any:
-    """``app.state.monitor``, built on first use as the monitoring routes do (one monitor, one
-    prediction-log journal slot, per app; a caller may set its own before startup)."""
-    monitor = getattr(app.state, "monitor", None)
-    if monitor is None:
-        from mlharbor.monitoring.service import Monitor
-
-        monitor = app.state.monitor = Monitor(app.state.settings, app.state.registry)
-    return monitor
-
-
-class _LazyMonitor:
-    """Stands for the app's monitor until it is needed (the alert loop's first tick)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self._app = app
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_app_monitor(self._app), name)
-
-
-def _alert_loop(app: FastAPI) -> AlertLoop | None:
-    """The alert loop when ``monitoring.alert_rules_file`` is set (rules are read and checked
-    now; the lifespan starts and stops it). ``/api/v1/monitoring/alerts`` answers from it."""
-    from mlharbor.monitoring.service import open_alerts
-
-    loop = open_alerts(app.state.settings, cast("Monitor", _LazyMonitor(app)))
-    if loop is not None:
-        app.state.alerts = loop.alerts
-    return loop
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     import anyio.to_thread
 
-    loop: AlertLoop | None = getattr(app.state, "alert_loop", None)
-    if loop is not None:
-        _app_monitor(app)  # open the monitor once, here, not racing the routes for it
-        loop.start()
+    services: ControlPlaneServices = app.state.services
+    mine = getattr(app.state, "monitor", None)
+    if mine is not None:  # a caller's own monitor, set on the app before startup
+        services.monitor = mine
+    services.start()
     try:
         yield
     finally:
-        if loop is not None:
-            await anyio.to_thread.run_sync(loop.stop)
+        await anyio.to_thread.run_sync(services.stop)

@@ -1,5 +1,6 @@
-"""``mlharbor jobs``: list, show, cancel, approve and reject durable jobs
-(:mod:`mlharbor.pipelines.jobs`).
+"""``mlharbor jobs``: list, show, logs, cancel, approve and reject durable jobs
+(:mod:`mlharbor.pipelines.jobs`). ``logs`` prints what ``GET /api/v1/jobs/{id}/logs`` answers
+(:func:`mlharbor.pipelines.jobview.read_job_log`).
 
 Reads and cancels go straight to the metadata store, so they work from any machine that shares
 the database with the runners. Bad input (an unknown id, a state that does not exist) is one
@@ -65,8 +66,8 @@ def _show(job: Job) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    jobs_app = typer.Typer(help="Durable jobs (retraining, rollout): list, show, cancel, "
-                           "approve, reject.",
+    jobs_app = typer.Typer(help="Durable jobs (retraining, rollout): list, show, logs, "
+                           "cancel, approve, reject.",
                            no_args_is_help=True)
 
     @jobs_app.command("list")
@@ -100,11 +101,32 @@ def register(app: typer.Typer) -> None:
             return
         _show(job)
 
+    @jobs_app.command("logs")
+    def logs_cmd(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id."),
+                 as_json: bool = JSON_OPTION) -> None:
+        """Each step's events in time order: started, noted, waiting, approved, finished,
+        and every change the job made (versions, aliases, endpoint weights)."""
+        from mlharbor.pipelines.jobview import job_outcome, read_job_log
+
+        store = _store(ctx)
+        job = store.get(job_id)
+        entries = read_job_log(store.meta, job)
+        if as_json:
+            print_json({"job": job.id, "state": job.state.value, "outcome": job_outcome(job),
+                        "events": [e.to_dict() for e in entries]})
+            return
+        for entry in entries:
+            typer.echo(entry.line())
+        typer.echo(f"job {job.id}: {job_outcome(job)}" + (f" ({job.error})" if job.error
+                                                           else ""))
+
     @jobs_app.command("cancel")
     def cancel_cmd(ctx: typer.Context, job_id: str = typer.Argument(..., help="Job id."),
+                   reason: str = typer.Option("", "--reason", help="Why (kept in the audit "
+                                              "trail)."),
                    as_json: bool = JSON_OPTION) -> None:
         """Cancel a job: a queued one now, a running one between its steps."""
-        job = _store(ctx).cancel(job_id, actor="local")
+        job = _store(ctx).cancel(job_id, actor="local", reason=reason)
         if as_json:
             print_json(job.to_dict())
             return

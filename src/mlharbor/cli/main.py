@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.config",
     "mlharbor.cli.models",
     "mlharbor.cli.server",
+    "mlharbor.cli.worker",
     "mlharbor.cli.demo",
     "mlharbor.cli.serve",
     "mlharbor.cli.endpoints",

@@ -143,14 +143,14 @@ class ControlPlane:
         import uvicorn
 
         from mlharbor.api.app import create_app
-        from mlharbor.monitoring.service import Monitor
 
         settings = self.settings
         port = settings.server.port + 1 if settings.server.port else 0
         try:
             app = self._app = create_app(settings)
-            # One monitor for the app and the demo's feedback (one journal slot, not two).
-            self.monitor = app.state.monitor = Monitor(settings, app.state.registry)
+            # One monitor for the app, its job runner and the demo's feedback: the control
+            # plane's (one journal slot, not two).
+            self.monitor = app.state.services.monitor
         except Exception as exc:  # the demo still serves without its control plane
             self.error = f"{type(exc).__name__}: {exc}"
             return self
@@ -196,11 +196,9 @@ class ControlPlane:
             self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self.monitor is not None:
-            self.monitor.log.close(timeout=5)
-            self.monitor = None
+        self.monitor = None
         if self._app is not None:
-            self._app.state.registry.close()
+            self._app.state.services.close()  # the monitor's log, then the registry
             self._app = None
 
 

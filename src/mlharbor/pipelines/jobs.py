@@ -425,8 +425,9 @@ class JobStore:
             ids = [row.id for row in conn.execute(query)]
             return [job for job in (_load(conn, i) for i in ids) if job is not None]
 
-    def cancel(self, job_id: str, *, actor: str) -> Job:
+    def cancel(self, job_id: str, *, actor: str, reason: str = "") -> Job:
         """Cancel a queued job now; mark a running one for its runner to stop between steps."""
+        _check_reason(reason)
         current = self.get(job_id)
         if not current.active:
             check_job_transition(current.state, JobState.CANCELLED, job_id=job_id)
@@ -445,7 +446,7 @@ class JobStore:
                     cancel_requested=True, updated_at=now))
             else:
                 check_job_transition(state, JobState.CANCELLED, job_id=job_id)
-            return None, {"state_before": state.value}
+            return None, {"state_before": state.value, **({"reason": reason} if reason else {})}
 
         self.meta.mutate("job.cancel", f"job:{job_id}", work, actor=actor)
         return self.get(job_id)
@@ -459,9 +460,7 @@ class JobStore:
         return self._decide(job_id, approved=False, actor=actor, reason=reason)
 
     def _decide(self, job_id: str, *, approved: bool, actor: str, reason: str) -> Job:
-        if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
-            raise InvalidInputError(f"The reason must be text of at most {MAX_REASON_CHARS} "
-                                    "characters.", field="reason")
+        _check_reason(reason)
         current = self.get(job_id)  # NotFoundError for an unknown id, before any write
         target = JobState.QUEUED if approved else JobState.FAILED
         if current.state is not JobState.WAITING:
@@ -619,6 +618,12 @@ class JobStore:
             return _load(conn, row.id) if row else None
 
 
+def _check_reason(reason: Any) -> None:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS:
+        raise InvalidInputError(f"The reason must be text of at most {MAX_REASON_CHARS} "
+                                "characters.", field="reason")
+
+
 def _hold(conn: Connection, fence: Fence, lease: timedelta | None) -> None:
     """Check the fence inside ``conn``'s transaction (and extend the lease); else LeaseLost."""
     now = utcnow()
@@ -694,41 +699,99 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+#: Builds the kind of one job from the job itself (its request names what it runs under).
+KindFactory = Callable[[Job], JobKind]
+#: Told what became of a job this runner ran: ``(job as stored, event)`` with event
+#: ``started`` (first claim), ``waiting``, ``succeeded``, ``failed`` or ``cancelled``.
+JobHook = Callable[[Job, str], Any]
+
+
 class JobRunner:
-    """Claims jobs of the kinds it knows and runs their steps, one job at a time."""
+    """Claims jobs of the kinds it knows and runs their steps, one job at a time.
+
+    ``kinds`` have fixed steps. ``kind_for`` maps a kind name to a :data:`KindFactory` for
+    kinds whose steps depend on the job (a retrain's rollout follows the policy revision named
+    in its request): the runner builds the kind from the job when it claims it, so a policy
+    changed mid-job does not change the job's steps. ``on_event`` hears each job this runner
+    started, parked or ended, exactly once (the runner holding the lease tells), for
+    notifications; a failing hook is logged and never stops the runner.
+    """
 
     def __init__(
         self, store: JobStore, kinds: Iterable[JobKind], *, owner: str | None = None,
         lease_seconds: float = 30.0, poll_seconds: float = 1.0, max_attempts: int = 3,
+        kind_for: Mapping[str, KindFactory] | None = None, on_event: JobHook | None = None,
     ) -> None:
         if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1:
             raise InvalidInputError("lease_seconds and poll_seconds must be positive and "
                                     "max_attempts at least 1.")
         self.store = store
         self.kinds = {kind.name: kind for kind in kinds}
+        self.kind_for = dict(kind_for or {})
+        clash = set(self.kinds) & set(self.kind_for)
+        if clash:
+            raise InvalidInputError(f"Job kinds {sorted(clash)} are given twice (as kinds and "
+                                    "as factories).")
+        self.on_event = on_event
         self.owner = owner or default_owner()
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.max_attempts = max_attempts
+        self._lost: threading.Event | None = None
+
+    def abandon(self) -> None:
+        """Give up the job now running (a server stopping): its step stops at its next
+        :meth:`StepContext.check` without writing anything more, as if the lease were lost,
+        and another runner resumes the job once the lease expires."""
+        lost = self._lost
+        if lost is not None:
+            lost.set()
+
+    @property
+    def kind_names(self) -> tuple[str, ...]:
+        """Every kind this runner claims jobs of."""
+        return tuple(sorted({*self.kinds, *self.kind_for}))
 
     def submit(self, kind: str, endpoint: str, request: Mapping[str, Any], *,
-               actor: str) -> tuple[Job, bool]:
-        """Queue a job of a known kind (or get the endpoint's active job, ``created=False``)."""
+               actor: str, plan: Iterable[str] | None = None) -> tuple[Job, bool]:
+        """Queue a job of a known kind (or get the endpoint's active job, ``created=False``).
+
+        A kind built per job (``kind_for``) needs its ``plan`` (the step names the factory
+        will build for this request); a fixed kind's plan is its own.
+        """
+        if kind in self.kind_for:
+            if plan is None:
+                raise InvalidInputError(f"Job kind {kind!r} is built per job; give its plan.")
+            return self.store.submit(kind, endpoint, request, plan, actor=actor)
         if kind not in self.kinds:
-            known = ", ".join(sorted(self.kinds)) or "none"
+            known = ", ".join(self.kind_names) or "none"
             raise InvalidInputError(f"Unknown job kind {kind!r}; this runner knows: {known}.")
         return self.store.submit(kind, endpoint, request, self.kinds[kind].plan, actor=actor)
 
     def run_once(self) -> Job | None:
         """Claim one job and run it until it ends or this runner loses it; None if idle."""
-        job = self.store.claim(self.owner, self.kinds, self.lease)
+        job = self.store.claim(self.owner, self.kind_names, self.lease)
         if job is None:
             return None
+        if job.attempt == 1:
+            self._tell(job, "started")
         try:
             self._execute(job, Fence(job.id, self.owner, job.attempt))
         except LeaseLost:
             log.warning("job %s: lease lost by %s; another runner has it", job.id, self.owner)
-        return self.store.get(job.id)
+            return self.store.get(job.id)
+        done = self.store.get(job.id)
+        if done.state is not JobState.RUNNING:
+            self._tell(done, done.state.value)
+        return done
+
+    def _tell(self, job: Job, event: str) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(job, event)
+        except Exception:  # a notification outage never stops the runner
+            log.exception("job %s: the %s hook failed", job.id, event)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Run jobs until ``stop`` is set (``mlharbor server`` or a worker calls this)."""
@@ -741,8 +804,24 @@ class JobRunner:
             if job is None:
                 stop.wait(self.poll_seconds)
 
+    def _kind(self, job: Job, fence: Fence) -> JobKind | None:
+        """The job's kind; a factory that cannot build it fails the job (None)."""
+        factory = self.kind_for.get(job.kind)
+        if factory is None:
+            return self.kinds[job.kind]
+        try:
+            return factory(job)
+        except Exception as exc:  # a kind that cannot be built can never run: end the job
+            message = exc.message if isinstance(exc, MlharborError) else str(exc)
+            log.warning("job %s: its %r steps cannot be built: %s", job.id, job.kind, message)
+            self.store.finish_job(fence, JobState.FAILED, error=(
+                f"The {job.kind!r} steps of this job cannot be built: {message}"))
+            return None
+
     def _execute(self, job: Job, fence: Fence) -> None:
-        kind = self.kinds[job.kind]
+        kind = self._kind(job, fence)
+        if kind is None:
+            return
         if job.plan != kind.plan:
             self.store.finish_job(fence, JobState.FAILED, error=(
                 f"The job was planned as {list(job.plan)} but this runner's {kind.name!r} "
@@ -756,6 +835,7 @@ class JobRunner:
                 "finished."))
             return
         lost, cancel = threading.Event(), threading.Event()
+        self._lost = lost
         beat = _Heartbeat(self.store, fence, self.lease, lost, cancel)
         beat.start()
         try:
@@ -773,6 +853,8 @@ class JobRunner:
         view = job.steps[job.plan.index(step.name)]
         if view.state is StepState.SUCCEEDED:
             return True
+        if lost.is_set():  # taken over, or abandoned: start nothing more
+            raise LeaseLost(f"Job {fence.job_id} is no longer run by {fence.owner}.")
         if job.cancel_requested or cancel.is_set():
             self.store.finish_job(fence, JobState.CANCELLED)
             return False

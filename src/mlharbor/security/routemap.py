@@ -161,6 +161,14 @@ RULES: tuple[RouteRule, ...] = (
     *[r for m in ("PUT", "DELETE") for r in _rules(m, "endpoint.write",
                                                     endpoint_param("endpoint"),
                                                     f"{_API}/policies/{{endpoint}}")],
+    # -- issue 13: jobs (mlharbor.api.routes.jobs). A job id names no endpoint in the path, so
+    # acting on a job needs a global grant: endpoint.write, as a job moves aliases and weights.
+    # Asking for a retrain is a write on the endpoint (a deployer of that endpoint may).
+    *_rules("GET", "read", None, f"{_API}/jobs", f"{_API}/jobs/{{job_id}}",
+            f"{_API}/jobs/{{job_id}}/logs"),
+    *_rules("POST", "endpoint.write", None, f"{_API}/jobs/{{job_id}}/cancel",
+            f"{_API}/jobs/{{job_id}}/approve", f"{_API}/jobs/{{job_id}}/reject"),
+    *_rules("POST", "endpoint.write", _ENDPOINT, f"{_API}/endpoints/{{name}}/retrain"),
 )
 
 

@@ -25,13 +25,18 @@ _API = "/api/v1/monitoring"
 
 
 def monitor_of(request: Request) -> Any:
-    """The app's monitor, built on first use from the app's settings and registry."""
+    """The app's monitor: one set on the app by its caller, else the control plane's (built
+    once, on first use, by :class:`mlharbor.bootstrap.control.ControlPlaneServices`)."""
     state = request.app.state
     monitor = getattr(state, "monitor", None)
     if monitor is None:
-        from mlharbor.monitoring.service import Monitor
+        services = getattr(state, "services", None)
+        if services is None:  # the router mounted on its own (no control plane): its own
+            from mlharbor.monitoring.service import Monitor
 
-        monitor = state.monitor = Monitor(state.settings, getattr(state, "registry", None))
+            monitor = state.monitor = Monitor(state.settings, getattr(state, "registry", None))
+        else:
+            monitor = state.monitor = services.monitor
     return monitor
 
 

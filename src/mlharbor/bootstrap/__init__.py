@@ -1,5 +1,13 @@
 """The composition root: builds long-lived services from settings at an entry point.
 
+One root, in a few modules: this one opens the registry and identities with every
+cross-cutting layer; :mod:`mlharbor.bootstrap.control` builds the control plane's services
+(:func:`build_control_plane`: registry, identities, monitor, alert loop, policies, job store,
+job runner with the real job kinds, trigger loop) for ``mlharbor server``, ``mlharbor worker``
+and the demo; :mod:`mlharbor.bootstrap.jobs` builds the job kinds and the job notifications;
+:mod:`mlharbor.bootstrap.serving` what a serving process serves (``mlharbor serve``).
+Nothing heavy is imported until one of them is called.
+
 The CLI, the control-plane API, the serving app and the dashboard all open the registry through
 :func:`open_registry`, so cross-cutting layers (envelope encryption of artifacts, the signature
 policy on aliases) are wired in one place, and the registry itself never imports security.
@@ -20,6 +28,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+from mlharbor.bootstrap.control import ControlPlaneServices, build_control_plane
+from mlharbor.bootstrap.serving import ServingProcess
 
 if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
@@ -90,3 +101,7 @@ def _safe_has_envelopes(check: Any, engine: Any) -> bool:
         return bool(check(engine))
     except SQLAlchemyError:  # an old schema (opened with migrate=False) has no envelopes
         return False
+
+
+__all__ = ["ControlPlaneServices", "ServingProcess", "build_control_plane", "open_identities",
+           "open_registry"]
