@@ -251,7 +251,8 @@ class AlertManager:
 
     def _event(self, rule: AlertRule, state: str, value: float | None, now: datetime,
                breaches: int) -> dict[str, Any]:
-        meaning, direction = KINDS[rule.kind]
+        meaning = KINDS[rule.kind][0]
+        condition = _condition(rule)
         worst = self._last.get(rule.name, (None, None, None))[1]
         subject = rule.endpoint if rule.endpoint != "*" else (
             f"{worst} (the worst endpoint)" if worst else "every endpoint")
@@ -262,7 +263,8 @@ class AlertManager:
             "value": value, "threshold": rule.threshold,
             "at": now.isoformat(), "breaches": f"{breaches} of last {rule.n}",
             "summary": (f"{rule.name} {state}: {meaning} of {subject} is {shown} "
-                        f"({direction} {rule.threshold:.4g} in {breaches} of the last "
+                        f"({condition['direction']} {condition['threshold_text']} in "
+                        f"{breaches} of the last "
                         f"{len(self._recent[rule.name])} evaluations)"),
             "description": rule.description,
         }

@@ -170,9 +170,13 @@
     const [alerts, rules] = await Promise.all([MLH.getJson("api/v1/monitoring/alerts?limit=200"),
       MLH.getJson("api/v1/monitoring/alerts/rules")]);
     fill("alerts-active", alerts.active.length ? table(
-      ["alert", "severity", "endpoint", "since", "value", "threshold", "breaches"],
-      alerts.active.map((a) => [a.alert, { className: "drift", value: a.severity }, a.endpoint,
-        when(a.at), MLH.number(a.value, 4), a.threshold, a.breaches]), { id: "alerts-active-table" })
+      ["alert", "severity", "endpoint", "since", "value", "condition", "breaches"],
+      alerts.active.map((a) => {
+        const rule = rules.rules.find((r) => r.name === a.alert);
+        return [a.alert, { className: "drift", value: a.severity }, a.endpoint, when(a.at),
+          MLH.number(a.value, 4), rule ? `${rule.direction} ${rule.threshold_text}` : a.threshold,
+          a.breaches];
+      }), { id: "alerts-active-table" })
       : empty(rules.rules.length ? `Nothing is firing: ${rules.rules.length} rules are watching.`
         : "Nothing is firing, and no rule is watching."));
     MLH.$("alert-rules-note").textContent = rules.note;
