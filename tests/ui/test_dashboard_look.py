@@ -250,3 +250,19 @@ def test_the_login_page_is_styled_under_its_strict_csp(harbor: Harbor) -> None:
         assert "gradient" in look["body"]
         assert look["button"] == "rgb(31, 111, 235)"
         assert look["card"] == "rgb(255, 255, 255)" and 300 <= look["width"] <= 460
+
+
+def test_the_new_routes_need_credentials_and_answer_a_viewer(harbor: Harbor) -> None:
+    viewer = {"Authorization": f"Bearer {harbor.keys['viewer']}"}
+    for path in ("/api/v1/monitoring/alerts/rules",
+                 "/api/v1/monitoring/endpoints/churn/resources", "/ui/login.css"):
+        anonymous = httpx.get(f"{harbor.url}{path}")
+        assert anonymous.status_code == (200 if path == "/ui/login.css" else 401), path
+        assert httpx.get(f"{harbor.url}{path}", headers=viewer).status_code == 200, path
+    details = httpx.get(f"{harbor.url}/api/v1/monitoring/endpoints",
+                        params={"details": "true"}, headers=viewer).json()["details"]
+    churn = next(d for d in details if d["name"] == "churn")
+    assert churn["stored"] and churn["requests"] >= REQUESTS and churn["has_reference"]
+    assert (churn["model"], churn["version"]) == ("churn", 2)
+    bad = httpx.get(f"{harbor.url}/api/v1/monitoring/endpoints/..%2Fx/resources", headers=viewer)
+    assert bad.status_code in (404, 422)
