@@ -140,7 +140,8 @@ def job_log(job: Job, audit: Iterable[AuditEvent]) -> list[LogEntry]:
         if event.resource != own and event.actor != own:
             continue
         at = event.at
-        step = _step_at(job, at)
+        named = (event.details or {}).get("step")  # waiting / approve / reject say which
+        step = named if isinstance(named, str) and named in job.plan else _step_at(job, at)
         if event.resource == own:
             name = event.action.removeprefix("job.")
             if name == "submit":
