@@ -44,7 +44,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import MlharborError
-from mlharbor.core.loop import RetrainTrigger
+from mlharbor.core.loop import EstimatedPerformance, RetrainTrigger
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -339,10 +339,6 @@ def estimated_check(spec: EstimatedTrigger, monitor: Monitor, endpoint: str, now
     trigger end to end on the log: a shift that lowers the model's confidence fires, an A/A
     window does not.
     """
-    import numpy as np
-
-    from mlharbor.monitoring.estimation import fit_estimator
-
     window = spec.window_delta
     start, end = now - window, now
     current = monitor.feedback.scored_rows(endpoint, start=start, end=end, labelled=False)
@@ -360,41 +356,72 @@ def estimated_check(spec: EstimatedTrigger, monitor: Monitor, endpoint: str, now
                             f"{spec.window}; at least {spec.min_rows} are needed",
                             inactive=True)
     reference = monitor.feedback.scored_rows(endpoint, start=None, end=start, labelled=True)
-    reference = reference[reference["score"].notna()]
-    if version is not None:
-        reference = reference[reference["version"] == version]
-    if reference.empty:
+    found = production_estimate(monitor, endpoint, current, reference, version=version,
+                                metric=spec.metric)
+    if isinstance(found, str):
         return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, False,
-                            f"estimated {spec.metric}: no labelled production rows of version "
-                            f"{version} before the window to check calibration on",
-                            inactive=True)
-    classes = _classes(monitor, endpoint, reference, current)
-    if len(classes) != 2:
-        return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, False,
-                            f"estimated {spec.metric}: only two-class models are estimated "
-                            f"(this one has {len(classes)} classes)", inactive=True)
-    try:
-        estimator = fit_estimator(_texts(reference["label"]),
-                                  reference["score"].to_numpy(dtype=np.float64),
-                                  classes=classes, pos_label=classes[-1],
-                                  predictions=_texts(reference["prediction"]))
-        estimate = estimator.estimate(current["score"].to_numpy(dtype=np.float64), spec.metric,
-                                      predictions=_texts(current["prediction"]))
-    except MlharborError as exc:
-        return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, False,
-                            f"estimated {spec.metric} refused: {exc.message}", inactive=True)
+                            f"estimated {spec.metric}: {found}", inactive=True)
+    estimate = found.estimate
     evidence = EstimatedEvidence(
         metric=spec.metric, value=estimate.value, lower=estimate.lower, upper=estimate.upper,
         below=spec.below, rows=estimate.n, min_rows=spec.min_rows, version=version,
-        reference_rows=estimator.check.reference_rows,
-        calibration_error=estimator.check.error, calibrator=estimator.check.calibrator,
-        start=start, end=end)
+        reference_rows=found.reference_rows, calibration_error=found.calibration_error,
+        calibrator=found.calibrator, start=start, end=end)
     fired = estimate.upper < spec.below
     reason = (f"estimated {spec.metric} {estimate.value:.4f} "
               f"[{estimate.lower:.4f}, {estimate.upper:.4f}] over {estimate.n} unlabelled rows: "
               f"{'the whole interval is' if fired else 'the interval is not all'} below "
               f"{spec.below:g} (last {spec.window})")
     return TriggerCheck(RetrainTrigger.ESTIMATED_FLOOR, fired, reason, evidence)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProductionEstimate:
+    """A CBPE estimate of one version's rows and the labelled reference it was fitted on."""
+
+    estimate: EstimatedPerformance
+    reference_rows: int
+    calibration_error: float
+    calibrator: str
+
+
+def production_estimate(monitor: Monitor, endpoint: str, current: pd.DataFrame,
+                        reference: pd.DataFrame, *, version: int | None, metric: str
+                        ) -> ProductionEstimate | str:
+    """CBPE of ``metric`` on ``current`` (scored rows, :meth:`Feedback.scored_rows`), fitted
+    on ``reference`` (labelled scored rows logged before them), both narrowed to ``version``
+    and to rows with a probability; or the reason it cannot be estimated: no labelled
+    reference rows, not two classes, or the estimator refused (too few rows, calibration).
+
+    The one fitting of the estimator on production rows: the estimated trigger and the
+    ``/estimated`` monitoring route both call it.
+    """
+    import numpy as np
+
+    from mlharbor.monitoring.estimation import fit_estimator
+
+    current = current[current["score"].notna()]
+    reference = reference[reference["score"].notna()]
+    if version is not None:
+        current = current[current["version"] == version]
+        reference = reference[reference["version"] == version]
+    if reference.empty:
+        return (f"no labelled production rows of version {version} before the window to "
+                "check calibration on")
+    classes = _classes(monitor, endpoint, reference, current)
+    if len(classes) != 2:
+        return f"only two-class models are estimated (this one has {len(classes)} classes)"
+    try:
+        estimator = fit_estimator(_texts(reference["label"]),
+                                  reference["score"].to_numpy(dtype=np.float64),
+                                  classes=classes, pos_label=classes[-1],
+                                  predictions=_texts(reference["prediction"]))
+        estimate = estimator.estimate(current["score"].to_numpy(dtype=np.float64), metric,
+                                      predictions=_texts(current["prediction"]))
+    except MlharborError as exc:
+        return f"the estimate was refused: {exc.message}"
+    return ProductionEstimate(estimate, estimator.check.reference_rows, estimator.check.error,
+                              estimator.check.calibrator)
 
 
 def schedule_check(expression: str, jobs: JobStore, registry: Registry | None, endpoint: str,
