@@ -134,6 +134,8 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/feedback"),
     *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/drift",
             f"{_API}/monitoring/endpoints/{{name}}/performance"),
+    # -- issue 13: accuracy estimated without labels (CBPE) per window, beside the realised.
+    *_rules("GET", "read", _ENDPOINT, f"{_API}/monitoring/endpoints/{{name}}/estimated"),
     *_rules("GET", "read", None, f"{_API}/monitoring/alerts", f"{_API}/monitoring/endpoints",
             "/ui", "/ui/static/{name}"),
     # The dashboard's login form: public (it is how a browser gets a credential). POST

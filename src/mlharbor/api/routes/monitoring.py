@@ -1,4 +1,5 @@
-"""Monitoring routes: feedback (ground truth), drift, live performance, traffic and alerts.
+"""Monitoring routes: feedback (ground truth), drift, live performance (realised, and estimated
+without labels), traffic and alerts.
 
 ``POST /v1/endpoints/{name}/feedback`` sits next to the prediction route a client already
 calls; the read routes are under ``/api/v1/monitoring``. Their authorisation rules are in the one
@@ -101,6 +102,101 @@ def get_performance(request: Request, name: str, window: DurationQuery = "7d",
         rows = monitor_of(request).performance(name, start=start, end=end,
                                                window=min(parse_duration(step), span))
     return {"endpoint": name, "windows": rows}
+
+
+#: How the estimate was validated and when there is none: the dashboard shows it beside the
+#: estimate, and the route answers it, so the two never disagree.
+ESTIMATE_VALIDATION = (
+    "Confidence-based performance estimation (CBPE, as NannyML's): the expected accuracy from "
+    "the served probabilities, calibrated on this version's labelled production rows logged "
+    "before the window. Validated under a covariate shift (tests/monitoring/"
+    "test_estimation.py, +1.5 on a feature): over 200 windows of 1,000 rows the mean "
+    "|estimate - realised| was 0.0096 (the reference's own accuracy was off by 0.093) and the "
+    "95% interval held the realised accuracy in 100% of them. It assumes no concept drift: "
+    "only labels show that.")
+ESTIMATE_UNAVAILABLE = (
+    "No estimate when the version has no labelled production rows before the window, when "
+    "calibration is refused (fewer than 200 labelled rows, or probabilities off by more than "
+    "the bound even after an isotonic fit), when the model has more than two classes (the log "
+    "keeps only the top class's probability), or when it logs no probabilities.")
+
+
+@router.get(f"{_API}/endpoints/{{name}}/estimated")
+def get_estimated(request: Request, name: str, window: DurationQuery = "7d",
+                  step: DurationQuery = "1d",
+                  metric: str = Query("accuracy", max_length=20, description="accuracy, "
+                                      "precision, recall or f1 (two-class models).")
+                  ) -> dict[str, Any]:
+    """Per ``step`` window of the last ``window`` and version: the CBPE estimate of
+    ``metric`` (value and interval) on the window's predictions, fitted on the version's
+    labelled production rows logged before the window, next to the realised value from
+    feedback (what the performance route reports), or why there is no estimate."""
+    from mlharbor.core.names import validate_name
+    from mlharbor.monitoring.estimation import BINARY_METRICS
+    from mlharbor.monitoring.windows import check_time_windows, parse_duration
+
+    if metric not in BINARY_METRICS:
+        invalid_query("metric", f"Unknown metric {metric!r}; expected one of: "
+                      f"{', '.join(BINARY_METRICS)}.", metric)
+    validate_name(name, kind="endpoint name")  # it names a folder of the log
+    end = utcnow()
+    span = parse_duration(window)
+    size = min(parse_duration(step), span)
+    monitor = monitor_of(request)
+    with window_limit():
+        check_time_windows(span, size, monitor.max_windows)
+        realised = monitor.performance(name, start=end - span, end=end, window=size)
+    rows = estimated_windows(monitor, name, start=end - span, end=end, step=size,
+                             metric=metric)
+    by_window = {(r["start"], r["version"]): r for r in realised}
+    for row in rows:
+        live = by_window.get((row["start"], row["version"]))
+        row["realised"] = None if live is None else live["metrics"].get(metric)
+        row["labelled_rows"] = 0 if live is None else live["labelled_rows"]
+    return {"endpoint": name, "metric": metric, "start": (end - span).isoformat(),
+            "end": end.isoformat(), "windows": rows, "validation": ESTIMATE_VALIDATION,
+            "unavailable_when": ESTIMATE_UNAVAILABLE}
+
+
+def estimated_windows(monitor: Any, name: str, *, start: Any, end: Any, step: Any,
+                      metric: str) -> list[dict[str, Any]]:
+    """One row per (window, version) with logged predictions: the CBPE estimate
+    (:func:`mlharbor.pipelines.triggers.production_estimate`) or why there is none. Windows
+    lie on the performance route's grid (``step`` from ``start``), so rows pair up."""
+    from mlharbor.core.clock import epoch_micros
+    from mlharbor.core.records import to_dict
+    from mlharbor.monitoring.windows import MICROSECOND, moment_of
+    from mlharbor.pipelines.triggers import production_estimate
+
+    current = monitor.feedback.scored_rows(name, start=start, end=end, labelled=False)
+    if current.empty:
+        return []
+    labelled = monitor.feedback.scored_rows(name, start=None, end=end, labelled=True)
+    size, origin = step // MICROSECOND, epoch_micros(start)
+    current = current.assign(window=(current["at"] - origin) // size,
+                             version=current["version"].astype("Int64"))
+    out = []
+    for (index, version), part in current.groupby(["window", "version"], dropna=False):
+        lo = moment_of(origin + int(index) * size).astimezone(start.tzinfo)
+        number = None if version is None or version != version else int(version)
+        row: dict[str, Any] = {"start": lo.isoformat(), "end": (lo + step).isoformat(),
+                               "version": number, "rows": len(part), "estimate": None,
+                               "reference_rows": 0, "unavailable": None}
+        if part["score"].isna().all():
+            row["unavailable"] = ("no probabilities were logged (a regressor, or a "
+                                  "classifier without predict_proba)")
+        else:
+            before = labelled[labelled["at"] < origin + int(index) * size]
+            found = production_estimate(monitor, name, part, before, version=number,
+                                        metric=metric)
+            if isinstance(found, str):
+                row["unavailable"] = found
+            else:
+                row.update(estimate=to_dict(found.estimate),
+                           reference_rows=found.reference_rows)
+        out.append(row)
+    out.sort(key=lambda r: (r["start"], r["version"] or 0))
+    return out
 
 
 @router.get(f"{_API}/endpoints/{{name}}/traffic")
