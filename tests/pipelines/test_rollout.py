@@ -159,7 +159,7 @@ def challenger_weights(spec_body: dict[str, Any] | None, challenger: int) -> flo
     assert spec_body is not None
     total = sum(r["weight"] for r in spec_body["routes"])
     mine = sum(r["weight"] for r in spec_body["routes"] if r["ref"] == f"churn:{challenger}")
-    return 100.0 * mine / total
+    return float(100.0 * mine / total)
 
 
 def test_a_good_challenger_is_canaried_and_promoted(registry: Registry,

@@ -7,6 +7,7 @@ validate step (or run alone, as the tests do)::
     shadow        (optional) the challenger is the endpoint's shadow; agreement and latency
     approval      (optional) the job waits (``waiting``, no thread held) for `jobs approve`
     canary-5 ...  one step per canary percent: move the weights, hold, judge the guards
+    ab-look-1 ... (``mode: ab``, instead of the canary) the looks of an A/B experiment
     promote       the champion alias moves to the challenger, all traffic to the alias
 
 Each step returns a :class:`~mlharbor.core.loop.RolloutDecision` (``decision`` in the step's
@@ -35,7 +36,7 @@ vs champion, with ``L`` = number of canary steps:
 - *p99 latency*: roll back when the challenger's requests slower than ``p99_ratio`` x the
   champion's p99 are too many for a p99 (one-sided binomial test of share <= 1 % at
   ``alpha / L``);
-- *accuracy* (``live``: predictions joined with feedback labels, cumulative over the canary):
+- *accuracy*, ``live`` (predictions joined with feedback labels, cumulative over the canary):
   the group-sequential test of :mod:`mlharbor.pipelines.abtest` (O'Brien-Fleming spending,
   planned before the first step with the champion's validation accuracy as baseline and
   ``accuracy_drop`` as the effect to detect), one look per step, so looking at every step does
@@ -44,7 +45,11 @@ vs champion, with ``L`` = number of canary steps:
 
 A step whose hold does not see enough traffic within :data:`MAX_HOLD_FACTOR` times its duration
 rolls back (it cannot be judged). After the last step (100 %) the challenger is promoted.
-``accuracy_source: estimated`` and ``mode: ab`` are not built yet and are refused up front.
+- *accuracy*, ``estimated`` (CBPE, for labels that come too late): roll back when the
+  challenger's estimated upper bound is below the champion's lower bound minus
+  ``accuracy_drop``, intervals at ``1 - alpha / L``; stated in full, with where the estimators
+  are fitted, in :mod:`mlharbor.pipelines.abrollout`, which also holds ``mode: ab`` (a fixed
+  split, a plan stated up front, one step per planned look; its rule is stated there too).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from mlharbor.core.loop import (
     ABDesign,
     ABPlan,
     ABVerdict,
+    EstimatedPerformance,
     RolloutDecision,
     RolloutPhase,
     RolloutVerdict,
@@ -152,12 +158,23 @@ class LogSignals:
     A request answered by a fallback was routed to the *other* variant (during the canary the
     champion is the challenger's fallback and a model is never its own), so it counts as a
     request and an error of that variant; its latency and prediction are the fallback's and
-    are left out of both variants' latency and accuracy.
+    are left out of both variants' latency and accuracy. It is also the estimated-accuracy
+    guard's :class:`~mlharbor.pipelines.abrollout.EstimateSignals` (estimators fitted once per
+    version and reference end, then kept).
     """
 
     def __init__(self, log: PredictionLog, feedback: Feedback | None = None) -> None:
         self.log = log
         self.feedback = feedback
+        self._estimators: dict[tuple[str, int, str], Any] = {}
+
+    def estimates(self, endpoint: str, start: datetime, end: datetime,
+                  versions: tuple[int, int], *, reference_end: datetime,
+                  confidence: float) -> dict[int, EstimatedPerformance | None]:
+        from mlharbor.pipelines.abrollout import log_estimates
+
+        return log_estimates(self, self._estimators, endpoint, start, end, versions,
+                             reference_end=reference_end, confidence=confidence)
 
     def variants(self, endpoint: str, start: datetime, end: datetime,
                  versions: tuple[int, int]) -> dict[int, VariantStats]:
@@ -296,15 +313,22 @@ class Rollout:
                  endpoints: EndpointService | None = None,
                  target: TargetResolver = target_from_request,
                  poll_seconds: float = POLL_SECONDS) -> None:
+        from mlharbor.pipelines.abrollout import EstimateSignals
         from mlharbor.registry.endpoints import EndpointService
 
-        if spec.mode != "canary":
-            raise InvalidInputError("Rollout mode 'ab' is not built yet; use mode: canary.",
-                                    field="rollout.mode")
-        if spec.guards.accuracy_source == "estimated":
-            raise InvalidInputError(
-                "accuracy_source 'estimated' (CBPE) is not built into the rollout guards yet; "
-                "use 'live' (feedback labels) or 'none'.", field="rollout.guards.accuracy_source")
+        if spec.mode == "canary" and spec.guards.accuracy_source == "estimated":
+            if spec.shadow is None:
+                raise InvalidInputError(
+                    "accuracy_source 'estimated' needs a shadow phase: the challenger's "
+                    "accuracy estimator is fitted on its labelled answers as the shadow, and "
+                    "a new version has no other production rows before the canary. Add "
+                    "rollout.shadow, or use accuracy_source 'live'.",
+                    field="rollout.guards.accuracy_source")
+            if signals is not None and not isinstance(signals, EstimateSignals):
+                raise InvalidInputError(
+                    "accuracy_source 'estimated' needs signals that estimate accuracy "
+                    "without labels (LogSignals does); these cannot.",
+                    field="rollout.guards.accuracy_source")
         self.spec = spec
         self.registry = registry
         self.signals = signals
@@ -320,6 +344,14 @@ class Rollout:
             out.append(Step("shadow", self.shadow_step))
         if self.spec.approval:
             out.append(Step("approval", self.approval_step))
+        if self.spec.mode == "ab":
+            from mlharbor.pipelines.abrollout import look_names
+
+            assert self.spec.ab is not None
+            for k, name in enumerate(look_names(self.spec.ab), start=1):
+                out.append(Step(name, self._ab_look(k)))
+            out.append(Step("promote", self.promote_step))
+            return out
         percents = self.spec.canary.steps
         for index, percent in enumerate(percents):
             out.append(Step(f"canary-{percent}", self._canary(index, percent)))
@@ -389,6 +421,13 @@ class Rollout:
             return self.canary_step(ctx, index, percent)
         return run
 
+    def _ab_look(self, k: int) -> Callable[[StepContext], dict[str, Any]]:
+        from mlharbor.pipelines.abrollout import look_step
+
+        def run(ctx: StepContext) -> dict[str, Any]:
+            return look_step(self, ctx, k)
+        return run
+
     def canary_step(self, ctx: StepContext, index: int, percent: int) -> dict[str, Any]:
         """Move to ``percent`` % challenger, hold, judge the guards: advance or roll back."""
         state = self._state(ctx)
@@ -400,6 +439,12 @@ class Rollout:
         canary_start = state.canary_start or started
         state = dataclasses.replace(state, canary_start=canary_start)
         ctx.note(started=started.isoformat())
+        if index == 0 and self.spec.guards.accuracy_source == "estimated":
+            from mlharbor.pipelines.abrollout import check_estimable
+
+            check_estimable(self.signals, ctx.job.endpoint,
+                            (target.champion, target.challenger), canary_start,
+                            self.spec.guards, total)
         revision = self._move(ctx, state, self._canary_spec(state, percent),
                               f"rollout {job_id}: canary step {index + 1}/{total}, "
                               f"{percent}% to {target.ref(target.challenger)}")
@@ -422,18 +467,32 @@ class Rollout:
             self._sleep(ctx)
         all_stats = self.signals.variants(ctx.job.endpoint, canary_start, now, versions)
         verdict, reason, metrics, look = self._judge(state, step_stats, all_stats, index)
+        estimated = None
+        if self.spec.guards.accuracy_source == "estimated":
+            from mlharbor.pipelines.abrollout import estimated_guard
+
+            assert state.canary_start is not None
+            fired, more, estimated, note = estimated_guard(
+                self.signals, ctx.job.endpoint, target, (started, now), state.canary_start,
+                self.spec.guards, total)
+            metrics.update(more)
+            if fired:
+                reason = f"{reason}; {fired}" if verdict is RolloutVerdict.ROLLBACK else fired
+                verdict = RolloutVerdict.ROLLBACK
+            else:
+                reason += note
         if look is not None:
             state = dataclasses.replace(state, looks=(*state.looks, look))
         if verdict is RolloutVerdict.ROLLBACK:
             return self._roll_back(ctx, state, index + 1,
                                    f"canary step {index + 1}/{total} ({percent}%): {reason}",
-                                   metrics, look)
+                                   metrics, look, estimated=estimated)
         weights = {target.ref(target.champion): 100 - percent,
                    target.ref(target.challenger): percent}
         decision = self._decision(
             ctx, index + 1, RolloutPhase.CANARY, RolloutVerdict.ADVANCE,
             f"canary step {index + 1}/{total} ({percent}%): {reason}",
-            {k: v for k, v in weights.items() if v}, metrics, look)
+            {k: v for k, v in weights.items() if v}, metrics, look, estimated)
         return self._result(state, decision)
 
     def promote_step(self, ctx: StepContext) -> dict[str, Any]:
@@ -442,6 +501,16 @@ class Rollout:
         target, job_id = state.target, ctx.job.id
         reason = (f"rollout {job_id}: {target.ref(target.challenger)} promoted after "
                   f"{len(self.spec.canary.steps)} canary steps")
+        step, phase = len(self.spec.canary.steps) + 1, RolloutPhase.CANARY
+        if self.spec.mode == "ab":
+            from mlharbor.pipelines.abrollout import concluded_better, look_count
+
+            assert self.spec.ab is not None
+            won = concluded_better(state.looks)
+            step, phase = look_count(self.spec.ab) + 1, RolloutPhase.AB
+            reason = (f"rollout {job_id}: {target.ref(target.challenger)} promoted: the A/B "
+                      f"experiment found it better at look {won.look} (effect "
+                      f"{won.effect:+.4f}, interval [{won.ci_low:+.4f}, {won.ci_high:+.4f}])")
         current = self.registry.get_version(target.alias_ref).version
         if current != target.challenger:
             if current != target.champion:
@@ -454,8 +523,7 @@ class Rollout:
         revision = self._move(ctx, state, final, reason)
         state = dataclasses.replace(state, revision=revision)
         self._tag(target, job_id, "promoted", reason)
-        decision = self._decision(ctx, len(self.spec.canary.steps) + 1, RolloutPhase.CANARY,
-                                  RolloutVerdict.PROMOTE, reason,
+        decision = self._decision(ctx, step, phase, RolloutVerdict.PROMOTE, reason,
                                   {target.ref(target.challenger): 100}, {})
         return self._result(state, decision)
 
@@ -465,7 +533,7 @@ class Rollout:
         from mlharbor.pipelines.abtest import plan_experiment
 
         guards = self.spec.guards
-        if guards.accuracy_source == "none":
+        if guards.accuracy_source != "live":
             return None
         metrics = self.registry.get_version(target.ref(target.champion)).metrics
         baseline = float(metrics.get("accuracy", 0.8))
@@ -552,7 +620,9 @@ class Rollout:
     # -- effects ----------------------------------------------------------------------------
 
     def _roll_back(self, ctx: StepContext, state: _State, step: int, reason: str,
-                   metrics: dict[str, float], look: ABDecision | None = None) -> dict[str, Any]:
+                   metrics: dict[str, float], look: ABDecision | None = None, *,
+                   phase: RolloutPhase = RolloutPhase.CANARY,
+                   estimated: EstimatedPerformance | None = None) -> dict[str, Any]:
         """Weights back to the endpoint as it was, the challenger tagged rejected, job failed."""
         ctx.note(rolling_back=reason)
         target = state.target
@@ -560,8 +630,8 @@ class Rollout:
                               f"({reason})")
         state = dataclasses.replace(state, revision=revision)
         self._reject(target, ctx.job.id, reason)
-        decision = self._decision(ctx, step, RolloutPhase.CANARY, RolloutVerdict.ROLLBACK,
-                                  reason, {target.ref(target.champion): 100}, metrics, look)
+        decision = self._decision(ctx, step, phase, RolloutVerdict.ROLLBACK, reason,
+                                  {target.ref(target.champion): 100}, metrics, look, estimated)
         raise StepFailed(f"Rolled back: {reason}.", result=self._result(state, decision))
 
     def _move(self, ctx: StepContext, state: _State, wanted: Mapping[str, Any],
@@ -642,10 +712,11 @@ class Rollout:
 
     def _decision(self, ctx: StepContext, step: int, phase: RolloutPhase,
                   verdict: RolloutVerdict, reason: str, weights: dict[str, int],
-                  metrics: dict[str, float], test: ABDecision | None = None) -> RolloutDecision:
+                  metrics: dict[str, float], test: ABDecision | None = None,
+                  estimated: EstimatedPerformance | None = None) -> RolloutDecision:
         return RolloutDecision(job_id=ctx.job.id, step=step, phase=phase, verdict=verdict,
                                reason=reason, weights=weights, guard_metrics=metrics,
-                               at=utcnow(), test=test)
+                               at=utcnow(), test=test, estimated=estimated)
 
     def _sleep(self, ctx: StepContext) -> None:
         ctx.check()
@@ -716,5 +787,6 @@ def rollout_decisions(results: Sequence[Any]) -> list[RolloutDecision]:
                 "verdict": RolloutVerdict(body["verdict"]),
                 "at": datetime.fromisoformat(body["at"]),
                 "test": _ab_decision(body["test"]) if body.get("test") else None,
-                "estimated": None}))
+                "estimated": EstimatedPerformance(**body["estimated"])
+                if body.get("estimated") else None}))
     return out
