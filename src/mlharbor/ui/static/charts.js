@@ -28,7 +28,7 @@ MLH.tick = (v, unit) => {
   return text + (unit || "");
 };
 
-// A time series chart: xs in unix seconds, series = [{label, values, stroke?}].
+// A time series chart: xs in unix seconds, series = [{label, values, stroke?, dash?}].
 // options: {range: [ymin, ymax], xRange: [from, to] (unix s; charts of one page share it),
 //           unit: suffix of the y ticks ("%" turns shares into percent), height}.
 MLH.timeChart = (id, xs, series, options) => {
@@ -53,7 +53,7 @@ MLH.timeChart = (id, xs, series, options) => {
   const config = {
     width: chartWidth(box, 560), height: opts.height || 220,
     series: [{}, ...series.map((s, i) => ({
-      label: s.label, stroke: s.stroke || COLORS[i % COLORS.length], width: 2,
+      label: s.label, stroke: s.stroke || COLORS[i % COLORS.length], width: 2, dash: s.dash,
       points: { show: true, size: 5 }, spanGaps: false,
       value: (u, v) => (v === null || v === undefined ? "—"
         : percent ? (100 * v).toFixed(1) + "%" : Number(v).toPrecision(4) + (opts.unit || "")),

@@ -1,5 +1,5 @@
 // The dashboard's router: #/page/part/part?query -> one section shown, its page's show() run.
-// Pages (models.js, endpoints.js, monitoring.js, ledger.js) register themselves in MLH.pages.
+// Pages (models.js, endpoints.js, monitoring.js, ledger.js, jobs.js) register themselves in MLH.pages.
 "use strict";
 
 (() => {
@@ -43,17 +43,20 @@
     }
   };
 
+  // Who the caller is, asked once; pages that offer actions (jobs) await MLH.whoamiReady.
   async function whoami() {
     try {
       const me = await MLH.getJson("ui/whoami");
       MLH.$("whoami").textContent = me.name ? `${me.name} (${me.grants.join(", ")})` : "";
       MLH.$("nav-audit").hidden = !me.actions.includes("audit.read");
+      return me;
     } catch (err) {
       MLH.status("Error: " + err.message);
+      return { name: null, kind: null, grants: [], actions: [] };
     }
   }
 
   window.addEventListener("hashchange", MLH.render);
-  whoami();
+  MLH.whoamiReady = whoami();
   MLH.render();
 })();

@@ -1,4 +1,5 @@
-// Drift (per feature, reference vs current distribution), live accuracy over time, alerts.
+// Drift (per feature, reference vs current distribution), live accuracy over time beside the
+// accuracy estimated without labels (CBPE), alerts.
 "use strict";
 
 (() => {
@@ -67,21 +68,58 @@
     }
   }
 
-  function drawPerformance(rows, win) {
+  // The CBPE estimate of each (window, version) paired with the live row of the same version
+  // whose window starts within half a step (the two answers were computed moments apart);
+  // a window with predictions but no labels yet gets a row of its own: that is what the
+  // estimate is for.
+  function pairEstimates(rows, estimated, stepSeconds) {
+    const out = rows.map((r) => ({ ...r, estimated: null }));
+    for (const e of estimated) {
+      const near = out.find((r) => r.version === e.version && !r.estimated &&
+        Math.abs(Date.parse(r.start) - Date.parse(e.start)) < stepSeconds * 500);
+      if (near) near.estimated = e;
+      else {
+        out.push({ start: e.start, end: e.end, version: e.version, labelled_rows: 0, metrics: {},
+          degraded: [], estimated: e });
+      }
+    }
+    return out.sort((a, b) => Date.parse(a.start) - Date.parse(b.start) || (a.version || 0) - (b.version || 0));
+  }
+
+  function estimateCell(e) {
+    if (!e) return { value: "no predictions logged", className: "muted" };
+    if (!e.estimate) return { value: `none: ${e.unavailable}`, className: "muted clip", title: e.unavailable };
+    const est = e.estimate;
+    const realised = e.realised === null || e.realised === undefined ? ""
+      : `; realised ${e.realised.toFixed(3)}` + (est.lower <= e.realised && e.realised <= est.upper ? " (inside)" : " (outside)");
+    return { value: `${est.value.toFixed(3)} [${est.lower.toFixed(3)}, ${est.upper.toFixed(3)}] over ${est.n} rows${realised}`,
+      className: "nowrap estimate", title: `fitted on ${e.reference_rows} labelled rows logged before the window; ` +
+        `calibrator ${est.calibrator}, calibration error ${est.calibration_error.toFixed(4)}, ` +
+        `standard error ${est.standard_error.toFixed(4)}, ${Math.round(100 * est.confidence)}% interval` };
+  }
+
+  function drawPerformance(live, estimated, win) {
+    const stepSeconds = SECONDS[STEPS[win] || "1h"];
+    const rows = pairEstimates(live, estimated ? estimated.windows : [], stepSeconds);
     const body = MLH.$("performance").querySelector("tbody");
     body.replaceChildren();
     for (const r of rows) {
-      const row = h("tr", {});
+      const row = h("tr", { dataset: { version: MLH.text(r.version) } });
       cell(row, `${when(r.start)} to ${when(r.end)}`);
       cell(row, r.version);
       cell(row, r.labelled_rows);
       cell(row, Object.entries(r.metrics).filter(([, v]) => v !== null)
         .map(([k, v]) => `${k}=${v.toFixed(3)}`).join(", "));
+      const e = estimateCell(r.estimated);
+      row.appendChild(h("td", { className: e.className, title: e.title }, e.value));
       cell(row, (r.degraded || []).join(", "), (r.degraded || []).length ? "drift" : "");
       body.appendChild(row);
     }
+    MLH.$("estimate-note").textContent = estimated
+      ? `Estimated accuracy: ${estimated.validation} ${estimated.unavailable_when}`
+      : "";
     // One line per version for the headline metrics (the table has them all): versions
-    // sharing a window are compared, not joined into one zigzag.
+    // sharing a window are compared, not joined into one zigzag; and the estimate per version.
     const all = [...new Set(rows.flatMap((r) => Object.keys(r.metrics)))].sort();
     const headline = ["accuracy", "f1", "rmse", "mae", "r2"].filter((n) => all.includes(n)).slice(0, 2);
     const names = headline.length ? headline : all.slice(0, 2);
@@ -89,14 +127,24 @@
     const now = Date.now() / 1000;
     const at = (r) => Math.min(Date.parse(r.end) / 1000, now);
     const xs = [...new Set(rows.map(at))].sort((a, b) => a - b);
+    const label = (v) => `v${v === null ? "?" : v}`;
     const series = [];
     for (const n of names) {
       for (const v of versions) {
-        series.push({ label: `${n} v${v === null ? "?" : v}`, values: xs.map((x) => {
+        series.push({ label: `${n} ${label(v)}`, values: xs.map((x) => {
           const r = rows.find((row) => row.version === v && at(row) === x);
           return r && r.metrics[n] !== undefined ? r.metrics[n] : null;
         }) });
       }
+    }
+    const estimatedVersions = versions.filter((v) => rows.some((r) => r.version === v && r.estimated && r.estimated.estimate));
+    for (const v of estimatedVersions) {
+      // Dashed, in the colour of the version's live accuracy line when that is drawn first.
+      const stroke = names[0] === "accuracy" ? COLORS[versions.indexOf(v) % COLORS.length] : undefined;
+      series.push({ label: `estimated accuracy ${label(v)}`, dash: [6, 4], stroke, values: xs.map((x) => {
+        const r = rows.find((row) => row.version === v && at(row) === x);
+        return r && r.estimated && r.estimated.estimate ? r.estimated.estimate.value : null;
+      }) });
     }
     MLH.timeChart("accuracy-chart", xs, series, { xRange: span(win) });
   }
@@ -119,8 +167,16 @@
       drawSeries(drift.series, win);
       drawDistributions(drift);
     } else {
-      const perf = await MLH.getJson(`api/v1/monitoring/endpoints/${name}/performance?${query}`);
-      drawPerformance(perf.windows, win);
+      // The estimate is an addition: if it cannot be read, the live metrics still show.
+      let problem = "";
+      const [perf, estimated] = await Promise.all([
+        MLH.getJson(`api/v1/monitoring/endpoints/${name}/performance?${query}`),
+        MLH.getJson(`api/v1/monitoring/endpoints/${name}/estimated?${query}`).catch((err) => {
+          problem = err.message;
+          return null;
+        })]);
+      drawPerformance(perf.windows, estimated, win);
+      if (!estimated) MLH.$("estimate-note").textContent = `Estimated accuracy could not be read: ${problem}`;
     }
   }
 
