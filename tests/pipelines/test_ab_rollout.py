@@ -491,3 +491,25 @@ def _unlabelled_shadow(traffic: LoggedTraffic) -> Callable[..., ShadowStats]:
         return LogSignals.shadow(traffic, endpoint, start, utcnow(), shadow_version)
     return shadow
 
+
+
+def test_the_plan_baseline_is_the_policys_or_the_champions_validation_accuracy() -> None:
+    from mlharbor.core.errors import ConfigError
+    from mlharbor.pipelines.abrollout import ab_plan
+    from mlharbor.pipelines.policy import ABSpec, policy_from_dict
+
+    measured = ab_plan(ABSpec(design="fixed"), {"accuracy": 0.82})
+    assert measured == plan_experiment(baseline=0.82, min_detectable_effect=0.05,
+                                       design="fixed")
+    stated = ab_plan(ABSpec(baseline=0.7, looks=4), {"accuracy": 0.82})
+    assert stated == plan_experiment(baseline=0.7, min_detectable_effect=0.05, looks=4)
+    # An error rate is tested as its complement (answered requests): the same sample size.
+    errors = ab_plan(ABSpec(metric="error_rate", baseline=0.1, looks=2), {})
+    assert errors.baseline == pytest.approx(0.9)
+    assert errors.n_per_variant == plan_experiment(baseline=0.1, min_detectable_effect=0.05,
+                                                   looks=2).n_per_variant
+    with pytest.raises(InvalidInputError, match=r"set rollout\.ab\.baseline"):
+        ab_plan(ABSpec(), {"f1": 0.9})
+    with pytest.raises(ConfigError, match="error_rate needs `baseline`"):
+        policy_from_dict({"endpoint": "churn", "rollout": {"mode": "ab",
+                                                           "ab": {"metric": "error_rate"}}})

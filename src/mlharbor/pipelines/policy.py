@@ -384,6 +384,14 @@ class ABSpec(_Strict):
                              f"{', '.join(AB_METRICS)}")
         return value
 
+    @model_validator(mode="after")
+    def _baseline(self) -> ABSpec:
+        if self.metric == "error_rate" and self.baseline is None:
+            raise ValueError("an A/B test of error_rate needs `baseline` (the champion's "
+                             "expected error rate); only accuracy defaults to the champion's "
+                             "validation value")
+        return self
+
 
 class RolloutSpec(_Strict):
     """How a validated challenger reaches traffic: optional approval, optional shadow, then a
