@@ -16,7 +16,10 @@ runs :func:`~mlharbor.pipelines.abtest.decide` once on the cumulative outcomes; 
 anywhere else and none after the plan's last, so there is no peeking. The outcome per variant is
 ``accuracy`` (predictions joined with feedback labels: right out of labelled) or ``error_rate``
 (tested as its complement, answered out of routed requests, so a positive effect is better for
-both). Every look reports each variant's requests, error rate, p99 latency, accuracy and labels.
+both). Every look reports each variant's requests, error rate, p99 latency, accuracy and labels;
+the canary's guards do not apply (the experiment's test alone decides; the champion stays the
+challenger's fallback, so a failing challenger costs no request). A look waits as long as its
+outcomes take to arrive (labels may be slow); ``mlharbor jobs cancel`` stops it.
 
 The decision rule:
 
