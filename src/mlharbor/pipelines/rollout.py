@@ -42,14 +42,14 @@ vs champion, with ``L`` = number of canary steps:
   ``accuracy_drop`` as the effect to detect), one look per step, so looking at every step does
   not inflate false positives; roll back when it finds the challenger worse (verdict
   ``challenger_worse``) and the drop is at least ``accuracy_drop``.
-
-A step whose hold does not see enough traffic within :data:`MAX_HOLD_FACTOR` times its duration
-rolls back (it cannot be judged). After the last step (100 %) the challenger is promoted.
 - *accuracy*, ``estimated`` (CBPE, for labels that come too late): roll back when the
   challenger's estimated upper bound is below the champion's lower bound minus
   ``accuracy_drop``, intervals at ``1 - alpha / L``; stated in full, with where the estimators
   are fitted, in :mod:`mlharbor.pipelines.abrollout`, which also holds ``mode: ab`` (a fixed
   split, a plan stated up front, one step per planned look; its rule is stated there too).
+
+A step whose hold does not see enough traffic within :data:`MAX_HOLD_FACTOR` times its duration
+rolls back (it cannot be judged). After the last step (100 %) the challenger is promoted.
 """
 
 from __future__ import annotations
