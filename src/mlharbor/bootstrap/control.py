@@ -79,6 +79,7 @@ class ControlPlaneServices:
         self._stop = threading.Event()
         self._runner_thread: threading.Thread | None = None
         self._abandoned = False
+        self._alerts_started = False
 
     # -- the monitor, built once on first use ---------------------------------------------
 
@@ -106,9 +107,10 @@ class ControlPlaneServices:
 
         pipes = self.settings.pipelines
         run_jobs = pipes.run_jobs if jobs is None else jobs
-        if self.alert_loop is not None:
+        if self.alert_loop is not None and not self._alerts_started:
             _ = self.monitor  # opened here once, not racing the first requests for it
             self.alert_loop.start()
+            self._alerts_started = True
         if run_jobs and self._runner_thread is None:
             self._stop.clear()
             self._runner_thread = threading.Thread(
@@ -141,7 +143,7 @@ class ControlPlaneServices:
                 log.warning("job runner %s: a step is still running; it is abandoned and "
                             "resumed by another runner after its lease", self.runner.owner)
             self._runner_thread = None
-        if self.alert_loop is not None:
+        if self.alert_loop is not None and self._alerts_started:
             self.alert_loop.stop()
 
     def close(self) -> None:
