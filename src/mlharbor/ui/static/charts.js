@@ -28,9 +28,10 @@ MLH.tick = (v, unit) => {
   return text + (unit || "");
 };
 
-// A time series chart: xs in unix seconds, series = [{label, values, stroke?, dash?}].
+// A time series chart: xs in unix seconds, series = [{label, values, stroke?, dash?, width?}].
 // options: {range: [ymin, ymax], xRange: [from, to] (unix s; charts of one page share it),
-//           unit: suffix of the y ticks ("%" turns shares into percent), height}.
+//           unit: suffix of the y ticks ("%" turns shares into percent), height,
+//           bands: [[upper index, lower index, fill]] shaded between two series}.
 MLH.timeChart = (id, xs, series, options) => {
   const opts = options || {};
   const box = MLH.$(id);
@@ -53,12 +54,14 @@ MLH.timeChart = (id, xs, series, options) => {
   const config = {
     width: chartWidth(box, 560), height: opts.height || 220,
     series: [{}, ...series.map((s, i) => ({
-      label: s.label, stroke: s.stroke || COLORS[i % COLORS.length], width: 2, dash: s.dash,
+      label: s.label, stroke: s.stroke || COLORS[i % COLORS.length], width: s.width || 2, dash: s.dash,
       points: { show: true, size: 5 }, spanGaps: false,
       value: (u, v) => (v === null || v === undefined ? "—"
         : percent ? (100 * v).toFixed(1) + "%" : Number(v).toPrecision(4) + (opts.unit || "")),
     }))],
     axes: [{ size: 50 }, { size: 56, values: yValues }],
+    // Shaded intervals: [[upper series index, lower series index, fill]] (indices into `series`).
+    bands: (opts.bands || []).map(([hi, lo, fill]) => ({ series: [hi + 1, lo + 1], fill })),
     scales: {
       x: { time: true, ...(xRange ? { range: () => xRange } : {}) },
       ...(opts.range ? { y: { range: opts.range } } : {}),

@@ -75,7 +75,7 @@ MLH.bytes = (value) => {
 
 MLH.fill = (id, ...nodes) => {
   const box = MLH.$(id);
-  box.replaceChildren(...nodes);
+  box.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined));
   return box;
 };
 

@@ -47,13 +47,16 @@
     MLH.$("jobs-state").value = state;
     const body = await MLH.getJson("api/v1/jobs?limit=200" + (state ? "&state=" + encodeURIComponent(state) : ""));
     fill("jobs-list", body.items.length ? table(
-      ["job", "state", "outcome", "endpoint", "kind", "trigger / reason", "started", "duration", "steps"],
+      ["job", "state", "endpoint", "kind", "trigger / reason", "started", "duration", "steps done"],
       body.items.map((j) => ({
         attrs: { dataset: { job: j.id, state: j.state } },
-        cells: [link(j.id.slice(0, 8), "jobs", j.id), badge(j.state),
-          j.outcome === j.state ? "" : j.outcome, j.endpoint, j.kind, clip(trigger(j)),
-          { value: started(j) ? when(started(j)) : `not started (asked ${when(j.created_at)})`, className: "nowrap" },
-          MLH.duration(jobDuration(j)),
+        cells: [link(j.id.slice(0, 8), "jobs", j.id),
+          h("span", { className: "nowrap" }, badge(j.state),
+            j.outcome === j.state ? "" : " " + j.outcome.replace(/_/g, " ")),
+          j.endpoint, j.kind, clip(trigger(j)),
+          started(j) ? { value: when(started(j)), className: "nowrap" }
+            : { value: "not yet", className: "muted nowrap", title: `asked at ${when(j.created_at)}` },
+          { value: MLH.duration(jobDuration(j)), className: "nowrap" },
           `${j.timeline.filter((t) => t.state === "succeeded").length} of ${j.timeline.length}`],
       })), { id: "jobs-table" })
       : empty(state ? `No ${state} jobs.` : "No job has run yet: a policy's trigger or `mlharbor retrain ENDPOINT` starts one."));
@@ -69,9 +72,13 @@
     return node;
   }
 
-  function clock(ms, span) {
+  // Tick labels: time since the first step began for a short job (seconds apart would
+  // repeat a clock time), the UTC clock for a long one.
+  function tickLabel(ms, t0, span) {
+    if (span < 120000) return `+${((ms - t0) / 1000).toFixed(span < 10000 ? 1 : 0)} s`;
+    if (span < 7200000) return `+${Math.round((ms - t0) / 60000)} min`;
     const iso = new Date(ms).toISOString();
-    return span < 120000 ? iso.slice(11, 19) : span < 86400000 ? iso.slice(11, 16) : iso.slice(5, 16).replace("T", " ");
+    return span < 86400000 ? iso.slice(11, 16) + "Z" : iso.slice(5, 16).replace("T", " ");
   }
 
   function drawTimeline(job) {
@@ -102,8 +109,10 @@
       const t = t0 + ((t1 - t0) * k) / 4;
       chart.appendChild(svg("line", { x1: x(t), x2: x(t), y1: 4, y2: height - 22, class: "grid" }));
       chart.appendChild(svg("text", { x: x(t), y: height - 6, class: "tick", "text-anchor": k === 0 ? "start" : k === 4 ? "end" : "middle" },
-        clock(t, t1 - t0)));
+        tickLabel(t, t0, t1 - t0)));
     }
+    chart.appendChild(svg("text", { x: left - 8, y: height - 6, class: "tick", "text-anchor": "end" },
+      `from ${new Date(t0).toISOString().slice(11, 19)}Z`));
     steps.forEach((s, i) => {
       const y = 6 + i * row;
       chart.appendChild(svg("text", { x: left - 8, y: y + 15, class: "step", "text-anchor": "end" }, s.step));
@@ -127,8 +136,11 @@
 
   // -- what each step found or decided ------------------------------------------------------
 
-  const kv = (object, digits) => table(["name", "value"], Object.entries(object || {}).map(
-    ([k, v]) => [k, typeof v === "number" ? number(v, digits === undefined ? 4 : digits) : MLH.text(v)]));
+  // Name/value pairs in a compact grid; counts as counts (110, not 110.0000), other numbers
+  // to four places.
+  const kv = (object) => h("dl", { className: "facts metrics" }, ...Object.entries(object || {}).flatMap(
+    ([k, v]) => [h("dt", {}, k.replace(/_/g, " ")),
+      h("dd", {}, typeof v !== "number" ? MLH.text(v) : Number.isInteger(v) ? String(v) : number(v, 4))]));
 
   const weights = (w) => Object.entries(w || {}).map(([ref, pct]) => `${ref} ${pct}%`).join(" · ");
 

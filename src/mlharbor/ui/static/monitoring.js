@@ -138,15 +138,21 @@
       }
     }
     const estimatedVersions = versions.filter((v) => rows.some((r) => r.version === v && r.estimated && r.estimated.estimate));
+    const bands = [];
     for (const v of estimatedVersions) {
-      // Dashed, in the colour of the version's live accuracy line when that is drawn first.
-      const stroke = names[0] === "accuracy" ? COLORS[versions.indexOf(v) % COLORS.length] : undefined;
-      series.push({ label: `estimated accuracy ${label(v)}`, dash: [6, 4], stroke, values: xs.map((x) => {
+      // Dashed, in the colour of the version's live accuracy line when that is drawn first,
+      // with its interval shaded between two thin bounds.
+      const stroke = names[0] === "accuracy" ? COLORS[versions.indexOf(v) % COLORS.length] : COLORS[4];
+      const pick = (key) => xs.map((x) => {
         const r = rows.find((row) => row.version === v && at(row) === x);
-        return r && r.estimated && r.estimated.estimate ? r.estimated.estimate.value : null;
-      }) });
+        return r && r.estimated && r.estimated.estimate ? r.estimated.estimate[key] : null;
+      });
+      series.push({ label: `estimated accuracy ${label(v)}`, dash: [6, 4], stroke, values: pick("value") });
+      series.push({ label: `interval high ${label(v)}`, width: 1, stroke: stroke + "66", values: pick("upper") });
+      series.push({ label: `interval low ${label(v)}`, width: 1, stroke: stroke + "66", values: pick("lower") });
+      bands.push([series.length - 2, series.length - 1, stroke + "22"]);
     }
-    MLH.timeChart("accuracy-chart", xs, series, { xRange: span(win) });
+    MLH.timeChart("accuracy-chart", xs, series, { xRange: span(win), bands });
   }
 
   function selection() {
