@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import ConflictError, InvalidInputError
@@ -77,9 +77,13 @@ from mlharbor.core.loop import (
 from mlharbor.core.records import to_dict
 from mlharbor.pipelines.jobs import AwaitApproval, Step, StepContext, StepFailed
 
+# The log-reading signals live in rolloutsignals; their names stay importable from here.
+from mlharbor.pipelines.rolloutsignals import LogSignals as LogSignals
+from mlharbor.pipelines.rolloutsignals import RolloutSignals as RolloutSignals
+from mlharbor.pipelines.rolloutsignals import ShadowStats as ShadowStats
+from mlharbor.pipelines.rolloutsignals import VariantStats as VariantStats
+
 if TYPE_CHECKING:
-    from mlharbor.monitoring.feedback import Feedback
-    from mlharbor.monitoring.predlog import PredictionLog
     from mlharbor.pipelines.policy import RolloutSpec
     from mlharbor.registry.endpoints import Endpoint, EndpointService
     from mlharbor.registry.service import Registry
@@ -97,162 +101,6 @@ POLL_SECONDS = 0.5
 #: so one tag says whether a version was rejected, at validation or live.
 TAG_STATUS, TAG_REASON, TAG_JOB = "mlharbor.verdict", "mlharbor.reason", "mlharbor.job"
 _NORMAL = NormalDist()
-
-
-# -- what the rollout reads: per-version figures from the prediction log and feedback ---------
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VariantStats:
-    """One variant's requests in a window: routed to it, failed over, latencies, labels."""
-
-    requests: int
-    errors: int
-    latencies: tuple[float, ...]
-    labelled: int
-    correct: int
-
-    @property
-    def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests else None
-
-    def p99(self) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return float(ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)])
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.labelled if self.labelled else None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ShadowStats:
-    """A shadow phase: primary requests, shadow answers matched to them, agreement, latency."""
-
-    primary_requests: int
-    shadow_requests: int
-    compared_rows: int
-    agreeing_rows: int
-    primary_p99: float | None
-    shadow_p99: float | None
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreeing_rows / self.compared_rows if self.compared_rows else None
-
-
-class RolloutSignals(Protocol):
-    """Where the rollout reads traffic, latency, errors and accuracy per served version."""
-
-    def variants(self, endpoint: str, start: datetime, end: datetime,
-                 versions: tuple[int, int]) -> dict[int, VariantStats]: ...
-
-    def shadow(self, endpoint: str, start: datetime, end: datetime,
-               shadow_version: int) -> ShadowStats: ...
-
-
-class LogSignals:
-    """:class:`RolloutSignals` over the prediction log and the feedback store.
-
-    A request answered by a fallback was routed to the *other* variant (during the canary the
-    champion is the challenger's fallback and a model is never its own), so it counts as a
-    request and an error of that variant; its latency and prediction are the fallback's and
-    are left out of both variants' latency and accuracy. It is also the estimated-accuracy
-    guard's :class:`~mlharbor.pipelines.abrollout.EstimateSignals` (estimators fitted once per
-    version and reference end, then kept).
-    """
-
-    def __init__(self, log: PredictionLog, feedback: Feedback | None = None) -> None:
-        self.log = log
-        self.feedback = feedback
-        self._estimators: dict[tuple[str, int, str], Any] = {}
-
-    def estimates(self, endpoint: str, start: datetime, end: datetime,
-                  versions: tuple[int, int], *, reference_end: datetime,
-                  confidence: float) -> dict[int, EstimatedPerformance | None]:
-        from mlharbor.pipelines.abrollout import log_estimates
-
-        return log_estimates(self, self._estimators, endpoint, start, end, versions,
-                             reference_end=reference_end, confidence=confidence)
-
-    def variants(self, endpoint: str, start: datetime, end: datetime,
-                 versions: tuple[int, int]) -> dict[int, VariantStats]:
-        frame = self._frame(endpoint, start, end)
-        out: dict[int, VariantStats] = {}
-        primary = frame[~frame["shadow"]] if len(frame) else frame
-        labelled = self._labelled(endpoint, primary)
-        for version in versions:
-            other = versions[1] if version == versions[0] else versions[0]
-            first = primary[primary["row"] == 0] if len(primary) else primary
-            own = first[(first["version"] == version) & first["fallback"].isna()] \
-                if len(first) else first
-            failed = first[(first["version"] == other) & first["fallback"].notna()] \
-                if len(first) else first
-            judged = labelled[(labelled["version"] == version) & labelled["fallback"].isna()] \
-                if len(labelled) else labelled
-            latencies = tuple(float(v) for v in own["latency_s"].dropna()) if len(own) else ()
-            out[version] = VariantStats(
-                requests=len(own) + len(failed), errors=len(failed), latencies=latencies,
-                labelled=len(judged),
-                correct=int(judged["correct"].sum()) if len(judged) else 0)
-        return out
-
-    def shadow(self, endpoint: str, start: datetime, end: datetime,
-               shadow_version: int) -> ShadowStats:
-        from mlharbor.monitoring.labels import label_text
-
-        frame = self._frame(endpoint, start, end)
-        if not len(frame):
-            return ShadowStats(0, 0, 0, 0, None, None)
-        copies = frame[frame["shadow"] & (frame["version"] == shadow_version)]
-        primary = frame[~frame["shadow"] & frame["fallback"].isna()]
-        joined = primary.merge(copies, on=["request_id", "row"], suffixes=("", "_shadow"))
-        agree = sum(label_text(a) == label_text(b) for a, b in
-                    zip(joined["prediction"], joined["prediction_shadow"], strict=True))
-        p_first, s_first = primary[primary["row"] == 0], copies[copies["row"] == 0]
-        return ShadowStats(
-            primary_requests=len(p_first), shadow_requests=len(s_first),
-            compared_rows=len(joined), agreeing_rows=int(agree),
-            primary_p99=_p99(p_first["latency_s"]), shadow_p99=_p99(s_first["latency_s"]))
-
-    def _frame(self, endpoint: str, start: datetime, end: datetime) -> Any:
-        import pandas as pd
-
-        columns = ["request_id", "row", "version", "shadow", "fallback", "latency_s",
-                   "prediction"]
-        table = self.log.scan(endpoint, start, end, columns=columns)
-        frame = table.to_pandas()
-        for column in columns:
-            if column not in frame:
-                frame[column] = None
-        frame["shadow"] = frame["shadow"].fillna(False).astype(bool)
-        frame["version"] = pd.to_numeric(frame["version"], errors="coerce")
-        return frame
-
-    def _labelled(self, endpoint: str, primary: Any) -> Any:
-        """The primary rows that have a feedback label, with ``correct`` per row."""
-        from mlharbor.monitoring.labels import label_text
-
-        if self.feedback is None or not len(primary):
-            return primary.iloc[0:0].assign(correct=[])
-        labels = self.feedback.labels(endpoint).to_pandas()
-        if labels.empty:
-            return primary.iloc[0:0].assign(correct=[])
-        labels["row"] = labels["row"].astype("int64")
-        rows = primary.assign(row=primary["row"].astype("int64"))
-        joined = rows.merge(labels, on=["request_id", "row"])
-        joined["correct"] = [label_text(p) == label_text(y)
-                             for p, y in zip(joined["prediction"], joined["label"], strict=True)]
-        return joined
-
-
-def _p99(values: Any) -> float | None:
-    present = [float(v) for v in values.dropna()] if len(values) else []
-    if not present:
-        return None
-    present.sort()
-    return present[min(len(present) - 1, math.ceil(0.99 * len(present)) - 1)]
 
 
 # -- what the rollout is about ----------------------------------------------------------------
