@@ -28,6 +28,14 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from mlharbor.core.loop import (
+    ABDecision,
+    ABDesign,
+    ABVerdict,
+    RolloutDecision,
+    RolloutPhase,
+    RolloutVerdict,
+)
 from mlharbor.core.records import (
     DatasetPart,
     DatasetSnapshot,
@@ -67,6 +75,18 @@ REPORT = EvaluationReport(
            GateResult("not worse than champion by more than 0.01", True,
                       "f1 0.712 vs champion 0.688")),
     passed=True, reason=None, holdout_rows=310)
+
+#: An A/B look as the A/B rollout records it (its computation is tested in tests/pipelines).
+AB_DECISION = RolloutDecision(
+    job_id="ab", step=1, phase=RolloutPhase.AB, verdict=RolloutVerdict.PROMOTE,
+    reason="A/B at the horizon: the challenger is better", weights={"recs:2": 100},
+    guard_metrics={"control_accuracy": 0.81, "challenger_accuracy": 0.86,
+                   "control_labelled": 906.0},
+    at=datetime(2026, 1, 5, 10, 0, tzinfo=UTC),
+    test=ABDecision(verdict=ABVerdict.CHALLENGER_BETTER, design=ABDesign.FIXED, look=1,
+                    information_fraction=1.0, effect=0.05, ci_low=0.021, ci_high=0.079, z=3.4,
+                    p_value=0.0007, boundary_z=1.96, alpha_spent=0.05, n_control=906,
+                    n_challenger=906, planned_n_per_variant=906))
 
 
 @dataclasses.dataclass
@@ -176,6 +196,9 @@ def jobs_harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsHarbor
     ))])
     ids["retrained"] = _run(retrain, "retrain", "fraud",
                             {"trigger": "schedule", "reason": "schedule '0 3 * * *'"})
+    ab = JobRunner(JobStore(registry.store), [JobKind("ab", (
+        Step("ab-look-1", scripted({"decision": to_dict(AB_DECISION)})),))])
+    ids["ab"] = _run(ab, "ab", "recs", {"trigger": "manual", "reason": "A/B test"})
     store = JobStore(registry.store)
     running, _ = store.submit("retrain", "pricing", {"trigger": "estimated_floor",
                                                      "reason": "estimated accuracy 0.74"},
@@ -263,7 +286,7 @@ def test_the_list_shows_every_job_with_its_state(jobs_harbor: JobsHarbor,
     # The state filter keeps its choice in the hash.
     page.select_option("#jobs-state", "succeeded")
     page.click("#jobs-controls button[type=submit]")
-    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 3")
     assert "state=succeeded" in page.url
     b.open("jobs")
     screenshot(page, "jobs")
@@ -317,6 +340,18 @@ def test_a_retrain_shows_its_snapshot_challenger_and_gates(jobs_harbor: JobsHarb
     assert "0.7120" in validate and "0.6880" in validate  # challenger vs champion
     assert "✓ better than baseline" in validate
     assert "✓ not worse than champion by more than 0.01" in validate
+    clean(b, jobs_harbor.url)
+
+
+def test_an_a_b_look_shows_its_effect_size_with_the_interval(jobs_harbor: JobsHarbor,
+                                                              signed_in: Any) -> None:
+    b = signed_in("viewer")
+    b.open(f"jobs/{jobs_harbor.ids['ab']}")
+    look = b.page.inner_text("#job-steps article[data-step='ab-look-1']")
+    assert "Effect size: +0.0500 [+0.0210, +0.0790]" in look
+    assert "fixed test, look 1" in look and "p = 0.000700" in look
+    assert "boundary |z| ≥ 1.96" in look and "verdict challenger better" in look
+    assert "recs:2 100%" in look and "control labelled\n906" in look
     clean(b, jobs_harbor.url)
 
 

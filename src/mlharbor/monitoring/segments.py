@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,7 +43,9 @@ class LocalSegments:
     def put(self, name: str, data: bytes) -> None:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        # Unique per writer: two readers promoting the same feedback inbox at once write the
+        # same segment; a shared temporary name made one's rename fail.
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         with tmp.open("wb") as fh:
             fh.write(data)
             fh.flush()
