@@ -1,10 +1,10 @@
 """Routes of the dashboard: the page and its static files (vendored, never from a CDN).
 
 One page with hash routes (``#/models``, ``#/endpoints/churn``, ``#/drift?endpoint=churn``,
-``#/alerts``, ``#/deployments``, ``#/audit``, ``#/jobs``, ``#/jobs/{id}``) that reads the same JSON API as scripts do
-(``/api/v1/...``), so it is behind the same authentication and sees only what its caller may;
-its rules are in the one route table (mlharbor.security.routemap). Data is put in the page as
-text, never as HTML.
+``#/alerts``, ``#/deployments``, ``#/audit``, ``#/jobs``, ``#/jobs/{id}``) that reads the same
+JSON API as scripts do (``/api/v1/...``), so it is behind the same authentication and sees
+only what its caller may; its rules are in the one route table (mlharbor.security.routemap).
+Data is put in the page as text, never as HTML.
 
 Signing in (``/ui/login``, ``/ui/logout``) lives in mlharbor.ui.login.
 """
