@@ -177,6 +177,39 @@ def test_equal_variants_end_no_difference_at_the_last_look_and_keep_the_champion
     assert [challenger_weights(h.spec, GOOD) for h in history] == [50, 0]
 
 
+def test_cancel_during_an_ab_look_restores_the_split_and_rejects_the_challenger(
+        registry: Registry, endpoints: EndpointService) -> None:
+    """A look waits for its outcomes; a cancel while it waits puts the endpoint back as it was
+    before the split and tags the challenger rejected ("cancelled"), as a rollback does."""
+    from mlharbor.pipelines.rollout import CANCELLED, TAG_REASON
+
+    store = JobStore(registry.store)
+    signals = Experiment(0.85, 0.85)
+
+    def cancel(call: int) -> None:
+        if call == 2:  # the split is in place and the first look is waiting
+            assert challenger_weights(endpoints.get("churn").spec.model_dump(), GOOD) == 50
+            (job,) = store.list_jobs(endpoint="churn")
+            store.cancel(job.id, actor="test")
+            signals.share = (0, 0)  # no more outcomes: the look can only end by the cancel
+
+    signals.on_call = cancel
+    job = run(registry, ab_spec(), signals, lease_seconds=0.6)
+    assert job.state is JobState.CANCELLED and job.error is None, job.error
+    assert job.steps[0].state is StepState.CANCELLED
+    (decision,) = rollout_decisions([job.steps[0].result])
+    assert (decision.verdict.value, decision.reason, decision.phase) == (
+        "rollback", CANCELLED, RolloutPhase.AB)
+    assert [(r.ref, r.weight) for r in endpoints.get("churn").spec.routes] == [
+        ("churn@champion", 100.0)]
+    assert endpoints.get("churn").spec.fallback == []
+    history = endpoints.history("churn")[1:]
+    assert [challenger_weights(h.spec, GOOD) for h in history] == [50, 0]
+    assert registry.get_version("churn@champion").version == CHAMPION
+    tags = registry.get_version(f"churn:{GOOD}").tags
+    assert (tags[TAG_STATUS], tags[TAG_REASON]) == ("rejected", CANCELLED)
+
+
 def test_a_fixed_design_decides_once_at_its_horizon(registry: Registry,
                                                     endpoints: EndpointService) -> None:
     signals = Experiment(0.85, 0.93, per_call=100, split=20)

@@ -320,6 +320,56 @@ def test_a_long_step_stops_at_its_check_when_cancelled(store: JobStore) -> None:
     assert calls == ["a", "b"]
 
 
+def test_on_cancel_undoes_a_step_cancelled_mid_way_before_it_started_or_while_waiting(
+        store: JobStore) -> None:
+    """Each path a cancel can take ends the job ``cancelled`` through the step's on_cancel,
+    its result kept on the cancelled step; a failing undo still cancels, with the error."""
+    from mlharbor.pipelines.jobs import AwaitApproval
+
+    undone: list[tuple[str, str]] = []
+
+    def undo(ctx: StepContext) -> Any:
+        undone.append((ctx.job.id, ctx.step.name))
+        if ctx.job.request.get("undo_fails"):
+            raise ConflictError("someone else moved it")
+        return {"undone": ctx.step.name}
+
+    def hold(ctx: StepContext) -> Any:
+        if ctx.job.request.get("cancel_in") == ctx.step.name:
+            store.cancel(ctx.job.id, actor="test")
+            wait_for(ctx.cancel_requested.is_set, "the heartbeat to see the cancel")
+            ctx.check()
+        if ctx.job.request.get("wait_in") == ctx.step.name and ctx.approval is None:
+            raise AwaitApproval("a human decides")
+        return "held"
+
+    kind = JobKind("undoable", (Step("a", hold, on_cancel=undo), Step("b", hold, on_cancel=undo)))
+    runner = JobRunner(store, [kind], owner="r1", lease_seconds=0.3)
+
+    mid, _ = runner.submit("undoable", "mid", {"cancel_in": "b"}, actor="test")
+    ended = runner.run_once()
+    assert ended is not None and ended.state is JobState.CANCELLED and ended.error is None
+    assert [s.state for s in ended.steps] == [StepState.SUCCEEDED, StepState.CANCELLED]
+    assert ended.steps[1].result == {"undone": "b"} and undone[-1] == (mid.id, "b")
+
+    waiting, _ = runner.submit("undoable", "waits", {"wait_in": "a"}, actor="test")
+    assert runner.run_once().state is JobState.WAITING  # type: ignore[union-attr]
+    asked = store.cancel(waiting.id, actor="test")
+    assert asked.state is JobState.QUEUED and asked.cancel_requested  # a runner ends it
+    ended = runner.run_once()
+    assert ended is not None and ended.state is JobState.CANCELLED
+    assert ended.steps[0].result == {"undone": "a"} and ended.steps[0].attempts == 2
+    assert ended.steps[1].state is StepState.CANCELLED and ended.steps[1].attempts == 0
+
+    failing, _ = runner.submit("undoable", "fails", {"cancel_in": "a", "undo_fails": True},
+                               actor="test")
+    ended = runner.run_once()
+    assert ended is not None and ended.state is JobState.CANCELLED
+    assert "undoing step 'a' failed: someone else moved it" in (ended.error or "")
+    assert ended.steps[0].error == ended.error and ended.steps[0].result is None
+    assert [j for j, _ in undone] == [mid.id, waiting.id, failing.id]
+
+
 # -- states, failures, definitions -------------------------------------------------------------
 
 def test_the_state_machines_refuse_illegal_moves() -> None:

@@ -368,15 +368,157 @@ def test_reject_ends_the_waiting_job_with_weights_untouched(
     assert (event.action, event.details["reason"]) == ("job.reject", "not this quarter")
 
 
-def test_a_waiting_job_is_cancelled_at_once(registry: Registry,
-                                            endpoints: EndpointService) -> None:
+def assert_cancelled_and_restored(registry: Registry, endpoints: EndpointService,
+                                  job_id: str, *, revision_before: int) -> None:
+    """The job ended cancelled, the endpoint is as before the rollout, the challenger rejected
+    with the reason "cancelled" by this job, the decision stored on the cancelled step."""
+    from mlharbor.pipelines.rollout import CANCELLED, TAG_REASON
+
+    job = JobStore(registry.store).get(job_id)
+    assert job.state is JobState.CANCELLED and job.error is None, job.error
+    assert job.lease_owner is None
+    now = endpoints.get("churn")
+    assert [(r.ref, r.weight) for r in now.spec.routes] == [("churn@champion", 100.0)]
+    assert now.spec.fallback == [] and now.spec.shadow is None
+    assert registry.get_version("churn@champion").version == CHAMPION
+    tags = registry.get_version(f"churn:{GOOD}").tags
+    assert (tags[TAG_STATUS], tags[TAG_REASON], tags[TAG_JOB]) == ("rejected", CANCELLED,
+                                                                  job_id)
+    cancelled = [s for s in job.steps if s.result and s.state is StepState.CANCELLED]
+    assert len(cancelled) == 1, [(s.name, s.state) for s in job.steps]
+    (decision,) = rollout_decisions([cancelled[0].result])
+    assert (decision.verdict.value, decision.reason) == ("rollback", CANCELLED)
+    assert decision.weights == {"churn:1": 100}
+    moved = endpoints.history("churn")
+    if now.revision != revision_before:  # a move put it back, named after the job
+        assert moved[-1].actor == f"job:{job_id}" and "cancelled" in moved[-1].reason
+
+
+def test_a_waiting_job_cancelled_is_ended_by_the_next_runner_which_rejects_the_challenger(
+        registry: Registry, endpoints: EndpointService) -> None:
     runner = make_runner(registry, spec(approval=True), Scripted())
     job_id = submit(runner)
     runner.run_once()
+    job = JobStore(registry.store).cancel(job_id, actor="test", reason="not this one")
+    # It ran, so a runner ends it (its steps undo what they started); it still holds the
+    # endpoint and cannot be approved any more.
+    assert job.state is JobState.QUEUED and job.cancel_requested
+    with pytest.raises(ConflictError, match="not waiting"):
+        JobStore(registry.store).approve(job_id, actor="test")
+    again, created = runner.submit("rollout", "churn", {"model": "churn", "challenger": GOOD},
+                                   actor="test")
+    assert not created and again.id == job_id
+
+    ended = runner.run_once()
+    assert ended is not None and ended.id == job_id
+    assert_cancelled_and_restored(registry, endpoints, job_id, revision_before=1)
+    assert endpoints.get("churn").revision == 1  # nothing had moved: nothing moved back
+    assert ended.steps[0].name == "approval" and ended.steps[0].state is StepState.CANCELLED
+    assert runner.run_once() is None
+
+
+def test_a_never_claimed_job_is_cancelled_at_once(registry: Registry,
+                                                  endpoints: EndpointService) -> None:
+    runner = make_runner(registry, spec(approval=True), Scripted())
+    job_id = submit(runner)
     job = JobStore(registry.store).cancel(job_id, actor="test")
     assert job.state is JobState.CANCELLED
     assert {s.state for s in job.steps} == {StepState.CANCELLED}
     assert runner.run_once() is None and endpoints.get("churn").revision == 1
+    assert TAG_STATUS not in registry.get_version(f"churn:{GOOD}").tags  # nothing started
+
+
+class CancelAt(Scripted):
+    """Cancels the job the first time the endpoint sends ``percent`` % to the challenger,
+    then reports no more challenger traffic, so that hold can only end by the cancel."""
+
+    def __init__(self, registry: Registry, endpoints: EndpointService, percent: int) -> None:
+        super().__init__()
+        self.registry, self.endpoints, self.percent = registry, endpoints, percent
+        self.cancelled = False
+
+    def variants(self, endpoint: str, start: datetime, end: datetime,
+                 versions: tuple[int, int]) -> dict[int, VariantStats]:
+        stats = super().variants(endpoint, start, end, versions)
+        spec_body = self.endpoints.get("churn").spec.model_dump()
+        if not self.cancelled and challenger_weights(spec_body, GOOD) == self.percent:
+            store = JobStore(self.registry.store)
+            (job,) = store.list_jobs(endpoint="churn")
+            store.cancel(job.id, actor="test", reason="stop it")
+            self.cancelled = True
+        if self.cancelled:
+            stats[versions[1]] = VariantStats(0, 0, (), 0, 0)
+        return stats
+
+
+def test_cancel_during_a_canary_hold_restores_the_endpoint_and_rejects_the_challenger(
+        registry: Registry, endpoints: EndpointService) -> None:
+    before = endpoints.get("churn").revision
+    signals = CancelAt(registry, endpoints, 25)
+    runner = make_runner(registry, spec(), signals, lease_seconds=0.6)
+    job_id = submit(runner)
+    job = runner.run_once()
+    assert job is not None and signals.cancelled
+    assert_cancelled_and_restored(registry, endpoints, job_id, revision_before=before)
+    assert [s.state for s in job.steps] == [StepState.SUCCEEDED, StepState.CANCELLED,
+                                           StepState.CANCELLED, StepState.CANCELLED,
+                                           StepState.CANCELLED]
+    history = endpoints.history("churn")[1:]
+    assert [challenger_weights(h.spec, GOOD) for h in history] == [5, 25, 0]
+    assert history[-1].spec is not None and history[-1].spec["fallback"] == []
+
+
+def test_cancel_of_a_job_whose_runner_died_mid_canary_is_undone_by_the_next_runner(
+        registry: Registry, endpoints: EndpointService) -> None:
+    crashing = CrashingEndpoints(registry, "canary step 2/4", True)
+    first = make_runner(registry, spec(), Scripted(), endpoints=crashing, lease_seconds=0.5)
+    job_id = submit(first)
+    with pytest.raises(Crash):
+        first.run_once()
+    store = JobStore(registry.store)
+    held = store.cancel(job_id, actor="test")  # running (a dead runner): marked only
+    assert held.state is JobState.RUNNING and held.cancel_requested
+    assert challenger_weights(endpoints.get("churn").spec.model_dump(), GOOD) == 25
+
+    second = make_runner(registry, spec(), Scripted())
+    deadline = time.monotonic() + 30
+    job = None
+    while job is None:  # claimable once the dead runner's lease has run out
+        assert time.monotonic() < deadline, "the second runner never claimed the job"
+        job = second.run_once()
+        time.sleep(0.1)
+    assert job.id == job_id
+    assert_cancelled_and_restored(registry, endpoints, job_id, revision_before=0)
+    assert job.steps[1].attempts == 2 and job.steps[1].state is StepState.CANCELLED
+    history = endpoints.history("churn")[1:]
+    assert [challenger_weights(h.spec, GOOD) for h in history] == [5, 25, 0]
+
+
+def test_cancel_between_steps_restores_before_the_next_step_moves_anything(
+        registry: Registry, endpoints: EndpointService) -> None:
+    """The cancel lands after canary-5 finished and before canary-25 starts: the runner runs
+    canary-25's undo instead of the step."""
+    store = JobStore(registry.store)
+
+    class CancelAfterFirst(Scripted):
+        def variants(self, endpoint: str, start: datetime, end: datetime,
+                     versions: tuple[int, int]) -> dict[int, VariantStats]:
+            stats = super().variants(endpoint, start, end, versions)
+            spec_body = endpoints.get("churn").spec.model_dump()
+            if challenger_weights(spec_body, GOOD) == 5 and self.calls > 3:
+                (job,) = store.list_jobs(endpoint="churn")
+                if not job.cancel_requested:
+                    store.cancel(job.id, actor="test")
+            return stats
+
+    runner = make_runner(registry, spec(), CancelAfterFirst())  # 30 s lease: no heartbeat
+    job_id = submit(runner)
+    job = runner.run_once()
+    assert job is not None
+    assert [s.state for s in job.steps][:2] == [StepState.SUCCEEDED, StepState.CANCELLED]
+    assert_cancelled_and_restored(registry, endpoints, job_id, revision_before=0)
+    history = endpoints.history("churn")[1:]
+    assert [challenger_weights(h.spec, GOOD) for h in history] == [5, 0]
 
 
 def test_approve_and_reject_refuse_bad_input_in_one_line_writing_nothing(

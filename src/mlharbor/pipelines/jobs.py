@@ -37,8 +37,16 @@ after registering) so the re-run can read it back from :attr:`StepContext.progre
 its earlier effect instead of repeating it. Effects between the action and the note must be
 recognisable in the target system itself (tag a registered version with the job id).
 
-**Cancel** marks the job; a queued job is cancelled at once, a running one by its runner
-between steps (a long step may call :meth:`StepContext.check` to stop sooner).
+**Cancel** marks the job. A job no runner has claimed yet (queued, attempt 0) has done
+nothing and is cancelled at once. Any other job is ended by a runner, so its kind can undo what
+it started: a running one by its runner between steps (a long step may call
+:meth:`StepContext.check` to stop sooner), or by the runner that takes it over when its own
+died; a waiting job (or one approved and queued again) is queued with the cancel asked, and the
+next runner to claim it ends it. A step may declare ``on_cancel``: when the job is cancelled
+while that step runs, or before it starts (the first unfinished step), the runner calls
+``on_cancel(ctx)`` instead of (or after) ``run`` and stores what it returns on the cancelled
+step; the rollout steps restore the endpoint and reject the challenger this way. If undoing
+fails, the job still ends ``cancelled``, with the error on the step and the job.
 
 **Waiting for a human.** A step that needs an approval raises :class:`AwaitApproval`: its
 runner parks the job in ``waiting`` (step ``waiting`` too), releases the lease and moves on, so
@@ -272,11 +280,16 @@ class Step:
 
     ``rerun_after_crash=False`` declares a step that cannot check its own earlier effect; if
     its runner dies mid-way the job fails cleanly on restart instead of running it twice.
+    ``on_cancel`` (optional) undoes what the job did when it is cancelled in or before this
+    step; it must be idempotent too and must not call :meth:`StepContext.check`.
     """
 
     name: str
     run: Callable[[StepContext], Any]
     rerun_after_crash: bool = True
+    #: Undoes the job's effects when it is cancelled in or before this step (see Cancel in
+    #: the module docstring); returns a JSON-able result kept on the cancelled step.
+    on_cancel: Callable[[StepContext], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -426,7 +439,8 @@ class JobStore:
             return [job for job in (_load(conn, i) for i in ids) if job is not None]
 
     def cancel(self, job_id: str, *, actor: str, reason: str = "") -> Job:
-        """Cancel a queued job now; mark a running one for its runner to stop between steps."""
+        """Cancel a never-claimed queued job now; mark any other active job for a runner to
+        end (a waiting one is queued again with the cancel asked): see Cancel above."""
         _check_reason(reason)
         current = self.get(job_id)
         if not current.active:
@@ -434,13 +448,21 @@ class JobStore:
 
         def work(conn: Connection) -> tuple[None, dict[str, Any]]:
             now = utcnow()
-            row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
+            row = conn.execute(select(jobs.c.state, jobs.c.attempt)
+                               .where(jobs.c.id == job_id)).first()
             state = JobState(row.state) if row else current.state
-            if state in (JobState.QUEUED, JobState.WAITING):
+            claimed = int(row.attempt) > 0 if row else current.attempt > 0
+            if state is JobState.QUEUED and not claimed:  # it has done nothing yet
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(
                     state=JobState.CANCELLED.value, cancel_requested=True, updated_at=now,
                     finished_at=now))
                 _cancel_open_steps(conn, job_id, now)
+            elif state in (JobState.QUEUED, JobState.WAITING):
+                # It has run: the next runner ends it, undoing through its steps' on_cancel.
+                if state is JobState.WAITING:
+                    check_job_transition(state, JobState.QUEUED, job_id=job_id)
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+                    state=JobState.QUEUED.value, cancel_requested=True, updated_at=now))
             elif state is JobState.RUNNING:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(
                     cancel_requested=True, updated_at=now))
@@ -856,7 +878,13 @@ class JobRunner:
         if lost.is_set():  # taken over, or abandoned: start nothing more
             raise LeaseLost(f"Job {fence.job_id} is no longer run by {fence.owner}.")
         if job.cancel_requested or cancel.is_set():
-            self.store.finish_job(fence, JobState.CANCELLED)
+            if step.on_cancel is None:
+                self.store.finish_job(fence, JobState.CANCELLED)
+                return False
+            job, attempt, previous = self.store.start_step(fence, view.ordinal, self.lease)
+            ctx = StepContext(self.store, fence, job, job.steps[view.ordinal], attempt,
+                              previous, lost, cancel)
+            self._cancel(step, ctx, fence, view.ordinal)
             return False
         if view.state is StepState.RUNNING and not step.rerun_after_crash:
             self.store.finish_step(fence, view.ordinal, StepState.FAILED,
@@ -874,8 +902,7 @@ class JobRunner:
         except LeaseLost:
             raise
         except CancelRequested:
-            self.store.finish_step(fence, view.ordinal, StepState.CANCELLED)
-            self.store.finish_job(fence, JobState.CANCELLED)
+            self._cancel(step, ctx, fence, view.ordinal)
             return False
         except AwaitApproval as exc:
             log.info("job %s step %s waits for an approval: %s", job.id, step.name, exc)
@@ -900,6 +927,24 @@ class JobRunner:
             raise LeaseLost(f"Job {fence.job_id} was taken over while step {step.name!r} ran.")
         self.store.finish_step(fence, view.ordinal, StepState.SUCCEEDED, result=result)
         return True
+
+
+    def _cancel(self, step: Step, ctx: StepContext, fence: Fence, ordinal: int) -> None:
+        """End the job cancelled in ``step``, after its ``on_cancel`` undid what it could."""
+        result, error = None, None
+        if step.on_cancel is not None:
+            try:
+                result = step.on_cancel(ctx)
+                _check_json(result, what=f"cancel result of step {step.name!r}")
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                message = exc.message if isinstance(exc, MlharborError) else str(exc)
+                error = f"Cancelled; undoing step {step.name!r} failed: {message}"
+                log.warning("job %s: %s", ctx.job.id, error)
+                result = None
+        self.store.finish_step(fence, ordinal, StepState.CANCELLED, result=result, error=error)
+        self.store.finish_job(fence, JobState.CANCELLED, error=error)
 
 
 class _Heartbeat:

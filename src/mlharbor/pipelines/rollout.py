@@ -19,7 +19,9 @@ decision on the failed step (:class:`~mlharbor.pipelines.jobs.StepFailed`) and t
 ``expected_revision`` = the revision this rollout wrote last (If-Match), so a human's edit in
 between is a conflict that stops the rollout, never a silent overwrite. A move is idempotent:
 it first reads the endpoint and does nothing when it already has the wanted routes (the move
-committed but the runner died before noting it). One update changes all routes at once, so the
+committed but the runner died before noting it); a revision newer than the one noted whose
+every change was made by this job (its actor in the endpoint's history) is taken as its own,
+not as someone else's edit. One update changes all routes at once, so the
 weights are never half-moved. During the canary the routes pin the two versions
 (``churn:1`` 75, ``churn:2`` 25) and the champion is the challenger's first fallback, so a
 challenger that fails costs no request. The ledger (endpoint history, alias history) names the
@@ -50,6 +52,14 @@ vs champion, with ``L`` = number of canary steps:
 
 A step whose hold does not see enough traffic within :data:`MAX_HOLD_FACTOR` times its duration
 rolls back (it cannot be judged). After the last step (100 %) the challenger is promoted.
+
+**Cancel** (``mlharbor jobs cancel``) of a job in or before any rollout step undoes the rollout
+the way a rollback does (:meth:`Rollout.cancel_step`, each step's ``on_cancel``): the endpoint
+as it was before the rollout, the challenger tagged rejected with the reason ``cancelled``, the
+decision on the cancelled step; the job ends ``cancelled``. Mid-step (a hold, a shadow phase, an
+A/B look) it is the step's ``ctx.check()``; between steps, after a takeover, or for a job that
+waited for an approval, the runner that next holds the job does it (see Cancel in
+:mod:`mlharbor.pipelines.jobs`).
 """
 
 from __future__ import annotations
@@ -100,6 +110,8 @@ POLL_SECONDS = 0.5
 #: job. The same keys as the retrain job's validate step (``pipelines.retrain.VERDICT_TAG`` ...),
 #: so one tag says whether a version was rejected, at validation or live.
 TAG_STATUS, TAG_REASON, TAG_JOB = "mlharbor.verdict", "mlharbor.reason", "mlharbor.job"
+#: The reason a cancelled rollout gives (its decision and the challenger's reason tag).
+CANCELLED = "cancelled"
 _NORMAL = NormalDist()
 
 
@@ -187,24 +199,65 @@ class Rollout:
     # -- the steps --------------------------------------------------------------------------
 
     def steps(self) -> list[Step]:
+        """The job-runner steps, each with :meth:`cancel_step` as its ``on_cancel``."""
+        main = RolloutPhase.AB if self.spec.mode == "ab" else RolloutPhase.CANARY
         out = []
         if self.spec.shadow is not None:
-            out.append(Step("shadow", self.shadow_step))
+            out.append(Step("shadow", self.shadow_step,
+                            on_cancel=self._on_cancel(0, RolloutPhase.SHADOW)))
         if self.spec.approval:
-            out.append(Step("approval", self.approval_step))
+            out.append(Step("approval", self.approval_step, on_cancel=self._on_cancel(0, main)))
         if self.spec.mode == "ab":
-            from mlharbor.pipelines.abrollout import look_names
+            from mlharbor.pipelines.abrollout import look_count, look_names
 
             assert self.spec.ab is not None
             for k, name in enumerate(look_names(self.spec.ab), start=1):
-                out.append(Step(name, self._ab_look(k)))
-            out.append(Step("promote", self.promote_step))
-            return out
-        percents = self.spec.canary.steps
-        for index, percent in enumerate(percents):
-            out.append(Step(f"canary-{percent}", self._canary(index, percent)))
-        out.append(Step("promote", self.promote_step))
+                out.append(Step(name, self._ab_look(k), on_cancel=self._on_cancel(k, main)))
+            last = look_count(self.spec.ab) + 1
+        else:
+            percents = self.spec.canary.steps
+            for index, percent in enumerate(percents):
+                out.append(Step(f"canary-{percent}", self._canary(index, percent),
+                                on_cancel=self._on_cancel(index + 1, main)))
+            last = len(percents) + 1
+        out.append(Step("promote", self.promote_step, on_cancel=self._on_cancel(last, main)))
         return out
+
+    def _on_cancel(self, step: int, phase: RolloutPhase) -> Callable[[StepContext],
+                                                                      dict[str, Any]]:
+        def undo(ctx: StepContext) -> dict[str, Any]:
+            return self.cancel_step(ctx, step, phase)
+        return undo
+
+    def cancel_step(self, ctx: StepContext, step: int, phase: RolloutPhase) -> dict[str, Any]:
+        """The job was cancelled in or before this step: undo the rollout as a rollback does.
+
+        The endpoint goes back to its routes, fallback and shadow from before the rollout (one
+        idempotent If-Match move; a human's edit in between is a conflict that leaves it as it
+        is), the challenger is tagged rejected with the reason ``cancelled``, and the decision
+        (``rollback``, reason ``cancelled``) is the cancelled step's result. A champion alias
+        this job already moved (a promote interrupted after its alias move) is moved back.
+        Never calls ``ctx.check()``: the cancel is what brought it here.
+        """
+        state = self._state(ctx)
+        target, job_id = state.target, ctx.job.id
+        ctx.note(rolling_back=CANCELLED)
+        current = self.registry.get_version(target.alias_ref).version
+        if current == target.challenger:
+            moves = self.registry.alias_history(target.model, target.alias)
+            if moves and moves[-1].actor == _actor(job_id) and \
+                    moves[-1].from_version == target.champion:
+                self.registry.set_alias(target.model, target.alias, target.champion,
+                                        actor=_actor(job_id),
+                                        reason=f"rollout {job_id}: cancelled; "
+                                               f"{target.ref(target.champion)} restored")
+        revision = self._move(ctx, state, state.baseline,
+                              f"rollout {job_id}: cancelled; the endpoint is restored")
+        state = dataclasses.replace(state, revision=revision)
+        self._reject(target, job_id, CANCELLED)
+        decision = self._decision(ctx, step, phase, RolloutVerdict.ROLLBACK, CANCELLED,
+                                  {target.ref(target.champion): 100}, {})
+        return self._result(state, decision)
 
     def shadow_step(self, ctx: StepContext) -> dict[str, Any]:
         spec = self.spec.shadow
@@ -489,14 +542,20 @@ class Rollout:
         current = self.endpoints.get(name)
         if _has(current, wanted):
             return current.revision  # already there (a re-run after a crash, or a no-op)
-        if current.revision != state.revision:
+        expected = state.revision
+        if current.revision != expected and all(
+                change.actor == _actor(ctx.job.id) for change in self.endpoints.history(name)
+                if change.revision > expected):
+            # Moves of this very job that its runner died before noting: ours, not a human's.
+            expected = current.revision
+        if current.revision != expected:
             raise ConflictError(
                 f"Endpoint {name!r} was changed by someone else during rollout {ctx.job.id} "
                 f"(revision {current.revision}, the rollout last wrote {state.revision}); the "
                 "rollout stops and leaves the endpoint as it is.",
                 expected_revision=state.revision, current_revision=current.revision)
         updated = self.endpoints.update(name, dict(wanted), actor=_actor(ctx.job.id),
-                                        reason=reason, expected_revision=state.revision)
+                                        reason=reason, expected_revision=expected)
         ctx.note(revision=updated.revision)
         return updated.revision
 
