@@ -494,6 +494,34 @@ def test_cancel_of_a_job_whose_runner_died_mid_canary_is_undone_by_the_next_runn
     assert [challenger_weights(h.spec, GOOD) for h in history] == [5, 25, 0]
 
 
+def test_cancel_after_a_promote_died_past_its_alias_move_moves_the_alias_back(
+        registry: Registry, endpoints: EndpointService) -> None:
+    """The promote's alias move committed, its runner died before the routes moved, then the
+    job was cancelled: the next runner moves the alias back (this job moved it) and restores
+    the routes, so the cancelled job leaves no promotion behind."""
+    crashing = CrashingEndpoints(registry, "promoted after", False)
+    one_step = spec(canary={"steps": [100], "hold": {"requests": 0, "duration": "1s"}})
+    first = make_runner(registry, one_step, Scripted(), endpoints=crashing, lease_seconds=0.5)
+    job_id = submit(first)
+    with pytest.raises(Crash):
+        first.run_once()
+    assert registry.get_version("churn@champion").version == GOOD  # the alias had moved
+    JobStore(registry.store).cancel(job_id, actor="test")
+
+    second = make_runner(registry, one_step, Scripted())
+    deadline = time.monotonic() + 30
+    job = None
+    while job is None:
+        assert time.monotonic() < deadline, "the second runner never claimed the job"
+        job = second.run_once()
+        time.sleep(0.1)
+    assert_cancelled_and_restored(registry, endpoints, job_id, revision_before=0)
+    moves = registry.alias_history("churn", "champion")[-2:]
+    assert [(m.from_version, m.to_version, m.actor) for m in moves] == [
+        (CHAMPION, GOOD, f"job:{job_id}"), (GOOD, CHAMPION, f"job:{job_id}")]
+    assert "cancelled" in moves[-1].reason
+
+
 def test_cancel_between_steps_restores_before_the_next_step_moves_anything(
         registry: Registry, endpoints: EndpointService) -> None:
     """The cancel lands after canary-5 finished and before canary-25 starts: the runner runs
