@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pandas as pd
 
 from mlharbor.demo.job import dataset_path
-from mlharbor.demo.traffic import DemoTraffic
+from mlharbor.demo.traffic import SEGMENT_CHURN, DemoTraffic
 
 
 def _traffic(record: Any = None, **kwargs: Any) -> DemoTraffic:
@@ -40,8 +43,67 @@ def test_labels_are_recorded_once_due() -> None:
     recorded: list[tuple[str, list[dict[str, Any]]]] = []
     traffic = _traffic(lambda endpoint, labels: recorded.append((endpoint, labels)),
                        feedback_delay_s=5)
-    traffic._pending.extend([(0.0, "a", 1), (0.0, "b", 0), (float("inf"), "c", 1)])
+    traffic._pending.extend([(0.0, "a", 0, 1), (0.0, "a", 1, 0), (float("inf"), "c", 0, 1)])
     traffic._flush_feedback()
-    assert recorded == [("churn", [{"request_id": "a", "label": 1},
-                                   {"request_id": "b", "label": 0}])]
+    assert recorded == [("churn", [{"request_id": "a", "row": 0, "label": 1},
+                                   {"request_id": "a", "row": 1, "label": 0}])]
     assert traffic.labelled == 2 and len(traffic._pending) == 1
+
+
+def test_the_segments_labels_follow_the_drift() -> None:
+    """Month-to-month DSL customers start leaving: their churn rate climbs with the drift,
+    while the other customers' labels stay those of the table."""
+    frame = pd.read_csv(dataset_path())
+    traffic = _traffic()
+
+    def churn_rates(progress: float) -> tuple[float, float]:
+        rows = [traffic.sample(progress) for _ in range(1500)]
+        segment = [label for row, label in rows
+                   if row["contract"] == "month-to-month" and row["internet"] == "dsl"]
+        others = [label for row, label in rows
+                  if not (row["contract"] == "month-to-month" and row["internet"] == "dsl")]
+        return sum(segment) / len(segment), sum(others) / len(others)
+
+    in_table = frame[(frame.contract == "month-to-month") & (frame.internet == "dsl")].churn.mean()
+    before, others_before = churn_rates(0.0)
+    after, others_after = churn_rates(1.0)
+    assert abs(before - in_table) < 0.08
+    expected = in_table + (1 - in_table) * SEGMENT_CHURN
+    assert abs(after - expected) < 0.06 and after > before + 0.3
+    # The others only change through who is sampled (more month-to-month), not by relabelling.
+    assert abs(others_after - others_before) < 0.1
+
+
+def test_requests_not_answered_200_are_counted_as_failed() -> None:
+    """A real HTTP server on loopback answers 503 then 200; the traffic counts one failure and
+    queues a label for each row of the answered batch."""
+    answers = iter([503, 200])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            status = next(answers)
+            self.send_response(status)
+            self.send_header("x-request-id", f"req-{status}")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        traffic = _traffic(rows_per_request=3)
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}") as client:
+            traffic._send(client)
+            traffic._send(client)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (traffic.sent, traffic.failed) == (2, 1)
+    assert traffic.counts() == "2 requests, 1 failed"
+    assert [(rid, row) for _, rid, row, _ in traffic._pending] == [
+        ("req-200", 0), ("req-200", 1), ("req-200", 2)]

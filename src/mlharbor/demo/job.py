@@ -20,6 +20,53 @@ def recipe_path() -> Path:
     return Path(str(resources.files("mlharbor.demo").joinpath("recipe.yaml")))
 
 
+def policy_path() -> Path:
+    """The demo's retraining policy for the endpoint ``churn`` (short windows and holds)."""
+    return Path(str(resources.files("mlharbor.demo").joinpath("policy.yaml")))
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo's quick loops: triggers evaluated every 5 s, the job runner
+    polling every 0.5 s, serving re-reading its endpoints every second (never slower than
+    what the user configured). Only the demo runs with these; the defaults stay as they are."""
+    pipes = settings.pipelines.model_copy(update={
+        "trigger_interval_s": min(settings.pipelines.trigger_interval_s, 5.0),
+        "job_poll_s": min(settings.pipelines.job_poll_s, 0.5)})
+    serving = settings.serving.model_copy(update={
+        "poll_interval_s": min(settings.serving.poll_interval_s, 1.0)})
+    return settings.model_copy(update={"pipelines": pipes, "serving": serving})
+
+
+def store_endpoint(registry: Any) -> str:
+    """The stored endpoint ``churn``: all traffic to ``churn@champion``, created or reset to
+    that (a rollout moves its weights, the serving process follows them). What was done."""
+    from mlharbor.core.errors import NotFoundError
+    from mlharbor.registry.endpoints import EndpointService, EndpointSpec
+
+    service = EndpointService(registry)
+    wanted = EndpointSpec(name=MODEL_NAME, description="The demo's churn classifier.",
+                          routes=[{"ref": f"{MODEL_NAME}@champion", "weight": 100.0}])
+    try:
+        current = service.get(MODEL_NAME)
+    except NotFoundError:
+        service.create(wanted, actor="demo", reason="demo: serve churn@champion")
+        return "created"
+    if current.spec.model_dump() == wanted.model_dump():
+        return "unchanged"
+    service.update(MODEL_NAME, wanted.model_dump(), replace=True, actor="demo",
+                   reason="demo: all traffic back to churn@champion")
+    return "reset"
+
+
+def apply_policy(registry: Any) -> Any:
+    """Apply the demo's retraining policy (no new revision when it is already stored)."""
+    from mlharbor.pipelines.policy import load_policy
+    from mlharbor.registry.policies import PolicyService
+
+    return PolicyService(registry).apply(load_policy(policy_path()), actor="demo",
+                                         reason="demo: retrain churn on drift")
+
+
 def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) -> None:
     """Train the demo recipe, register the winner, print a key, then serve it."""
     import pandas as pd
@@ -33,6 +80,7 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
     from mlharbor.pipelines.train_job import train
 
     console = Console()
+    settings = demo_settings(settings)
     registry = open_registry(settings)
     try:
         with _RichProgress() as progress:
@@ -45,6 +93,9 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
         version = registry.get_version(f"{MODEL_NAME}@champion")
         print_kv(f"Serving {version.ref}", _version_rows(version))
         key = _print_demo_key(registry, console, settings if serve else None)
+        if serve:
+            store_endpoint(registry)
+            apply_policy(registry)
     finally:
         registry.close()
     console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}",
@@ -68,6 +119,7 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
 
     from mlharbor.cli.serve import serve_with_monitoring
     from mlharbor.demo.traffic import DemoTraffic
+    from mlharbor.demo.watch import LoopWatcher
 
     host, port = settings.server.host, settings.server.port
     url = f"http://{host}:{port}"
@@ -82,7 +134,8 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
     console.print(f"Also: {url}/v2/models/{MODEL_NAME} (Open Inference), {url}/invocations "
                   f"(MLflow), {url}/v1/models/{MODEL_NAME}:predict (KServe), {url}/metrics",
                   markup=False, highlight=False, soft_wrap=True)
-    control, sender = ControlPlane(settings), None
+    control, sender, watcher = ControlPlane(settings), None, None
+    print_line = _line_printer(console)
     try:
         control.start()
         if control.url:
@@ -101,15 +154,40 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
         if traffic and port and key and not settings.server.tls_certfile:
             sender = DemoTraffic(_client_url(host, port), MODEL_NAME, key, frame,
                                  record=control.record_feedback).start()
-            console.print(f"Sending demo traffic to {MODEL_NAME} (a few requests per second, "
-                          "drifting over 3 minutes; labels follow a few seconds later; "
-                          "--no-traffic turns it off).", markup=False, highlight=False,
-                          soft_wrap=True)
-        serve_with_monitoring(settings, ref=f"{MODEL_NAME}@champion", json_logs=False)
+            console.print(f"Sending demo traffic to {MODEL_NAME} (a few requests per second; "
+                          "over 90 seconds prices rise, month-to-month contracts grow and "
+                          "month-to-month DSL customers start leaving; labels follow a few "
+                          "seconds later; --no-traffic turns it off).", markup=False,
+                          highlight=False, soft_wrap=True)
+        if control.url and control.services is not None:
+            print_line(_policy_line(control.url))
+            counts = sender.counts if sender is not None else None
+            watcher = LoopWatcher(control.services.jobs, MODEL_NAME, print_line,
+                                  ui=f"{control.url}/ui", traffic=counts).start()
+        serve_with_monitoring(settings, json_logs=False)  # the stored endpoints
     finally:
+        if watcher is not None:
+            watcher.stop()
         if sender is not None:
             sender.stop()
+            print_line(f"Demo traffic: {sender.counts()}.")
         control.stop()
+
+
+def _policy_line(url: str) -> str:
+    """What the demo's retraining policy will do, in one line, and where to watch it."""
+    from mlharbor.pipelines.policy import load_policy
+
+    policy = load_policy(policy_path())
+    drift, canary = policy.triggers.drift, policy.rollout.canary
+    when = (f"drift in {drift.at_least} of the last {drift.of} {drift.window} windows"
+            if drift else "a trigger")
+    steps = " -> ".join(f"{step}%" for step in canary.steps)
+    return (f"Retraining policy of endpoint {policy.endpoint}: {when} retrains on the "
+            f"champion's data + labelled traffic, validates against the champion and the "
+            f"baseline, canaries {steps} with live-accuracy guards, then promotes "
+            f"(.venv/bin/mlharbor policies show {policy.endpoint}). Watch: {url}/ui#/jobs "
+            "and .venv/bin/mlharbor jobs list")
 
 
 def _client_url(host: str, port: int) -> str:
@@ -178,6 +256,12 @@ class ControlPlane:
             self._server.run()
         except BaseException as exc:  # uvicorn sys.exit()s on bind errors
             self.error = f"{type(exc).__name__}: {exc}"
+
+    @property
+    def services(self) -> Any:
+        """The app's :class:`~mlharbor.bootstrap.ControlPlaneServices` (job store, runner ...),
+        or None when the control plane did not start."""
+        return self._app.state.services if self._app is not None else None
 
     def has_route(self, path: str) -> bool:
         return self._app is not None and any(

@@ -1,11 +1,22 @@
 """Demo traffic: realistic requests with a gradual drift, and ground truth that arrives late.
 
 Started by ``mlharbor demo`` (``make run``) in a background thread of the same process, so the
-dashboard has something to show: rows sampled from the bundled churn table are sent to the
-serving app over HTTP with the demo key while, over ``ramp_s`` seconds, ``monthly_charges``
-creeps up and ``contract`` shifts toward month-to-month. Each answered request's true label
-(from the sampled row) is recorded ``feedback_delay_s`` seconds later through ``record``
-(the Monitor's feedback API, or a POST to the feedback route).
+dashboard has something to show and the demo's retraining policy something to react to: rows
+sampled from the bundled churn table are sent to the serving app over HTTP with the demo key
+while, over ``ramp_s`` seconds, the world changes:
+
+* covariate shift: ``monthly_charges`` creeps up and ``contract`` shifts toward
+  month-to-month (what the drift trigger sees);
+* concept shift: month-to-month DSL customers start leaving (a competitor's offer): their
+  label turns to churned with a probability growing to :data:`SEGMENT_CHURN`, so the champion,
+  trained before, misses them and a challenger trained on the labelled production rows does
+  better -- retraining really helps, it is not a coin flip the validation gates decide.
+
+Each answered request's true label is recorded ``feedback_delay_s`` seconds later through
+``record`` (the Monitor's feedback API, or a POST to the feedback route). Every request that
+is not answered 200 once serving is ready (a status or a transport error) is counted in
+``failed`` -- the demo's rollout must cost no request -- except a refused connection (nobody
+listening, as after Ctrl-C), counted in ``refused``.
 """
 
 from __future__ import annotations
@@ -22,16 +33,25 @@ log = logging.getLogger("mlharbor.demo")
 # How far the drift goes once the ramp is over.
 CHARGES_SHIFT = 25.0  # added to monthly_charges (the table's mean is about 65)
 MONTHLY_WEIGHT = 6.0  # month-to-month rows become this many times likelier to be sampled
+#: Once the ramp is over, this share of month-to-month DSL customers churns whatever the table
+#: says (the concept shift; the segment churns at about 43 % in the training data).
+SEGMENT_CHURN = 0.9
 
 
 class DemoTraffic:
-    """Sends a few predictions per second to ``url`` and records their labels later."""
+    """Sends ``rate`` requests per second of ``rows_per_request`` rows each to ``url`` and
+    records each row's label ``feedback_delay_s`` later.
+
+    A few hundred labelled rows a minute, so that by the time the drift trigger fires the
+    labelled production rows are a real share of the retraining snapshot (beside the
+    champion's 5000 training rows) and the challenger can learn the new segment.
+    """
 
     def __init__(self, url: str, endpoint: str, key: str | None, frame: Any, *,
                  target: str = "churn", id_columns: tuple[str, ...] = ("customer_id",),
                  record: Callable[[str, list[dict[str, Any]]], Any],
-                 rate: float = 4.0, ramp_s: float = 180.0, feedback_delay_s: float = 8.0,
-                 seed: int = 7) -> None:
+                 rate: float = 6.0, rows_per_request: int = 4, ramp_s: float = 90.0,
+                 feedback_delay_s: float = 8.0, seed: int = 7) -> None:
         import numpy as np
 
         self.url = url.rstrip("/")
@@ -46,9 +66,15 @@ class DemoTraffic:
         self.ramp_s = ramp_s
         self.delay_s = feedback_delay_s
         self.rng = np.random.default_rng(seed)
+        self.segment = ((frame["contract"] == "month-to-month")
+                        & (frame["internet"] == "dsl")).to_numpy() \
+            if {"contract", "internet"} <= set(frame.columns) else np.zeros(len(frame), bool)
         self.sent = 0
+        self.failed = 0
+        self.refused = 0
         self.labelled = 0
-        self._pending: deque[tuple[float, str, Any]] = deque()
+        self.rows_per_request = rows_per_request
+        self._pending: deque[tuple[float, str, int, Any]] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
         self._started_at = 0.0
@@ -62,6 +88,12 @@ class DemoTraffic:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+
+    def counts(self) -> str:
+        """``N requests, F failed`` so far (after serving was ready), and the connections
+        refused (nobody listening: after Ctrl-C, the server stops before the traffic)."""
+        refused = f", {self.refused} connections refused" if self.refused else ""
+        return f"{self.sent} requests, {self.failed} failed{refused}"
 
     # -- one request -----------------------------------------------------------------------
 
@@ -87,7 +119,10 @@ class DemoTraffic:
                                         * row["tenure_months"].clip(lower=1)).round(2)
         record = json.loads(row.to_json(orient="records"))[0]
         label = self.labels[index]
-        return record, label.item() if hasattr(label, "item") else label
+        label = label.item() if hasattr(label, "item") else label
+        if self.segment[index] and float(self.rng.random()) < SEGMENT_CHURN * progress:
+            label = type(label)(1)  # the segment's customers leave: the label follows
+        return record, label
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -102,8 +137,12 @@ class DemoTraffic:
             while not self._stop.is_set():
                 try:
                     self._send(client)
+                except httpx.ConnectError as exc:  # nobody listening (the server stopping)
+                    self.refused += 1
+                    log.warning("demo traffic: connection refused: %s", exc)
                 except httpx.HTTPError as exc:
-                    log.debug("demo traffic: %s", exc)
+                    self.failed += 1
+                    log.warning("demo traffic: request failed: %s", exc)
                 self._flush_feedback()
                 next_at += self.interval * float(self.rng.uniform(0.5, 1.5))
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
@@ -129,21 +168,28 @@ class DemoTraffic:
         return False
 
     def _send(self, client: Any) -> None:
-        row, label = self.sample(self.progress())
-        answer = client.post(f"/v1/endpoints/{self.endpoint}/predict", json=[row])
-        if answer.status_code != 200:  # shed, rate limited or reloading: try the next one
-            return
+        progress = self.progress()
+        batch = [self.sample(progress) for _ in range(self.rows_per_request)]
         self.sent += 1
+        answer = client.post(f"/v1/endpoints/{self.endpoint}/predict",
+                              json=[row for row, _ in batch])
+        if answer.status_code != 200:  # counted: the demo's loop must cost no request
+            self.failed += 1
+            log.warning("demo traffic: request answered %d: %.200s", answer.status_code,
+                        answer.text)
+            return
         request_id = answer.headers.get("x-request-id")
         if request_id:
-            self._pending.append((time.monotonic() + self.delay_s, request_id, label))
+            due = time.monotonic() + self.delay_s
+            self._pending.extend((due, request_id, row, label)
+                                 for row, (_, label) in enumerate(batch))
 
     def _flush_feedback(self, *, everything: bool = False) -> None:
         now = time.monotonic()
         due = []
         while self._pending and (everything or self._pending[0][0] <= now):
-            _, request_id, label = self._pending.popleft()
-            due.append({"request_id": request_id, "label": label})
+            _, request_id, row, label = self._pending.popleft()
+            due.append({"request_id": request_id, "row": row, "label": label})
         if not due:
             return
         try:
