@@ -1,4 +1,6 @@
-"""The main job behind `make run`, as a newcomer runs it: train, register, key, serve."""
+"""The main job behind `make run`, as a newcomer runs it: train, register, key, serve -- and
+then, by itself, the closed loop: the drifting traffic triggers one retraining job that
+snapshots, trains, validates, canaries and promotes churn:2, told line by line."""
 
 from __future__ import annotations
 
@@ -18,6 +20,19 @@ import pytest
 from tests.support import VENV_BIN, free_port, wait_for_port
 
 KEY = re.compile(r"\bmlh_[A-Za-z0-9_\-]+")
+#: The lines the demo prints as the loop progresses, in order (demo/watch.py).
+LOOP = [re.compile(p) for p in (
+    r"^drift detected in \d+ of 4 30s windows -> retraining job (\w+) started: "
+    r"http://127\.0\.0\.1:\d+/ui#/jobs/\1$",
+    r"^snapshot: \d+ rows \(5000 champion \+ \d+ labelled production rows; fingerprint "
+    r"sha256:[0-9a-f]{12}\)$",
+    r"^challenger churn:2 validated \(f1 [0-9.]+ vs champion [0-9.]+ vs baseline [0-9.]+\)$",
+    r"^canary 25%: guards passed",
+    r"^canary 100%: guards passed",
+    r"^promoted churn:2 to @champion \(job (\w+); demo traffic: \d+ requests, 0 failed\): "
+    r"http://127\.0\.0\.1:\d+/ui#/jobs/\1$",
+)]
+END = re.compile(r"^(promoted|rolled back|challenger rejected|job \w+ (failed|cancelled))")
 
 
 def free_port_pair() -> int:
@@ -33,8 +48,24 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def _printed(lines: list[str]) -> list[str]:
+    return [line.strip() for line in "".join(lines).splitlines()]
+
+
+def _wait_for_the_loop(lines: list[str], proc: subprocess.Popen[str], timeout: float
+                       ) -> list[str]:
+    """The printed lines once the job ended (a promotion, a rollback, a rejection ...)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(END.match(line) for line in _printed(lines)):
+            return _printed(lines)
+        time.sleep(1)
+    raise AssertionError("the loop did not end within the deadline:\n"
+                         + "\n".join(_printed(lines)[-40:]))
+
+
 @pytest.mark.slow
-def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
+def test_demo_trains_registers_serves_and_closes_the_loop(tmp_path: Path) -> None:
     port = free_port_pair()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLHARBOR_")}
     env |= {"MLHARBOR_HOME": str(tmp_path / "home"), "MLHARBOR_SERVER__PORT": str(port),
@@ -43,7 +74,9 @@ def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
     proc = subprocess.Popen([exe, "demo"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")),
                               daemon=True)
     reader.start()
     try:
@@ -101,9 +134,47 @@ def test_demo_trains_registers_and_serves_with_a_key(tmp_path: Path) -> None:
             logged = drift.json()["window"]["rows"] if drift.status_code == 200 else 0
         assert logged > 0 and labelled > 0, (logged, labelled)
         assert perf.json()["windows"][0]["metrics"]["accuracy"] is not None
+
+        # The closed loop, by itself: one line per step, each whole, in order.
+        printed = _wait_for_the_loop(lines, proc, timeout=420)
+        told = [line for line in printed if any(p.match(line) for p in LOOP) or END.match(line)]
+        assert len(told) == len(LOOP), "\n".join(printed[-30:])
+        for pattern, line in zip(LOOP, told, strict=True):
+            assert pattern.match(line), (pattern.pattern, line)
+        job_id = LOOP[0].match(told[0])[1]  # type: ignore[index]
+        jobs = httpx.get(f"{control}/api/v1/jobs", params={"endpoint": "churn"},
+                         headers=headers, timeout=30).json()
+        assert jobs["total"] == 1, jobs  # a persisting drift started one job
+        job = jobs["items"][0]
+        assert (job["id"], job["state"], job["outcome"]) == (job_id, "succeeded", "promoted")
+        assert job["request"]["trigger"] == "drift"
+        champion = httpx.get(f"{control}/api/v1/models/churn/aliases/champion",
+                             headers=headers, timeout=30).json()
+        assert champion["version"] == 2 and champion["tags"]["mlharbor.job"] == job_id
+        ledger = httpx.get(f"{control}/api/v1/deployments", params={"model": "churn"},
+                           headers=headers, timeout=30).json()["items"]
+        moves = [e for e in ledger if e["kind"] == "alias" and e["subject"] == "churn@champion"
+                 and e["to_version"] == 2]
+        assert moves and job_id in moves[0]["reason"] and moves[0]["actor"] == f"job:{job_id}"
+        weights = [e for e in ledger if e["kind"] == "endpoint" and job_id in e["reason"]]
+        assert {tuple((r["ref"], r["weight"]) for r in e["routes"]) for e in weights} >= {
+            (("churn:1", 75.0), ("churn:2", 25.0)), (("churn:2", 100.0),)}, weights
+        # Serving follows the endpoint: the champion's traffic now goes to version 2.
+        served = httpx.post(url, json=[row], headers=headers, timeout=30).json()
+        assert served["version"] == 2, served
+        logs = subprocess.run([exe, "jobs", "logs", job_id], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert logs.returncode == 0 and "promote" in logs.stdout, logs.stdout + logs.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         reader.join(5)
     assert "Traceback" not in "".join(lines)
     assert proc.returncode == 0, "".join(lines)[-2000:]
+    # Zero failed requests during the whole demo (the rollout included); connections refused
+    # once Ctrl-C stopped serving are counted apart.
+    final = [line for line in _printed(lines) if line.startswith("Demo traffic: ")]
+    assert final and re.match(r"^Demo traffic: \d+ requests, 0 failed", final[-1]), final
+    verify = subprocess.run([exe, "audit", "verify"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -107,3 +107,23 @@ def test_requests_not_answered_200_are_counted_as_failed() -> None:
     assert traffic.counts() == "2 requests, 1 failed"
     assert [(rid, row) for _, rid, row, _ in traffic._pending] == [
         ("req-200", 0), ("req-200", 1), ("req-200", 2)]
+
+
+def test_a_request_without_answer_is_failed_while_the_server_listens() -> None:
+    """No answer while something listens on the port is a failure; once nothing listens any
+    more (serving stopped after Ctrl-C) it is counted apart."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    traffic = DemoTraffic(f"http://127.0.0.1:{port}", "churn", "mlh_x",
+                          pd.read_csv(dataset_path()), record=lambda endpoint, labels: 0)
+    traffic._count_error(httpx.ReadError("connection reset by peer"))
+    assert (traffic.failed, traffic.refused) == (1, 0)
+    listener.close()
+    traffic._count_error(httpx.ConnectError("connection refused"))
+    assert (traffic.failed, traffic.refused) == (1, 1)
+    assert traffic.counts() == "0 requests, 1 failed, 1 unanswered once the server stopped " \
+        "listening"

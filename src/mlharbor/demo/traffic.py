@@ -15,8 +15,8 @@ while, over ``ramp_s`` seconds, the world changes:
 Each answered request's true label is recorded ``feedback_delay_s`` seconds later through
 ``record`` (the Monitor's feedback API, or a POST to the feedback route). Every request that
 is not answered 200 once serving is ready (a status or a transport error) is counted in
-``failed`` -- the demo's rollout must cost no request -- except a refused connection (nobody
-listening, as after Ctrl-C), counted in ``refused``.
+``failed`` -- the demo's rollout must cost no request -- except those sent when nobody listens
+on the port any more (after Ctrl-C serving stops first), counted in ``refused``.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ class DemoTraffic:
 
     def counts(self) -> str:
         """``N requests, F failed`` so far (after serving was ready), and the connections
-        refused (nobody listening: after Ctrl-C, the server stops before the traffic)."""
-        refused = f", {self.refused} connections refused" if self.refused else ""
+        unanswered once nobody listened (after Ctrl-C serving stops before the traffic)."""
+        refused = (f", {self.refused} unanswered once the server stopped listening"
+                   if self.refused else "")
         return f"{self.sent} requests, {self.failed} failed{refused}"
 
     # -- one request -----------------------------------------------------------------------
@@ -137,12 +138,8 @@ class DemoTraffic:
             while not self._stop.is_set():
                 try:
                     self._send(client)
-                except httpx.ConnectError as exc:  # nobody listening (the server stopping)
-                    self.refused += 1
-                    log.warning("demo traffic: connection refused: %s", exc)
                 except httpx.HTTPError as exc:
-                    self.failed += 1
-                    log.warning("demo traffic: request failed: %s", exc)
+                    self._count_error(exc)
                 self._flush_feedback()
                 next_at += self.interval * float(self.rng.uniform(0.5, 1.5))
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
@@ -166,6 +163,29 @@ class DemoTraffic:
                 pass
             self._stop.wait(0.5)
         return False
+
+    def _count_error(self, exc: Exception) -> None:
+        """A request without an answer: ``refused`` when nobody listens on the port any more
+        (the connection refused, or reset and then refused: the server is stopping, as after
+        Ctrl-C), else ``failed``."""
+        if self._listening():
+            self.failed += 1
+            log.warning("demo traffic: request failed: %s", exc)
+        else:
+            self.refused += 1
+            log.info("demo traffic: the server is no longer listening: %s", exc)
+
+    def _listening(self) -> bool:
+        import socket
+
+        import httpx
+
+        url = httpx.URL(self.url)
+        try:
+            with socket.create_connection((url.host, url.port or 80), timeout=2.0):
+                return True
+        except OSError:
+            return False
 
     def _send(self, client: Any) -> None:
         progress = self.progress()
