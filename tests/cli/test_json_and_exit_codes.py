@@ -144,6 +144,7 @@ CASES: dict[str, Case] = {
     "retrain": lambda s: ["retrain", "churn", "--reason", "test"],
     "jobs list": lambda s: ["jobs", "list"],
     "jobs show": lambda s: ["jobs", "show", s.values["retrain"]["job"]],
+    "jobs logs": lambda s: ["jobs", "logs", s.values["retrain"]["job"]],
     "jobs cancel": lambda s: ["jobs", "cancel", s.values["retrain"]["job"]],
     "jobs approve": lambda s: ["jobs", "approve", *_parked_job(s, "waiting-a")],
     "jobs reject": lambda s: ["jobs", "reject", *_parked_job(s, "waiting-b")],
