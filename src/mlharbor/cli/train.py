@@ -282,7 +282,7 @@ class _RichProgress:
                                 completed=current.total or 1)
 
             def note(self, message: str) -> None:
-                bars.console.print(message, markup=False, highlight=False)
+                bars.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         self._bars = bars
         return RichSink()
