@@ -17,7 +17,8 @@ import typer
 from mlharbor.cli.output import print_json, print_kv, print_table
 
 if TYPE_CHECKING:
-    from mlharbor.pipelines.jobs import Job, JobStore
+    from mlharbor.pipelines.jobrecords import Job
+    from mlharbor.pipelines.jobstore import JobStore
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -25,7 +26,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
 def _store(ctx: typer.Context) -> JobStore:
     from mlharbor.bootstrap import open_registry
     from mlharbor.cli.main import settings_from
-    from mlharbor.pipelines.jobs import JobStore
+    from mlharbor.pipelines.jobstore import JobStore
 
     return JobStore(open_registry(settings_from(ctx)).store)
 
@@ -35,7 +36,7 @@ def _when(job: Job) -> str:
 
 
 def _progress(job: Job) -> str:
-    from mlharbor.pipelines.jobs import StepState
+    from mlharbor.pipelines.jobstates import StepState
 
     done = sum(step.state is StepState.SUCCEEDED for step in job.steps)
     current = next((s.name for s in job.steps
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """List jobs, newest first."""
-        from mlharbor.pipelines.jobs import parse_job_state
+        from mlharbor.pipelines.jobstates import parse_job_state
 
         wanted = parse_job_state(state) if state is not None else None
         found = _store(ctx).list_jobs(state=wanted, endpoint=endpoint, limit=limit)
@@ -125,7 +126,8 @@ def register(app: typer.Typer) -> None:
                    reason: str = typer.Option("", "--reason", help="Why (kept in the audit "
                                               "trail)."),
                    as_json: bool = JSON_OPTION) -> None:
-        """Cancel a job: a queued one now, a running one between its steps."""
+        """Cancel a job: one not yet started now; any other is ended by a runner, which undoes
+        what it started (a rollout restores the endpoint)."""
         job = _store(ctx).cancel(job_id, actor="local", reason=reason)
         if as_json:
             print_json(job.to_dict())

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlharbor.pipelines.jobs import Job, StepView
+    from mlharbor.pipelines.jobrecords import Job, StepView
     from mlharbor.registry.audit import AuditEvent
     from mlharbor.registry.store import MetadataStore
 
@@ -44,7 +44,7 @@ def job_outcome(job: Job) -> str:
     """``promoted`` / ``rolled_back`` (a rollout decided), ``rejected`` (validation refused
     the challenger), else the job's state (``queued``, ``running``, ``waiting``,
     ``succeeded``, ``failed``, ``cancelled``)."""
-    from mlharbor.pipelines.jobs import JobState, StepState
+    from mlharbor.pipelines.jobstates import JobState, StepState
 
     verdicts = _verdicts(job)
     if job.state is JobState.SUCCEEDED and "promote" in verdicts:
@@ -132,7 +132,7 @@ def job_log(job: Job, audit: Iterable[AuditEvent]) -> list[LogEntry]:
 
     ``audit`` is the chain from the job's creation on (``store.iter_audit(since=...)``).
     """
-    from mlharbor.pipelines.jobs import StepState
+    from mlharbor.pipelines.jobstates import StepState
 
     entries: list[LogEntry] = []
     own = f"job:{job.id}"  # the job as audited resource, and as the actor of its changes

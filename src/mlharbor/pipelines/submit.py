@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from mlharbor.core.loop import RetrainRequest, RetrainTrigger
 
 if TYPE_CHECKING:
-    from mlharbor.pipelines.jobs import Job
+    from mlharbor.pipelines.jobrecords import Job
     from mlharbor.pipelines.policy import Policy
     from mlharbor.registry.service import Registry
 
@@ -50,7 +50,7 @@ def submit_retrain(
     from mlharbor.core.errors import InvalidInputError
     from mlharbor.core.names import validate_name
     from mlharbor.core.records import to_dict
-    from mlharbor.pipelines.jobs import JobStore
+    from mlharbor.pipelines.jobstore import JobStore
     from mlharbor.pipelines.policy import Policy, policy_from_dict
     from mlharbor.pipelines.retrain import JOB_KIND
     from mlharbor.registry.endpoints import EndpointService

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlharbor.monitoring.service import Monitor
-    from mlharbor.pipelines.jobs import Job, JobStore
+    from mlharbor.pipelines.jobrecords import Job
+    from mlharbor.pipelines.jobstore import JobStore
     from mlharbor.pipelines.policy import (
         DriftTrigger,
         EstimatedTrigger,
@@ -454,7 +455,7 @@ def last_scheduled(jobs: JobStore, endpoint: str) -> datetime | None:
 
 def _active_and_last(jobs: JobStore, endpoint: str) -> tuple[Job | None, Job | None]:
     """The endpoint's active job (if any) and the job that started last (by request time)."""
-    from mlharbor.pipelines.jobs import ACTIVE_STATES
+    from mlharbor.pipelines.jobstates import ACTIVE_STATES
 
     recent = jobs.list_jobs(endpoint=endpoint, limit=20)
     active = next((j for j in recent if j.state in ACTIVE_STATES), None)
@@ -529,7 +530,7 @@ class TriggerLoop:
                  clock: Callable[[], datetime] | None = None) -> None:
         from mlharbor.core.clock import utcnow
         from mlharbor.core.errors import InvalidInputError
-        from mlharbor.pipelines.jobs import JobStore
+        from mlharbor.pipelines.jobstore import JobStore
 
         if not interval_s > 0:
             raise InvalidInputError(f"interval_s must be positive; received {interval_s!r}.",

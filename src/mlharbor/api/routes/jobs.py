@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlharbor.api.context import actor_of, registry_of
-from mlharbor.pipelines.jobs import MAX_REASON_CHARS, JobStore
+from mlharbor.pipelines.jobstore import MAX_REASON_CHARS, JobStore
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -55,7 +55,7 @@ def list_jobs(
 ) -> dict[str, Any]:
     """Jobs, newest first, each with its outcome and steps."""
     from mlharbor.core.names import validate_name
-    from mlharbor.pipelines.jobs import parse_job_state
+    from mlharbor.pipelines.jobstates import parse_job_state
     from mlharbor.pipelines.jobview import job_view
 
     wanted = parse_job_state(state) if state is not None else None
