@@ -88,7 +88,8 @@ def job_logs(request: Request, job_id: str) -> dict[str, Any]:
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(request: Request, job_id: str, body: Reason | None = REASON_BODY
                ) -> dict[str, Any]:
-    """Cancel a job: a queued or waiting one now, a running one between its steps."""
+    """Cancel a job: one not yet started now; any other is ended by a runner, which undoes
+    what it started (a rollout restores the endpoint)."""
     from mlharbor.pipelines.jobview import job_view
 
     job = _store(request).cancel(job_id, actor=actor_of(request), reason=_reason(body))
