@@ -76,7 +76,7 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
     from mlharbor.cli.models import _version_rows
     from mlharbor.cli.output import print_kv
     from mlharbor.cli.train import _print_train_result, _RichProgress
-    from mlharbor.core.errors import ConflictError
+    from mlharbor.core.errors import ConflictError, NotFoundError
     from mlharbor.pipelines.train_job import train
 
     console = Console()
@@ -88,8 +88,14 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
                            progress=progress, actor="demo")
         _print_train_result(result)
         if not result.passed:
-            raise ConflictError(
-                f"The demo model {result.version.ref} failed its gates; nothing to serve.")
+            try:  # an earlier run's champion (retrained by the loop, say) keeps serving
+                version = registry.get_version(f"{MODEL_NAME}@champion")
+            except NotFoundError:
+                raise ConflictError(f"The demo model {result.version.ref} failed its gates; "
+                                    "nothing to serve.") from None
+            console.print(f"{result.version.ref} failed its gates against the champion "
+                          f"{version.ref} (see the report); {version.ref} keeps serving.",
+                          markup=False, highlight=False, soft_wrap=True)
         version = registry.get_version(f"{MODEL_NAME}@champion")
         print_kv(f"Serving {version.ref}", _version_rows(version))
         key = _print_demo_key(registry, console, settings if serve else None)
@@ -164,6 +170,9 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
             counts = sender.counts if sender is not None else None
             watcher = LoopWatcher(control.services.jobs, MODEL_NAME, print_line,
                                   ui=f"{control.url}/ui", traffic=counts).start()
+            cooling = _cooldown_line(control.services.jobs, control.url)
+            if cooling:
+                print_line(cooling)
         serve_with_monitoring(settings, json_logs=False)  # the stored endpoints
     finally:
         if watcher is not None:
@@ -188,6 +197,31 @@ def _policy_line(url: str) -> str:
             f"baseline, canaries {steps} with live-accuracy guards, then promotes "
             f"(.venv/bin/mlharbor policies show {policy.endpoint}). Watch: {url}/ui#/jobs "
             "and .venv/bin/mlharbor jobs list")
+
+
+def _cooldown_line(jobs: Any, url: str) -> str | None:
+    """When an earlier demo run in this home started a job within the policy's cooldown, no
+    job starts now: say so (and until when) instead of leaving the newcomer waiting."""
+    from datetime import UTC, datetime
+
+    from mlharbor.core.clock import utcnow
+    from mlharbor.pipelines.policy import load_policy
+
+    last = next(iter(jobs.list_jobs(endpoint=MODEL_NAME, limit=1)), None)
+    if last is None:
+        return None
+    try:
+        started = datetime.fromisoformat(str(last.request.get("at")))
+    except ValueError:
+        started = last.created_at
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    until = started + load_policy(policy_path()).triggers.cooldown_delta
+    if until <= utcnow():
+        return None
+    return (f"Job {last.id} ({url}/ui#/jobs/{last.id}) of an earlier demo run started at "
+            f"{started:%H:%M:%S} UTC; the policy's cooldown starts no other before "
+            f"{until:%H:%M:%S} UTC (a new home, MLHARBOR_HOME=..., shows the loop again).")
 
 
 def _client_url(host: str, port: int) -> str:
