@@ -170,7 +170,7 @@ def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *
             counts = sender.counts if sender is not None else None
             watcher = LoopWatcher(control.services.jobs, MODEL_NAME, print_line,
                                   ui=f"{control.url}/ui", traffic=counts).start()
-            cooling = _cooldown_line(control.services.jobs, control.url)
+            cooling = cooldown_line(control.services.jobs, control.url)
             if cooling:
                 print_line(cooling)
         serve_with_monitoring(settings, json_logs=False)  # the stored endpoints
@@ -199,7 +199,7 @@ def _policy_line(url: str) -> str:
             "and .venv/bin/mlharbor jobs list")
 
 
-def _cooldown_line(jobs: Any, url: str) -> str | None:
+def cooldown_line(jobs: Any, url: str) -> str | None:
     """When an earlier demo run in this home started a job within the policy's cooldown, no
     job starts now: say so (and until when) instead of leaving the newcomer waiting."""
     from datetime import UTC, datetime
