@@ -68,7 +68,8 @@ def apply_policy(registry: Any) -> Any:
 
 
 def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) -> None:
-    """Train the demo recipe, register the winner, print a key, then serve it."""
+    """Train the demo recipe, register the winner, print a key, store the endpoint ``churn``
+    and the demo's retraining policy, then serve it (see :func:`_serve_demo`)."""
     import pandas as pd
     from rich.console import Console
 
@@ -118,9 +119,13 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
 
 def _serve_demo(settings: Settings, key: str | None, frame: Any, console: Any, *,
                 traffic: bool = True) -> None:
-    """Serve churn@champion until Ctrl-C, after showing how to call it; meanwhile run the
-    control plane (dashboard, /docs) next to it and, unless ``traffic`` is off, send it demo
-    traffic with a gradual drift and delayed ground truth."""
+    """Serve the stored endpoints (``churn``: 100% churn@champion) until Ctrl-C, after showing
+    how to call it; meanwhile run the control plane (dashboard, /docs, job runner, trigger
+    loop) next to it and, unless ``traffic`` is off, send it demo traffic with a gradual drift
+    and delayed ground truth. The demo policy then closes the loop by itself (one retraining
+    job, canary, promotion), told one line per step by :class:`~mlharbor.demo.watch.LoopWatcher`.
+    Serving reads the stored endpoint, so the rollout's weight moves reach it through its
+    reconciler, as they would in ``mlharbor serve``."""
     import json
 
     from mlharbor.cli.serve import serve_with_monitoring
