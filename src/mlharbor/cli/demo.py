@@ -11,10 +11,11 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         traffic: bool = typer.Option(
             True, "--traffic/--no-traffic",
-            help="Send the served model demo requests (drifting over a few minutes) and "
-            "their delayed ground truth, so the dashboard has something to show."),
+            help="Send the served model demo requests (drifting over 90 s) and their delayed "
+            "ground truth, which starts the retraining loop; --no-traffic only serves."),
     ) -> None:
-        """Train the demo model on the bundled churn data, register it and show where to look."""
+        """Train the demo model, register and serve it, then show the closed loop: drifting
+        traffic triggers one retraining job that validates, canaries and promotes."""
         from mlharbor.cli.main import settings_from
         from mlharbor.demo.job import run_demo
 
