@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -160,7 +161,7 @@ def jobs_harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsHarbor
         registry.register_version("churn", bundle)
     registry.set_alias("churn", "champion", 1)
     endpoints = EndpointService(registry)
-    for name in ("churn", "churn-eu"):
+    for name in ("churn", "churn-eu", "churn-us"):
         endpoints.create({"name": name, "routes": [{"ref": "churn@champion"}]}, actor="test")
     _log_scored_traffic(settings, registry)
 
@@ -181,6 +182,8 @@ def jobs_harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsHarbor
                           {"model": "churn", "challenger": 3, "trigger": "metric_floor",
                            "reason": "accuracy 0.71 below 0.80"})
     ids["waiting_eu"] = _run(approval, "rollout-approval", "churn-eu",
+                             {"model": "churn", "challenger": 3, "trigger": "manual"})
+    ids["waiting_us"] = _run(approval, "rollout-approval", "churn-us",
                              {"model": "churn", "challenger": 3, "trigger": "manual"})
 
     def scripted(result: dict[str, Any]) -> Any:
@@ -368,11 +371,11 @@ def test_a_waiting_job_shows_the_commands_that_approve_or_reject_it(
     page = b.page
     b.open(f"jobs/{job_id}")
     assert page.get_attribute("#job-timeline rect.bar.waiting", "data-step") == "approval"
-    assert page.inner_text("#cmd-approve-cli") == f"mlharbor jobs approve {job_id}"
-    assert page.inner_text("#cmd-reject-cli") == f"mlharbor jobs reject {job_id}"
-    assert page.inner_text("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
+    assert page.text_content("#cmd-approve-cli") == f"mlharbor jobs approve {job_id}"
+    assert page.text_content("#cmd-reject-cli") == f"mlharbor jobs reject {job_id}"
+    assert page.text_content("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
     page.fill("#job-reason", "canary plan reviewed; it's fine")
-    approve = page.inner_text("#cmd-approve-cli")
+    approve = page.text_content("#cmd-approve-cli") or ""
     assert approve == (f"mlharbor jobs approve {job_id} --reason "
                        "'canary plan reviewed; it'\\''s fine'")
     screenshot(page, "job-waiting")
@@ -384,7 +387,7 @@ def test_a_waiting_job_shows_the_commands_that_approve_or_reject_it(
     page.wait_for_function("() => document.getElementById('job-actions').dataset.state "
                            "=== 'queued'")
     assert page.locator("#cmd-approve-cli").count() == 0
-    assert page.inner_text("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
+    assert page.text_content("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
     job = JobStore(jobs_harbor.registry.store).get(job_id)
     assert job.state is JobState.QUEUED
     approval = next(s for s in job.steps if s.name == "approval")
@@ -394,7 +397,7 @@ def test_a_waiting_job_shows_the_commands_that_approve_or_reject_it(
     # The curl line rejects the other waiting job through the API with an API key.
     b.open(f"jobs/{eu_id}")
     page.fill("#job-reason", "not this week")
-    curl = page.inner_text("#cmd-reject-curl")
+    curl = page.text_content("#cmd-reject-curl") or ""
     assert f"/api/v1/jobs/{eu_id}/reject" in curl and "$MLHARBOR_KEY" in curl
     assert curl.startswith("curl -fsS -X POST -H \"Authorization: Bearer $MLHARBOR_KEY\"")
     if shutil.which("curl") is None:
@@ -415,7 +418,7 @@ def test_a_running_job_refreshes_and_offers_cancel(jobs_harbor: JobsHarbor,
     job_id = jobs_harbor.ids["running"]
     b.open(f"jobs/{job_id}")
     assert page.get_attribute("#job-timeline rect.bar", "data-state") == "running"
-    assert page.inner_text("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
+    assert page.text_content("#cmd-cancel-cli") == f"mlharbor jobs cancel {job_id}"
     assert page.locator("#cmd-approve-cli").count() == 0
     # The runner finishes the step: the page shows it without being reloaded.
     store = JobStore(jobs_harbor.registry.store)
@@ -448,3 +451,50 @@ def test_live_accuracy_shows_the_estimate_beside_the_realised_accuracy(
     assert "0.0096" in note and "200 windows" in note and "more than two classes" in note
     screenshot(page, "live-accuracy-estimated")
     clean(b, jobs_harbor.url)
+
+
+def test_a_person_approves_a_waiting_job_with_the_pages_button(
+        jobs_harbor: JobsHarbor, signed_in: Any) -> None:
+    """The dashboard posts the decision with its session (same origin, its own header); the
+    job is queued again with the reason, and the page redraws for the new state."""
+    job_id = jobs_harbor.ids["waiting_us"]
+    viewer = signed_in("viewer")
+    viewer.open(f"jobs/{job_id}")
+    assert viewer.page.locator("#job-approve").count() == 0
+    b = signed_in("admin")
+    page = b.page
+    b.open(f"jobs/{job_id}")
+    page.fill("#job-reason", "looks good")
+    page.click("#job-approve")
+    page.wait_for_function("() => document.getElementById('job-actions').dataset.state "
+                           "=== 'queued'")
+    job = JobStore(jobs_harbor.registry.store).get(job_id)
+    assert job.state is JobState.QUEUED
+    approval = next(s for s in job.steps if s.name == "approval")
+    assert approval.progress is not None
+    assert approval.progress["approval"]["reason"] == "looks good"
+    assert approval.progress["approval"]["actor"] == "admin-1"
+    clean(b, jobs_harbor.url)
+
+
+def test_the_session_cookie_posts_only_dashboard_decisions_from_this_origin(
+        jobs_harbor: JobsHarbor) -> None:
+    url = jobs_harbor.url
+    login = httpx.post(f"{url}/ui/login", data={"key": jobs_harbor.keys["admin"]},
+                       headers={"Origin": url})
+    assert login.status_code == 303
+    cookie = {"Cookie": login.headers["set-cookie"].split(";")[0]}
+    target = f"{url}/api/v1/jobs/{jobs_harbor.ids['cancelled']}/approve"
+    own = {"Origin": url, "X-Mlharbor-Dashboard": "1"}
+    # Refused before any handler runs: no dashboard header, another site, or another route.
+    assert httpx.post(target, json={}, headers={**cookie, "Origin": url}).status_code == 401
+    assert httpx.post(target, json={}, headers={
+        **cookie, "Origin": "https://evil.example", "X-Mlharbor-Dashboard": "1"}
+    ).status_code == 401
+    assert httpx.post(target, json={}, headers={
+        **cookie, **own, "Sec-Fetch-Site": "cross-site"}).status_code == 401
+    assert httpx.post(f"{url}/api/v1/endpoints/churn/retrain", json={},
+                      headers={**cookie, **own}).status_code == 401
+    # The dashboard's own request reaches the handler (this job was cancelled: a 409).
+    answer = httpx.post(target, json={}, headers={**cookie, **own})
+    assert answer.status_code == 409, answer.text

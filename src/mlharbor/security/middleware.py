@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,6 +53,13 @@ log = logging.getLogger("mlharbor.security")
 ANONYMOUS = "anonymous"
 SESSION_COOKIE = "mlharbor_session"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Decisions a person takes on a dashboard page (approve, reject or cancel a job), which the
+# session cookie may post too. A cross-site forgery cannot reach them: the cookie is
+# SameSite=Strict, the request must prove it comes from this origin (an Origin naming this host,
+# or Sec-Fetch-Site: same-origin, as the login form must), and it must carry DASHBOARD_HEADER,
+# which no other site can send without a CORS preflight (CORS is closed).
+COOKIE_POSTS = re.compile(r"/api/v1/jobs/[0-9A-Za-z_-]{1,64}/(approve|reject|cancel)")
+DASHBOARD_HEADER = b"x-mlharbor-dashboard"
 # Paths a browser without credentials is sent to the login form from, instead of a JSON 401.
 LOGIN_REDIRECTS = frozenset({"/ui"})
 LOGIN_PATH = "/ui/login"
@@ -282,9 +290,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def session_credential_of(scope: Scope) -> str | None:
     """The session token in the ``mlharbor_session`` cookie, when the request may use it: a
-    plain HTTP GET/HEAD (never a mutation, never a websocket handshake) that carries no
-    ``Authorization`` or ``X-API-Key`` header."""
-    if scope.get("type") != "http" or scope.get("method", "GET").upper() not in SAFE_METHODS:
+    plain HTTP GET/HEAD, or a dashboard decision (COOKIE_POSTS) proven same-origin (never any
+    other mutation, never a websocket handshake), that carries no ``Authorization`` or
+    ``X-API-Key`` header."""
+    if scope.get("type") != "http":
+        return None
+    method = str(scope.get("method", "GET")).upper()
+    if method not in SAFE_METHODS and not (method == "POST" and _dashboard_decision(scope)):
         return None
     if _header(scope, b"authorization") is not None or _header(scope, b"x-api-key") is not None:
         return None
@@ -307,6 +319,23 @@ def session_credential_of(scope: Scope) -> str | None:
         # Present but unreadable or empty: refused, never taken for "no session".
         raise AuthenticationError("The session cookie cannot be read; log in again.")
     return value or None
+
+
+def _dashboard_decision(scope: Scope) -> bool:
+    """A POST the dashboard makes for a person's decision, from this origin (COOKIE_POSTS)."""
+    if not COOKIE_POSTS.fullmatch(route_path(scope)) or _header(scope, DASHBOARD_HEADER) is None:
+        return False
+    from urllib.parse import urlsplit
+
+    origin, site = _header(scope, b"origin"), _header(scope, b"sec-fetch-site")
+    if site is not None and site != "same-origin":
+        return False
+    if origin is not None:
+        try:
+            return origin != "null" and urlsplit(origin).netloc == _header(scope, b"host")
+        except ValueError:
+            return False
+    return site == "same-origin"
 
 
 def wants_login_page(scope: Scope, method: str) -> bool:

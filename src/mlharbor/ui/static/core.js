@@ -110,6 +110,23 @@ MLH.getJson = async (path) => {
   return body;
 };
 
+// A person's decision posted with the session (only the routes the server lists in
+// COOKIE_POSTS take it: same origin, and this header, which no other site can send).
+MLH.postJson = async (path, body) => {
+  const headers = { "Content-Type": "application/json", "X-Mlharbor-Dashboard": "1" };
+  const key = sessionStorage.getItem("mlharbor.key");
+  if (key) headers["Authorization"] = "Bearer " + key;
+  const answer = await fetch(path, { method: "POST", headers, body: JSON.stringify(body),
+    credentials: "same-origin" });
+  const reply = await answer.json();
+  if (!answer.ok) {
+    const error = new Error((reply.error && reply.error.message) || answer.statusText);
+    error.status = answer.status;
+    throw error;
+  }
+  return reply;
+};
+
 MLH.status = (message) => { MLH.$("status").textContent = message; };
 
 // Run fn every `seconds` while the current page stays open (the router clears the timers).

@@ -230,7 +230,7 @@
     }));
   }
 
-  // -- actions: the commands that approve, reject or cancel (the page never POSTs) ----------
+  // -- actions: buttons that approve, reject or cancel, and the same as commands ----------
 
   // A shell word in single quotes: safe to paste whatever the reason holds.
   const quote = (text) => `'${String(text).replace(/'/g, "'\\''")}'`;
@@ -285,6 +285,27 @@
     const reason = h("input", { id: "job-reason", type: "text", maxlength: "2000", size: "60",
       placeholder: "why (kept in the audit trail)" });
     const lines = h("div", { id: "job-commands" });
+    const outcome = h("p", { id: "job-action-result", role: "status" });
+    const buttons = h("div", { className: "action-buttons" }, ...verbs.map((verb) => {
+      const button = h("button", { type: "button", id: `job-${verb}`, className: `action ${verb}` },
+        verb[0].toUpperCase() + verb.slice(1));
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          await MLH.postJson(`api/v1/jobs/${encodeURIComponent(job.id)}/${verb}`,
+            { reason: reason.value.trim() || null });
+          outcome.className = "ok";
+          outcome.textContent = `Done: ${verb}.`;
+          drawnActions = null;  // redraw for the job's new state
+          await drawJob(job.id, me);
+        } catch (error) {
+          outcome.className = "drift";
+          outcome.textContent = `${verb} failed: ${error.message}`;
+          button.disabled = false;
+        }
+      });
+      return button;
+    }));
     const draw = () => lines.replaceChildren(...verbs.flatMap((verb) => {
       const [cli, curl] = commands(job, verb, reason.value.trim());
       return [h("h5", {}, verb[0].toUpperCase() + verb.slice(1)),
@@ -293,11 +314,10 @@
     reason.addEventListener("input", draw);
     draw();
     box.replaceChildren(h("div", { className: "actions" }, h("p", {}, intro),
-      h("label", {}, "Reason ", reason),
-      h("p", { className: "muted" }, "The dashboard does not change jobs itself: its sign-in cookie is " +
-        "accepted for reading only (so no other site can act through your browser). Run one of these " +
-        "lines: the CLI on a host that shares the metadata store, or curl with MLHARBOR_KEY set to an " +
-        "API key holding endpoint.write."), lines));
+      h("label", {}, "Reason ", reason), buttons, outcome,
+      h("details", {}, h("summary", {}, "Or run it as a command"),
+        h("p", { className: "muted" }, "The CLI on a host that shares the metadata store, or curl " +
+          "with MLHARBOR_KEY set to an API key holding endpoint.write."), lines)));
   }
 
   let drawnActions = null;  // job state the actions box was drawn for (keeps a typed reason)
