@@ -10,12 +10,14 @@ Browsers (the dashboard) may instead present a session token in the ``mlharbor_s
 cookie that ``POST /ui/login`` sets: an opaque server-side session (mlharbor.security.sessions)
 standing for the API key typed into the form, never the key itself. The cookie is a credential
 ONLY for safe methods (GET/HEAD) of plain HTTP requests without an ``Authorization``/
-``X-API-Key`` header, so a cross-site request can never use it to change anything (CSRF), nor
-open a websocket; and only on an app given a session store (``add_auth`` gives one; the serving
-app has none and ignores the cookie). A browser (``Accept: text/html``) asking for ``/ui``
-without a valid credential is redirected (303) to ``/ui/login``: without any credential that is
-not a denial and writes no audit record; with a rejected cookie (unknown, ended or expired
-session, or its key revoked) it is one, audited once like any other 401.
+``X-API-Key`` header, and for the three job decisions of COOKIE_POSTS when the request proves
+it is the dashboard's own (same origin, its header), so a cross-site request can never use it
+to change anything (CSRF), nor open a websocket; and only on an app given a session store
+(``add_auth`` gives one; the serving app has none and ignores the cookie). A browser
+(``Accept: text/html``) asking for ``/ui`` without a valid credential is redirected (303) to
+``/ui/login``: without any credential that is not a denial and writes no audit record; with a
+rejected cookie (unknown, ended or expired session, or its key revoked) it is one, audited
+once like any other 401.
 
 Public routes (``/livez``, ``/readyz``, the login form) pass untouched. A path no rule matches
 never reaches the app (404/405 after authentication): new routes must be added to the table
