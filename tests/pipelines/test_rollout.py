@@ -113,9 +113,11 @@ class Scripted:
     as a live endpoint would; ``challenger_accuracy`` sets how right the challenger is."""
 
     def __init__(self, challenger_accuracy: float = 0.85,
-                 on_call: Callable[[int], None] | None = None, agreement: float = 0.97) -> None:
+                 on_call: Callable[[int], None] | None = None, agreement: float = 0.97,
+                 shadow_errors: int = 0) -> None:
         self.calls = 0
         self.agreement = agreement
+        self.shadow_errors = shadow_errors
         self.challenger_accuracy = challenger_accuracy
         self.on_call = on_call
 
@@ -135,7 +137,8 @@ class Scripted:
     def shadow(self, endpoint: str, start: datetime, end: datetime,
                shadow_version: int) -> ShadowStats:
         agreeing = round(100 * self.agreement)
-        return ShadowStats(100, 100, 100, agreeing, 0.01, 0.012)
+        return ShadowStats(100, 100, 100, agreeing, 0.01, 0.012, primary_errors=1,
+                           shadow_errors=self.shadow_errors)
 
 
 def make_runner(registry: Registry, rollout: RolloutSpec, signals: Any, *,
@@ -240,6 +243,35 @@ def test_the_shadow_phase_mirrors_then_restores_and_judges_agreement(
     else:
         assert job.state is JobState.FAILED and "agreement 0.500" in (job.error or "")
         assert decision.verdict.value == "rollback" and len(history) == 2  # no canary
+        assert registry.get_version("churn:2").tags[TAG_STATUS] == "rejected"
+        assert registry.get_version("churn@champion").version == CHAMPION
+
+
+@pytest.mark.parametrize("failed", [2, 25], ids=["as-often-as-the-primary", "failing"])
+def test_the_shadow_phase_judges_the_shadows_error_rate(
+        registry: Registry, endpoints: EndpointService, failed: int) -> None:
+    """100 answered copies and ``failed`` failed ones vs 1 fallback in 101 primary requests:
+    the canary's one-sided error-rate test (allowed increase 0.02, alpha 0.05) fires at 25
+    failed copies (20 %), not at 2 (2 %)."""
+    rollout = spec(shadow={"requests": 50, "duration": "1s", "min_agreement": 0.9})
+    runner = make_runner(registry, rollout, Scripted(shadow_errors=failed))
+    submit(runner)
+    job = runner.run_once()
+    assert job is not None
+    (decision, *_rest) = rollout_decisions([s.result for s in job.steps if s.result])
+    assert decision.phase.value == "shadow"
+    assert decision.guard_metrics["shadow_errors"] == failed
+    assert decision.guard_metrics["shadow_error_rate"] == pytest.approx(failed / (100 + failed))
+    assert decision.guard_metrics["primary_error_rate"] == pytest.approx(1 / 101)
+    if failed == 2:
+        assert job.state is JobState.SUCCEEDED, job.error
+        assert f"{failed} of {100 + failed} copies failed" in decision.reason
+        assert registry.get_version("churn@champion").version == GOOD
+    else:
+        assert job.state is JobState.FAILED and "error rate" in (job.error or "")
+        assert decision.verdict.value == "rollback" and "shadow error rate" in decision.reason
+        history = endpoints.history("churn")[1:]
+        assert [h.spec["shadow"] for h in history if h.spec] == ["churn:2", None]  # restored
         assert registry.get_version("churn:2").tags[TAG_STATUS] == "rejected"
         assert registry.get_version("churn@champion").version == CHAMPION
 

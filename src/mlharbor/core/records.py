@@ -88,6 +88,11 @@ class PredictionRecord:
     version that answered. ``matrix`` is, for models of numbers only, the same inputs as the
     float64 matrix serving validated (one row per input row, columns in ``columns`` order),
     so the log can store its bytes instead of converting ``inputs`` a second time.
+
+    ``error`` marks a copy that did not answer (today a shadow's failed copy): the error's
+    class name only (``ValueError``, ``TimeoutError``), never its message, which may quote the
+    inputs; such a record has no ``outputs`` and no ``inputs`` (the primary's record of the
+    same request id holds them).
     """
 
     request_id: str
@@ -102,6 +107,7 @@ class PredictionRecord:
     fallback: str | None = None
     matrix: Any = None
     columns: tuple[str, ...] | None = None
+    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -208,8 +208,11 @@ class Feedback:
                     validation: Mapping[int, Mapping[str, float]] | None = None,
                     tolerance: float = 0.05) -> list[dict[str, Any]]:
         """One row per (window, version) with labelled rows and live metrics."""
-        logged = self.log.scan(endpoint, start, end,
-                               columns=["request_id", "row", "version", "prediction", "score"])
+        from mlharbor.monitoring.logrows import answers
+
+        logged = answers(self.log.scan(
+            endpoint, start, end,
+            columns=["request_id", "row", "version", "prediction", "score", "error"]))
         labels = self.labels(endpoint)
         if logged.num_rows == 0 or labels.num_rows == 0 or "request_id" not in logged.column_names:
             return []
@@ -254,9 +257,9 @@ class Feedback:
         import pandas as pd
         import pyarrow.compute as pc
 
-        from mlharbor.monitoring.logrows import INPUT_PREFIX
+        from mlharbor.monitoring.logrows import INPUT_PREFIX, answers
 
-        logged = self.log.scan(endpoint, start, end)
+        logged = answers(self.log.scan(endpoint, start, end))
         labels = self.labels(endpoint)
         inputs = [c for c in logged.column_names if c.startswith(INPUT_PREFIX)]
         names = [c.removeprefix(INPUT_PREFIX) for c in inputs]
@@ -286,8 +289,11 @@ class Feedback:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        columns = ["request_id", "row", "version", "prediction", "score", "shadow"]  # + at
-        logged = self.log.scan(endpoint, start, end, columns=columns)
+        from mlharbor.monitoring.logrows import answers
+
+        columns = ["request_id", "row", "version", "prediction", "score", "shadow",
+                   "error"]  # + at
+        logged = answers(self.log.scan(endpoint, start, end, columns=columns))
         names = ["at", "version", "prediction", "score", *(["label"] if labelled else [])]
         if logged.num_rows == 0 or not {"request_id", "prediction"} <= set(
                 logged.column_names):

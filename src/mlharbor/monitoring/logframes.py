@@ -54,7 +54,9 @@ def split_records(records: Sequence[PredictionRecord], redaction: Redaction | No
                   ) -> tuple[list[PredictionRecord], list[PredictionRecord]]:
     """(records for a binary frame, the rest). A record qualifies when it carries its matrix,
     its endpoint has no redaction rules (redaction needs the values as Python objects), and its
-    outputs are serving's: a 1-D prediction array, probabilities absent or one row per row."""
+    outputs are serving's: a 1-D prediction array, probabilities absent or one row per row. A
+    record of a copy that failed (``error`` set) has no outputs: it takes the JSON path, whose
+    entries carry the error (frames have no field for it)."""
     import numpy as np
 
     binary: list[PredictionRecord] = []
@@ -63,7 +65,8 @@ def split_records(records: Sequence[PredictionRecord], redaction: Redaction | No
         matrix, outputs = record.matrix, record.outputs
         predictions = getattr(outputs, "predictions", None)
         probabilities = getattr(outputs, "probabilities", None)
-        if (type(matrix) is np.ndarray and matrix.ndim == 2 and record.columns is not None
+        if (record.error is None and type(matrix) is np.ndarray and matrix.ndim == 2
+                and record.columns is not None
                 and type(predictions) is np.ndarray and predictions.ndim == 1
                 and predictions.dtype.kind != "O"
                 and len(predictions) == matrix.shape[0]

@@ -4,7 +4,9 @@ One record answers one request, which may hold many rows; the log keeps one row 
 row: ``request_id``, ``row``, ``endpoint``, ``model_ref``, ``version``, ``at`` (epoch
 microseconds, UTC), ``latency_s``, ``shadow``, ``fallback``, one ``in.<column>`` per input
 column (after redaction), ``prediction`` and, for classifiers, ``score`` (the positive or top
-class probability).
+class probability). A copy that did not answer (a shadow's failed copy) is one row with
+``error`` (the error's class name), no inputs and no prediction; the ``error`` column exists
+only in segments that hold such a row, so readers take a missing column as no errors.
 
 Redaction is per endpoint and per column (:class:`Redaction`): ``drop`` removes the column,
 ``hash`` keeps a salted SHA-256 (joins and distinct counts still work, values do not leak),
@@ -101,10 +103,25 @@ def record_rows(record: PredictionRecord, redaction: Redaction | None = None
             "prediction": _scalar(predictions[i]) if i < len(predictions) else None,
             "score": scores[i] if i < len(scores) else None,
         }
+        if record.error is not None:
+            row["error"] = record.error
         for key, value in features.items():
             row[INPUT_PREFIX + str(key)] = _scalar(value)
         rows.append(row)
     return rows
+
+
+def answers(table: Any) -> Any:
+    """The rows of a log table (a ``pyarrow.Table``) that hold an answer: without the rows of
+    copies that failed (``error`` set), and without the ``error`` column. Readers that mean
+    answers (drift, performance) read through this; a table without the column (segments
+    older than it, or none failed) is returned as it is."""
+    import pyarrow.compute as pc
+
+    if "error" not in table.column_names:
+        return table
+    kept = table.filter(pc.is_null(table["error"])) if table.num_rows else table
+    return kept.drop_columns(["error"])
 
 
 def input_rows(data: Any) -> list[dict[str, Any]]:
@@ -207,6 +224,8 @@ def record_entry(record: PredictionRecord, redaction: Redaction | None = None
         "at": epoch_micros(record.at), "lat": record.latency_s,
         "sh": record.shadow, "fb": record.fallback, "pred": predictions, "score": scores,
     }
+    if record.error is not None:  # a copy that did not answer: no outputs, no inputs
+        entry["er"] = record.error
     rules = redaction.rules_for(record.endpoint) if redaction is not None else None
     if rules and redaction is not None:
         count, columns = input_columns(record.inputs)
@@ -454,8 +473,12 @@ def entries_columns(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
     version, at, latency, shadow = out["version"], out["at"], out["latency_s"], out["shadow"]
     fallback, prediction, score = out["fallback"], out["prediction"], out["score"]
     inputs: dict[str, list[Any]] = {}
+    errors: list[Any] | None = None  # the ``error`` column, once an entry has one
     total = 0
     for entry in entries:
+        error = entry.get("er")
+        if error is not None and errors is None:
+            errors = [None] * total
         if "cols" in entry:
             count_in, columns = entry["cols"]
         else:
@@ -474,6 +497,8 @@ def entries_columns(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
             fallback.append(entry["fb"])
             prediction.append(preds[0] if preds else None)
             score.append(scores[0] if scores else None)
+            if errors is not None:
+                errors.append(error)
             for key, values in columns.items():
                 column = inputs.get(key)
                 if column is None:
@@ -496,6 +521,8 @@ def entries_columns(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
         fallback.extend([entry["fb"]] * count)
         prediction.extend(preds[:count])
         score.extend(scores[:count])
+        if errors is not None:
+            errors.extend([error] * count)
         for key, values in columns.items():
             column = inputs.get(key)
             if column is None:
@@ -505,6 +532,8 @@ def entries_columns(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
         for column in (prediction, score, *inputs.values()):
             if len(column) < total:
                 column.extend([None] * (total - len(column)))
+    if errors is not None:
+        out["error"] = errors
     for key, column in inputs.items():
         out[INPUT_PREFIX + key] = column
     return out

@@ -461,7 +461,7 @@ def entries_table(entries: list[dict[str, Any]]) -> pa.Table:
         entries = list(chain.from_iterable(
             block_entries(e) if "block" in e else [e] for e in entries))
     matrices = [e for e in entries if "x" in e]
-    if matrices and len(matrices) == len(entries):
+    if matrices and len(matrices) == len(entries) and not any("er" in e for e in entries):
         table = matrix_table(entries)
         if table is not None:
             return table

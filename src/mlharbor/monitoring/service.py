@@ -298,7 +298,9 @@ class Monitor:
         return counts
 
     def _version_rows(self, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
-        table = self.log.scan(endpoint, lo, hi)
+        from mlharbor.monitoring.logrows import answers
+
+        table = answers(self.log.scan(endpoint, lo, hi))  # a failed copy is no answer
         if "version" in table.column_names:
             import pyarrow.compute as pc
 

@@ -3,7 +3,9 @@
 The log keeps one row per predicted row, so a request of 64 rows has 64 rows with the same
 ``latency_s`` and ``fallback``. Every figure here counts *requests*: the first row of each
 (``row == 0``), leaving out shadow copies, which no client waited for. The error rate is the
-share of requests a fallback answered (``fallback`` set). Alert signals
+share of requests a fallback answered (``fallback`` set) or that did not answer (``error``
+set: today only a shadow's failed copies, counted as errors of the shadow's version in
+``shadow_errors``; segments older than that column have none). Alert signals
 (:mod:`mlharbor.monitoring.signals`) read the same helpers, so a chart and the alert on it
 never disagree.
 
@@ -61,17 +63,27 @@ def first_rows(table: pa.Table, *, shadow: bool = False) -> pa.Table:
     return table if keep is None else table.filter(keep)
 
 
-def fallback_count(table: pa.Table) -> int:
-    """Requests in ``table`` answered by a fallback (a failed or refused primary)."""
+def failed(table: pa.Table) -> np.ndarray:
+    """Per row of ``table``: answered by a fallback (a failed or refused primary) or not
+    answered at all (``error`` set, a failed shadow copy)."""
+    import numpy as np
     import pyarrow.compute as pc
 
-    if "fallback" not in table.column_names or table.num_rows == 0:
-        return 0
-    return int(pc.sum(pc.is_valid(table["fallback"]).cast("int64")).as_py() or 0)
+    out = np.zeros(table.num_rows, dtype=bool)
+    for name in ("fallback", "error"):
+        if name in table.column_names and table.num_rows:
+            out |= pc.is_valid(table[name]).to_numpy(zero_copy_only=False)
+    return out
+
+
+def fallback_count(table: pa.Table) -> int:
+    """Requests in ``table`` that failed: answered by a fallback, or not answered (``error``)."""
+    return int(failed(table).sum())
 
 
 def error_rate(table: pa.Table) -> float | None:
-    """Share of the requests in ``table`` a fallback answered; None without requests."""
+    """Share of the requests in ``table`` that failed (:func:`failed`); None without
+    requests."""
     if table.num_rows == 0:
         return None
     return fallback_count(table) / int(table.num_rows)
@@ -88,32 +100,33 @@ def traffic(log: PredictionLog, endpoint: str, *, start: datetime, end: datetime
             step: timedelta, max_buckets: int = MAX_BUCKETS) -> dict[str, Any]:
     """Requests, requests per second, latency p50/p95/p99 (seconds) and error rate per
     ``step`` bucket of ``[start, end)``, the totals, and how requests split over the routes.
+    The totals also count the shadow's copies (``shadow_requests``) and, of those, the copies
+    that failed (``shadow_errors``, errors of the shadow's version).
 
     Buckets without requests report 0 requests and ``None`` for latency and error rate.
     """
     import numpy as np
-    import pyarrow.compute as pc
 
     edges = bucket_edges(start, end, step, max_buckets)
     table = log.scan(endpoint, start, end,
-                     columns=["row", "shadow", "latency_s", "fallback", "model_ref", "version"])
+                     columns=["row", "shadow", "latency_s", "fallback", "error", "model_ref",
+                              "version"])
     requests = first_rows(table)
-    shadows = first_rows(table, shadow=True).num_rows
+    copies = first_rows(table, shadow=True)
     micros = np.asarray([epoch_micros(e) for e in edges], dtype=np.int64)
     at = requests["at"].to_numpy(zero_copy_only=False) if requests.num_rows else \
         np.zeros(0, dtype=np.int64)
     index = np.searchsorted(micros, at, side="right") - 1
     latencies = _latencies(requests)
-    fallback = (pc.is_valid(requests["fallback"]).to_numpy(zero_copy_only=False)
-                if "fallback" in requests.column_names and requests.num_rows
-                else np.zeros(requests.num_rows, dtype=bool))
+    fallback = failed(requests)
     buckets = []
     for i in range(len(edges) - 1):
         chosen = index == i
         buckets.append(_bucket(edges[i], edges[i + 1], latencies[chosen], fallback[chosen]))
     totals = _bucket(start, end, latencies, fallback)
     del totals["start"]
-    totals["shadow_requests"] = shadows
+    totals["shadow_requests"] = copies.num_rows
+    totals["shadow_errors"] = fallback_count(copies)
     return {
         "endpoint": endpoint, "start": start.isoformat(), "end": end.isoformat(),
         "step_s": step.total_seconds(), "buckets": buckets, "totals": totals,

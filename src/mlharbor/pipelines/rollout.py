@@ -4,7 +4,9 @@
 job-runner steps (:mod:`mlharbor.pipelines.jobs`), appended by the retrain job after its
 validate step (or run alone, as the tests do)::
 
-    shadow        (optional) the challenger is the endpoint's shadow; agreement and latency
+    shadow        (optional) the challenger is the endpoint's shadow; agreement, latency and
+                  error rate (its failed copies vs the primary's fallbacks: the canary's
+                  error-rate test at level ``alpha``)
     approval      (optional) the job waits (``waiting``, no thread held) for `jobs approve`
     canary-5 ...  one step per canary percent: move the weights, hold, judge the guards
     ab-look-1 ... (``mode: ab``, instead of the canary) the looks of an A/B experiment
@@ -273,16 +275,26 @@ class Rollout:
         while True:
             now = utcnow()
             stats = self.signals.shadow(ctx.job.endpoint, started, now, target.challenger)
-            if stats.shadow_requests >= spec.requests or now >= deadline:
+            if stats.shadow_copies >= spec.requests or now >= deadline:
                 break
             self._sleep(ctx)
         metrics = {"primary_requests": float(stats.primary_requests),
                    "shadow_requests": float(stats.shadow_requests),
-                   "compared_rows": float(stats.compared_rows)}
+                   "compared_rows": float(stats.compared_rows),
+                   "primary_errors": float(stats.primary_errors),
+                   "shadow_errors": float(stats.shadow_errors)}
         _put(metrics, "agreement", stats.agreement)
         _put(metrics, "primary_p99_s", stats.primary_p99)
         _put(metrics, "shadow_p99_s", stats.shadow_p99)
+        _put(metrics, "primary_error_rate", stats.primary_error_rate)
+        _put(metrics, "shadow_error_rate", stats.shadow_error_rate)
         problems = []
+        worse = error_rate_worse(
+            stats.shadow_errors, stats.shadow_copies, stats.primary_errors,
+            stats.primary_requests + stats.primary_errors,
+            allowed=self.spec.guards.error_rate_increase, level=self.spec.guards.alpha)
+        if worse is not None:
+            problems.append(f"shadow {worse}")
         if stats.agreement is None:
             problems.append("no shadow answer could be compared with the primary's")
         elif stats.agreement < spec.min_agreement:
@@ -305,7 +317,9 @@ class Rollout:
             raise StepFailed(f"Rolled back: {reason}.", result=self._result(state, decision))
         decision = self._decision(ctx, 0, RolloutPhase.SHADOW, RolloutVerdict.ADVANCE,
                                   f"shadow: agreement {stats.agreement:.3f} over "
-                                  f"{stats.compared_rows} rows, latency within bounds",
+                                  f"{stats.compared_rows} rows, latency within bounds, "
+                                  f"{stats.shadow_errors} of {stats.shadow_copies} copies "
+                                  "failed (error rate within bounds)",
                                   weights, metrics)
         return self._result(state, decision)
 
@@ -462,14 +476,10 @@ class Rollout:
         _put(metrics, "challenger_error_rate", new.error_rate)
         _put(metrics, "champion_error_rate", old.error_rate)
         fired: list[str] = []
-        if new.requests and old.requests:
-            p_t, p_c = new.errors / new.requests, old.errors / old.requests
-            excess = p_t - p_c - guards.error_rate_increase
-            se = math.sqrt(p_t * (1 - p_t) / new.requests + p_c * (1 - p_c) / old.requests)
-            z = excess / se if se > 0 else (math.inf if excess > 0 else -math.inf)
-            if z > _NORMAL.inv_cdf(1 - level):
-                fired.append(f"error rate {p_t:.3f} vs {p_c:.3f} exceeds the allowed increase "
-                             f"{guards.error_rate_increase} (one-sided z-test at {level:.4f})")
+        worse = error_rate_worse(new.errors, new.requests, old.errors, old.requests,
+                                 allowed=guards.error_rate_increase, level=level)
+        if worse is not None:
+            fired.append(worse)
         p99_new, p99_old = new.p99(), old.p99()
         _put(metrics, "challenger_p99_s", p99_new)
         _put(metrics, "champion_p99_s", p99_old)
@@ -662,6 +672,23 @@ def _has(endpoint: Endpoint, wanted: Mapping[str, Any]) -> bool:
         elif current.get(key) != value:
             return False
     return True
+
+
+def error_rate_worse(errors: int, requests: int, base_errors: int, base_requests: int, *,
+                     allowed: float, level: float) -> str | None:
+    """The error-rate guard (canary steps and the shadow phase): the one-sided z-test of
+    ``p - p_base > allowed`` at ``level``; the reason when it rejects, else None (also when
+    either side has no requests)."""
+    if not requests or not base_requests:
+        return None
+    p_t, p_c = errors / requests, base_errors / base_requests
+    excess = p_t - p_c - allowed
+    se = math.sqrt(p_t * (1 - p_t) / requests + p_c * (1 - p_c) / base_requests)
+    z = excess / se if se > 0 else (math.inf if excess > 0 else -math.inf)
+    if z <= _NORMAL.inv_cdf(1 - level):
+        return None
+    return (f"error rate {p_t:.3f} vs {p_c:.3f} exceeds the allowed increase {allowed} "
+            f"(one-sided z-test at {level:.4f})")
 
 
 def _put(metrics: dict[str, float], key: str, value: float | None) -> None:

@@ -50,7 +50,14 @@ class VariantStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShadowStats:
-    """A shadow phase: primary requests, shadow answers matched to them, agreement, latency."""
+    """A shadow phase: primary requests, shadow answers matched to them, agreement, latency,
+    and errors on both sides.
+
+    ``primary_requests`` are the requests the primary's route answered and ``primary_errors``
+    those a fallback answered instead (a failed primary); ``shadow_requests`` are the copies
+    the shadow answered and ``shadow_errors`` the copies it failed (logged with ``error``).
+    A copy dropped for lack of capacity is in neither: it says nothing about the shadow.
+    """
 
     primary_requests: int
     shadow_requests: int
@@ -58,10 +65,26 @@ class ShadowStats:
     agreeing_rows: int
     primary_p99: float | None
     shadow_p99: float | None
+    primary_errors: int = 0
+    shadow_errors: int = 0
 
     @property
     def agreement(self) -> float | None:
         return self.agreeing_rows / self.compared_rows if self.compared_rows else None
+
+    @property
+    def shadow_copies(self) -> int:
+        """Copies the shadow answered or failed."""
+        return self.shadow_requests + self.shadow_errors
+
+    @property
+    def primary_error_rate(self) -> float | None:
+        total = self.primary_requests + self.primary_errors
+        return self.primary_errors / total if total else None
+
+    @property
+    def shadow_error_rate(self) -> float | None:
+        return self.shadow_errors / self.shadow_copies if self.shadow_copies else None
 
 
 class RolloutSignals(Protocol):
@@ -127,22 +150,27 @@ class LogSignals:
         frame = self._frame(endpoint, start, end)
         if not len(frame):
             return ShadowStats(0, 0, 0, 0, None, None)
-        copies = frame[frame["shadow"] & (frame["version"] == shadow_version)]
-        primary = frame[~frame["shadow"] & frame["fallback"].isna()]
+        ours = frame[frame["shadow"] & (frame["version"] == shadow_version)]
+        copies, failed = ours[ours["error"].isna()], ours[ours["error"].notna()]
+        routed = frame[~frame["shadow"]]
+        primary = routed[routed["fallback"].isna()]
         joined = primary.merge(copies, on=["request_id", "row"], suffixes=("", "_shadow"))
         agree = sum(label_text(a) == label_text(b) for a, b in
                     zip(joined["prediction"], joined["prediction_shadow"], strict=True))
         p_first, s_first = primary[primary["row"] == 0], copies[copies["row"] == 0]
+        fell_back = routed[(routed["row"] == 0) & routed["fallback"].notna()]
         return ShadowStats(
             primary_requests=len(p_first), shadow_requests=len(s_first),
             compared_rows=len(joined), agreeing_rows=int(agree),
-            primary_p99=_p99(p_first["latency_s"]), shadow_p99=_p99(s_first["latency_s"]))
+            primary_p99=_p99(p_first["latency_s"]), shadow_p99=_p99(s_first["latency_s"]),
+            primary_errors=len(fell_back),
+            shadow_errors=int((failed["row"] == 0).sum()))
 
     def _frame(self, endpoint: str, start: datetime, end: datetime) -> Any:
         import pandas as pd
 
         columns = ["request_id", "row", "version", "shadow", "fallback", "latency_s",
-                   "prediction"]
+                   "prediction", "error"]
         table = self.log.scan(endpoint, start, end, columns=columns)
         frame = table.to_pandas()
         for column in columns:

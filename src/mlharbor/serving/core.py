@@ -7,7 +7,8 @@ error or timeout walks the fallback chain (other versions, then a fixed answer).
 one deadline for the whole request: the chain gets what the failed attempts left of it, so two
 slow models answer (or fail with 504) within one timeout, not two. Each answer is offered to
 the prediction sink (never awaited) and, when the endpoint has a shadow, copied to it after the
-answer is on its way.
+answer is on its way; a shadow copy that fails is offered too, as a record marked with the
+error's class name (no outputs), so the log tells failed copies from dropped ones.
 
 A shadow never slows the primary: its batcher runs on an executor of its own (see
 ``serving.app``), and at most ``shadow_capacity`` shadow copies are queued or running at once
@@ -249,6 +250,13 @@ class DataPlane:
             log.info("shadow %s failed: %s", shadow.model.ref, type(exc).__name__,
                      extra={"request_id": request_id, "endpoint": plan.name,
                             "event": "shadow.failed"})
+            # Logged too, so the control plane tells a failed copy from a dropped one: the
+            # error's class name only (its message may quote inputs), no inputs or outputs.
+            self.sink.offer(PredictionRecord(
+                request_id=request_id, endpoint=plan.name, model_ref=shadow.ref,
+                served_version=shadow.model.version, inputs=None, outputs=None,
+                latency_s=time.perf_counter() - started, at=utcnow(), shadow=True,
+                error=type(exc).__name__))
             return
         answer = Answer(plan.name, shadow.model, shadow.ref, outputs, rows)
         self._record(answer, data, request_id, time.perf_counter() - started, shadow=True,
