@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mlharbor.cli.admin import cli_actor
 from mlharbor.core.errors import ConfigError, ConflictError, InvalidInputError, NotFoundError
 from mlharbor.pipelines.policy import Policy, load_policy, policy_from_dict, policy_from_yaml
 from mlharbor.registry.audit import verify_chain
@@ -310,6 +311,7 @@ def test_cli_apply_show_history_and_a_stale_revision(cli_home: dict[str, str],
     assert json.loads(back.stdout)["outcome"] == "unchanged"
     history = json.loads(run_cli("policies", "history", "churn", "--json", env=cli_home).stdout)
     assert [(h["revision"], h["reason"]) for h in history] == [(1, "first"), (2, "")]
+    assert {h["actor"] for h in history} == {cli_actor()}  # the user who applied it
     listed = json.loads(run_cli("policies", "list", "--json", env=cli_home).stdout)
     assert [p["endpoint"] for p in listed] == ["churn"]
     gone = run_cli("policies", "delete", "churn", "--yes", env=cli_home)

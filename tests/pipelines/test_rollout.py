@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 import mlharbor
+from mlharbor.cli.admin import cli_actor
 from mlharbor.core.errors import ConflictError
 from mlharbor.pipelines.jobs import JobKind, JobRunner, JobState, JobStore, StepState
 from mlharbor.pipelines.policy import RolloutSpec
@@ -373,7 +374,7 @@ def test_approval_waits_without_a_runner_then_approve_continues_it(
     assert JobStore(registry.store).get(job_id).state is JobState.QUEUED
     event = _audit(registry)[-1]
     assert (event.action, event.actor, event.details["reason"]) == (
-        "job.approve", "local", "reviewed the shadow report")
+        "job.approve", cli_actor(), "reviewed the shadow report")  # who approved: the user
 
     job = runner.run_once()
     assert job is not None and job.state is JobState.SUCCEEDED, job and job.error

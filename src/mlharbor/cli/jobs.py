@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mlharbor.cli.admin import cli_actor
 from mlharbor.cli.output import print_json, print_kv, print_table
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def register(app: typer.Typer) -> None:
                    as_json: bool = JSON_OPTION) -> None:
         """Cancel a job: one not yet started now; any other is ended by a runner, which undoes
         what it started (a rollout restores the endpoint)."""
-        job = _store(ctx).cancel(job_id, actor="local", reason=reason)
+        job = _store(ctx).cancel(job_id, actor=cli_actor(), reason=reason)
         if as_json:
             print_json(job.to_dict())
             return
@@ -142,7 +143,7 @@ def register(app: typer.Typer) -> None:
                                                "trail)."),
                     as_json: bool = JSON_OPTION) -> None:
         """Approve a job waiting for a human: it is queued again and goes on."""
-        job = _store(ctx).approve(job_id, actor="local", reason=reason)
+        job = _store(ctx).approve(job_id, actor=cli_actor(), reason=reason)
         if as_json:
             print_json(job.to_dict())
             return
@@ -154,7 +155,7 @@ def register(app: typer.Typer) -> None:
                                               "trail and on the job)."),
                    as_json: bool = JSON_OPTION) -> None:
         """Reject a job waiting for a human: it ends failed, nothing more is done."""
-        job = _store(ctx).reject(job_id, actor="local", reason=reason)
+        job = _store(ctx).reject(job_id, actor=cli_actor(), reason=reason)
         if as_json:
             print_json(job.to_dict())
             return

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from mlharbor.cli.admin import cli_actor
 from mlharbor.cli.output import print_json, print_kv, print_table
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from mlharbor.registry.service import Registry
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON for scripts.")
-ACTOR = "local"
 
 
 def _registry(ctx: typer.Context) -> Registry:
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         from mlharbor.pipelines.policy import load_policy
 
         policy = load_policy(file)
-        result = _service(ctx).apply(policy, actor=ACTOR, reason=reason,
+        result = _service(ctx).apply(policy, actor=cli_actor(), reason=reason,
                                      expected_revision=revision)
         if as_json:
             print_json(result.to_dict())
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         """Delete the policy of ENDPOINT (its history stays; nothing retrains it)."""
         if not yes:
             typer.confirm(f"Delete the policy of {endpoint}?", abort=True)
-        _service(ctx).delete(endpoint, actor=ACTOR, reason=reason, expected_revision=revision)
+        _service(ctx).delete(endpoint, actor=cli_actor(), reason=reason, expected_revision=revision)
         typer.echo(f"Deleted the policy of {endpoint}.")
 
     app.add_typer(policies_app, name="policies")
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         from mlharbor.pipelines.submit import submit_retrain
 
         job, created = submit_retrain(_registry(ctx), endpoint, trigger=RetrainTrigger.MANUAL,
-                                      reason=reason or "manual", actor=ACTOR)
+                                      reason=reason or "manual", actor=cli_actor())
         if as_json:
             print_json({"job": job.id, "created": created, "state": job.state.value,
                         "endpoint": job.endpoint, "kind": job.kind, "plan": list(job.plan)})
