@@ -36,7 +36,6 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    func,
     select,
     update,
 )
@@ -45,6 +44,7 @@ from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.names import validate_name
 from mlharbor.core.refs import ModelRef
+from mlharbor.registry.revisions import expect_revision, next_revision
 from mlharbor.registry.schema import metadata
 from mlharbor.registry.store import aware
 
@@ -378,10 +378,7 @@ class EndpointService:
 
     def _expect(self, name: str, row: Any, expected: int | None) -> int:
         """The row's revision, refusing the write when the caller expected another one."""
-        revision = int(row.revision)
-        if expected is not None and expected != revision:
-            raise _stale(name, expected, revision)
-        return revision
+        return expect_revision(row, expected, lambda e, c: _stale(name, e, c))
 
     def _compare_and_set(
         self, conn: Connection, name: str, row: Any, *, values: dict[str, Any]
@@ -396,10 +393,8 @@ class EndpointService:
             raise _stale(name, revision, None if current is None else int(current.revision))
 
     def _next_revision(self, conn: Connection, name: str) -> int:
-        """1 for a new name; after a delete, one past the last revision in the history."""
-        last = conn.execute(select(func.max(endpoint_history.c.revision))
-                            .where(endpoint_history.c.endpoint == name)).scalar()
-        return 1 if last is None else int(last) + 1
+        return next_revision(conn, endpoint_history.c.revision, endpoint_history.c.endpoint,
+                             name)
 
     def _endpoint(self, row: Any) -> Endpoint:
         return Endpoint(EndpointSpec.model_validate(row.spec), int(row.revision),

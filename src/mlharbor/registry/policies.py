@@ -21,12 +21,13 @@ import dataclasses
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from mlharbor.core.clock import utcnow
 from mlharbor.core.errors import ConflictError, NotFoundError
 from mlharbor.core.names import validate_name
 from mlharbor.registry.endpoints import check_revision, endpoints_table
+from mlharbor.registry.revisions import expect_revision, last_revision, next_revision
 from mlharbor.registry.schema import models, policies, policy_revisions
 from mlharbor.registry.store import aware
 
@@ -248,19 +249,15 @@ class PolicyService:
         return row
 
     def _expect(self, endpoint: str, row: Any, expected: int | None) -> int:
-        revision = int(row.revision)
-        if expected is not None and expected != revision:
-            raise _stale(endpoint, expected, revision)
-        return revision
+        return expect_revision(row, expected, lambda e, c: _stale(endpoint, e, c))
 
     def _last_revision(self, conn: Connection, endpoint: str) -> int | None:
-        last = conn.execute(select(func.max(policy_revisions.c.revision))
-                            .where(policy_revisions.c.endpoint == endpoint)).scalar()
-        return None if last is None else int(last)
+        return last_revision(conn, policy_revisions.c.revision, policy_revisions.c.endpoint,
+                             endpoint)
 
     def _next_revision(self, conn: Connection, endpoint: str) -> int:
-        last = self._last_revision(conn, endpoint)
-        return 1 if last is None else last + 1
+        return next_revision(conn, policy_revisions.c.revision, policy_revisions.c.endpoint,
+                             endpoint)
 
     def _record(self, conn: Connection, endpoint: str, revision: int, action: str,
                 spec: dict[str, Any] | None, actor: str, reason: str, at: datetime) -> None:
