@@ -18,6 +18,9 @@ declare -A PKG_FOR_CMD=(
   # `mlharbor build --push`: the CNCF distribution registry, started by the test itself
   [docker-registry]=docker-registry
   [systemd-analyze]=systemd
+  # serving replicas behind a real load balancer (health checks on /readyz, retries)
+  [haproxy]=haproxy
+  [nginx]=nginx-light
 )
 for cmd in "${!PKG_FOR_CMD[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("${PKG_FOR_CMD[$cmd]}")

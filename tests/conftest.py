@@ -128,6 +128,19 @@ def s3_bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return bucket
 
 
+# -- Dask --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real two-worker Dask cluster (scheduler and workers as processes); yields its address."""
+    if shutil.which("dask", path=str(VENV_BIN)) is None:
+        pytest.skip("dask is not installed (pip install 'mlharbor[dask]')")
+    from tests.dask_cluster import dask_cluster
+
+    with dask_cluster(tmp_path_factory.mktemp("dask"), workers=2) as cluster:
+        yield cluster.address
+
+
 # -- live servers -----------------------------------------------------------------------------
 
 @pytest.fixture
