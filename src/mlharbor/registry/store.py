@@ -31,7 +31,7 @@ from mlharbor.core.records import (
     VersionStatus,
 )
 from mlharbor.core.refs import ModelRef
-from mlharbor.registry import audit
+from mlharbor.registry import audit, notify
 from mlharbor.registry.database import Database
 from mlharbor.registry.schema import alias_history, aliases, models, version_files, versions
 
@@ -57,6 +57,7 @@ class MetadataStore:
         try:
             with self.db.write() as conn:
                 result, details = work(conn)
+                notify.publish(conn, action, resource)  # delivered at commit only
                 self.db.lock_audit_chain(conn)
                 audit.append(conn, actor=actor, action=action, resource=resource,
                              outcome="success", details=details, request_id=request_id)

@@ -1,10 +1,18 @@
-"""Converge the running server on the registry: endpoints, aliases and versions, by polling.
+"""Converge the running server on the registry: endpoints, aliases and versions.
 
-Every ``poll_interval_s`` the reconciler reads the endpoint specs (or uses the fixed ones of
-``mlharbor serve REF``), resolves each reference to a version, loads and warms up versions the
-pool lacks, then installs new plans in one assignment. Traffic moves to a version only after it
-is warm; a version that fails to load never gets traffic. A registry outage only delays
-convergence: the installed plans keep answering.
+Each pass reads the endpoint specs (or uses the fixed ones of ``mlharbor serve REF``),
+resolves each reference to a version, loads and warms up versions the pool lacks, then installs
+new plans in one assignment. Traffic moves to a version only after it is warm; a version that
+fails to load never gets traffic. A registry outage only delays convergence: the installed
+plans keep answering.
+
+When a pass runs: on PostgreSQL, at once when the registry notifies a change
+(:mod:`mlharbor.registry.notify`: LISTEN/NOTIFY, delivered at commit), and every
+``poll_interval_s`` in any case; on SQLite, every ``poll_interval_s``. So a replica starts
+converging within a notification's delivery (milliseconds) of an alias or endpoint change, or
+within one poll interval while its listening connection is down (it reconnects by itself), and
+has converged once the new version is loaded and warm. Notifications that arrive during a pass
+trigger one more pass right after it, never one per notification.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from mlharbor.serving.routing import EndpointPlan, build_plan, resolved_fallback
 
 if TYPE_CHECKING:
     from mlharbor.core.records import ModelVersion
+    from mlharbor.registry.notify import ChangeListener
     from mlharbor.registry.service import Registry
     from mlharbor.serving.core import DataPlane
     from mlharbor.serving.pool import ModelPool
@@ -41,11 +50,27 @@ class Reconciler:
         self.fixed = fixed
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.listener: ChangeListener | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        """Poll, and on PostgreSQL also listen for change notifications."""
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        from mlharbor.registry.notify import ChangeListener
+
+        def woken() -> None:  # called from the listener's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
+                loop.call_soon_threadsafe(self._wake.set)
+
+        self.listener = ChangeListener.for_database(self.registry.store.db, woken)
+        if self.listener is not None:
+            self.listener.start()
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            await asyncio.to_thread(self.listener.stop)
+            self.listener = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -54,13 +79,16 @@ class Reconciler:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # a change notified during this pass wakes the next at once
             try:
                 await self.sync()
             except Exception as exc:
                 self.plane.sync_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("sync with the registry failed: %s", self.plane.sync_error,
                             extra={"event": "serving.sync_failed"})
-            await asyncio.sleep(self.settings.poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.poll_interval_s):
+                    await self._wake.wait()
 
     async def sync(self) -> None:
         """One pass: read desired state, load what is missing, install the new plans."""
