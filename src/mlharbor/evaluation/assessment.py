@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlharbor.evaluation.baselines import baseline_estimator
 from mlharbor.evaluation.bootstrap import paired_difference, resample_indices
@@ -25,6 +25,9 @@ from mlharbor.evaluation.crossval import (
 from mlharbor.evaluation.gates import Evidence, Gate, GateVerdict, evaluate_gates
 from mlharbor.evaluation.metrics import Target
 from mlharbor.evaluation.report import REPORT_FORMAT, HoldoutResult, clean_json, evaluate_holdout
+
+if TYPE_CHECKING:
+    from mlharbor.compute import Engine
 
 BASELINE = "baseline"
 
@@ -67,15 +70,18 @@ def assess(
     n_jobs: int = -1,
     on_fold: Callable[[str, FoldScores], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    engine: Engine | None = None,
 ) -> Assessment:
-    """``data`` is ``(X_train, y_train, X_holdout, y_holdout)``; folds index the training part."""
+    """``data`` is ``(X_train, y_train, X_holdout, y_holdout)``; folds index the training part.
+    With ``engine`` (a Dask cluster), the CV and search fits run on it instead of ``n_jobs``
+    local workers."""
     X_train, y_train, X_hold, y_hold = data
     stage = on_stage or (lambda _: None)
     strategy, dummy = baseline_estimator(target.task, baseline, seed)
     jobs = [(s.key, s.pipeline) for s in settings] + [(BASELINE, dummy)]
     stage("folds")
     cv = cross_validate_many(jobs, X_train, y_train, folds, target, n_jobs=n_jobs,
-                             on_fold=on_fold)
+                             on_fold=on_fold, engine=engine)
     by_candidate: dict[str, list[CandidateSetting]] = {}
     for s in settings:
         by_candidate.setdefault(s.candidate, []).append(s)
