@@ -1,0 +1,77 @@
+"""Search clauses (:mod:`mlharbor.tracking.search`) compiled to one SQL query over runs.
+
+A metric clause is an ``EXISTS`` on ``tracking_latest_metrics`` (indexed on key and value), a
+param or tag clause an ``EXISTS`` on its table, an attribute clause a column comparison, so
+the database answers the whole filter, sort and page in one statement. Sorting by a metric,
+param or tag puts runs without it last, in either direction, as MLflow does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, literal, select
+
+from mlharbor.tracking import schema as t
+from mlharbor.tracking.search import Clause, OrderBy, parse_filter, parse_order_by
+
+_ATTRIBUTE_COLUMNS = {
+    "status": t.runs.c.status, "run_name": t.runs.c.name, "run_id": t.runs.c.run_id,
+    "user_id": t.runs.c.user_id, "artifact_uri": t.runs.c.artifact_uri,
+    "lifecycle_stage": t.runs.c.lifecycle_stage, "start_time": t.runs.c.start_time,
+    "created": t.runs.c.start_time, "end_time": t.runs.c.end_time,
+}
+
+
+def run_query(experiment_ids: list[int], filter: str | None,
+              order_by: list[str] | None) -> Select[Any]:
+    """``SELECT runs.*`` for the experiments, filter and order (no limit: the caller pages)."""
+    q = select(t.runs).where(t.runs.c.experiment_id.in_(experiment_ids))
+    for clause in parse_filter(filter):
+        q = q.where(_condition(clause))
+    for order in parse_order_by(order_by):
+        q = _order(q, order)
+    return q.order_by(t.runs.c.start_time.desc(), t.runs.c.run_id)
+
+
+def _compare(column: Any, op: str, value: Any) -> Any:
+    if op == "=":
+        return column == value
+    if op == "!=":
+        return column != value
+    if op == ">":
+        return column > value
+    if op == ">=":
+        return column >= value
+    if op == "<":
+        return column < value
+    if op == "<=":
+        return column <= value
+    if op == "LIKE":
+        return column.like(value)
+    if op == "ILIKE":
+        return func.lower(column).like(func.lower(literal(value)))
+    if op == "IN":
+        return column.in_(list(value))
+    return column.not_in(list(value))  # NOT IN
+
+
+def _condition(clause: Clause) -> Any:
+    if clause.kind == "attribute":
+        return _compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value)
+    table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[clause.kind]
+    return exists().where(and_(table.c.run_id == t.runs.c.run_id, table.c.key == clause.key,
+                               _compare(table.c.value, clause.op, clause.value)))
+
+
+def _order(q: Select[Any], order: OrderBy) -> Select[Any]:
+    if order.kind == "attribute":
+        column: Any = _ATTRIBUTE_COLUMNS[order.key]
+    else:
+        table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[order.kind]
+        column = (select(table.c.value).where(table.c.run_id == t.runs.c.run_id,
+                                              table.c.key == order.key)
+                  .scalar_subquery())
+    # Missing values last whichever the direction (NULLS LAST spelled portably).
+    q = q.order_by(column.is_(None))
+    return q.order_by(column.asc() if order.ascending else column.desc())

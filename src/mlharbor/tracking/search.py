@@ -1,0 +1,274 @@
+"""MLflow's ``search_runs`` filter and ``order_by`` grammar, parsed into typed clauses.
+
+The grammar users know from ``mlflow.search_runs``::
+
+    filter   := clause ( AND clause )*
+    clause   := identifier comparator value
+    identifier := ENTITY "." key          ENTITY: metrics|metric, params|param|parameters,
+                                          tags|tag, attributes|attribute|attr|run
+    key      := name | `quoted name` | "quoted name"
+    comparator := = | != | > | >= | < | <= | LIKE | ILIKE | IN | NOT IN
+    value    := number | 'text' | "text" | ( 'text', ... )
+
+    order_by := identifier [ASC|DESC]
+
+Metrics and numeric attributes (``start_time``, ``end_time``) compare with numbers; params,
+tags and text attributes (``status``, ``run_name``, ``run_id``, ``user_id``,
+``artifact_uri``) with quoted text (``=``, ``!=``, ``LIKE``, ``ILIKE``; ``IN`` for
+``run_id``/``status``). ``OR`` is not part of MLflow's grammar and is refused with that said.
+A clause on a metric, param or tag matches only runs that have it, as in MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal
+
+from mlharbor.core.errors import InvalidInputError
+
+Kind = Literal["metric", "param", "tag", "attribute"]
+Value = float | str | tuple[str, ...]
+
+ENTITY_ALIASES: dict[str, Kind] = {
+    "metric": "metric", "metrics": "metric",
+    "param": "param", "params": "param", "parameter": "param", "parameters": "param",
+    "tag": "tag", "tags": "tag",
+    "attribute": "attribute", "attributes": "attribute", "attr": "attribute", "run": "attribute",
+}
+NUMERIC_ATTRIBUTES = frozenset({"start_time", "end_time", "created"})
+TEXT_ATTRIBUTES = frozenset({"status", "run_name", "run_id", "user_id", "artifact_uri",
+                             "lifecycle_stage"})
+IN_ATTRIBUTES = frozenset({"run_id", "status"})
+NUMERIC_OPS = ("=", "!=", ">", ">=", "<", "<=")
+TEXT_OPS = ("=", "!=", "LIKE", "ILIKE")
+MAX_FILTER_CHARS = 10_000
+_HELP = ("Example: metrics.rmse < 0.5 and params.model = 'rf' and "
+         "attributes.status = 'FINISHED'.")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Clause:
+    """One comparison: ``metrics.rmse < 0.5``."""
+
+    kind: Kind
+    key: str
+    op: str
+    value: Value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrderBy:
+    kind: Kind
+    key: str
+    ascending: bool = True
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<op>!=|>=|<=|=|>|<)
+  | (?P<lparen>\()
+  | (?P<rparen>\))
+  | (?P<comma>,)
+  | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+  | (?P<bq>`[^`]*`)
+  | (?P<num>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![\w.]))
+  | (?P<ident>[A-Za-z_]\w*\.(?:`[^`]*`|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\w[\w.\-/:]*))
+  | (?P<word>[A-Za-z_]\w*)
+""", re.VERBOSE)
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise _error(f"unexpected character {text[pos]!r} at position {pos}", text)
+        pos = match.end()
+        kind = match.lastgroup or ""
+        if kind != "ws":
+            out.append((kind, match.group()))
+    return out
+
+
+def _error(what: str, text: str) -> InvalidInputError:
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    return InvalidInputError(f"Invalid search filter {shown!r}: {what}.", hint=_HELP,
+                             field="filter")
+
+
+def _unquote(token: str) -> str:
+    body = token[1:-1]
+    return re.sub(r"\\(.)", r"\1", body) if token[0] in "'\"" else body
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.toks = _tokens(text)
+        self.i = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, expected: str) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None:
+            raise _error(f"it ends where {expected} was expected", self.text)
+        self.i += 1
+        return tok
+
+    def identifier(self) -> tuple[Kind, str]:
+        kind, tok = self.take("an identifier such as metrics.rmse")
+        if kind != "ident":
+            raise _error(f"expected an identifier such as metrics.rmse, found {tok!r}",
+                         self.text)
+        entity, _, key = tok.partition(".")
+        if entity.lower() not in ENTITY_ALIASES:
+            raise _error(f"{entity!r} is not metrics, params, tags or attributes "
+                         "(write e.g. metrics.rmse)", self.text)
+        if key[:1] in ("`", "'", '"'):
+            key = _unquote(key)
+        if not key:
+            raise _error(f"the key after {entity}. is empty", self.text)
+        return ENTITY_ALIASES[entity.lower()], key
+
+    def comparator(self) -> str:
+        kind, tok = self.take("a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN)")
+        if kind == "op":
+            return tok
+        upper = tok.upper()
+        if kind == "word" and upper in ("LIKE", "ILIKE", "IN"):
+            return upper
+        if kind == "word" and upper == "NOT":
+            if (nxt := self.peek()) is not None and nxt[1].upper() == "IN":
+                self.i += 1
+                return "NOT IN"
+        raise _error(f"expected a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), found "
+                     f"{tok!r}", self.text)
+
+    def value(self, op: str) -> Value:
+        if op in ("IN", "NOT IN"):
+            if self.take("'(' after IN")[0] != "lparen":
+                raise _error("IN takes a list in parentheses: ('a', 'b')", self.text)
+            items: list[str] = []
+            while True:
+                kind, tok = self.take("a quoted value")
+                if kind != "str":
+                    raise _error(f"IN lists quoted values, found {tok!r}", self.text)
+                items.append(_unquote(tok))
+                sep = self.take("',' or ')'")[0]
+                if sep == "rparen":
+                    return tuple(items)
+                if sep != "comma":
+                    raise _error("IN values are separated by ',' and closed by ')'", self.text)
+        kind, tok = self.take("a value")
+        if kind == "num":
+            return float(tok)
+        if kind == "str":
+            return _unquote(tok)
+        raise _error(f"expected a number or a quoted value, found {tok!r}", self.text)
+
+
+def parse_filter(text: str | None) -> list[Clause]:
+    """The clauses of ``text`` (empty for no filter), or InvalidInputError saying what is
+    wrong and where."""
+    if text is None or not text.strip():
+        return []
+    if not isinstance(text, str) or len(text) > MAX_FILTER_CHARS:
+        raise InvalidInputError(f"The search filter must be text of at most "
+                                f"{MAX_FILTER_CHARS} characters.", field="filter")
+    parser = _Parser(text)
+    clauses: list[Clause] = []
+    while True:
+        kind, key = parser.identifier()
+        op = parser.comparator()
+        clauses.append(_check(Clause(kind, key, op, parser.value(op)), text))
+        nxt = parser.peek()
+        if nxt is None:
+            return clauses
+        parser.i += 1
+        if nxt[0] == "word" and nxt[1].upper() == "OR":
+            raise _error("OR is not supported (MLflow's grammar joins clauses with AND "
+                         "only); run two searches instead", text)
+        if nxt[0] != "word" or nxt[1].upper() != "AND":
+            raise _error(f"expected AND between clauses, found {nxt[1]!r}", text)
+
+
+def _check(clause: Clause, text: str) -> Clause:
+    kind, key, op, value = clause.kind, clause.key, clause.op, clause.value
+    numeric = kind == "metric" or (kind == "attribute" and key in NUMERIC_ATTRIBUTES)
+    if kind == "attribute" and key not in NUMERIC_ATTRIBUTES | TEXT_ATTRIBUTES:
+        known = ", ".join(sorted(NUMERIC_ATTRIBUTES | TEXT_ATTRIBUTES))
+        raise _error(f"unknown attribute {key!r}; known: {known}", text)
+    if op in ("IN", "NOT IN"):
+        if kind != "attribute" or key not in IN_ATTRIBUTES:
+            raise _error(f"{op} works on attributes.run_id and attributes.status only", text)
+        return clause
+    if numeric:
+        if op not in NUMERIC_OPS:
+            raise _error(f"{_name(kind, key)} compares with {', '.join(NUMERIC_OPS)}, not "
+                         f"{op}", text)
+        if not isinstance(value, float):
+            raise _error(f"{_name(kind, key)} compares with a number, not {value!r}", text)
+        return clause
+    if op not in TEXT_OPS:
+        raise _error(f"{_name(kind, key)} compares with {', '.join(TEXT_OPS)}, not {op}",
+                     text)
+    if not isinstance(value, str):
+        raise _error(f"{_name(kind, key)} compares with a quoted value such as 'x', not "
+                     f"{value!r}", text)
+    return clause
+
+
+def _name(kind: Kind, key: str) -> str:
+    plural = {"metric": "metrics", "param": "params", "tag": "tags", "attribute": "attributes"}
+    return f"{plural[kind]}.{key}"
+
+
+def parse_order_by(items: list[str] | None) -> list[OrderBy]:
+    """``["metrics.rmse DESC", "params.lr"]`` as typed clauses (ascending by default)."""
+    out: list[OrderBy] = []
+    for item in items or []:
+        if not isinstance(item, str) or not item.strip():
+            raise InvalidInputError(f"order_by entries are text such as 'metrics.rmse DESC'; "
+                                    f"received {item!r}.", field="order_by")
+        parser = _Parser(item)
+        kind, key = parser.identifier()
+        ascending = True
+        nxt = parser.peek()
+        if nxt is not None:
+            parser.i += 1
+            if nxt[0] != "word" or nxt[1].upper() not in ("ASC", "DESC"):
+                raise InvalidInputError(
+                    f"Invalid order_by {item!r}: expected ASC or DESC after the identifier, "
+                    f"found {nxt[1]!r}.", field="order_by")
+            ascending = nxt[1].upper() == "ASC"
+        if parser.peek() is not None:
+            raise InvalidInputError(f"Invalid order_by {item!r}: one identifier and an "
+                                    "optional ASC/DESC.", field="order_by")
+        if kind == "attribute" and key not in NUMERIC_ATTRIBUTES | TEXT_ATTRIBUTES:
+            raise InvalidInputError(f"Invalid order_by {item!r}: unknown attribute {key!r}.",
+                                    field="order_by")
+        out.append(OrderBy(kind, key, ascending))
+    return out
+
+
+def render(clauses: list[Clause]) -> str:
+    """The filter text of ``clauses``: what :func:`parse_filter` reads back as equal."""
+    parts = []
+    for c in clauses:
+        key = f"`{c.key}`" if "`" not in c.key else _quote(c.key, '"')
+        if isinstance(c.value, tuple):
+            value = "(" + ", ".join(_quote(v) for v in c.value) + ")"
+        elif isinstance(c.value, float):
+            value = repr(c.value)
+        else:
+            value = _quote(c.value)
+        parts.append(f"{_name(c.kind, '')}{key} {c.op} {value}")
+    return " and ".join(parts)
+
+
+def _quote(text: str, mark: str = "'") -> str:
+    return mark + text.replace("\\", "\\\\").replace(mark, "\\" + mark) + mark
