@@ -25,6 +25,7 @@ from mlharbor.evaluation.crossval import (
 from mlharbor.evaluation.gates import Evidence, Gate, GateVerdict, evaluate_gates
 from mlharbor.evaluation.metrics import Target
 from mlharbor.evaluation.report import REPORT_FORMAT, HoldoutResult, clean_json, evaluate_holdout
+from mlharbor.evaluation.slices import SliceSpec, evaluate_slices
 
 if TYPE_CHECKING:
     from mlharbor.compute import Engine
@@ -70,6 +71,8 @@ def assess(
     n_jobs: int = -1,
     on_fold: Callable[[str, FoldScores], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    slices: Sequence[SliceSpec] = (),
+    slice_frame: Any = None,
     engine: Engine | None = None,
 ) -> Assessment:
     """``data`` is ``(X_train, y_train, X_holdout, y_holdout)``; folds index the training part.
@@ -133,7 +136,14 @@ def assess(
                                        champion_cv, test_share),
                 "note": "the champion is scored as is (not refitted) on each validation fold",
             }
+    slice_report = None
+    if slices and slice_frame is not None:  # the holdout rows, every column, in y_hold's order
+        stage("slices")
+        slice_report = evaluate_slices(slices, slice_frame, y_hold, holdout.y_pred,
+                                       holdout.proba, target, primary, holdout.metrics,
+                                       resamples=resamples, seed=seed)
     evidence = Evidence(
+        slices=slice_report.evidence() if slice_report is not None else {},
         primary=primary,
         holdout=holdout.metrics,
         cv_mean=_means(cv[winner_key]),
@@ -175,6 +185,8 @@ def assess(
         "seed": seed,
         "bootstrap_resamples": resamples,
     }
+    if slice_report is not None:
+        report["slices"] = slice_report.to_dict()
     metrics = dict(holdout.metrics)
     for name, value in _means(cv[winner_key]).items():
         metrics[f"cv.{name}"] = value

@@ -6,8 +6,12 @@ Grammar (case-insensitive; metrics are holdout values unless prefixed with ``cv.
     [significantly] better than baseline            on the primary metric
     [significantly] better than champion
     not worse than champion by more than <number>   on the primary metric
+    <metric>[<slice>] (>= | ...) <number>          f1[contract=month-to-month] >= 0.6
 
-Champion gates pass, with a note, when there is no champion yet.
+Champion gates pass, with a note, when there is no champion yet. A slice gate judges the
+holdout metric on one slice of the recipe's ``slices`` (the key as the report shows it:
+``column=value``, ``column=[lo, hi)`` for a bin, or a filter's name; matched ignoring case and
+spaces); it fails when that slice is absent or the metric undefined on it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _THRESHOLD = re.compile(rf"^(cv\.)?([a-z0-9_]+)\s*(>=|<=|==|>|<)\s*({_NUMBER})$")
+_SLICED = re.compile(rf"^(cv\.)?([a-z0-9_]+)\s*\[(.+)\]\s*(>=|<=|==|>|<)\s*({_NUMBER})$",
+                     re.IGNORECASE)
 _BETTER = re.compile(r"^(significantly\s+)?better\s+than\s+(baseline|champion)$")
 _NOT_WORSE = re.compile(rf"^not\s+worse\s+than\s+champion\s+by\s+more\s+than\s+({_NUMBER})$")
 FORMS = (
@@ -35,6 +41,7 @@ FORMS = (
     "'significantly better than baseline'",
     "'better than champion'",
     "'not worse than champion by more than 0.01'",
+    "'<metric>[<slice>] >= <number>' (e.g. 'f1[contract=month-to-month] >= 0.6')",
 )
 
 
@@ -47,6 +54,21 @@ class Gate:
     value: float = 0.0
     scope: str = "holdout"  # holdout | cv
     significant: bool = False
+    slice: str | None = None  # a slice key (threshold gates only)
+
+
+def slice_key(text: str) -> str:
+    """How slice keys are compared: case and whitespace do not matter."""
+    return "".join(str(text).split()).casefold()
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceEvidence:
+    """One slice's holdout metrics, as a slice gate judges them."""
+
+    key: str
+    rows: int
+    metrics: Mapping[str, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +84,16 @@ class GateVerdict:
 def parse_gate(text: str, task: str) -> Gate:
     """Parse one gate sentence; ConfigError lists the accepted forms when it cannot."""
     cleaned = " ".join(str(text).strip().lower().split())
+    # Slice values keep their case, so the slice form is read from the original text.
+    if match := _SLICED.match(" ".join(str(text).split())):
+        scope, metric, key, op, number = match.groups()
+        if scope:
+            raise ConfigError(
+                f"The gate {text!r} asks for a cross-validation figure on a slice; slice "
+                "metrics are holdout figures: drop 'cv.'.", field="gates")
+        check_metric(metric.lower(), task)
+        return Gate(text, "threshold", metric.lower(), op, float(number), "holdout",
+                    slice=key.strip())
     if match := _THRESHOLD.match(cleaned):
         scope, metric, op, number = match.groups()
         check_metric(metric, task)
@@ -90,6 +122,7 @@ class Evidence:
     champion_test: Mapping[str, Any] | None = None
     champion_ref: str | None = None
     champion_error: str | None = None
+    slices: Mapping[str, SliceEvidence] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_gates(gates: list[Gate], evidence: Evidence) -> list[GateVerdict]:
@@ -98,6 +131,8 @@ def evaluate_gates(gates: list[Gate], evidence: Evidence) -> list[GateVerdict]:
 
 def _judge(gate: Gate, ev: Evidence) -> GateVerdict:
     primary = ev.primary
+    if gate.kind == "threshold" and gate.slice is not None:
+        return _judge_slice(gate, ev)
     if gate.kind == "threshold":
         assert gate.metric is not None and gate.op is not None
         source = ev.cv_mean if gate.scope == "cv" else ev.holdout
@@ -146,3 +181,20 @@ def _better(
         p_value = test.get("p_value")
         detail += f" (paired bootstrap p = {p_value:.4f})" if p_value is not None else ""
     return GateVerdict(gate.text, bool(better), detail)
+
+
+def _judge_slice(gate: Gate, ev: Evidence) -> GateVerdict:
+    assert gate.metric is not None and gate.op is not None and gate.slice is not None
+    by_key = {slice_key(k): s for k, s in ev.slices.items()}
+    found = by_key.get(slice_key(gate.slice))
+    if found is None:
+        known = ", ".join(sorted(s.key for s in ev.slices.values())[:20]) or "none"
+        return GateVerdict(gate.text, False, f"there is no slice {gate.slice!r} in this "
+                                             f"evaluation; slices: {known}")
+    value = found.metrics.get(gate.metric, math.nan)
+    if value is None or math.isnan(value):
+        return GateVerdict(gate.text, False, f"{gate.metric} is not defined on slice "
+                                             f"{found.key} (n = {found.rows})")
+    passed = _OPS[gate.op](value, gate.value)
+    return GateVerdict(gate.text, passed, f"holdout {gate.metric} on slice {found.key} "
+                                          f"(n = {found.rows}) = {value:.4f}")

@@ -68,6 +68,7 @@ class Plan:
     recipe: Recipe
     candidates: list[PlannedCandidate]
     gates: list[Gate]
+    slices: list[Any] = dataclasses.field(default_factory=list)  # evaluation SliceSpecs
 
 
 @dataclasses.dataclass
@@ -143,7 +144,25 @@ def prepare(recipe: Recipe, task: str | None = None) -> Plan:
             check_metric(recipe.metrics.primary, task)
         except ConfigError as exc:
             raise _at(recipe, ("metrics", "primary"), exc) from exc
-    return Plan(recipe, planned, gates)
+    return Plan(recipe, planned, gates, _slices(recipe, gates))
+
+
+def _slices(recipe: Recipe, gates: list[Gate]) -> list[Any]:
+    """The recipe's slices, filters parsed; every slice gate names one of them."""
+    from mlharbor.evaluation.slices import check_slice_gates, parse_slices
+
+    specs = []
+    for i, entry in enumerate(recipe.slices or []):
+        try:
+            specs += parse_slices([entry.model_dump(exclude_none=True)])
+        except ConfigError as exc:
+            raise _at(recipe, ("slices", i, "where"), exc) from exc
+    for i, gate in enumerate(gates):
+        try:
+            check_slice_gates([gate], specs)
+        except ConfigError as exc:
+            raise _at(recipe, ("gates", i), exc) from exc
+    return specs
 
 
 def _parse_any_task(text: str) -> Gate:
@@ -262,11 +281,14 @@ def run_training(
             baseline=recipe.metrics.baseline, seed=validation.seed,
             resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
             champion_error=champion_error, n_jobs=n_jobs, on_fold=on_fold, on_stage=on_stage,
+            slices=plan.slices, slice_frame=frame.iloc[splits.holdout].reset_index(drop=True),
         )
         importances = permutation_importances(
             assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
             seed=validation.seed,
         )
+        insight = _importance(assessment.model, X.iloc[splits.holdout], target, importances,
+                              X.iloc[splits.train], validation.seed)
     progress.finish("fit")
     tally.add(caught)
     for line in tally.lines():
@@ -285,6 +307,7 @@ def run_training(
         "library_warnings": tally.lines(),
         "champion_note": champion_note,
         "importances": importances,
+        "importance": insight,
     }
     winner = assessment.winner
     params = {"candidate": winner.candidate, "estimator": winner.estimator,
@@ -298,6 +321,14 @@ def run_training(
                                         random_state=validation.seed).reset_index(drop=True),
         seconds=time.perf_counter() - started,
     )
+
+
+def _importance(model: Any, X: Any, target: Any, permutation: dict[str, float],
+                background: Any, seed: int) -> dict[str, Any]:
+    """The report's importance block (mean |attribution|, permutation, partial dependence)."""
+    from mlharbor.evaluation.importance import importance_report
+
+    return importance_report(model, X, target, permutation, background=background, seed=seed)
 
 
 def _fold_progress(progress: Progress, settings: list[Any], folds: int) -> OnFold:

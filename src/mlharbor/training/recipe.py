@@ -197,6 +197,42 @@ class RegisterSpec(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class SliceEntry(_Strict):
+    """A slice of the holdout scored on its own: a column's values, a numeric column cut at
+    ``bins``, or the rows a ``where`` filter selects (named by ``name``); see
+    :mod:`mlharbor.evaluation.slices`."""
+
+    column: str | None = Field(None, description="Slice by this column's values.")
+    bins: list[float] | None = Field(None, min_length=1, description="Edges cutting `column`.")
+    name: str | None = Field(None, description="The filter slice's name (gates use it).")
+    where: str | None = Field(None, description="Filter: contract == 'month-to-month' and ...")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SliceEntry:
+        import math
+
+        if (self.column is None) == (self.where is None):
+            raise ValueError("give either `column` (with optional `bins`) or `name` + `where`")
+        if self.where is not None and (self.bins is not None or not self.name):
+            raise ValueError("a `where` slice needs a `name` and takes no `bins`")
+        if self.column is not None and self.name is not None:
+            raise ValueError("a `column` slice is named by its values; drop `name`")
+        edges = self.bins or []
+        if any(not math.isfinite(b) for b in edges) or edges != sorted(set(edges)):
+            raise ValueError(f"`bins` must be finite and strictly increasing; got {edges}")
+        return self
+
+
+class CardSpec(_Strict):
+    """What the model card says that no record knows (``mlharbor models card --set`` adds)."""
+
+    intended_use: str | None = None
+    out_of_scope: str | None = None
+    limitations: str | None = None
+    ethical_considerations: str | None = None
+    owners: str | None = None
+
+
 class Recipe(_Strict):
     """A whole training recipe. Build it in Python or with :func:`load_recipe`."""
 
@@ -208,6 +244,8 @@ class Recipe(_Strict):
     gates: list[str] = Field(default_factory=list)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     registration: RegisterSpec | None = Field(None, alias="register")
+    slices: list[SliceEntry] | None = None
+    card: CardSpec | None = None
 
     _source: str = PrivateAttr("recipe")
     _lines: dict[Location, int] = PrivateAttr(default_factory=dict)
