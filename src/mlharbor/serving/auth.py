@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import AuthenticationError, MlharborError
+from mlharbor.security.routemap import RouteRule, RouteTable
 from mlharbor.security.transport import ErrorBody, default_error_body
 
 if TYPE_CHECKING:
@@ -23,6 +25,30 @@ if TYPE_CHECKING:
     from mlharbor.settings import Settings
 
 MAX_CACHED_KEYS = 10_000
+MAX_CACHED_PATHS = 4096
+
+
+class MemoRouteTable(RouteTable):
+    """The route table whose ``resolve`` answers a (method, path) seen before with one dict
+    lookup instead of a walk over every rule's pattern (about 60 regular expressions for
+    ``/invocations``). The rules never change while the app runs, so an answer stays right;
+    the memo holds at most ``MAX_CACHED_PATHS`` paths (a client sending endless distinct paths
+    only empties it) and hands out copies of the path parameters."""
+
+    def __init__(self, rules: Iterable[RouteRule]) -> None:
+        super().__init__(rules)
+        self._memo: dict[tuple[str, str], tuple[RouteRule | None, dict[str, Any], bool]] = {}
+
+    def resolve(self, method: str, path: str) -> tuple[RouteRule | None, dict[str, Any], bool]:
+        key = (method, path)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = super().resolve(method, path)
+            if len(self._memo) >= MAX_CACHED_PATHS:
+                self._memo.clear()
+            self._memo[key] = hit
+        rule, params, known = hit
+        return rule, dict(params) if params else {}, known
 
 
 class CachedIdentities:
@@ -72,7 +98,7 @@ def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityS
     ``error_body`` shapes its refusals per path (each protocol's error body)."""
     from mlharbor.security.middleware import AuthMiddleware, anonymous_principal, credential_of
     from mlharbor.security.ratelimit import RateLimiter
-    from mlharbor.security.routemap import RULES, RouteTable
+    from mlharbor.security.routemap import RULES
     from mlharbor.security.tokens import verifier_from_settings
 
     class ServingAuthMiddleware(AuthMiddleware):
@@ -89,7 +115,7 @@ def with_auth(app: Any, registry: Registry, settings: Settings, store: IdentityS
     identities = CachedIdentities(store, max_stale_s=settings.serving.key_cache_max_stale_s)
     sec = settings.security
     return ServingAuthMiddleware(
-        app, table=RouteTable(RULES),
+        app, table=MemoRouteTable(RULES),
         identities=identities,  # type: ignore[arg-type]
         audit=registry.store.record,
         limiter=RateLimiter(settings.serving.rate_limit_per_minute,

@@ -36,9 +36,11 @@ from mlharbor.core.errors import (
     UnavailableError,
 )
 from mlharbor.core.records import PredictionRecord
+from mlharbor.serving.http import OverloadedError
 from mlharbor.serving.model import Outputs, ServedModel
 
 if TYPE_CHECKING:
+    from mlharbor.serving.demand import OnDemand
     from mlharbor.serving.routing import EndpointPlan, Target
     from mlharbor.serving.sink import SinkDispatcher
     from mlharbor.telemetry.metrics import ServingMetrics
@@ -83,6 +85,7 @@ class DataPlane:
         self.synced = False
         self.sync_error: str | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.demand: OnDemand | None = None  # loads versions on first request (lazy pools)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -96,8 +99,9 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Ready once the first sync is done and every endpoint has a warmed-up version."""
-        return self.synced and all(p.servable for p in self.plans.values())
+        """Ready once the first sync is done and every endpoint has a warmed-up version (or,
+        with a model memory budget, one that loads on its first request)."""
+        return self.synced and all(p.answerable for p in self.plans.values())
 
     def plan(self, name: str) -> EndpointPlan:
         plan = self.plans.get(name)
@@ -144,6 +148,8 @@ class DataPlane:
         else:
             sticky = headers.get(plan.sticky_header) if headers else None
             target = plan.pick(sticky)
+        if target.pending and self.demand is not None:  # not in memory: load it (bounded)
+            plan, target = await self.demand.ready(plan, target)
         x, rows, matrix = self._prepare(plan, target.model, data)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.timeout_s
@@ -151,11 +157,14 @@ class DataPlane:
             async with asyncio.timeout_at(deadline):
                 outputs = await target.batcher.submit(x, rows)
             answer = Answer(endpoint, target.model, target.ref, outputs, rows)
+        except OverloadedError:
+            self.metrics.shed.inc()  # the batcher's queue is full: shed (503), no fallback
+            raise
         except (TimeoutError, Exception) as exc:
             answer = await self._fall_back(plan, target, data, rows, exc, request_id,
                                            deadline)
         self._record(answer, data, request_id, time.perf_counter() - started, shadow=False,
-                     matrix=matrix, columns=target.model.signature.names)
+                     matrix=matrix, columns=target.model.names)
         if plan.shadow is not None:
             self._start_shadow(loop, plan, plan.shadow, data, request_id)
         return answer
@@ -260,7 +269,7 @@ class DataPlane:
             return
         answer = Answer(plan.name, shadow.model, shadow.ref, outputs, rows)
         self._record(answer, data, request_id, time.perf_counter() - started, shadow=True,
-                     matrix=matrix, columns=shadow.model.signature.names)
+                     matrix=matrix, columns=shadow.model.names)
 
     def _record(self, answer: Answer, data: Any, request_id: str, latency: float, *,
                 shadow: bool, matrix: np.ndarray | None, columns: tuple[str, ...]) -> None:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from mlharbor.core.errors import (
-    LimitExceededError,
     MlharborError,
     NotFoundError,
     PayloadTooLargeError,
@@ -114,15 +113,22 @@ class Route:
 JSON_ONLY = (JSON,)
 
 
+MAX_MATCHED_PATHS = 4096
+
+
 class Router:
-    """Exact paths in a dict; ``{param}`` paths as compiled patterns, tried in order."""
+    """Exact paths in a dict; ``{param}`` paths as compiled patterns, tried in order, and what
+    a pattern matched remembered (at most ``MAX_MATCHED_PATHS`` paths), so a request to
+    ``/v1/endpoints/churn/predict`` costs a dict lookup after the first, not a walk."""
 
     def __init__(self) -> None:
         self.exact: dict[tuple[str, str], Route] = {}
         self.patterns: list[tuple[str, re.Pattern[str], Route]] = []
         self.paths: set[str] = set()
+        self._matched: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
 
     def add(self, route: Route) -> None:
+        self._matched.clear()
         self.paths.add(route.path)
         if "{" not in route.path:
             self.exact[(route.method, route.path)] = route
@@ -132,15 +138,23 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         """(route, params, path_exists) for ``method`` and ``path``."""
-        route = self.exact.get((method, path))
+        key = (method, path)
+        route = self.exact.get(key)
         if route is not None:
             return route, {}, True
+        seen = self._matched.get(key)
+        if seen is not None:
+            return seen[0], dict(seen[1]), True
         found = False
         for m, pattern, candidate in self.patterns:
             hit = pattern.match(path)
             if hit is not None:
                 if m == method:
-                    return candidate, hit.groupdict(), True
+                    params = hit.groupdict()
+                    if len(self._matched) >= MAX_MATCHED_PATHS:
+                        self._matched.clear()
+                    self._matched[key] = (candidate, params)
+                    return candidate, dict(params), True
                 found = True
         if not found:
             found = any(p == path for (_m, p) in self.exact)
@@ -299,10 +313,10 @@ class HttpApp:
             response = render(exc, status)
             if isinstance(exc, OverloadedError):
                 response.headers = [*(response.headers or []), (b"retry-after", b"1")]
-            elif isinstance(exc, LimitExceededError) and exc.retry_after is not None:
+            elif (retry := getattr(exc, "retry_after", None)) is not None:
+                # LimitExceededError, and ModelLoadingError (a 503 while a model loads)
                 response.headers = [*(response.headers or []),
-                                    (b"retry-after", str(max(1, round(exc.retry_after)))
-                                     .encode())]
+                                    (b"retry-after", str(max(1, round(retry))).encode())]
         except Exception as exc:
             log.error("unhandled error on %s %s: %s", scope["method"], scope["path"],
                       type(exc).__name__, exc_info=exc, extra={"request_id": request_id})

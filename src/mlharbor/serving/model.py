@@ -58,6 +58,9 @@ class ServedModel:
         self.input_example = input_example
         self._numeric = signature.all_numeric
         self._names = signature.names
+        # Computed once: the protocols read them on every request.
+        self.names = self._names
+        self.numeric = self._numeric
 
     @property
     def ref(self) -> str:
@@ -72,6 +75,12 @@ class ServedModel:
         of numbers only) the float64 matrix of the inputs in signature order, which the
         prediction log stores as it is."""
         matrix = None
+        if type(data) is NumericRows:
+            if self._numeric and data.columns == self._names:
+                matrix = data.matrix
+                x = self.runner.prepare(self.validator, matrix)
+                return x, self.runner.rows(x), matrix
+            data = data.to_dict()  # another column order or a model of strings too
         if self._numeric and type(data) in (list, dict):
             matrix = numeric_matrix(data, self._names)
             if matrix is not None:
@@ -93,6 +102,60 @@ class ServedModel:
 
 
 _NUMBER_TYPES = frozenset({int, float})
+
+
+class NumericRows:
+    """Rows of plain numbers as the float64 matrix they were parsed into, with the names of
+    its columns: what a protocol hands the data plane when a body is a table of numbers
+    (MLflow ``inputs`` rows, ``dataframe_split``, ...), so the values go from the parsed JSON
+    to the matrix once, and the signature checks run on the matrix.
+
+    A model whose signature names exactly these columns, in this order, takes the matrix as it
+    is; any other model (a canary with other columns, a model of strings) gets it back as
+    ``{column: values}`` and checks it the general way, with the general way's messages.
+    It reads like a data frame to the prediction log (``columns``, ``to_dict``).
+    """
+
+    __slots__ = ("columns", "matrix")
+
+    def __init__(self, matrix: np.ndarray, columns: tuple[str, ...]) -> None:
+        self.matrix = matrix
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def to_dict(self, orient: str = "list") -> dict[str, list[Any]]:
+        """``{column: values}`` (the only orientation asked for: ``list``)."""
+        return {name: self.matrix[:, i].tolist() for i, name in enumerate(self.columns)}
+
+
+def numeric_rows(rows: Any, columns: tuple[str, ...]) -> NumericRows | None:
+    """``rows`` (lists of values in ``columns`` order) as :class:`NumericRows` when every value
+    is a plain int or float and every row has one value per column; else None, and the caller
+    takes the general path, whose errors name the row and column."""
+    width = len(columns)
+    if width < 1 or type(rows) is not list or not rows:
+        return None
+    if set(map(type, rows)) != {list} or set(map(len, rows)) != {width}:
+        return None
+    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        return None
+    try:
+        return NumericRows(np.array(rows, dtype=np.float64), columns)
+    except OverflowError:  # an integer too large for a float: the general path names it
+        return None
+
+
+def input_nbytes(x: Any) -> int:
+    """The bytes a prepared input holds (arrays' buffers; an estimate for a frame): what the
+    micro-batcher's queue limit counts."""
+    if type(x) is dict:
+        return sum(int(getattr(v, "nbytes", 0)) for v in x.values())
+    nbytes = getattr(x, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    return int(getattr(x, "size", 0)) * 8
 
 
 def numeric_matrix(data: Any, names: tuple[str, ...]) -> np.ndarray | None:

@@ -21,7 +21,7 @@ def render_error(exc: MlharborError, status: int) -> Response:
     return json_response({"error": str(exc)}, status)
 
 
-def _instances(doc: Any, names: tuple[str, ...]) -> Any:
+def _instances(doc: Any, names: tuple[str, ...], numeric: bool = False) -> Any:
     if not isinstance(doc, dict):
         raise InvalidInputError("The body must be {\"instances\": [...]}.", field="body",
                                 expected="object", received=type(doc).__name__)
@@ -35,7 +35,8 @@ def _instances(doc: Any, names: tuple[str, ...]) -> Any:
         if all(isinstance(r, dict) for r in value):
             return value
         if all(isinstance(r, list) for r in value):
-            return split_frame({"columns": list(names), "data": value}, field=keys[0])
+            return split_frame({"columns": list(names), "data": value}, field=keys[0],
+                               numeric=numeric)
     if isinstance(value, dict) and value:
         return value
     raise InvalidInputError(
@@ -48,7 +49,8 @@ def routes(plane: DataPlane) -> list[Route]:
         name = request.params["model"]
         request.endpoint = name
         plan = plane.plan(name)
-        data = _instances(parse_json(request.body), plan.targets[0].model.signature.names)
+        model = plan.targets[0].model
+        data = _instances(parse_json(request.body), model.names, model.numeric)
         answer = await plane.predict(name, data, request_id=request.request_id,
                                      headers=request.headers)
         return json_response({"predictions": jsonable(answer.outputs.predictions)},

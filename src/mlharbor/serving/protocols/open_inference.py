@@ -21,6 +21,7 @@ import orjson
 from mlharbor import __version__
 from mlharbor.core.errors import InvalidInputError, MlharborError, NotFoundError
 from mlharbor.serving.http import JSON, Request, Response, Route, json_response
+from mlharbor.serving.model import NumericRows
 from mlharbor.serving.protocols.payload import answer_headers, parse_json
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def parse_inputs(request: Request, model: ServedModel) -> tuple[dict[str, Any], 
             offset += size
         arr = _decode_tensor(spec, blob, index)
         tensors[spec["name"]] = arr
-    names = model.signature.names
+    names = model.names
     if len(tensors) == 1:
         (name, arr), = tensors.items()
         if name not in names or len(names) == 1:
@@ -186,7 +187,10 @@ def parse_inputs(request: Request, model: ServedModel) -> tuple[dict[str, Any], 
                     f"(columns {', '.join(names)}) or one input per column.",
                     field="inputs[0].shape", expected=[-1, len(names)],
                     received=list(arr.shape))
-            if model.signature.all_numeric and arr.dtype != object:
+            if model.numeric and arr.dtype.kind in "fiu":
+                # The float64 matrix the prediction log stores, made once here.
+                return doc, NumericRows(np.ascontiguousarray(arr, dtype=np.float64), names)
+            if model.numeric and arr.dtype != object:
                 return doc, arr
             return doc, {n: arr[:, i] for i, n in enumerate(names)}
     unknown = [n for n in tensors if n not in names]

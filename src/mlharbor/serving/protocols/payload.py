@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 
 from mlharbor.core.errors import InvalidInputError
+from mlharbor.serving.model import numeric_rows
 
 if TYPE_CHECKING:
     from mlharbor.serving.core import Answer
@@ -61,13 +62,20 @@ def records_or_columns(body: Any, *, field: str = "body") -> Any:
         received=type(body).__name__)
 
 
-def split_frame(body: dict[str, Any], *, field: str) -> Any:
-    """``{"columns": [...], "data": [[...]]}`` as a dict of column -> values (or a matrix)."""
+def split_frame(body: dict[str, Any], *, field: str, numeric: bool = False) -> Any:
+    """``{"columns": [...], "data": [[...]]}`` as a dict of column -> values, or, for a model
+    of numbers only (``numeric``) and rows of plain numbers, as
+    :class:`~mlharbor.serving.model.NumericRows`: one ``np.array`` over the parsed rows, no
+    columns in between."""
     columns, data = body.get("columns"), body.get("data")
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise InvalidInputError("'columns' must be a list of column names.",
                                 field=f"{field}.columns", expected="list of strings",
                                 received=type(columns).__name__)
+    if numeric and len(set(columns)) == len(columns):
+        rows = numeric_rows(data, tuple(columns))
+        if rows is not None:
+            return rows
     if not isinstance(data, list) or not all(isinstance(r, list) for r in data):
         raise InvalidInputError("'data' must be a list of rows (lists of values).",
                                 field=f"{field}.data", expected="list of lists",
