@@ -1,7 +1,9 @@
 """Render an evaluation report as ONE self-contained HTML page (inline SVG charts, no scripts).
 
 Charts are drawn with matplotlib's Agg backend: ROC and precision-recall curves, the confusion
-matrix and the spread of the primary metric across folds for every model compared.
+matrix, the spread of the primary metric across folds for every model compared, the global
+importance of the input columns and the partial dependence of the top ones. Slices get a table
+(n, the primary metric with its 95% interval, a few other metrics) with flagged rows marked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ text-align:right}th{background:#f3f5f8}td:first-child,th:first-child{text-align:
 table.text td,table.text th{text-align:left}
 .pass{color:#0a7d32;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{margin:0}.muted{color:#667}
+tr.flagged td{background:#fdeceb}
 """
 
 
@@ -50,10 +53,73 @@ def render_html(report: dict[str, Any]) -> str:
     if spread:
         parts.append(_figure(_fold_chart, (spread, primary), f"{primary} across folds"))
     parts.append("</div>")
+    parts += slices_section(report)
+    parts += importance_section(report)
     parts += _candidates_table(report, primary)
     parts += _checks(report.get("data_checks", {}))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+#: Metrics shown beside the primary one in the slices table (all are in the JSON report).
+SLICE_COLUMNS = {"classification": ("accuracy", "precision", "recall", "f1", "roc_auc"),
+                 "regression": ("mae", "rmse", "r2")}
+
+
+def slices_section(report: dict[str, Any]) -> list[str]:
+    """The slices table: every slice's n, primary metric with 95% CI and a few others;
+    flagged slices first in a list, and marked in the table."""
+    block = report.get("slices")
+    if not block:
+        return []
+    esc = html.escape
+    primary = block.get("primary_metric", "")
+    others = [m for m in SLICE_COLUMNS.get(str(report.get("task")), ()) if m != primary]
+    flagged = block.get("flagged") or []
+    parts = ["<h2>Slices</h2>",
+             f"<p>Overall holdout {esc(primary)} = {_fmt(block.get('overall'))}. A slice is "
+             f"{esc(block.get('rule', ''))}.</p>"]
+    if flagged:
+        items = "".join(f"<li class='fail'>{esc(k)}</li>" for k in flagged)
+        parts.append(f"<p><b>Flagged slices ({len(flagged)}):</b></p><ul>{items}</ul>")
+    else:
+        parts.append("<p class='pass'>No slice is flagged.</p>")
+    head = (f"<tr><th>slice</th><th>n</th><th>{esc(primary)}</th><th>95% CI</th>"
+            + "".join(f"<th>{esc(m)}</th>" for m in others) + "<th>verdict</th></tr>")
+    rows = []
+    for item in block.get("slices", []):
+        metrics, ci = item.get("metrics", {}), item.get("ci95", {}).get(primary)
+        ci_text = f"{ci[0]:.4f} to {ci[1]:.4f}" if ci else "—"
+        verdict = ("<span class='fail'>flagged</span>" if item.get("flagged") else
+                   "ok" if item.get("judged") else "<span class='muted'>too few rows</span>")
+        rows.append(
+            f"<tr class='{'flagged' if item.get('flagged') else ''}'>"
+            f"<td>{esc(item['key'])}</td><td>{item.get('rows', 0)}</td>"
+            f"<td>{_fmt(metrics.get(primary))}</td><td>{ci_text}</td>"
+            + "".join(f"<td>{_fmt(metrics.get(m))}</td>" for m in others)
+            + f"<td>{verdict}</td></tr>")
+    notes = "".join(f"<p class='muted'>{esc(n)}</p>" for n in block.get("notes", []))
+    return [*parts, "<table>", head, *rows, "</table>", notes]
+
+
+def importance_section(report: dict[str, Any]) -> list[str]:
+    """Global importance (permutation and mean |attribution|) and partial-dependence plots."""
+    block = report.get("importance")
+    if not block:
+        return []
+    parts = ["<h2>Importance</h2>",
+             "<p>Permutation importance: the drop in "
+             f"{html.escape(str(report.get('primary_metric', '')))} on the holdout when one "
+             "column is shuffled. Mean |attribution|: "
+             + html.escape(block.get("attribution_note") or "not computed") + ".</p>",
+             "<div class='charts'>"]
+    if block.get("permutation"):
+        parts.append(_figure(_importance_chart, block, "Global importance by input column"))
+    for curve in block.get("partial_dependence", []):
+        parts.append(_figure(_pdp_chart, (curve, block.get("output", "output")),
+                             f"Partial dependence on {curve['feature']}", size=(3.6, 2.8)))
+    parts.append("</div>")
+    return parts
 
 
 def _fmt(value: Any) -> str:
@@ -135,13 +201,13 @@ def _fold_series(report: dict[str, Any], metric: str) -> dict[str, list[float]]:
     return {k: [v for v in vals if v is not None] for k, vals in series.items() if vals}
 
 
-def _figure(draw: Any, data: Any, caption: str) -> str:
+def _figure(draw: Any, data: Any, caption: str, size: tuple[float, float] = (5.2, 3.6)) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.2, 3.6), dpi=96)
+    fig = Figure(figsize=size, dpi=96)
     draw(fig, data)
     fig.tight_layout()
     buffer = io.StringIO()
@@ -186,3 +252,26 @@ def _fold_chart(fig: Any, data: tuple[dict[str, list[float]], str]) -> None:
         ax.plot([i] * len(series[name]), series[name], "o", color="#1f5fa8", alpha=0.6)
     ax.set(ylabel=metric)
     ax.tick_params(axis="x", labelrotation=20)
+
+
+def _importance_chart(fig: Any, block: dict[str, Any]) -> None:
+    permutation = block["permutation"]
+    attribution = block.get("mean_abs_attribution") or {}
+    names = sorted(permutation, key=lambda n: permutation[n] or 0.0)[-10:]
+    axes = fig.subplots(1, 2 if attribution else 1, sharey=True, squeeze=False)[0]
+    axes[0].barh(names, [permutation[n] or 0.0 for n in names], color="#1f5fa8")
+    axes[0].set(xlabel="permutation importance")
+    if attribution:
+        axes[1].barh(names, [attribution.get(n, 0.0) for n in names], color="#a8401f")
+        axes[1].set(xlabel="mean |attribution|")
+
+
+def _pdp_chart(fig: Any, data: tuple[dict[str, Any], str]) -> None:
+    curve, output = data
+    ax = fig.subplots()
+    if curve["kind"] == "categorical":
+        ax.bar([str(g) for g in curve["grid"]], curve["average"], color="#1f5fa8")
+        ax.tick_params(axis="x", labelrotation=20)
+    else:
+        ax.plot(curve["grid"], curve["average"], color="#1f5fa8")
+    ax.set(xlabel=curve["feature"], ylabel=output)
