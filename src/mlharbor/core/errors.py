@@ -22,6 +22,8 @@ from there), ``mlharbor.cli.main`` for exit codes.
     │   └── PayloadTooLargeError   a request body over the size limit
     ├── TimeoutError_              work took longer than allowed
     └── UnavailableError           a backing service (database, object store, KMS) failed
+        ├── ModelLoadingError      a model version still loading past the wait (Retry-After)
+        └── ModelTooLargeError     a model version bigger than the server's memory budget
 """
 
 from __future__ import annotations
@@ -180,6 +182,26 @@ class TimeoutError_(MlharborError):
 
 class UnavailableError(MlharborError):
     code = "unavailable"
+
+
+class ModelLoadingError(UnavailableError):
+    """A request's model version did not finish loading within the server's wait; the
+    answer says when to retry (``retry_after`` seconds, sent as Retry-After)."""
+
+    code = "model_loading"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after: float | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, hint=hint, **details)
+        self.retry_after = retry_after
+
+
+class ModelTooLargeError(UnavailableError):
+    """A model version needs more memory than the server's whole model memory budget."""
+
+    code = "model_too_large"
 
 
 class CompactorUnavailable(UnavailableError):

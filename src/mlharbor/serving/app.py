@@ -155,7 +155,8 @@ def create_serving_app(
     shadows = ThreadPoolExecutor(SHADOW_THREADS, "mlharbor-shadow")
     loads = ThreadPoolExecutor(2, "mlharbor-load")
     pool = ModelPool(loader or registry_loader(registry, settings), metrics=metrics,
-                     load_executor=loads)
+                     load_executor=loads, memory_budget=serving.model_memory_budget,
+                     max_loaded=serving.max_loaded_models)
 
     def make_batcher(model: ServedModel, spec: EndpointSpec, *,
                      shadow: bool = False) -> MicroBatcher:
@@ -173,6 +174,11 @@ def create_serving_app(
     fixed = endpoints if endpoints is not None else (
         [single_model_spec(ref)] if ref is not None else None)
     reconciler = Reconciler(plane, pool, registry, serving, make_batcher, fixed=fixed)
+    if pool.lazy:  # models load on first request and leave memory when the budget is full
+        from mlharbor.serving.demand import OnDemand
+
+        plane.demand = OnDemand(plane, pool, serving, make_batcher)
+        pool.on_change = plane.demand.changed
 
     router = Router()
     for route in (*native.routes(plane, pool, feedback), *open_inference.routes(plane),

@@ -5,11 +5,25 @@ never blocks requests. A version is handed to routing only once it is ready. A v
 fails to load is remembered with its reason (shown in status and counted in metrics) and tried
 again only after ``retry_after_s``, so a broken version costs nothing while the old one serves.
 
-Each ready version's memory is estimated as the growth of the process's resident memory (RSS)
-while it loaded and warmed up, exported as ``mlharbor_model_memory_bytes{model,version}``: an
-estimate (memory freed earlier and reused reads as less; two versions loading at once may each
-count some of the other's), but one that covers native runtimes (ONNX Runtime, LightGBM) that a
-Python-level tracer would miss.
+Each ready version's memory is measured while it loads (:mod:`mlharbor.serving.memory`: the
+growth of resident memory over a trimmed heap, which covers native runtimes a Python tracer
+would miss) and exported as ``mlharbor_model_memory_bytes{model,version}``.
+
+Bounded memory (``serving.model_memory_budget`` bytes, ``serving.max_loaded_models``): the pool
+is *lazy*. Versions are known (state ``unloaded``) but load on the first request that needs
+them; loads run one at a time, so each is measured alone. Before a load, least recently used
+versions are unloaded until the version's expected size (its last measured size, else the
+mean of the loaded ones) and one more slot fit; after it, until the measured total fits. A
+version with requests in flight is never unloaded (the budget may then be passed until they
+finish, and is restored at the next load). A version whose model file, or measured size, is
+bigger than the whole budget is refused (state ``refused``; the reason gives both sizes) and
+never loaded again by this process. Unloading drops every reference the pool and the plans
+hold (``on_change`` rebuilds the plans), so the model, its runtime session and its batchers are
+freed as soon as the requests still using them finish.
+
+States of an entry, as data: ``unloaded -> loading -> ready | failed | refused``;
+``ready -> unloaded`` (made room, or no longer wanted); ``failed -> loading`` after
+``retry_after_s``.
 """
 
 from __future__ import annotations
@@ -17,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlharbor.serving.memory import measured, release_free_memory
+from mlharbor.serving.memory import resident_bytes as resident_bytes
 from mlharbor.serving.model import ServedModel
 
 if TYPE_CHECKING:
@@ -36,7 +51,8 @@ Key = tuple[str, int]
 
 @dataclasses.dataclass(slots=True)
 class PoolEntry:
-    """One version in the pool: loading, ready (with its batcher) or failed (with why)."""
+    """One version in the pool: unloaded, loading, ready (with its model), failed or refused
+    (with why)."""
 
     name: str
     version: int
@@ -47,6 +63,8 @@ class PoolEntry:
     memory_bytes: int | None = None
     failed_at: float | None = None
     last_used: float = dataclasses.field(default_factory=time.monotonic)
+    in_flight: int = 0
+    pending: ServedModel | None = None  # the signature-only stand-in of an unloaded version
 
     @property
     def ref(self) -> str:
@@ -65,47 +83,121 @@ class PoolEntry:
         return body
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory now (Linux /proc; None elsewhere)."""
-    try:
-        pages = Path("/proc/self/statm").read_bytes().split()[1]
-        return int(pages) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _measured(loader: ModelLoader, mv: ModelVersion) -> tuple[ServedModel, int | None]:
     """Load ``mv`` and the growth of resident memory while it loaded (None: unknown)."""
-    before = resident_bytes()
-    model = loader(mv)
-    after = resident_bytes()
-    return model, (max(0, after - before) if before is not None and after is not None
-                   else None)
+    return measured(lambda: loader(mv))
 
+
+def model_file_bytes(mv: ModelVersion) -> int | None:
+    """The size of the file the version's runtime loads (its ONNX file when ONNX Runtime
+    serves it, else the native model file): memory it needs at the least. None: unknown."""
+    manifest = mv.manifest or {}
+    wanted = (manifest.get("onnx_path") if manifest.get("default_runtime") == "onnx"
+              else manifest.get("model_path"))
+    for item in manifest.get("files") or ():
+        if isinstance(item, dict) and item.get("path") == wanted:
+            size = item.get("size")
+            return size if isinstance(size, int) else None
+    return None
 
 
 class ModelPool:
     def __init__(
         self, loader: ModelLoader, *,
         metrics: ServingMetrics | None = None, retry_after_s: float = 60.0, keep_idle: int = 2,
-        load_executor: Executor | None = None,
+        load_executor: Executor | None = None, memory_budget: int = 0, max_loaded: int = 0,
     ) -> None:
         self.loader = loader
         self.metrics = metrics
         self.retry_after_s = retry_after_s
         self.keep_idle = keep_idle
         self.load_executor = load_executor
+        self.memory_budget = memory_budget
+        self.max_loaded = max_loaded
         self.entries: dict[Key, PoolEntry] = {}
+        self.versions: dict[Key, ModelVersion] = {}
+        # Called (lazy pools) with the versions just loaded, refused or unloaded, so the
+        # plans naming them are rebuilt: loaded ones take traffic, unloaded ones are let go.
+        self.on_change: Callable[[set[Key]], None] | None = None
         self._loading: dict[Key, asyncio.Task[PoolEntry]] = {}
+        self._one_load = asyncio.Lock()
+        self._primed: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[PoolEntry]] = set()
+
+    @property
+    def lazy(self) -> bool:
+        """Versions load on first request and are unloaded to stay within the limits."""
+        return self.memory_budget > 0 or self.max_loaded > 0
 
     def get(self, name: str, version: int) -> PoolEntry | None:
         return self.entries.get((name, version))
 
-    async def ensure(self, mv: ModelVersion) -> PoolEntry:
-        """The pool entry of ``mv``, loading it first if needed (failed entries retry later)."""
+    def loaded(self) -> list[PoolEntry]:
+        return [e for e in self.entries.values() if e.state == "ready"]
+
+    def loadable(self, entry: PoolEntry) -> bool:
+        """A lazy pool may load ``entry`` on request: unloaded, loading, or failed long
+        enough ago to try again."""
+        if not self.lazy:
+            return False
+        if entry.state == "failed":
+            return entry.failed_at is None or (
+                time.monotonic() - entry.failed_at >= self.retry_after_s)
+        return entry.state in ("unloaded", "loading")
+
+    def used_bytes(self) -> int:
+        return sum(e.memory_bytes or 0 for e in self.loaded())
+
+    # -- desired state ----------------------------------------------------------------------
+
+    async def converge(self, wanted: Iterable[ModelVersion]) -> None:
+        """Make the versions the plans want known: loaded now (no limits), or registered as
+        ``unloaded`` to load on first request (lazy). A lazy pool first primes each runtime
+        once (loads one version of each format and runtime, then drops it), so the libraries
+        are imported before the server takes requests and never counted as a model's memory."""
+        versions = list(wanted)
+        if not self.lazy:
+            await asyncio.gather(*(self.ensure(mv) for mv in versions))
+            return
+        for mv in versions:
+            key = (mv.name, mv.version)
+            self.versions[key] = mv
+            if key not in self.entries:
+                self.entries[key] = PoolEntry(mv.name, mv.version, state="unloaded")
+        for mv in versions:
+            manifest = mv.manifest or {}
+            kind = (str(manifest.get("model_format")), str(manifest.get("default_runtime")))
+            if kind not in self._primed:
+                self._primed.add(kind)
+                await self._prime(mv)
+
+    async def _prime(self, mv: ModelVersion) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.load_executor, self.loader, mv)
+        except Exception as exc:  # its own load reports the error when a request needs it
+            log.info("priming the runtime with %s failed: %s", mv.ref, type(exc).__name__)
+        await loop.run_in_executor(self.load_executor, release_free_memory)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def request(self, mv: ModelVersion) -> None:
+        """Load ``mv`` in the background (a fallback or shadow asked for while unloaded)."""
         key = (mv.name, mv.version)
         entry = self.entries.get(key)
-        if entry is not None and (entry.state == "ready" or (
+        if key in self._loading or entry is None or not self.loadable(entry):
+            return
+        task = asyncio.get_running_loop().create_task(self.ensure(mv))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def ensure(self, mv: ModelVersion) -> PoolEntry:
+        """The pool entry of ``mv``, loading it first if needed (failed entries retry later;
+        refused ones never)."""
+        key = (mv.name, mv.version)
+        self.versions[key] = mv
+        entry = self.entries.get(key)
+        if entry is not None and (entry.state in ("ready", "refused") or (
                 entry.state == "failed" and entry.failed_at is not None
                 and time.monotonic() - entry.failed_at < self.retry_after_s)):
             return entry
@@ -116,6 +208,23 @@ class ModelPool:
         return await asyncio.shield(task)
 
     async def _load(self, mv: ModelVersion) -> PoolEntry:
+        key = (mv.name, mv.version)
+        try:
+            if not self.lazy:
+                return await self._load_measured(mv)
+            async with self._one_load:
+                entry = self._refuse_early(mv)
+                if entry is None:
+                    self._make_room(self._expected_bytes(key), keep=key)
+                    entry = await self._load_measured(mv)
+                    if entry.state == "ready":
+                        self._fit(entry)
+            self._changed({key})
+            return entry
+        finally:
+            self._loading.pop(key, None)
+
+    async def _load_measured(self, mv: ModelVersion) -> PoolEntry:
         key = (mv.name, mv.version)
         entry = self.entries.get(key) or PoolEntry(mv.name, mv.version)
         entry.state, entry.reason = "loading", None
@@ -135,23 +244,116 @@ class ModelPool:
             if self.metrics is not None:
                 self.metrics.model_load_failed(mv.name)
             return entry
-        finally:
-            self._loading.pop(key, None)
         entry.load_seconds = time.perf_counter() - started
-        entry.model = model
         entry.memory_bytes = memory
+        entry.last_used = time.monotonic()
+        if self.memory_budget and memory is not None and memory > self.memory_budget:
+            return self._refuse(entry, memory, "measured while it loaded")
+        entry.model = model
         entry.state = "ready"
         log.info("loaded %s (%s) in %.3fs", mv.ref, model.runtime, entry.load_seconds,
-                 extra={"event": "model.loaded", "model": mv.name, "version": mv.version})
+                 extra={"event": "model.loaded", "model": mv.name, "version": mv.version,
+                        "memory_bytes": memory})
         if self.metrics is not None:
             self.metrics.model_loaded(mv.name, entry.load_seconds)
             if memory is not None:
                 self.metrics.model_memory_set(mv.name, mv.version, memory)
         return entry
 
+    # -- the budget -------------------------------------------------------------------------
+
+    def _refuse_early(self, mv: ModelVersion) -> PoolEntry | None:
+        """Refuse without loading a version whose model file alone passes the budget."""
+        size = model_file_bytes(mv)
+        if not self.memory_budget or size is None or size <= self.memory_budget:
+            return None
+        key = (mv.name, mv.version)
+        entry = self.entries.get(key) or PoolEntry(mv.name, mv.version)
+        self.entries[key] = entry
+        return self._refuse(entry, size, "its model file")
+
+    def _refuse(self, entry: PoolEntry, size: int, how: str) -> PoolEntry:
+        entry.state, entry.model, entry.memory_bytes = "refused", None, size
+        entry.reason = (f"{entry.ref} needs {size} bytes ({how}), more than the whole model "
+                        f"memory budget of {self.memory_budget} bytes")
+        log.error("refused %s: %s", entry.ref, entry.reason,
+                  extra={"event": "model.refused", "model": entry.name,
+                         "version": entry.version})
+        if self.metrics is not None:
+            self.metrics.model_load_failed(entry.name)
+        return entry
+
+    def _expected_bytes(self, key: Key) -> int:
+        entry = self.entries.get(key)
+        if entry is not None and entry.memory_bytes is not None:
+            return entry.memory_bytes
+        sizes = [e.memory_bytes for e in self.loaded() if e.memory_bytes is not None]
+        return sum(sizes) // len(sizes) if sizes else 0
+
+    def _make_room(self, incoming: int, *, keep: Key) -> None:
+        """Unload least recently used versions until ``incoming`` bytes and a slot fit."""
+        self._evict(lambda used, count: (
+            (not self.memory_budget or used + incoming <= self.memory_budget)
+            and (not self.max_loaded or count + 1 <= self.max_loaded)), keep=keep)
+
+    def _fit(self, entry: PoolEntry) -> None:
+        """After ``entry`` loaded: unload others until the loaded ones fit the limits."""
+        self._evict(lambda used, count: (
+            (not self.memory_budget or used <= self.memory_budget)
+            and (not self.max_loaded or count <= self.max_loaded)),
+            keep=(entry.name, entry.version))
+
+    def _evict(self, fits: Callable[[int, int], bool], *, keep: Key) -> None:
+        loaded = self.loaded()
+        used = sum(e.memory_bytes or 0 for e in loaded)
+        count = len(loaded)
+        unloaded: set[Key] = set()
+        for victim in sorted(loaded, key=lambda e: e.last_used):
+            if fits(used, count):
+                break
+            if victim.in_flight or (victim.name, victim.version) == keep:
+                continue  # never a version with requests in flight
+            used -= victim.memory_bytes or 0
+            count -= 1
+            self._unload(victim)
+            unloaded.add((victim.name, victim.version))
+        self._changed(unloaded)
+
+    def _unload(self, entry: PoolEntry) -> None:
+        """Forget ``entry``'s model: a fresh ``unloaded`` entry takes its place, so plans still
+        holding the old one see it is gone (they load the version again if asked)."""
+        key = (entry.name, entry.version)
+        entry.state, entry.model = "unloaded", None
+        fresh = PoolEntry(entry.name, entry.version, state="unloaded",
+                          memory_bytes=entry.memory_bytes, pending=entry.pending)
+        self.entries[key] = fresh
+        log.info("unloaded %s", entry.ref, extra={"event": "model.unloaded",
+                                                  "model": entry.name,
+                                                  "version": entry.version})
+        if self.metrics is not None:
+            self.metrics.model_memory_set(entry.name, entry.version, None)
+            self.metrics.model_unloaded()
+
+    def _changed(self, keys: set[Key]) -> None:
+        if keys and self.on_change is not None:
+            self.on_change(keys)
+
     def prune(self, in_use: set[Key]) -> None:
-        """Forget ready versions no plan uses, keeping the ``keep_idle`` most recent warm."""
+        """Forget versions no plan uses. Eager: keep the ``keep_idle`` most recent ready ones
+        warm. Lazy: unload them (unless requests are in flight) and forget the unloaded."""
         now = time.monotonic()
+        if self.lazy:
+            gone: set[Key] = set()
+            for key, entry in list(self.entries.items()):
+                if key in in_use or key in self._loading or entry.in_flight:
+                    continue
+                if entry.state == "ready":
+                    self._unload(entry)
+                    gone.add(key)
+                self.entries.pop(key, None)
+                self.versions.pop(key, None)
+            self._changed(gone)
+            return
         for key in in_use:
             if key in self.entries:
                 self.entries[key].last_used = now

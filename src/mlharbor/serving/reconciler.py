@@ -102,7 +102,7 @@ class Reconciler:
                         wanted[(mv.name, mv.version)] = mv
             self.plane.metrics.set_known({s.name for s, _ in specs},
                                          {name for name, _v in wanted})
-            await asyncio.gather(*(self.pool.ensure(mv) for mv in wanted.values()))
+            await self.pool.converge(wanted.values())  # loads, or (a budget) loads lazily
             old = self.plane.plans
             plans: dict[str, EndpointPlan] = {}
             for spec, revision in specs:

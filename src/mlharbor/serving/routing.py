@@ -6,7 +6,14 @@ swap (the reconciler replaces the plan object) never mixes two states in one req
 request is answered by the old plan or the new one.
 
 A route whose desired version is not ready yet, or failed to load, keeps the version it served
-before; the route's status tells which version serves, which one is wanted and why they differ.
+before (while the pool still holds it); the route's status tells which version serves, which
+one is wanted and why they differ.
+
+With a model memory budget (a lazy pool, see :mod:`mlharbor.serving.pool`) a version that is not
+loaded still gets a *pending* target: its stand-in model knows the signature
+(:mod:`mlharbor.serving.pending`), and the data plane loads the version (bounded wait) when a
+request picks it. Loaded targets count their requests in flight on the pool entry
+(:class:`CountedBatcher`), so the pool never unloads a version that is answering.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import bisect
 import dataclasses
 import hashlib
 import random
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlharbor.serving.batching import MicroBatcher
-from mlharbor.serving.model import ServedModel
+from mlharbor.serving.model import Outputs, ServedModel
 from mlharbor.serving.pool import ModelPool, PoolEntry
 
 if TYPE_CHECKING:
@@ -36,14 +44,61 @@ class BatcherFactory(Protocol):
                  shadow: bool = False) -> MicroBatcher: ...
 
 
+class Batcher(Protocol):
+    """What a target submits prepared requests to (a :class:`MicroBatcher`, or one wrapped)."""
+
+    model: ServedModel
+
+    async def submit(self, x: Any, rows: int) -> Outputs: ...
+
+
+class CountedBatcher:
+    """A batcher that counts its requests in flight on the pool entry and marks the entry
+    used, so the pool's LRU never unloads a version that is answering (lazy pools only)."""
+
+    __slots__ = ("entry", "inner", "model")
+
+    def __init__(self, inner: MicroBatcher, entry: PoolEntry) -> None:
+        self.inner = inner
+        self.entry = entry
+        self.model = inner.model
+
+    async def submit(self, x: Any, rows: int) -> Outputs:
+        entry = self.entry
+        entry.in_flight += 1
+        entry.last_used = time.monotonic()
+        try:
+            return await self.inner.submit(x, rows)
+        finally:
+            entry.in_flight -= 1
+
+
+class PendingBatcher:
+    """The batcher of a version not loaded: its stand-in model refuses to run."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
+
+    async def submit(self, x: Any, rows: int) -> Outputs:
+        return self.model.run(x)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Target:
-    """One version that may answer for an endpoint, with the batcher that runs it."""
+    """One version that may answer for an endpoint, with the batcher that runs it.
+
+    ``pending``: the version is not loaded (lazy pools); the data plane loads it first."""
 
     ref: str
     entry: PoolEntry
     model: ServedModel
-    batcher: MicroBatcher
+    batcher: Batcher
+
+    @property
+    def pending(self) -> bool:
+        return self.entry.state != "ready"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,8 +124,11 @@ class EndpointPlan:
         targets: Sequence[tuple[Target, float]], shadow: Target | None,
         fallbacks: Sequence[Target], routes: Sequence[RouteState],
         route_targets: Sequence[Target | None] | None = None,
+        resolved: dict[str, Any] | None = None, lazy: bool = False,
     ) -> None:
         self.name = spec.name
+        self.resolved = resolved or {}  # what build_plan saw, to rebuild it after a load
+        self.lazy = lazy
         self.spec = spec
         self.revision = revision
         self.targets = tuple(t for t, _w in targets)
@@ -94,6 +152,11 @@ class EndpointPlan:
     @property
     def servable(self) -> bool:
         return bool(self.targets)
+
+    @property
+    def answerable(self) -> bool:
+        """Has a loaded version, or (lazy pools) one that loads on the first request."""
+        return any(not t.pending for t in self.targets) or (self.lazy and self.servable)
 
     @property
     def converged(self) -> bool:
@@ -141,10 +204,12 @@ def build_plan(
     old: dict[str, Target] = {}
     # (name, version, shadow) -> batcher: a shadow's batcher runs on the shadow's own
     # executor, so it is never shared with a primary or a fallback of the same version.
-    batchers: dict[tuple[str, int, bool], MicroBatcher] = {}
+    batchers: dict[tuple[str, int, bool], Batcher] = {}
     if previous is not None:
         for prior, kept_target in zip(previous.routes, previous.route_targets, strict=False):
-            if kept_target is not None:
+            # Only while the pool still holds it: an unloaded version must leave the plans.
+            if kept_target is not None and not kept_target.pending and pool.get(
+                    kept_target.model.name, kept_target.model.version) is kept_target.entry:
                 old[prior.ref] = kept_target
         if previous.spec.batching == spec.batching:
             for t in (*previous.targets, *previous.fallbacks):
@@ -162,13 +227,28 @@ def build_plan(
         entry = pool.get(mv.name, mv.version)
         if entry is None or entry.state != "ready" or entry.model is None:
             state = "loading" if entry is None else entry.state
-            return None, state, None if entry is None else entry.reason, mv.version
+            why = None if entry is None else entry.reason
+            if entry is not None and pool.loadable(entry):
+                return _pending(ref, entry, mv), state, why, mv.version
+            return None, state, why, mv.version
         key = (mv.name, mv.version, shadow)
         batcher = batchers.get(key)
-        if batcher is None or batcher.model is not entry.model:
-            batcher = make_batcher(entry.model, spec, shadow=shadow)
+        if batcher is None or batcher.model is not entry.model or (
+                isinstance(batcher, CountedBatcher) and batcher.entry is not entry):
+            made = make_batcher(entry.model, spec, shadow=shadow)
+            batcher = CountedBatcher(made, entry) if pool.lazy else made
             batchers[key] = batcher
         return Target(ref, entry, entry.model, batcher), "ready", None, mv.version
+
+    def _pending(ref: str, entry: PoolEntry, mv: Any) -> Target | None:
+        if entry.pending is None:
+            from mlharbor.serving.pending import pending_model
+
+            try:
+                entry.pending = pending_model(mv, wake=lambda: pool.request(mv))
+            except Exception:  # a manifest without a signature: the load will say why
+                return None
+        return Target(ref, entry, entry.pending, PendingBatcher(entry.pending))
 
     targets: list[tuple[Target, float]] = []
     states: list[RouteState] = []
@@ -177,7 +257,7 @@ def build_plan(
         target, state, reason, desired = target_for(route.ref)
         if target is None and route.ref in old:
             target = old[route.ref]
-        serving = None if target is None else target.model.version
+        serving = None if target is None or target.pending else target.model.version
         states.append(RouteState(route.ref, route.weight, desired, serving, state, reason))
         kept.append(target)
         if target is not None:
@@ -186,7 +266,8 @@ def build_plan(
                  if t is not None]
     shadow = target_for(spec.shadow, shadow=True)[0] if spec.shadow else None
     return EndpointPlan(spec, revision, settings, targets=targets, shadow=shadow,
-                        fallbacks=fallbacks, routes=states, route_targets=kept)
+                        fallbacks=fallbacks, routes=states, route_targets=kept,
+                        resolved=resolved, lazy=pool.lazy)
 
 
 def resolved_fallbacks(spec: EndpointSpec, resolved: dict[str, Any]) -> list[str]:

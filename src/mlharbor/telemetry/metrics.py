@@ -89,6 +89,10 @@ class ServingMetrics:
             "mlharbor_model_memory_bytes",
             "Estimated memory of a loaded version: the growth of this process's resident "
             "memory while it loaded and warmed up.", ["model", "version"], registry=r)
+        self.model_unloads = Counter(
+            "mlharbor_model_unloads_total", "Versions unloaded to stay within the model "
+            "memory budget or count (serving.model_memory_budget, max_loaded_models).",
+            registry=r)
         self._endpoints: frozenset[str] = frozenset()
         self._models: frozenset[str] = frozenset()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -151,6 +155,9 @@ class ServingMetrics:
                 self.model_memory.remove(*labels)
         else:
             self.model_memory.labels(*labels).set(nbytes)
+
+    def model_unloaded(self) -> None:
+        self.model_unloads.inc()
 
     def resource_sample(self) -> dict[str, Any]:
         """This process's resource use as the control plane's dashboard shows it: CPU seconds
