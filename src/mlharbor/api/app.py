@@ -66,6 +66,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     app.include_router(deployment_routes.router)
     app.include_router(policy_routes.router)
     app.include_router(job_routes.router)
+    _include_mlflow(app)  # issue 16: MLflow tracking, logged models, artifacts, registry
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
     app.include_router(ui_login.router)
@@ -99,6 +100,16 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     app.add_middleware(RequestIdMiddleware)
     add_transport(app, settings)
     return app
+
+
+def _include_mlflow(app: FastAPI) -> None:
+    """MLflow's REST routes; the catch-all answering unsupported ones in MLflow's shape last."""
+    from mlharbor.api.routes import mlflow_artifacts, mlflow_models, mlflow_registry
+    from mlharbor.api.routes import mlflow_tracking
+
+    for router in (mlflow_tracking.router, mlflow_models.router, mlflow_registry.router,
+                   mlflow_artifacts.router, mlflow_tracking.fallback):
+        app.include_router(router)
 
 
 @asynccontextmanager

@@ -66,6 +66,13 @@ class ControlPlaneServices:
         self.identities: IdentityStore = open_identities(registry)
         self.policies: PolicyService = PolicyService(registry)
         self.jobs: JobStore = JobStore(registry.store)
+        # Experiment tracking (issue 16): runs in the registry's database, run files in its
+        # artifact store (content-addressed, encrypted when the store is).
+        from mlharbor.tracking.files import TrackingFiles
+        from mlharbor.tracking.store import TrackingStore
+
+        self.tracking = TrackingStore(registry.store.db)
+        self.tracking_files = TrackingFiles(self.tracking, registry.artifacts)
         # Rules are read and checked now (a bad rules file fails the start, not a tick).
         self.alert_loop: AlertLoop | None = open_alerts(
             settings, cast("Monitor", _MonitorProxy(self)))

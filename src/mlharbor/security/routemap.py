@@ -73,6 +73,39 @@ _API = "/api/v1"
 _MODEL = model_param()
 _ENDPOINT = endpoint_param()
 
+# -- issue 16: MLflow's tracking REST API, artifact proxy and the registry routes
+# register_model uses (mlharbor.api.routes.mlflow_*). Reading (searches too) needs `read`;
+# logging runs, uploading files and registering need `model.write` (editors: the people who
+# train and register). No model or endpoint is in these paths, so grants must be global.
+# Any other /api/2.0/mlflow path answers MLflow's "not supported" error to any caller with
+# valid credentials.
+_ML = "/api/2.0/mlflow"
+_MLA = "/api/2.0/mlflow-artifacts/artifacts"
+_MLFLOW_RULES: tuple[RouteRule, ...] = (
+    *_rules("GET", "read", None, *(f"{_ML}/{p}" for p in (
+        "experiments/get", "experiments/get-by-name", "runs/get", "metrics/get-history",
+        "artifacts/list", "logged-models/{model_id}", "registered-models/get",
+        "model-versions/get")), _MLA, f"{_MLA}/{{path:path}}"),
+    *_rules("POST", "read", None, *(f"{_ML}/{p}" for p in (
+        "experiments/search", "runs/search", "logged-models/search",
+        "registered-models/get-latest-versions"))),
+    *_rules("POST", "model.write", None, *(f"{_ML}/{p}" for p in (
+        "experiments/create", "experiments/update", "experiments/delete",
+        "experiments/restore", "experiments/set-experiment-tag",
+        "experiments/delete-experiment-tag", "runs/create", "runs/update", "runs/delete",
+        "runs/restore", "runs/log-metric", "runs/log-parameter", "runs/set-tag",
+        "runs/delete-tag", "runs/log-batch", "runs/log-inputs", "runs/outputs",
+        "runs/log-model", "logged-models", "logged-models/{model_id}/params",
+        "registered-models/create", "model-versions/create"))),
+    *_rules("PATCH", "model.write", None, f"{_ML}/logged-models/{{model_id}}",
+            f"{_ML}/logged-models/{{model_id}}/tags"),
+    *_rules("DELETE", "model.write", None, f"{_ML}/logged-models/{{model_id}}/tags/{{tag_key}}",
+            f"{_MLA}/{{path:path}}"),
+    *_rules("PUT", "model.write", None, f"{_MLA}/{{path:path}}"),
+    *(RouteRule(m, f"{_ML}/{{path:path}}", AUTHENTICATED)
+      for m in ("GET", "POST", "PUT", "PATCH", "DELETE")),
+)
+
 RULES: tuple[RouteRule, ...] = (
     *_rules("GET", PUBLIC, None, "/livez", "/readyz"),
     *_rules("GET", "read", None, "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"),
@@ -171,6 +204,7 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("POST", "endpoint.write", None, f"{_API}/jobs/{{job_id}}/cancel",
             f"{_API}/jobs/{{job_id}}/approve", f"{_API}/jobs/{{job_id}}/reject"),
     *_rules("POST", "endpoint.write", _ENDPOINT, f"{_API}/endpoints/{{name}}/retrain"),
+    *_MLFLOW_RULES,
 )
 
 

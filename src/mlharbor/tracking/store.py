@@ -317,8 +317,8 @@ class TrackingStore:
 
     @staticmethod
     def _write_params(conn: Connection, run_id: str, params: dict[str, str]) -> None:
-        existing = dict(conn.execute(select(t.params.c.key, t.params.c.value).where(
-            t.params.c.run_id == run_id, t.params.c.key.in_(list(params)))).tuples().all())
+        existing: dict[str, str] = dict(conn.execute(select(t.params.c.key, t.params.c.value).where(
+            t.params.c.run_id == run_id, t.params.c.key.in_(list(params)))).all())
         for key, value in params.items():
             if key in existing and existing[key] != value:
                 raise ConflictError(

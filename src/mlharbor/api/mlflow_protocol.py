@@ -1,0 +1,195 @@
+"""What every MLflow-compatible route shares: MLflow's error shape, request reading, and the
+JSON form of tracking records.
+
+MLflow clients read errors as ``{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}``
+and branch on ``error_code`` (``mlflow.register_model`` goes on when a model already exists,
+for one), so routes under ``/api/2.0/mlflow*`` answer in that shape: :class:`MlflowRoute`
+renders every error of its routes so, with the status from the one map in
+:mod:`mlharbor.core.status`. Request bodies are read as MLflow sends them (JSON for POST and
+PATCH, query parameters for GET and DELETE), and int64 fields may come as text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from mlharbor.api.responses import JsonResponse
+from mlharbor.core import errors
+from mlharbor.core.runs import Experiment, LoggedModel, MetricPoint, Run
+from mlharbor.core.status import status_for
+
+log = logging.getLogger("mlharbor.api.mlflow")
+
+#: mlharbor error class -> MLflow error code (most specific class first).
+ERROR_CODES: tuple[tuple[type[errors.MlharborError], str], ...] = (
+    (errors.NotFoundError, "RESOURCE_DOES_NOT_EXIST"),
+    (errors.ConflictError, "RESOURCE_ALREADY_EXISTS"),
+    (errors.AuthenticationError, "UNAUTHENTICATED"),
+    (errors.PermissionDeniedError, "PERMISSION_DENIED"),
+    (errors.LimitExceededError, "REQUEST_LIMIT_EXCEEDED"),
+    (errors.UnavailableError, "TEMPORARILY_UNAVAILABLE"),
+    (errors.MlharborError, "INVALID_PARAMETER_VALUE"),
+)
+
+
+def mlflow_error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error_code": code, "message": message}, status_code=status)
+
+
+def error_response(exc: BaseException) -> JsonResponse:
+    """``exc`` in MLflow's error shape."""
+    if isinstance(exc, errors.MlharborError):
+        code = next(c for cls, c in ERROR_CODES if isinstance(exc, cls))
+        return mlflow_error(code, str(exc), status_for(exc))
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+        return mlflow_error("INVALID_PARAMETER_VALUE",
+                            f"{where or 'request'}: {first.get('msg', 'invalid')}", 400)
+    log.error("unhandled error in an MLflow route: %s", type(exc).__name__, exc_info=exc)
+    return mlflow_error("INTERNAL_ERROR", "The server failed to handle this request; it has "
+                        "been logged.", 500)
+
+
+class MlflowRoute(APIRoute):
+    """An APIRoute whose errors, validation included, come out in MLflow's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:  # every error: the client must get MLflow's shape
+                return error_response(exc)
+
+        return route
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    """The request's fields: the JSON object body (POST/PATCH) or the query parameters."""
+    if request.method in ("GET", "DELETE"):
+        out: dict[str, Any] = {}
+        for key, value in request.query_params.multi_items():
+            if key in out:
+                prev = out[key]
+                out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+            else:
+                out[key] = value
+        return out
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidInputError(
+            f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.",
+            hint="Send a JSON object, as MLflow's client does.") from exc
+    if not isinstance(data, dict):
+        raise errors.InvalidInputError(
+            f"The request body must be a JSON object; received {type(data).__name__}.")
+    return data
+
+
+def required(body: dict[str, Any], *names: str) -> Any:
+    """The first of ``names`` present in ``body`` (``run_id`` or the older ``run_uuid``)."""
+    for name in names:
+        value = body.get(name)
+        if value not in (None, ""):
+            return value
+    raise errors.InvalidInputError(f"Missing value for required parameter '{names[0]}'.",
+                                   field=names[0])
+
+
+def text_field(body: dict[str, Any], name: str, *, default: str | None = None) -> str | None:
+    value = body.get(name, default)
+    if value is None or isinstance(value, str):
+        return value
+    raise errors.InvalidInputError(f"'{name}' must be text; received {type(value).__name__}.",
+                                   field=name)
+
+
+def key_values(body: dict[str, Any], name: str) -> dict[str, str]:
+    """A list of ``{"key": ..., "value": ...}`` (MLflow's tags and params) as a dict."""
+    items = body.get(name) or []
+    if not isinstance(items, list):
+        raise errors.InvalidInputError(f"'{name}' must be a list of {{key, value}} objects.",
+                                       field=name)
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise errors.InvalidInputError(f"{name}[{i}] must be an object with a text 'key' "
+                                           "and 'value'.", field=f"{name}[{i}]")
+        value = item.get("value", "")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise errors.InvalidInputError(f"{name}[{i}].value must be text.",
+                                           field=f"{name}[{i}].value")
+        out[item["key"]] = str(value)
+    return out
+
+
+def number_json(value: float) -> float | str:
+    """A double as proto3 JSON writes it: NaN and infinities as text."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _kv(mapping: dict[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in sorted(mapping.items())]
+
+
+def experiment_json(exp: Experiment) -> dict[str, Any]:
+    return {"experiment_id": exp.experiment_id, "name": exp.name,
+            "artifact_location": exp.artifact_location,
+            "lifecycle_stage": exp.lifecycle_stage.value,
+            "last_update_time": exp.last_update_time, "creation_time": exp.creation_time,
+            "tags": _kv(exp.tags)}
+
+
+def metric_json(point: MetricPoint) -> dict[str, Any]:
+    return {"key": point.key, "value": number_json(point.value),
+            "timestamp": point.timestamp, "step": point.step}
+
+
+def run_info_json(run: Run) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "run_id": run.run_id, "run_uuid": run.run_id, "run_name": run.name,
+        "experiment_id": run.experiment_id, "user_id": run.user_id,
+        "status": run.status.value, "start_time": run.start_time,
+        "artifact_uri": run.artifact_uri, "lifecycle_stage": run.lifecycle_stage.value}
+    if run.end_time is not None:
+        info["end_time"] = run.end_time
+    return info
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {"info": run_info_json(run),
+            "data": {"metrics": [metric_json(m) for _k, m in sorted(run.metrics.items())],
+                     "params": _kv(run.params), "tags": _kv(run.tags)},
+            "inputs": {}, "outputs": {}}
+
+
+def logged_model_json(model: LoggedModel) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "model_id": model.model_id, "experiment_id": model.experiment_id,
+        "name": model.name, "artifact_uri": model.artifact_location,
+        "status": model.status, "creation_timestamp_ms": model.creation_time,
+        "last_updated_timestamp_ms": model.last_updated_time, "tags": _kv(model.tags)}
+    if model.source_run_id:
+        info["source_run_id"] = model.source_run_id
+    if model.model_type:
+        info["model_type"] = model.model_type
+    return {"info": info, "data": {"params": _kv(model.params), "metrics": []}}

@@ -1,0 +1,113 @@
+"""MLflow 3's logged models under ``/api/2.0/mlflow/logged-models``.
+
+``mlflow.<flavor>.log_model`` (and autologging) creates a logged model, uploads its files to
+the model's artifact location through the artifact proxy, and marks it ready;
+``mlflow.register_model("runs:/<run>/model", name)`` finds it by name and run. Search filters
+by ``name`` and ``source_run_id`` with ``=`` (what MLflow's own calls send); other filters are
+refused saying so.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mlharbor.api.mlflow_protocol import (
+    MlflowRoute,
+    body_of,
+    key_values,
+    logged_model_json,
+    required,
+    text_field,
+)
+from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of
+from mlharbor.core.errors import InvalidInputError
+from mlharbor.tracking import checks
+
+router = APIRouter(prefix=f"{PREFIX}/logged-models", tags=["mlflow"], route_class=MlflowRoute)
+_CLAUSE = re.compile(r"\s*(?:attributes\.)?(name|source_run_id)\s*=\s*'((?:[^'\\]|\\.)*)'\s*",
+                     re.IGNORECASE)
+
+
+@router.post("")
+async def create_logged_model(request: Request) -> Any:
+    body = await body_of(request)
+    model = files_of(request).create_logged_model(
+        required(body, "experiment_id"), name=text_field(body, "name"),
+        source_run_id=text_field(body, "source_run_id") or None,
+        model_type=text_field(body, "model_type"), tags=key_values(body, "tags"),
+        params=key_values(body, "params"))
+    return {"model": logged_model_json(model)}
+
+
+@router.post("/search")
+async def search_logged_models(request: Request) -> Any:
+    body = await body_of(request)
+    wanted = _filter(text_field(body, "filter"))
+    ids = body.get("experiment_ids") or []
+    if not isinstance(ids, list):
+        raise InvalidInputError("'experiment_ids' must be a list.", field="experiment_ids")
+    models, nxt = files_of(request).search_logged_models(
+        [str(i) for i in ids], source_run_id=wanted.get("source_run_id"),
+        max_results=checks.check_max_results(body.get("max_results"), default=100,
+                                             limit=1000),
+        offset=checks.decode_token(body.get("page_token")))
+    if "name" in wanted:
+        models = [m for m in models if m.name == wanted["name"]]
+    out: dict[str, Any] = {"models": [logged_model_json(m) for m in models]}
+    if nxt is not None:
+        out["next_page_token"] = checks.encode_token(nxt)
+    return out
+
+
+def _filter(text: str | None) -> dict[str, str]:
+    if not text or not text.strip():
+        return {}
+    out: dict[str, str] = {}
+    for part in re.split(r"\s+AND\s+", text, flags=re.IGNORECASE):
+        match = _CLAUSE.fullmatch(part)
+        if match is None:
+            raise InvalidInputError(
+                f"Logged-model filter {text[:200]!r} is not supported: mlharbor filters "
+                "logged models by name = '...' and source_run_id = '...'.", field="filter")
+        out[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", match.group(2))
+    return out
+
+
+@router.get("/{model_id}")
+async def get_logged_model(request: Request, model_id: str) -> Any:
+    return {"model": logged_model_json(files_of(request).get_logged_model(model_id))}
+
+
+@router.patch("/{model_id}")
+async def finalize_logged_model(request: Request, model_id: str) -> Any:
+    body = await body_of(request)
+    status = body.get("status")
+    if isinstance(status, int) and not isinstance(status, bool):  # the proto enum's number
+        status = {1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY",
+                  3: "LOGGED_MODEL_UPLOAD_FAILED"}.get(status, str(status))
+    model = files_of(request).update_logged_model(model_id, status=required(
+        {"status": status}, "status"))
+    return {"model": logged_model_json(model)}
+
+
+@router.patch("/{model_id}/tags")
+async def set_logged_model_tags(request: Request, model_id: str) -> Any:
+    body = await body_of(request)
+    files_of(request).update_logged_model(model_id, tags=key_values(body, "tags"))
+    return {}
+
+
+@router.delete("/{model_id}/tags/{tag_key}")
+async def delete_logged_model_tag(request: Request, model_id: str, tag_key: str) -> Any:
+    files_of(request).update_logged_model(model_id, remove_tag=tag_key)
+    return {}
+
+
+@router.post("/{model_id}/params")
+async def log_logged_model_params(request: Request, model_id: str) -> Any:
+    body = await body_of(request)
+    files_of(request).update_logged_model(model_id, params=key_values(body, "params"))
+    return {}

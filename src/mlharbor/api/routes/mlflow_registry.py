@@ -1,0 +1,215 @@
+"""The MLflow model-registry routes ``mlflow.register_model`` uses, on mlharbor's registry.
+
+``registered-models/create|get`` and ``model-versions/create|get`` (plus
+``registered-models/get-latest-versions``). A new version's files come from where MLflow put
+them (a run's artifacts, a logged model, an ``mlflow-artifacts:`` URI) and go through
+mlharbor's normal registration (:func:`mlharbor.registry.bundles.register_model`) with its
+format checks: a skops or ONNX model registers; a pickle (MLflow's default for scikit-learn)
+is refused unless trusted by its sha256, which the message gives, with how to fix it. The
+version links to its run (lineage ``tracking``) and the run to the version (tag
+``mlharbor.model_version``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mlharbor.api.context import actor_of, registry_of
+from mlharbor.api.mlflow_protocol import MlflowRoute, body_of, key_values, required, text_field
+from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of, store_of
+from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifactError
+from mlharbor.core.records import ModelVersion, RegisteredModel
+from mlharbor.tracking.files import TrackingFiles, key_of_uri
+from mlharbor.tracking.store import TrackingStore
+
+router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
+TRUST_TAG = "mlharbor.trust_pickle_sha256"
+VERSION_TAG = "mlharbor.model_version"
+#: MLmodel flavours and the key naming their model file, in the order they are preferred.
+FLAVOR_FILES = (("onnx", "data"), ("sklearn", "pickled_model"), ("xgboost", "data"),
+                ("lightgbm", "data"), ("python_function", "model_path"))
+
+
+def _ts(value: Any) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _model_json(model: RegisteredModel) -> dict[str, Any]:
+    return {"name": model.name, "creation_timestamp": _ts(model.created_at),
+            "last_updated_timestamp": _ts(model.updated_at),
+            "description": model.description,
+            "tags": [{"key": k, "value": v} for k, v in sorted(model.tags.items())],
+            "aliases": [{"alias": a, "version": str(v)} for a, v in sorted(
+                model.aliases.items())]}
+
+
+def _version_json(mv: ModelVersion) -> dict[str, Any]:
+    tracking = mv.lineage.get("tracking") if isinstance(mv.lineage, dict) else None
+    tracking = tracking if isinstance(tracking, dict) else {}
+    status = {"ready": "READY", "failed": "FAILED_REGISTRATION"}.get(
+        mv.status.value, "PENDING_REGISTRATION")
+    out = {"name": mv.name, "version": str(mv.version),
+           "creation_timestamp": _ts(mv.created_at),
+           "last_updated_timestamp": _ts(mv.created_at), "current_stage": "None",
+           "description": mv.description, "source": str(tracking.get("source", "")),
+           "run_id": str(tracking.get("run_id", "")), "status": status,
+           "tags": [{"key": k, "value": v} for k, v in sorted(mv.tags.items())],
+           "aliases": list(mv.aliases) if hasattr(mv, "aliases") else []}
+    if mv.status_reason:
+        out["status_message"] = mv.status_reason
+    return out
+
+
+@router.post("/registered-models/create")
+async def create_registered_model(request: Request) -> Any:
+    body = await body_of(request)
+    model = registry_of(request).create_model(
+        required(body, "name"), description=text_field(body, "description") or "",
+        tags=key_values(body, "tags") or None, actor=actor_of(request))
+    return {"registered_model": _model_json(model)}
+
+
+@router.get("/registered-models/get")
+async def get_registered_model(request: Request) -> Any:
+    body = await body_of(request)
+    return {"registered_model": _model_json(registry_of(request).get_model(
+        required(body, "name")))}
+
+
+@router.post("/registered-models/get-latest-versions")
+async def get_latest_versions(request: Request) -> Any:
+    body = await body_of(request)
+    name = required(body, "name")
+    model = registry_of(request).get_model(name)
+    if model.latest_version is None:
+        return {"model_versions": []}
+    mv = registry_of(request).get_version(f"{name}:{model.latest_version}")
+    return {"model_versions": [_version_json(mv)]}
+
+
+@router.get("/model-versions/get")
+async def get_model_version(request: Request) -> Any:
+    body = await body_of(request)
+    version = str(required(body, "version"))
+    if not version.isdigit():
+        raise InvalidInputError(f"version must be a whole number; received {version[:40]!r}.",
+                                field="version")
+    return {"model_version": _version_json(registry_of(request).get_version(
+        f"{required(body, 'name')}:{version}"))}
+
+
+@router.post("/model-versions/create")
+async def create_model_version(request: Request) -> Any:
+    import anyio.to_thread
+
+    body = await body_of(request)
+    name = required(body, "name")
+    source = required(body, "source")
+    if not isinstance(name, str) or not isinstance(source, str):
+        raise InvalidInputError("'name' and 'source' must be text.")
+    run_id = text_field(body, "run_id") or None
+    model_id = text_field(body, "model_id") or None
+    tags = key_values(body, "tags")
+    mv = await anyio.to_thread.run_sync(lambda: _register(
+        request, name, source, run_id, model_id, tags,
+        text_field(body, "description") or ""))
+    return {"model_version": _version_json(mv)}
+
+
+def _register(request: Request, name: str, source: str, run_id: str | None,
+              model_id: str | None, tags: dict[str, str], description: str) -> ModelVersion:
+    from mlharbor.registry.artifacts.base import digest_file
+    from mlharbor.registry.bundles import register_model
+
+    store, files = store_of(request), files_of(request)
+    registry = registry_of(request)
+    registry.get_model(name)  # MLflow creates the model first; a missing one is named now
+    run = store.get_run(run_id) if run_id else None
+    key = _source_key(store, files, source, run_id, model_id)
+    trust = tags.pop(TRUST_TAG, None)
+    with tempfile.TemporaryDirectory(prefix="mlharbor-mlflow-model-") as tmp:
+        folder = Path(tmp)
+        files.download_tree(key, folder)
+        model_file = _model_file(folder)
+        try:
+            result = register_model(
+                registry, name, model_file, settings=request.app.state.settings,
+                trust_pickle_sha256=trust, description=description, tags=tags or None,
+                metrics={k: m.value for k, m in (run.metrics if run else {}).items()
+                         if m.value == m.value and abs(m.value) != float("inf")},
+                params=dict(run.params) if run else None,
+                lineage={"tracking": {"run_id": run_id or "", "source": source,
+                                      "experiment_id": run.experiment_id if run else ""}},
+                actor=actor_of(request))
+        except UnsafeArtifactError as exc:
+            sha = digest_file(model_file).sha256
+            raise UnsafeArtifactError(
+                f"{model_file.name} of {source!r} is a pickle, and loading a pickle runs "
+                f"whatever code it holds, so mlharbor does not register it untrusted ({exc}).",
+                hint="Log the model with mlflow.sklearn.log_model(..., "
+                f"serialization_format='skops'), or trust this exact file by registering "
+                f"with tags={{'{TRUST_TAG}': '{sha}'}}.") from exc
+    if run is not None and run.lifecycle_stage.value == "active":
+        store.log_batch(run.run_id, tags={VERSION_TAG: str(result.version.ref)})
+    return result.version
+
+
+def _source_key(store: TrackingStore, files: TrackingFiles, source: str,
+                run_id: str | None, model_id: str | None) -> str:
+    """The artifact-proxy key of the folder ``source`` names."""
+    if source.startswith("models:/") or (model_id and not source.startswith(
+            ("mlflow-artifacts:", "runs:/"))):
+        ident = model_id or source[len("models:/"):].strip("/").split("/")[0]
+        key = key_of_uri(files.get_logged_model(ident).artifact_location)
+    elif source.startswith("runs:/"):
+        rid, _, sub = source[len("runs:/"):].partition("/")
+        run = store.get_run(rid)
+        root = key_of_uri(run.artifact_uri)
+        key = f"{root}/{sub.strip('/')}" if root and sub.strip("/") else root
+        if key is not None and not files.list(key):
+            models, _ = files.search_logged_models([run.experiment_id], source_run_id=rid)
+            named = [m for m in models if m.name == sub.strip("/")]
+            if named:
+                key = key_of_uri(named[0].artifact_location)
+    else:
+        key = key_of_uri(source)
+    if not key:
+        raise InvalidInputError(
+            f"Model source {source[:200]!r} is not stored by this server: mlharbor registers "
+            "models whose files were logged to it (runs:/, models:/ or mlflow-artifacts:/).",
+            hint="Log the model to a run on this server first, then register it.",
+            field="source")
+    if not files.list(key):
+        raise NotFoundError(f"No model files under {source[:200]!r}.", field="source")
+    return key
+
+
+def _model_file(folder: Path) -> Path:
+    """The model file of an MLflow model folder, named by its MLmodel flavours."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if mlmodel.is_file():
+        try:
+            spec = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InvalidInputError("The model's MLmodel file is not valid YAML.") from exc
+        flavors = spec.get("flavors") if isinstance(spec, dict) else None
+        for flavor, field in FLAVOR_FILES:
+            entry = flavors.get(flavor) if isinstance(flavors, dict) else None
+            name = entry.get(field) if isinstance(entry, dict) else None
+            if isinstance(name, str) and (folder / name).is_file() \
+                    and (folder / name).resolve().is_relative_to(folder.resolve()):
+                return folder / name
+    model_files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in (
+        ".skops", ".onnx", ".pkl", ".pickle", ".joblib", ".ubj", ".lgb", ".pt")]
+    if len(model_files) == 1:
+        return model_files[0]
+    raise InvalidInputError(
+        "The logged model's folder names no model file mlharbor can read (its MLmodel has "
+        "no onnx, sklearn, xgboost, lightgbm or python_function flavour with a file).",
+        hint="Log the model with mlflow.sklearn.log_model or mlflow.onnx.log_model.")

@@ -1,0 +1,371 @@
+"""MLflow's tracking REST API under ``/api/2.0/mlflow/``, on mlharbor's tracking store.
+
+So ``mlflow.set_tracking_uri("http://host:8081")`` and unchanged ``mlflow.log_*`` code record
+into mlharbor: experiments (create, get, get-by-name, search, update, delete, restore, tags),
+runs (create, get, update, delete, restore, search, log-metric, log-parameter, set-tag,
+delete-tag, log-batch, log-inputs, outputs, log-model), metric history and artifact listing.
+MLflow 3's logged models are in :mod:`.mlflow_models`, the artifact proxy in
+:mod:`.mlflow_artifacts`, model registration in :mod:`.mlflow_registry`. Any other MLflow
+route answers MLflow's error shape saying mlharbor does not support it (the catch-all at the
+end, mounted last). Errors: :mod:`mlharbor.api.mlflow_protocol`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mlharbor.api.mlflow_protocol import (
+    MlflowRoute,
+    body_of,
+    experiment_json,
+    key_values,
+    metric_json,
+    mlflow_error,
+    required,
+    run_info_json,
+    run_json,
+    text_field,
+)
+from mlharbor.api.responses import JsonResponse
+from mlharbor.core.errors import InvalidInputError
+from mlharbor.core.runs import LifecycleStage, MetricPoint
+from mlharbor.tracking import checks
+from mlharbor.tracking.files import TrackingFiles, key_of_uri
+from mlharbor.tracking.store import TrackingStore, now_ms
+
+PREFIX = "/api/2.0/mlflow"
+router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
+#: Mounted after every supported MLflow route: answers the rest with "not supported".
+fallback = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
+_VIEWS = {"ACTIVE_ONLY": "active", "DELETED_ONLY": "deleted", "ALL": "all"}
+
+
+def store_of(request: Request) -> TrackingStore:
+    store: TrackingStore = request.app.state.services.tracking
+    return store
+
+
+def files_of(request: Request) -> TrackingFiles:
+    files: TrackingFiles = request.app.state.services.tracking_files
+    return files
+
+
+def _view(value: Any) -> str:
+    if value in (None, ""):
+        return "active"
+    text = str(value).upper()
+    if text in _VIEWS:
+        return _VIEWS[text]
+    if text in ("1", "2", "3"):
+        return text
+    raise InvalidInputError(f"view_type must be ACTIVE_ONLY, DELETED_ONLY or ALL; received "
+                            f"{str(value)[:40]!r}.", field="view_type")
+
+
+def _strings(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(f"'{name}' must be a list of text.", field=name)
+    return value
+
+
+# -- experiments --------------------------------------------------------------------------
+
+@router.post("/experiments/create")
+async def create_experiment(request: Request) -> Any:
+    body = await body_of(request)
+    exp = store_of(request).create_experiment(
+        required(body, "name"), artifact_location=text_field(body, "artifact_location") or None,
+        tags=key_values(body, "tags"))
+    return {"experiment_id": exp.experiment_id}
+
+
+@router.get("/experiments/get")
+async def get_experiment(request: Request) -> Any:
+    body = await body_of(request)
+    return {"experiment": experiment_json(
+        store_of(request).get_experiment(required(body, "experiment_id")))}
+
+
+@router.get("/experiments/get-by-name")
+async def get_experiment_by_name(request: Request) -> Any:
+    body = await body_of(request)
+    return {"experiment": experiment_json(
+        store_of(request).get_experiment_by_name(required(body, "experiment_name")))}
+
+
+@router.post("/experiments/search")
+async def search_experiments(request: Request) -> Any:
+    body = await body_of(request)
+    name_like = _experiment_filter(text_field(body, "filter"))
+    exps, nxt = store_of(request).list_experiments(
+        view=_view(body.get("view_type")), name_like=name_like,
+        max_results=checks.check_max_results(body.get("max_results"), default=1000),
+        offset=checks.decode_token(body.get("page_token")))
+    out: dict[str, Any] = {"experiments": [experiment_json(e) for e in exps]}
+    if nxt is not None:
+        out["next_page_token"] = checks.encode_token(nxt)
+    return out
+
+
+def _experiment_filter(text: str | None) -> str | None:
+    """``name = 'x'`` / ``name LIKE 'x%'`` (what MLflow's clients send) as a LIKE pattern."""
+    if not text or not text.strip():
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*(?:attributes\.)?name\s+(=|LIKE|ILIKE)\s+(['\"])(.*)\2\s*", text,
+                         re.IGNORECASE | re.DOTALL)
+    if match is None:
+        raise InvalidInputError(
+            f"Experiment filter {text[:200]!r} is not supported: mlharbor filters experiments "
+            "by name only (name = 'x' or name LIKE 'x%').", field="filter")
+    value = match.group(3)
+    if match.group(1) == "=":
+        return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return value
+
+
+@router.post("/experiments/update")
+async def update_experiment(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).rename_experiment(required(body, "experiment_id"),
+                                        required(body, "new_name"))
+    return {}
+
+
+@router.post("/experiments/delete")
+async def delete_experiment(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_experiment_lifecycle(required(body, "experiment_id"),
+                                               LifecycleStage.DELETED)
+    return {}
+
+
+@router.post("/experiments/restore")
+async def restore_experiment(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_experiment_lifecycle(required(body, "experiment_id"),
+                                               LifecycleStage.ACTIVE)
+    return {}
+
+
+@router.post("/experiments/set-experiment-tag")
+async def set_experiment_tag(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_experiment_tag(required(body, "experiment_id"),
+                                         required(body, "key"),
+                                         text_field(body, "value", default="") or "")
+    return {}
+
+
+@router.post("/experiments/delete-experiment-tag")
+async def delete_experiment_tag(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_experiment_tag(required(body, "experiment_id"),
+                                         required(body, "key"), None)
+    return {}
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+@router.post("/runs/create")
+async def create_run(request: Request) -> Any:
+    body = await body_of(request)
+    run = store_of(request).create_run(
+        body.get("experiment_id") or "0", run_name=text_field(body, "run_name") or None,
+        user_id=text_field(body, "user_id") or "", start_time=body.get("start_time"),
+        tags=key_values(body, "tags"))
+    return {"run": run_json(run)}
+
+
+@router.get("/runs/get")
+async def get_run(request: Request) -> Any:
+    body = await body_of(request)
+    return {"run": run_json(store_of(request).get_run(required(body, "run_id", "run_uuid")))}
+
+
+@router.post("/runs/update")
+async def update_run(request: Request) -> Any:
+    body = await body_of(request)
+    run = store_of(request).update_run(
+        required(body, "run_id", "run_uuid"), status=text_field(body, "status"),
+        end_time=body.get("end_time"), run_name=text_field(body, "run_name"))
+    return {"run_info": run_info_json(run)}
+
+
+@router.post("/runs/delete")
+async def delete_run(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_run_lifecycle(required(body, "run_id"), LifecycleStage.DELETED)
+    return {}
+
+
+@router.post("/runs/restore")
+async def restore_run(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).set_run_lifecycle(required(body, "run_id"), LifecycleStage.ACTIVE)
+    return {}
+
+
+def _point(item: Any, where: str) -> MetricPoint:
+    if not isinstance(item, dict):
+        raise InvalidInputError(f"{where} must be an object with key, value, timestamp, "
+                                "step.", field=where)
+    key = item.get("key")
+    if not isinstance(key, str):
+        raise InvalidInputError(f"Missing value for required parameter '{where}.key'.",
+                                field=f"{where}.key")
+    if "value" not in item:
+        raise InvalidInputError(f"Missing value for required parameter '{where}.value'.",
+                                field=f"{where}.value")
+    return MetricPoint(key, checks.check_number(item["value"], field=f"{where}.value"),
+                       checks.check_int(item.get("timestamp"), field=f"{where}.timestamp",
+                                        minimum=0, default=now_ms()),
+                       checks.check_int(item.get("step"), field=f"{where}.step", default=0))
+
+
+@router.post("/runs/log-metric")
+async def log_metric(request: Request) -> Any:
+    body = await body_of(request)
+    run_id = required(body, "run_id", "run_uuid")
+    store_of(request).log_batch(run_id, metrics=[_point(body, "metric")])
+    return {}
+
+
+@router.post("/runs/log-parameter")
+async def log_parameter(request: Request) -> Any:
+    body = await body_of(request)
+    value = body.get("value")
+    if not isinstance(value, str):
+        raise InvalidInputError("Missing value for required parameter 'value' (text).",
+                                field="value")
+    store_of(request).log_batch(required(body, "run_id", "run_uuid"),
+                                params={required(body, "key"): value})
+    return {}
+
+
+@router.post("/runs/set-tag")
+async def set_tag(request: Request) -> Any:
+    body = await body_of(request)
+    value = body.get("value")
+    if not isinstance(value, str):
+        raise InvalidInputError("Missing value for required parameter 'value' (text).",
+                                field="value")
+    store_of(request).log_batch(required(body, "run_id", "run_uuid"),
+                                tags={required(body, "key"): value})
+    return {}
+
+
+@router.post("/runs/delete-tag")
+async def delete_tag(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).delete_tag(required(body, "run_id"), required(body, "key"))
+    return {}
+
+
+@router.post("/runs/log-batch")
+async def log_batch(request: Request) -> Any:
+    body = await body_of(request)
+    metrics = body.get("metrics") or []
+    if not isinstance(metrics, list):
+        raise InvalidInputError("'metrics' must be a list.", field="metrics")
+    points = [_point(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
+    store_of(request).log_batch(required(body, "run_id"), metrics=points,
+                                params=key_values(body, "params"),
+                                tags=key_values(body, "tags"))
+    return {}
+
+
+@router.post("/runs/log-inputs")
+async def log_inputs(request: Request) -> Any:
+    body = await body_of(request)
+    items = [*(body.get("datasets") or []), *(body.get("models") or [])]
+    store_of(request).record_io(required(body, "run_id"), inputs=_json_list(items))
+    return {}
+
+
+@router.post("/runs/outputs")
+async def log_outputs(request: Request) -> Any:
+    body = await body_of(request)
+    store_of(request).record_io(required(body, "run_id"),
+                                outputs=_json_list(body.get("models") or []))
+    return {}
+
+
+@router.post("/runs/log-model")
+async def log_model(request: Request) -> Any:
+    body = await body_of(request)
+    model_json = text_field(body, "model_json") or ""
+    store_of(request).record_io(required(body, "run_id"),
+                                outputs=[{"mlmodel": model_json[:100_000]}])
+    return {}
+
+
+def _json_list(items: Any) -> list[Any]:
+    if not isinstance(items, list) or len(items) > 1000:
+        raise InvalidInputError("Expected a list of at most 1000 entries.")
+    return items
+
+
+@router.post("/runs/search")
+async def search_runs(request: Request) -> Any:
+    body = await body_of(request)
+    order_by = body.get("order_by")
+    if order_by is not None and not isinstance(order_by, list):
+        raise InvalidInputError("'order_by' must be a list of text.", field="order_by")
+    page = store_of(request).search_runs(
+        _strings(body, "experiment_ids"), filter=text_field(body, "filter"),
+        view=_view(body.get("run_view_type")),
+        max_results=checks.check_max_results(body.get("max_results"), default=1000),
+        order_by=order_by, page_token=text_field(body, "page_token"))
+    out: dict[str, Any] = {"runs": [run_json(r) for r in page.runs]}
+    if page.next_page_token:
+        out["next_page_token"] = page.next_page_token
+    return out
+
+
+@router.get("/metrics/get-history")
+async def get_metric_history(request: Request) -> Any:
+    body = await body_of(request)
+    points, nxt = store_of(request).metric_history(
+        required(body, "run_id", "run_uuid"), required(body, "metric_key"),
+        max_results=body.get("max_results"),
+        offset=checks.decode_token(body.get("page_token")))
+    out: dict[str, Any] = {"metrics": [metric_json(p) for p in points]}
+    if nxt is not None:
+        out["next_page_token"] = checks.encode_token(nxt)
+    return out
+
+
+@router.get("/artifacts/list")
+async def list_artifacts(request: Request) -> Any:
+    body = await body_of(request)
+    run = store_of(request).get_run(required(body, "run_id", "run_uuid"))
+    root = key_of_uri(run.artifact_uri)
+    if root is None:
+        return {"root_uri": run.artifact_uri, "files": []}
+    sub = text_field(body, "path") or ""
+    prefix = f"{root}/{sub.strip('/')}" if sub.strip("/") else root
+    entries = files_of(request).list(prefix)
+    return {"root_uri": run.artifact_uri, "files": [
+        {"path": e.path[len(root) + 1:], "is_dir": e.is_dir,
+         **({"file_size": e.size} if e.size is not None else {})} for e in entries]}
+
+
+# -- everything else ----------------------------------------------------------------------
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@fallback.api_route("/{path:path}", methods=_METHODS, include_in_schema=False)
+async def unsupported(request: Request, path: str) -> JsonResponse:
+    return mlflow_error(
+        "ENDPOINT_NOT_FOUND",
+        f"mlharbor does not support the MLflow API {request.method} {PREFIX}/{path[:200]}; it "
+        "supports experiments, runs, metrics, params, tags, metric history, search, "
+        "artifacts, logged models and model registration.", 404)

@@ -1,0 +1,161 @@
+"""The real ``mlflow`` client (mlflow-skinny) against a real control-plane server: unchanged
+MLflow tracking code records into mlharbor, and registering goes through mlharbor's format
+checks (skops registers, a pickle is refused unless trusted by its sha256)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mlharbor.api.app import create_app
+from mlharbor.bootstrap import open_registry
+from mlharbor.settings import Settings
+from tests.security.fixtures import admin_headers_for
+from tests.support import LiveServer
+
+pytestmark = pytest.mark.xdist_group("mlflow-client")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Settings]]:
+    settings = Settings(home=tmp_path_factory.mktemp("mlflow") / "home",
+                        security={"rate_limit_per_minute": 0})
+    token = admin_headers_for(settings)["Authorization"].split(" ", 1)[1]
+    registry = open_registry(settings)
+    try:
+        with LiveServer(create_app(settings, registry=registry)) as live:
+            yield live.url, token, settings
+    finally:
+        registry.close()
+
+
+@pytest.fixture
+def mlflow(server: tuple[str, str, Settings], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import mlflow as mlflow_module
+
+    url, token, _settings = server
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow_module.set_tracking_uri(url)
+    yield mlflow_module
+    while mlflow_module.active_run() is not None:
+        mlflow_module.end_run()
+    mlflow_module.set_tracking_uri("")
+
+
+def test_logging_nested_runs_search_and_history(mlflow: Any, tmp_path: Path) -> None:
+    mlflow.set_experiment("churn-tuning")
+    note = tmp_path / "notes.txt"
+    note.write_text("first try")
+    with mlflow.start_run(run_name="parent") as parent:
+        mlflow.log_param("model", "rf")
+        mlflow.log_params({"depth": 3, "trees": 100})
+        for step in range(5):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        mlflow.log_metrics({"auc": 0.91, "f1": 0.8})
+        mlflow.set_tag("team", "retention")
+        mlflow.log_artifact(str(note))
+        mlflow.log_artifact(str(note), artifact_path="docs")
+        with mlflow.start_run(run_name="child", nested=True) as child:
+            mlflow.log_metric("auc", 0.5)
+    client = mlflow.tracking.MlflowClient()
+    got = client.get_run(parent.info.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params == {"model": "rf", "depth": "3", "trees": "100"}
+    assert got.data.metrics["loss"] == pytest.approx(0.2)
+    assert got.data.tags["team"] == "retention"
+    history = client.get_metric_history(parent.info.run_id, "loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [
+        (0, 1.0), (1, 0.5), (2, 0.333), (3, 0.25), (4, 0.2)]
+    assert client.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] \
+        == parent.info.run_id
+    found = mlflow.search_runs(filter_string="metrics.auc > 0.9 and params.model = 'rf'",
+                               output_format="list")
+    assert [r.info.run_id for r in found] == [parent.info.run_id]
+    ordered = mlflow.search_runs(order_by=["metrics.auc ASC"], output_format="list")
+    assert [r.info.run_name for r in ordered] == ["child", "parent"]
+    names = sorted(a.path for a in client.list_artifacts(parent.info.run_id))
+    assert names == ["docs", "notes.txt"]
+    local = client.download_artifacts(parent.info.run_id, "docs/notes.txt", str(tmp_path))
+    assert Path(local).read_text() == "first try"
+
+
+def test_failed_run_and_bad_input_get_mlflow_errors(mlflow: Any, server: Any) -> None:
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_experiment("errors")
+    with pytest.raises(RuntimeError), mlflow.start_run() as run:
+        raise RuntimeError("boom")
+    client = mlflow.tracking.MlflowClient()
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    with pytest.raises(MlflowException) as caught:
+        client.get_run("0" * 32)
+    assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException, match="OR is not supported"):
+        mlflow.search_runs(filter_string="metrics.a > 1 or metrics.b < 2")
+    url, token, _settings = server
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers) as http:
+        r = http.post("/api/2.0/mlflow/runs/log-batch", json={
+            "run_id": run.info.run_id, "metrics": [{"key": "ok", "value": 1, "timestamp": 1,
+                                                     "step": 0},
+                                                    {"key": "bad", "value": "high"}]})
+        assert r.status_code == 400
+        assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "metrics[1].value" in r.json()["message"]
+        # nothing of the refused batch was written
+        assert "ok" not in client.get_run(run.info.run_id).data.metrics
+        r = http.post("/api/2.0/mlflow/runs/log-batch", content=b"{not json")
+        assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        r = http.get("/api/2.0/mlflow/gateway/routes/list")
+        assert r.status_code == 404
+        assert r.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+        assert "does not support" in r.json()["message"]
+        r = httpx.post(f"{url}/api/2.0/mlflow/runs/create", json={"experiment_id": "0"})
+        assert r.status_code == 401
+
+
+def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    mlflow.set_experiment("autolog")
+    mlflow.sklearn.autolog(log_input_examples=False, log_model_signatures=False)
+    try:
+        # MLflow warns about its own type hints; pytest here turns warnings into errors,
+        # which autologging would swallow, logging nothing.
+        with warnings.catch_warnings(), mlflow.start_run() as run:
+            warnings.simplefilter("ignore")
+            LogisticRegression(max_iter=200).fit(x, y)
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+    got = mlflow.tracking.MlflowClient().get_run(run.info.run_id)
+    assert "training_accuracy_score" in got.data.metrics
+    assert got.data.params["max_iter"] == "200"
+    # autolog's default model is a pickle: refused, saying how to fix it
+    with pytest.raises(MlflowException) as caught:
+        mlflow.register_model(f"runs:/{run.info.run_id}/model", "churn-pickle")
+    message = str(caught.value)
+    assert "serialization_format='skops'" in message and "mlharbor.trust_pickle_sha256" \
+        in message
+    with warnings.catch_warnings(), mlflow.start_run() as run2:
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.log_model(LogisticRegression().fit(x, y), name="model",
+                                 serialization_format="skops")
+    version = mlflow.register_model(f"runs:/{run2.info.run_id}/model", "churn-skops")
+    assert version.version == "1"
+    run_after = mlflow.tracking.MlflowClient().get_run(run2.info.run_id)
+    assert run_after.data.tags["mlharbor.model_version"] == "churn-skops:1"
+
+
+def test_token_is_not_left_in_env() -> None:
+    assert "MLFLOW_TRACKING_TOKEN" not in os.environ
