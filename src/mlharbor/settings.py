@@ -141,6 +141,12 @@ class ServingSettings(BaseModel):
     max_batch_wait_ms: float = Field(1.0, ge=0, description="Longest wait to fill a batch.")
     request_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout (504).")
     max_concurrency: int = Field(512, ge=1, description="In-flight predictions before 503.")
+    max_queue_bytes: int = Field(
+        64 << 20, ge=1, description="Bytes of prepared inputs one model's micro-batcher may "
+        "hold waiting; a request past it is shed (503 with Retry-After).")
+    inline_max_us: float = Field(
+        200.0, ge=0, description="Batches of a model whose average run time is under this "
+        "many microseconds run on the event loop (no thread hand-off); 0 = always a thread.")
     max_rows: int = Field(10_000, ge=1, description="Most rows in one prediction request.")
     inference_threads: int = Field(2, ge=1, description="Threads running model inference.")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace for in-flight on SIGTERM.")
@@ -184,6 +190,10 @@ class MonitoringSettings(BaseModel):
         "priority (serving's latency never waits for it), or in a thread of the server.")
     buffer_max_bytes: int = Field(
         1 << 30, gt=0, description="Journal size limit; past it new records are dropped.")
+    pending_max_bytes: int = Field(
+        64 << 20, gt=0, description="Records answered but not yet journaled (estimated "
+        "bytes: inputs, outputs) kept in memory; past it new records are dropped and counted "
+        "(buffer_full).")
     unwritten_max_bytes: int = Field(
         64 << 20, ge=0, description="Records whose journal write failed (full disk, KMS "
         "error) are kept in memory for the next flush up to this many bytes; past it they "

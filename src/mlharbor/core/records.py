@@ -109,6 +109,34 @@ class PredictionRecord:
     columns: tuple[str, ...] | None = None
     error: str | None = None
 
+    def nbytes(self) -> int:
+        """About how much memory the record holds, without walking its rows: arrays count
+        their buffers; inputs as parsed JSON count ~80 bytes a value (a boxed number and its
+        slot in a list or dict), a value count read from the first row. What the byte limits
+        of the buffers between serving and the prediction log count."""
+        size = 512  # the record, its strings and time
+        matrix = self.matrix
+        if matrix is not None:
+            size += int(matrix.nbytes)
+        inputs = self.inputs
+        held = getattr(inputs, "matrix", inputs)  # serving's NumericRows holds its matrix
+        if held is not matrix and inputs is not None:
+            nbytes = getattr(held, "nbytes", None)
+            if nbytes is not None:
+                size += int(nbytes)
+            elif type(inputs) is list and inputs:
+                first = inputs[0]
+                width = len(first) if type(first) in (dict, list) else 1
+                size += 80 * width * len(inputs)
+            elif type(inputs) is dict:
+                size += 80 * sum(len(v) if type(v) is list else 1 for v in inputs.values())
+        outputs = self.outputs
+        for part in (getattr(outputs, "predictions", None),
+                     getattr(outputs, "probabilities", None)):
+            if part is not None:
+                size += int(getattr(part, "nbytes", 0))
+        return size
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Page(Generic[T]):

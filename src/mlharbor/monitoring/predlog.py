@@ -80,7 +80,7 @@ class PredictionLog:
                  redaction: Redaction | None = None, sealer: Sealer | None = None,
                  flush_interval_s: float = 1.0, segment_interval_s: float = 5.0,
                  max_buffer_bytes: int = 1 << 30, max_pending: int = 1_000_000,
-                 max_unwritten_bytes: int = 64 << 20,
+                 max_unwritten_bytes: int = 64 << 20, max_pending_bytes: int = 64 << 20,
                  retention: timedelta | None = None, metrics_registry: Any = None,
                  journal_lock: Any = None, compactor: CompactorProcess | None = None) -> None:
         self.segments = segments
@@ -94,6 +94,9 @@ class PredictionLog:
         self.flush_interval_s = flush_interval_s
         self.segment_interval_s = segment_interval_s
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._emitted_bytes = 0  # written by emit() only
+        self._flushed_bytes = 0  # written by flush() only (under its lock)
         self.retention = retention
         self._retained_at = 0.0
         self.journal = Journal(journal_dir, max_bytes=max_buffer_bytes, sealer=sealer)
@@ -118,11 +121,22 @@ class PredictionLog:
     # -- the sink ------------------------------------------------------------------------
 
     def emit(self, record: PredictionRecord) -> None:
-        """Accept one record: O(1), no lock, no I/O."""
-        if len(self._pending) >= self.max_pending:
+        """Accept one record: O(1), no lock, no I/O. Past ``max_pending`` records or
+        ``max_pending_bytes`` (:meth:`PredictionRecord.nbytes`) waiting, it is dropped and
+        counted (``buffer_full``). The byte count is two running totals, each written by one
+        thread (this one adds, the flusher adds what it took), so it needs no lock."""
+        size = record.nbytes()
+        if (len(self._pending) >= self.max_pending
+                or self._emitted_bytes - self._flushed_bytes + size > self.max_pending_bytes):
             self.drops["buffer_full"] += 1
             return
+        self._emitted_bytes += size
         self._pending.append(record)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Estimated bytes of the records waiting for the flusher."""
+        return self._emitted_bytes - self._flushed_bytes
 
     def write(self, records: Sequence[PredictionRecord]) -> None:
         """Serving's ``PredictionSink`` protocol: accept a batch (same cost as ``emit``)."""
@@ -196,6 +210,7 @@ class PredictionLog:
                     records.append(pending.popleft())
                 except IndexError:
                     break
+            self._flushed_bytes += sum(r.nbytes() for r in records)
             batches = list(self._unwritten)
             if records:
                 try:

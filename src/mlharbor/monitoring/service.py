@@ -53,6 +53,7 @@ def open_prediction_log(settings: Settings, *, metrics_registry: Any = None) -> 
         segment_interval_s=mon.segment_interval_s,
         max_buffer_bytes=mon.buffer_max_bytes,
         max_unwritten_bytes=mon.unwritten_max_bytes,
+        max_pending_bytes=mon.pending_max_bytes,
         retention=timedelta(days=mon.retention_days),
         metrics_registry=metrics_registry,
         journal_lock=lock,

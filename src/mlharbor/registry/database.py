@@ -110,6 +110,8 @@ class Database:
 
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest migration, safely from many processes."""
+        if self._at_head():
+            return
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -140,6 +142,29 @@ class Database:
             raise UnavailableError(
                 f"Migrating the metadata database failed: {_first_line(exc)}."
             ) from exc
+
+    def _at_head(self) -> bool:
+        """Whether the schema is at the newest migration, read without importing Alembic
+        (most of a serving process's start-up otherwise): the head is the one revision of the
+        migration files no other names as its ``down_revision``. Anything unclear (no version
+        table yet, several heads, an unreadable file) answers False: Alembic decides."""
+        import re
+
+        revisions: set[str] = set()
+        parents: set[str] = set()
+        pattern = re.compile(r'^(down_revision|revision) = "([^"]+)"$', re.M)
+        try:
+            for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+                for kind, value in pattern.findall(path.read_text()):
+                    (parents if kind == "down_revision" else revisions).add(value)
+            heads = revisions - parents
+            if len(heads) != 1:
+                return False
+            with self.engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        except (OSError, SQLAlchemyError):
+            return False
+        return [row[0] for row in current] == list(heads)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -146,7 +146,8 @@ def create_serving_app(
     if sink is not None and hasattr(sink, "emit"):
         dispatcher = DirectDispatcher(cast("EmittingSink", sink))
     else:
-        dispatcher = SinkDispatcher(sink or NullSink(), on_drop=metrics.records_dropped.inc)
+        dispatcher = SinkDispatcher(sink or NullSink(), on_drop=metrics.records_dropped.inc,
+                                    max_bytes=settings.monitoring.pending_max_bytes)
     plane = DataPlane(metrics=metrics, sink=dispatcher,
                       default_endpoint=serving.default_endpoint)
     inference = ThreadPoolExecutor(serving.inference_threads, "mlharbor-infer")
@@ -169,6 +170,7 @@ def create_serving_app(
             max_wait_s=(serving.max_batch_wait_ms if b.max_wait_ms is None
                         else b.max_wait_ms) / 1000.0,
             on_batch=lambda rows: metrics.observe_batch(name, rows),
+            inline_max_s=serving.inline_max_us / 1e6, max_queue_bytes=serving.max_queue_bytes,
         )
 
     fixed = endpoints if endpoints is not None else (
@@ -195,11 +197,18 @@ def create_serving_app(
 
     router.add(Route("GET", "/metrics", metrics_route, "metrics", native.render_error))
     router.add(Route("GET", "/openapi.json", openapi_route, "native", native.render_error))
-    from mlharbor.serving.graphql import create_graphql_app
-
     # GraphQL is a route like the others: its body is read under the body limit, and since a
     # query may predict, it counts against the concurrency limit (shed like predictions).
-    run_graphql = asgi_handler(create_graphql_app(plane, registry, status_for))
+    # Strawberry is built on the first GraphQL request, not at start-up: importing it is most
+    # of a serving process's import time, and most servers never get a GraphQL query.
+    graphql_app: list[Any] = []
+
+    async def run_graphql(request: Request) -> Response:
+        if not graphql_app:
+            from mlharbor.serving.graphql import create_graphql_app
+
+            graphql_app.append(asgi_handler(create_graphql_app(plane, registry, status_for)))
+        return await cast("Any", graphql_app[0])(request)  # type: ignore[no-any-return]
 
     async def graphql(request: Request) -> Response:
         # A clear 400 for what Strawberry would fail on with a 500 (bytes that are not JSON,

@@ -44,30 +44,46 @@ class MemorySink:
 
 
 class SinkDispatcher:
-    """A bounded buffer drained to the sink by one daemon thread."""
+    """A buffer drained to the sink by one daemon thread, bounded in records (``capacity``)
+    and in bytes (``max_bytes``, each record's :meth:`~PredictionRecord.nbytes`).
+
+    The byte count is two running totals, each written by one thread only (``offer`` adds on
+    the event loop, the drain adds what it took), so it needs no lock.
+    """
 
     def __init__(
         self, sink: PredictionSink, *, capacity: int = 100_000, batch: int = 1000,
-        on_drop: Callable[[int], None] | None = None,
+        on_drop: Callable[[int], None] | None = None, max_bytes: int = 64 << 20,
     ) -> None:
         self.sink = sink
         self.capacity = capacity
         self.batch = batch
         self.on_drop = on_drop
-        self._buffer: collections.deque[PredictionRecord] = collections.deque()
+        self.max_bytes = max_bytes
+        self._buffer: collections.deque[tuple[PredictionRecord, int]] = collections.deque()
+        self._offered_bytes = 0  # written by offer() only
+        self._taken_bytes = 0  # written by the drain only
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self._offered_bytes - self._taken_bytes
+
     def offer(self, record: PredictionRecord) -> None:
-        """O(1), never blocks: buffer the record or drop it when the buffer is full."""
-        if len(self._buffer) >= self.capacity:
+        """O(1), never blocks: buffer the record or drop it (counted) when the buffer is full
+        in records or in bytes."""
+        size = record.nbytes()
+        if (len(self._buffer) >= self.capacity
+                or self._offered_bytes - self._taken_bytes + size > self.max_bytes):
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop(1)
             return
-        self._buffer.append(record)
+        self._offered_bytes += size
+        self._buffer.append((record, size))
         if len(self._buffer) >= self.batch:
             self._wake.set()
 
@@ -88,8 +104,12 @@ class SinkDispatcher:
     def flush(self) -> None:
         while self._buffer:
             chunk: list[PredictionRecord] = []
+            taken = 0
             while self._buffer and len(chunk) < self.batch:
-                chunk.append(self._buffer.popleft())
+                record, size = self._buffer.popleft()
+                chunk.append(record)
+                taken += size
+            self._taken_bytes += taken
             try:
                 self.sink.write(chunk)
             except Exception:
