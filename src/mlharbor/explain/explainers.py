@@ -25,6 +25,7 @@ with ``runtime="native"`` (see :mod:`mlharbor.serving.explaining`).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from mlharbor.formats.base import NativeModel
     from mlharbor.formats.predictor import Predictor
 
+log = logging.getLogger("mlharbor.explain")
 SHAP_TREES = frozenset({
     "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier",
     "ExtraTreesRegressor", "DecisionTreeClassifier", "DecisionTreeRegressor",
@@ -134,7 +136,14 @@ class TreeShapExplainer(_Transformed):
     method = "tree_shap"
 
     def __init__(self, estimator: Any, **kwargs: Any) -> None:
-        import shap
+        import warnings
+
+        with warnings.catch_warnings():
+            # shap builds its plotting colormaps on import with matplotlib calls that warn
+            # of their own deprecation: nothing a caller can act on.
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import shap
 
         super().__init__(**kwargs)
         self._tree = shap.TreeExplainer(estimator)
@@ -293,8 +302,12 @@ def _exact(native: NativeModel, background: Any, common: dict[str, Any]) -> Expl
             return TreeShapExplainer(estimator, steps=before, mapping=mapping, space=space,
                                      **common)
         except ImportError:
-            return None  # shap not installed (mlharbor[explain]): the fallback says so
-        except Exception:  # a tree shap cannot read (categorical splits ...): fallback
+            log.warning("shap is not installed (pip install 'mlharbor[explain]'): %s is "
+                        "explained by the sampled fallback", kind)
+            return None
+        except Exception as exc:  # a tree shap cannot read (categorical splits ...)
+            log.warning("TreeSHAP cannot read this %s (%s: %s): the sampled fallback "
+                        "explains it", kind, type(exc).__name__, exc)
             return None
     if _linear(estimator, classifier) and background is not None:
         return LinearExplainer(estimator, background, steps=before, mapping=mapping,
