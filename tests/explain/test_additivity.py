@@ -47,6 +47,10 @@ def one_hot_pipeline(estimator: Any) -> Any:
     return Pipeline([("pre", pre), ("model", estimator)])
 
 
+MLP: dict[str, Any] = {"hidden_layer_sizes": (8,), "max_iter": 300, "solver": "lbfgs",
+                       "random_state": 0}
+
+
 def sk(name: str) -> Callable[[], Any]:
     def make() -> Any:
         from sklearn import ensemble, linear_model, neural_network, tree
@@ -60,8 +64,8 @@ def sk(name: str) -> Callable[[], Any]:
             "rf_reg": lambda: ensemble.RandomForestRegressor(10, max_depth=5, random_state=0),
             "lr": lambda: linear_model.LogisticRegression(max_iter=500),
             "ridge": lambda: linear_model.Ridge(),
-            "mlp": lambda: neural_network.MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, solver="lbfgs", random_state=0),
-            "mlp_reg": lambda: neural_network.MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, solver="lbfgs", random_state=0),
+            "mlp": lambda: neural_network.MLPClassifier(**MLP),
+            "mlp_reg": lambda: neural_network.MLPRegressor(**MLP),
         }[name]()
     return make
 

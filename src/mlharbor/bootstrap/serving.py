@@ -24,6 +24,7 @@ class ServingProcess:
     settings: Settings
     ref: str | None = None
     json_logs: bool = True
+    explain: bool = False  # `serve REF --explain`: the explain routes on for REF's endpoint
 
     def __call__(self) -> tuple[Any, Callable[[], None]]:
         from mlharbor.bootstrap import open_identities, open_registry
@@ -50,7 +51,7 @@ class ServingProcess:
                 feedback = open_feedback(self.settings, log, registry).add
             app = create_serving_app(self.settings, registry, ref=self.ref, sink=log,
                                      identities=open_identities(registry), metrics=metrics,
-                                     feedback=feedback)
+                                     feedback=feedback, explain=self.explain)
         except BaseException:
             if log is not None:
                 log.close()

@@ -141,6 +141,7 @@ def _show(endpoint: Endpoint) -> None:
         ("batching", spec.batching.model_dump(exclude_none=True) or "defaults"),
         ("limits", spec.limits.model_dump(exclude_none=True) or "defaults"),
         ("sticky header", spec.sticky_header or "default"),
+        ("explain", "on" if spec.explain else "off"),
         ("updated", f"{endpoint.updated_at:%Y-%m-%d %H:%M:%S} by {endpoint.updated_by}"),
         ("description", spec.description),
     ])
@@ -162,6 +163,8 @@ def register(app: typer.Typer) -> None:
         max_batch_size: int = typer.Option(None, min=1),
         max_wait_ms: float = typer.Option(None, min=0),
         batching: bool = typer.Option(None, "--batching/--no-batching"),
+        explain: bool = typer.Option(None, "--explain/--no-explain",
+                                     help="Serve feature attributions (explain routes)."),
         timeout_ms: int = typer.Option(None, min=1),
         max_rows: int = typer.Option(None, min=1),
         sticky_header: str = typer.Option(None, help="Header whose value pins a route."),
@@ -173,6 +176,8 @@ def register(app: typer.Typer) -> None:
         body = {"name": name, **_changes(route, shadow, fallback, default_answer,
                                          max_batch_size, max_wait_ms, batching, timeout_ms,
                                          max_rows, sticky_header, description)}
+        if explain is not None:
+            body["explain"] = explain
         endpoint = _service(ctx).create(body, actor="local", reason=reason)
         if as_json:
             print_json(endpoint.to_dict())
@@ -190,6 +195,8 @@ def register(app: typer.Typer) -> None:
         max_batch_size: int = typer.Option(None, min=1),
         max_wait_ms: float = typer.Option(None, min=0),
         batching: bool = typer.Option(None, "--batching/--no-batching"),
+        explain: bool = typer.Option(None, "--explain/--no-explain",
+                                     help="Serve feature attributions (explain routes)."),
         timeout_ms: int = typer.Option(None, min=1),
         max_rows: int = typer.Option(None, min=1),
         sticky_header: str = typer.Option(None),
@@ -206,6 +213,8 @@ def register(app: typer.Typer) -> None:
         changes = _changes(route, shadow, fallback, default_answer, max_batch_size,
                            max_wait_ms, batching, timeout_ms, max_rows, sticky_header,
                            description)
+        if explain is not None:
+            changes["explain"] = explain
         if not changes:
             raise InvalidInputError("Nothing to change: give at least one option.",
                                     hint="See `mlharbor endpoints update --help`.")

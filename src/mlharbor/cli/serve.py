@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def serve_with_monitoring(
     settings: Settings, *, ref: str | None = None, host: str | None = None,
     port: int | None = None, json_logs: bool = True, workers: int | None = None,
-    tls_cert: Path | None = None, tls_key: Path | None = None,
+    tls_cert: Path | None = None, tls_key: Path | None = None, explain: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT: in this process, or in ``workers`` processes sharing the
     port (default ``server.workers``); over HTTPS with ``tls_cert`` and ``tls_key`` (default
@@ -29,7 +29,14 @@ def serve_with_monitoring(
 
     listener = listener_from(settings, host=host, port=port, workers=workers,
                              certfile=tls_cert, keyfile=tls_key)
-    build = ServingProcess(settings, ref, json_logs)
+    if explain and ref is None:
+        from mlharbor.core.errors import InvalidInputError
+
+        raise InvalidInputError(
+            "--explain applies to the endpoint of a model served with `mlharbor serve REF`.",
+            hint="Stored endpoints turn explanations on in their spec: "
+            "`mlharbor endpoints update NAME --explain`.", field="--explain")
+    build = ServingProcess(settings, ref, json_logs, explain)
     if listener.workers == 1:
         run_server(settings, build, listener)
         return
@@ -73,6 +80,9 @@ def register(app: typer.Typer) -> None:
             "mode 0600 (default from settings).", show_default=False),
         json_logs: bool = typer.Option(True, "--json-logs/--plain-logs",
                                        help="Structured JSON log lines (default)."),
+        explain: bool = typer.Option(
+            False, "--explain", help="Also serve feature attributions for REF "
+            "(POST /v1/endpoints/NAME/explain, /v1/models/NAME:explain)."),
     ) -> None:
         """Serve models over the native, Open Inference v2, MLflow and KServe v1 protocols.
 
@@ -83,4 +93,4 @@ def register(app: typer.Typer) -> None:
 
         serve_with_monitoring(settings_from(ctx), ref=ref, host=host, port=port,
                               json_logs=json_logs, workers=workers, tls_cert=tls_cert,
-                              tls_key=tls_key)
+                              tls_key=tls_key, explain=explain)

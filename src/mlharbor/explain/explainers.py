@@ -279,7 +279,7 @@ def explainer_for(
 
 def _exact(native: NativeModel, background: Any, common: dict[str, Any]) -> Explainer | None:
     """The exact explainer of a native model, or None (the caller takes the fallback)."""
-    obj = getattr(native, "model", None)
+    obj: Any = getattr(native, "model", None)
     module = type(obj).__module__
     if module.startswith(("xgboost", "lightgbm")):
         kind = "xgboost" if module.startswith("xgboost") else "lightgbm"

@@ -125,6 +125,8 @@ class EndpointSpec(BaseModel):
     sticky_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    # Opt-in: serve POST /v1/endpoints/{name}/explain and /v1/models/{name}:explain.
+    explain: bool = Field(False, description="Serve feature attributions (explain routes).")
 
     @field_validator("name")
     @classmethod

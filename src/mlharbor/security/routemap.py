@@ -159,6 +159,9 @@ RULES: tuple[RouteRule, ...] = (
             "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer",
             "/v1/models/{model}:predict"),
     *_rules("POST", "predict", None, "/invocations"),
+    # -- issue 17: explanations need what predictions need, on the endpoint they name.
+    *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/explain"),
+    *_rules("POST", "predict", endpoint_param("model"), "/v1/models/{model}:explain"),
     # GraphQL: reading needs `read`; its predict mutation checks `predict` on the endpoint
     # itself with policy.allows (the route table cannot see inside a query).
     *_rules("GET", "read", None, "/graphql"),

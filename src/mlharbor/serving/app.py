@@ -102,13 +102,15 @@ async def _write_snapshots(shared: SharedMetrics) -> None:
         await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
 
-def single_model_spec(ref: str) -> EndpointSpec:
-    """The implicit endpoint of ``mlharbor serve REF``: named after the model, one route."""
+def single_model_spec(ref: str, *, explain: bool = False) -> EndpointSpec:
+    """The implicit endpoint of ``mlharbor serve REF``: named after the model, one route
+    (``explain``: with the explain routes on, ``serve REF --explain``)."""
     from mlharbor.core.refs import ModelRef
     from mlharbor.registry.endpoints import EndpointSpec
 
     parsed = ModelRef.parse(ref)
-    return EndpointSpec.model_validate({"name": parsed.name, "routes": [{"ref": str(parsed)}]})
+    return EndpointSpec.model_validate({"name": parsed.name, "routes": [{"ref": str(parsed)}],
+                                        "explain": explain})
 
 
 def create_serving_app(
@@ -117,6 +119,7 @@ def create_serving_app(
     sink: PredictionSink | EmittingSink | None = None, loader: ModelLoader | None = None,
     auth: bool = True, identities: IdentityStore | None = None,
     metrics: ServingMetrics | None = None, feedback: FeedbackWriter | None = None,
+    explain: bool = False,
 ) -> ServingApp:
     """Build the serving app for ``settings`` (see the module docstring for ``ref``).
 
@@ -128,7 +131,9 @@ def create_serving_app(
     against ``identities`` (default: the registry database's); the transport guard (Host
     allowlist) is always in front; ``metrics`` lets the caller
     register more collectors (the prediction log's backlog); ``feedback`` stores ground truth
-    posted to ``/v1/endpoints/{name}/feedback`` (monitoring's label store).
+    posted to ``/v1/endpoints/{name}/feedback`` (monitoring's label store); ``explain``
+    turns the explain routes on for the endpoint of ``ref`` (stored endpoints say it in
+    their spec; see :mod:`mlharbor.serving.explaining`).
     """
     from mlharbor.core.errors import InvalidInputError
     from mlharbor.core.status import status_for
@@ -174,7 +179,7 @@ def create_serving_app(
         )
 
     fixed = endpoints if endpoints is not None else (
-        [single_model_spec(ref)] if ref is not None else None)
+        [single_model_spec(ref, explain=explain)] if ref is not None else None)
     reconciler = Reconciler(plane, pool, registry, serving, make_batcher, fixed=fixed)
     if pool.lazy:  # models load on first request and leave memory when the budget is full
         from mlharbor.serving.demand import OnDemand
@@ -185,6 +190,12 @@ def create_serving_app(
     router = Router()
     for route in (*native.routes(plane, pool, feedback), *open_inference.routes(plane),
                   *mlflow.routes(plane), *kserve.routes(plane)):
+        router.add(route)
+    from mlharbor.serving.explaining import ExplainerCache, registry_explainer_builder
+    from mlharbor.serving.protocols import explain as explain_routes
+
+    explainers = ExplainerCache(registry_explainer_builder(registry, settings), pool)
+    for route in explain_routes.routes(plane, explainers):
         router.add(route)
 
     async def metrics_route(request: Request) -> Response:
@@ -247,6 +258,7 @@ def create_serving_app(
             inference.shutdown(wait=False, cancel_futures=True)
             shadows.shutdown(wait=False, cancel_futures=True)
             loads.shutdown(wait=False, cancel_futures=True)
+            explainers.close()
 
     http = HttpApp(
         router, metrics=metrics, status_for=status_for,

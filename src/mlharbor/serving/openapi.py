@@ -77,6 +77,10 @@ def openapi_document() -> bytes:
         "/v1/endpoints/{name}/predict": {"post": _op(
             "Predict with an endpoint (records or {columns, data})", "native", ("name",),
             {"oneOf": [_RECORDS, _RECORD, _SPLIT]}, extra=predict_extra)},
+        "/v1/endpoints/{name}/explain": {"post": _op(
+            "Feature attributions per row (endpoints with explain on; 409 otherwise)",
+            "native", ("name",), {"oneOf": [_RECORDS, _RECORD, _SPLIT]},
+            extra=(*predict_extra, 409))},
         "/v1/endpoints": {"get": _op("Status of every endpoint", "native")},
         "/v1/endpoints/{name}": {"get": _op("Status of one endpoint", "native", ("name",))},
         "/v1/version": {"get": _op("Server version", "native")},
@@ -109,6 +113,9 @@ def openapi_document() -> bytes:
         "/v1/models/{model}:predict": {"post": _op("Predict (KServe v1)", "kserve",
                                                    ("model",), _KSERVE,
                                                    extra=predict_extra)},
+        "/v1/models/{model}:explain": {"post": _op(
+            "Feature attributions (KServe v1; endpoints with explain on)", "kserve",
+            ("model",), _KSERVE, extra=(*predict_extra, 409))},
     }
     doc = {"openapi": "3.1.0",
            "info": {"title": "mlharbor serving", "version": __version__},
