@@ -22,8 +22,8 @@ def main() -> None:
 
         # MLflow 3's default sklearn format is skops: it refuses to load types not listed.
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-        mlflow.sklearn.save_model(model, target, pyfunc_predict_fn="predict_proba",
-                                  skops_trusted_types=trusted)
+        # MLflow's default pyfunc predict function (``predict``), as users save models.
+        mlflow.sklearn.save_model(model, target, skops_trusted_types=trusted)
     elif kind == "bentoml":
         import bentoml
 

@@ -70,6 +70,7 @@ class Server:
     payload: str = "rows"  # payload files: HOME/{payload}{rows}.json
     rows: tuple[int, ...] = (1, 64)
     cwd: Path | None = None
+    model: str = "churn"  # whose expected answer the launch probe checks
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Run:
     launch_s: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # name -> (idle RSS after the first correct answer, RSS after the load, sampled peak), MB
+    rss_mb: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def get(self, name: str, rows: int) -> Result | None:
         return next((r for r in self.results if r.name == name and r.rows == rows), None)
@@ -128,10 +131,17 @@ def peer_env(venv: Path) -> dict[str, str]:
     return {"PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(venv)}
 
 
-def prepare(home: Path, native: bool) -> tuple[Path, str, list[float]]:
+Expected = dict[str, tuple[list[float], Any]]  # model -> (first row's probabilities, label)
+
+
+def prepare(home: Path, native: bool) -> tuple[dict[str, Path], str, Expected]:
+    """Train and register ``churn`` (the forest) and ``lr`` (LogisticRegression, the cheap
+    model) on the same 20 features; their ONNX files (the floors'), pickles (the peers'),
+    payloads and expected first-row answers."""
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
 
     from mlharbor.bootstrap import open_identities, open_registry
     from mlharbor.registry.bundles import register_model
@@ -142,11 +152,14 @@ def prepare(home: Path, native: bool) -> tuple[Path, str, list[float]]:
     x = pd.DataFrame(rng.normal(size=(5000, 20)), columns=COLUMNS)
     y = ((x.f0 + x.f1 - x.f2 + rng.normal(scale=0.5, size=5000)) > 0).astype(int)
     model = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0).fit(x, y)
+    cheap = LogisticRegression(max_iter=1000).fit(x, y)
     settings = Settings(home=home)
     registry = open_registry(settings)
-    result = register_model(registry, "churn", model, settings=settings, sample_input=x.head(20))
-    print(result.summary())
-    registry.set_alias("churn", "champion", 1)
+    for name, fitted in (("churn", model), ("lr", cheap)):
+        result = register_model(registry, name, fitted, settings=settings,
+                                sample_input=x.head(20))
+        print(result.summary())
+        registry.set_alias(name, "champion", 1)
     if native:
         # The same model with scikit-learn itself in the server: what micro-batching is for.
         result = register_model(registry, "churnnative", model, settings=settings,
@@ -154,9 +167,10 @@ def prepare(home: Path, native: bool) -> tuple[Path, str, list[float]]:
         print(result.summary())
         registry.set_alias("churnnative", "champion", 1)
     key = open_identities(registry).init_admin("bench", actor="bench")[1]
-    bundle = registry.download(registry.get_version("churn@champion"))
-    onnx = next(bundle.rglob("*.onnx"))
+    onnx = {name: next(registry.download(registry.get_version(f"{name}@champion"))
+                       .rglob("*.onnx")) for name in ("churn", "lr")}
     (home / "model.pkl").write_bytes(pickle.dumps(model))  # for the peers' own save_model
+    (home / "lr.pkl").write_bytes(pickle.dumps(cheap))
     for rows in (1, 64):
         sample = x.sample(rows, random_state=rows)
         records = sample.to_dict(orient="records")
@@ -164,7 +178,9 @@ def prepare(home: Path, native: bool) -> tuple[Path, str, list[float]]:
         (home / f"mlflow{rows}.json").write_text(json.dumps(
             {"dataframe_split": sample.to_dict(orient="split", index=False)}))
         (home / f"bentoml{rows}.json").write_text(json.dumps({"rows": records}))
-    expected = model.predict_proba(x.sample(1, random_state=1))[0].tolist()
+    first = x.sample(1, random_state=1)
+    expected = {name: (m.predict_proba(first)[0].tolist(), m.predict(first)[0].item())
+                for name, m in (("churn", model), ("lr", cheap))}
     return onnx, key, expected
 
 
@@ -190,6 +206,54 @@ def cpu_seconds(root: int) -> float:
         if walk == root:
             total += seconds
     return total
+
+
+def rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and every live descendant, MB."""
+    parent: dict[int, int] = {}
+    rss: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parent[int(entry.name)] = int(fields.get("PPid", "0").strip() or 0)
+        rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    total = 0.0
+    for pid, mb in rss.items():
+        walk = pid
+        while walk > 1 and walk != root:
+            walk = parent.get(walk, 0)
+        if walk == root:
+            total += mb
+    return total
+
+
+class PeakSampler:
+    """Samples a process tree's RSS every 0.25 s while load runs: the peak."""
+
+    def __init__(self, root: int) -> None:
+        import threading
+
+        self.root = root
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, rss_mb(self.root))
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def to_ms(text: str) -> float:
@@ -228,23 +292,28 @@ def foreign_wrk() -> int:
     return count
 
 
-def correct(answer: Any, expected: list[float]) -> bool:
-    """The first row's class probabilities, whatever the server's answer looks like."""
+def correct(answer: Any, expected: tuple[list[float], Any]) -> bool:
+    """The first row's class probabilities (or, from a server answering the model's default
+    ``predict``, as MLflow does, its label), whatever the server's answer looks like."""
     if not isinstance(answer, dict):
         return False
+    proba, label = expected
     rows = answer.get("probabilities", answer.get("predictions"))
     if not isinstance(rows, list) or not rows:
         return False
     first = rows[0]
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return first == label
+    expected = proba
     if isinstance(first, dict):
         first = list(first.values())
-    if not isinstance(first, list) or len(first) != len(expected):
+    if not isinstance(first, list) or len(first) != len(proba):
         return False
-    return all(abs(float(a) - b) <= 1e-3 for a, b in zip(first, expected, strict=True))
+    return all(abs(float(a) - b) <= 1e-3 for a, b in zip(first, proba, strict=True))
 
 
 def serve(server: Server, port: int, home: Path,
-          expected: list[float]) -> tuple[subprocess.Popen[bytes], float]:
+          expected: Expected) -> tuple[subprocess.Popen[bytes], float]:
     """Start pinned to core 0; seconds from launch to the first correct 1-row prediction."""
     body = (home / f"{server.payload}1.json").read_bytes()
     headers = {"Content-Type": "application/json"}
@@ -265,7 +334,8 @@ def serve(server: Server, port: int, home: Path,
         try:
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200 and correct(json.loads(response.read()), expected):
+                if response.status == 200 and correct(json.loads(response.read()),
+                                                      expected[server.model]):
                     return proc, time.monotonic() - start
         except (OSError, urllib.error.HTTPError, ValueError):
             pass
@@ -288,7 +358,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def measure(server: Server, home: Path, seconds: int, expected: list[float], run: Run) -> None:
+def measure(server: Server, home: Path, seconds: int, expected: Expected, run: Run) -> None:
     lua = home / "post.lua"
     port = free_port()
     try:
@@ -299,6 +369,9 @@ def measure(server: Server, home: Path, seconds: int, expected: list[float], run
         return
     run.launch_s[server.name] = launch
     run.ports[server.name] = port
+    time.sleep(1.0)  # settle: idle RSS is the server answered once, at rest
+    idle = rss_mb(proc.pid)
+    peak = idle
     print(f"{server.name:22s} launch -> first correct prediction: {launch:6.2f} s", flush=True)
     try:
         url = f"http://127.0.0.1:{port}{server.path}"
@@ -307,7 +380,9 @@ def measure(server: Server, home: Path, seconds: int, expected: list[float], run
             wrk(url, body, 2, server.key, lua)  # warm-up
             others = foreign_wrk()
             before = cpu_seconds(proc.pid)
-            rps, p50, p99, errors = wrk(url, body, seconds, server.key, lua)
+            with PeakSampler(proc.pid) as sampler:
+                rps, p50, p99, errors = wrk(url, body, seconds, server.key, lua)
+            peak = max(peak, sampler.peak)
             others = max(others, foreign_wrk())
             if others:
                 errors = f"{errors} [another wrk was running: contended]".strip()
@@ -317,6 +392,11 @@ def measure(server: Server, home: Path, seconds: int, expected: list[float], run
             print(f"{server.name:22s} {rows:3d} row(s): {rps:8.0f} req/s, "
                   f"{cpu_us:7.0f} us CPU/request, p50 {p50:8.2f} ms p99 {p99:8.2f} ms"
                   f"{'  ' + errors if errors else ''}", flush=True)
+        time.sleep(1.0)
+        after = rss_mb(proc.pid)
+        run.rss_mb[server.name] = (idle, after, max(peak, after))
+        print(f"{server.name:22s} RSS idle {idle:.0f} MB, after load {after:.0f} MB, "
+              f"sampled peak {max(peak, after):.0f} MB", flush=True)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         run.failures[server.name] = str(exc)
         print(f"{server.name}: FAILED: {exc}", flush=True)
@@ -324,35 +404,44 @@ def measure(server: Server, home: Path, seconds: int, expected: list[float], run
         stop(proc)
 
 
-def peer_servers(home: Path) -> list[Server]:
+def peer_servers(home: Path, which: list[str]) -> list[Server]:
+    """MLflow and/or BentoML serving the forest (``mlflow``, ``bentoml``) and the linear model
+    (``mlflow-lr``, ``bentoml-lr``), each saved with the peer's own ``save_model``."""
     servers = []
     saves = (home / "peer_save.log").open("ab")  # MLflow's pip probing is noisy
-    mlflow = ensure_peer("mlflow")
-    model_dir = home / "mlflow-model"
-    subprocess.run([str(mlflow / "bin" / "python"), str(HERE / "peer_save.py"), "mlflow",
-                    str(home / "model.pkl"), str(model_dir)], check=True,
-                   env={**os.environ, **peer_env(mlflow)}, stdout=saves, stderr=saves)
-    servers.append(Server(
-        "mlflow", lambda port: [str(mlflow / "bin" / "mlflow"), "models", "serve", "-m",
-                                str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-                                "-p", str(port)],
-        peer_env(mlflow), "/invocations", payload="mlflow"))
-    bento = ensure_peer("bentoml")
-    bento_env = {**peer_env(bento), "BENTOML_HOME": str(home / "bentoml-home"),
-                 "BENTOML_DO_NOT_TRACK": "True", "BENCH_BENTO_MODEL": "bench_rf:latest"}
-    subprocess.run([str(bento / "bin" / "python"), str(HERE / "peer_save.py"), "bentoml",
-                    str(home / "model.pkl"), "bench_rf"], check=True,
-                   env={**os.environ, **bento_env}, stdout=saves, stderr=saves)
-    servers.append(Server(
-        "bentoml", lambda port: [str(bento / "bin" / "bentoml"), "serve",
-                                 "bento_service:RandomForest", "--host", "127.0.0.1",
-                                 "--port", str(port)],
-        bento_env, "/predict", payload="bentoml", cwd=HERE))
+    models = (("churn", "model.pkl", ""), ("lr", "lr.pkl", "-lr"))
+    if "mlflow" in which:
+        mlflow = ensure_peer("mlflow")
+        for model, pkl, suffix in models:
+            model_dir = home / f"mlflow-model{suffix}"
+            subprocess.run([str(mlflow / "bin" / "python"), str(HERE / "peer_save.py"),
+                            "mlflow", str(home / pkl), str(model_dir)], check=True,
+                           env={**os.environ, **peer_env(mlflow)}, stdout=saves, stderr=saves)
+            servers.append(Server(
+                f"mlflow{suffix}",
+                lambda port, d=model_dir: [str(mlflow / "bin" / "mlflow"), "models", "serve",
+                                           "-m", str(d), "--env-manager", "local", "-h",
+                                           "127.0.0.1", "-p", str(port)],
+                peer_env(mlflow), "/invocations", payload="mlflow", model=model))
+    if "bentoml" in which:
+        bento = ensure_peer("bentoml")
+        for model, pkl, suffix in models:
+            tag = f"bench_{model}"
+            bento_env = {**peer_env(bento), "BENTOML_HOME": str(home / "bentoml-home"),
+                         "BENTOML_DO_NOT_TRACK": "True", "BENCH_BENTO_MODEL": f"{tag}:latest"}
+            subprocess.run([str(bento / "bin" / "python"), str(HERE / "peer_save.py"),
+                            "bentoml", str(home / pkl), tag], check=True,
+                           env={**os.environ, **bento_env}, stdout=saves, stderr=saves)
+            servers.append(Server(
+                f"bentoml{suffix}", lambda port: [str(bento / "bin" / "bentoml"), "serve",
+                                                  "bento_service:RandomForest", "--host",
+                                                  "127.0.0.1", "--port", str(port)],
+                bento_env, "/predict", payload="bentoml", cwd=HERE, model=model))
     return servers
 
 
 def verdict(value: float, target: float, higher: bool = True) -> str:
-    if value != value:  # nan
+    if value != value or target != target:  # nan: not measured, or no target
         return "n/a"
     return "PASS" if (value >= target if higher else value <= target) else "MISS"
 
@@ -365,20 +454,28 @@ def ratios(run: Run) -> list[tuple[str, float, str, float, bool]]:
 
     nan = float("nan")
     lines: list[tuple[str, float, str, float, bool]] = []
-    for rows, target in ((1, 0.25), (64, 0.50)):
-        lines.append((f"ours / floor req/s, {rows} row(s)", ratio("mlharbor", "floor", rows),
-                      f">= {target:.2f}", target, True))
-    for peer in ("mlflow", "bentoml"):
-        for rows, target in ((1, 40.0), (64, 10.0)):
-            lines.append((f"ours / {peer} req/s, {rows} row(s)",
-                          ratio("mlharbor", peer, rows), f">= {target:.0f}x", target, True))
-    for rows in (1, 64):
-        ours, theirs = run.get("mlharbor", rows), run.get("mlflow", rows)
-        value = ours.p99_ms / theirs.p99_ms if ours and theirs and theirs.p99_ms else nan
-        lines.append((f"p99 ours / mlflow, {rows} row(s)", value, "<= 0.10", 0.10, False))
-    ours_launch, mlflow_launch = run.launch_s.get("mlharbor"), run.launch_s.get("mlflow")
-    value = ours_launch / mlflow_launch if ours_launch and mlflow_launch else nan
-    lines.append(("launch->first prediction ours / mlflow", value, "<= 1.00", 1.0, False))
+    for suffix, label in (("", "RF"), ("-lr", "LR")):
+        for rows, target in ((1, 0.50), (64, 0.75)):
+            lines.append((f"{label} ours / floor req/s, {rows} row(s)",
+                          ratio(f"mlharbor{suffix}", f"floor{suffix}", rows),
+                          f">= {target:.2f}", target, True))
+    for suffix, label in (("", "RF"), ("-lr", "LR")):
+        for peer in ("mlflow", "bentoml"):
+            for rows in (1, 64):
+                lines.append((f"{label} ours / {peer} req/s, {rows} row(s)",
+                              ratio(f"mlharbor{suffix}", f"{peer}{suffix}", rows), "info",
+                              nan, True))
+        for rows in (1, 64):
+            ours, theirs = run.get(f"mlharbor{suffix}", rows), run.get(f"mlflow{suffix}", rows)
+            value = ours.p99_ms / theirs.p99_ms if ours and theirs and theirs.p99_ms else nan
+            lines.append((f"{label} p99 ours / mlflow, {rows} row(s)", value, "<= 0.10", 0.10,
+                          False))
+        launch = run.launch_s.get(f"mlharbor{suffix}", nan)
+        lines.append((f"{label} launch -> first correct prediction, s", launch, "<= 1.00",
+                      1.0, False))
+        idle, after, _peak = run.rss_mb.get(f"mlharbor{suffix}", (nan, nan, nan))
+        lines.append((f"{label} RSS after load / idle", after / idle if idle else nan,
+                      "<= 1.50", 1.5, False))
     lines.append(("native sklearn, batching on / off, 1 row",
                   ratio("mlharbor-native-batch", "mlharbor-native-nobatch", 1), ">= 5x", 5.0,
                   True))
@@ -400,13 +497,17 @@ def report(runs: list[Run], seconds: int, busy: str) -> None:
     print(f"\n== serving bench: {len(runs)} round(s), {seconds}s per wrk run, -t1 -c64, server "
           f"core 0, wrk core 1; {busy}")
     print(f"{'server':22s} {'rows':>4s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} "
-          f"{'CPU us/req':>10s} {'launch s':>9s}  (medians over rounds)")
+          f"{'CPU us/req':>10s} {'launch s':>9s} {'RSS idle/after/peak MB':>23s}  "
+          "(medians over rounds; req/s of every round after)")
     for r in runs[0].results:
         same = [x for run in runs if (x := run.get(r.name, r.rows)) is not None]
         launch = median([run.launch_s[r.name] for run in runs if r.name in run.launch_s])
+        rss = [run.rss_mb[r.name] for run in runs if r.name in run.rss_mb]
+        memory = "/".join(f"{median([m[i] for m in rss]):.0f}" for i in range(3))
         print(f"{r.name:22s} {r.rows:4d} {median([x.rps for x in same]):9.0f} "
               f"{median([x.p50_ms for x in same]):9.2f} {median([x.p99_ms for x in same]):9.2f} "
-              f"{median([x.cpu_us for x in same]):10.0f} {launch:9.2f}"
+              f"{median([x.cpu_us for x in same]):10.0f} {launch:9.2f} {memory:>23s}  "
+              f"[{' '.join(f'{x.rps:.0f}' for x in same)}]"
               f"{'  ' + r.errors if r.errors else ''}")
     for run in runs:
         for name, why in run.failures.items():
@@ -456,8 +557,9 @@ def main() -> None:
                         help="measure every server this many times, in turn, and report "
                         "medians (a shared VM's speed drifts by 20%% between minutes)")
     parser.add_argument("--home", type=Path, default=Path("/tmp/mlharbor-bench"))
-    parser.add_argument("--peers", action="store_true",
-                        help="also measure MLflow 3.17.2 and BentoML 1.4.40 (venvs in "
+    parser.add_argument("--peers", nargs="?", const="mlflow,bentoml", default="",
+                        help="also measure these peers, comma-separated (default both: "
+                        "mlflow,bentoml): MLflow 3.17.2 and BentoML 1.4.40 (venvs in "
                         "bench/.peers, made once)")
     parser.add_argument("--batching-compare", action="store_true",
                         help="mlharbor on the native sklearn runtime, batching on vs off")
@@ -469,21 +571,29 @@ def main() -> None:
     onnx, key, expected = prepare(args.home, args.batching_compare)
     ours_env = {"MLHARBOR_HOME": str(args.home),
                 "MLHARBOR_SECURITY__RATE_LIMIT_PER_MINUTE": "0"}
-    servers = [
-        Server("floor", lambda port: [str(BIN / "python"), str(HERE / "floor_app.py"),
-                                      str(port)], {"ONNX": str(onnx)}, "/"),
-        Server("mlharbor", lambda port: [str(BIN / "mlharbor"), "serve", "churn@champion",
-                                         "--port", str(port)],
-               ours_env, "/v1/endpoints/churn/predict", key),
-    ]
+    servers = []
+    for model, suffix in (("churn", ""), ("lr", "-lr")):
+        servers += [
+            Server(f"floor{suffix}", lambda port: [str(BIN / "python"),
+                                                   str(HERE / "floor_app.py"), str(port)],
+                   {"ONNX": str(onnx[model])}, "/", model=model),
+            Server(f"mlharbor{suffix}",
+                   lambda port, m=model: [str(BIN / "mlharbor"), "serve", f"{m}@champion",
+                                          "--port", str(port)],
+                   ours_env, f"/v1/endpoints/{model}/predict", key, model=model),
+        ]
     if args.log_compare:
         servers.append(Server(
             "mlharbor-nolog", lambda port: [str(BIN / "mlharbor"), "serve", "churn@champion",
                                             "--port", str(port)],
             {**ours_env, "MLHARBOR_MONITORING__LOG_PREDICTIONS": "false"},
             "/v1/endpoints/churn/predict", key))
-    if args.peers:
-        servers += peer_servers(args.home)
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = sorted(set(peers) - set(PEER_PACKAGES))
+    if unknown:
+        parser.error(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEER_PACKAGES)}")
+    if peers:
+        servers += peer_servers(args.home, peers)
     if args.batching_compare:
         for name, batching in (("mlharbor-native-batch", "true"),
                                ("mlharbor-native-nobatch", "false")):
@@ -505,7 +615,8 @@ def main() -> None:
     log_check(runs, args.home)
     (args.home / "results.json").write_text(json.dumps({"rounds": [{
         "results": [r.__dict__ for r in run.results], "launch_s": run.launch_s,
-        "failures": run.failures} for run in runs], "load": busy}, indent=1))
+        "rss_mb": run.rss_mb, "failures": run.failures} for run in runs], "load": busy},
+        indent=1))
 
 
 if __name__ == "__main__":
