@@ -1,0 +1,85 @@
+"""The search filter parser: what it renders it reads back equal (property-based), any text
+gives clauses or an InvalidInputError naming the problem (never another exception), and the
+mistakes users make get messages that say how to fix them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlharbor.core.errors import InvalidInputError
+from mlharbor.tracking.search import (
+    NUMERIC_ATTRIBUTES,
+    Clause,
+    parse_filter,
+    parse_order_by,
+    render,
+)
+
+keys = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
+               max_size=20)
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+numbers = st.floats(allow_nan=False, allow_infinity=False)
+metric = st.builds(Clause, st.just("metric"), keys, st.sampled_from(["=", "!=", ">", ">=",
+                                                                      "<", "<="]), numbers)
+textual = st.builds(Clause, st.sampled_from(["param", "tag"]), keys,
+                    st.sampled_from(["=", "!=", "LIKE", "ILIKE"]), texts)
+attribute = st.one_of(
+    st.builds(Clause, st.just("attribute"), st.sampled_from(sorted(NUMERIC_ATTRIBUTES)),
+              st.sampled_from(["=", ">", "<="]), numbers),
+    st.builds(Clause, st.just("attribute"), st.sampled_from(["status", "run_name"]),
+              st.sampled_from(["=", "!=", "LIKE"]), texts),
+    st.builds(Clause, st.just("attribute"), st.sampled_from(["run_id", "status"]),
+              st.sampled_from(["IN", "NOT IN"]),
+              st.lists(texts, min_size=1, max_size=3).map(tuple)))
+
+
+@settings(derandomize=True, deadline=None, max_examples=300)
+@given(st.lists(st.one_of(metric, textual, attribute), min_size=1, max_size=4))
+def test_rendered_filters_parse_back_equal(clauses: list[Clause]) -> None:
+    assert parse_filter(render(clauses)) == clauses
+
+
+@settings(derandomize=True, deadline=None, max_examples=300)
+@given(st.text(max_size=80))
+def test_any_text_parses_or_is_refused_clearly(text: str) -> None:
+    try:
+        parse_filter(text)
+    except InvalidInputError as exc:
+        assert exc.details.get("field") == "filter" or "filter" in str(exc)
+
+
+def test_mlflow_spellings() -> None:
+    clauses = parse_filter("metrics.`val loss` <= 0.2 AND params.model = \"rf\" and "
+                           "tag.team != 'a' and attributes.status IN ('FINISHED', 'FAILED')")
+    assert clauses == [Clause("metric", "val loss", "<=", 0.2),
+                       Clause("param", "model", "=", "rf"), Clause("tag", "team", "!=", "a"),
+                       Clause("attribute", "status", "IN", ("FINISHED", "FAILED"))]
+    assert parse_filter("metrics.val.loss > 1e-3")[0].key == "val.loss"
+    assert parse_filter("") == [] and parse_filter(None) == []
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("metrics.x > 1 or metrics.y < 2", "OR is not supported"),
+    ("metrics.x = 'high'", "compares with a number"),
+    ("params.lr > 0.1", "compares with =, !=, LIKE, ILIKE"),
+    ("loss < 1", "expected an identifier"),
+    ("foo.x = 1", "is not metrics, params, tags or attributes"),
+    ("attributes.colour = 'red'", "unknown attribute 'colour'"),
+    ("metrics.x >", "ends where a value was expected"),
+    ("metrics.x > 1 metrics.y > 2", "expected AND"),
+    ("tags.t IN ('a')", "IN works on attributes.run_id and attributes.status only"),
+])
+def test_mistakes_are_named(text: str, says: str) -> None:
+    with pytest.raises(InvalidInputError, match=says):
+        parse_filter(text)
+
+
+def test_order_by() -> None:
+    assert [(o.kind, o.key, o.ascending) for o in parse_order_by(
+        ["metrics.rmse DESC", "params.lr", "attributes.start_time asc"])] == [
+        ("metric", "rmse", False), ("param", "lr", True), ("attribute", "start_time", True)]
+    for bad in (["metrics.rmse DOWN"], ["rmse"], [""], ["attributes.colour"]):
+        with pytest.raises(InvalidInputError):
+            parse_order_by(bad)

@@ -1,0 +1,123 @@
+"""The tracking store on SQLite and PostgreSQL: runs, params written once, latest metrics,
+history, search with filter and order over the latest values, paging, bad input writes
+nothing, and the migration creates exactly the tracking tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
+from mlharbor.core.runs import LifecycleStage, MetricPoint, RunStatus
+from mlharbor.registry.service import Registry
+from mlharbor.settings import Settings
+from mlharbor.tracking.store import TrackingStore
+
+
+@pytest.fixture
+def store(db_settings: Settings) -> Iterator[TrackingStore]:
+    reg = Registry.from_settings(db_settings)
+    yield TrackingStore(reg.store.db)
+    reg.close()
+
+
+def test_runs_params_metrics_and_search(store: TrackingStore) -> None:
+    exp = store.create_experiment("tuning", tags={"team": "churn"})
+    assert exp.artifact_location == f"mlflow-artifacts:/{exp.experiment_id}"
+    with pytest.raises(ConflictError):
+        store.create_experiment("tuning")
+    ids = []
+    for i, (model, auc) in enumerate([("rf", 0.9), ("lr", 0.7), ("rf", 0.8)]):
+        run = store.create_run(exp.experiment_id, run_name=f"r{i}", start_time=1000 + i)
+        store.log_batch(run.run_id, params={"model": model},
+                        metrics=[MetricPoint("auc", auc - 0.1, 5, 0),
+                                 MetricPoint("auc", auc, 6, 1)])
+        ids.append(run.run_id)
+    store.log_batch(ids[1], metrics=[MetricPoint("auc", math.nan, 7, 2)])
+    page = store.search_runs([exp.experiment_id], filter="metrics.auc > 0.75 and "
+                             "params.model = 'rf'", order_by=["metrics.auc DESC"])
+    assert [r.name for r in page.runs] == ["r0", "r2"]
+    assert page.runs[0].metrics["auc"] == MetricPoint("auc", 0.9, 6, 1)
+    assert math.isnan(store.get_run(ids[1]).metrics["auc"].value)  # the highest step wins
+    ordered = store.search_runs([exp.experiment_id], order_by=["metrics.auc ASC"]).runs
+    assert [r.name for r in ordered] == ["r2", "r0", "r1"]  # NaN (no value) last
+    first = store.search_runs([exp.experiment_id], max_results=2)
+    assert [r.name for r in first.runs] == ["r2", "r1"] and first.next_page_token
+    rest = store.search_runs([exp.experiment_id], max_results=2,
+                             page_token=first.next_page_token)
+    assert [r.name for r in rest.runs] == ["r0"] and rest.next_page_token is None
+    points, more = store.metric_history(ids[0], "auc")
+    assert [(p.step, p.value) for p in points] == [(0, pytest.approx(0.8)), (1, 0.9)]
+    assert more is None
+    with pytest.raises(ConflictError, match="cannot change"):
+        store.log_batch(ids[0], params={"model": "xgb"})
+    store.log_batch(ids[0], params={"model": "rf"})  # the same value again is fine
+    done = store.update_run(ids[0], status=RunStatus.FAILED, error="ValueError: boom")
+    assert done.status is RunStatus.FAILED and done.end_time and done.error
+    store.set_run_lifecycle(ids[2], LifecycleStage.DELETED)
+    assert len(store.search_runs([exp.experiment_id]).runs) == 2
+    assert len(store.search_runs([exp.experiment_id], view="all").runs) == 3
+    with pytest.raises(InvalidInputError, match="deleted"):
+        store.log_batch(ids[2], params={"x": 1})
+
+
+def test_nested_runs_and_bad_input_writes_nothing(store: TrackingStore) -> None:
+    parent = store.create_run("0", run_name="parent")
+    child = store.create_run("0", parent_run_id=parent.run_id)
+    assert [r.run_id for r in store.child_runs(parent.run_id)] == [child.run_id]
+    assert child.tags["mlflow.parentRunId"] == parent.run_id
+    bad: list[dict[str, Any]] = [
+        {"metrics": [MetricPoint("ok", 1.0, 1, 0), MetricPoint("../x", 1.0, 1, 0)]},
+        {"metrics": [MetricPoint("ok", 1.0, -1, 0)]},
+        {"params": {"ok": "1", "p" * 300: "x"}},
+        {"tags": {"ok": "x" * 9000}},
+        {"metrics": [MetricPoint("ok", 1.0, 1, 0)] * 1001},
+    ]
+    for kwargs in bad:
+        with pytest.raises(InvalidInputError):
+            store.log_batch(parent.run_id, **kwargs)
+    run = store.get_run(parent.run_id)
+    assert run.metrics == {} and run.params == {} and "ok" not in run.tags
+    with pytest.raises(NotFoundError):
+        store.create_run("424242")
+    with pytest.raises(NotFoundError):
+        store.get_run("f" * 32)
+    with pytest.raises(InvalidInputError, match="run id"):
+        store.get_run("nope")
+    with pytest.raises(InvalidInputError, match="Invalid search filter"):
+        store.search_runs(["0"], filter="metrics.x >> 1")
+    with pytest.raises(InvalidInputError, match="page_token"):
+        store.search_runs(["0"], page_token="garbage!")
+
+
+def test_migration_creates_exactly_the_tracking_tables(db_settings: Settings) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from mlharbor.tracking.schema import metadata
+
+    reg = Registry.from_settings(db_settings)
+    try:
+        with reg.store.db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        ours = set(metadata.tables)
+        assert [d for d in diff if _table(d) in ours] == []
+    finally:
+        reg.close()
+
+
+def _table(diff: Any) -> str | None:
+    entry = diff[0] if isinstance(diff, list) else diff
+    for part in entry[1:]:
+        name = getattr(part, "name", None) if not isinstance(part, str) else None
+        table = getattr(part, "table", None)
+        if table is not None:
+            return str(table.name)
+        if name and entry[0] in ("add_table", "remove_table"):
+            return str(name)
+        if isinstance(part, str) and part.startswith("tracking_"):
+            return part
+    return None
