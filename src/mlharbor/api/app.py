@@ -29,6 +29,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     the services' background loops: alerts, and the job runner and trigger loop unless
     ``pipelines.run_jobs`` is off."""
     from mlharbor.api.routes import audit as audit_routes
+    from mlharbor.api.routes import cards as card_routes
     from mlharbor.api.routes import deployments as deployment_routes
     from mlharbor.api.routes import endpoints as endpoint_routes
     from mlharbor.api.routes import jobs as job_routes
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     app.include_router(deployment_routes.router)
     app.include_router(policy_routes.router)
     app.include_router(job_routes.router)
+    app.include_router(card_routes.router)  # issue 17: model cards
     _include_mlflow(app)  # issue 16: MLflow tracking, logged models, artifacts, registry
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)

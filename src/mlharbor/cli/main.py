@@ -20,6 +20,7 @@ from mlharbor.core import errors
 COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.config",
     "mlharbor.cli.models",
+    "mlharbor.cli.cards",  # adds `models card` to the group above
     "mlharbor.cli.server",
     "mlharbor.cli.worker",
     "mlharbor.cli.demo",

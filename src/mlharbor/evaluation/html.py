@@ -22,6 +22,8 @@ table.text td,table.text th{text-align:left}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{margin:0}.muted{color:#667}
 tr.flagged td{background:#fdeceb}
 """
+#: The page style, shared with pages that embed report sections (model cards).
+REPORT_STYLE = _STYLE
 
 
 def render_html(report: dict[str, Any]) -> str:

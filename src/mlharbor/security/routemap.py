@@ -189,6 +189,9 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("GET", "read", None, f"{_API}/monitoring/alerts/rules"),
     *_rules("GET", "read", _MODEL, f"{_API}/models/{{name}}/versions/{{version}}/lineage",
             f"{_API}/models/{{name}}/versions/{{version}}/report"),
+    # -- issue 17: model cards (mlharbor.api.routes.cards) and the dashboard's card page.
+    *_rules("GET", "read", _MODEL, f"{_API}/models/{{name}}/versions/{{version}}/card",
+            "/ui/models/{name}/versions/{version}/card"),
     *_rules("GET", "read", None, f"{_API}/deployments"),
     *_rules("GET", AUTHENTICATED, None, "/ui/whoami"),
     # -- issue 13: retraining policies (mlharbor.api.routes.policies). A policy decides what

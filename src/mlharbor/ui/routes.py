@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import html
 from importlib import resources
+from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mlharbor.core.errors import NotFoundError
@@ -58,6 +60,22 @@ def dashboard(request: Request) -> HTMLResponse:
     # <base> is {root}/ui, so "#/models" stays on this page and "api/v1/..." goes to
     # {root}/api/v1.
     return html_page(request, "dashboard.html", CSP)
+
+
+@router.get("/ui/models/{name}/versions/{version}/card")
+def model_card(request: Request, name: str,
+               version: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> HTMLResponse:
+    """The version's model card as a page of the dashboard (the same HTML as
+    ``mlharbor models card --format html``), with a link back to the version."""
+    from mlharbor.api.routes.models import REPORT_CSP
+    from mlharbor.pipelines.cardrender import render_card_html
+    from mlharbor.pipelines.modelcard import build_card
+
+    card = build_card(request.app.state.registry, f"{name}:{version}")
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    back = f"{root}/ui#/models/{quote(name, safe='')}/{version}"
+    return HTMLResponse(render_card_html(card, back_link=back), headers={
+        "Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-store"})
 
 
 @router.get("/ui/static/{name}")

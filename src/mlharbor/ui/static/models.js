@@ -94,7 +94,9 @@
         [String(classes[i]), ...row]), { id: "report-confusion" }));
     }
     nodes.push(h("p", {}, h("a", { href: api(name, "versions", version, "report") + "?format=html",
-      target: "_blank", rel: "noopener", id: "report-html" }, "Full report with curves")));
+      target: "_blank", rel: "noopener", id: "report-html" }, "Full report with curves"), " · ",
+      h("a", { href: `ui/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/card`,
+        id: "model-card-link" }, "Model card")));
     return nodes;
   }
 
