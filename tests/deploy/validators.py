@@ -18,6 +18,7 @@ CRD_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"):
         "kserve-inferenceservice-v1beta1.schema.json",
     ("serving.knative.dev/v1", "Service"): "knative-service-v1.schema.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject-v1alpha1.schema.json",
 }
 
 

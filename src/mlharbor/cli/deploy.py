@@ -45,6 +45,14 @@ def register(app: typer.Typer) -> None:
         min_replicas: int = typer.Option(2, help="Autoscaling minimum."),
         max_replicas: int = typer.Option(10, help="Autoscaling maximum."),
         target_cpu: int = typer.Option(70, help="Autoscaling CPU target (percent)."),
+        autoscaler: str = typer.Option(
+            "cpu", help="cpu (HPA on CPU), in-flight (HPA on the Pods metric "
+            "mlharbor_in_flight_requests) or keda (KEDA ScaledObject on the same metric; "
+            "--min-replicas 0 scales to zero)."),
+        target_in_flight: int = typer.Option(
+            8, help="Prediction requests in flight per replica to scale at (in-flight, keda)."),
+        prometheus_url: str = typer.Option(
+            "http://prometheus-server.monitoring.svc:80", help="Prometheus KEDA queries."),
         registry_mode: str = typer.Option(None, "--registry", help=MODE_HELP),
         dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
     ) -> None:
@@ -56,7 +64,9 @@ def register(app: typer.Typer) -> None:
         options = KubernetesOptions(
             _environment(settings, registry_mode), replicas=replicas,
             min_replicas=min_replicas, max_replicas=max_replicas, target_cpu=target_cpu,
-            helm=helm, kserve=kserve, knative=knative, apply=apply, namespace=namespace)
+            helm=helm, kserve=kserve, knative=knative, apply=apply, namespace=namespace,
+            autoscaler=autoscaler, target_in_flight=target_in_flight,
+            prometheus_url=prometheus_url)
         _run(ctx, "kubernetes", ref, image, output, options, dry_run)
 
     @deploy.command("sagemaker")

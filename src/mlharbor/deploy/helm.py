@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def chart_files(source: DeploymentSource, options: KubernetesOptions,
                 context: dict[str, Any]) -> list[PlannedFile]:
-    from mlharbor.deploy.kubernetes import PLAIN, helm_context, helm_values
+    from mlharbor.deploy.kubernetes import helm_context, helm_values, plain_kinds
 
     root = f"chart/{context['name']}"
     chart = {
@@ -36,5 +36,6 @@ def chart_files(source: DeploymentSource, options: KubernetesOptions,
     ]
     templated = helm_context(context)
     files += [PlannedFile(f"{root}/templates/{kind}.yaml",
-                          render(f"kubernetes/{kind}.yaml.j2", **templated)) for kind in PLAIN]
+                          render(f"kubernetes/{kind}.yaml.j2", **templated))
+              for kind in plain_kinds(options)]
     return files
