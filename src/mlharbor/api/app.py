@@ -68,6 +68,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
     app.include_router(policy_routes.router)
     app.include_router(job_routes.router)
     app.include_router(card_routes.router)  # issue 17: model cards
+    from mlharbor.api.routes import attributions as attribution_routes
+
+    app.include_router(attribution_routes.router)  # issue 17: attribution drift
     _include_mlflow(app)  # issue 16: MLflow tracking, logged models, artifacts, registry
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
@@ -106,8 +109,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
 
 def _include_mlflow(app: FastAPI) -> None:
     """MLflow's REST routes; the catch-all answering unsupported ones in MLflow's shape last."""
-    from mlharbor.api.routes import mlflow_artifacts, mlflow_models, mlflow_registry
-    from mlharbor.api.routes import mlflow_tracking
+    from mlharbor.api.routes import (
+        mlflow_artifacts,
+        mlflow_models,
+        mlflow_registry,
+        mlflow_tracking,
+    )
 
     for router in (mlflow_tracking.router, mlflow_models.router, mlflow_registry.router,
                    mlflow_artifacts.router, mlflow_tracking.fallback):

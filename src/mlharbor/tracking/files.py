@@ -32,8 +32,11 @@ _PART_BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BlobInfoLike(Protocol):
-    sha256: str
-    size: int
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
 
 
 class BlobStore(Protocol):
@@ -130,7 +133,7 @@ class TrackingFiles:
         self.blobs.get_file(art.sha256, dest, label=f"artifact {key!r}")
         return art
 
-    def list(self, prefix: str | None) -> list[Listing]:
+    def listing(self, prefix: str | None) -> list[Listing]:
         """The files and folders directly under ``prefix`` (the root when empty), with paths
         relative to the root, sorted."""
         base = check_key(prefix) + "/" if prefix and prefix.strip("/") else ""

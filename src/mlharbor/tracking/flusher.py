@@ -37,8 +37,7 @@ class MetricFlusher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        ref = weakref.ref(self)
-        atexit.register(lambda: (f := ref()) is not None and f.close())
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def put(self, run_id: str, points: Iterable[MetricPoint]) -> None:
         """Queue ``points`` for ``run_id`` (waits while the queue is full)."""
@@ -109,3 +108,9 @@ class MetricFlusher:
         except Exception as exc:  # kept for flush(): the caller learns which batch failed
             with self._lock:
                 self._errors.append(exc)
+
+
+def _close_at_exit(ref: weakref.ref[MetricFlusher]) -> None:
+    flusher = ref()
+    if flusher is not None:
+        flusher.close()

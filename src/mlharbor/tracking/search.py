@@ -141,10 +141,10 @@ class _Parser:
         upper = tok.upper()
         if kind == "word" and upper in ("LIKE", "ILIKE", "IN"):
             return upper
-        if kind == "word" and upper == "NOT":
-            if (nxt := self.peek()) is not None and nxt[1].upper() == "IN":
-                self.i += 1
-                return "NOT IN"
+        if kind == "word" and upper == "NOT" and (nxt := self.peek()) is not None \
+                and nxt[1].upper() == "IN":
+            self.i += 1
+            return "NOT IN"
         raise _error(f"expected a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), found "
                      f"{tok!r}", self.text)
 

@@ -30,7 +30,7 @@ router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 async def list_artifacts(request: Request, path: str | None = None) -> Any:
     """Files and folders directly under ``path`` (names relative to it)."""
     base = check_key(path) if path and path.strip("/") else ""
-    entries = files_of(request).list(base or None)
+    entries = files_of(request).listing(base or None)
     cut = len(base) + 1 if base else 0
     return {"files": [{"path": e.path[cut:], "is_dir": e.is_dir,
                        **({"file_size": e.size} if e.size is not None else {})}

@@ -170,7 +170,7 @@ def _source_key(store: TrackingStore, files: TrackingFiles, source: str,
         run = store.get_run(rid)
         root = key_of_uri(run.artifact_uri)
         key = f"{root}/{sub.strip('/')}" if root and sub.strip("/") else root
-        if key is not None and not files.list(key):
+        if key is not None and not files.listing(key):
             models, _ = files.search_logged_models([run.experiment_id], source_run_id=rid)
             named = [m for m in models if m.name == sub.strip("/")]
             if named:
@@ -183,7 +183,7 @@ def _source_key(store: TrackingStore, files: TrackingFiles, source: str,
             "models whose files were logged to it (runs:/, models:/ or mlflow-artifacts:/).",
             hint="Log the model to a run on this server first, then register it.",
             field="source")
-    if not files.list(key):
+    if not files.listing(key):
         raise NotFoundError(f"No model files under {source[:200]!r}.", field="source")
     return key
 

@@ -351,7 +351,7 @@ async def list_artifacts(request: Request) -> Any:
         return {"root_uri": run.artifact_uri, "files": []}
     sub = text_field(body, "path") or ""
     prefix = f"{root}/{sub.strip('/')}" if sub.strip("/") else root
-    entries = files_of(request).list(prefix)
+    entries = files_of(request).listing(prefix)
     return {"root_uri": run.artifact_uri, "files": [
         {"path": e.path[len(root) + 1:], "is_dir": e.is_dir,
          **({"file_size": e.size} if e.size is not None else {})} for e in entries]}
