@@ -1,0 +1,185 @@
+"""Many models in bounded memory (issue 15): 200 registered models, 200 stored endpoints, one
+``mlharbor serve`` process whose ``serving.model_memory_budget`` holds about 20 of them.
+
+Each model is a decision tree grown on noise (about 1 MiB of node arrays: a real, measurable
+footprint), so the budget means something. A seeded random
+access pattern from 8 concurrent clients must get every answer right (each equals that model's
+own ``predict``), the server must unload and reload (the counter and the pool status say so),
+and the process's resident memory, sampled from /proc all along, must stay under the baseline
+measured after start (runtimes imported, no model loaded) plus the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mlharbor.settings import Settings
+from tests.support import VENV_BIN, cli_env, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("many_models")]
+MODELS = 200
+HOLDS = 20
+COLUMNS = ["a", "b", "c", "d"]
+TRAIN_ROWS = 20_000  # a tree of ~11,600 nodes: about 1 MiB of node and value arrays
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict[int, Any]]]:
+    """200 versions registered straight through the registry API, one endpoint each."""
+    import pandas as pd
+    from sklearn.tree import DecisionTreeClassifier
+
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.registry import service
+    from mlharbor.registry.bundles import register_model
+    from mlharbor.registry.endpoints import EndpointService
+
+    settings = Settings(home=tmp_path_factory.mktemp("many") / "home")
+    registry = open_registry(settings)
+    models: dict[int, Any] = {}
+    environment = service.environment_lineage()
+    with pytest.MonkeyPatch.context() as patch:
+        # The environment (git commit, package versions: two subprocesses) is the same for
+        # all 200 versions: read it once.
+        patch.setattr(service, "environment_lineage", lambda: environment)
+        rng = np.random.default_rng(15)
+        for i in range(MODELS):
+            x = pd.DataFrame(rng.normal(size=(TRAIN_ROWS, 4)), columns=COLUMNS)
+            y = rng.integers(0, 2, TRAIN_ROWS)  # noise: the tree grows a leaf per few rows
+            model = DecisionTreeClassifier(random_state=i).fit(x, y)
+            register_model(registry, f"m{i}", model, settings=settings,
+                           sample_input=x.head(3), runtime="native")
+            EndpointService(registry).create(
+                {"name": f"m{i}", "routes": [{"ref": f"m{i}:1"}]}, actor="test")
+            models[i] = model
+    from mlharbor.bootstrap import open_identities
+
+    key = open_identities(registry).init_admin("ops", actor="test")[1]
+    registry.close()
+    os.environ.setdefault("MLHARBOR_TEST_MANY_KEY", key)
+    yield settings, models
+
+
+def _serve(settings: Settings, key: str, budget: int, **env: str
+           ) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    full = {**os.environ, **cli_env(settings),
+            "MLHARBOR_SECURITY__RATE_LIMIT_PER_MINUTE": "0",
+            "MLHARBOR_MONITORING__LOG_PREDICTIONS": "false",
+            "MLHARBOR_SERVING__MODEL_MEMORY_BUDGET": str(budget), **env}
+    proc = subprocess.Popen([str(VENV_BIN / "mlharbor"), "serve", "--port", str(port),
+                             "--plain-logs"], env=full, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("mlharbor serve did not become ready")
+
+
+def test_200_models_in_a_budget_of_20(many: tuple[Settings, dict[int, Any]]) -> None:
+    settings, models = many
+    key = os.environ["MLHARBOR_TEST_MANY_KEY"]
+    headers = {"Authorization": f"Bearer {key}"}
+    # One model's footprint, as the server measures it: a server with room for everything
+    # loads three and says what each took.
+    proc, url = _serve(settings, key, budget=1 << 40)
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            for i in range(3):
+                assert client.post(f"/v1/endpoints/m{i}/predict",
+                                   json=[dict.fromkeys(COLUMNS, 0.0)]).status_code == 200
+            sizes = [m["memory_bytes"] for m in client.get("/v1/endpoints").json()["models"]
+                     if m["state"] == "ready"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert len(sizes) == 3 and min(sizes) > 1 << 20, sizes  # measured, not 0
+    budget = HOLDS * max(sizes)
+
+    proc, url = _serve(settings, key, budget=budget)
+    baseline = _rss(proc.pid)  # runtimes imported (primed), no model loaded
+    peak = baseline
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, _rss(proc.pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    rng = random.Random(15)
+    # Mostly a hot set of 15 models, and the long tail of the other 185: under load, the LRU
+    # keeps the hot ones and reloads the tail.
+    plan = [(rng.randrange(15) if rng.random() < 0.6 else rng.randrange(MODELS),
+             [{c: rng.uniform(-2, 2) for c in COLUMNS} for _ in range(rng.randint(1, 3))])
+            for _ in range(600)]
+    wrong: list[Any] = []
+    codes: list[int] = []
+
+    def client_thread(offset: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            for index in range(offset, len(plan), 8):
+                i, rows = plan[index]
+                response = client.post(f"/v1/endpoints/m{i}/predict", json=rows)
+                codes.append(response.status_code)
+                if response.status_code != 200:
+                    wrong.append((i, response.status_code, response.text[:300]))
+                    continue
+                body = response.json()
+                expected = models[i].predict(
+                    np.array([[r[c] for c in COLUMNS] for r in rows])).tolist()
+                if body["predictions"] != expected or body["model"] != f"m{i}":
+                    wrong.append((i, body["predictions"], expected))
+
+    try:
+        threads = [threading.Thread(target=client_thread, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            status = client.get("/v1/endpoints").json()
+            metrics = client.get("/metrics").text
+    finally:
+        sampling = False
+        sampler.join()
+        proc.kill()
+        proc.wait(10)
+    assert not wrong, wrong[:5]
+    assert len(codes) == len(plan)
+    loaded = [m for m in status["models"] if m["state"] == "ready"]
+    assert 1 <= len(loaded) <= HOLDS + 1
+    assert sum(m["memory_bytes"] for m in loaded) <= budget
+    unloads = next(float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("mlharbor_model_unloads_total "))
+    assert unloads >= 50  # the tail really came and went
+    assert peak <= baseline + budget, (peak - baseline, budget)
