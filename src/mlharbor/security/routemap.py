@@ -162,6 +162,8 @@ RULES: tuple[RouteRule, ...] = (
     # -- issue 17: explanations need what predictions need, on the endpoint they name.
     *_rules("POST", "predict", _ENDPOINT, "/v1/endpoints/{name}/explain"),
     *_rules("POST", "predict", endpoint_param("model"), "/v1/models/{model}:explain"),
+    *_rules("GET", "read", _ENDPOINT,
+            f"{_API}/monitoring/endpoints/{{name}}/drift/attributions"),
     # GraphQL: reading needs `read`; its predict mutation checks `predict` on the endpoint
     # itself with policy.allows (the route table cannot see inside a query).
     *_rules("GET", "read", None, "/graphql"),
