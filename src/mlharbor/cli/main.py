@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.deploy",
     "mlharbor.cli.jobs",
     "mlharbor.cli.policies",
+    "mlharbor.cli.predict",
 )
 
 EXIT_CODES: dict[type[errors.MlharborError], int] = {

@@ -1,0 +1,333 @@
+"""One part of a batch-scoring job, scored where the engine runs it: read, validate, predict,
+write, in record batches of bounded size.
+
+:class:`PartScorer` is the task function the compute engine maps over the parts (picklable: a
+Dask worker receives it once and loads the model once). Every batch goes through the same
+:class:`~mlharbor.formats.predictor.Predictor` serving uses, so the signature's validation and
+the model's own ``predict`` decide every answer. A batch the signature refuses is split in
+halves until the refused rows stand alone; they go to the part's errors file (row, column,
+reason) or stop the job (``on_error="stop"``), never silently dropped.
+
+Files are written under a temporary dot-name, fsync'd and renamed, so a part's output exists
+whole or not at all (readers of the folder, Arrow's and Spark's, skip dot- and
+underscore-names):
+
+    OUTPUT/part-00003.parquet     id column, prediction, probability_<class>..., model_version
+    OUTPUT/_errors/part-00003.csv file, row, id, column, reason       (only if a row was refused)
+    OUTPUT/_log/part-00003.parquet  the scored rows' inputs, for --log (removed once logged)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlharbor.core.errors import SchemaError
+from mlharbor.pipelines.batchinputs import InputPart, Storage, read_batches
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mlharbor.core.signature import ColumnSpec
+    from mlharbor.formats.predictor import Outputs, Predictor
+
+ERRORS_DIR = "_errors"
+LOG_DIR = "_log"
+ERROR_FIELDS = ("file", "row", "id", "column", "reason")
+
+
+class BadRowError(SchemaError):
+    """A row the signature refuses, with ``on_error="stop"``: the job stops on it."""
+
+    code = "bad_row"
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """What scoring one part did (sent back from the worker; small)."""
+
+    index: int
+    rows: int
+    scored: int
+    errors: int
+    output: str | None
+    errors_file: str | None
+    log_file: str | None
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A verified bundle to load: a local folder (local engine) or its files' bytes (shipped
+    once to each Dask worker), with the registry's manifest every byte is checked against."""
+
+    ref: str
+    manifest: dict[str, Any]
+    trusted_types: tuple[str, ...]
+    root: str | None = None
+    files: dict[str, bytes] | None = None
+
+    def load(self) -> Predictor:
+        from mlharbor.formats.base import TrustOptions
+        from mlharbor.formats.predictor import load_bundle
+
+        trust = TrustOptions(skops_trusted_types=self.trusted_types)
+        if self.root is not None:
+            return load_bundle(Path(self.root), expected_manifest=self.manifest, trust=trust)
+        folder = Path(tempfile.mkdtemp(prefix="mlharbor-bundle-"))
+        try:
+            for name, blob in (self.files or {}).items():
+                target = folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(blob)
+            return load_bundle(folder, expected_manifest=self.manifest, trust=trust)
+        finally:  # the runtime is built from the verified bytes; the copy is not needed after
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class PartScorer:
+    """Scores one :class:`InputPart` per call (the engine's task function)."""
+
+    model: ModelSource
+    storage: Storage
+    output: str
+    id_column: str | None
+    on_error: str  # "stop" | "file"
+    batch_rows: int
+    log_inputs: bool = False
+    # Local engine only (never pickled): called with the rows of each batch as it is done.
+    progress: Callable[[int], None] | None = field(default=None, repr=False)
+    _predictor: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(progress=None, _predictor=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def predictor(self) -> Predictor:
+        """The model, loaded once per process (threads share it; ONNX Runtime and scikit-learn
+        predict are thread-safe)."""
+        with self._lock:
+            if self._predictor is None:
+                self._predictor = self.model.load()
+            return self._predictor  # type: ignore[no-any-return]
+
+    def __call__(self, part: InputPart) -> PartResult:
+        predictor = self.predictor()
+        specs = predictor.signature.inputs
+        names = [s.name for s in specs]
+        read = names + ([self.id_column] if self.id_column and self.id_column not in names
+                        else [])
+        text = names if part.file.format == "csv" else []
+        name = part_name(part.index)
+        out = _AtomicParquet(Path(self.output) / f"{name}.parquet")
+        log = _AtomicParquet(Path(self.output) / LOG_DIR / f"{name}.parquet") \
+            if self.log_inputs else None
+        errors: list[dict[str, Any]] = []
+        rows = scored = 0
+        try:
+            for batch in read_batches(self.storage, part, read, text, self.batch_rows):
+                first = part.first_row + rows
+                data = {s.name: _values(batch.column(s.name), s) for s in specs}
+                ids = None if not self.id_column else batch.column(self.id_column)
+                kept, outputs, bad = self._score(predictor, data, batch.num_rows)
+                for row, exc in bad:
+                    record = _error_row(part, first + row, ids, row, exc)
+                    if self.on_error == "stop":
+                        raise BadRowError(
+                            f"row {record['row']} of {part.file.uri} was refused: "
+                            f"{record['reason']}", hint="Fix the row, or pass --on-error file "
+                            "to write refused rows to an errors file and score the rest.",
+                            row=record["row"], file=part.file.uri) from exc
+                    errors.append(record)
+                if kept is not None and len(kept):
+                    out.write(self._table(predictor, outputs, ids, kept))
+                    if log is not None:
+                        log.write(_inputs_table(data, names, kept))
+                rows += batch.num_rows
+                scored += 0 if kept is None else len(kept)
+                if self.progress is not None:
+                    self.progress(batch.num_rows)
+            output = out.commit()
+            log_file = log.commit() if log is not None else None
+            errors_file = _write_errors(Path(self.output), name, errors) if errors else None
+        finally:
+            out.discard()
+            if log is not None:
+                log.discard()
+        return PartResult(part.index, rows, scored, len(errors), output, errors_file, log_file)
+
+    def _score(self, predictor: Predictor, data: dict[str, np.ndarray], n: int
+               ) -> tuple[np.ndarray | None, Outputs | None, list[tuple[int, SchemaError]]]:
+        """(indices of the rows answered, their outputs, refused rows with the error). The
+        whole batch in one call unless the signature refuses some row; then halves, left
+        first, so refused rows come out in order."""
+        try:
+            return np.arange(n), predictor.outputs(data), []
+        except SchemaError:
+            if n == 0:
+                raise
+        from mlharbor.formats.predictor import Outputs
+
+        good: list[tuple[int, int, Outputs]] = []
+        bad: list[tuple[int, SchemaError]] = []
+        stack = [(n // 2, n), (0, n // 2)]
+        while stack:
+            lo, hi = stack.pop()
+            if lo == hi:
+                continue
+            try:
+                good.append((lo, hi, predictor.outputs({k: v[lo:hi] for k, v in data.items()})))
+            except SchemaError as exc:
+                if hi - lo == 1:
+                    bad.append((lo, exc))
+                    if self.on_error == "stop":
+                        break
+                else:
+                    mid = (lo + hi) // 2
+                    stack += [(mid, hi), (lo, mid)]
+        if not good:
+            return None, None, bad
+        kept = np.concatenate([np.arange(lo, hi) for lo, hi, _ in good])
+        probas = [o.probabilities for _, _, o in good]
+        outputs = Outputs(np.concatenate([o.predictions for _, _, o in good]),
+                          None if probas[0] is None else np.concatenate(probas))  # type: ignore[arg-type]
+        return kept, outputs, bad
+
+    def _table(self, predictor: Predictor, outputs: Any, ids: Any, kept: np.ndarray
+               ) -> pa.Table:
+        import pyarrow as pa
+
+        n = len(kept)
+        columns: dict[str, Any] = {}
+        if ids is not None:
+            columns[str(self.id_column)] = ids if n == len(ids) else ids.take(pa.array(kept))
+        columns["prediction"] = pa.array(outputs.predictions)
+        if outputs.probabilities is not None:
+            for i, label in enumerate(predictor.classes or range(outputs.probabilities.shape[1])):
+                columns[f"probability_{label}"] = pa.array(outputs.probabilities[:, i])
+        columns["model_version"] = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, dtype=np.int32)), pa.array([self.model.ref]))
+        return pa.table(columns)
+
+
+def _values(column: Any, spec: ColumnSpec) -> np.ndarray:
+    """An Arrow column as the NumPy values the signature validator takes. Text read from CSV is
+    converted to the column's type in one step; when a cell does not convert, cell by cell, the
+    bad cells kept as text so the validator refuses exactly those rows."""
+    import pyarrow as pa
+
+    if spec.dtype == "string" or not pa.types.is_string(column.type):
+        return np.asarray(column.to_numpy(zero_copy_only=False))
+    target = pa.bool_() if spec.dtype == "bool" else pa.float64()
+    try:
+        return np.asarray(column.cast(target).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        cells = [_cell(v, spec.dtype) for v in column.to_pylist()]
+        return np.fromiter(cells, dtype=object, count=len(cells))
+
+
+def _cell(text: str | None, dtype: str) -> Any:
+    if text is None:
+        return None
+    word = text.strip()
+    if dtype == "bool":
+        return {"true": True, "false": False, "1": True, "0": False}.get(word.lower(), text)
+    try:
+        return float(word)
+    except ValueError:
+        return text
+
+
+def _error_row(part: InputPart, row: int, ids: Any, at: int, exc: SchemaError) -> dict[str, Any]:
+    reason = " ".join(str(exc).replace(" at row 0", "").split())
+    return {"file": part.file.name, "row": row,
+            "id": "" if ids is None else ids[at].as_py(),
+            "column": exc.details.get("column", ""), "reason": reason}
+
+
+def _inputs_table(data: dict[str, np.ndarray], names: list[str], kept: np.ndarray) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({n: pa.array(data[n][kept] if len(kept) != len(data[n]) else data[n],
+                                 from_pandas=True) for n in names})
+
+
+def _write_errors(output: Path, name: str, errors: list[dict[str, Any]]) -> str:
+    folder = output / ERRORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.csv"
+    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ERROR_FIELDS)
+        writer.writeheader()
+        writer.writerows(errors)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(target)
+    return str(target.relative_to(output))
+
+
+class _AtomicParquet:
+    """A Parquet file written under a temporary dot-name and renamed into place on commit."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        self._writer: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(str(self.tmp), table.schema)
+        self._writer.write_table(table)
+
+    def commit(self) -> str | None:
+        """Rename into place; None when nothing was written (no row scored)."""
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._writer = None
+        with self.tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        self.tmp.replace(self.target)
+        return self.target.name if self.target.parent.name not in (LOG_DIR,) else \
+            f"{LOG_DIR}/{self.target.name}"
+
+    def discard(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def iter_log_batches(output: Path, log_file: str, result_file: str, rows: int
+                     ) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
+    """(inputs, outputs) record batches of a logged part, aligned row for row."""
+    import pyarrow.parquet as pq
+
+    inputs = pq.ParquetFile(str(output / log_file)).iter_batches(batch_size=rows)
+    outputs = pq.ParquetFile(str(output / result_file)).iter_batches(batch_size=rows)
+    yield from zip(inputs, outputs, strict=True)
