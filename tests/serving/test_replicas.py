@@ -380,13 +380,17 @@ def test_killing_a_replica_under_load_fails_no_request_and_it_rejoins_on_restart
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("loading", ["at start", "on first request"])
 def test_a_fresh_replicas_first_request_sent_as_its_port_opens_is_answered(
-        fleet: tuple[Replicas, Balancer], shared: Shared,
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        shared: Shared, tmp_path_factory: pytest.TempPathFactory, loading: str) -> None:
     """Scale from zero: the request that woke a replica must not get 503 while its model
-    loads (kserve#2882); it is held until the model is ready, then answered."""
-    spare = Replicas(tmp_path_factory.mktemp("spare"), shared.env, count=1,
-                     args=["--plain-logs"])
+    loads (kserve#2882). A replica loading at start opens its port once the model is warm;
+    one with a model memory budget loads on the first request, which waits for it
+    (``serving.model_load_wait_s``) and is answered."""
+    env = dict(shared.env)
+    if loading == "on first request":
+        env["MLHARBOR_SERVING__MODEL_MEMORY_BUDGET"] = str(2 << 30)
+    spare = Replicas(tmp_path_factory.mktemp("spare"), env, count=1, args=["--plain-logs"])
     proc = spare.start(0, wait=False)
     try:
         deadline = time.monotonic() + 90
@@ -397,12 +401,16 @@ def test_a_fresh_replicas_first_request_sent_as_its_port_opens_is_answered(
                 socket.create_connection(("127.0.0.1", spare.ports[0]), 0.05).close()
                 break
             time.sleep(0.005)
+        opened = time.monotonic()
         r = httpx.post(f"{spare.url(0)}/v1/endpoints/churn/predict", json=_rows(shared, 1),
                        headers=shared.headers, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["version"] == 1
+        print(f"first request ({loading}): answered {time.monotonic() - opened:.2f}s after "
+              "the port opened")
     finally:
         spare.stop()
+    assert "Traceback" not in spare.log(0), spare.log(0)[-3000:]
 
 
 def test_the_balancer_configuration_is_what_the_docs_say(tmp_path: Path) -> None:
