@@ -122,7 +122,8 @@ def resolve_inputs(text: str, storage: Storage) -> Inputs:
 
 def _local_files(text: str) -> list[InputFile]:
     if any(c in text for c in _GLOB_CHARS):
-        base = Path(text.split("*")[0].split("?")[0].split("[")[0]).parent
+        head = text[:min(text.find(c) for c in _GLOB_CHARS if c in text)]
+        base = Path(head) if head.endswith("/") else Path(head).parent
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True))  # noqa: PTH207 - absolute patterns
         paths = [p for p in paths if p.is_file() and _format_of(p.name)]
     else:
