@@ -151,13 +151,19 @@ def _pipeline(final: Any) -> Any:
     return Pipeline([("pre", pre), ("model", final)])
 
 
-@pytest.mark.parametrize("final", ["forest", "boosting"])
+@pytest.mark.parametrize("final", ["forest", "boosting", "hist_boosting"])
 def test_normal_pipelines_still_load(tmp_path: Path, final: str) -> None:
     import skops.io as sio
-    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
 
-    estimator = (RandomForestClassifier(10, max_depth=4, random_state=0) if final == "forest"
-                 else GradientBoostingClassifier(n_estimators=10, random_state=0))
+    estimator = {"forest": RandomForestClassifier(10, max_depth=4, random_state=0),
+                 "boosting": GradientBoostingClassifier(n_estimators=10, random_state=0),
+                 "hist_boosting": HistGradientBoostingClassifier(max_iter=10, random_state=0),
+                 }[final]
     train = churn_frame(200)
     train.loc[::7, "plan"] = None
     train.loc[::5, "income"] = np.nan

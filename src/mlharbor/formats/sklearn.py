@@ -42,6 +42,8 @@ from mlharbor.formats.bundle import ModelBytes
 CURATED_TYPES = frozenset({
     "numpy.dtype",  # dtype objects of fitted arrays (e.g. OneHotEncoder categories)
     "sklearn.tree._tree.Tree",  # the fitted trees of every tree, forest and boosting model
+    # HistGradientBoosting's fitted trees: arrays of nodes, no callables
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
 })
 # mlharbor's own pure transformer classes, used by pipelines `mlharbor train` builds. Matched
 # by name only: the training package is imported by skops when a model that uses them loads.
