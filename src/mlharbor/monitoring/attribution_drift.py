@@ -118,7 +118,7 @@ def endpoint_attribution_drift(
     registry = monitor.registry
     if registry is None:
         raise NotFoundError("No registry is configured to read the version from.")
-    model, version = monitor._served(endpoint, start, end, version)
+    model, version = monitor.served_version(endpoint, start, end, version)
     if model is None or version is None:
         raise NotFoundError(
             f"Endpoint {endpoint!r} logged no predictions between {start:%Y-%m-%d %H:%M} "
@@ -149,7 +149,7 @@ def endpoint_attribution_drift(
 def _window_rows(monitor: Monitor, endpoint: str, version: int, start: Any, end: Any,
                  names: tuple[str, ...], rows: int) -> dict[str, list[Any]]:
     """At most ``rows`` logged inputs, evenly spaced over the window in time order."""
-    table = monitor._version_rows(endpoint, version, start, end)
+    table = monitor.version_rows(endpoint, version, start, end)
     if table.num_rows == 0:
         raise NotFoundError(f"Endpoint {endpoint!r} logged no answered predictions of version "
                             f"{version} in the window.", hint="Widen the window.")

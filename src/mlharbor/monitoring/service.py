@@ -228,7 +228,7 @@ class Monitor:
                                     field="rows")
         bounds = (time_windows(start, end, step or (end - start), limit=self.max_windows)
                   if rows is None and end > start else [])
-        model, version = self._served(endpoint, start, end, version)
+        model, version = self.served_version(endpoint, start, end, version)
         if model is None or version is None:
             raise NotFoundError(
                 f"Endpoint {endpoint!r} logged no predictions between {start:%Y-%m-%d %H:%M} "
@@ -262,7 +262,7 @@ class Monitor:
         when they make more than ``monitoring.max_windows`` windows of ``rows``."""
         from mlharbor.monitoring.windows import check_window_count
 
-        table = self._version_rows(endpoint, version, start, end).sort_by("at")
+        table = self.version_rows(endpoint, version, start, end).sort_by("at")
         check_window_count(-(-table.num_rows // rows), self.max_windows, field="rows",
                            asked=f"{table.num_rows:,} predictions in windows of {rows:,} rows",
                            fix="Ask for more rows per window or a shorter window.")
@@ -292,13 +292,15 @@ class Monitor:
         path = self.cache_dir / "windows" / endpoint / f"{version}-{key}.json"
         if path.exists():
             return WindowCounts.from_dict(orjson.loads(path.read_bytes()))
-        counts = self._count_table(engine, self._version_rows(endpoint, version, lo, hi), lo, hi)
+        counts = self._count_table(engine, self.version_rows(endpoint, version, lo, hi), lo, hi)
         settled = hi.timestamp() < utcnow().timestamp() - 2 * self.log.segment_interval_s - 60
         if settled:  # later rows cannot arrive any more: keep the counts
             _write_atomic(path, orjson.dumps(counts.to_dict()))
         return counts
 
-    def _version_rows(self, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
+    def version_rows(self, endpoint: str, version: int, lo: Any, hi: Any) -> Any:
+        """The logged answers (failed shadow copies left out) of one version in ``[lo, hi)``,
+        as an Arrow table."""
         from mlharbor.monitoring.logrows import answers
 
         table = answers(self.log.scan(endpoint, lo, hi))  # a failed copy is no answer
@@ -337,8 +339,10 @@ class Monitor:
                     "and a server started with `mlharbor serve` takes feedback itself.",
                     field="endpoint", received=endpoint) from exc
 
-    def _served(self, endpoint: str, start: Any, end: Any, version: int | None
-                ) -> tuple[str | None, int | None]:
+    def served_version(self, endpoint: str, start: Any, end: Any, version: int | None
+                       ) -> tuple[str | None, int | None]:
+        """The model an endpoint served in ``[start, end)`` and the version to judge: the one
+        asked for, else the version that answered most; ``(None, version)`` with no traffic."""
         table = self.log.scan(endpoint, start, end, columns=["model_ref", "version"])
         if table.num_rows == 0 or "version" not in table.column_names:
             return None, version
@@ -351,7 +355,7 @@ class Monitor:
         return model, version
 
     def _model_of(self, endpoint: str, start: Any, end: Any) -> str | None:
-        return self._served(endpoint, start, end, 0)[0]
+        return self.served_version(endpoint, start, end, 0)[0]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
