@@ -130,6 +130,11 @@ class TrainingSettings(BaseModel):
     n_jobs: int = Field(
         -1, description="Parallel fits for cross-validation and search (-1: every core)."
     )
+    backend: Literal["local", "dask"] = Field(
+        "local", description="Where CV and search fits run: `local` cores or a `dask` cluster "
+        "(a recipe's `training.backend` and `mlharbor train --backend` take precedence).")
+    scheduler: str | None = Field(
+        None, description="Dask scheduler for backend dask: tcp://HOST:PORT.")
 
 
 class ServingSettings(BaseModel):

@@ -22,8 +22,16 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         report: Path = typer.Option(None, "--report", help="Also write the HTML report here."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        backend: str = typer.Option(
+            None, "--backend", help="Where the CV and search fits run: local or dask "
+            "(default: the recipe's training.backend, else the settings')."),
+        scheduler: str = typer.Option(
+            None, "--scheduler", help="Dask scheduler for --backend dask: tcp://HOST:PORT."),
     ) -> None:
-        """Train the recipe's candidates, evaluate, judge the gates and register the winner."""
+        """Train the recipe's candidates, evaluate, judge the gates and register the winner.
+
+        With --backend dask --scheduler tcp://HOST:PORT, every candidate x search setting x
+        fold fit runs on that Dask cluster; the metrics are the same as a local run's."""
         from mlharbor.bootstrap import open_registry
         from mlharbor.cli.main import settings_from
         from mlharbor.cli.output import check_output
@@ -36,7 +44,8 @@ def register(app: typer.Typer) -> None:
         registry = open_registry(settings)
         try:
             with _RichProgress() as progress:
-                result = train(parsed, registry=registry, settings=settings, progress=progress)
+                result = train(parsed, registry=registry, settings=settings, progress=progress,
+                               backend=backend, scheduler=scheduler)
         finally:
             registry.close()
         if report is not None:
@@ -110,6 +119,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         ref: str = typer.Argument(..., help="Version to re-run: churn:3, churn@champion ..."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        backend: str = typer.Option(None, "--backend", help="local or dask (as for train)."),
+        scheduler: str = typer.Option(
+            None, "--scheduler", help="Dask scheduler for --backend dask: tcp://HOST:PORT."),
     ) -> None:
         """Re-run training from a version's stored lineage and check the metrics match."""
         from mlharbor.bootstrap import open_registry
@@ -121,7 +133,8 @@ def register(app: typer.Typer) -> None:
         registry = open_registry(settings)
         try:
             with _RichProgress() as progress:
-                result = reproduce(registry, ref, settings=settings, progress=progress)
+                result = reproduce(registry, ref, settings=settings, progress=progress,
+                                   backend=backend, scheduler=scheduler)
         finally:
             registry.close()
         if as_json:  # stdout holds the JSON alone; the verdict is in it and in the exit code

@@ -30,6 +30,7 @@ from mlharbor.training.recipe import Recipe
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlharbor.compute import Engine
     from mlharbor.data.checks import CheckReport
     from mlharbor.data.loading import Dataset
     from mlharbor.data.schema import Schema
@@ -207,14 +208,47 @@ def run_training(
     progress: Progress | None = None,
     trusted_types: Collection[str] | None = None,
     dataset: Dataset | None = None,
+    backend: str | None = None,
+    scheduler: str | None = None,
 ) -> TrainingOutcome:
     """Load, check, cross-validate, pick, fit and judge; see the module docstring.
 
     With ``trusted_types`` (the registry's skops policy), a pipeline that would need a type
     outside it is refused before any fitting, instead of failing at registration. With
     ``dataset`` (a retraining job's snapshot), those rows are used instead of the recipe's
-    ``data`` source; the recipe still names the target and the columns.
+    ``data`` source; the recipe still names the target and the columns. ``backend`` and
+    ``scheduler`` choose where the CV and search fits run (see :func:`choose_backend`); a Dask
+    scheduler is connected to before any data is read, so an unreachable one fails fast.
     """
+    from mlharbor.training.backend import choose_backend, training_engine
+
+    prepare(recipe)
+    chosen, address = choose_backend(recipe, backend, scheduler)
+    note = progress.note if progress is not None else None
+    with training_engine(chosen, address, note) as engine:
+        return _run_training(
+            recipe, champion=champion, champion_ref=champion_ref, champion_note=champion_note,
+            champion_error=champion_error, n_jobs=n_jobs, s3_endpoint_url=s3_endpoint_url,
+            s3_region=s3_region, progress=progress, trusted_types=trusted_types,
+            dataset=dataset, engine=engine)
+
+
+def _run_training(
+    recipe: Recipe,
+    *,
+    champion: Any | None,
+    champion_ref: str | None,
+    champion_note: str | None,
+    champion_error: str | None,
+    n_jobs: int,
+    s3_endpoint_url: str | None,
+    s3_region: str,
+    progress: Progress | None,
+    trusted_types: Collection[str] | None,
+    dataset: Dataset | None,
+    engine: Engine | None,
+) -> TrainingOutcome:
+    """:func:`run_training`'s work, with the engine for the fits open (None: local joblib)."""
     from mlharbor.core.warning_tally import CaughtWarning, WarningTally, catching
     from mlharbor.data.profile import build_profile
     from mlharbor.data.splits import plan_splits
@@ -230,7 +264,6 @@ def run_training(
     progress = progress or Progress()
     tally, caught = WarningTally(), list[CaughtWarning]()  # library warnings, said once each
     started = time.perf_counter()
-    prepare(recipe)
     progress.start("data", "Loading data", None)
     if dataset is None:
         dataset = load_data(recipe, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
@@ -282,6 +315,7 @@ def run_training(
             resamples=validation.bootstrap, champion=champion, champion_ref=champion_ref,
             champion_error=champion_error, n_jobs=n_jobs, on_fold=on_fold, on_stage=on_stage,
             slices=plan.slices, slice_frame=frame.iloc[splits.holdout].reset_index(drop=True),
+            engine=engine,
         )
         importances = permutation_importances(
             assessment.model, X.iloc[splits.holdout], y[splits.holdout], target, primary,
@@ -308,6 +342,8 @@ def run_training(
         "champion_note": champion_note,
         "importances": importances,
         "importance": insight,
+        "compute": {"backend": engine.name if engine else "local",
+                    "workers": engine.workers() if engine else n_jobs},
     }
     winner = assessment.winner
     params = {"candidate": winner.candidate, "estimator": winner.estimator,
@@ -403,8 +439,13 @@ def train(
     settings: Settings,
     actor: str = "local",
     progress: Progress | None = None,
+    backend: str | None = None,
+    scheduler: str | None = None,
 ) -> TrainJobResult:
-    """Train from ``recipe`` and register the winner (Python twin of ``mlharbor train``)."""
+    """Train from ``recipe`` and register the winner (Python twin of ``mlharbor train``).
+
+    ``backend``/``scheduler`` (``--backend``/``--scheduler``) override the recipe's
+    ``training`` section, which overrides ``settings.training``."""
     from mlharbor.registry.bundles import load_predictor
     from mlharbor.training.recipe import load_recipe
 
@@ -415,6 +456,11 @@ def train(
                            hint="Add `register: {name: my-model}` to name the model.")
     plan = prepare(recipe)
     del plan  # fail fast on a bad recipe before touching the registry
+    from mlharbor.training.backend import choose_backend
+
+    backend, scheduler = choose_backend(
+        recipe, backend, scheduler, default_backend=settings.training.backend,
+        default_scheduler=settings.training.scheduler)
     name = recipe.registration.name
     champion, champion_ref, note, error = None, None, None, None
     try:
@@ -433,7 +479,8 @@ def train(
         champion_error=error,
         n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region, progress=progress,
-        trusted_types=settings.formats.skops_trusted_types,
+        trusted_types=settings.formats.skops_trusted_types, backend=backend,
+        scheduler=scheduler,
     )
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
@@ -556,9 +603,11 @@ class ReproduceResult:
 
 
 def reproduce(
-    registry: Registry, ref: str, *, settings: Settings, progress: Progress | None = None
+    registry: Registry, ref: str, *, settings: Settings, progress: Progress | None = None,
+    backend: str | None = None, scheduler: str | None = None,
 ) -> ReproduceResult:
-    """Re-run training from a version's stored lineage and compare every stored metric."""
+    """Re-run training from a version's stored lineage and compare every stored metric
+    (on ``backend``, else the stored recipe's, else the settings'; the metrics are the same)."""
     from mlharbor.training.recipe import recipe_from_dict
 
     version = registry.get_version(ref)
@@ -570,9 +619,15 @@ def reproduce(
         )
     base_dir = Path(version.lineage.get("recipe_base_dir") or ".")
     recipe = recipe_from_dict(stored, source=f"recipe of {version.ref}", base_dir=base_dir)
+    from mlharbor.training.backend import choose_backend
+
+    backend, scheduler = choose_backend(
+        recipe, backend, scheduler, default_backend=settings.training.backend,
+        default_scheduler=settings.training.scheduler)
     outcome = run_training(recipe, n_jobs=settings.training.n_jobs,
                            s3_endpoint_url=settings.s3_endpoint_url,
-                           s3_region=settings.s3_region, progress=progress)
+                           s3_region=settings.s3_region, progress=progress,
+                           backend=backend, scheduler=scheduler)
     fingerprint = (version.lineage.get("dataset") or {}).get("fingerprint")
     names = sorted(set(version.metrics) | set(outcome.metrics))
     checks = [MetricCheck(n, version.metrics.get(n), outcome.metrics.get(n)) for n in names]

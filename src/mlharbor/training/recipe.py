@@ -11,6 +11,7 @@ spaces), how to validate, which metric decides and which gates a version must pa
     metrics: {primary: f1}
     gates: ["f1 >= 0.6", "better than baseline"]
     register: {name: churn, alias: champion}
+    training: {backend: dask, scheduler: "tcp://10.0.0.5:8786"}   # optional; default local
 
 YAML is composed with node positions kept, so every error names the line and the field:
 ``recipe.yaml line 9, candidates[0].params: ...``. Checks that need other layers (estimator
@@ -22,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mlharbor.core.errors import ConfigError
 from mlharbor.core.yamldoc import Location
@@ -197,6 +198,36 @@ class RegisterSpec(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class TrainingSpec(_Strict):
+    """Where the cross-validation and search fits run (``mlharbor train --backend`` overrides)."""
+
+    backend: Literal["local", "dask"] | None = Field(
+        None, description="`local` (this machine's cores) or `dask` (a Dask cluster); default: "
+        "the settings' training.backend.")
+    scheduler: str | None = Field(
+        None, description="The Dask scheduler, tcp://HOST:PORT (backend dask only).")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from mlharbor.compute.engine import check_scheduler
+        from mlharbor.core.errors import InvalidInputError
+
+        try:
+            return check_scheduler(value)
+        except InvalidInputError as exc:
+            raise ValueError(exc.message) from exc
+
+    @model_validator(mode="after")
+    def _scheduler_needs_dask(self) -> TrainingSpec:
+        if self.scheduler is not None and self.backend == "local":
+            raise ValueError("a `scheduler` is only used with `backend: dask`; drop it or set "
+                             "`backend: dask`")
+        return self
+
+
 class SliceEntry(_Strict):
     """A slice of the holdout scored on its own: a column's values, a numeric column cut at
     ``bins``, or the rows a ``where`` filter selects (named by ``name``); see
@@ -246,6 +277,7 @@ class Recipe(_Strict):
     registration: RegisterSpec | None = Field(None, alias="register")
     slices: list[SliceEntry] | None = None
     card: CardSpec | None = None
+    training: TrainingSpec | None = None
 
     _source: str = PrivateAttr("recipe")
     _lines: dict[Location, int] = PrivateAttr(default_factory=dict)
