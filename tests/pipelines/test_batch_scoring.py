@@ -86,9 +86,7 @@ def test_parquet_parts_equal_the_model_own_predict(scored_home: dict[str, Any], 
     # the ledger says which version scored which dataset (the file's own sha256 fingerprint)
     from mlharbor.data.loading import load_table
 
-    events = [e for e in registry.store.audit_events() if e.action == "model.batch_predict"] \
-        if hasattr(registry.store, "audit_events") else _audit(registry)
-    last = events[-1]
+    last = _audit(registry)[-1]
     assert last.resource == "model/churn/version/1" and last.outcome == "success"
     assert last.details["fingerprint"] == load_table(root / "rows.parquet").fingerprint
     assert last.details["rows"] == 3000

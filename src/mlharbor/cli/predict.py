@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
                                     "[default: OUTPUT/_errors.csv]."),
         memory_budget: str = typer.Option(None, help="Peak memory of this process, e.g. "
                                           "800MB; batches are sized to stay under it."),
+        part_rows: int = typer.Option(1_000_000, help="Rows per part (the unit of work and of "
+                                      "resuming; Parquet row groups are never split)."),
         log: bool = typer.Option(False, "--log", help="Also write the rows to the "
                                  "prediction log, so drift monitoring sees them."),
     ) -> None:
@@ -71,7 +73,7 @@ def register(app: typer.Typer) -> None:
             input=input, output=output, engine=engine, scheduler=scheduler, workers=workers,
             id_column=id_column, on_error=on_error, errors=errors,
             memory_budget=None if memory_budget is None else parse_bytes(memory_budget),
-            log=log)
+            log=log, part_rows=part_rows)
         settings = settings_from(ctx)
         registry = open_registry(settings)
         try:

@@ -242,7 +242,7 @@ def _resume(output: Path, header: dict[str, Any]) -> dict[str, Any]:
         parent = output if output.exists() else output.parent
         while not parent.exists():
             parent = parent.parent
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise InvalidInputError(f"cannot write --output {str(output)!r}: {str(parent)!r} "
                                     "is not writable", field="output")
         return {}
