@@ -100,3 +100,27 @@ def test_same_rows_no_drift_and_scores_are_shares_of_the_total() -> None:
     assert moved.features[0].score == pytest.approx(0.25) and moved.drifted_features == ["p"]
     with pytest.raises(InvalidInputError, match="threshold"):
         compare_attributions(ref, ref, threshold=0)
+
+
+def test_cli_names_the_drifted_feature_and_fails_on_drift(served: tuple[Settings, pd.DataFrame]
+                                                          ) -> None:
+    import orjson
+
+    from tests.support import cli_env, run_cli
+
+    settings, x = served
+    window = x.sample(300, random_state=4).reset_index(drop=True)
+    window["a"] = window["a"] * 3
+    log_window(settings, window)
+    env = cli_env(settings)
+    shown = run_cli("monitor", "attributions", "lin", "--window", "2h", "--rows", "100",
+                    "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    report = orjson.loads(shown.stdout)
+    assert report["drifted_features"] == ["a"] and report["version"] == 1
+    failing = run_cli("monitor", "attributions", "lin", "--window", "2h", "--rows", "100",
+                      "--fail-on-drift", env=env)
+    assert failing.returncode == 1 and "ATTRIBUTION DRIFT" in failing.stdout
+    bad = run_cli("monitor", "attributions", "lin", "--rows", "0", env=env)
+    assert bad.returncode == 2 and "rows must be" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -96,6 +96,43 @@ def register(app: typer.Typer) -> None:
         if fail_on_drift and dataset["drifted"]:
             sys.exit(1)
 
+    @monitor_app.command("attributions")
+    def attributions(
+        ctx: typer.Context,
+        endpoint: str = typer.Argument(..., help="Endpoint whose predictions to explain."),
+        window: str = typer.Option("24h", "--window", help="How far back: 90m, 24h, 7d."),
+        version: int = typer.Option(None, "--version", help="Version (default: most served)."),
+        rows: int = typer.Option(200, "--rows", help="Rows explained per side (1-2000)."),
+        threshold: float = typer.Option(0.1, "--threshold",
+                                        help="Share of the model's total attribution a "
+                                             "feature may move by."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+        fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
+                                           help="Exit with status 1 when a feature drifted."),
+    ) -> None:
+        """Attribution drift: how much each feature's mean |attribution| moved between the
+        reference and the window (needs the explain extra: pip install 'mlharbor[explain]')."""
+        from mlharbor.core.clock import utcnow
+        from mlharbor.monitoring.attribution_drift import endpoint_attribution_drift
+        from mlharbor.monitoring.windows import parse_duration
+
+        end = utcnow()
+        report = endpoint_attribution_drift(_monitor(ctx), endpoint,
+                                            start=end - parse_duration(window), end=end,
+                                            version=version, rows=rows, threshold=threshold)
+        if as_json:
+            print_json(report)
+        else:
+            print_table(
+                f"{endpoint} v{report['version']}: "
+                f"{'ATTRIBUTION DRIFT' if report['drifted'] else 'no attribution drift'} "
+                f"({report['current_rows']} rows, {report['method']}, {report['output']})",
+                ["feature", "drifted", "reference", "current", "score"],
+                [(f["name"], "yes" if f["drifted"] else "", f"{f['reference']:.4g}",
+                  f"{f['current']:.4g}", f"{f['score']:.3f}") for f in report["features"]])
+        if fail_on_drift and report["drifted"]:
+            sys.exit(1)
+
     @monitor_app.command("performance")
     def performance(
         ctx: typer.Context,
