@@ -72,6 +72,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
 
     app.include_router(attribution_routes.router)  # issue 17: attribution drift
     _include_mlflow(app)  # issue 16: MLflow tracking, logged models, artifacts, registry
+    from mlharbor.api.routes import runs as run_routes
+
+    app.include_router(run_routes.router)  # issue 16: experiments and runs for the dashboard
     app.include_router(ui_routes.router)
     app.include_router(ui_whoami.router)
     app.include_router(ui_login.router)

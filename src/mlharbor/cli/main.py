@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlharbor.cli.audit",
     "mlharbor.cli.keys",
     "mlharbor.cli.train",
+    "mlharbor.cli.runs",  # issue 16: list, show and compare tracked runs
     "mlharbor.cli.monitor",
     "mlharbor.cli.build",
     "mlharbor.cli.deploy",

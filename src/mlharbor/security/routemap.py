@@ -212,6 +212,11 @@ RULES: tuple[RouteRule, ...] = (
     *_rules("POST", "endpoint.write", None, f"{_API}/jobs/{{job_id}}/cancel",
             f"{_API}/jobs/{{job_id}}/approve", f"{_API}/jobs/{{job_id}}/reject"),
     *_rules("POST", "endpoint.write", _ENDPOINT, f"{_API}/endpoints/{{name}}/retrain"),
+    # -- issue 16: experiments and runs, read (mlharbor.api.routes.runs) and the dashboard's
+    # Experiments page (a hash route of /ui). No model is in these paths: a global `read`.
+    *_rules("GET", "read", None, f"{_API}/experiments", f"{_API}/runs",
+            f"{_API}/runs/{{run_id}}", f"{_API}/runs/{{run_id}}/metric-history",
+            f"{_API}/runs/{{run_id}}/diff/{{other_run_id}}"),
     *_MLFLOW_RULES,
 )
 

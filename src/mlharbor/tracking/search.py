@@ -78,7 +78,8 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 
-def _tokens(text: str) -> list[tuple[str, str]]:
+def _tokens(text: str, starts: list[int] | None = None) -> list[tuple[str, str]]:
+    """The tokens of ``text``; ``starts`` (when given) gets each token's position."""
     out: list[tuple[str, str]] = []
     pos = 0
     while pos < len(text):
@@ -89,6 +90,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         kind = match.lastgroup or ""
         if kind != "ws":
             out.append((kind, match.group()))
+            if starts is not None:
+                starts.append(match.start())
     return out
 
 
@@ -106,8 +109,15 @@ def _unquote(token: str) -> str:
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.toks = _tokens(text)
+        self.starts: list[int] = []
+        self.toks = _tokens(text, self.starts)
         self.i = 0
+
+    def fail(self, what: str, *, at_end: bool = False) -> InvalidInputError:
+        """The error for the token just taken, naming its position (or the end)."""
+        at = (f"at position {self.starts[self.i - 1]}" if not at_end and 0 < self.i
+              <= len(self.starts) else f"at position {len(self.text)}, the end")
+        return _error(f"{what} ({at})", self.text)
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -115,23 +125,22 @@ class _Parser:
     def take(self, expected: str) -> tuple[str, str]:
         tok = self.peek()
         if tok is None:
-            raise _error(f"it ends where {expected} was expected", self.text)
+            raise self.fail(f"it ends where {expected} was expected", at_end=True)
         self.i += 1
         return tok
 
     def identifier(self) -> tuple[Kind, str]:
         kind, tok = self.take("an identifier such as metrics.rmse")
         if kind != "ident":
-            raise _error(f"expected an identifier such as metrics.rmse, found {tok!r}",
-                         self.text)
+            raise self.fail(f"expected an identifier such as metrics.rmse, found {tok!r}")
         entity, _, key = tok.partition(".")
         if entity.lower() not in ENTITY_ALIASES:
-            raise _error(f"{entity!r} is not metrics, params, tags or attributes "
-                         "(write e.g. metrics.rmse)", self.text)
+            raise self.fail(f"{entity!r} is not metrics, params, tags or attributes "
+                            "(write e.g. metrics.rmse)")
         if key[:1] in ("`", "'", '"'):
             key = _unquote(key)
         if not key:
-            raise _error(f"the key after {entity}. is empty", self.text)
+            raise self.fail(f"the key after {entity}. is empty")
         return ENTITY_ALIASES[entity.lower()], key
 
     def comparator(self) -> str:
@@ -145,30 +154,30 @@ class _Parser:
                 and nxt[1].upper() == "IN":
             self.i += 1
             return "NOT IN"
-        raise _error(f"expected a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), found "
-                     f"{tok!r}", self.text)
+        raise self.fail("expected a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN), "
+                        f"found {tok!r}")
 
     def value(self, op: str) -> Value:
         if op in ("IN", "NOT IN"):
             if self.take("'(' after IN")[0] != "lparen":
-                raise _error("IN takes a list in parentheses: ('a', 'b')", self.text)
+                raise self.fail("IN takes a list in parentheses: ('a', 'b')")
             items: list[str] = []
             while True:
                 kind, tok = self.take("a quoted value")
                 if kind != "str":
-                    raise _error(f"IN lists quoted values, found {tok!r}", self.text)
+                    raise self.fail(f"IN lists quoted values, found {tok!r}")
                 items.append(_unquote(tok))
                 sep = self.take("',' or ')'")[0]
                 if sep == "rparen":
                     return tuple(items)
                 if sep != "comma":
-                    raise _error("IN values are separated by ',' and closed by ')'", self.text)
+                    raise self.fail("IN values are separated by ',' and closed by ')'")
         kind, tok = self.take("a value")
         if kind == "num":
             return float(tok)
         if kind == "str":
             return _unquote(tok)
-        raise _error(f"expected a number or a quoted value, found {tok!r}", self.text)
+        raise self.fail(f"expected a number or a quoted value, found {tok!r}")
 
 
 def parse_filter(text: str | None) -> list[Clause]:
@@ -190,10 +199,10 @@ def parse_filter(text: str | None) -> list[Clause]:
             return clauses
         parser.i += 1
         if nxt[0] == "word" and nxt[1].upper() == "OR":
-            raise _error("OR is not supported (MLflow's grammar joins clauses with AND "
-                         "only); run two searches instead", text)
+            raise parser.fail("OR is not supported (MLflow's grammar joins clauses with AND "
+                              "only); run two searches instead")
         if nxt[0] != "word" or nxt[1].upper() != "AND":
-            raise _error(f"expected AND between clauses, found {nxt[1]!r}", text)
+            raise parser.fail(f"expected AND between clauses, found {nxt[1]!r}")
 
 
 def _check(clause: Clause, text: str) -> Clause:
