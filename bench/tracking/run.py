@@ -1,0 +1,193 @@
+"""Experiment tracking: the real MLflow client against mlharbor and against MLflow's own
+tracking server, both on SQLite, in one run.
+
+    .venv/bin/python bench/tracking/run.py [--points 100000] [--runs 10000] [--home DIR]
+
+Measures, for each server: logging ``--points`` metric points in batches as
+``mlflow.log_metrics`` sends them (100 metrics per call), the same number one at a time
+(``mlflow.log_metric``), and ``mlflow.search_runs`` with a metric filter over ``--runs`` runs
+(seeded through each server's own store, then searched over HTTP; median of 5). MLflow 3.17.2
+runs from its own venv under bench/.peers/ (made once). Prints a table and writes JSON to
+bench/results/tracking.json. Targets (issue 16): logging >= 5x faster, search < 1/10 of
+MLflow's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER = ROOT / "bench" / ".peers" / "mlflow-tracking"
+MLFLOW = "mlflow==3.17.2"
+KEYS = 100  # metrics per mlflow.log_metrics call
+
+SERVE_MLHARBOR = """
+import sys, uvicorn
+from mlharbor.api.app import create_app
+from mlharbor.bootstrap import open_identities, open_registry
+from mlharbor.settings import Settings
+s = Settings(home=sys.argv[1], security={"rate_limit_per_minute": 0})
+reg = open_registry(s)
+ids = open_identities(reg)
+ids.create_identity("bench", grants=["admin"], actor="bench")
+print(ids.create_key("bench", actor="bench")[1], flush=True)
+uvicorn.run(create_app(s, registry=reg), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="warning")
+"""
+
+SEED_MLFLOW = """
+import sys, time
+from mlflow.entities import Metric
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+store = SqlAlchemyStore(sys.argv[1], sys.argv[2])
+eid = store.create_experiment("search")
+for i in range(int(sys.argv[3])):
+    run = store.create_run(eid, "bench", int(time.time() * 1000), [], f"r{i}")
+    store.log_batch(run.info.run_id, [Metric("m", (i % 100) / 100, 0, 0)], [], [])
+print(eid)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on {port}")
+
+
+def ensure_peer() -> Path:
+    marker = PEER / ".bench-ready"
+    if marker.exists() and marker.read_text() == MLFLOW:
+        return PEER
+    print(f"setting up {PEER} ({MLFLOW}) ...", flush=True)
+    if not (PEER / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER)], check=True)
+    subprocess.run([str(PEER / "bin" / "pip"), "install", "-q", MLFLOW], check=True)
+    marker.write_text(MLFLOW)
+    return PEER
+
+
+def seed_mlharbor(home: Path, runs: int) -> str:
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.core.runs import MetricPoint
+    from mlharbor.settings import Settings
+    from mlharbor.tracking.store import TrackingStore
+
+    reg = open_registry(Settings(home=home))
+    try:
+        store = TrackingStore(reg.store.db)
+        eid = store.create_experiment("search").experiment_id
+        for i in range(runs):
+            run = store.create_run(eid, run_name=f"r{i}")
+            store.log_batch(run.run_id, metrics=[MetricPoint("m", (i % 100) / 100, 0, 0)])
+        return eid
+    finally:
+        reg.close()
+
+
+def workload(url: str, token: str | None, points: int, search_eid: str) -> dict[str, float]:
+    import mlflow
+
+    if token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    else:
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment(f"bench-{time.time_ns()}")
+    out: dict[str, float] = {}
+    with mlflow.start_run():
+        start = time.perf_counter()
+        for step in range(points // KEYS):
+            mlflow.log_metrics({f"k{k}": step * 0.001 + k for k in range(KEYS)}, step=step)
+        out["batched_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        for step in range(points):
+            mlflow.log_metric("single", step * 0.001, step=step)
+        out["single_s"] = time.perf_counter() - start
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        found = mlflow.search_runs([search_eid], filter_string="metrics.m > 0.9",
+                                   max_results=50000, output_format="list")
+        times.append(time.perf_counter() - start)
+    out["search_s"] = statistics.median(times)
+    out["search_hits"] = float(len(found))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--home", type=Path, default=None)
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="mlh-tracking-bench-"))
+    peer = ensure_peer()
+    results: dict[str, dict[str, float]] = {}
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        print(f"seeding {args.runs} runs in each store ...", flush=True)
+        mlh_eid = seed_mlharbor(home / "mlharbor", args.runs)
+        db = f"sqlite:///{home / 'mlflow.db'}"
+        seeded = subprocess.run([str(peer / "bin" / "python"), "-c", SEED_MLFLOW, db,
+                                 str(home / "mlflow-artifacts"), str(args.runs)],
+                                capture_output=True, text=True, check=True)
+        mlf_eid = seeded.stdout.strip().splitlines()[-1]
+        port = free_port()
+        mlh = subprocess.Popen([sys.executable, "-c", SERVE_MLHARBOR, str(home / "mlharbor"),
+                                str(port)], stdout=subprocess.PIPE, text=True)
+        procs.append(mlh)
+        token = (mlh.stdout.readline() if mlh.stdout else "").strip()
+        wait_port(port, mlh)
+        results["mlharbor"] = workload(f"http://127.0.0.1:{port}", token, args.points,
+                                       mlh_eid)
+        port2 = free_port()
+        env = {**os.environ, "PATH": f"{peer / 'bin'}:{os.environ.get('PATH', '')}"}
+        mlf = subprocess.Popen([str(peer / "bin" / "mlflow"), "server", "--backend-store-uri",
+                                db, "--artifacts-destination", str(home / "mlflow-artifacts"),
+                                "--host", "127.0.0.1", "--port", str(port2), "--workers", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(mlf)
+        wait_port(port2, mlf)
+        results["mlflow"] = workload(f"http://127.0.0.1:{port2}", None, args.points, mlf_eid)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    a, b = results["mlharbor"], results["mlflow"]
+    print(f"{'':28}{'mlharbor':>12}{'mlflow':>12}{'speed-up':>10}")
+    for key, label in (("batched_s", f"{args.points} points, batched"),
+                       ("single_s", f"{args.points} points, one by one"),
+                       ("search_s", f"search over {args.runs} runs")):
+        print(f"{label:28}{a[key]:>11.3f}s{b[key]:>11.3f}s{b[key] / a[key]:>9.1f}x")
+    print(f"search hits: mlharbor {a['search_hits']:.0f}, mlflow {b['search_hits']:.0f}")
+    out = ROOT / "bench" / "results" / "tracking.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args) | {"home": str(home)}, "results": results},
+                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
