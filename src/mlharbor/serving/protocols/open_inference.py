@@ -175,7 +175,7 @@ def parse_inputs(request: Request, model: ServedModel) -> tuple[dict[str, Any], 
             offset += size
         arr = _decode_tensor(spec, blob, index)
         tensors[spec["name"]] = arr
-    names = model.names
+    names = model.signature.names
     if len(tensors) == 1:
         (name, arr), = tensors.items()
         if name not in names or len(names) == 1:
@@ -187,10 +187,11 @@ def parse_inputs(request: Request, model: ServedModel) -> tuple[dict[str, Any], 
                     f"(columns {', '.join(names)}) or one input per column.",
                     field="inputs[0].shape", expected=[-1, len(names)],
                     received=list(arr.shape))
-            if model.numeric and arr.dtype.kind in "fiu":
+            numeric = model.signature.all_numeric
+            if numeric and arr.dtype.kind in "fiu":
                 # The float64 matrix the prediction log stores, made once here.
                 return doc, NumericRows(np.ascontiguousarray(arr, dtype=np.float64), names)
-            if model.numeric and arr.dtype != object:
+            if numeric and arr.dtype != object:
                 return doc, arr
             return doc, {n: arr[:, i] for i, n in enumerate(names)}
     unknown = [n for n in tensors if n not in names]
