@@ -214,11 +214,16 @@ def create_serving_app(
     # of a serving process's import time, and most servers never get a GraphQL query.
     graphql_app: list[Any] = []
 
-    async def run_graphql(request: Request) -> Response:
-        if not graphql_app:
-            from mlharbor.serving.graphql import create_graphql_app
+    def build_graphql() -> Any:
+        from mlharbor.serving.graphql import create_graphql_app
 
-            graphql_app.append(asgi_handler(create_graphql_app(plane, registry, status_for)))
+        return asgi_handler(create_graphql_app(plane, registry, status_for))
+
+    async def run_graphql(request: Request) -> Response:
+        if not graphql_app:  # built off the loop: predictions go on meanwhile
+            built = await asyncio.get_running_loop().run_in_executor(loads, build_graphql)
+            if not graphql_app:
+                graphql_app.append(built)
         return await cast("Any", graphql_app[0])(request)  # type: ignore[no-any-return]
 
     async def graphql(request: Request) -> Response:
