@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
               *([names.get(r.experiment_id, r.experiment_id)] if several else []),
               r.status.value, (r.parent_run_id or "")[:compare.SHORT_ID],
               _when(r.start_time)[5:16], _duration(r),
-              *(_metric(r, k) for k in metrics), *(r.params.get(p, "") for p in params))
+              *(_metric(r, k) for k in metrics), *(_short(r.params.get(p, "")) for p in params))
              for r in page.runs])
         typer.echo("Run ids are shortened; show and compare take them as they are (--json "
                    "prints whole ids).", err=True)
@@ -223,7 +223,7 @@ def _runs_table(title: str, columns: list[str], rows: list[tuple[Any, ...]]) -> 
 
     table = Table(title=title)
     for i, column in enumerate(columns):
-        table.add_column(column, no_wrap=column in ("run", "name", "status"), overflow="fold",
+        table.add_column(column, no_wrap=column in NO_WRAP, overflow="fold",
                          justify="right" if i >= 7 else "left")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
@@ -231,6 +231,16 @@ def _runs_table(title: str, columns: list[str], rows: list[tuple[Any, ...]]) -> 
     if not console.is_terminal:  # piped into a file or a pager: no need to squeeze to 80
         console = Console(width=max(console.width, 160))
     console.print(table)
+
+
+NO_WRAP = frozenset({"run", "name", "status", "parent", "started", "took"})
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """A param value in a table cell: dotted paths by their last part, long text cut."""
+    if "." in text and " " not in text and not text.replace(".", "").isdigit():
+        text = text.rsplit(".", 1)[-1] or text
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _cell(value: Any) -> str:

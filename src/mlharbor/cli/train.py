@@ -27,8 +27,15 @@ def register(app: typer.Typer) -> None:
             "(default: the recipe's training.backend, else the settings')."),
         scheduler: str = typer.Option(
             None, "--scheduler", help="Dask scheduler for --backend dask: tcp://HOST:PORT."),
+        experiment: str = typer.Option(
+            None, "--experiment", help="Experiment the run is recorded in (default: the "
+            "recipe's model name); see `mlharbor runs list`."),
     ) -> None:
         """Train the recipe's candidates, evaluate, judge the gates and register the winner.
+
+        The training is recorded as a run with a child run per candidate and search point
+        (params, per-fold and holdout metrics, timings, data fingerprint, code version, the
+        report); the registered version and the run name each other.
 
         With --backend dask --scheduler tcp://HOST:PORT, every candidate x search setting x
         fold fit runs on that Dask cluster; the metrics are the same as a local run's."""
@@ -42,11 +49,18 @@ def register(app: typer.Typer) -> None:
         settings = settings_from(ctx)
         parsed = load_recipe(recipe)
         registry = open_registry(settings)
+        from mlharbor.bootstrap.tracking import open_tracker
+
+        tracker = open_tracker(settings, registry=registry)
         try:
             with _RichProgress() as progress:
                 result = train(parsed, registry=registry, settings=settings, progress=progress,
-                               backend=backend, scheduler=scheduler)
+                               backend=backend, scheduler=scheduler,
+                               tracking=lambda default: tracker.start_run(
+                                   experiment=experiment or default,
+                                   run_name=f"train {default}"))
         finally:
+            tracker.flusher.close()
             registry.close()
         if report is not None:
             _write_report(report, result.outcome.report)
@@ -237,6 +251,8 @@ def _print_train_result(result: TrainJobResult) -> None:
     sys.stdout.write(f"Registered {result.version.ref} ({status}){alias}.\n")
     if result.report_path is not None:
         sys.stdout.write(f"Report: {result.report_path}\n")
+    if result.run_id is not None:
+        sys.stdout.write(f"Run: {result.run_id} (mlharbor runs show {result.run_id})\n")
 
 
 def _print_json_result(result: TrainJobResult) -> None:
@@ -246,6 +262,7 @@ def _print_json_result(result: TrainJobResult) -> None:
         "version": result.version.ref,
         "status": "ready" if result.passed else "failed",
         "alias": result.alias,
+        "run_id": result.run_id,
         "winner": result.outcome.winner,
         "metrics": result.outcome.metrics,
         "gates": [v.to_dict() for v in result.outcome.verdicts],

@@ -16,6 +16,7 @@ This module sits above data, training, evaluation and the registry and glues the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Collection
@@ -31,10 +32,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlharbor.compute import Engine
+    from mlharbor.core.runs import RunLogger
     from mlharbor.data.checks import CheckReport
     from mlharbor.data.loading import Dataset
     from mlharbor.data.schema import Schema
     from mlharbor.evaluation.gates import Gate, GateVerdict
+    from mlharbor.pipelines.train_runs import TrainingRecorder
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
 
@@ -210,6 +213,7 @@ def run_training(
     dataset: Dataset | None = None,
     backend: str | None = None,
     scheduler: str | None = None,
+    recorder: TrainingRecorder | None = None,
 ) -> TrainingOutcome:
     """Load, check, cross-validate, pick, fit and judge; see the module docstring.
 
@@ -230,7 +234,7 @@ def run_training(
             recipe, champion=champion, champion_ref=champion_ref, champion_note=champion_note,
             champion_error=champion_error, n_jobs=n_jobs, s3_endpoint_url=s3_endpoint_url,
             s3_region=s3_region, progress=progress, trusted_types=trusted_types,
-            dataset=dataset, engine=engine)
+            dataset=dataset, engine=engine, recorder=recorder)
 
 
 def _run_training(
@@ -247,6 +251,7 @@ def _run_training(
     trusted_types: Collection[str] | None,
     dataset: Dataset | None,
     engine: Engine | None,
+    recorder: TrainingRecorder | None = None,
 ) -> TrainingOutcome:
     """:func:`run_training`'s work, with the engine for the fits open (None: local joblib)."""
     from mlharbor.core.warning_tally import CaughtWarning, WarningTally, catching
@@ -289,6 +294,11 @@ def _run_training(
     target = Target(schema.task, classes, pos_label)
     primary = recipe.metrics.primary or default_primary(schema.task, len(classes))
     settings = _candidate_settings(plan, schema, X)
+    if recorder is not None:  # issue 16: a child run per candidate and search point
+        from mlharbor.registry.lineage import git_commit
+
+        recorder.begin(recipe, dataset.snapshot(), settings, primary,
+                       git_commit(recipe.base_dir))
     if trusted_types is not None:
         check_trusted(recipe, settings[0].pipeline, trusted_types)
     total = (len(settings) + 1) * len(splits.folds)  # + the baseline
@@ -298,6 +308,8 @@ def _run_training(
     def on_fold(key: str, scores: Any) -> None:
         tally.add(scores.warnings, f"{label.get(key, 'the baseline')}, fold {scores.fold + 1}")
         advance(key, scores)
+        if recorder is not None:
+            recorder.fold(key, scores)
 
     progress.start("folds", f"Cross-validating {len(settings)} setting(s) + baseline", total)
 
@@ -441,11 +453,16 @@ def train(
     progress: Progress | None = None,
     backend: str | None = None,
     scheduler: str | None = None,
+    tracking: StartRun | None = None,
 ) -> TrainJobResult:
     """Train from ``recipe`` and register the winner (Python twin of ``mlharbor train``).
 
     ``backend``/``scheduler`` (``--backend``/``--scheduler``) override the recipe's
-    ``training`` section, which overrides ``settings.training``."""
+    ``training`` section, which overrides ``settings.training``. With ``tracking`` (starts a
+    run in an experiment; given the default, the model's name), the training is recorded as
+    a run with a child run per candidate and search point, and the version and the run name
+    each other (:mod:`mlharbor.pipelines.train_runs`); the run starts after the recipe and
+    options are checked, so a bad one records nothing."""
     from mlharbor.registry.bundles import load_predictor
     from mlharbor.training.recipe import load_recipe
 
@@ -474,18 +491,52 @@ def train(
         except MlharborError as exc:  # champion gates fail rather than pass unexamined
             error = f"loading {current.ref} failed: {exc}"
             note = f"The champion {current.ref} could not be loaded: {exc}"
-    outcome = run_training(
-        recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
-        champion_error=error,
-        n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region, progress=progress,
-        trusted_types=settings.formats.skops_trusted_types, backend=backend,
-        scheduler=scheduler,
-    )
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context(tracking(name)) if tracking is not None else None
+        return _train_recorded(recipe, run, registry=registry, settings=settings, actor=actor,
+                               progress=progress, backend=backend, scheduler=scheduler,
+                               champion=champion, champion_ref=champion_ref, note=note,
+                               error=error)
+    raise AssertionError("unreachable")  # the with block returns or raises
+
+
+def _train_recorded(recipe: Recipe, run: RunLogger | None, *, registry: Registry,
+                    settings: Settings, actor: str, progress: Progress | None,
+                    backend: str | None, scheduler: str | None, champion: Any,
+                    champion_ref: str | None, note: str | None, error: str | None
+                    ) -> TrainJobResult:
+    """:func:`train` after its checks: train, register, move the alias; recorded in ``run``."""
+    from mlharbor.pipelines.train_runs import RUN_ID_TAG, TrainingRecorder
+
+    assert recipe.registration is not None
+    name = recipe.registration.name
+    recorder = TrainingRecorder(run) if run is not None else None
+    try:
+        outcome = run_training(
+            recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
+            champion_error=error,
+            n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region, progress=progress,
+            trusted_types=settings.formats.skops_trusted_types, backend=backend,
+            scheduler=scheduler, recorder=recorder,
+        )
+        if recorder is not None:
+            recorder.finish(outcome)
+    except BaseException as exc:
+        if recorder is not None:
+            recorder.fail(exc)
+        raise
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
+    tags, lineage = None, None  # with a run: the version names it, it names the version
+    if run is not None:
+        tags = {RUN_ID_TAG: run.run_id}
+        lineage = {"tracking": {"run_id": run.run_id, "source": f"runs:/{run.run_id}"}}
     version = register_outcome(registry, name, outcome, settings=settings, actor=actor,
-                               status="failed" if failed else "ready", status_reason=reason)
+                               status="failed" if failed else "ready", status_reason=reason,
+                               tags=tags, lineage=lineage)
+    if recorder is not None:
+        recorder.registered(str(version.ref))
     alias = recipe.registration.alias
     moved = None
     if not failed and alias:
@@ -493,7 +544,8 @@ def train(
                            reason=f"passed gates: {', '.join(recipe.gates) or 'none'}")
         moved = alias
     return TrainJobResult(outcome, version, moved, _save_report(settings, version.ref,
-                                                                outcome.report))
+                                                                outcome.report),
+                          run_id=run.run_id if run is not None else None)
 
 
 def _save_report(settings: Settings, ref: str, report: dict[str, Any]) -> Path:
@@ -544,6 +596,7 @@ class TrainJobResult:
     version: Any  # core.records.ModelVersion
     alias: str | None
     report_path: Path | None = None
+    run_id: str | None = None  # the tracked run (mlharbor runs show RUN_ID)
 
     @property
     def passed(self) -> bool:
@@ -551,6 +604,9 @@ class TrainJobResult:
 
 
 OnFold = Callable[[str, Any], None]
+#: Starts a tracked run in an experiment (given the default name) as a context manager that
+#: ends it (FAILED with the error on an exception): ``Tracker.start_run`` bound by the caller.
+StartRun = Callable[[str], contextlib.AbstractContextManager["RunLogger"]]
 
 
 def lineage_of(outcome: TrainingOutcome) -> dict[str, Any]:
