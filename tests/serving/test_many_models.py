@@ -192,7 +192,8 @@ def test_200_models_in_a_budget_of_20(many: tuple[Settings, dict[int, Any]]) -> 
     assert not wrong, wrong[:5]
     assert len(codes) == len(plan)
     loaded = [m for m in status["models"] if m["state"] == "ready"]
-    assert 1 <= len(loaded) <= HOLDS + 1
+    # Trees measure 0.9-1.2 MiB, the budget is 20 of the largest: a few more than 20 fit.
+    assert HOLDS // 2 <= len(loaded) <= 2 * HOLDS
     assert sum(m["memory_bytes"] for m in loaded) <= budget
     unloads = next(float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith("mlharbor_model_unloads_total "))
