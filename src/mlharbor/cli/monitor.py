@@ -139,23 +139,38 @@ def register(app: typer.Typer) -> None:
         endpoint: str = typer.Argument(...),
         window: str = typer.Option("7d", "--window"),
         step: str = typer.Option("1d", "--step"),
+        slices: list[str] = typer.Option(
+            None, "--slice", help="Cut the labelled rows (repeat for several): a column "
+            "(contract), a column at bin edges (tenure_months:12,36), a filter "
+            "(\"where:contract == 'month-to-month'\") or `recipe` (the served version's "
+            "recipe slices)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     ) -> None:
-        """Live metrics from feedback labels joined with the prediction log."""
+        """Live metrics from feedback labels joined with the prediction log, per window and
+        version, and with --slice per slice of each (its metrics and labelled rows)."""
         from mlharbor.core.clock import utcnow
+        from mlharbor.monitoring.liveslices import parse_live_slices
         from mlharbor.monitoring.windows import parse_duration
 
+        wanted = parse_live_slices(slices) if slices else None  # bad text: exit 2, first
         end = utcnow()
         rows = _monitor(ctx).performance(endpoint, start=end - parse_duration(window), end=end,
-                                         window=parse_duration(step))
+                                         window=parse_duration(step), slices=wanted)
         if as_json:
             print_json(rows)
             return
-        print_table(f"{endpoint}: live performance", ["window", "version", "labelled", "metrics",
-                                                      "degraded"],
-                    [(r["start"], r["version"], r["labelled_rows"],
-                      ", ".join(f"{k}={v:.3f}" for k, v in r["metrics"].items() if v is not None),
-                      ", ".join(r.get("degraded", []))) for r in rows])
+        table = []
+        for r in rows:
+            table.append((r["start"], r["version"], "(all)", r["labelled_rows"],
+                          _metrics_text(r["metrics"]), ", ".join(r.get("degraded", []))))
+            table += [("", "", s["key"], s["labelled_rows"], _metrics_text(s["metrics"]),
+                       ", ".join(s.get("degraded", []))) for s in r.get("slices", [])]
+        print_table(f"{endpoint}: live performance",
+                    ["window", "version", *(["slice"] if wanted else []), "labelled",
+                     "metrics", "degraded"],
+                    [row if wanted else row[:2] + row[3:] for row in table])
+        for note in dict.fromkeys(n for r in rows for n in r.get("slice_notes", [])):
+            typer.echo(f"note: {note}", err=True)
 
     @monitor_app.command("export-rules")
     def export_rules(
@@ -191,6 +206,10 @@ def _monitor(ctx: typer.Context) -> Any:
 
     settings = settings_from(ctx)
     return Monitor(settings, open_registry(settings))
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if v is not None)
 
 
 def _score(score: float | None) -> str:

@@ -20,7 +20,7 @@ import io
 import logging
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from mlharbor.evaluation.slices import SliceSpec
+    from mlharbor.monitoring.liveslices import LiveSlices
     from mlharbor.monitoring.predlog import PredictionLog
     from mlharbor.monitoring.segments import SegmentStore
     from mlharbor.settings import Settings
@@ -206,13 +208,23 @@ class Feedback:
     def performance(self, endpoint: str, *, start: datetime, end: datetime,
                     window: timedelta, task: str | None = None,
                     validation: Mapping[int, Mapping[str, float]] | None = None,
-                    tolerance: float = 0.05) -> list[dict[str, Any]]:
-        """One row per (window, version) with labelled rows and live metrics."""
+                    tolerance: float = 0.05, slices: LiveSlices | None = None,
+                    recipe_slices: Callable[[int], Sequence[SliceSpec]] | None = None,
+                    ) -> list[dict[str, Any]]:
+        """One row per (window, version) with labelled rows and live metrics.
+
+        With ``slices`` (:mod:`mlharbor.monitoring.liveslices`), each row also has
+        ``slices``: the same metrics on each slice of its rows, with the slice's labelled row
+        count; ``recipe_slices`` gives a version's recipe slices when ``slices.recipe``."""
         from mlharbor.monitoring.logrows import answers
 
-        logged = answers(self.log.scan(
-            endpoint, start, end,
-            columns=["request_id", "row", "version", "prediction", "score", "error"]))
+        columns = ["request_id", "row", "version", "prediction", "score", "error"]
+        logged = answers(self.log.scan(endpoint, start, end,
+                                       columns=None if slices else columns))
+        if slices is not None:
+            from mlharbor.monitoring.liveslices import add_slices, logged_inputs
+
+            logged = logged_inputs(logged, [*columns, "at"], slices, endpoint)
         labels = self.labels(endpoint)
         if logged.num_rows == 0 or labels.num_rows == 0 or "request_id" not in logged.column_names:
             return []
@@ -239,6 +251,8 @@ class Feedback:
             skipped = unusable.get((int(index), row["version"]), 0)
             if skipped:  # labels a regressor cannot be scored on (text written by old code)
                 row["unusable_labels"] = skipped
+            if slices is not None:
+                add_slices(row, part, slices, recipe_slices, lambda rows: _metrics(rows, task))
             out.append(row)
         out.sort(key=lambda r: (r["start"], r["version"] or 0))
         return compare_with_validation(out, validation or {}, tolerance)
@@ -312,16 +326,29 @@ class Feedback:
         return frame[names].reset_index(drop=True)
 
 
-def compare_with_validation(rows: list[dict[str, Any]],
-                            validation: Mapping[int, Mapping[str, float]],
-                            tolerance: float = 0.05) -> list[dict[str, Any]]:
-    """Mark each window whose live metrics fell below its version's validation metrics."""
+def compare_with_validation(
+        rows: list[dict[str, Any]], validation: Mapping[int, Mapping[str, float]],
+        tolerance: float = 0.05,
+        slice_validation: Mapping[int, Mapping[str, Mapping[str, float]]] | None = None,
+) -> list[dict[str, Any]]:
+    """Mark each window whose live metrics fell below its version's validation metrics, and
+    each slice of it below the same slice's holdout metrics (``slice_validation``: version ->
+    slice key as :func:`mlharbor.evaluation.gates.slice_key` folds it -> metrics)."""
+    from mlharbor.evaluation.gates import slice_key
+
     for row in rows:
         reference = validation.get(row["version"]) if row["version"] else None
         if reference:
             metrics = row["metrics"]
             row["validation"] = {k: reference[k] for k in metrics if k in reference}
             row["degraded"] = _degraded(metrics, reference, row["labelled_rows"], tolerance)
+        by_key = (slice_validation or {}).get(row["version"]) if row["version"] else None
+        for item in row.get("slices", []) if by_key else []:
+            held = by_key.get(slice_key(item["key"])) if by_key else None
+            if held and item["labelled_rows"]:
+                item["validation"] = {k: held[k] for k in item["metrics"] if k in held}
+                item["degraded"] = _degraded(item["metrics"], held, item["labelled_rows"],
+                                             tolerance)
     return rows
 
 

@@ -139,26 +139,54 @@ class Monitor:
         return self.feedback.add(endpoint, body)
 
     def performance(self, endpoint: str, *, start: Any, end: Any, window: Any,
-                    task: str | None = None) -> list[dict[str, Any]]:
+                    task: str | None = None, slices: Any = None) -> list[dict[str, Any]]:
         """Live metrics per ``window``-long step of ``[start, end)`` and version (at most
-        ``monitoring.max_windows`` steps: WindowLimitError before anything is read)."""
+        ``monitoring.max_windows`` steps: WindowLimitError before anything is read).
+
+        ``slices``: slice texts (``contract``, ``tenure:12,36``, ``where:...``, ``recipe``;
+        :mod:`mlharbor.monitoring.liveslices`), checked before anything is read; each row then
+        lists its slices, compared with the version's holdout slice metrics when stored."""
         from mlharbor.monitoring.windows import check_time_windows
 
-        check_time_windows(end - start, window, self.settings.monitoring.max_windows)
-        rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
-                                         task=task)
-        model = self._model_of(endpoint, start, end)
-        if model is None or self.registry is None:
-            return rows
-        validation = {}
-        for version in {r["version"] for r in rows if r["version"]}:
-            try:
-                validation[version] = self.registry.get_version(f"{model}:{version}").metrics
-            except Exception:  # a deleted version: no validation metrics to compare with
-                continue
-        from mlharbor.monitoring.feedback import compare_with_validation
+        wanted = None
+        if slices is not None:
+            from mlharbor.monitoring.liveslices import LiveSlices, parse_live_slices
 
-        return compare_with_validation(rows, validation)
+            wanted = slices if isinstance(slices, LiveSlices) else parse_live_slices(slices)
+        check_time_windows(end - start, window, self.settings.monitoring.max_windows)
+        model = self._model_of(endpoint, start, end) if self.registry is not None else None
+        versions: dict[int, Any] = {}
+
+        def version_of(number: int) -> Any:
+            if number not in versions:
+                try:
+                    versions[number] = self.registry.get_version(f"{model}:{number}")
+                except Exception:  # a deleted version: nothing stored to compare with
+                    versions[number] = None
+            return versions[number]
+
+        def recipe_slices(number: int) -> list[Any]:
+            from mlharbor.monitoring.liveslices import recipe_specs
+
+            found = version_of(number) if model is not None else None
+            return recipe_specs((found.lineage or {}).get("recipe")) if found else []
+
+        rows = self.feedback.performance(endpoint, start=start, end=end, window=window,
+                                         task=task, slices=wanted,
+                                         recipe_slices=recipe_slices)
+        if model is None:
+            return rows
+        from mlharbor.monitoring.feedback import compare_with_validation
+        from mlharbor.monitoring.liveslices import validation_slices
+
+        validation, held = {}, {}
+        for number in {r["version"] for r in rows if r["version"]}:
+            found = version_of(number)
+            if found is not None:
+                validation[number] = found.metrics
+                if wanted is not None:
+                    held[number] = validation_slices((found.lineage or {}).get("evaluation"))
+        return compare_with_validation(rows, validation, slice_validation=held)
 
     # -- drift -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import StringConstraints
 
 from mlharbor.api.routes.params import Duration, invalid_query, window_limit
 from mlharbor.core.clock import utcnow
@@ -89,18 +90,38 @@ def get_drift(request: Request, name: str, window: DurationQuery = "24h",
     return report
 
 
+SLICE_HELP = (
+    "Cut each window's labelled rows (repeat for several): a column (contract), a column at "
+    "bin edges (tenure_months:12,36), a filter (where:contract == 'month-to-month') or "
+    "`recipe` (the served version's recipe slices). Each window then lists its slices with "
+    "their metrics and labelled rows.")
+
+
 @router.get(f"{_API}/endpoints/{{name}}/performance")
-def get_performance(request: Request, name: str, window: DurationQuery = "7d",
-                    step: DurationQuery = "1d") -> dict[str, Any]:
+def get_performance(
+    request: Request, name: str, window: DurationQuery = "7d", step: DurationQuery = "1d",
+    texts: list[Annotated[str, StringConstraints(max_length=2000)]] | None = Query(
+        None, alias="slice", max_length=10, description=SLICE_HELP),
+) -> dict[str, Any]:
+    from mlharbor.core.errors import InvalidInputError
     from mlharbor.monitoring.windows import parse_duration
 
+    slices = None
+    if texts is not None:
+        from mlharbor.monitoring.liveslices import parse_live_slices
+
+        try:
+            slices = parse_live_slices(texts)
+        except InvalidInputError as exc:
+            invalid_query("slice", str(exc), exc.details.get("received"))
     end = utcnow()
     span = parse_duration(window)
     start = end - span
     # A step longer than the window would report one bucket reaching past "now".
     with window_limit():
         rows = monitor_of(request).performance(name, start=start, end=end,
-                                               window=min(parse_duration(step), span))
+                                               window=min(parse_duration(step), span),
+                                               slices=slices)
     return {"endpoint": name, "windows": rows}
 
 
