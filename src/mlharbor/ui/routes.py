@@ -1,7 +1,8 @@
 """Routes of the dashboard: the page and its static files (vendored, never from a CDN).
 
 One page with hash routes (``#/models``, ``#/endpoints/churn``, ``#/drift?endpoint=churn``,
-``#/alerts``, ``#/deployments``, ``#/audit``, ``#/jobs``, ``#/jobs/{id}``) that reads the same
+``#/alerts``, ``#/deployments``, ``#/audit``, ``#/jobs``, ``#/jobs/{id}``, ``#/experiments/{name}``,
+``#/experiments/{name}/runs/{id}``, ``#/experiments/{name}/diff/{a}/{b}``) that reads the same
 JSON API as scripts do (``/api/v1/...``), so it is behind the same authentication and sees
 only what its caller may; its rules are in the one route table (mlharbor.security.routemap).
 Data is put in the page as text, never as HTML.
@@ -34,7 +35,7 @@ STATIC_TYPES = {
     # The page's own scripts: shared helpers, charts, one file per group of pages, the router.
     **{name: "text/javascript" for name in (
         "core.js", "charts.js", "models.js", "endpoints.js", "monitoring.js", "ledger.js",
-        "jobs.js", "dashboard.js")},
+        "jobs.js", "experiments.js", "dashboard.js")},
 }
 # The page may run only its own files: no inline script, nothing from another origin.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
