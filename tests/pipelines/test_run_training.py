@@ -66,7 +66,10 @@ def test_same_recipe_data_seed_same_metrics(workdir: Path) -> None:
     assert set(first.profile["importances"]) == set(raw.columns)
 
     page = render_html(report)
-    assert page.count("<svg") == 3 and "ROC" in page and "Gates" in page
+    # ROC, PR and calibration, the importance bars, and one chart per partial-dependence curve
+    curves = report["importance"]["partial_dependence"]
+    assert curves and page.count("<svg") == 4 + len(curves)
+    assert "ROC" in page and "Gates" in page and "Partial dependence" in page
 
 
 def test_champion_scored_on_same_folds(workdir: Path) -> None:

@@ -258,6 +258,7 @@ class Retrainer:
         """Train on the snapshot and register the winner once (tagged with the job id)."""
         from mlharbor.pipelines import train_job
         from mlharbor.pipelines.snapshot import read_snapshot, snapshot_from_dict
+        from mlharbor.training.backend import choose_backend
 
         made = ctx.results["snapshot"]
         snapshot = snapshot_from_dict(made["snapshot"])
@@ -270,9 +271,15 @@ class Retrainer:
             dataset = read_snapshot(self.registry, snapshot.uri, snapshot.fingerprint)
             champion, error = self._champion(base)
             ctx.check()
+            # where the fits run: the recipe's `training` section, else the settings (a
+            # retraining job on `mlharbor worker` uses the cluster its settings name)
+            backend, scheduler = choose_backend(
+                recipe, default_backend=self.settings.training.backend,
+                default_scheduler=self.settings.training.scheduler)
             outcome = train_job.run_training(
                 recipe, dataset=dataset, champion=champion, champion_ref=base.ref,
                 champion_error=error, n_jobs=self.settings.training.n_jobs,
+                backend=backend, scheduler=scheduler,
                 s3_endpoint_url=self.settings.s3_endpoint_url,
                 s3_region=self.settings.s3_region,
                 trusted_types=self.settings.formats.skops_trusted_types)
