@@ -32,6 +32,14 @@ SAMPLE = {"name": "churn", "version": "1", "alias": "champion", "path": "model.b
 TABLE = RouteTable(RULES)
 
 
+@pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    """The embedded default, with room for one anonymous request per declared route from
+    one address: past ~100 routes the default burst of failed credentials would answer 429
+    before the route's 401."""
+    return Settings(home=tmp_path / "home", security={"rate_limit_burst": 1000})
+
+
 def concrete(template: str) -> str:
     return re.sub(r"{(\w+)(:\w+)?}", lambda m: SAMPLE.get(m.group(1), "x"), template)
 
