@@ -29,6 +29,8 @@ _LABEL_NAMES = ("label", "output_label")
 # turn None into "None" and NaN into "nan", which are real strings; converted imputers
 # (see onnx_convert) treat exactly this marker as missing, as scikit-learn treats None/NaN.
 MISSING_STRING = "\x1fmlharbor:missing\x1f"
+# The key of an external-data entry naming a tensor's file (onnx.TensorProto.external_data).
+EXTERNAL_DATA_KEY = b"location"
 
 
 def _strings_with_marker(values: np.ndarray) -> np.ndarray:
@@ -133,6 +135,23 @@ def make_session(source: Path | ModelBytes) -> Any:
             "session.model_external_initializers_file_folder_path", str(source.path.parent))
     return ort.InferenceSession(model, sess_options=options,
                                 providers=["CPUExecutionProvider"])
+
+
+def checked_session(blob: ModelBytes) -> Any:
+    """:func:`make_session` on checked bytes: external data, if named, must stay in their
+    folder (:func:`read_checked`).
+
+    Every external tensor names its file under the key "location": bytes without that word
+    name none, so the protobuf parser (the onnx package, ~75 modules, a tenth of a serving
+    process's start-up) is imported only for bytes that might.
+    """
+    if EXTERNAL_DATA_KEY in blob.data:
+        read_checked(blob)
+    try:
+        return make_session(blob)
+    except Exception as exc:  # onnxruntime's own error classes, whatever the build
+        raise InvalidInputError(
+            f"{blob.path.name!r} is not a readable ONNX model: {exc}.") from exc
 
 
 class OnnxModel(NativeModel):
@@ -253,8 +272,7 @@ class OnnxFormat(ModelFormat):
         )
 
     def load(self, blob: ModelBytes, flavor: dict[str, Any], trust: TrustOptions) -> NativeModel:
-        read_checked(blob)
-        return OnnxModel(make_session(blob), flavor.get("classes"))
+        return OnnxModel(checked_session(blob), flavor.get("classes"))
 
 
 def _class_labels(model: Any) -> list[Any] | None:

@@ -237,11 +237,10 @@ def load_bundle(
     blob = held[_file_to_load(manifest, choice)]
     runner: Runner
     if converted:
-        from mlharbor.formats.onnx import OnnxModel, make_session, read_checked
+        from mlharbor.formats.onnx import OnnxModel, checked_session
 
-        read_checked(blob)
-        runner = OrtRunner(OnnxModel(make_session(blob), manifest.classes), signature, classes,
-                           manifest.task)
+        runner = OrtRunner(OnnxModel(checked_session(blob), manifest.classes), signature,
+                           classes, manifest.task)
     else:
         fmt = get_format(manifest.model_format)
         flavor = dict(manifest.flavor, classes=manifest.classes)

@@ -297,6 +297,10 @@ class PredictionLog:
         with self._compact_lock:
             self.journal.rotate()
             compactor = self.compactor
+            if compactor is not None and not self.journal.sealed():
+                # Nothing to compact: the child is not started for nothing (at start-up it
+                # would compete with loading the models for the first answer).
+                return 0
             if compactor is not None:
                 try:
                     return compactor.compact(self.journal.active_seq, self._count_torn)

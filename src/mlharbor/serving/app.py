@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlharbor.serving")
 SHADOW_THREADS = 1  # threads running shadow models, apart from the primaries' threads
+FREEZE_AFTER_S = 1.0  # start-up objects leave the collector's view this long after start
 
 
 class ServingApp:
@@ -251,8 +252,10 @@ def create_serving_app(
             except Exception as exc:  # the poller retries; readiness stays false meanwhile
                 plane.sync_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("first sync failed: %s", plane.sync_error)
-            _freeze_startup_objects()
             reconciler.start()
+            # Not before the first answer: a full collection over everything start-up loaded
+            # costs a good part of a launch; a moment later it stalls no one waiting.
+            asyncio.get_running_loop().call_later(FREEZE_AFTER_S, _freeze_startup_objects)
         elif phase == "shutdown":
             for task in sharing:
                 task.cancel()
