@@ -17,14 +17,14 @@ exit code 2 or 3; nothing is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from mlharbor.cli.output import print_json, print_kv, print_table
+from mlharbor.cli.output import print_json
 
 if TYPE_CHECKING:
     from mlharbor.core.runs import Run
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
             print_json({**view, "children": [compare.run_view(
                 c, experiment_name=experiment.name) for c in children]})
             return
-        print_kv(f"Run {run.run_id}", [
+        _kv(f"Run {run.run_id}", [
             ("name", run.name),
             ("experiment", f"{experiment.name} (id {experiment.experiment_id})"),
             ("status", run.status.value + (f": {run.error}" if run.error else "")),
@@ -176,19 +176,21 @@ def register(app: typer.Typer) -> None:
             ("artifacts", run.artifact_uri),
         ])
         if run.params:
-            print_table("Params", ["param", "value"], sorted(run.params.items()))
+            _runs_table("Params", ["param", "value"], sorted(run.params.items()),
+                        numbers_from=9)
         if run.metrics:
-            print_table("Metrics (latest value)", ["metric", "value", "step"],
-                        [(k, _metric(run, k), p.step) for k, p in sorted(run.metrics.items())])
+            _runs_table("Metrics (latest value)", ["metric", "value", "step"],
+                        [(k, _metric(run, k), p.step) for k, p in sorted(run.metrics.items())],
+                        numbers_from=1)
         tags = view["tags"]
         if tags:
-            print_table("Tags", ["tag", "value"], sorted(tags.items()))
+            _runs_table("Tags", ["tag", "value"], sorted(tags.items()), numbers_from=9)
         if children:
             keys = compare.metric_columns(children, DEFAULT_METRIC_COLUMNS)
-            print_table(f"Child runs ({len(children)})",
-                        ["run id", "name", "status", *keys],
+            _runs_table(f"Child runs ({len(children)})",
+                        ["run", "name", "status", *keys],
                         [(c.run_id, c.name, c.status.value, *(_metric(c, k) for k in keys))
-                         for c in children])
+                         for c in children], numbers_from=3)
 
     @runs_app.command("compare")
     def compare_cmd(
@@ -210,27 +212,44 @@ def register(app: typer.Typer) -> None:
             print_json(diff.to_dict())
             return
         rows = diff.differences if differences else diff.rows
-        print_table(f"{first.name} vs {second.name} ({len(diff.differences)} difference(s))",
+        _runs_table(f"{first.name} vs {second.name} ({len(diff.differences)} difference(s))",
                     ["", "key", first.run_id[:8], second.run_id[:8], "same"],
                     [(r.section, r.key, _cell(r.left), _cell(r.right),
-                      "" if r.same else "differs") for r in rows])
+                      "" if r.same else "differs") for r in rows], numbers_from=9)
 
 
-def _runs_table(title: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    """The runs table: ids and names never wrap (people copy them); values fold."""
-    from rich.console import Console
+def _runs_table(title: str, columns: list[str], rows: Iterable[Sequence[Any]], *,
+                numbers_from: int = 7) -> None:
+    """A Rich table: run ids and names never wrap (people copy them); values fold."""
     from rich.table import Table
 
     table = Table(title=title)
     for i, column in enumerate(columns):
         table.add_column(column, no_wrap=column in NO_WRAP, overflow="fold",
-                         justify="right" if i >= 7 else "left")
+                         justify="right" if i >= numbers_from else "left")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
+    _console().print(table)
+
+
+def _kv(title: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in pairs:
+        table.add_row(key, "" if value is None else str(value))
+    _console().print(table)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal:  # piped into a file or a pager: no need to squeeze to 80
         console = Console(width=max(console.width, 160))
-    console.print(table)
+    return console
 
 
 NO_WRAP = frozenset({"run", "name", "status", "parent", "started", "took"})
