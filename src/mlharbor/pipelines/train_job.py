@@ -294,13 +294,13 @@ def _run_training(
     target = Target(schema.task, classes, pos_label)
     primary = recipe.metrics.primary or default_primary(schema.task, len(classes))
     settings = _candidate_settings(plan, schema, X)
+    if trusted_types is not None:
+        check_trusted(recipe, settings[0].pipeline, trusted_types)
     if recorder is not None:  # issue 16: a child run per candidate and search point
         from mlharbor.registry.lineage import git_commit
 
         recorder.begin(recipe, dataset.snapshot(), settings, primary,
                        git_commit(recipe.base_dir))
-    if trusted_types is not None:
-        check_trusted(recipe, settings[0].pipeline, trusted_types)
     total = (len(settings) + 1) * len(splits.folds)  # + the baseline
     advance = _fold_progress(progress, settings, len(splits.folds))
     label = {s.key: f"candidate {s.candidate}" for s in settings}
@@ -491,47 +491,51 @@ def train(
         except MlharborError as exc:  # champion gates fail rather than pass unexamined
             error = f"loading {current.ref} failed: {exc}"
             note = f"The champion {current.ref} could not be loaded: {exc}"
-    with contextlib.ExitStack() as stack:
-        run = stack.enter_context(tracking(name)) if tracking is not None else None
-        return _train_recorded(recipe, run, registry=registry, settings=settings, actor=actor,
-                               progress=progress, backend=backend, scheduler=scheduler,
-                               champion=champion, champion_ref=champion_ref, note=note,
-                               error=error)
-    raise AssertionError("unreachable")  # the with block returns or raises
+    from mlharbor.pipelines.train_runs import TrainingRecorder
+
+    recorder = TrainingRecorder(lambda: tracking(name)) if tracking is not None else None
+    try:
+        result = _train_recorded(recipe, recorder, registry=registry, settings=settings,
+                                 actor=actor, progress=progress, backend=backend,
+                                 scheduler=scheduler, champion=champion,
+                                 champion_ref=champion_ref, note=note, error=error)
+    except BaseException as exc:
+        if recorder is not None:
+            recorder.close(exc)
+        raise
+    if recorder is not None:
+        recorder.close()
+    return result
 
 
-def _train_recorded(recipe: Recipe, run: RunLogger | None, *, registry: Registry,
+def _train_recorded(recipe: Recipe, recorder: TrainingRecorder | None, *, registry: Registry,
                     settings: Settings, actor: str, progress: Progress | None,
                     backend: str | None, scheduler: str | None, champion: Any,
                     champion_ref: str | None, note: str | None, error: str | None
                     ) -> TrainJobResult:
-    """:func:`train` after its checks: train, register, move the alias; recorded in ``run``."""
-    from mlharbor.pipelines.train_runs import RUN_ID_TAG, TrainingRecorder
+    """:func:`train` after its checks: train, register, move the alias; recorded by
+    ``recorder`` (its run starts once the data is read and checked)."""
+    from mlharbor.pipelines.train_runs import RUN_ID_TAG
 
     assert recipe.registration is not None
     name = recipe.registration.name
-    recorder = TrainingRecorder(run) if run is not None else None
-    try:
-        outcome = run_training(
-            recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
-            champion_error=error,
-            n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
-            s3_region=settings.s3_region, progress=progress,
-            trusted_types=settings.formats.skops_trusted_types, backend=backend,
-            scheduler=scheduler, recorder=recorder,
-        )
-        if recorder is not None:
-            recorder.finish(outcome)
-    except BaseException as exc:
-        if recorder is not None:
-            recorder.fail(exc)
-        raise
+    outcome = run_training(
+        recipe, champion=champion, champion_ref=champion_ref, champion_note=note,
+        champion_error=error,
+        n_jobs=settings.training.n_jobs, s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region, progress=progress,
+        trusted_types=settings.formats.skops_trusted_types, backend=backend,
+        scheduler=scheduler, recorder=recorder,
+    )
+    run_id = recorder.run_id if recorder is not None else None
+    if recorder is not None:
+        recorder.finish(outcome)
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
     tags, lineage = None, None  # with a run: the version names it, it names the version
-    if run is not None:
-        tags = {RUN_ID_TAG: run.run_id}
-        lineage = {"tracking": {"run_id": run.run_id, "source": f"runs:/{run.run_id}"}}
+    if run_id is not None:
+        tags = {RUN_ID_TAG: run_id}
+        lineage = {"tracking": {"run_id": run_id, "source": f"runs:/{run_id}"}}
     version = register_outcome(registry, name, outcome, settings=settings, actor=actor,
                                status="failed" if failed else "ready", status_reason=reason,
                                tags=tags, lineage=lineage)
@@ -545,7 +549,7 @@ def _train_recorded(recipe: Recipe, run: RunLogger | None, *, registry: Registry
         moved = alias
     return TrainJobResult(outcome, version, moved, _save_report(settings, version.ref,
                                                                 outcome.report),
-                          run_id=run.run_id if run is not None else None)
+                          run_id=run_id)
 
 
 def _save_report(settings: Settings, ref: str, report: dict[str, Any]) -> Path:

@@ -1,13 +1,16 @@
 """One ``mlharbor train`` as a tracked run: a child run per candidate, and under a searched
 candidate a child run per search point.
 
-:class:`TrainingRecorder` is handed a :class:`mlharbor.core.runs.RunLogger` (the parent run,
-started by the caller in the experiment it chose) and told what training does; it never sees
-the tracking store, so training depends on the protocol only (DESIGN.md section 1):
+:class:`TrainingRecorder` is handed a way to start the parent run (a context manager giving a
+:class:`mlharbor.core.runs.RunLogger`, in the experiment the caller chose) and told what
+training does; it never sees the tracking store, so training depends on the protocol only
+(DESIGN.md section 1):
 
-* :meth:`~TrainingRecorder.begin`, once the candidate settings are built: the recipe's
-  settings as the parent's params; data fingerprint, code version and recipe as tags; one
-  child run per candidate (its estimator and params) and per search point of a searched one;
+* :meth:`~TrainingRecorder.begin`, once the data is read and checked and the candidate
+  settings are built: the parent run starts (so a recipe, data or option that is refused
+  before that records nothing); the recipe's settings as its params; data fingerprint, code
+  version and recipe as tags; one child run per candidate (its estimator and params) and per
+  search point of a searched one;
 * :meth:`~TrainingRecorder.fold`, as each cross-validation fold is scored: ``fold.<metric>``,
   ``fold.fit_seconds`` and ``fold.score_seconds`` at step = fold number on that setting's run;
 * :meth:`~TrainingRecorder.finish`, after the winner is judged: ``cv.<metric>`` (mean) and
@@ -17,16 +20,17 @@ the tracking store, so training depends on the protocol only (DESIGN.md section 
 * :meth:`~TrainingRecorder.registered`: the registered version named on the run (the version
   names the run in its lineage, ``tracking.run_id``, and its tag ``mlharbor.run_id``).
 
-A training that fails ends every open child run ``FAILED`` with the error
-(:meth:`~TrainingRecorder.fail`); the caller's context manager ends the parent the same way.
+:meth:`~TrainingRecorder.close` ends the parent; a training that failed after it started
+ends every open run ``FAILED`` with the error (``KILLED`` on an interrupt).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,10 +64,13 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TrainingRecorder:
-    """Records a training into ``run`` and its child runs (see the module docstring)."""
+    """Records a training as a run and its child runs (see the module docstring)."""
 
-    def __init__(self, run: RunLogger) -> None:
-        self.run = run
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[RunLogger]]
+                 ) -> None:
+        self._start = start
+        self._stack = contextlib.ExitStack()
+        self._run: RunLogger | None = None
         self._candidates: dict[str, RunLogger] = {}
         self._settings: dict[str, RunLogger] = {}  # setting key -> its run
         self._setting_of: dict[str, Any] = {}      # setting key -> CandidateSetting
@@ -72,13 +79,21 @@ class TrainingRecorder:
         self._ended = False
 
     @property
-    def run_id(self) -> str:
-        return self.run.run_id
+    def run(self) -> RunLogger:
+        if self._run is None:
+            raise RuntimeError("the run starts in TrainingRecorder.begin")
+        return self._run
+
+    @property
+    def run_id(self) -> str | None:
+        """The parent run's id, once it started."""
+        return self._run.run_id if self._run is not None else None
 
     def begin(self, recipe: Recipe, dataset_snapshot: Mapping[str, Any],
               settings: Sequence[Any], primary: str, code_version: str | None) -> None:
         """The recipe, the data and one run per candidate and search point; ``settings`` are
         the assessment's ``CandidateSetting``s (key, candidate, estimator, params)."""
+        self._run = self._stack.enter_context(self._start())
         validation = recipe.validation
         self.run.log_params({
             "recipe": recipe.source, "target": recipe.data.target,
@@ -176,10 +191,18 @@ class TrainingRecorder:
     def registered(self, ref: str) -> None:
         self.run.set_tags({MODEL_VERSION_TAG: ref})
 
-    def fail(self, error: BaseException) -> None:
-        """End the child runs still open as FAILED (KILLED on an interrupt) with the error."""
+    def close(self, error: BaseException | None = None) -> None:
+        """End the runs still open: FINISHED, or with ``error`` FAILED (KILLED on an
+        interrupt) with the error recorded. Nothing to do when the run never started."""
+        if error is None:
+            self._end_children(RunStatus.FINISHED, None)
+            self._stack.close()
+            return
         status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
-        self._end_children(status, f"{type(error).__name__}: {error}")
+        try:
+            self._end_children(status, f"{type(error).__name__}: {error}")
+        finally:
+            self._stack.__exit__(type(error), error, error.__traceback__)
 
     def _log_report(self, report: dict[str, Any]) -> None:
         from mlharbor.evaluation.html import render_html
