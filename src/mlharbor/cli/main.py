@@ -65,7 +65,10 @@ def exit_code_for(exc: errors.MlharborError) -> int:
     return 1
 
 
-def create_app() -> typer.Typer:
+def create_app(command: str | None = None) -> typer.Typer:
+    """The ``mlharbor`` app; with ``command``, only that command (or group) when it exists:
+    Typer builds a Click command for every registered one on each run (about 80, a tenth of
+    ``mlharbor serve``'s start-up), though a run uses one."""
     app = typer.Typer(
         name="mlharbor",
         help="Train, register, serve and monitor machine-learning models.",
@@ -87,14 +90,36 @@ def create_app() -> typer.Typer:
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
+    if command is not None:
+        commands = [c for c in app.registered_commands if (c.name or typer.main.get_command_name(
+            c.callback.__name__ if c.callback else "")) == command]
+        groups = [g for g in app.registered_groups if g.name == command]
+        if commands or groups:  # else click's "No such command" lists them all
+            app.registered_commands, app.registered_groups = commands, groups
     return app
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The subcommand ``args`` run, if the root options before it are only --debug and
+    --config (any --help before it asks for the whole list)."""
+    value_next = False
+    for arg in args:
+        if value_next:
+            value_next = False
+        elif arg == "--config":
+            value_next = True
+        elif arg in ("--help", "-h"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    app = create_app()
+    app = create_app(_command_in(args))
     try:
         # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting.
         result = app(args=args, prog_name="mlharbor", standalone_mode=False)
