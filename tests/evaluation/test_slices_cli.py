@@ -19,7 +19,7 @@ data: {path: data.csv, target: churn, id_columns: [customer_id]}
 candidates:
   - name: logistic
     estimator: sklearn.linear_model.LogisticRegression
-validation: {holdout: 0.3, folds: 2, seed: 7, bootstrap: 200}
+validation: {holdout: 0.3, folds: 2, seed: 7, bootstrap: 100}
 metrics: {primary: f1}
 slices:
   - column: contract

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-import mlharbor
 from mlharbor.core.errors import InvalidInputError, NotFoundError
 from mlharbor.pipelines.cardrender import card_json, render_card_html, render_markdown
 from mlharbor.pipelines.modelcard import (
@@ -27,8 +25,9 @@ from mlharbor.pipelines.modelcard import (
 from mlharbor.registry.audit import AuditEvent
 from mlharbor.settings import Settings
 from tests.support import cli_env, run_cli
+from tests.trained_demo import GROUP, trained_demo_home
 
-DEMO = Path(mlharbor.__file__).parent / "demo"
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 
 @dataclasses.dataclass
@@ -39,21 +38,13 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
-    """The demo recipe (one candidate, fewer folds, to be quick) trained twice; v2 promoted to
-    production by a release manager, then champion rolled back to v1 by on-call."""
+    """The demo recipe (one candidate, fewer folds, to be quick) trained twice (a copy of the
+    session's trained demo home: tests/trained_demo.py); v2 promoted to production by a
+    release manager, then champion rolled back to v1 by on-call."""
     from mlharbor.bootstrap import open_registry
-    from mlharbor.pipelines.train_job import train
-    from mlharbor.training.recipe import recipe_from_dict
 
-    tmp = tmp_path_factory.mktemp("card")
-    doc = yaml.safe_load((DEMO / "recipe.yaml").read_text())
-    doc["candidates"] = doc["candidates"][:1]
-    doc["validation"].update(folds=2, bootstrap=100)
-    recipe = recipe_from_dict(doc, base_dir=DEMO)
-    settings = Settings(home=tmp / "home", training={"n_jobs": 1})
+    settings = trained_demo_home(tmp_path_factory, "card")
     registry = open_registry(settings)
-    train(recipe, registry=registry, settings=settings, actor="trainer")
-    train(recipe, registry=registry, settings=settings, actor="trainer")
     registry.set_alias("churn", "production", 2, actor="release-manager",
                        reason="approved in the Tuesday review")
     registry.set_alias("churn", "champion", 1, actor="oncall", reason="rollback drill")

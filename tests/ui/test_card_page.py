@@ -13,29 +13,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-import mlharbor
-from mlharbor.settings import Settings
 from tests.support import LiveServer
+from tests.trained_demo import GROUP, trained_demo_home
 from tests.ui.test_dashboard import CHROMIUM
 
-DEMO_RECIPE = Path(mlharbor.__file__).parent / "demo" / "recipe.yaml"
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The demo recipe trained as `mlharbor demo` trains it, promoted to production by a
-    release manager; the control plane on a loopback port. Yields (url, admin key)."""
+    """The demo recipe trained (a copy of the session's trained demo home:
+    tests/trained_demo.py), v1 promoted to production by a release manager; the control plane
+    on a loopback port. Yields (url, admin key)."""
     from mlharbor.api.app import create_app
     from mlharbor.bootstrap import open_identities, open_registry
-    from mlharbor.pipelines.train_job import train
 
-    settings = Settings(home=tmp_path_factory.mktemp("card-ui") / "home",
-                        training={"n_jobs": 1})
+    settings = trained_demo_home(tmp_path_factory, "card-ui")
     registry = open_registry(settings)
     identities = open_identities(registry)
     identities.create_identity("admin-1", kind="user", grants=["admin"], actor="test")
     key = identities.create_key("admin-1", actor="test")[1]
-    train(DEMO_RECIPE, registry=registry, settings=settings, actor="trainer")
     registry.set_alias("churn", "production", 1, actor="release-manager",
                        reason="approved in the Tuesday review")
     try:
