@@ -82,6 +82,10 @@ class DaskEngine:
     def workers(self) -> int:
         return max(1, int(sum(self.client.nthreads().values())))
 
+    def threads_per_process(self) -> int:
+        """The most threads any one worker process runs."""
+        return max([1, *(int(n) for n in self.client.nthreads().values())])
+
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
         """Submit up to twice the worker slots at a time; yield results as they complete."""
         import cloudpickle

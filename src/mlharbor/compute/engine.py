@@ -9,7 +9,8 @@ Contract every engine keeps (tests/compute runs it against each one):
   long lazy iterator and memory stays flat. A task that raises re-raises its exception in the
   caller (the remaining tasks are cancelled); a task whose worker dies is run again elsewhere.
 - ``joblib()`` makes ``joblib.Parallel`` loops inside the block run on the engine.
-- ``workers()`` is the number of task slots (threads) available now.
+- ``workers()`` is the number of task slots (threads) available now;
+  ``threads_per_process()`` how many of them share one process (and its memory).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Engine(Protocol):
 
     def workers(self) -> int:
         """Task slots (threads) available now; at least 1."""
+        ...
+
+    def threads_per_process(self) -> int:
+        """Tasks one process may run at once (what shares one process's memory); at least 1."""
         ...
 
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:

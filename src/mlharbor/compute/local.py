@@ -40,6 +40,9 @@ class LocalEngine:
     def workers(self) -> int:
         return self._workers
 
+    def threads_per_process(self) -> int:
+        return self._workers
+
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
         """Run ``fn`` over ``items``; one worker runs inline, in order, in this thread."""
         if self._pool is None:

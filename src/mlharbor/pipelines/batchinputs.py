@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnavailableError
+from mlharbor.pipelines.batchmemory import READ_BUFFER
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _GLOB_CHARS = "*?["
-_READ_BUFFER = 1 << 20  # bytes read at a time from a Parquet file: column chunks are streamed
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +246,10 @@ def _parquet(storage: Storage, file: InputFile) -> Any:
 
     fs = storage.filesystem(file.uri)
     try:
-        return pq.ParquetFile(fs.open_input_file(file.path), buffer_size=_READ_BUFFER)
+        # A buffered stream per column and no pre-buffering: the reader holds about one page
+        # per column, never a whole row group (whose size is the file writer's choice).
+        return pq.ParquetFile(fs.open_input_file(file.path), buffer_size=READ_BUFFER,
+                              pre_buffer=False)
     except FileNotFoundError as exc:
         raise NotFoundError(f"the input file {file.uri!r} is gone", field="input") from exc
     except OSError as exc:

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlharbor.core.errors import SchemaError
+from mlharbor.pipelines.batcharrays import constant_text, to_arrow, to_numpy
 from mlharbor.pipelines.batchinputs import InputPart, Storage, read_batches
+from mlharbor.pipelines.batchmemory import (
+    MIN_BATCH_ROWS,
+    PROBE_ROWS,
+    Sizing,
+    size_batches,
+    use_returning_pool,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -110,14 +118,17 @@ class PartScorer:
     on_error: str  # "stop" | "file"
     batch_rows: int
     log_inputs: bool = False
+    memory_budget: int | None = None  # peak RSS of the scoring process (see batchmemory)
+    slots: int = 1  # parts scored at once in one process (its threads)
     # Local engine only (never pickled): called with the rows of each batch as it is done.
     progress: Callable[[int], None] | None = field(default=None, repr=False)
     _predictor: Any = field(default=None, repr=False)
+    _sizing: Sizing | None = field(default=None, repr=False)  # measured in this process
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(progress=None, _predictor=None, _lock=None)
+        state.update(progress=None, _predictor=None, _sizing=None, _lock=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -127,17 +138,85 @@ class PartScorer:
         """The model, loaded once per process (threads share it; ONNX Runtime and scikit-learn
         predict are thread-safe)."""
         with self._lock:
-            if self._predictor is None:
-                self._predictor = self.model.load()
-            return self._predictor  # type: ignore[no-any-return]
+            return self.predictor_unlocked()
 
-    def __call__(self, part: InputPart) -> PartResult:
-        predictor = self.predictor()
-        specs = predictor.signature.inputs
+    def predictor_unlocked(self) -> Predictor:
+        if self._predictor is None:
+            self._predictor = self.model.load()
+        return self._predictor  # type: ignore[no-any-return]
+
+    def size_batches(self, part: InputPart) -> Sizing | None:
+        """Under a memory budget, measure this process with the model loaded and a probe of
+        ``part`` scored in memory, and size the batches (once per process; see
+        :mod:`~mlharbor.pipelines.batchmemory`). Raises when the budget is too small."""
+        if self.memory_budget is None:
+            return None
+        with self._lock:
+            if self._sizing is not None:
+                return self._sizing
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            from mlharbor.serving.memory import release_free_memory, resident_bytes
+
+            use_returning_pool()
+            predictor = self.predictor_unlocked()
+            specs, read, text = self._columns(predictor, part)
+            pool = pa.default_memory_pool()
+            reader_bytes, row_bytes = 0, part.row_bytes
+            batches = read_batches(self.storage, part, read, text, PROBE_ROWS)
+            for batch in batches:
+                reader_bytes = max(0, pool.bytes_allocated() - batch.nbytes)
+                row_bytes = max(row_bytes, batch.nbytes / max(1, batch.num_rows))
+                data = {s.name: _values(batch.column(s.name), s) for s in specs}
+                ids = None if not self.id_column else batch.column(self.id_column)
+                kept, outputs, _ = self._score(predictor, data, batch.num_rows,
+                                               _tensor_dtype(predictor))
+                if kept is not None and len(kept):
+                    pq.write_table(self._table(predictor, outputs, ids, kept),
+                                   pa.BufferOutputStream())
+                del batch, data, ids, kept, outputs
+                break
+            del batches
+            pool.release_unused()
+            release_free_memory()
+            floor = resident_bytes() or 0
+            self._sizing = size_batches(self.memory_budget, floor=floor,
+                                        reader_bytes=reader_bytes, row_bytes=row_bytes,
+                                        slots=self.slots)
+            self.batch_rows = self._sizing.batch_rows
+            return self._sizing
+
+    def _columns(self, predictor: Predictor, part: InputPart
+                 ) -> tuple[tuple[ColumnSpec, ...], list[str], list[str]]:
+        """The signature's columns, the columns to read (the id column too), and those read as
+        text (CSV)."""
+        specs = tuple(predictor.signature.inputs)
         names = [s.name for s in specs]
         read = names + ([self.id_column] if self.id_column and self.id_column not in names
                         else [])
-        text = names if part.file.format == "csv" else []
+        return specs, read, names if part.file.format == "csv" else []
+
+    def _keep_under_budget(self) -> None:
+        """Past the high-water mark: give the pool's free memory back, and halve the next
+        part's batches."""
+        sizing = self._sizing
+        if sizing is None:
+            return
+        from mlharbor.serving.memory import resident_bytes
+
+        if (resident_bytes() or 0) > sizing.high_water:
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()
+            self.batch_rows = max(MIN_BATCH_ROWS, self.batch_rows // 2)
+
+    def __call__(self, part: InputPart) -> PartResult:
+        self.size_batches(part)
+        predictor = self.predictor()
+        specs, read, text = self._columns(predictor, part)
+        names = [s.name for s in specs]
+        tensor = _tensor_dtype(predictor)
         name = part_name(part.index)
         out = _AtomicParquet(Path(self.output) / f"{name}.parquet")
         log = _AtomicParquet(Path(self.output) / LOG_DIR / f"{name}.parquet") \
@@ -149,7 +228,7 @@ class PartScorer:
                 first = part.first_row + rows
                 data = {s.name: _values(batch.column(s.name), s) for s in specs}
                 ids = None if not self.id_column else batch.column(self.id_column)
-                kept, outputs, bad = self._score(predictor, data, batch.num_rows)
+                kept, outputs, bad = self._score(predictor, data, batch.num_rows, tensor)
                 for row, exc in bad:
                     record = _error_row(part, first + row, ids, row, exc)
                     if self.on_error == "stop":
@@ -167,6 +246,7 @@ class PartScorer:
                 scored += 0 if kept is None else len(kept)
                 if self.progress is not None:
                     self.progress(batch.num_rows)
+                self._keep_under_budget()
             output = out.commit()
             log_file = log.commit() if log is not None else None
             errors_file = _write_errors(Path(self.output), name, errors) if errors else None
@@ -176,13 +256,21 @@ class PartScorer:
                 log.discard()
         return PartResult(part.index, rows, scored, len(errors), output, errors_file, log_file)
 
-    def _score(self, predictor: Predictor, data: dict[str, np.ndarray], n: int
+    def _score(self, predictor: Predictor, data: dict[str, np.ndarray], n: int,
+               tensor: Any = None
                ) -> tuple[np.ndarray | None, Outputs | None, list[tuple[int, SchemaError]]]:
         """(indices of the rows answered, their outputs, refused rows with the error). The
         whole batch in one call unless the signature refuses some row; then halves, left
-        first, so refused rows come out in order."""
+        first, so refused rows come out in order (the halves go through the column path, so
+        a refused row's reason is the one serving gives for that value).
+
+        ``tensor``: the dtype of a model fed one 2-D tensor (ONNX, float columns): the batch's
+        columns are written straight into that matrix, which the validator then only checks
+        for finiteness (what it checks float columns for anyway), instead of coercing each
+        column, stacking them in float64 and casting the stack."""
         try:
-            return np.arange(n), predictor.outputs(data), []
+            matrix = None if tensor is None else _stack(data, tensor)
+            return np.arange(n), predictor.outputs(data if matrix is None else matrix), []
         except SchemaError:
             if n == 0:
                 raise
@@ -220,14 +308,39 @@ class PartScorer:
         n = len(kept)
         columns: dict[str, Any] = {}
         if ids is not None:
-            columns[str(self.id_column)] = ids if n == len(ids) else ids.take(pa.array(kept))
-        columns["prediction"] = pa.array(outputs.predictions)
+            columns[str(self.id_column)] = ids if n == len(ids) else ids.take(to_arrow(kept))
+        columns["prediction"] = to_arrow(outputs.predictions)
         if outputs.probabilities is not None:
             for i, label in enumerate(predictor.classes or range(outputs.probabilities.shape[1])):
-                columns[f"probability_{label}"] = pa.array(outputs.probabilities[:, i])
-        columns["model_version"] = pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n, dtype=np.int32)), pa.array([self.model.ref]))
+                columns[f"probability_{label}"] = to_arrow(outputs.probabilities[:, i])
+        columns["model_version"] = constant_text(self.model.ref, n)
         return pa.table(columns)
+
+
+def _tensor_dtype(predictor: Predictor) -> Any:
+    """The dtype of the model's one 2-D input tensor when every signature column is a float
+    (then a batch can be written straight into it); else None."""
+    inputs = getattr(getattr(predictor.runner, "model", None), "inputs", None)
+    if predictor.runtime != "onnx" or not isinstance(inputs, list) or len(inputs) != 1:
+        return None
+    if not all(s.dtype in ("float32", "float64") for s in predictor.signature.inputs):
+        return None
+    dtype = inputs[0][1]
+    return dtype if dtype in (np.float32, np.float64) else None
+
+
+def _stack(data: dict[str, np.ndarray], dtype: Any) -> np.ndarray | None:
+    """The columns as one C-ordered matrix of ``dtype``, or None if one is not numeric (text
+    that did not convert: the column path refuses it by row). Values too large for float32
+    become inf, which the validator refuses as it would after its own cast."""
+    columns = list(data.values())
+    if any(c.dtype.kind not in "fiub" for c in columns):
+        return None
+    matrix = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, column in enumerate(columns):
+            matrix[:, i] = column
+    return matrix
 
 
 def _values(column: Any, spec: ColumnSpec) -> np.ndarray:
@@ -237,10 +350,10 @@ def _values(column: Any, spec: ColumnSpec) -> np.ndarray:
     import pyarrow as pa
 
     if spec.dtype == "string" or not pa.types.is_string(column.type):
-        return np.asarray(column.to_numpy(zero_copy_only=False))
+        return to_numpy(column)
     target = pa.bool_() if spec.dtype == "bool" else pa.float64()
     try:
-        return np.asarray(column.cast(target).to_numpy(zero_copy_only=False))
+        return to_numpy(column.cast(target))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         cells = [_cell(v, spec.dtype) for v in column.to_pylist()]
         return np.fromiter(cells, dtype=object, count=len(cells))
@@ -268,8 +381,17 @@ def _error_row(part: InputPart, row: int, ids: Any, at: int, exc: SchemaError) -
 def _inputs_table(data: dict[str, np.ndarray], names: list[str], kept: np.ndarray) -> pa.Table:
     import pyarrow as pa
 
-    return pa.table({n: pa.array(data[n][kept] if len(kept) != len(data[n]) else data[n],
-                                 from_pandas=True) for n in names})
+    return pa.table({n: _arrow_column(data[n][kept] if len(kept) != len(data[n]) else data[n])
+                     for n in names})
+
+
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    """Logged inputs: NaN (and None) stored as nulls, as the prediction log expects."""
+    import pyarrow as pa
+
+    if values.dtype.kind in "iu" or (values.dtype.kind == "f" and not np.isnan(values).any()):
+        return to_arrow(values)
+    return pa.array(values, from_pandas=True)
 
 
 def _write_errors(output: Path, name: str, errors: list[dict[str, Any]]) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, MlharborError
 from mlharbor.pipelines.batchinputs import (
-    InputPart,
     Inputs,
     Storage,
     check_columns,
@@ -33,6 +31,7 @@ from mlharbor.pipelines.batchinputs import (
     resolve_inputs,
 )
 from mlharbor.pipelines.batchlog import log_part, merge_errors
+from mlharbor.pipelines.batchmemory import DEFAULT_BATCH_ROWS
 from mlharbor.pipelines.batchparts import ModelSource, PartResult, PartScorer
 
 if TYPE_CHECKING:
@@ -43,9 +42,6 @@ if TYPE_CHECKING:
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = 1
 ON_ERROR = ("stop", "file")
-DEFAULT_BATCH_ROWS = 65_536
-WORKING_COPIES = 8  # bytes held per input byte while a batch is scored (arrow, numpy, outputs)
-MIN_WORKING_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -122,19 +118,22 @@ def score_batch(registry: Registry, settings: Settings, ref: str, options: Batch
     parts = plan_parts(inputs, names, options.part_rows)
     with open_engine(options.engine, options.scheduler, options.workers) as engine:
         source = _model_source(registry, version, settings, ship=engine.name != "local")
+        todo = [p for p in parts if str(p.index) not in done]
         scorer = PartScorer(source, inputs.storage, str(output), options.id_column,
-                            options.on_error, DEFAULT_BATCH_ROWS, log_inputs=options.log)
+                            options.on_error, DEFAULT_BATCH_ROWS, log_inputs=options.log,
+                            memory_budget=options.memory_budget,
+                            slots=max(1, min(engine.threads_per_process(), len(todo))))
         if engine.name == "local":
             scorer.predictor()  # a model that cannot load fails before anything is written
+            if todo:  # and so does a budget too small for it (Dask workers size their own)
+                scorer.size_batches(todo[0])
             scorer.progress = progress.advance
-        scorer.batch_rows = _batch_rows(options.memory_budget, parts, engine.workers())
         summary = BatchSummary(f"{version.name}:{version.version}", inputs.uri,
                                inputs.fingerprint, str(output), engine.name, len(parts))
         output.mkdir(parents=True, exist_ok=True)
         _clean_temporaries(output)
         manifest = {**header, "parts": [p.to_dict() for p in parts], "done": done}
         _write_manifest(output, manifest)
-        todo = [p for p in parts if str(p.index) not in done]
         summary.parts_skipped = len(parts) - len(todo)
         known = [p.rows for p in parts]
         progress.start(None if None in known else sum(int(r or 0) for r in known),
@@ -279,32 +278,6 @@ def _clean_temporaries(output: Path) -> None:
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
-
-
-def current_rss() -> int:
-    """This process's resident set size now, in bytes."""
-    try:
-        with Path("/proc/self/statm").open(encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: the peak so far is an upper bound
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _batch_rows(budget: int | None, parts: list[InputPart], workers: int) -> int:
-    """Rows per batch: the default, or what fits in the memory left under ``budget`` with
-    ``workers`` batches in flight at once."""
-    if budget is None:
-        return DEFAULT_BATCH_ROWS
-    free = budget - current_rss()
-    if free < MIN_WORKING_BYTES:
-        raise InvalidInputError(
-            f"--memory-budget {budget:,} bytes leaves no room to work: this process already "
-            f"holds {current_rss():,} bytes with the model loaded",
-            hint=f"Raise --memory-budget to at least {current_rss() + 4 * MIN_WORKING_BYTES:,}.",
-            field="memory_budget")
-    row_bytes = max((p.row_bytes for p in parts), default=64.0)
-    rows = int(free / (2 * workers * WORKING_COPIES * row_bytes))
-    return max(256, min(DEFAULT_BATCH_ROWS, rows))
 
 
 def _open_log(settings: Settings) -> Any:
