@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mlharbor.core.errors import ConfigError
+from mlharbor.core.errors import ConfigError, InvalidInputError
 
 CONFIG_ENV_VAR = "MLHARBOR_CONFIG"
 # Looked for in the working folder and each parent, as git looks for .git.
@@ -176,6 +176,19 @@ class ServingSettings(BaseModel):
     model_load_wait_s: float = Field(
         30.0, gt=0, description="How long a request waits for its version to load before "
         "a 503 with Retry-After.")
+
+    @field_validator("model_memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        """Sizes as people write them (``2GiB``, ``500MB``): core.sizes, the one parser."""
+        from mlharbor.core.sizes import parse_size
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_size(value, what="serving.model_memory_budget")
+        except InvalidInputError as exc:
+            raise ValueError(str(exc).rstrip(".")) from exc
 
 
 class MonitoringSettings(BaseModel):
