@@ -249,6 +249,7 @@ class HttpApp:
         self.access_log = access_log
         self.lifespan = lifespan
         self.in_flight = 0
+        self.handled = 0  # HTTP requests seen: tells a quiet spell from a busy one
         metrics.track_in_flight(lambda: self.in_flight)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -278,6 +279,7 @@ class HttpApp:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
+        self.handled += 1
         request_id = _request_id(scope["headers"])
         route, params, exists = self.router.match(scope["method"], scope["path"])
         request: Request | None = None
