@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnavailableError
-from mlharbor.pipelines.batchmemory import READ_BUFFER
+from mlharbor.pipelines.batchmemory import CSV_MAX_BLOCK, CSV_MIN_BLOCK, READ_BUFFER
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -288,9 +288,12 @@ def check_columns(inputs: Inputs, columns: Sequence[str]) -> None:
 
 
 def read_batches(storage: Storage, part: InputPart, columns: Sequence[str],
-                 text_columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+                 text_columns: Sequence[str], batch_rows: int, *,
+                 csv_block: int | None = None) -> Iterator[pa.RecordBatch]:
     """The part's rows, ``columns`` only, in record batches of at most ``batch_rows`` rows.
-    CSV: ``text_columns`` are read as text (converted later, cell by cell where needed)."""
+    CSV: ``text_columns`` are read as text (converted later, cell by cell where needed), in
+    blocks of ``csv_block`` bytes (default: about a batch, at most 4 MiB; Arrow reads up to
+    32 blocks ahead)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -300,7 +303,8 @@ def read_batches(storage: Storage, part: InputPart, columns: Sequence[str],
                                         columns=list(columns), use_threads=False)
         return
     fs = storage.filesystem(part.file.uri)
-    block = int(min(64 << 20, max(1 << 16, batch_rows * part.row_bytes)))
+    block = csv_block or int(min(CSV_MAX_BLOCK, max(CSV_MIN_BLOCK,
+                                                     batch_rows * part.row_bytes)))
     with fs.open_input_stream(part.file.path) as stream:
         reader = pacsv.open_csv(
             stream, read_options=pacsv.ReadOptions(block_size=block, use_threads=False),

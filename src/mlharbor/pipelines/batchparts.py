@@ -37,6 +37,7 @@ from mlharbor.core.errors import SchemaError
 from mlharbor.pipelines.batcharrays import constant_text, to_arrow, to_numpy
 from mlharbor.pipelines.batchinputs import InputPart, Storage, read_batches
 from mlharbor.pipelines.batchmemory import (
+    CSV_MIN_BLOCK,
     MIN_BATCH_ROWS,
     PROBE_ROWS,
     Sizing,
@@ -164,7 +165,8 @@ class PartScorer:
             specs, read, text = self._columns(predictor, part)
             pool = pa.default_memory_pool()
             reader_bytes, row_bytes = 0, part.row_bytes
-            batches = read_batches(self.storage, part, read, text, PROBE_ROWS)
+            batches = read_batches(self.storage, part, read, text, PROBE_ROWS,
+                                   csv_block=CSV_MIN_BLOCK)
             for batch in batches:
                 reader_bytes = max(0, pool.bytes_allocated() - batch.nbytes)
                 row_bytes = max(row_bytes, batch.nbytes / max(1, batch.num_rows))
@@ -183,7 +185,7 @@ class PartScorer:
             floor = resident_bytes() or 0
             self._sizing = size_batches(self.memory_budget, floor=floor,
                                         reader_bytes=reader_bytes, row_bytes=row_bytes,
-                                        slots=self.slots)
+                                        slots=self.slots, csv=part.file.format == "csv")
             self.batch_rows = self._sizing.batch_rows
             return self._sizing
 
@@ -224,7 +226,9 @@ class PartScorer:
         errors: list[dict[str, Any]] = []
         rows = scored = 0
         try:
-            for batch in read_batches(self.storage, part, read, text, self.batch_rows):
+            block = None if self._sizing is None else self._sizing.csv_block
+            for batch in read_batches(self.storage, part, read, text, self.batch_rows,
+                                      csv_block=block):
                 first = part.first_row + rows
                 data = {s.name: _values(batch.column(s.name), s) for s in specs}
                 ids = None if not self.id_column else batch.column(self.id_column)
