@@ -86,6 +86,17 @@ class SecuritySettings(BaseModel):
         1200, ge=0, description="Requests per minute per key or token (0 = no limit)."
     )
     rate_limit_burst: int = Field(100, ge=1, description="Requests allowed at once per key.")
+    tracking_rate_limit_per_minute: int = Field(
+        60_000, ge=0, description="MLflow tracking API requests (/api/2.0/mlflow/...) per "
+        "minute per key, a bucket of their own: a training loop logs a metric per step "
+        "(0 = no limit).")
+    tracking_rate_limit_burst: int = Field(
+        1000, ge=1, description="MLflow tracking API requests allowed at once per key.")
+    key_cache_ttl_s: float = Field(
+        2.0, ge=0, description="Seconds an API key checked against the database is trusted "
+        "again without a query by the control plane. Revoking a key, disabling an identity "
+        "or changing grants through the server's own process applies at once; done elsewhere "
+        "(the CLI, another replica) within this time, as on serving. 0 checks every request.")
     anonymous_grants: list[str] = Field(
         default_factory=list,
         description="Grants for requests without credentials, e.g. [\"predictor\"], for a "

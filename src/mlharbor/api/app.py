@@ -101,10 +101,14 @@ def create_app(settings: Settings, *, registry: Registry | None = None,
         return {"status": "ready"}
 
     # Outermost last: transport guard (Host, body size) -> CORS -> request id -> auth -> app.
+    from mlharbor.api.mlflow_protocol import refusal_body
     from mlharbor.security.middleware import add_auth, add_transport
+    from mlharbor.serving.auth import CachedIdentities  # the one cache of verified keys
 
     add_auth(app, identities=services.identities, audit=services.registry.store.record,
-             settings=settings)
+             settings=settings, error_body=refusal_body,
+             key_cache=lambda store: CachedIdentities(
+                 store, ttl_s=settings.security.key_cache_ttl_s, max_stale_s=0.0))
     app.add_middleware(RequestIdMiddleware)
     add_transport(app, settings)
     return app

@@ -41,8 +41,32 @@ ERROR_CODES: tuple[tuple[type[errors.MlharborError], str], ...] = (
 )
 
 
+#: Paths whose refusals by the security middleware come in MLflow's shape.
+MLFLOW_PATHS = ("/api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/")
+#: HTTP status of a refusal made before any route -> MLflow error code (as MLflow's own auth).
+REFUSAL_CODES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "ENDPOINT_NOT_FOUND", 405: "ENDPOINT_NOT_FOUND",
+                 413: "INVALID_PARAMETER_VALUE", 429: "REQUEST_LIMIT_EXCEEDED",
+                 503: "TEMPORARILY_UNAVAILABLE"}
+
+
 def mlflow_error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"error_code": code, "message": message}, status_code=status)
+
+
+def refusal_body(scope: Any, status: int, code: str, message: str, hint: str | None) -> bytes:
+    """The control plane's refusals before a route (authentication, authorization, rate
+    limits, unknown routes): MLflow's ``{"error_code", "message"}`` under the MLflow paths, so
+    its clients read ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` as from MLflow's own auth;
+    mlharbor's own shape anywhere else."""
+    from mlharbor.security.middleware import route_path
+    from mlharbor.security.transport import default_error_body
+
+    if not route_path(scope).startswith(MLFLOW_PATHS):
+        return default_error_body(scope, status, code, message, hint)
+    text = f"{message} {hint}" if hint else message
+    return orjson.dumps({"error_code": REFUSAL_CODES.get(status, "INVALID_PARAMETER_VALUE"),
+                         "message": text})
 
 
 def error_response(exc: BaseException) -> JsonResponse:

@@ -76,14 +76,23 @@ class KeyInfo:
         return "active"
 
 
+# Execution option marking a transaction that changes identities, keys or grants.
+_CHANGES_IDENTITIES = "mlharbor_identity_change"
+
+
 @contextlib.contextmanager
-def transaction(engine: Engine, *, write: bool, checking: str) -> Iterator[Connection]:
+def transaction(engine: Engine, *, write: bool, checking: str,
+                changes_identities: bool = False) -> Iterator[Connection]:
     """A transaction on the metadata database (``write`` takes the writer's path); a database
-    that cannot be reached is an UnavailableError saying what was being ``checking``."""
+    that cannot be reached is an UnavailableError saying what was being ``checking``.
+    ``changes_identities`` marks it, so every :class:`IdentityStore` on the engine counts its
+    commit in its ``generation``."""
     try:
         with engine.connect() as conn:
             if write:
                 conn = conn.execution_options(mlharbor_write=True)
+            if changes_identities:
+                conn = conn.execution_options(**{_CHANGES_IDENTITIES: True})
             with conn.begin():
                 yield conn
     except OperationalError as exc:
@@ -94,15 +103,32 @@ def transaction(engine: Engine, *, write: bool, checking: str) -> Iterator[Conne
 
 
 class IdentityStore:
+    """Identities, role bindings and API keys.
+
+    ``generation`` counts the committed changes to identities, keys and grants made through
+    any IdentityStore on the same engine in this process: a cache of verified keys (the
+    control plane's, see :class:`~mlharbor.security.middleware.AuthMiddleware`) starts afresh
+    when it moves, so a revocation made here applies at once.
+    """
+
     def __init__(self, engine: Engine, *, audit: AuditSink | None = None) -> None:
+        from sqlalchemy import event
+
         self.engine = engine
         self.audit = audit
+        self.generation = 0
+        event.listen(engine, "commit", self._on_commit)
+
+    def _on_commit(self, conn: Connection) -> None:
+        if conn.get_execution_options().get(_CHANGES_IDENTITIES):
+            self.generation += 1
 
     # -- transactions ---------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool) -> Iterator[Connection]:
-        with transaction(self.engine, write=write, checking="identities") as conn:
+        with transaction(self.engine, write=write, checking="identities",
+                         changes_identities=write) as conn:
             yield conn
 
     def _audit(self, actor: str, action: str, resource: str, details: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -67,12 +67,22 @@ LOGIN_REDIRECTS = frozenset({"/ui"})
 LOGIN_PATH = "/ui/login"
 
 
+# What a cache of verified API keys offers (``mlharbor.serving.auth.CachedIdentities``, built
+# around the identity store): ``cached`` answers without I/O or None, ``authenticate_key``
+# queries the store on a miss.
+KeyCacheFactory = Callable[[IdentityStore], Any]
+
+
 class AuthMiddleware:
     """Authenticate and authorise every HTTP request and websocket handshake of ``app``.
 
     ``sessions`` (optional) makes the ``mlharbor_session`` cookie a credential for GET/HEAD;
     without it the cookie is ignored. ``error_body`` shapes refusals per path (the serving
-    app's protocols each have their own error body).
+    app's protocols each have their own error body). ``buckets`` gives the paths under a
+    prefix their own rate limiter (a training loop's MLflow logging must not spend the key's
+    control-plane budget). ``key_cache`` builds a cache of verified API keys around
+    ``identities``; it is built afresh whenever ``identities.generation`` moves (a revocation,
+    a disabled identity or changed grants in this process), so such a change applies at once.
     """
 
     def __init__(
@@ -80,6 +90,8 @@ class AuthMiddleware:
         audit: AuditSink | None, limiter: RateLimiter, tokens: TokenVerifier | None = None,
         anonymous: Principal | None = None, sessions: SessionStore | None = None,
         error_body: ErrorBody = default_error_body,
+        buckets: Mapping[str, RateLimiter] | None = None,
+        key_cache: KeyCacheFactory | None = None,
     ) -> None:
         self.app = app
         self.error_body = error_body
@@ -90,6 +102,26 @@ class AuthMiddleware:
         self.audit = audit
         self.limiter = limiter
         self.tokens = tokens
+        self.buckets = tuple((buckets or {}).items())
+        self.key_cache = key_cache
+        self._keys: Any = None
+        self._keys_generation = -1
+
+    def _limiter_for(self, path: str) -> RateLimiter:
+        for prefix, limiter in self.buckets:
+            if path.startswith(prefix):
+                return limiter
+        return self.limiter
+
+    def _key_checker(self) -> Any:
+        """What checks API keys: the identity store, or the key cache in front of it (renewed
+        when this process changed identities since it was built)."""
+        if self.key_cache is None:
+            return self.identities
+        generation = self.identities.generation
+        if self._keys is None or generation != self._keys_generation:
+            self._keys, self._keys_generation = self.key_cache(self.identities), generation
+        return self._keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -122,7 +154,7 @@ class AuthMiddleware:
             await self._reply(scope, out, 503, exc.code, exc.message, exc.hint)
             return
         try:
-            self.limiter.check(principal.credential)
+            self._limiter_for(route_path(scope)).check(principal.credential)
         except LimitExceededError as exc:
             await self._limited(scope, out, exc)
             return
@@ -159,7 +191,13 @@ class AuthMiddleware:
                      "with `mlharbor admin keys create`.",
             )
         if apikeys.looks_like_key(token):
-            return await anyio.to_thread.run_sync(self.identities.authenticate_key, token)
+            keys = self._key_checker()
+            if keys is not self.identities:
+                hit = keys.cached(token)  # no I/O: answered on the event loop
+                if hit is not None:
+                    principal: Principal = hit
+                    return principal
+            return await anyio.to_thread.run_sync(keys.authenticate_key, token)
         if self.tokens is None:
             raise AuthenticationError(
                 "The credential is neither an mlharbor API key nor accepted as a token: no "
@@ -407,23 +445,34 @@ def _forbidden(principal: Principal, rule: RouteRule, target: str) -> MlharborEr
     )
 
 
+# The MLflow REST API's own rate-limit bucket (security.tracking_rate_limit_*).
+TRACKING_PREFIX = "/api/2.0/mlflow/"
+
+
 def add_auth(
     app: Any, *, identities: IdentityStore, audit: AuditSink | None, settings: Any,
-    extra_rules: Iterable[RouteRule] = (),
+    extra_rules: Iterable[RouteRule] = (), error_body: ErrorBody = default_error_body,
+    key_cache: KeyCacheFactory | None = None,
 ) -> RouteTable:
-    """Install :class:`AuthMiddleware` on a Starlette/FastAPI app; returns its route table."""
+    """Install :class:`AuthMiddleware` on a Starlette/FastAPI app; returns its route table.
+
+    ``key_cache`` (with ``security.key_cache_ttl_s`` > 0) puts a cache of verified keys in
+    front of ``identities``; logins and dashboard sessions always ask the store itself.
+    """
     from mlharbor.security.routemap import RULES
     from mlharbor.security.tokens import verifier_from_settings
 
     table = RouteTable([*RULES, *extra_rules])
     sec = settings.security
     limiter = RateLimiter(sec.rate_limit_per_minute, sec.rate_limit_burst)
+    tracking = RateLimiter(sec.tracking_rate_limit_per_minute, sec.tracking_rate_limit_burst)
     sessions = SessionStore(identities.engine, identities, ttl_s=sec.session_ttl_s,
                             audit=audit)
     app.add_middleware(
         AuthMiddleware, table=table, identities=identities, audit=audit, limiter=limiter,
         tokens=verifier_from_settings(sec), anonymous=anonymous_principal(sec),
-        sessions=sessions,
+        sessions=sessions, error_body=error_body, buckets={TRACKING_PREFIX: tracking},
+        key_cache=key_cache if sec.key_cache_ttl_s > 0 else None,
     )
     app.state.route_table = table
     app.state.sessions = sessions

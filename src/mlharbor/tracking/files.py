@@ -22,7 +22,8 @@ from mlharbor.core.errors import InvalidInputError, NotFoundError, describe_valu
 from mlharbor.core.runs import LoggedModel, RunArtifact
 from mlharbor.tracking import checks
 from mlharbor.tracking import schema as t
-from mlharbor.tracking.store import PROXY_SCHEME, TrackingStore, _dialect_insert, now_ms
+from mlharbor.tracking.store import PROXY_SCHEME, TrackingStore, now_ms
+from mlharbor.tracking.writes import dialect_insert
 
 if TYPE_CHECKING:
     from sqlalchemy import RowMapping
@@ -106,7 +107,7 @@ class TrackingFiles:
         row = {"path": key, "sha256": info.sha256, "size": info.size,
                "created_at": now_ms()}
         with self.db.write() as conn:
-            stmt = _dialect_insert(conn)(t.files)
+            stmt = dialect_insert(conn)(t.files)
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=["path"], set_={"sha256": stmt.excluded.sha256,
                                                "size": stmt.excluded.size,

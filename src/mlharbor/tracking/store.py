@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import (
@@ -37,7 +37,7 @@ from mlharbor.core.runs import (
     RunPage,
     RunStatus,
 )
-from mlharbor.tracking import checks
+from mlharbor.tracking import checks, writes
 from mlharbor.tracking import schema as t
 
 if TYPE_CHECKING:
@@ -299,10 +299,10 @@ class TrackingStore:
                 hint="Split it into several batches.")
         if not (points or clean_params or clean_tags):
             with self.db.read() as conn:
-                self._active_run(conn, run_id)
+                _check_active(conn, run_id)
             return
         with self.db.write() as conn:
-            self._active_run(conn, run_id)
+            _check_active(conn, run_id)
             if clean_params:
                 self._write_params(conn, run_id, clean_params)
             if clean_tags:
@@ -313,7 +313,7 @@ class TrackingStore:
                     conn.execute(update(t.runs).where(t.runs.c.run_id == run_id).values(
                         name=clean_tags[RUN_NAME_TAG][: checks.MAX_NAME_CHARS]))
             if points:
-                self._write_metrics(conn, run_id, points)
+                writes.write_metrics(conn, run_id, points)
 
     @staticmethod
     def _write_params(conn: Connection, run_id: str, params: dict[str, str]) -> None:
@@ -330,18 +330,6 @@ class TrackingStore:
                if k not in existing]
         if new:
             conn.execute(insert(t.params), new)
-
-    @staticmethod
-    def _write_metrics(conn: Connection, run_id: str, points: list[MetricPoint]) -> None:
-        conn.execute(insert(t.metrics), [
-            {"run_id": run_id, "key": p.key, "value": None if math.isnan(p.value) else p.value,
-             "timestamp": p.timestamp, "step": p.step} for p in points])
-        latest: dict[str, MetricPoint] = {}
-        for p in points:  # MLflow's order: the highest step, then time, then value wins
-            best = latest.get(p.key)
-            if best is None or _rank(p) > _rank(best):
-                latest[p.key] = p
-        _upsert_latest(conn, run_id, list(latest.values()))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         checks.check_run_id(run_id)
@@ -451,9 +439,15 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i:i + size]
 
 
-def _rank(p: MetricPoint) -> tuple[int, int, bool, float]:
-    nan = math.isnan(p.value)
-    return p.step, p.timestamp, not nan, -math.inf if nan else p.value
+def _check_active(conn: Connection, run_id: str) -> None:
+    """NotFoundError for no such run, InvalidInputError for a deleted one (reads one column:
+    the check every logging call makes)."""
+    stage = writes.run_stage(conn, run_id)
+    if stage is None:
+        raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+    if stage != LifecycleStage.ACTIVE.value:
+        raise InvalidInputError(f"Run {run_id} is deleted; restore it to change it.",
+                                field="run_id")
 
 
 def _check_point(point: Any, index: int) -> MetricPoint:
@@ -497,36 +491,12 @@ def _lifecycle(q: Any, column: Any, view: str) -> Any:
 
 def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: tuple[str, ...],
             columns: tuple[str, ...]) -> None:
-    stmt = _dialect_insert(conn)(table)
+    stmt = writes.dialect_insert(conn)(table)
     stmt = stmt.on_conflict_do_update(index_elements=list(keys),
                                       set_={c: stmt.excluded[c] for c in columns})
     conn.execute(stmt, rows)
 
 
-def _upsert_latest(conn: Connection, run_id: str, points: list[MetricPoint]) -> None:
-    stmt = _dialect_insert(conn)(t.latest_metrics)
-    cur, new = t.latest_metrics.c, stmt.excluded
-    newer = or_(new.step > cur.step,
-                and_(new.step == cur.step, new.timestamp > cur.timestamp),
-                and_(new.step == cur.step, new.timestamp == cur.timestamp,
-                     or_(cur.value.is_(None), new.value > cur.value)))
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["run_id", "key"],
-        set_={"value": new.value, "timestamp": new.timestamp, "step": new.step},
-        where=newer)
-    conn.execute(stmt, [{"run_id": run_id, "key": p.key,
-                         "value": None if math.isnan(p.value) else p.value,
-                         "timestamp": p.timestamp, "step": p.step} for p in points])
-
-
-def _dialect_insert(conn: Connection) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
 
 
 def _experiment(row: RowMapping) -> Experiment:
