@@ -59,7 +59,8 @@ def test_format_size_reads_back_within_its_precision(size: int) -> None:
 
 
 @pytest.mark.parametrize("text", ["", "MB", "-1", "1e9", "1,000", "2 GiBs", "1 EiB", "nan",
-                                  "0x10", "1.2.3MB", "١٢MB", str(MAX_SIZE + 1), "1048577TiB"])
+                                  "0x10", "1.2.3MB", "\u0661\u0662MB",  # Arabic-Indic digits
+                                  str(MAX_SIZE + 1), "1048577TiB"])
 def test_refusals_name_what_was_wrong(text: str) -> None:
     with pytest.raises(InvalidInputError, match="model_memory_budget"):
         parse_size(text, what="model_memory_budget")

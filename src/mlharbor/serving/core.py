@@ -95,7 +95,7 @@ class DataPlane:
         self.synced = True
         for name, plan in plans.items():
             self.metrics.versions_ready.labels(self.metrics.endpoint_label(name)).set(
-                1 if plan.servable else 0)
+                1 if plan.answerable else 0)
 
     @property
     def ready(self) -> bool:
@@ -148,13 +148,24 @@ class DataPlane:
         else:
             sticky = headers.get(plan.sticky_header) if headers else None
             target = plan.pick(sticky)
+        load_error: UnavailableError | None = None
+        prepared = None
         if target.pending and self.demand is not None:  # not in memory: load it (bounded)
-            plan, target = await self.demand.ready(plan, target)
-        x, rows, matrix = self._prepare(plan, target.model, data)
+            prepared = self._prepare(plan, target.model, data)  # bad input: nothing loads
+            try:
+                plan, target = await self.demand.ready(plan, target)
+                prepared = None
+            except UnavailableError as exc:  # failed, refused or still loading: fall back
+                if not (plan.fallbacks or plan.default_answer):
+                    raise
+                load_error = exc
+        x, rows, matrix = prepared or self._prepare(plan, target.model, data)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.timeout_s
         try:
             async with asyncio.timeout_at(deadline):
+                if load_error is not None:
+                    raise load_error
                 outputs = await target.batcher.submit(x, rows)
             answer = Answer(endpoint, target.model, target.ref, outputs, rows)
         except OverloadedError:
@@ -216,6 +227,9 @@ class DataPlane:
                 timed_out = True
                 break
             try:
+                if fallback.pending and self.demand is not None:  # load it, in the time left
+                    async with asyncio.timeout_at(deadline):
+                        _plan, fallback = await self.demand.ready(plan, fallback)
                 x, n, _matrix = self._prepare(plan, fallback.model, data)
                 async with asyncio.timeout_at(deadline):
                     outputs = await fallback.batcher.submit(x, n)

@@ -14,6 +14,12 @@ loaded still gets a *pending* target: its stand-in model knows the signature
 (:mod:`mlharbor.serving.pending`), and the data plane loads the version (bounded wait) when a
 request picks it. Loaded targets count their requests in flight on the pool entry
 (:class:`CountedBatcher`), so the pool never unloads a version that is answering.
+
+When no route has a version to answer (each failed to load, or was refused), each failed route
+gets a *stand-in* target that refuses with its load failure: requests walk the endpoint's
+fallback chain (then its default answer) instead of getting a 503, or get the failure itself
+(``model_too_large`` for a refused version), the same with or without a memory budget.
+Stand-ins never make an endpoint ready.
 """
 
 from __future__ import annotations
@@ -89,12 +95,14 @@ class PendingBatcher:
 class Target:
     """One version that may answer for an endpoint, with the batcher that runs it.
 
-    ``pending``: the version is not loaded (lazy pools); the data plane loads it first."""
+    ``pending``: the version is not loaded (lazy pools); the data plane loads it first.
+    ``standin``: the version failed to load; the target only refuses (see the module doc)."""
 
     ref: str
     entry: PoolEntry
     model: ServedModel
     batcher: Batcher
+    standin: bool = False
 
     @property
     def pending(self) -> bool:
@@ -156,7 +164,8 @@ class EndpointPlan:
     @property
     def answerable(self) -> bool:
         """Has a loaded version, or (lazy pools) one that loads on the first request."""
-        return any(not t.pending for t in self.targets) or (self.lazy and self.servable)
+        return any(not t.pending for t in self.targets) or (
+            self.lazy and any(not t.standin for t in self.targets))
 
     @property
     def converged(self) -> bool:
@@ -184,7 +193,7 @@ class EndpointPlan:
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "name": self.name, "revision": self.revision, "ready": self.servable,
+            "name": self.name, "revision": self.revision, "ready": self.answerable,
             "converged": self.converged, "routes": [r.to_dict() for r in self.routes],
             "fallback": [t.model.ref for t in self.fallbacks],
         }
@@ -264,10 +273,30 @@ def build_plan(
             targets.append((target, route.weight))
     fallbacks = [t for t in (target_for(ref)[0] for ref in resolved_fallbacks(spec, resolved))
                  if t is not None]
+    if not targets:
+        for index, route in enumerate(spec.routes):
+            standin = _standin(route.ref, resolved.get(route.ref), pool)
+            if standin is not None:
+                kept[index] = standin
+                targets.append((standin, route.weight))
     shadow = target_for(spec.shadow, shadow=True)[0] if spec.shadow else None
     return EndpointPlan(spec, revision, settings, targets=targets, shadow=shadow,
                         fallbacks=fallbacks, routes=states, route_targets=kept,
                         resolved=resolved, lazy=pool.lazy)
+
+
+def _standin(ref: str, mv: Any, pool: ModelPool) -> Target | None:
+    """A target that refuses with why ``mv`` failed to load (None: it did not fail)."""
+    entry = None if mv is None or isinstance(mv, Exception) else pool.get(mv.name, mv.version)
+    if entry is None or entry.state not in ("failed", "refused"):
+        return None
+    from mlharbor.serving.pending import pending_model
+
+    try:
+        model = pending_model(mv, wake=lambda: pool.request(mv), reason=entry.reason)
+    except Exception:  # a manifest without a signature: nothing can stand in
+        return None
+    return Target(ref, entry, model, PendingBatcher(model), standin=True)
 
 
 def resolved_fallbacks(spec: EndpointSpec, resolved: dict[str, Any]) -> list[str]:
