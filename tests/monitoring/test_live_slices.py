@@ -110,14 +110,15 @@ def test_live_metrics_by_column_bins_and_filter_show_the_worse_slice(served: Ser
                                "and tenure < 12"])
     assert row["labelled_rows"] == len(served.rows)
     by_key = {s["key"]: s for s in row["slices"]}
-    assert list(by_key) == ["contract=month-to-month", "contract=one-year", "tenure=(-inf, 12)",
-                            "tenure=[12, inf)", "contract == 'month-to-month' and tenure < 12"]
+    assert list(by_key) == [
+        "contract=month-to-month", "contract=one-year", "tenure=(-inf, 12)", "tenure=[12, inf)",
+        "where:contract == 'month-to-month' and tenure < 12"]
     cases = {
         "contract=month-to-month": lambda r: r["contract"] == "month-to-month",
         "contract=one-year": lambda r: r["contract"] == "one-year",
         "tenure=(-inf, 12)": lambda r: r["tenure"] < 12,
         "tenure=[12, inf)": lambda r: r["tenure"] >= 12,
-        "contract == 'month-to-month' and tenure < 12":
+        "where:contract == 'month-to-month' and tenure < 12":
             lambda r: r["contract"] == "month-to-month" and r["tenure"] < 12,
     }
     for key, keep in cases.items():
@@ -185,6 +186,8 @@ def test_slices_over_http(served: Served) -> None:
         assert "'region'" in unknown.text and "contract, tenure" in unknown.text
         many = httpx.get(url, params={**both, "slice": ["contract"] * 11})
         assert many.status_code == 422
+        long_name = httpx.get(url.replace("/churn/", "/" + "x" * 300 + "/"), params=both)
+        assert long_name.status_code == 400 and "endpoint name" in long_name.text
 
 
 def test_slices_from_the_command_line(served: Served) -> None:

@@ -97,7 +97,7 @@ def parse_slice_text(text: str) -> SliceSpec:
         except MlharborError as exc:  # names the character within the filter
             raise InvalidInputError(f"The slice {text!r}: {exc.message}", hint=exc.hint,
                                     field="slice", received=text) from exc
-        return SliceSpec(name=where, where=expr)
+        return SliceSpec(name=WHERE + where, where=expr)  # its key: the text as given
     offset = len(text) - len(text.lstrip())
     column, at = _column(text, offset)
     rest = text[at:].rstrip()
@@ -217,18 +217,19 @@ def slice_rows(part: pd.DataFrame, specs: Sequence[SliceSpec], score: Callable[[
     frame = frame.reset_index(drop=True)
     rows, notes = [], []
     for spec in specs:
+        label = spec_text(spec)
         absent = sorted(spec.columns() - set(frame.columns))
         if absent:  # only the recipe's: named ones were checked against the whole window
-            notes.append(f"recipe slice {spec.label!r} skipped: the column {absent[0]!r} is "
+            notes.append(f"recipe slice {label!r} skipped: the column {absent[0]!r} is "
                          "not among the logged inputs")
             continue
         try:
             groups = spec.groups(frame)
         except MlharborError as exc:  # e.g. bins on a text column, text compared with numbers
             if strict:
-                raise InvalidInputError(f"The slice {spec.label!r} cannot be cut on the "
+                raise InvalidInputError(f"The slice {label!r} cannot be cut on the "
                                         f"logged inputs: {exc.message}", field="slice") from exc
-            notes.append(f"recipe slice {spec.label!r} skipped: {exc.message}")
+            notes.append(f"recipe slice {label!r} skipped: {exc.message}")
             continue
         if spec.column and not spec.bins and len(groups) > MAX_LEVELS:
             notes.append(f"{spec.column} has {len(groups)} values; the {MAX_LEVELS} largest "
@@ -236,9 +237,17 @@ def slice_rows(part: pd.DataFrame, specs: Sequence[SliceSpec], score: Callable[[
             groups = sorted(groups, key=lambda g: -int(g[1].sum()))[:MAX_LEVELS]
         for key, mask in groups:
             n = int(mask.sum())
-            rows.append({"spec": spec.label, "key": key, "labelled_rows": n,
+            rows.append({"spec": label, "key": key, "labelled_rows": n,
                          "metrics": score(part[mask]) if n else {}})
     return rows, notes
+
+
+def spec_text(spec: SliceSpec) -> str:
+    """How a slice is named in answers: a filter given as ``where:...`` by that text, any
+    other as evaluation labels it (``contract``, ``tenure (bins)``, ``name: filter``)."""
+    if spec.where is not None and spec.name is not None and spec.name.startswith(WHERE):
+        return spec.name
+    return spec.label
 
 
 def validation_slices(evaluation: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
