@@ -146,8 +146,10 @@ class Monitor:
         ``slices``: slice texts (``contract``, ``tenure:12,36``, ``where:...``, ``recipe``;
         :mod:`mlharbor.monitoring.liveslices`), checked before anything is read; each row then
         lists its slices, compared with the version's holdout slice metrics when stored."""
+        from mlharbor.core.names import validate_name
         from mlharbor.monitoring.windows import check_time_windows
 
+        validate_name(endpoint, kind="endpoint name")  # it names a folder of the log
         wanted = None
         if slices is not None:
             from mlharbor.monitoring.liveslices import LiveSlices, parse_live_slices

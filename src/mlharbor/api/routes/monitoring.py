@@ -104,10 +104,8 @@ def get_performance(
         None, alias="slice", max_length=10, description=SLICE_HELP),
 ) -> dict[str, Any]:
     from mlharbor.core.errors import InvalidInputError
-    from mlharbor.core.names import validate_name
     from mlharbor.monitoring.windows import parse_duration
 
-    validate_name(name, kind="endpoint name")  # it names a folder of the log
     slices = None
     if texts is not None:
         from mlharbor.monitoring.liveslices import parse_live_slices
