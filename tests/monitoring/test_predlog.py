@@ -37,6 +37,8 @@ def test_emit_never_blocks_and_never_touches_the_disk(settings: Settings) -> Non
     """emit is an append to memory: it returns while the journal is held by a stuck write
     (here: its lock, held by the test), writes nothing, and every record is accepted. (Its
     cost per record is measured by bench/predlog_emit.py, not asserted here.)"""
+    # room for all 100,000 records (the byte bound itself: tests/serving/test_limits.py)
+    settings.monitoring.pending_max_bytes = 512 * 2**20
     log = open_prediction_log(settings)  # not started: nothing drains
     records = [record(i) for i in range(20_000)]
     done = threading.Event()
