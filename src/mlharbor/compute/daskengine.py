@@ -44,6 +44,7 @@ class DaskEngine:
 
     def __enter__(self) -> DaskEngine:
         distributed = _distributed()
+        self._refused_at_once()
         try:
             self._client = distributed.Client(self.address, timeout=self._connect_timeout,
                                               set_as_default=False)
@@ -65,6 +66,22 @@ class DaskEngine:
 
     def __exit__(self, *exc: object) -> None:
         self._close()
+
+    def _refused_at_once(self) -> None:
+        """A port nobody listens on refuses a TCP connection at once, while Dask's client
+        retries until its timeout: say so now rather than after ``connect_timeout``."""
+        import socket
+
+        host, _, port = self.address.split("://", 1)[1].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)),
+                                     timeout=self._connect_timeout).close()
+        except ConnectionRefusedError as exc:
+            raise UnavailableError(
+                f"cannot reach the Dask scheduler at {self.address}: nothing listens there "
+                f"(connection refused); {_HINT}", scheduler=self.address) from exc
+        except OSError:
+            return  # unreachable in another way: the client's own timeout and message apply
 
     def _close(self) -> None:
         if self._client is not None:
