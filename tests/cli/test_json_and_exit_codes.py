@@ -136,7 +136,13 @@ CASES: dict[str, Case] = {
     "admin service-accounts list": lambda s: ["admin", "service-accounts", "list"],
     "admin keys list": lambda s: ["admin", "keys", "list"],
     "monitor drift": lambda s: ["monitor", "drift", "churn", "--window", "2h"],
+    "monitor attributions": lambda s: ["monitor", "attributions", "churn", "--window", "2h",
+                                       "--rows", "50"],
     "monitor performance": lambda s: ["monitor", "performance", "churn"],
+    "runs list": lambda s: ["runs", "list"],
+    "runs show": lambda s: ["runs", "show", s.values["runs list"]["runs"][0]["run_id"]],
+    "runs compare": lambda s: ["runs", "compare", *[r["run_id"] for r in
+                                                    s.values["runs list"]["runs"][:2]]],
     "policies apply": lambda s: ["policies", "apply", str(s.folder / "policy.yaml")],
     "policies list": lambda s: ["policies", "list"],
     "policies show": lambda s: ["policies", "show", "churn"],
@@ -185,6 +191,8 @@ def test_every_json_option_prints_valid_json(settings: Settings, tmp_path: Path)
     assert any("'total_charges' is missing" in w for w in scene.values["train"]["warnings"])
     assert scene.values["reproduce"]["matches"] is True
     assert scene.values["monitor drift"]["window"]["rows"] == 300
+    assert scene.values["monitor attributions"]["version"] == 1
+    assert len(scene.values["runs list"]["runs"]) >= 2  # the train run and its candidates
     assert scene.values["jobs cancel"]["id"] == scene.values["retrain"]["job"]
 
 
