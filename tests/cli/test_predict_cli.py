@@ -124,3 +124,13 @@ def test_killed_mid_job_resumes_to_the_uninterrupted_result(home: dict[str, Any]
 
     assert table(out).equals(table(whole))
     assert table(out).num_rows == ROWS
+
+
+def test_an_s3_output_is_refused_with_the_reason_and_nothing_created(
+        home: dict[str, Any], tmp_path: Path) -> None:
+    done = run_cli("predict", "churn:1", "--input", str(home["root"] / "big.parquet"),
+                   "--output", "s3://bucket/scored", env=home["env"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "s3:// is not supported yet" in done.stderr and "aws s3 sync" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # no local folder named "s3:" either

@@ -183,9 +183,15 @@ def _check_options(options: BatchOptions) -> None:
     if options.memory_budget is not None and options.memory_budget <= 0:
         raise InvalidInputError(f"--memory-budget must be a positive number of bytes; "
                                 f"received {options.memory_budget}", field="memory_budget")
-    if str(options.output).startswith("s3://"):
-        raise InvalidInputError("--output must be a local (or shared) folder; writing to "
-                                "s3:// is not supported", field="output")
+    if str(options.output).startswith("s3:/"):  # a Path folds "s3://" into "s3:/"
+        # Parts, errors files, the logged inputs and the manifest are written as files that
+        # are renamed into place, and resuming lists them; S3 has no rename, so each of those
+        # would need its own single-PUT write path. Not done yet.
+        raise InvalidInputError(
+            "--output must be a local folder, or one shared by every Dask worker (NFS, a "
+            "mounted volume); writing the parts to s3:// is not supported yet",
+            hint="Score into a folder, then copy it: aws s3 sync OUTPUT s3://bucket/prefix.",
+            field="output")
     if options.part_rows < 1:
         raise InvalidInputError("part_rows must be at least 1", field="part_rows")
 
