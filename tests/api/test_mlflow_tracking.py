@@ -42,6 +42,9 @@ def mlflow(server: tuple[str, str, Settings], monkeypatch: pytest.MonkeyPatch) -
     url, token, _settings = server
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # log_model infers pip requirements by loading the model in a fresh interpreter (~20 s
+    # each here); nothing tested depends on them, so MLflow falls back to its defaults.
+    monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "0")
     mlflow_module.set_tracking_uri(url)
     yield mlflow_module
     while mlflow_module.active_run() is not None:

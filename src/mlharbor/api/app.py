@@ -126,6 +126,11 @@ def _include_mlflow(app: FastAPI) -> None:
     for router in (mlflow_tracking.router, mlflow_models.router, mlflow_registry.router,
                    mlflow_artifacts.router, mlflow_tracking.fallback):
         app.include_router(router)
+    from mlharbor.api.routes.mlflow_lane import MlflowLane
+
+    # Added before add_auth, so it runs inside it: authenticated, authorised, rate-limited.
+    app.add_middleware(MlflowLane, routers=(mlflow_tracking.router, mlflow_models.router,
+                                            mlflow_registry.router))
 
 
 @asynccontextmanager
