@@ -119,6 +119,23 @@ def test_dateparts_is_trusted_by_name_without_importing_training() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_skops_imports_without_the_array_libraries_and_trusts_the_same_estimators() -> None:
+    """skops lists every estimator at import; through ``skops_io`` that walk does not import
+    torch or dask (installed here), the list is the same as a plain import's, and the adapters
+    still import for real afterwards."""
+    listing = ("import hashlib, skops.io._trusted_types as t; "
+               "print(hashlib.sha256(','.join(t.SKLEARN_ESTIMATOR_TYPE_NAMES).encode())"
+               ".hexdigest())")
+    code = ("import sys; from mlharbor.formats.sklearn import skops_io; skops_io(); "
+            "print('torch' in sys.modules, 'dask' in sys.modules); " + listing + "; "
+            "import sklearn.externals.array_api_compat.torch as a; print(hasattr(a, 'asarray'))")
+    ours = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split()
+    plain = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert ours == ["False", "False", plain[0], "True"]
+
+
 def test_dateparts_pipeline_loads_by_default() -> None:
     import skops.io as sio
     from sklearn.linear_model import LinearRegression

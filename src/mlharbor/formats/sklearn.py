@@ -22,6 +22,9 @@ them.
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
+import types
 import zipfile
 from functools import cache, lru_cache
 from pathlib import Path
@@ -90,10 +93,41 @@ def denied(name: str) -> bool:
             or any(part.startswith("__") for part in parts[1:]))
 
 
+# Array-library adapters vendored in scikit-learn. Importing skops.io lists every scikit-learn
+# estimator (sklearn.utils.all_estimators), and its package walk imports these packages too —
+# which import torch, dask.array or cupy when installed (seconds per process) although no
+# estimator lives there (all_estimators skips `externals`).
+_ADAPTER_PACKAGES = tuple(f"sklearn.externals.array_api_compat.{lib}"
+                          for lib in ("torch", "dask", "cupy"))
+_SKOPS_IMPORT = threading.Lock()
+
+
+def skops_io() -> types.ModuleType:
+    """``skops.io``, imported without importing the array libraries scikit-learn's adapters
+    wrap: while skops imports, the adapter packages are stand-ins without a path (so the walk
+    does not enter them), removed again afterwards so a later real import still works. The
+    list of estimators skops trusts is the same either way."""
+    loaded = sys.modules.get("skops.io")
+    if loaded is not None:
+        return loaded
+    with _SKOPS_IMPORT:
+        standins = {name: types.ModuleType(name) for name in _ADAPTER_PACKAGES
+                    if name not in sys.modules}
+        sys.modules.update(standins)
+        try:
+            import skops.io  # noqa: F401  (the import is the point)
+        finally:
+            for name, standin in standins.items():
+                if sys.modules.get(name) is standin:
+                    del sys.modules[name]
+    return sys.modules["skops.io"]
+
+
 @cache
 def skops_default_types() -> frozenset[str]:
     """The names skops trusts by default (its own audited lists), when skops exposes them."""
     try:
+        skops_io()
         from skops.io import _trusted_types as lists
     except ImportError:  # pragma: no cover - a skops without the lists: rely on the rest
         return frozenset()
@@ -152,7 +186,7 @@ def untrusted_types(types: list[str], allowlist: tuple[str, ...]) -> list[str]:
 
 def check_skops_types(data: bytes, source: str, trust: TrustOptions) -> list[str]:
     """The types the skops payload names, after refusing any outside platform policy."""
-    import skops.io as sio
+    sio = skops_io()
 
     try:
         named = list(sio.get_untrusted_types(data=data))
@@ -196,7 +230,7 @@ class SklearnFormat(ModelFormat):
         return _load(blob.data, blob.name, trust)
 
     def save(self, obj: Any, model_dir: Path) -> str:
-        import skops.io as sio
+        sio = skops_io()
 
         target = model_dir / self.file_name
         sio.dump(obj, target)
@@ -226,7 +260,7 @@ class SklearnFormat(ModelFormat):
 
 def _load(data: bytes, source: str, trust: TrustOptions) -> Any:
     """Check the types named by ``data``, then rebuild the object from those same bytes."""
-    import skops.io as sio
+    sio = skops_io()
 
     named = check_skops_types(data, source, trust)
     return sio.loads(data, trusted=named)
