@@ -107,6 +107,11 @@ def test_demo_trains_registers_serves_and_closes_the_loop(tmp_path: Path) -> Non
         assert f"{control}/ui" in "".join(lines) and f"{control}/docs" in "".join(lines)
         assert httpx.get(f"{control}/docs", headers=headers, timeout=10).status_code == 200
         assert httpx.get(f"{control}/ui", headers=headers, timeout=10).status_code == 200
+        # The training is a tracked run with a child run per candidate (Experiments page).
+        runs = httpx.get(f"{control}/api/v1/runs", headers=headers, timeout=10)
+        assert runs.status_code == 200, runs.text
+        parents = [r for r in runs.json()["runs"] if r["parent_run_id"] is None]
+        assert len(parents) == 1 and parents[0]["status"] == "FINISHED", runs.json()
         # Every command the demo printed works when pasted into a shell, in order.
         printed = [line.strip() for line in "".join(lines).splitlines()]
         commands = [line for line in printed

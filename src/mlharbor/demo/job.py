@@ -74,6 +74,7 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
     from rich.console import Console
 
     from mlharbor.bootstrap import open_registry
+    from mlharbor.bootstrap.tracking import open_tracker
     from mlharbor.cli.models import _version_rows
     from mlharbor.cli.output import print_kv
     from mlharbor.cli.train import _print_train_result, _RichProgress
@@ -83,10 +84,13 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
     console = Console()
     settings = demo_settings(settings)
     registry = open_registry(settings)
+    tracker = open_tracker(settings, registry=registry)
     try:
-        with _RichProgress() as progress:
+        with _RichProgress() as progress:  # recorded as a run, as `mlharbor train` is
             result = train(recipe_path(), registry=registry, settings=settings,
-                           progress=progress, actor="demo")
+                           progress=progress, actor="demo",
+                           tracking=lambda default: tracker.start_run(
+                               experiment=default, run_name=f"train {default}"))
         _print_train_result(result)
         if not result.passed:
             try:  # an earlier run's champion (retrained by the loop, say) keeps serving
@@ -104,6 +108,7 @@ def run_demo(settings: Settings, *, serve: bool = True, traffic: bool = True) ->
             store_endpoint(registry)
             apply_policy(registry)
     finally:
+        tracker.flusher.close()
         registry.close()
     console.print(f"Home: {settings.home}   Reports: {settings.home / 'reports'}",
                   markup=False, highlight=False, soft_wrap=True)
