@@ -135,3 +135,15 @@ def test_free_heap_pages_are_released_once_requests_stop(
         assert released == [http.handled]
 
     asyncio.run(scenario())
+
+
+def test_batches_run_on_the_loop_longer_when_one_cpu_is_all_there_is(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker thread buys parallelism with the event loop only on a second CPU."""
+    from mlharbor.serving.batching import ONE_CPU_INLINE_MAX_S, inline_max_for
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert inline_max_for(0.0002) == 0.0002
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert inline_max_for(0.0002) == ONE_CPU_INLINE_MAX_S
+    assert inline_max_for(0.01) == 0.01  # a higher setting is kept

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from mlharbor.serving.batching import MicroBatcher
+from mlharbor.serving.batching import MicroBatcher, inline_max_for
 from mlharbor.serving.core import DataPlane
 from mlharbor.serving.http import JSON_ONLY, HttpApp, Request, Response, Route, Router, asgi_handler
 from mlharbor.serving.pool import ModelPool
@@ -186,6 +186,8 @@ def create_serving_app(
                      load_executor=loads, memory_budget=serving.model_memory_budget,
                      max_loaded=serving.max_loaded_models)
 
+    inline_max_s = inline_max_for(serving.inline_max_us / 1e6)
+
     def make_batcher(model: ServedModel, spec: EndpointSpec, *,
                      shadow: bool = False) -> MicroBatcher:
         b = spec.batching
@@ -197,7 +199,7 @@ def create_serving_app(
             max_wait_s=(serving.max_batch_wait_ms if b.max_wait_ms is None
                         else b.max_wait_ms) / 1000.0,
             on_batch=lambda rows: metrics.observe_batch(name, rows),
-            inline_max_s=serving.inline_max_us / 1e6, max_queue_bytes=serving.max_queue_bytes,
+            inline_max_s=inline_max_s, max_queue_bytes=serving.max_queue_bytes,
         )
 
     fixed = endpoints if endpoints is not None else (

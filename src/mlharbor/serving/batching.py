@@ -15,7 +15,8 @@ inference (a linear model in ONNX Runtime answers 64 rows in a few microseconds)
 batch's run time is measured, and while its moving average stays under ``inline_max_s`` the
 next batch runs on the event loop itself; a model slower than that (or whose speed is not yet
 known: the first batches) runs in the thread pool, so the loop keeps accepting requests while
-it works.
+it works. A process that may use one CPU only gains no parallelism from the thread, so there
+the threshold is higher (:func:`inline_max_for`).
 
 The queue is bounded in bytes (``max_queue_bytes``, the prepared inputs waiting): a request
 that would pass it is shed at once with 503 (:class:`~mlharbor.serving.http.OverloadedError`)
@@ -35,8 +36,25 @@ from mlharbor.serving.model import Outputs, ServedModel, input_nbytes
 
 BatchObserver = Callable[[int], None]
 INLINE_MAX_S = 0.0002  # batches faster than this on average run on the event loop
+# With one usable CPU, a worker thread cannot run beside the loop: the hand-off is pure cost,
+# so batches up to this long run on the loop (they hold it no longer than a thread holding
+# the interpreter lock for its 5 ms switch interval would).
+ONE_CPU_INLINE_MAX_S = 0.002
 MAX_QUEUE_BYTES = 64 << 20  # prepared inputs waiting for one model, before requests are shed
 _EWMA = 0.2  # weight of the newest batch in the run-time average
+
+
+def inline_max_for(inline_max_s: float) -> float:
+    """The inline threshold for this process: ``inline_max_s``, raised to
+    :data:`ONE_CPU_INLINE_MAX_S` when the process may run on one CPU only (a container's
+    cpuset, ``taskset``)."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: assume several
+        cpus = os.cpu_count() or 2
+    return max(inline_max_s, ONE_CPU_INLINE_MAX_S) if cpus == 1 else inline_max_s
 
 
 class _Item:
