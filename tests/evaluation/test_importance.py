@@ -56,3 +56,23 @@ def test_top_features_and_the_report_block(fitted) -> None:  # type: ignore[no-u
     assert [c["feature"] for c in block["partial_dependence"]] == ["tenure"]
     assert set(block["mean_abs_attribution"]) == {"tenure", "plan"}
     assert block["attribution_note"].startswith("linear on 400 holdout rows")
+
+
+def test_a_sparse_numeric_column_gets_a_curve_over_its_whole_range() -> None:
+    """95% zeros and a few hundred distinct large values (capital gains): the 5th and 95th
+    percentiles are equal, where sklearn refuses to build a grid; this used to fail the whole
+    training run. The curve spans the column's range instead."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    gain = np.where(rng.random(n) < 0.97, 0.0, rng.integers(1, 10_000, n)).astype(float)
+    X = pd.DataFrame({"gain": gain, "age": rng.integers(18, 80, n).astype(float)})
+    y = (gain > 0).astype(int)
+    model = RandomForestClassifier(10, random_state=0).fit(X, y)
+    target = Target("classification", (0, 1), 1)
+    [curve] = partial_dependence_curves(model, X, ["gain"], target, grid=5, max_rows=len(X))
+    assert curve["grid"][0] == 0.0 and curve["grid"][-1] == gain.max()
+    for value, average in zip(curve["grid"], curve["average"], strict=True):
+        expected = model.predict_proba(X.assign(gain=value))[:, 1].mean()
+        assert average == pytest.approx(expected, abs=1e-5)

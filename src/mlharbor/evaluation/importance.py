@@ -118,11 +118,16 @@ def partial_dependence_curves(
             frame = X[column.notna()].reset_index(drop=True)
         if not categorical and pd.api.types.is_integer_dtype(column):
             frame = frame.astype({feature: float})  # sklearn refuses integer grids
-        result = partial_dependence(
-            model, frame, [feature], kind="average", grid_resolution=grid,
-            categorical_features=[feature] if categorical else None,
-            response_method="auto" if target.task == "regression" else "predict_proba",
-        )
+        try:
+            result = partial_dependence(
+                model, frame, [feature], kind="average", grid_resolution=grid,
+                categorical_features=[feature] if categorical else None,
+                percentiles=_percentiles(frame[feature], categorical),
+                response_method="auto" if target.task == "regression" else "predict_proba",
+            )
+        except ValueError as exc:  # an optional chart must never fail the training
+            log.warning("no partial-dependence curve for %r: %s", feature, exc)
+            continue
         average = np.asarray(result["average"], dtype=float)
         values = [v.item() if hasattr(v, "item") else v for v in result["grid_values"][0]]
         curves.append({
@@ -132,6 +137,19 @@ def partial_dependence_curves(
             "average": [round(float(v), 6) for v in _row_of(average, model, target)],
         })
     return curves
+
+
+def _percentiles(column: Any, categorical: bool) -> tuple[float, float]:
+    """The grid's range: the 5th to 95th percentiles, or the whole range when those two are
+    equal (a sparse column, 95% zeros and a few large values, such as capital gains), where
+    sklearn would refuse to build a grid."""
+    import numpy as np
+
+    if categorical:
+        return (0.05, 0.95)
+    values = column.to_numpy(dtype=float)
+    low, high = np.nanpercentile(values, [5, 95])
+    return (0.05, 0.95) if not np.isclose(low, high) else (0.0, 1.0)
 
 
 def _row_of(average: Any, model: Any, target: Target) -> Any:
