@@ -1,11 +1,14 @@
 """Experiment tracking: the real MLflow client against mlharbor and against MLflow's own
 tracking server, both on SQLite, in one run.
 
-    .venv/bin/python bench/tracking/run.py [--points 100000] [--runs 10000] [--home DIR]
+    .venv/bin/python bench/tracking/run.py [--points 100000] [--single-points N]
+                                           [--runs 10000] [--home DIR]
 
 Measures, for each server: logging ``--points`` metric points in batches as
-``mlflow.log_metrics`` sends them (100 metrics per call), the same number one at a time
-(``mlflow.log_metric``), and ``mlflow.search_runs`` with a metric filter over ``--runs`` runs
+``mlflow.log_metrics`` sends them (100 metrics per call), ``--single-points`` (default: the
+same number) one at a time (``mlflow.log_metric``; at MLflow's pace on a busy 2-core machine
+100,000 single calls take hours, so a run may size this apart), and ``mlflow.search_runs``
+with a metric filter over ``--runs`` runs
 (seeded through each server's own store, then searched over HTTP; median of 5). MLflow 3.17.2
 runs from its own venv under bench/.peers/ (made once). Prints a table and writes JSON to
 bench/results/tracking.json. Targets (issue 16): logging >= 5x faster, search < 1/10 of
@@ -36,7 +39,7 @@ import sys, uvicorn
 from mlharbor.api.app import create_app
 from mlharbor.bootstrap import open_identities, open_registry
 from mlharbor.settings import Settings
-s = Settings(home=sys.argv[1], security={"rate_limit_per_minute": 0})
+s = Settings(home=sys.argv[1])  # default limits: MLflow logging has its own bucket
 reg = open_registry(s)
 ids = open_identities(reg)
 ids.create_identity("bench", grants=["admin"], actor="bench")
@@ -107,7 +110,8 @@ def seed_mlharbor(home: Path, runs: int) -> str:
         reg.close()
 
 
-def workload(url: str, token: str | None, points: int, search_eid: str) -> dict[str, float]:
+def workload(url: str, token: str | None, points: int, single: int, search_eid: str
+             ) -> dict[str, float]:
     import mlflow
 
     if token:
@@ -122,10 +126,13 @@ def workload(url: str, token: str | None, points: int, search_eid: str) -> dict[
         for step in range(points // KEYS):
             mlflow.log_metrics({f"k{k}": step * 0.001 + k for k in range(KEYS)}, step=step)
         out["batched_s"] = time.perf_counter() - start
+        out["batched_load"] = os.getloadavg()[0]
         start = time.perf_counter()
-        for step in range(points):
+        for step in range(single):
             mlflow.log_metric("single", step * 0.001, step=step)
         out["single_s"] = time.perf_counter() - start
+        out["single_ms_per_call"] = out["single_s"] / max(single, 1) * 1000
+        out["single_load"] = os.getloadavg()[0]
     times = []
     for _ in range(5):
         start = time.perf_counter()
@@ -134,15 +141,19 @@ def workload(url: str, token: str | None, points: int, search_eid: str) -> dict[
         times.append(time.perf_counter() - start)
     out["search_s"] = statistics.median(times)
     out["search_hits"] = float(len(found))
+    out["search_load"] = os.getloadavg()[0]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--single-points", type=int, default=None,
+                        help="points logged one at a time (default: --points)")
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--home", type=Path, default=None)
     args = parser.parse_args()
+    single = args.points if args.single_points is None else args.single_points
     home = args.home or Path(tempfile.mkdtemp(prefix="mlh-tracking-bench-"))
     peer = ensure_peer()
     results: dict[str, dict[str, float]] = {}
@@ -162,7 +173,7 @@ def main() -> None:
         token = (mlh.stdout.readline() if mlh.stdout else "").strip()
         wait_port(port, mlh)
         results["mlharbor"] = workload(f"http://127.0.0.1:{port}", token, args.points,
-                                       mlh_eid)
+                                       single, mlh_eid)
         port2 = free_port()
         env = {**os.environ, "PATH": f"{peer / 'bin'}:{os.environ.get('PATH', '')}"}
         mlf = subprocess.Popen([str(peer / "bin" / "mlflow"), "server", "--backend-store-uri",
@@ -171,7 +182,8 @@ def main() -> None:
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(mlf)
         wait_port(port2, mlf)
-        results["mlflow"] = workload(f"http://127.0.0.1:{port2}", None, args.points, mlf_eid)
+        results["mlflow"] = workload(f"http://127.0.0.1:{port2}", None, args.points, single,
+                                     mlf_eid)
     finally:
         for proc in procs:
             proc.terminate()
@@ -179,10 +191,14 @@ def main() -> None:
     a, b = results["mlharbor"], results["mlflow"]
     print(f"{'':28}{'mlharbor':>12}{'mlflow':>12}{'speed-up':>10}")
     for key, label in (("batched_s", f"{args.points} points, batched"),
-                       ("single_s", f"{args.points} points, one by one"),
+                       ("single_s", f"{single} points, one by one"),
                        ("search_s", f"search over {args.runs} runs")):
         print(f"{label:28}{a[key]:>11.3f}s{b[key]:>11.3f}s{b[key] / a[key]:>9.1f}x")
     print(f"search hits: mlharbor {a['search_hits']:.0f}, mlflow {b['search_hits']:.0f}")
+    print(f"one by one: mlharbor {a['single_ms_per_call']:.2f} ms/call, mlflow "
+          f"{b['single_ms_per_call']:.2f} ms/call; 1-min load average at the end of each "
+          f"phase: " + ", ".join(f"{k} {a[k]:.1f}/{b[k]:.1f}" for k in
+                                 ("batched_load", "single_load", "search_load")))
     out = ROOT / "bench" / "results" / "tracking.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args) | {"home": str(home)}, "results": results},

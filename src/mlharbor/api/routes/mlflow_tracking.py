@@ -362,8 +362,12 @@ async def list_artifacts(request: Request) -> Any:
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@fallback.api_route("/{path:path}", methods=_METHODS, include_in_schema=False)
+@fallback.api_route("/{path:path}", methods=_METHODS,
+                    summary="Any other MLflow API: answered in MLflow's error shape")
 async def unsupported(request: Request, path: str) -> JsonResponse:
+    """MLflow REST APIs mlharbor does not implement answer ``ENDPOINT_NOT_FOUND`` (404) with
+    a message saying what is supported, never an HTML 404 page. Documented so the fuzz tests
+    reach it too."""
     return mlflow_error(
         "ENDPOINT_NOT_FOUND",
         f"mlharbor does not support the MLflow API {request.method} {PREFIX}/{path[:200]}; it "
