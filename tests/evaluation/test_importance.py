@@ -76,3 +76,25 @@ def test_a_sparse_numeric_column_gets_a_curve_over_its_whole_range() -> None:
     for value, average in zip(curve["grid"], curve["average"], strict=True):
         expected = model.predict_proba(X.assign(gain=value))[:, 1].mean()
         assert average == pytest.approx(expected, abs=1e-5)
+
+
+def test_attributions_cover_a_holdout_with_missing_values_the_training_rows_lack() -> None:
+    """The signature the report's explainer checks rows against is inferred from every row it
+    sees: a text value missing only in the holdout used to void the attributions."""
+    from sklearn.impute import SimpleImputer
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"tenure": rng.integers(0, 72, 300).astype(float),
+                      "plan": rng.choice(["a", "b", "c"], 300).astype(object)})
+    y = ((X["tenure"] < 20) | (X["plan"] == "c")).astype(int).to_numpy()
+    text = Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
+                     ("onehot", OneHotEncoder(handle_unknown="ignore"))])
+    prepare = ColumnTransformer([("num", StandardScaler(), ["tenure"]),
+                                 ("cat", text, ["plan"])])
+    model = Pipeline([("prepare", prepare), ("model", LogisticRegression())]).fit(X, y)
+    holdout = X.head(50).copy()
+    holdout.loc[:4, "plan"] = None
+    block = importance_report(model, holdout, Target("classification", (0, 1), 1),
+                              {"tenure": 0.2, "plan": 0.1}, background=X.iloc[50:], top=1)
+    assert set(block["mean_abs_attribution"] or {}) == {"tenure", "plan"}, \
+        block["attribution_note"]

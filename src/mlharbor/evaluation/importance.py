@@ -64,6 +64,8 @@ def mean_abs_attribution(
     """Each input column's mean |attribution| over (a sample of) ``X``, from
     :func:`mlharbor.explain.explainers.explainer_for`, and a note saying how it was computed
     (or why there is none: the model cannot be explained)."""
+    import pandas as pd
+
     from mlharbor.core.errors import MlharborError
     from mlharbor.core.signature import infer_signature
     from mlharbor.explain.explainers import explainer_for
@@ -71,7 +73,10 @@ def mean_abs_attribution(
     from mlharbor.formats.sklearn import encoder_categories
 
     reference = background if background is not None else X
-    signature = infer_signature(reference.head(200), categories=encoder_categories(model))
+    # Inferred over every row the explainer sees, so that a value missing only in the
+    # holdout (a nullable column) is not refused by the signature.
+    signature = infer_signature(pd.concat([reference, X], ignore_index=True),
+                                categories=encoder_categories(model))
     try:
         explainer = explainer_for(
             EstimatorModel(model, "frame"),
@@ -83,6 +88,9 @@ def mean_abs_attribution(
         found = explainer.explain(rows)
     except MlharborError as exc:
         return None, f"no attributions: {exc.message}"
+    except Exception as exc:  # an explainer's library failing must not fail the training
+        log.warning("no attributions for the report: %s: %s", type(exc).__name__, exc)
+        return None, f"no attributions: the explainer failed ({type(exc).__name__}: {exc})"
     return found.mean_abs(), (f"{found.method} on {found.rows} holdout rows, "
                               f"{found.output_name}")
 
