@@ -161,6 +161,36 @@ def test_the_explain_routes_survive_the_fuzzer(home_settings: Settings, serve: A
     assert not findings, report(findings, fuzzer.calls)
 
 
+def test_a_version_not_in_memory_loads_through_the_pool_to_be_explained(
+        home_settings: Settings, serve: Any, reference_proba: Any) -> None:
+    """With serving.max_loaded_models, explaining a version that is not loaded loads it
+    through the pool (the other is unloaded), as predict would; it used to be explained by a
+    second copy loaded beside the pool, outside the memory bound, and never kept."""
+    from mlharbor.registry.endpoints import EndpointSpec
+    from mlharbor.settings import ServingSettings
+
+    def spec(name: str, ref: str) -> Any:
+        return EndpointSpec.model_validate({"name": name, "routes": [{"ref": ref}],
+                                            "explain": True})
+
+    lazy = home_settings.model_copy(update={"serving": ServingSettings(
+        poll_interval_s=0.2, max_loaded_models=1)})
+    server = serve(lazy, endpoints=[spec("one", "churn:1"), spec("two", "churn:2")])
+
+    def loaded() -> list[str]:
+        body = httpx.get(f"{server.url}/v1/endpoints").json()
+        return [f"{m['model']}:{m['version']}" for m in body["models"] if m["state"] == "ready"]
+
+    assert httpx.post(f"{server.url}/v1/endpoints/one/predict", json=ROWS).status_code == 200
+    assert loaded() == ["churn:1"]
+    for _ in range(2):
+        answer = httpx.post(f"{server.url}/v1/endpoints/two/explain", json=ROWS, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["version"] == 2
+        check_rows(answer.json(), reference_proba("churn:2", ROWS)[:, 1])
+        assert loaded() == ["churn:2"]
+
+
 # -- the explainer cache ----------------------------------------------------------------------
 
 

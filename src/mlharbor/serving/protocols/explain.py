@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.core.errors import ConflictError, InvalidInputError
+from mlharbor.core.errors import ConflictError, InvalidInputError, UnavailableError
 from mlharbor.serving.http import JSON_ONLY, Request, Response, Route, json_response
 from mlharbor.serving.protocols import kserve, native
 from mlharbor.serving.protocols.payload import parse_json, records_or_columns
@@ -47,14 +47,24 @@ def _target(plane: DataPlane, name: str, request: Request) -> tuple[EndpointPlan
     return plan, plan.pick(request.headers.get(plan.sticky_header))
 
 
-async def _explain(cache: ExplainerCache, plan: EndpointPlan, target: Target, data: Any,
-                   request: Request) -> dict[str, Any]:
+async def _explain(plane: DataPlane, cache: ExplainerCache, plan: EndpointPlan,
+                   target: Target, data: Any, request: Request) -> dict[str, Any]:
     _x, rows, _matrix = target.model.prepare(data)  # validate before any work
     limit = min(plan.max_rows, MAX_EXPLAIN_ROWS)
     if not 1 <= rows <= limit:
         raise InvalidInputError(
             f"The request holds {rows} rows; an explanation takes 1 to {limit}.",
             hint="Split the request.", field="rows", expected=f"1..{limit}", received=rows)
+    if target.pending:
+        # Not in memory (a lazy pool) or failed to load: load it through the pool as predict
+        # does, so the model memory budget holds and the explainer lives as long as the
+        # loaded version; never a second copy loaded beside the pool.
+        if plane.demand is None:
+            reason = f": {target.entry.reason}" if target.entry.reason else ""
+            raise UnavailableError(f"{target.model.ref} is not loaded in this server{reason}.",
+                                   hint="Check `mlharbor endpoints show` for the load status; "
+                                   "it is tried again later.")
+        plan, target = await plane.demand.ready(plan, target)
     attributions = await cache.explain(target.model, data, timeout_s=plan.timeout_s)
     return {"endpoint": plan.name, "model": target.model.name,
             "version": target.model.version, "request_id": request.request_id,
@@ -67,14 +77,14 @@ def routes(plane: DataPlane, cache: ExplainerCache) -> list[Route]:
         request.endpoint = name
         plan, target = _target(plane, name, request)
         data = records_or_columns(parse_json(request.body))
-        return json_response(await _explain(cache, plan, target, data, request))
+        return json_response(await _explain(plane, cache, plan, target, data, request))
 
     async def explain_kserve(request: Request) -> Response:
         name = request.params["model"]
         request.endpoint = name
         plan, target = _target(plane, name, request)
         data = kserve._instances(parse_json(request.body), target.model.signature.names)
-        return json_response(await _explain(cache, plan, target, data, request))
+        return json_response(await _explain(plane, cache, plan, target, data, request))
 
     return [
         Route("POST", "/v1/endpoints/{name}/explain", explain_native, "native",
