@@ -20,11 +20,12 @@ and Python's arenas keep in fragments, and the request path's own growth, are in
 So the budget is also enforced on what the process really holds: its resident memory (heap
 trimmed first) above its *baseline*, the trimmed RSS with runtimes imported and no version
 loaded, taken when the pool starts. Before a load, versions are unloaded until that excess plus
-the incoming version's expected size fits the budget; after it, until the excess fits. Should
+twice the incoming version's expected size (the model, and its load's working memory) fits the
+budget; after it, until the excess fits. Should
 the excess pass the budget with nothing left to unload (memory outside the models grew), the
 baseline is taken again there, with no version loaded, so the pool never thrashes; it is
-logged. What remains above baseline + budget is one load's transient working memory (the
-bundle read and deserialised beside the finished model) while it runs. A
+logged. What may still pass baseline + budget is a load whose working memory is larger than its
+model, or a version never measured before (its expected size is the mean of the loaded). A
 version with requests in flight is never unloaded (the budget may then be passed until they
 finish, and is restored at the next load). A version whose model file, or measured size, is
 bigger than the whole budget is refused (state ``refused``; the reason gives both sizes) and
@@ -232,7 +233,9 @@ class ModelPool:
                 if entry is None:
                     expected = self._expected_bytes(key)
                     self._make_room(expected, keep=key)
-                    await self._fit_resident(expected, keep=key)
+                    # Room for the model and for its load's working memory (the bundle read
+                    # and deserialised beside it), taken as one more model's size.
+                    await self._fit_resident(2 * expected, keep=key)
                     entry = await self._load_measured(mv)
                     if entry.state == "ready":
                         self._fit(entry)
