@@ -70,6 +70,10 @@ def test_the_feature_the_model_leans_on_more_is_named(served: tuple[Settings, pd
         with pytest.raises(NotFoundError, match="logged no predictions"):
             endpoint_attribution_drift(monitor, "lin", start=now - timedelta(days=3),
                                        end=now - timedelta(days=2))
+        for name in ("../lin", "x" * 300, "lin/.."):  # it names a folder of the log
+            with pytest.raises(InvalidInputError, match="endpoint name"):
+                endpoint_attribution_drift(monitor, name, start=now - timedelta(hours=1),
+                                           end=now)
     finally:
         registry.close()
     by_name = {f["name"]: f for f in report["features"]}

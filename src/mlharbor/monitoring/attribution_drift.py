@@ -107,11 +107,13 @@ def endpoint_attribution_drift(
     """Attribution drift of the predictions ``endpoint`` logged in ``[start, end)`` (the
     version that answered most of them, or ``version``) against that version's reference
     profile: the report of :func:`compare_attributions` with endpoint, model and version."""
+    from mlharbor.core.names import validate_name
     from mlharbor.explain import explainer_for
     from mlharbor.explain.background import background_from_profile
     from mlharbor.formats.base import TrustOptions
     from mlharbor.formats.predictor import load_bundle
 
+    validate_name(endpoint, kind="endpoint name")  # it names a folder of the log
     if not 1 <= rows <= MAX_ROWS:
         raise InvalidInputError(f"rows must be 1 to {MAX_ROWS}; received {rows}.",
                                 field="rows", expected=f"1..{MAX_ROWS}", received=rows)
