@@ -128,3 +128,27 @@ def test_cli_names_the_drifted_feature_and_fails_on_drift(served: tuple[Settings
     bad = run_cli("monitor", "attributions", "lin", "--rows", "0", env=env)
     assert bad.returncode == 2 and "rows must be" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_window_whose_inputs_are_redacted_says_so(served: tuple[Settings, pd.DataFrame]
+                                                    ) -> None:
+    """An input column the log hashes or masks (monitoring.redaction) cannot be explained:
+    the refusal names the column and the setting, not a schema error about the request."""
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.core.errors import ConflictError
+    from mlharbor.monitoring.attribution_drift import endpoint_attribution_drift
+    from mlharbor.monitoring.service import Monitor
+    from mlharbor.settings import MonitoringSettings
+
+    settings, x = served
+    settings = settings.model_copy(update={"monitoring": MonitoringSettings(
+        redaction={"lin": {"c": "hash"}})})
+    log_window(settings, x.head(50))
+    registry = open_registry(settings)
+    try:
+        now = datetime.now(UTC)
+        with pytest.raises(ConflictError, match=r"'c'.*monitoring\.redaction"):
+            endpoint_attribution_drift(Monitor(settings, registry), "lin",
+                                       start=now - timedelta(hours=1), end=now)
+    finally:
+        registry.close()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlharbor.core.errors import InvalidInputError, NotFoundError
+from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from mlharbor.explain import Attributions
@@ -107,6 +107,7 @@ def endpoint_attribution_drift(
     """Attribution drift of the predictions ``endpoint`` logged in ``[start, end)`` (the
     version that answered most of them, or ``version``) against that version's reference
     profile: the report of :func:`compare_attributions` with endpoint, model and version."""
+    from mlharbor.core.errors import SchemaError
     from mlharbor.core.names import validate_name
     from mlharbor.explain import explainer_for
     from mlharbor.explain.background import background_from_profile
@@ -142,8 +143,15 @@ def endpoint_attribution_drift(
     window = _window_rows(monitor, endpoint, version, start, end, predictor.signature.names,
                           rows)
     explainer = explainer_for(predictor, reference_rows)
-    report = compare_attributions(explainer.explain(reference_rows), explainer.explain(window),
-                                  threshold=threshold).to_dict()
+    reference = explainer.explain(reference_rows)
+    try:
+        current = explainer.explain(window)
+    except SchemaError as exc:  # the log's rows, not the caller's request, do not fit
+        raise ConflictError(
+            f"The inputs {endpoint!r} logged for {mv.ref} do not fit its signature: "
+            f"{exc.message}", hint="Was the log written under other redaction rules or by "
+            "another version? Narrow the window, or name the version.") from exc
+    report = compare_attributions(reference, current, threshold=threshold).to_dict()
     report.update(endpoint=endpoint, model=model, version=version)
     return report
 
@@ -155,6 +163,14 @@ def _window_rows(monitor: Monitor, endpoint: str, version: int, start: Any, end:
     if table.num_rows == 0:
         raise NotFoundError(f"Endpoint {endpoint!r} logged no answered predictions of version "
                             f"{version} in the window.", hint="Widen the window.")
+    redaction = getattr(monitor.log, "redaction", None)
+    rules = (redaction.rules_for(endpoint) if redaction is not None else None) or {}
+    redacted = [n for n in names if n in rules]
+    if redacted:  # hashed or masked values are no longer the model's input
+        raise ConflictError(
+            f"The prediction log redacts {', '.join(map(repr, redacted[:5]))} of endpoint "
+            f"{endpoint!r} (monitoring.redaction), so the window's inputs cannot be explained.",
+            hint="Attribution drift needs those columns logged as received.")
     missing = [n for n in names if f"in.{n}" not in table.column_names]
     if missing:
         raise NotFoundError(
