@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -39,8 +39,22 @@ from mlharbor.explain.permutation import DEFAULT_BUDGET, permutation_values
 
 if TYPE_CHECKING:
     from mlharbor.core.signature import Signature
-    from mlharbor.formats.base import NativeModel
-    from mlharbor.formats.predictor import Predictor
+
+
+class NativeModel(Protocol):
+    """What an explainer needs of a loaded model: the shape of
+    :class:`mlharbor.formats.base.NativeModel`, restated here because ``explain`` and
+    ``formats`` are siblings that do not import each other (DESIGN.md, import direction)."""
+
+    input_kind: str
+    classes: Any
+
+    @property
+    def has_proba(self) -> bool: ...
+
+    def predict(self, data: Any) -> np.ndarray: ...
+
+    def predict_proba(self, data: Any) -> np.ndarray: ...
 
 log = logging.getLogger("mlharbor.explain")
 SHAP_TREES = frozenset({
@@ -232,7 +246,7 @@ class PermutationExplainer(Explainer):
 
 
 def explainer_for(
-    model: Predictor | NativeModel, background: Any = None, *,
+    model: Any, background: Any = None, *,
     signature: Signature | None = None, task: str | None = None,
     budget: int = DEFAULT_BUDGET,
 ) -> Explainer:
@@ -244,14 +258,13 @@ def explainer_for(
     linear rule takes its mean, the fallback samples it; trees need none. ``budget`` bounds
     the fallback's model evaluations per explained row.
     """
-    from mlharbor.formats.predictor import NativeRunner, Predictor
-
-    if isinstance(model, Predictor):
-        if not isinstance(model.runner, NativeRunner):
+    runner = getattr(model, "runner", None)
+    if runner is not None and hasattr(model, "manifest"):  # a formats Predictor
+        if getattr(runner, "name", None) != "native":
             raise InvalidInputError(
                 "Explanations need the native model; this predictor runs ONNX Runtime.",
                 hint="Load the bundle with load_bundle(path, runtime='native').")
-        signature, task, native = model.signature, model.task, model.runner.model
+        signature, task, native = model.signature, model.task, runner.model
     else:
         native = model
     if signature is None:
