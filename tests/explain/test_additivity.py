@@ -226,3 +226,26 @@ def test_bad_rows_are_refused_naming_the_column(tmp_path: Path) -> None:
         explainer.explain([{"f0": 1.0, "f1": 2.0, "f2": 3.0}])
     with pytest.raises(InvalidInputError, match="f0"):
         explainer.explain([{"f0": "high", "f1": 2.0, "f2": 3.0, "f3": 1.0}])
+
+
+def test_a_nested_step_that_cannot_count_its_columns_takes_the_fallback() -> None:
+    """An inner pipeline over one column whose step cannot say its output width (a
+    FunctionTransformer): the column map is unknown, so the sampled fallback explains the
+    whole pipeline and still adds up. It used to map to no column at all, and the attributions
+    summed to the base value alone."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from mlharbor.core.signature import infer_signature
+    from mlharbor.formats.base import EstimatorModel
+
+    x = pd.DataFrame({"a": np.linspace(0, 1, 100)})
+    inner = Pipeline([("log", FunctionTransformer(np.log1p))])
+    model = Pipeline([("prep", inner), ("model", RandomForestRegressor(5, random_state=0))])
+    model.fit(x, 2 * x.a)
+    explainer = explainer_for(EstimatorModel(model, "frame"), x, signature=infer_signature(x),
+                              task="regression")
+    assert explainer.method.startswith("permutation")
+    found = explainer.explain(x.head(5))
+    np.testing.assert_allclose(found.outputs()[:, 0], model.predict(x.head(5)), atol=1e-9)

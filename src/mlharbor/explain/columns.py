@@ -115,8 +115,9 @@ def _widths(step: Any, n_in: int) -> list[int] | None:
         widths = [1] * n_in
         for _name, inner in step.steps:
             inner_widths = _widths(inner, sum(widths))
-            if inner_widths is None:
-                return None if n_in != 1 else [_out_width(step, n_in)]
+            if inner_widths is None:  # one input: everything comes from it, if countable
+                width = _out_width(step, n_in) if n_in == 1 else -1
+                return None if width < 0 else [width]
             # compose: each current column expands into inner_widths of its own
             position, composed = 0, []
             for w in widths:

@@ -139,6 +139,10 @@ class _Transformed(Explainer):
 
     def grouped(self, values: np.ndarray) -> np.ndarray:
         """``(n, transformed, k)`` values summed into ``(n, inputs, k)``."""
+        if values.shape[1] != self.group.shape[0]:  # einsum would broadcast a width of 1
+            raise ValueError(
+                f"The model sees {values.shape[1]} columns but the column map names "
+                f"{self.group.shape[0]}: the preprocessing was not read right.")
         out: np.ndarray = np.einsum("ntk,ts->nsk", values, self.group)
         return out
 
