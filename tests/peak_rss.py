@@ -1,4 +1,5 @@
-"""Run a command and measure its own peak resident memory (RSS), as the kernel counts it.
+"""Run a command and measure its own peak resident memory (RSS), as the kernel counts it, and
+its CPU time.
 
 ``os.wait4`` on a child started straight from a test (or bench) process over-reports: Linux
 keeps the high-water RSS of the memory map a process had *before* ``exec``, and a child forked
@@ -26,7 +27,7 @@ if pid == 0:
     os.execve(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss * 1024))
+    out.write(f"{usage.ru_maxrss * 1024} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -37,6 +38,7 @@ class Measured:
     stdout: str
     stderr: str
     peak_rss: int  # bytes
+    cpu_seconds: float  # user + system time of the command (and the children it waited for)
 
 
 def run_measured(command: Sequence[str], *, env: dict[str, str] | None = None,
@@ -47,5 +49,5 @@ def run_measured(command: Sequence[str], *, env: dict[str, str] | None = None,
         done = subprocess.run([sys.executable, "-S", "-c", _WRAPPER, str(report), *command],
                               env={**os.environ, **(env or {})}, capture_output=True,
                               text=True, timeout=timeout, check=False)
-        peak = int(report.read_text()) if report.exists() else 0
-    return Measured(done.returncode, done.stdout, done.stderr, peak)
+        peak, cpu = report.read_text().split() if report.exists() else ("0", "0")
+    return Measured(done.returncode, done.stdout, done.stderr, int(peak), float(cpu))

@@ -76,7 +76,8 @@ class BatchSummary:
     errors_file: str | None = None
     logged: int = 0
     log_dropped: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the scoring loop's wall time (start-up and checks excluded)
+    cpu_seconds: float = 0.0  # this process's CPU time over that loop (all its threads)
 
     def lines(self) -> list[str]:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -138,7 +139,7 @@ def score_batch(registry: Registry, settings: Settings, ref: str, options: Batch
         known = [p.rows for p in parts]
         progress.start(None if None in known else sum(int(r or 0) for r in known),
                        sum(int(d["rows"]) for d in done.values()))
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         log = _open_log(settings) if options.log else None
         try:
             for _, result in engine.map_unordered(scorer, todo):
@@ -158,6 +159,7 @@ def score_batch(registry: Registry, settings: Settings, ref: str, options: Batch
                 log.close()
                 summary.log_dropped = log.dropped
         summary.seconds = time.monotonic() - started
+        summary.cpu_seconds = time.process_time() - cpu_started
     _tally(summary, done)
     errors_path = options.errors or output / "_errors.csv"
     if summary.errors:
