@@ -105,13 +105,6 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def trimmed_resident_bytes() -> int | None:
-    """Resident memory once the heap's free pages went back to the kernel: what the process
-    really holds (the pool compares it with its baseline to enforce the budget)."""
-    release_free_memory()
-    return resident_bytes()
-
-
 def measured(load: Callable[[], T]) -> tuple[T, int | None]:
     """``load()`` and the memory it took: the larger of the growths of resident memory and of
     the heap's bytes in use (None: neither is known here)."""

@@ -15,17 +15,11 @@ them; loads run one at a time, so each is measured alone. Before a load, least r
 versions are unloaded until the version's expected size (its last measured size, else the
 mean of the loaded ones) and one more slot fit; after it, until the measured total fits.
 
-The estimates alone do not bound the process: memory of unloaded versions that the C allocator
-and Python's arenas keep in fragments, and the request path's own growth, are in no estimate.
-So the budget is also enforced on what the process really holds: its resident memory (heap
-trimmed first) above its *baseline*, the trimmed RSS with runtimes imported and no version
-loaded, taken when the pool starts. Before a load, versions are unloaded until that excess plus
-twice the incoming version's expected size (the model, and its load's working memory) fits the
-budget; after it, until the excess fits. Should
-the excess pass the budget with nothing left to unload (memory outside the models grew), the
-baseline is taken again there, with no version loaded, so the pool never thrashes; it is
-logged. What may still pass baseline + budget is a load whose working memory is larger than its
-model, or a version never measured before (its expected size is the mean of the loaded). A
+The estimates do not bound the whole process: memory of unloaded versions that the C
+allocator and Python's arenas keep in fragments is in no estimate. (Enforcing the budget on the
+process's trimmed RSS above a baseline was tried, issue 15 follow-up: under the many-models load
+~100 MiB above the baseline was resident in no loaded model, so the pool starved to 4-10
+loaded versions of 20 and the peak still passed baseline + budget; open.) A
 version with requests in flight is never unloaded (the budget may then be passed until they
 finish, and is restored at the next load). A version whose model file, or measured size, is
 bigger than the whole budget is refused (state ``refused``; the reason gives both sizes) and
@@ -48,7 +42,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.serving.memory import measured, release_free_memory, trimmed_resident_bytes
+from mlharbor.serving.memory import measured, release_free_memory
 from mlharbor.serving.memory import resident_bytes as resident_bytes
 from mlharbor.serving.model import ServedModel
 
@@ -127,8 +121,6 @@ class ModelPool:
         self.memory_budget = memory_budget
         self.max_loaded = max_loaded
         self.entries: dict[Key, PoolEntry] = {}
-        # Trimmed RSS with no version loaded (lazy pools with a budget; see the module doc).
-        self.baseline_bytes: int | None = None
         self.versions: dict[Key, ModelVersion] = {}
         # Called (lazy pools) with the versions just loaded, refused or unloaded, so the
         # plans naming them are rebuilt: loaded ones take traffic, unloaded ones are let go.
@@ -184,8 +176,6 @@ class ModelPool:
             if kind not in self._primed:
                 self._primed.add(kind)
                 await self._prime(mv)
-        if self.memory_budget and not self.loaded():
-            await self._resident_excess()  # the baseline: runtimes imported, nothing loaded
 
     async def _prime(self, mv: ModelVersion) -> None:
         loop = asyncio.get_running_loop()
@@ -231,15 +221,10 @@ class ModelPool:
             async with self._one_load:
                 entry = self._refuse_early(mv)
                 if entry is None:
-                    expected = self._expected_bytes(key)
-                    self._make_room(expected, keep=key)
-                    # Room for the model and for its load's working memory (the bundle read
-                    # and deserialised beside it), taken as one more model's size.
-                    await self._fit_resident(2 * expected, keep=key)
+                    self._make_room(self._expected_bytes(key), keep=key)
                     entry = await self._load_measured(mv)
                     if entry.state == "ready":
                         self._fit(entry)
-                        await self._fit_resident(0, keep=key)
             self._changed({key})
             return entry
         finally:
@@ -339,49 +324,6 @@ class ModelPool:
             self._unload(victim)
             unloaded.add((victim.name, victim.version))
         self._changed(unloaded)
-
-    async def _resident_excess(self) -> int | None:
-        """Trimmed resident memory above the baseline (None: RSS unknown here). With no
-        version loaded the process is at its baseline: a lower reading lowers it."""
-        loop = asyncio.get_running_loop()
-        rss = await loop.run_in_executor(self.load_executor, trimmed_resident_bytes)
-        if rss is None:
-            return None
-        if self.baseline_bytes is None or (not self.loaded() and rss < self.baseline_bytes):
-            self.baseline_bytes = rss
-        return rss - self.baseline_bytes
-
-    async def _fit_resident(self, incoming: int, *, keep: Key) -> None:
-        """Unload least recently used versions until the process's resident memory above its
-        baseline, plus ``incoming`` bytes, fits the budget (see the module doc)."""
-        if not self.memory_budget:
-            return
-        while True:
-            excess = await self._resident_excess()
-            if excess is None or self.baseline_bytes is None:
-                return
-            over = excess + incoming - self.memory_budget
-            if over <= 0:
-                return
-            victims: list[PoolEntry] = []
-            freed = 0
-            for entry in sorted(self.loaded(), key=lambda e: e.last_used):
-                if freed >= over:
-                    break
-                if entry.in_flight or (entry.name, entry.version) == keep:
-                    continue
-                victims.append(entry)
-                freed += entry.memory_bytes or 0
-            if not victims:
-                if not self.loaded():  # nothing of ours left: the process itself grew
-                    log.warning("resident memory outside the models grew by %d bytes; the "
-                                "baseline is taken again with no version loaded", excess,
-                                extra={"event": "model.baseline", "excess_bytes": excess})
-                    self.baseline_bytes += excess
-                return
-            for entry in victims:
-                self._unload(entry)
-            self._changed({(e.name, e.version) for e in victims})
 
     def _unload(self, entry: PoolEntry) -> None:
         """Forget ``entry``'s model: a fresh ``unloaded`` entry takes its place, so plans still
