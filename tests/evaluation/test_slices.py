@@ -173,6 +173,20 @@ def test_columns_bins_and_filters_give_stable_keys() -> None:
         SliceSpec(column="region").groups(FRAME)
 
 
+
+def test_a_column_with_many_values_keeps_the_largest_and_says_so() -> None:
+    """Evaluation and live slices share this cut (SliceSpec.capped_groups)."""
+    from mlharbor.evaluation.slices import MAX_LEVELS
+
+    ids = [f"c{i:03d}" for i in range(MAX_LEVELS + 10) for _ in range(1 + (i == 7) * 5)]
+    frame = pd.DataFrame({"customer": ids})
+    groups, note = SliceSpec(column="customer").capped_groups(frame)
+    assert len(groups) == MAX_LEVELS and groups[0][0] == "customer=c007"
+    assert note == f"customer has {MAX_LEVELS + 10} values; the {MAX_LEVELS} largest are reported"
+    few, none = SliceSpec(column="customer").capped_groups(frame.head(5))
+    assert [k for k, _m in few] == ["customer=c000", "customer=c001", "customer=c002",
+                                    "customer=c003", "customer=c004"] and none is None
+
 def _binary_case(rows: int = 600, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray,
                                                         np.ndarray, np.ndarray]:
     """Segment a (4/5 of rows) predicted well, segment b no better than chance, and a tiny

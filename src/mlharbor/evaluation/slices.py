@@ -73,6 +73,17 @@ class SliceSpec:
             return _binned(column, series, self.bins)
         return _levels(column, series)
 
+    def capped_groups(self, frame: Any) -> tuple[list[tuple[str, Any]], str | None]:
+        """:meth:`groups`, keeping a column's :data:`MAX_LEVELS` largest values (a report
+        of thousands of ids helps no one), and the note saying so (None when nothing was
+        left out). Evaluation and live slices both cut this way."""
+        groups = self.groups(frame)
+        if not self.column or self.bins or len(groups) <= MAX_LEVELS:
+            return groups, None
+        note = (f"{self.column} has {len(groups)} values; the {MAX_LEVELS} largest are "
+                "reported")
+        return sorted(groups, key=lambda g: -int(g[1].sum()))[:MAX_LEVELS], note
+
 
 def parse_slices(items: Sequence[Mapping[str, Any]]) -> list[SliceSpec]:
     """Specs from the recipe's ``slices`` entries (already shape-checked by the recipe model):
@@ -162,11 +173,8 @@ def evaluate_slices(
     reference = float(overall.get(primary, math.nan))
     results, notes = [], []
     for spec in specs:
-        groups = spec.groups(frame)
-        if spec.column and not spec.bins and len(groups) > MAX_LEVELS:
-            notes.append(f"{spec.column} has {len(groups)} values; the {MAX_LEVELS} largest "
-                         "are reported")
-            groups = sorted(groups, key=lambda g: -int(g[1].sum()))[:MAX_LEVELS]
+        groups, note = spec.capped_groups(frame)
+        notes += [note] if note else []
         for key, mask in groups:
             rows = int(mask.sum())
             if rows == 0:

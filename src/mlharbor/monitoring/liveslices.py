@@ -209,7 +209,6 @@ def slice_rows(part: pd.DataFrame, specs: Sequence[SliceSpec], score: Callable[[
     prediction, score). ``strict`` (slices the caller named) turns a slice that cannot be cut
     on these rows into InvalidInputError; otherwise (the recipe's) it becomes a note.
     """
-    from mlharbor.evaluation.slices import MAX_LEVELS
     from mlharbor.monitoring.logrows import INPUT_PREFIX
 
     inputs = part[[c for c in part.columns if str(c).startswith(INPUT_PREFIX)]]
@@ -224,17 +223,14 @@ def slice_rows(part: pd.DataFrame, specs: Sequence[SliceSpec], score: Callable[[
                          "not among the logged inputs")
             continue
         try:
-            groups = spec.groups(frame)
+            groups, note = spec.capped_groups(frame)
         except MlharborError as exc:  # e.g. bins on a text column, text compared with numbers
             if strict:
                 raise InvalidInputError(f"The slice {label!r} cannot be cut on the "
                                         f"logged inputs: {exc.message}", field="slice") from exc
             notes.append(f"recipe slice {label!r} skipped: {exc.message}")
             continue
-        if spec.column and not spec.bins and len(groups) > MAX_LEVELS:
-            notes.append(f"{spec.column} has {len(groups)} values; the {MAX_LEVELS} largest "
-                         "are reported")
-            groups = sorted(groups, key=lambda g: -int(g[1].sum()))[:MAX_LEVELS]
+        notes += [note] if note else []
         for key, mask in groups:
             n = int(mask.sum())
             rows.append({"spec": label, "key": key, "labelled_rows": n,
