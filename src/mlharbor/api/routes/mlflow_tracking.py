@@ -362,14 +362,18 @@ async def list_artifacts(request: Request) -> Any:
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@fallback.api_route("/{path:path}", methods=_METHODS,
-                    summary="Any other MLflow API: answered in MLflow's error shape")
 async def unsupported(request: Request, path: str) -> JsonResponse:
     """MLflow REST APIs mlharbor does not implement answer ``ENDPOINT_NOT_FOUND`` (404) with
-    a message saying what is supported, never an HTML 404 page. Documented so the fuzz tests
-    reach it too."""
+    a message saying what is supported, never an HTML 404 page. Documented (one operation
+    per method) so the fuzz tests reach it too."""
     return mlflow_error(
         "ENDPOINT_NOT_FOUND",
         f"mlharbor does not support the MLflow API {request.method} {PREFIX}/{path[:200]}; it "
         "supports experiments, runs, metrics, params, tags, metric history, search, "
         "artifacts, logged models and model registration.", 404)
+
+
+for _method in _METHODS:
+    fallback.add_api_route("/{path:path}", unsupported, methods=[_method],
+                           operation_id=f"mlflow_unsupported_{_method.lower()}",
+                           summary="Any other MLflow API: answered in MLflow's error shape")
