@@ -13,6 +13,12 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+#: Tags that say where a run came from: written by ``mlharbor train`` (and, for the code
+#: version, by the MLflow client in a git checkout), read by the CLI, routes and dashboard.
+DATA_FINGERPRINT_TAG = "mlharbor.dataset.fingerprint"
+CODE_VERSION_TAG = "mlflow.source.git.commit"
+MODEL_VERSION_TAG = "mlharbor.model_version"  # the registered version the run produced
+
 
 class RunStatus(enum.StrEnum):
     """A run's lifecycle, with MLflow's names: RUNNING until it ends as one of the others."""

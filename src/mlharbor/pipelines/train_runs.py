@@ -34,15 +34,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.core.runs import RunLogger, RunStatus
+from mlharbor.core.runs import (
+    CODE_VERSION_TAG,
+    DATA_FINGERPRINT_TAG,
+    MODEL_VERSION_TAG,
+    RunLogger,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from mlharbor.pipelines.train_job import TrainingOutcome
     from mlharbor.training.recipe import Recipe
 
-DATA_FINGERPRINT_TAG = "mlharbor.dataset.fingerprint"  # as mlharbor.tracking.compare reads it
-CODE_VERSION_TAG = "mlflow.source.git.commit"
-MODEL_VERSION_TAG = "mlharbor.model_version"
 RUN_ID_TAG = "mlharbor.run_id"  # on the registered version: the run that produced it
 MAX_PARAM_CHARS = 6000
 

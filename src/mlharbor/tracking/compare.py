@@ -20,12 +20,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from mlharbor.core.errors import InvalidInputError, NotFoundError
-from mlharbor.core.runs import Experiment, Run, RunPage
+from mlharbor.core.runs import (
+    CODE_VERSION_TAG,
+    DATA_FINGERPRINT_TAG,
+    MODEL_VERSION_TAG,
+    Experiment,
+    Run,
+    RunPage,
+)
 from mlharbor.tracking.store import PARENT_TAG, TrackingStore
 
-DATA_FINGERPRINT_TAG = "mlharbor.dataset.fingerprint"
-CODE_VERSION_TAG = "mlflow.source.git.commit"
-MODEL_VERSION_TAG = "mlharbor.model_version"
 #: Tags the store or the MLflow client set on every run: shown as columns, not as tags.
 SYSTEM_TAGS = frozenset({PARENT_TAG, "mlflow.runName", "mlflow.user", "mlflow.source.name",
                          "mlflow.source.type", "mlflow.log-model.history"})
