@@ -139,7 +139,8 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("error", Text, nullable=True),
     Index("ix_jobs_state", "state"),
-    Index("uq_jobs_active_endpoint", "endpoint", unique=True, sqlite_where=text(JOB_ACTIVE_STATES_SQL)),
+    Index("uq_jobs_active_endpoint", "endpoint", unique=True,
+          sqlite_where=text(JOB_ACTIVE_STATES_SQL)),
 )
 
 
