@@ -60,6 +60,8 @@ def test_card_route_formats_and_auth(demo_server: tuple[str, str]) -> None:
     assert bad.status_code == 400 and "KEY one of" in bad.text
     assert httpx.get(f"{url}/api/v1/models/churn/versions/9/card", headers=auth
                      ).status_code == 404
+    odd = httpx.get(f"{url}/api/v1/models/churn%40champion/versions/1/card", headers=auth)
+    assert odd.status_code == 400 and "model name 'churn@champion'" in odd.text, odd.text
     assert httpx.get(f"{url}/ui/models/churn/versions/1/card").status_code in (401, 303, 307)
 
 

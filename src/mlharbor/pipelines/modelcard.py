@@ -84,6 +84,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def version_ref(name: str, version: int) -> str:
+    """``name:version`` for routes that take the two apart, the name checked first: a name
+    such as ``a@b`` would otherwise be read as an alias, and refused as one."""
+    from mlharbor.core.names import validate_name
+
+    return f"{validate_name(name)}:{version}"
+
+
 def build_card(registry: Registry, ref: str, overrides: Mapping[str, str] | None = None
                ) -> ModelCard:
     """The card of version ``ref`` (``churn:3``, ``churn@champion``) from stored records."""

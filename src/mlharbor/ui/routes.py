@@ -70,9 +70,9 @@ def model_card(request: Request, name: str,
     ``mlharbor models card --format html``), with a link back to the version."""
     from mlharbor.api.routes.models import REPORT_CSP
     from mlharbor.pipelines.cardrender import render_card_html
-    from mlharbor.pipelines.modelcard import build_card
+    from mlharbor.pipelines.modelcard import build_card, version_ref
 
-    card = build_card(request.app.state.registry, f"{name}:{version}")
+    card = build_card(request.app.state.registry, version_ref(name, version))
     root = str(request.scope.get("root_path", "")).rstrip("/")
     back = f"{root}/ui#/models/{quote(name, safe='')}/{version}"
     return HTMLResponse(render_card_html(card, back_link=back), headers={

@@ -31,10 +31,10 @@ def version_card(
     fingerprint, evaluation with baselines, slices and importance, lineage, and who
     registered, approved and promoted it (from the audit trail)."""
     from mlharbor.pipelines.cardrender import card_json, render_card_html, render_markdown
-    from mlharbor.pipelines.modelcard import build_card, parse_overrides
+    from mlharbor.pipelines.modelcard import build_card, parse_overrides, version_ref
 
     values = parse_overrides(overrides or [])
-    card = build_card(registry_of(request), f"{name}:{version}", values)
+    card = build_card(registry_of(request), version_ref(name, version), values)
     if format == "html":
         return HTMLResponse(render_card_html(card), headers={
             "Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-store"})
