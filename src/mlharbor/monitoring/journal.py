@@ -212,6 +212,7 @@ class Journal:
     def _checked(self, path: Path, data: bytes) -> JournalContents:
         out = JournalContents()
         offset, end = 0, len(data)
+        view = memoryview(data)  # payloads are read in place, not copied out of the file
         while offset < end:
             head = _header(data, offset)
             if head is None:  # a torn header: how many records it held is unknown
@@ -220,7 +221,7 @@ class Journal:
             else:
                 size, records, crc = head
                 start = offset + HEADER_SIZE
-                payload = data[start:start + size]
+                payload = view[start:start + size]
                 if len(payload) == size and zlib.crc32(payload) == crc:
                     self._payload(out, path, payload, records)
                     offset = start + size
@@ -250,12 +251,14 @@ class Journal:
             out.torn_frames += 1
         return out
 
-    def _payload(self, out: JournalContents, path: Path, payload: bytes,
+    def _payload(self, out: JournalContents, path: Path, payload: bytes | memoryview,
                  records: int | None) -> None:
+        """The entries of one whole frame into ``out``. A binary frame's arrays view
+        ``payload`` (a slice of the file's bytes), so it is decoded without a copy."""
         if self.sealer is not None:
             # Errors propagate: a frame that is whole but does not open means a wrong key
             # (or KMS down), not damage, and skipping it would throw records away.
-            payload = self.sealer.open(payload, path.name)
+            payload = self.sealer.open(bytes(payload), path.name)
         if is_frame(payload):
             try:
                 out.rows.extend(decode(payload))
@@ -265,7 +268,7 @@ class Journal:
                 else:
                     out.torn_records += records
             return
-        for line in payload.split(b"\n"):
+        for line in bytes(payload).split(b"\n"):
             if line:
                 try:
                     out.rows.append(orjson.loads(line))

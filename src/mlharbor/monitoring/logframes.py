@@ -135,7 +135,7 @@ def encode(records: Sequence[PredictionRecord]) -> bytes:
     return b"".join((MAGIC, len(header).to_bytes(4, "big"), header, *buffers))
 
 
-def decode(payload: bytes) -> list[dict[str, Any]]:
+def decode(payload: bytes | memoryview) -> list[dict[str, Any]]:
     """The blocks of a frame payload, their arrays viewing ``payload`` (no copy)."""
     import numpy as np
 
@@ -189,14 +189,17 @@ def blocks_table(items: list[dict[str, Any]]) -> pa.Table | None:
         else:
             columns[name] = column_array(list(chain.from_iterable(
                 b[field] for b in blocks))).take(index)
-    columns["prediction"] = (pa.array(np.concatenate([b["pred"] for b in blocks])) if binary
+    # The arrays of the blocks become the chunks of their columns: Arrow wraps each block's
+    # numbers where they lie (the journal payload) and the Parquet writer reads them from
+    # there, where joining them first copied every input value once more (at 64 rows a
+    # request, that copy was about a third of compaction's CPU).
+    columns["prediction"] = (pa.chunked_array([b["pred"] for b in blocks]) if binary
                              else column_array(list(chain.from_iterable(
                                  b["pred"] for b in blocks))))
-    columns["score"] = (pa.array(np.concatenate([b["score"] for b in blocks])) if scored
+    columns["score"] = (pa.chunked_array([b["score"] for b in blocks]) if scored
                         else pa.nulls(total))
-    inputs = np.concatenate([b["m"] for b in blocks], axis=1)
     for j, key in enumerate(first["k"]):
-        columns[INPUT_PREFIX + key] = pa.array(inputs[j])
+        columns[INPUT_PREFIX + key] = pa.chunked_array([b["m"][j] for b in blocks])
     return pa.table(columns)
 
 
@@ -226,5 +229,5 @@ def _plain_value(value: Any) -> Any:
     return str(value)
 
 
-def is_frame(payload: bytes) -> bool:
+def is_frame(payload: bytes | memoryview) -> bool:
     return payload[:len(MAGIC)] == MAGIC
