@@ -230,6 +230,34 @@ def test_every_metric_per_slice_with_its_ci_and_n_and_the_bad_slice_flagged() ->
     assert "at least 30 rows" in report.to_dict()["rule"]
 
 
+
+def test_a_one_class_slice_the_model_gets_right_is_not_flagged_nor_scored_zero() -> None:
+    """Every row of segment 'low' is negative and predicted negative: recall, precision and
+    F1 have no value there (scikit-learn answers 0.0), so they are left out rather than
+    flagging, or failing the gates of, a slice the model gets entirely right."""
+    from mlharbor.evaluation.gates import Evidence, evaluate_gates, parse_gate
+    from mlharbor.evaluation.metrics import compute_metrics
+
+    rng = np.random.default_rng(7)
+    y = np.concatenate([rng.integers(0, 2, size=400), np.zeros(100, dtype=int)])
+    y_pred = np.where(rng.random(500) < 0.1, 1 - y, y)
+    y_pred[400:] = 0
+    segment = np.array(["mixed"] * 400 + ["low"] * 100, dtype=object)
+    proba = np.column_stack([1.0 - y_pred * 0.8 - 0.1, y_pred * 0.8 + 0.1])
+    target = Target("classification", (0, 1), 1)
+    overall = compute_metrics(y, y_pred, proba, target)
+    report = evaluate_slices([SliceSpec(column="segment")], pd.DataFrame({"segment": segment}),
+                             y, y_pred, proba, target, "f1", overall, resamples=100)
+    low = {r.key: r for r in report.results}["segment=low"]
+    assert low.metrics["accuracy"] == 1.0 and not low.flagged and not report.flagged
+    assert not {"f1", "recall", "precision", "roc_auc", "f1_macro"} & set(low.metrics)
+    assert set(low.ci) <= set(low.metrics)
+    evidence = Evidence(primary="f1", holdout=overall, cv_mean={}, baseline_holdout={},
+                        baseline_test={}, slices=report.evidence())
+    [verdict] = evaluate_gates([parse_gate("f1[segment=low] >= 0.6", "classification")],
+                               evidence)
+    assert not verdict.passed and "not defined on slice segment=low" in verdict.detail
+
 def test_a_slice_worse_by_less_than_the_margin_or_within_noise_is_not_flagged() -> None:
     from mlharbor.evaluation.metrics import compute_metrics
 

@@ -182,19 +182,49 @@ def evaluate_slices(
                 continue
             indices = resample_indices(rows, resamples, seed) if resamples else []
             # A slice may hold one class only: sklearn warns that some metrics are undefined
-            # there, and they are left out of the slice's metrics instead.
+            # there (and answers 0.0), and they are left out of the slice's metrics instead.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scored = score_predictions(y[mask], y_pred[mask],
                                            proba[mask] if proba is not None else None,
                                            target, indices, with_curves=False)
-            metrics = {k: float(v) for k, v in scored.metrics.items() if not math.isnan(v)}
+            undefined = undefined_metrics(y[mask], y_pred[mask], target)
+            metrics = {k: float(v) for k, v in scored.metrics.items()
+                       if not math.isnan(v) and k not in undefined}
+            ci = {k: v for k, v in scored.ci.items() if k in metrics}
             value = metrics.get(primary, math.nan)
             judged = rows >= MIN_ROWS and not math.isnan(value) and not math.isnan(reference)
             flagged = judged and _much_worse(primary, value, scored.ci.get(primary), reference)
             results.append(SliceResult(spec.label, key, rows, clean_json(metrics),
-                                       clean_json(scored.ci), flagged, judged))
+                                       clean_json(ci), flagged, judged))
     return SliceReport(primary, reference, tuple(results), tuple(notes))
+
+
+def undefined_metrics(y: Any, y_pred: Any, target: Target) -> set[str]:
+    """Classification metrics that have no value on these rows, although scikit-learn
+    answers 0.0 for them (with a warning): recall without a positive row, precision without a
+    positive prediction, F1 without either, and the per-class averages and ranking metrics
+    when a class is absent. Reported as 0.0, they would flag a slice the model gets right
+    (every row of a low-risk segment correctly predicted negative) and fail its gates."""
+    import numpy as np
+
+    if target.task != "classification":
+        return set()
+    out: set[str] = set()
+    present = set(np.unique(y).tolist())
+    if any(c not in present for c in target.classes):
+        out |= {"balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc",
+                "pr_auc"}
+    if target.binary:
+        true_positive_rows = int(np.sum(y == target.pos_label))
+        predicted_positive = int(np.sum(y_pred == target.pos_label))
+        if true_positive_rows == 0:
+            out.add("recall")
+        if predicted_positive == 0:
+            out.add("precision")
+        if true_positive_rows == 0 and predicted_positive == 0:
+            out.add("f1")
+    return out
 
 
 def _much_worse(metric: str, value: float, ci: list[float] | None, overall: float) -> bool:
