@@ -205,7 +205,8 @@ def dask_rounds(env: dict[str, str], data: Path, rows: int, rounds: int, home: P
             rates.append(rate)
             wholes.append(rows / seconds)
             print(f"  round {i}: dask 2 workers steady {rate:,.0f} rows/s, whole command "
-                  f"{wholes[-1]:,.0f} rows/s ({seconds:.1f} s)  [load {load()}]", flush=True)
+                  f"{wholes[-1]:,.0f} rows/s ({seconds:.1f} s); the driver's CPU "
+                  f"{run.cpu_seconds:.1f} s in all  [load {load()}]", flush=True)
     print(f"dask (2 workers, 2 cores) vs local (1 core), medians: steady "
           f"{median(rates) / median(steady):.2f}, whole command "
           f"{median(wholes) / median(whole):.2f} (target >= 1.6)", flush=True)
