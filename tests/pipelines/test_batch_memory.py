@@ -52,7 +52,7 @@ def test_boolean_columns_unpack_from_their_bits(values: list[bool], start: int) 
 
 
 @BOUNDED
-@given(values=st.lists(st.floats(allow_nan=False, width=32), max_size=30),
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), max_size=30),
        dtype=st.sampled_from([np.float32, np.float64, np.int64]), step=st.integers(1, 3))
 def test_numpy_to_arrow_and_back(values: list[float], dtype: type, step: int) -> None:
     array = np.asarray(values).astype(dtype)[::step]  # strided, as probability columns are

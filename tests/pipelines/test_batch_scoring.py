@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlharbor.core.errors import ConflictError, SchemaError
+from mlharbor.core.errors import ConflictError, InvalidInputError, SchemaError
 from mlharbor.pipelines.batchscore import BatchOptions, score_batch
 from mlharbor.settings import Settings
 
@@ -198,9 +198,15 @@ def test_dask_engine_gives_what_local_gives(scored_home: dict[str, Any], registr
                                             tmp_path: Path, dask_scheduler: str) -> None:
     source = str(scored_home["root"] / "rows.parquet")
     local = BatchOptions(source, tmp_path / "local", id_column="id", part_rows=500)
+    # with a memory budget, each worker sizes its own batches after a probe in its process
     remote = BatchOptions(source, tmp_path / "dask", id_column="id", part_rows=500,
-                          engine="dask", scheduler=dask_scheduler)
+                          engine="dask", scheduler=dask_scheduler, memory_budget=4 << 30)
     score_batch(registry, scored_home["settings"], "churn:1", local, actor="t")
     summary = score_batch(registry, scored_home["settings"], "churn:1", remote, actor="t")
     assert summary.engine == "dask" and summary.parts == 6
     assert _read(tmp_path / "dask").equals(_read(tmp_path / "local"))
+    tiny = BatchOptions(source, tmp_path / "tiny", engine="dask", scheduler=dask_scheduler,
+                        memory_budget=1 << 20)
+    with pytest.raises(InvalidInputError, match="cannot hold the model and one batch"):
+        score_batch(registry, scored_home["settings"], "churn:1", tiny, actor="t")
+    assert not list((tmp_path / "tiny").glob("part-*"))
