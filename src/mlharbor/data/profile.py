@@ -134,11 +134,23 @@ def bin_counts(values: Any, edges: Any) -> Any:
     return np.bincount(index, minlength=bins)
 
 
+# Ticks per second of each resolution pandas may parse timestamps into.
+_TICKS_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def unix_seconds(stamps: pd.Series) -> pd.Series:
+    """Seconds since 1970-01-01 UTC of a datetime series (NaN where missing), whatever
+    resolution pandas parsed it into: ISO dates parse to microseconds, nanosecond strings to
+    nanoseconds, so the integer behind a timestamp is not always nanoseconds."""
+    ticks = _TICKS_PER_SECOND[str(stamps.dt.unit)]
+    return (stamps.astype("int64") / ticks).where(stamps.notna())
+
+
 def _datetime(series: pd.Series, seed: int, sample_size: int) -> dict[str, Any]:
     import pandas as pd
 
     stamps = pd.to_datetime(series, errors="coerce", format="mixed")
-    seconds = (stamps.astype("int64") / 1e9).where(stamps.notna())
+    seconds = unix_seconds(stamps)
     entry = _numeric(seconds, seed, sample_size)
     entry["kind"] = "datetime"
     entry["unit"] = "unix_seconds"

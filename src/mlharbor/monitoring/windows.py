@@ -167,8 +167,10 @@ def _numeric(values: Any, datetime_like: bool) -> np.ndarray:
     if hasattr(values, "to_pandas") and not isinstance(values, pd.Series):
         values = values.to_pandas()
     if datetime_like:
+        from mlharbor.data.profile import unix_seconds
+
         stamps = pd.to_datetime(pd.Series(values), errors="coerce", utc=True)
-        seconds = (stamps.astype("int64") / 1e9).where(stamps.notna())
+        seconds = unix_seconds(stamps)
         return np.asarray(seconds, dtype=float)
     if isinstance(values, pd.Series):
         return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
