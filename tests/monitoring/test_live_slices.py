@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
@@ -215,3 +216,17 @@ def test_slice_lists_are_bounded_and_deduplicated() -> None:
     assert parse_live_slices(["contract", "recipe", "contract"]).recipe
     assert len(parse_live_slices(["contract", "contract"]).specs) == 1
     assert parse_live_slices("`recipe`").specs[0].column == "recipe"
+
+
+def test_undefined_live_metrics_are_none_not_zero() -> None:
+    """A window (or slice) without a positive label has no recall, and one without a positive
+    prediction no precision: scikit-learn's 0.0 would read as a collapse and raise alerts."""
+    from mlharbor.monitoring.feedback import _metrics
+
+    negatives = pd.DataFrame({"label": [0, 0, 0], "prediction": [0, 1, 0]})
+    scored = _metrics(negatives, "classification")
+    assert scored["recall"] is None and scored["precision"] == 0.0
+    missed = pd.DataFrame({"label": [1, 1, 0], "prediction": [0, 0, 0]})
+    scored = _metrics(missed, "classification")
+    assert scored["precision"] is None and scored["recall"] == 0.0 and scored["f1"] == 0.0
+    assert scored["accuracy"] == pytest.approx(1 / 3)

@@ -406,6 +406,11 @@ def _metrics(part: Any, task: str) -> dict[str, float | None]:
     }
     if binary and "score" in part and part["score"].notna().all() and len(set(y)) == 2:
         out["roc_auc"] = float(skm.roc_auc_score(y == positive, part["score"].astype(float)))
+    if average == "binary":  # no value where undefined (scikit-learn would answer 0.0)
+        if not np.any(y == positive):
+            out["recall"] = None  # no positive label: a slice of negatives, all right or not
+        if not np.any(p == positive):
+            out["precision"] = None
     return out
 
 
