@@ -1,4 +1,5 @@
-"""Arrow columns to NumPy and back, for batch scoring, without importing pandas.
+"""Arrow columns to NumPy and back, for batch scoring: the signature's values out of a record
+batch, the model's input matrix, and the outputs and logged inputs as Arrow columns.
 
 pyarrow's own conversions (``Array.to_numpy``, ``pa.array(ndarray)``) import pandas the first
 time they run, to check whether they were handed a pandas object. That import costs a batch
@@ -16,6 +17,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from mlharbor.core.signature import ColumnSpec
+    from mlharbor.formats.predictor import Predictor
 
 
 def to_numpy(column: pa.Array) -> np.ndarray:
@@ -76,3 +80,73 @@ def constant_text(text: str, n: int) -> pa.Array:
 
     indices = to_arrow(np.zeros(n, dtype=np.int32))
     return pa.DictionaryArray.from_arrays(indices, strings([text]))
+
+
+def tensor_dtype(predictor: Predictor) -> Any:
+    """The dtype of the model's one 2-D input tensor when every signature column is a float
+    (then a batch can be written straight into it); else None."""
+    inputs = getattr(getattr(predictor.runner, "model", None), "inputs", None)
+    if predictor.runtime != "onnx" or not isinstance(inputs, list) or len(inputs) != 1:
+        return None
+    if not all(s.dtype in ("float32", "float64") for s in predictor.signature.inputs):
+        return None
+    dtype = inputs[0][1]
+    return dtype if dtype in (np.float32, np.float64) else None
+
+
+def input_matrix(data: dict[str, np.ndarray], dtype: Any) -> np.ndarray | None:
+    """The columns as one C-ordered matrix of ``dtype``, or None if one is not numeric (text
+    that did not convert: the column path refuses it by row). Values too large for float32
+    become inf, which the validator refuses as it would after its own cast."""
+    columns = list(data.values())
+    if any(c.dtype.kind not in "fiub" for c in columns):
+        return None
+    matrix = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, column in enumerate(columns):
+            matrix[:, i] = column
+    return matrix
+
+
+def column_values(column: Any, spec: ColumnSpec) -> np.ndarray:
+    """An Arrow column as the NumPy values the signature validator takes. Text read from CSV is
+    converted to the column's type in one step; when a cell does not convert, cell by cell, the
+    bad cells kept as text so the validator refuses exactly those rows."""
+    import pyarrow as pa
+
+    if spec.dtype == "string" or not pa.types.is_string(column.type):
+        return to_numpy(column)
+    target = pa.bool_() if spec.dtype == "bool" else pa.float64()
+    try:
+        return to_numpy(column.cast(target))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        cells = [_cell(v, spec.dtype) for v in column.to_pylist()]
+        return np.fromiter(cells, dtype=object, count=len(cells))
+
+
+def _cell(text: str | None, dtype: str) -> Any:
+    if text is None:
+        return None
+    word = text.strip()
+    if dtype == "bool":
+        return {"true": True, "false": False, "1": True, "0": False}.get(word.lower(), text)
+    try:
+        return float(word)
+    except ValueError:
+        return text
+
+
+def inputs_table(data: dict[str, np.ndarray], names: list[str], kept: np.ndarray) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({n: _arrow_column(data[n][kept] if len(kept) != len(data[n]) else data[n])
+                     for n in names})
+
+
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    """Logged inputs: NaN (and None) stored as nulls, as the prediction log expects."""
+    import pyarrow as pa
+
+    if values.dtype.kind in "iu" or (values.dtype.kind == "f" and not np.isnan(values).any()):
+        return to_arrow(values)
+    return pa.array(values, from_pandas=True)

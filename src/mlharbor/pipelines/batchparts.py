@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlharbor.core.errors import SchemaError
-from mlharbor.pipelines.batcharrays import constant_text, to_arrow, to_numpy
+from mlharbor.pipelines.batcharrays import (
+    column_values,
+    constant_text,
+    input_matrix,
+    inputs_table,
+    tensor_dtype,
+    to_arrow,
+)
 from mlharbor.pipelines.batchinputs import InputPart, Storage, read_batches
 from mlharbor.pipelines.batchmemory import (
     CSV_MIN_BLOCK,
@@ -170,10 +177,10 @@ class PartScorer:
             for batch in batches:
                 reader_bytes = max(0, pool.bytes_allocated() - batch.nbytes)
                 row_bytes = max(row_bytes, batch.nbytes / max(1, batch.num_rows))
-                data = {s.name: _values(batch.column(s.name), s) for s in specs}
+                data = {s.name: column_values(batch.column(s.name), s) for s in specs}
                 ids = None if not self.id_column else batch.column(self.id_column)
                 kept, outputs, _ = self._score(predictor, data, batch.num_rows,
-                                               _tensor_dtype(predictor))
+                                               tensor_dtype(predictor))
                 if kept is not None and len(kept):
                     pq.write_table(self._table(predictor, outputs, ids, kept),
                                    pa.BufferOutputStream())
@@ -218,7 +225,7 @@ class PartScorer:
         predictor = self.predictor()
         specs, read, text = self._columns(predictor, part)
         names = [s.name for s in specs]
-        tensor = _tensor_dtype(predictor)
+        tensor = tensor_dtype(predictor)
         name = part_name(part.index)
         out = _AtomicParquet(Path(self.output) / f"{name}.parquet")
         log = _AtomicParquet(Path(self.output) / LOG_DIR / f"{name}.parquet") \
@@ -230,7 +237,7 @@ class PartScorer:
             for batch in read_batches(self.storage, part, read, text, self.batch_rows,
                                       csv_block=block):
                 first = part.first_row + rows
-                data = {s.name: _values(batch.column(s.name), s) for s in specs}
+                data = {s.name: column_values(batch.column(s.name), s) for s in specs}
                 ids = None if not self.id_column else batch.column(self.id_column)
                 kept, outputs, bad = self._score(predictor, data, batch.num_rows, tensor)
                 for row, exc in bad:
@@ -245,7 +252,7 @@ class PartScorer:
                 if kept is not None and len(kept):
                     out.write(self._table(predictor, outputs, ids, kept))
                     if log is not None:
-                        log.write(_inputs_table(data, names, kept))
+                        log.write(inputs_table(data, names, kept))
                 rows += batch.num_rows
                 scored += 0 if kept is None else len(kept)
                 if self.progress is not None:
@@ -273,7 +280,7 @@ class PartScorer:
         for finiteness (what it checks float columns for anyway), instead of coercing each
         column, stacking them in float64 and casting the stack."""
         try:
-            matrix = None if tensor is None else _stack(data, tensor)
+            matrix = None if tensor is None else input_matrix(data, tensor)
             return np.arange(n), predictor.outputs(data if matrix is None else matrix), []
         except SchemaError:
             if n == 0:
@@ -321,81 +328,11 @@ class PartScorer:
         return pa.table(columns)
 
 
-def _tensor_dtype(predictor: Predictor) -> Any:
-    """The dtype of the model's one 2-D input tensor when every signature column is a float
-    (then a batch can be written straight into it); else None."""
-    inputs = getattr(getattr(predictor.runner, "model", None), "inputs", None)
-    if predictor.runtime != "onnx" or not isinstance(inputs, list) or len(inputs) != 1:
-        return None
-    if not all(s.dtype in ("float32", "float64") for s in predictor.signature.inputs):
-        return None
-    dtype = inputs[0][1]
-    return dtype if dtype in (np.float32, np.float64) else None
-
-
-def _stack(data: dict[str, np.ndarray], dtype: Any) -> np.ndarray | None:
-    """The columns as one C-ordered matrix of ``dtype``, or None if one is not numeric (text
-    that did not convert: the column path refuses it by row). Values too large for float32
-    become inf, which the validator refuses as it would after its own cast."""
-    columns = list(data.values())
-    if any(c.dtype.kind not in "fiub" for c in columns):
-        return None
-    matrix = np.empty((len(columns[0]) if columns else 0, len(columns)), dtype=dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for i, column in enumerate(columns):
-            matrix[:, i] = column
-    return matrix
-
-
-def _values(column: Any, spec: ColumnSpec) -> np.ndarray:
-    """An Arrow column as the NumPy values the signature validator takes. Text read from CSV is
-    converted to the column's type in one step; when a cell does not convert, cell by cell, the
-    bad cells kept as text so the validator refuses exactly those rows."""
-    import pyarrow as pa
-
-    if spec.dtype == "string" or not pa.types.is_string(column.type):
-        return to_numpy(column)
-    target = pa.bool_() if spec.dtype == "bool" else pa.float64()
-    try:
-        return to_numpy(column.cast(target))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        cells = [_cell(v, spec.dtype) for v in column.to_pylist()]
-        return np.fromiter(cells, dtype=object, count=len(cells))
-
-
-def _cell(text: str | None, dtype: str) -> Any:
-    if text is None:
-        return None
-    word = text.strip()
-    if dtype == "bool":
-        return {"true": True, "false": False, "1": True, "0": False}.get(word.lower(), text)
-    try:
-        return float(word)
-    except ValueError:
-        return text
-
-
 def _error_row(part: InputPart, row: int, ids: Any, at: int, exc: SchemaError) -> dict[str, Any]:
     reason = " ".join(str(exc).replace(" at row 0", "").split())
     return {"file": part.file.name, "row": row,
             "id": "" if ids is None else ids[at].as_py(),
             "column": exc.details.get("column", ""), "reason": reason}
-
-
-def _inputs_table(data: dict[str, np.ndarray], names: list[str], kept: np.ndarray) -> pa.Table:
-    import pyarrow as pa
-
-    return pa.table({n: _arrow_column(data[n][kept] if len(kept) != len(data[n]) else data[n])
-                     for n in names})
-
-
-def _arrow_column(values: np.ndarray) -> pa.Array:
-    """Logged inputs: NaN (and None) stored as nulls, as the prediction log expects."""
-    import pyarrow as pa
-
-    if values.dtype.kind in "iu" or (values.dtype.kind == "f" and not np.isnan(values).any()):
-        return to_arrow(values)
-    return pa.array(values, from_pandas=True)
 
 
 def _write_errors(output: Path, name: str, errors: list[dict[str, Any]]) -> str:
