@@ -56,8 +56,11 @@ def register(app: typer.Typer) -> None:
                                      "or write them to the errors file and go on (file)."),
         errors: Path = typer.Option(None, help="Errors file (CSV) for --on-error file "
                                     "[default: OUTPUT/_errors.csv]."),
-        memory_budget: str = typer.Option(None, help="Peak memory of this process, e.g. "
-                                          "800MB; batches are sized to stay under it."),
+        memory_budget: str = typer.Option(None, help="Peak resident memory (RSS) of this "
+                                          "process, everything included (of each worker "
+                                          "process with --engine dask), e.g. 800MB; batches "
+                                          "are sized to stay under it, and a budget too small "
+                                          "for the model and one batch is refused."),
         part_rows: int = typer.Option(1_000_000, help="Rows per part (the unit of work and of "
                                       "resuming; Parquet row groups are never split)."),
         log: bool = typer.Option(False, "--log", help="Also write the rows to the "
