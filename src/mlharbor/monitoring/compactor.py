@@ -22,6 +22,7 @@ so Ctrl-C at a terminal stops the server, which then stops it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -235,15 +236,21 @@ def _release_memory() -> None:
     """Between requests the child sits idle: hand back what the last one took (a journal
     file's rows and its Arrow table, ~200 MB at 64 connections of 64-row requests), which
     pyarrow's pool and the C heap would otherwise keep at the largest file's peak."""
-    import ctypes
-    import ctypes.util
-
     import pyarrow
 
     pyarrow.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL(libc).malloc_trim(0)
+        _libc().malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, found once: ``find_library`` runs ``ldconfig -p`` in a subprocess, which
+    cost more than the trim itself when it ran after every request."""
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 if __name__ == "__main__":
