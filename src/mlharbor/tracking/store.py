@@ -426,12 +426,17 @@ class TrackingStore:
                 metrics[r.run_id][r.key] = MetricPoint(
                     r.key, math.nan if r.value is None else r.value, r.timestamp, r.step)
         return [Run(run_id=r["run_id"], experiment_id=str(r["experiment_id"]), name=r["name"],
-                    status=RunStatus(r["status"]), start_time=r["start_time"],
-                    end_time=r["end_time"], lifecycle_stage=LifecycleStage(
-                        r["lifecycle_stage"]), user_id=r["user_id"],
+                    status=_STATUSES[r["status"]], start_time=r["start_time"],
+                    end_time=r["end_time"], lifecycle_stage=_STAGES[r["lifecycle_stage"]],
+                    user_id=r["user_id"],
                     artifact_uri=r["artifact_uri"], parent_run_id=r["parent_run_id"],
                     metrics=metrics[r["run_id"]], params=params[r["run_id"]],
                     tags=tags[r["run_id"]], error=r["error"]) for r in rows]
+
+
+# Stored text -> enum member, looked up once per run of a (possibly large) search page.
+_STATUSES = {s.value: s for s in RunStatus}
+_STAGES = {s.value: s for s in LifecycleStage}
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
