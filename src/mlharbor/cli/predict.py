@@ -7,30 +7,20 @@ version into a folder of Parquet parts, locally or on a Dask cluster, resumably.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
-          "tib": 2**40}
-
 
 def parse_bytes(text: str) -> int:
-    """``"512MiB"``, ``"2GB"``, ``"1e9"``-free plain forms: a byte count."""
+    """``--memory-budget``: a size (``512MiB``, ``2GB``, bytes) through the one size parser,
+    more than zero."""
     from mlharbor.core.errors import InvalidInputError
+    from mlharbor.core.sizes import parse_size
 
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise InvalidInputError(
-            f"--memory-budget {text!r} is not a size", field="memory_budget",
-            hint="Give bytes, or a number with a unit: 800000000, 800MB, 768MiB, 2GiB.")
-    value = int(float(match.group(1)) * _UNITS[unit])
+    value = parse_size(text, what="--memory-budget")
     if value <= 0:
         raise InvalidInputError(f"--memory-budget {text!r} must be more than 0 bytes",
                                 field="memory_budget")
