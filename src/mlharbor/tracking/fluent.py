@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from mlharbor.core.errors import InvalidInputError, NotFoundError
-from mlharbor.core.runs import MetricPoint, Run, RunArtifact, RunStatus
+from mlharbor.core.runs import MODEL_VERSION_TAG, MetricPoint, Run, RunArtifact, RunStatus
 from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.flusher import MetricFlusher
 from mlharbor.tracking.store import TrackingStore
@@ -146,7 +146,7 @@ class ActiveRun:
         self._tracker.flusher.flush()
         ref = self._tracker.registrar(name, model, self._tracker.store.get_run(self.run_id),
                                       options)
-        self.set_tag("mlharbor.model_version", ref)
+        self.set_tag(MODEL_VERSION_TAG, ref)
         return ref
 
     def _root(self) -> str:

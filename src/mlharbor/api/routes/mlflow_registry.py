@@ -23,12 +23,13 @@ from mlharbor.api.mlflow_protocol import MlflowRoute, body_of, key_values, requi
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of, store_of
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifactError
 from mlharbor.core.records import ModelVersion, RegisteredModel
+from mlharbor.core.runs import MODEL_VERSION_TAG
 from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore
 
 router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 TRUST_TAG = "mlharbor.trust_pickle_sha256"
-VERSION_TAG = "mlharbor.model_version"
+VERSION_TAG = MODEL_VERSION_TAG  # the one spelling, in core.runs
 #: MLmodel flavours and the key naming their model file, in the order they are preferred.
 FLAVOR_FILES = (("onnx", "data"), ("sklearn", "pickled_model"), ("xgboost", "data"),
                 ("lightgbm", "data"), ("python_function", "model_path"))
