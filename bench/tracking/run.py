@@ -10,7 +10,9 @@ same number) one at a time (``mlflow.log_metric``; at MLflow's pace on a busy 2-
 100,000 single calls take hours, so a run may size this apart), and ``mlflow.search_runs``
 with a metric filter over ``--runs`` runs
 (seeded through each server's own store, then searched over HTTP; median of 5). MLflow 3.17.2
-runs from its own venv under bench/.peers/ (made once). Prints a table and writes JSON to
+runs from its own venv under bench/.peers/ (made once). The same workload against a server
+that stores nothing (``client floor``) measures the MLflow client's own share, so the table
+also gives each server's own time above that floor. Prints a table and writes JSON to
 bench/results/tracking.json. Targets (issue 16): logging >= 5x faster, search < 1/10 of
 MLflow's time.
 """
@@ -46,6 +48,31 @@ ids.create_identity("bench", grants=["admin"], actor="bench")
 print(ids.create_key("bench", actor="bench")[1], flush=True)
 uvicorn.run(create_app(s, registry=reg), host="127.0.0.1", port=int(sys.argv[2]),
             log_level="warning")
+"""
+
+# The MLflow client's own cost: a server that stores nothing and answers every call at once
+# with the smallest reply the client accepts (search: mlharbor's recorded reply, so the
+# client parses the same runs). What it takes is the floor under both servers' figures.
+SERVE_FLOOR = """
+import sys, uvicorn
+SEARCH = open(sys.argv[2], "rb").read()
+RUN = (b'{"run": {"info": {"run_id": "' + b"f" * 32 + b'", "experiment_id": "1", '
+       b'"status": "RUNNING", "start_time": 1, "artifact_uri": "mlflow-artifacts:/1", '
+       b'"lifecycle_stage": "active"}, "data": {}}}')
+EXP = (b'{"experiment": {"experiment_id": "1", "name": "floor", "lifecycle_stage": "active", '
+       b'"artifact_location": "mlflow-artifacts:/1"}, "experiment_id": "1"}')
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    path = scope["path"]
+    body = (SEARCH if path.endswith("runs/search") else RUN if path.endswith(("runs/create",
+            "runs/get")) else EXP if "experiments/" in path else b"{}")
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 SEED_MLFLOW = """
@@ -174,6 +201,19 @@ def main() -> None:
         wait_port(port, mlh)
         results["mlharbor"] = workload(f"http://127.0.0.1:{port}", token, args.points,
                                        single, mlh_eid)
+        import httpx
+
+        reply = httpx.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", json={
+            "experiment_ids": [mlh_eid], "filter": "metrics.m > 0.9", "max_results": 50000},
+            headers={"Authorization": f"Bearer {token}"}, timeout=60).content
+        (home / "search-reply.json").write_bytes(reply)
+        port3 = free_port()
+        floor = subprocess.Popen([sys.executable, "-c", SERVE_FLOOR, str(port3),
+                                  str(home / "search-reply.json")])
+        procs.append(floor)
+        wait_port(port3, floor)
+        results["client floor"] = workload(f"http://127.0.0.1:{port3}", None, args.points,
+                                           single, mlh_eid)
         port2 = free_port()
         env = {**os.environ, "PATH": f"{peer / 'bin'}:{os.environ.get('PATH', '')}"}
         mlf = subprocess.Popen([str(peer / "bin" / "mlflow"), "server", "--backend-store-uri",
@@ -188,12 +228,15 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
-    a, b = results["mlharbor"], results["mlflow"]
-    print(f"{'':28}{'mlharbor':>12}{'mlflow':>12}{'speed-up':>10}")
+    a, b, f = results["mlharbor"], results["mlflow"], results["client floor"]
+    print(f"{'':28}{'mlharbor':>12}{'mlflow':>12}{'speed-up':>10}{'client floor':>14}"
+          f"{'server-side speed-up':>22}")
     for key, label in (("batched_s", f"{args.points} points, batched"),
                        ("single_s", f"{single} points, one by one"),
                        ("search_s", f"search over {args.runs} runs")):
-        print(f"{label:28}{a[key]:>11.3f}s{b[key]:>11.3f}s{b[key] / a[key]:>9.1f}x")
+        server = (b[key] - f[key]) / max(a[key] - f[key], 1e-9)
+        print(f"{label:28}{a[key]:>11.3f}s{b[key]:>11.3f}s{b[key] / a[key]:>9.1f}x"
+              f"{f[key]:>13.3f}s{server:>21.1f}x")
     print(f"search hits: mlharbor {a['search_hits']:.0f}, mlflow {b['search_hits']:.0f}")
     print(f"one by one: mlharbor {a['single_ms_per_call']:.2f} ms/call, mlflow "
           f"{b['single_ms_per_call']:.2f} ms/call; 1-min load average at the end of each "

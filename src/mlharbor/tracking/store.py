@@ -434,6 +434,7 @@ class TrackingStore:
                     tags=tags[r["run_id"]], error=r["error"]) for r in rows]
 
 
+_INT64 = 2**63
 # Stored text -> enum member, looked up once per run of a (possibly large) search page.
 _STATUSES = {s.value: s for s in RunStatus}
 _STAGES = {s.value: s for s in LifecycleStage}
@@ -459,6 +460,13 @@ def _check_point(point: Any, index: int) -> MetricPoint:
     if not isinstance(point, MetricPoint):
         raise InvalidInputError(f"metrics[{index}] must be a MetricPoint; received "
                                 f"{type(point).__name__}.", field=f"metrics[{index}]")
+    if type(point.value) is float and type(point.timestamp) is int \
+            and type(point.step) is int and 0 <= point.timestamp < _INT64 \
+            and -_INT64 <= point.step < _INT64:
+        # What the MLflow routes and the flusher hand over (already parsed): only the key is
+        # left to check; the same rules as below, without converting anything.
+        checks.check_key(point.key, field=f"metrics[{index}].key")
+        return point
     return MetricPoint(
         checks.check_key(point.key, field=f"metrics[{index}].key"),
         checks.check_number(point.value, field=f"metrics[{index}].value"),
