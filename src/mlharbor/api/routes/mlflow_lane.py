@@ -38,7 +38,7 @@ def request_only_routes(routers: Iterable[APIRouter]) -> dict[tuple[str, str], E
             params = list(inspect.signature(route.endpoint).parameters.values())
             if len(params) != 1 or params[0].annotation not in (Request, "Request"):
                 continue
-            for method in route.methods:
+            for method in route.methods or ():
                 table.setdefault((method, route.path), route.endpoint)
     return table
 
