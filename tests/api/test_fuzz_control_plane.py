@@ -55,6 +55,10 @@ HIDDEN: dict[str, Any] = {
         "/ui/static/{name}": {"get": {"parameters": [
             {"name": "name", "in": "path", "required": True, "schema": _TEXT}],
             "responses": {"200": {"description": "ok"}}}},
+        "/ui/models/{name}/versions/{version}/card": {"get": {"parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": _TEXT},
+            {"name": "version", "in": "path", "required": True, "schema": _TEXT}],
+            "responses": {"200": {"description": "ok"}}}},
     },
 }
 

@@ -10,11 +10,14 @@ The server-side life of a session (logout, revocation, expiry, both databases) i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from mlharbor.security.routemap import PUBLIC, RouteTable, declared_routes
+from mlharbor.settings import Settings
 from tests.security import leakwatch
 from tests.security.fixtures import bearer
 
@@ -195,6 +198,13 @@ def test_the_cookie_is_secure_over_tls(app: Any, make_key: Any) -> None:
     answer = anyio.run(login_over_tls)
     assert answer.status_code == 303
     assert "Secure" in [p.strip() for p in answer.headers["set-cookie"].split(";")]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Calling every route without a key fails more often than the default burst (100 failed
+    requests) allows, now that the app has more routes than that."""
+    return Settings(home=tmp_path / "home", security={"rate_limit_burst": 1000})
 
 
 def test_only_the_health_probes_and_the_login_form_are_public(

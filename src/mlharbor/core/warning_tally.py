@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import warnings
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 MAX_MESSAGE = 160
 
@@ -31,19 +32,76 @@ class CaughtWarning:
     where: str | None = None
 
 
+class _ThreadSinks:
+    """Process-wide warning capture shared by every thread inside :func:`catching`.
+
+    Python's warning filters and ``showwarning`` are global, so nested
+    ``warnings.catch_warnings`` blocks in concurrent threads (the local compute engine fits
+    folds on threads) restore each other's state out of order and can leave the caller's
+    filters ("error" under pytest) in force inside a fit. Here the first block to enter
+    installs one "always" filter and one ``showwarning`` that hands each warning to the sink
+    of the thread that raised it (or to the original ``showwarning`` for a thread outside any
+    block); the last to leave restores both.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._depth = 0
+        self._saved: tuple[Any, Any] | None = None
+
+    def _show(self, message: Any, category: Any, filename: Any, lineno: Any, file: Any = None,
+              line: Any = None) -> None:
+        stack: list[list[Any]] = getattr(self._local, "stack", [])
+        if stack:
+            stack[-1].append((category, message))
+        elif self._saved is not None:
+            self._saved[1](message, category, filename, lineno, file, line)
+
+    @contextlib.contextmanager
+    def block(self) -> Iterator[list[Any]]:
+        records: list[Any] = []
+        with self._lock:
+            if self._depth == 0:  # as catch_warnings does: a copy of the filter list in force
+                self._saved = (warnings.filters, warnings.showwarning)
+                _set_filters(list(warnings.filters))
+                warnings.simplefilter("always")
+                warnings.showwarning = self._show
+            self._depth += 1
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(records)
+        try:
+            yield records
+        finally:
+            stack.pop()
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._saved is not None:
+                    _set_filters(self._saved[0])
+                    warnings.showwarning = self._saved[1]
+                    self._saved = None
+
+
+def _set_filters(filters: Any) -> None:
+    """Put ``filters`` in force (the C warnings module caches them until told)."""
+    setattr(warnings, "filters", filters)  # noqa: B010  (typeshed types it read-only)
+    getattr(warnings, "_filters_mutated")()  # noqa: B009
+
+
+_SINKS = _ThreadSinks()
+
+
 @contextlib.contextmanager
 def catching(sink: list[CaughtWarning], where: str | None = None) -> Iterator[None]:
-    """Record every warning raised inside the block into ``sink`` instead of printing it.
-
-    Every occurrence is recorded (the filter is "always"), so the tally can count them; the
-    block's caller decides what to print. Not for threads sharing a process: Python's warning
-    filters are process-wide.
-    """
-    with warnings.catch_warnings(record=True) as records:
-        warnings.simplefilter("always")
+    """Record every warning raised inside the block, by this thread, into ``sink`` instead of
+    printing it. Every occurrence is recorded (the filter is "always"), so the tally can count
+    them; the block's caller decides what to print. Safe for concurrent blocks in threads."""
+    with _SINKS.block() as records:
         yield
-    sink.extend(CaughtWarning(r.category.__name__, first_line(str(r.message)), where)
-                for r in records)
+    sink.extend(CaughtWarning(category.__name__, first_line(str(message)), where)
+                for category, message in records)
 
 
 def first_line(message: str) -> str:

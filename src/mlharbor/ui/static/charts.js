@@ -5,6 +5,15 @@
 
 const COLORS = ["#1f6feb", "#d97706", "#d92d20", "#067647", "#7c3aed", "#0e7490"];
 
+// Width for a y axis: its widest tick label (in the axis font) plus the ticks and a gap.
+function yAxisSize(u, values, axisIdx) {
+  if (!values || !values.length) return 56;
+  const ctx = yAxisSize.ctx || (yAxisSize.ctx = document.createElement("canvas").getContext("2d"));
+  ctx.font = u.axes[axisIdx].font ? u.axes[axisIdx].font[0] : "12px sans-serif";
+  const widest = Math.max(...values.map((v) => ctx.measureText(String(v)).width));
+  return Math.max(56, Math.ceil(widest / (window.devicePixelRatio || 1)) + 18);
+}
+
 // The chart takes the width of its box (its grid cell), so two charts side by side fit.
 function chartWidth(box, fallback) {
   return Math.max(240, Math.floor(box.clientWidth || fallback));
@@ -59,7 +68,8 @@ MLH.timeChart = (id, xs, series, options) => {
       value: (u, v) => (v === null || v === undefined ? "—"
         : percent ? (100 * v).toFixed(1) + "%" : Number(v).toPrecision(4) + (opts.unit || "")),
     }))],
-    axes: [{ size: 50 }, { size: 56, values: yValues }],
+    // The y axis is as wide as its longest tick label (units make "0.75 ms" wider than 56 px).
+    axes: [{ size: 50 }, { size: yAxisSize, values: yValues }],
     // Shaded intervals: [[upper series index, lower series index, fill]] (indices into `series`).
     bands: (opts.bands || []).map(([hi, lo, fill]) => ({ series: [hi + 1, lo + 1], fill })),
     scales: {
