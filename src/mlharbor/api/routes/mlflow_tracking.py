@@ -240,25 +240,26 @@ async def log_metric(request: Request) -> Any:
 @router.post("/runs/log-parameter")
 async def log_parameter(request: Request) -> Any:
     body = await body_of(request)
-    value = body.get("value")
-    if not isinstance(value, str):
-        raise InvalidInputError("Missing value for required parameter 'value' (text).",
-                                field="value")
     store_of(request).log_batch(required(body, "run_id", "run_uuid"),
-                                params={required(body, "key"): value})
+                                params={required(body, "key"): _text_value(body)})
     return {}
 
 
 @router.post("/runs/set-tag")
 async def set_tag(request: Request) -> Any:
     body = await body_of(request)
+    store_of(request).log_batch(required(body, "run_id", "run_uuid"),
+                                tags={required(body, "key"): _text_value(body)})
+    return {}
+
+
+def _text_value(body: dict[str, Any]) -> str:
+    """The ``value`` of a param or tag: MLflow sends text, and refuses anything else."""
     value = body.get("value")
     if not isinstance(value, str):
         raise InvalidInputError("Missing value for required parameter 'value' (text).",
                                 field="value")
-    store_of(request).log_batch(required(body, "run_id", "run_uuid"),
-                                tags={required(body, "key"): value})
-    return {}
+    return value
 
 
 @router.post("/runs/delete-tag")
