@@ -282,7 +282,9 @@ def test_the_prediction_logs_of_all_replicas_are_one_log(
         deadline = time.monotonic() + 60  # segments reach S3 within a segment interval or so
         while True:
             end = utcnow() + timedelta(seconds=5)
-            seen = monitor.log.scan("logged", started, end).column("request_id").to_pylist()
+            table = monitor.log.scan("logged", started, end)  # no columns before a segment
+            seen = (table.column("request_id").to_pylist()
+                    if "request_id" in table.column_names else [])
             if len(seen) >= total_rows or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -327,12 +329,13 @@ def _native_requests(exposition: str, endpoint: str) -> int:
 
 
 @pytest.mark.timeout(300)
-def test_killing_a_replica_under_load_fails_no_request_and_it_rejoins_on_restart(
+def test_killing_a_replica_fails_only_its_requests_in_flight_and_it_rejoins(
         fleet: tuple[Replicas, Balancer], shared: Shared) -> None:
     replicas, balancer = fleet
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
-    failures: list[str] = []
+    failures: list[str] = []  # answers other than 200: none may be
+    cut: list[str] = []  # connections the SIGKILL broke after the replica began answering
     lock = threading.Lock()
     rows = _rows(shared, 2)
 
@@ -344,9 +347,9 @@ def test_killing_a_replica_under_load_fails_no_request_and_it_rejoins_on_restart
                     key = str(r.status_code)
                     if r.status_code != 200:
                         failures.append(f"{r.status_code}: {r.text[:200]}")
-                except httpx.HTTPError as exc:
+                except httpx.HTTPError as exc:  # the connection broke mid-answer
                     key = type(exc).__name__
-                    failures.append(repr(exc))
+                    cut.append(repr(exc))
                 with lock:
                     outcomes[key] += 1
 
@@ -376,6 +379,10 @@ def test_killing_a_replica_under_load_fails_no_request_and_it_rejoins_on_restart
           f"rejoined {rejoined_s:.1f}s after restart")
     assert before_kill > 0 and during > 0
     assert failures == [], failures[:5]
+    # The balancer retries a request the dead replica never answered; one it was answering
+    # when killed (headers sent, body not) cannot be retried: at most one per client thread,
+    # the requests in flight on the killed replica.
+    assert len(cut) <= len(threads), cut
     assert served_by_restarted > 0  # the balancer sends it traffic again
 
 
