@@ -36,6 +36,16 @@ def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[Any] 
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll ``check()`` until it is true; a liveness bound (something that should happen at
+    all), not a speed check: past ``timeout`` it raises TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} (waited {timeout:g}s)")
+        time.sleep(interval)
+
+
 
 class LiveServer:
     """A uvicorn server for an ASGI app on a free loopback port, in a background thread."""

@@ -38,6 +38,7 @@ import pytest
 from mlharbor.settings import Settings
 from tests.balancer import Balancer, Replicas
 from tests.conftest import _pg_admin_connect, pg_available
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.s3,
               pytest.mark.xdist_group("replicas")]
@@ -400,14 +401,14 @@ def test_a_fresh_replicas_first_request_sent_as_its_port_opens_is_answered(
     spare = Replicas(tmp_path_factory.mktemp("spare"), env, count=1, args=["--plain-logs"])
     proc = spare.start(0, wait=False)
     try:
-        deadline = time.monotonic() + 90
-        while True:  # send the request the moment the port accepts a connection
+        def accepts() -> bool:  # the request goes out the moment the port accepts
             assert proc.poll() is None, spare.log(0)[-3000:]
-            assert time.monotonic() < deadline, "the replica never listened"
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", spare.ports[0]), 0.05).close()
-                break
-            time.sleep(0.005)
+                return True
+            return False
+
+        wait_until(accepts, 90, "the replica never listened", interval=0.005)
         opened = time.monotonic()
         r = httpx.post(f"{spare.url(0)}/v1/endpoints/churn/predict", json=_rows(shared, 1),
                        headers=shared.headers, timeout=60)
