@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.serving.conftest import FEATURES
-from tests.support import VENV_BIN, cli_env, free_port
+from tests.support import VENV_BIN, cli_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 NOT_IN_SERVING = ("pandas", "sklearn", "scipy", "strawberry", "alembic", "pyarrow.dataset",
@@ -54,16 +53,14 @@ def test_serving_an_onnx_model_imports_no_pandas_sklearn_or_graphql(
     rows = x.head(3)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
+        def ready() -> bool:
             assert proc.poll() is None, "mlharbor serve exited"
-            assert time.monotonic() < deadline, "mlharbor serve did not become ready"
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+                return False
+
+        wait_until(ready, 90, "mlharbor serve did not become ready", interval=0.1)
         expected = reference_proba("churn@champion", rows)
         values = rows.to_numpy().tolist()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},

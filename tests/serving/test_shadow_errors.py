@@ -11,7 +11,6 @@ errors), and left out of what means answers: live performance and drift.
 from __future__ import annotations
 
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from mlharbor.pipelines.rolloutsignals import LogSignals
 from mlharbor.registry.endpoints import EndpointSpec
 from mlharbor.settings import ServingSettings, Settings
 from tests.serving.conftest import FEATURES
+from tests.support import wait_until
 
 REQUESTS = 20
 BAD = 5  # requests whose f0 makes the shadow raise: every fourth
@@ -76,14 +76,12 @@ def logged(home_settings: Settings, registry: Any, data: Any, serve: Any,
                               timeout=30)
         assert response.status_code == 200, response.text
         ids.append(response.json()["request_id"])
-    deadline = time.monotonic() + 30
-    while True:  # shadow copies finish in the background
+    def logged_both() -> bool:  # shadow copies finish in the background
         log.flush()
         log.compact()
-        if log.scan("churn", columns=["row"]).num_rows >= 2 * REQUESTS:
-            break
-        assert time.monotonic() < deadline, "the shadow copies never reached the log"
-        time.sleep(0.1)
+        return bool(log.scan("churn", columns=["row"]).num_rows >= 2 * REQUESTS)
+
+    wait_until(logged_both, 60, "the shadow copies never reached the log", interval=0.1)
     end = datetime.now(UTC) + timedelta(seconds=1)
     return log, start, end, ids
 
