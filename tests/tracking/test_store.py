@@ -121,3 +121,39 @@ def _table(diff: Any) -> str | None:
         if isinstance(part, str) and part.startswith("tracking_"):
             return part
     return None
+
+
+def test_experiments_with_run_counts_in_one_query(store: TrackingStore) -> None:
+    from sqlalchemy import event
+
+    empty = store.create_experiment("empty")
+    busy = store.create_experiment("busy")
+    gone = store.create_experiment("gone")
+    for _ in range(3):
+        store.create_run(busy.experiment_id)
+    deleted = store.create_run(busy.experiment_id)
+    store.set_run_lifecycle(deleted.run_id, LifecycleStage.DELETED)  # still counted
+    store.create_run(gone.experiment_id)
+    store.set_experiment_lifecycle(gone.experiment_id, LifecycleStage.DELETED)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = store.db.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        found, more = store.list_experiments_with_counts()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert more is None
+    assert {e.name: n for e, n in found} == {"Default": 0, "empty": 0, "busy": 4}
+    assert [e.experiment_id for e, _n in found] == sorted(
+        (e.experiment_id for e, _n in found), key=int)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    assert {e.name: n for e, n in store.list_experiments_with_counts(view="deleted")[0]} \
+        == {"gone": 1}
+    assert [(e.name, n) for e, n in store.list_experiments_with_counts(view="all",
+                                                                        max_results=2)[0]] \
+        == [("Default", 0), ("empty", 0)]
+    assert store.count_runs(busy.experiment_id) == 4 and empty.name == "empty"

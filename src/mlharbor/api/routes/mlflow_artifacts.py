@@ -5,7 +5,8 @@ An experiment created here stores its runs' files at ``mlflow-artifacts:/<experi
 ``mlflow.log_artifact`` and ``log_model`` upload through these routes. Bytes go to the
 registry's content-addressed artifact store (:mod:`mlharbor.tracking.files`); an upload is
 streamed to a temporary file first, so a broken upload names nothing. Request bodies are
-capped by the transport guard (``server.max_body_bytes``).
+capped by the transport guard (``server.max_body_bytes``). Storing, fetching, listing and
+deleting run on the tracking threads (:mod:`.mlflow_threads`), off the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse
 
 from mlharbor.api.mlflow_protocol import MlflowRoute
+from mlharbor.api.routes.mlflow_threads import off_loop
 from mlharbor.api.routes.mlflow_tracking import files_of
 from mlharbor.tracking.files import check_key
 
@@ -30,7 +32,8 @@ router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 async def list_artifacts(request: Request, path: str | None = None) -> Any:
     """Files and folders directly under ``path`` (names relative to it)."""
     base = check_key(path) if path and path.strip("/") else ""
-    entries = files_of(request).listing(base or None)
+    entries = await off_loop(request, lambda: files_of(request).listing(base or None),
+                             kind="read")
     cut = len(base) + 1 if base else 0
     return {"files": [{"path": e.path[cut:], "is_dir": e.is_dir,
                        **({"file_size": e.size} if e.size is not None else {})}
@@ -45,9 +48,7 @@ async def upload_artifact(request: Request, path: str) -> Any:
         with target.open("wb") as out:
             async for chunk in request.stream():
                 out.write(chunk)
-        import anyio.to_thread
-
-        await anyio.to_thread.run_sync(files_of(request).put, key, target)
+        await off_loop(request, lambda: files_of(request).put(key, target))
     return {}
 
 
@@ -55,12 +56,11 @@ async def upload_artifact(request: Request, path: str) -> Any:
 async def download_artifact(request: Request, path: str) -> Any:
     import shutil
 
-    import anyio.to_thread
-
     key = check_key(path)
     tmp = Path(tempfile.mkdtemp(prefix="mlharbor-download-"))
     try:
-        await anyio.to_thread.run_sync(files_of(request).fetch, key, tmp / "file")
+        await off_loop(request, lambda: files_of(request).fetch(key, tmp / "file"),
+                       kind="read")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -70,5 +70,6 @@ async def download_artifact(request: Request, path: str) -> Any:
 
 @router.delete("/{path:path}")
 async def delete_artifact(request: Request, path: str) -> Any:
-    files_of(request).delete(check_key(path))
+    key = check_key(path)
+    await off_loop(request, lambda: files_of(request).delete(key))
     return {}

@@ -22,6 +22,7 @@ from mlharbor.api.mlflow_protocol import (
     required,
     text_field,
 )
+from mlharbor.api.routes.mlflow_threads import off_loop, reading, writing
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.tracking import checks
@@ -32,8 +33,8 @@ _CLAUSE = re.compile(r"\s*(?:attributes\.)?(name|source_run_id)\s*=\s*'((?:[^'\\
 
 
 @router.post("")
-async def create_logged_model(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def create_logged_model(request: Request, body: dict[str, Any]) -> Any:
     model = files_of(request).create_logged_model(
         required(body, "experiment_id"), name=text_field(body, "name"),
         source_run_id=text_field(body, "source_run_id") or None,
@@ -43,8 +44,8 @@ async def create_logged_model(request: Request) -> Any:
 
 
 @router.post("/search")
-async def search_logged_models(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def search_logged_models(request: Request, body: dict[str, Any]) -> Any:
     wanted = _filter(text_field(body, "filter"))
     ids = body.get("experiment_ids") or []
     if not isinstance(ids, list):
@@ -78,7 +79,9 @@ def _filter(text: str | None) -> dict[str, str]:
 
 @router.get("/{model_id}")
 async def get_logged_model(request: Request, model_id: str) -> Any:
-    return {"model": logged_model_json(files_of(request).get_logged_model(model_id))}
+    model = await off_loop(request, lambda: files_of(request).get_logged_model(model_id),
+                           kind="read")
+    return {"model": logged_model_json(model)}
 
 
 @router.patch("/{model_id}")
@@ -88,26 +91,29 @@ async def finalize_logged_model(request: Request, model_id: str) -> Any:
     if isinstance(status, int) and not isinstance(status, bool):  # the proto enum's number
         status = {1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY",
                   3: "LOGGED_MODEL_UPLOAD_FAILED"}.get(status, str(status))
-    model = files_of(request).update_logged_model(model_id, status=required(
-        {"status": status}, "status"))
+    wanted = required({"status": status}, "status")
+    model = await off_loop(request, lambda: files_of(request).update_logged_model(
+        model_id, status=wanted))
     return {"model": logged_model_json(model)}
 
 
 @router.patch("/{model_id}/tags")
 async def set_logged_model_tags(request: Request, model_id: str) -> Any:
-    body = await body_of(request)
-    files_of(request).update_logged_model(model_id, tags=key_values(body, "tags"))
+    tags = key_values(await body_of(request), "tags")
+    await off_loop(request, lambda: files_of(request).update_logged_model(model_id, tags=tags))
     return {}
 
 
 @router.delete("/{model_id}/tags/{tag_key}")
 async def delete_logged_model_tag(request: Request, model_id: str, tag_key: str) -> Any:
-    files_of(request).update_logged_model(model_id, remove_tag=tag_key)
+    await off_loop(request, lambda: files_of(request).update_logged_model(
+        model_id, remove_tag=tag_key))
     return {}
 
 
 @router.post("/{model_id}/params")
 async def log_logged_model_params(request: Request, model_id: str) -> Any:
-    body = await body_of(request)
-    files_of(request).update_logged_model(model_id, params=key_values(body, "params"))
+    params = key_values(await body_of(request), "params")
+    await off_loop(request, lambda: files_of(request).update_logged_model(
+        model_id, params=params))
     return {}

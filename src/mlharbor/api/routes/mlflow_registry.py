@@ -19,7 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from mlharbor.api.context import actor_of, registry_of
-from mlharbor.api.mlflow_protocol import MlflowRoute, body_of, key_values, required, text_field
+from mlharbor.api.mlflow_protocol import MlflowRoute, key_values, required, text_field
+from mlharbor.api.routes.mlflow_threads import reading, writing
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of, store_of
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifactError
 from mlharbor.core.records import ModelVersion, RegisteredModel
@@ -66,8 +67,8 @@ def _version_json(mv: ModelVersion) -> dict[str, Any]:
 
 
 @router.post("/registered-models/create")
-async def create_registered_model(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def create_registered_model(request: Request, body: dict[str, Any]) -> Any:
     model = registry_of(request).create_model(
         required(body, "name"), description=text_field(body, "description") or "",
         tags=key_values(body, "tags") or None, actor=actor_of(request))
@@ -75,15 +76,15 @@ async def create_registered_model(request: Request) -> Any:
 
 
 @router.get("/registered-models/get")
-async def get_registered_model(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_registered_model(request: Request, body: dict[str, Any]) -> Any:
     return {"registered_model": _model_json(registry_of(request).get_model(
         required(body, "name")))}
 
 
 @router.post("/registered-models/get-latest-versions")
-async def get_latest_versions(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_latest_versions(request: Request, body: dict[str, Any]) -> Any:
     name = required(body, "name")
     model = registry_of(request).get_model(name)
     if model.latest_version is None:
@@ -93,8 +94,8 @@ async def get_latest_versions(request: Request) -> Any:
 
 
 @router.get("/model-versions/get")
-async def get_model_version(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_model_version(request: Request, body: dict[str, Any]) -> Any:
     version = str(required(body, "version"))
     if not version.isdigit():
         raise InvalidInputError(f"version must be a whole number; received {version[:40]!r}.",
@@ -104,20 +105,15 @@ async def get_model_version(request: Request) -> Any:
 
 
 @router.post("/model-versions/create")
-async def create_model_version(request: Request) -> Any:
-    import anyio.to_thread
-
-    body = await body_of(request)
+@writing
+def create_model_version(request: Request, body: dict[str, Any]) -> Any:
     name = required(body, "name")
     source = required(body, "source")
     if not isinstance(name, str) or not isinstance(source, str):
         raise InvalidInputError("'name' and 'source' must be text.")
-    run_id = text_field(body, "run_id") or None
-    model_id = text_field(body, "model_id") or None
-    tags = key_values(body, "tags")
-    mv = await anyio.to_thread.run_sync(lambda: _register(
-        request, name, source, run_id, model_id, tags,
-        text_field(body, "description") or ""))
+    mv = _register(request, name, source, text_field(body, "run_id") or None,
+                   text_field(body, "model_id") or None, key_values(body, "tags"),
+                   text_field(body, "description") or "")
     return {"model_version": _version_json(mv)}
 
 

@@ -8,6 +8,10 @@ MLflow 3's logged models are in :mod:`.mlflow_models`, the artifact proxy in
 :mod:`.mlflow_artifacts`, model registration in :mod:`.mlflow_registry`. Any other MLflow
 route answers MLflow's error shape saying mlharbor does not support it (the catch-all at the
 end, mounted last). Errors: :mod:`mlharbor.api.mlflow_protocol`.
+
+Each endpoint reads its request on the event loop and does its store work and JSON rendering
+on a worker thread (``@reading`` / ``@writing``, :mod:`.mlflow_threads`), so a write waiting
+on a database lock never stalls the control plane's loop.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from fastapi import APIRouter, Request
 
 from mlharbor.api.mlflow_protocol import (
     MlflowRoute,
-    body_of,
     experiment_json,
     key_values,
     metric_json,
@@ -29,6 +32,7 @@ from mlharbor.api.mlflow_protocol import (
     text_field,
 )
 from mlharbor.api.responses import JsonResponse
+from mlharbor.api.routes.mlflow_threads import reading, writing
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.runs import LifecycleStage, MetricPoint
 from mlharbor.tracking import checks
@@ -76,8 +80,8 @@ def _strings(body: dict[str, Any], name: str) -> list[str]:
 # -- experiments --------------------------------------------------------------------------
 
 @router.post("/experiments/create")
-async def create_experiment(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def create_experiment(request: Request, body: dict[str, Any]) -> Any:
     exp = store_of(request).create_experiment(
         required(body, "name"), artifact_location=text_field(body, "artifact_location") or None,
         tags=key_values(body, "tags"))
@@ -85,22 +89,22 @@ async def create_experiment(request: Request) -> Any:
 
 
 @router.get("/experiments/get")
-async def get_experiment(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_experiment(request: Request, body: dict[str, Any]) -> Any:
     return {"experiment": experiment_json(
         store_of(request).get_experiment(required(body, "experiment_id")))}
 
 
 @router.get("/experiments/get-by-name")
-async def get_experiment_by_name(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_experiment_by_name(request: Request, body: dict[str, Any]) -> Any:
     return {"experiment": experiment_json(
         store_of(request).get_experiment_by_name(required(body, "experiment_name")))}
 
 
 @router.post("/experiments/search")
-async def search_experiments(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def search_experiments(request: Request, body: dict[str, Any]) -> Any:
     name_like = _experiment_filter(text_field(body, "filter"))
     exps, nxt = store_of(request).list_experiments(
         view=_view(body.get("view_type")), name_like=name_like,
@@ -131,32 +135,32 @@ def _experiment_filter(text: str | None) -> str | None:
 
 
 @router.post("/experiments/update")
-async def update_experiment(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def update_experiment(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).rename_experiment(required(body, "experiment_id"),
                                         required(body, "new_name"))
     return {}
 
 
 @router.post("/experiments/delete")
-async def delete_experiment(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def delete_experiment(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_experiment_lifecycle(required(body, "experiment_id"),
                                                LifecycleStage.DELETED)
     return {}
 
 
 @router.post("/experiments/restore")
-async def restore_experiment(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def restore_experiment(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_experiment_lifecycle(required(body, "experiment_id"),
                                                LifecycleStage.ACTIVE)
     return {}
 
 
 @router.post("/experiments/set-experiment-tag")
-async def set_experiment_tag(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def set_experiment_tag(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_experiment_tag(required(body, "experiment_id"),
                                          required(body, "key"),
                                          text_field(body, "value", default="") or "")
@@ -164,8 +168,8 @@ async def set_experiment_tag(request: Request) -> Any:
 
 
 @router.post("/experiments/delete-experiment-tag")
-async def delete_experiment_tag(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def delete_experiment_tag(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_experiment_tag(required(body, "experiment_id"),
                                          required(body, "key"), None)
     return {}
@@ -174,8 +178,8 @@ async def delete_experiment_tag(request: Request) -> Any:
 # -- runs ---------------------------------------------------------------------------------
 
 @router.post("/runs/create")
-async def create_run(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def create_run(request: Request, body: dict[str, Any]) -> Any:
     run = store_of(request).create_run(
         body.get("experiment_id") or "0", run_name=text_field(body, "run_name") or None,
         user_id=text_field(body, "user_id") or "", start_time=body.get("start_time"),
@@ -184,14 +188,14 @@ async def create_run(request: Request) -> Any:
 
 
 @router.get("/runs/get")
-async def get_run(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_run(request: Request, body: dict[str, Any]) -> Any:
     return {"run": run_json(store_of(request).get_run(required(body, "run_id", "run_uuid")))}
 
 
 @router.post("/runs/update")
-async def update_run(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def update_run(request: Request, body: dict[str, Any]) -> Any:
     run = store_of(request).update_run(
         required(body, "run_id", "run_uuid"), status=text_field(body, "status"),
         end_time=body.get("end_time"), run_name=text_field(body, "run_name"))
@@ -199,15 +203,15 @@ async def update_run(request: Request) -> Any:
 
 
 @router.post("/runs/delete")
-async def delete_run(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def delete_run(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_run_lifecycle(required(body, "run_id"), LifecycleStage.DELETED)
     return {}
 
 
 @router.post("/runs/restore")
-async def restore_run(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def restore_run(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).set_run_lifecycle(required(body, "run_id"), LifecycleStage.ACTIVE)
     return {}
 
@@ -230,24 +234,24 @@ def _point(item: Any, where: str) -> MetricPoint:
 
 
 @router.post("/runs/log-metric")
-async def log_metric(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_metric(request: Request, body: dict[str, Any]) -> Any:
     run_id = required(body, "run_id", "run_uuid")
     store_of(request).log_batch(run_id, metrics=[_point(body, "metric")])
     return {}
 
 
 @router.post("/runs/log-parameter")
-async def log_parameter(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_parameter(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).log_batch(required(body, "run_id", "run_uuid"),
                                 params={required(body, "key"): _text_value(body)})
     return {}
 
 
 @router.post("/runs/set-tag")
-async def set_tag(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def set_tag(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).log_batch(required(body, "run_id", "run_uuid"),
                                 tags={required(body, "key"): _text_value(body)})
     return {}
@@ -263,15 +267,15 @@ def _text_value(body: dict[str, Any]) -> str:
 
 
 @router.post("/runs/delete-tag")
-async def delete_tag(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def delete_tag(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).delete_tag(required(body, "run_id"), required(body, "key"))
     return {}
 
 
 @router.post("/runs/log-batch")
-async def log_batch(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_batch(request: Request, body: dict[str, Any]) -> Any:
     metrics = body.get("metrics") or []
     if not isinstance(metrics, list):
         raise InvalidInputError("'metrics' must be a list.", field="metrics")
@@ -283,24 +287,24 @@ async def log_batch(request: Request) -> Any:
 
 
 @router.post("/runs/log-inputs")
-async def log_inputs(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_inputs(request: Request, body: dict[str, Any]) -> Any:
     items = [*(body.get("datasets") or []), *(body.get("models") or [])]
     store_of(request).record_io(required(body, "run_id"), inputs=_json_list(items))
     return {}
 
 
 @router.post("/runs/outputs")
-async def log_outputs(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_outputs(request: Request, body: dict[str, Any]) -> Any:
     store_of(request).record_io(required(body, "run_id"),
                                 outputs=_json_list(body.get("models") or []))
     return {}
 
 
 @router.post("/runs/log-model")
-async def log_model(request: Request) -> Any:
-    body = await body_of(request)
+@writing
+def log_model(request: Request, body: dict[str, Any]) -> Any:
     model_json = text_field(body, "model_json") or ""
     store_of(request).record_io(required(body, "run_id"),
                                 outputs=[{"mlmodel": model_json[:100_000]}])
@@ -314,8 +318,8 @@ def _json_list(items: Any) -> list[Any]:
 
 
 @router.post("/runs/search")
-async def search_runs(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def search_runs(request: Request, body: dict[str, Any]) -> Any:
     order_by = body.get("order_by")
     if order_by is not None and not isinstance(order_by, list):
         raise InvalidInputError("'order_by' must be a list of text.", field="order_by")
@@ -331,8 +335,8 @@ async def search_runs(request: Request) -> Any:
 
 
 @router.get("/metrics/get-history")
-async def get_metric_history(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def get_metric_history(request: Request, body: dict[str, Any]) -> Any:
     points, nxt = store_of(request).metric_history(
         required(body, "run_id", "run_uuid"), required(body, "metric_key"),
         max_results=body.get("max_results"),
@@ -344,8 +348,8 @@ async def get_metric_history(request: Request) -> Any:
 
 
 @router.get("/artifacts/list")
-async def list_artifacts(request: Request) -> Any:
-    body = await body_of(request)
+@reading
+def list_artifacts(request: Request, body: dict[str, Any]) -> Any:
     run = store_of(request).get_run(required(body, "run_id", "run_uuid"))
     root = key_of_uri(run.artifact_uri)
     if root is None:

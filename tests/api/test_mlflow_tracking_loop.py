@@ -1,0 +1,109 @@
+"""A tracking write waiting on a database lock stalls only itself: the control plane's event
+loop keeps answering everything else (health probes, reads, the dashboard's API), and the
+write lands, whole, once the lock is released.
+
+The lock is real: another SQLite connection holds the write lock (``BEGIN IMMEDIATE``), as a
+long migration, a backup or a second process would, so the server's write transactions
+queue on SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from mlharbor.api.app import create_app
+from mlharbor.api.routes.mlflow_threads import WRITE_THREADS
+from mlharbor.bootstrap import open_registry
+from mlharbor.settings import Settings
+from tests.security.fixtures import admin_headers_for
+from tests.support import LiveServer, wait_until
+
+MLFLOW = "/api/2.0/mlflow"
+
+
+@pytest.fixture
+def served(tmp_path: Any) -> Iterator[tuple[Any, str, dict[str, str], Settings]]:
+    settings = Settings(home=tmp_path / "home", security={"rate_limit_per_minute": 0})
+    headers = admin_headers_for(settings)
+    registry = open_registry(settings)
+    app = create_app(settings, registry=registry)
+    try:
+        with LiveServer(app) as live:
+            yield app, live.url, headers, settings
+    finally:
+        registry.close()
+
+
+def _hold_write_lock(settings: Settings) -> sqlite3.Connection:
+    path = make_url(settings.database_url_value).database
+    assert path
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")  # the database's one write lock, until rollback
+    return con
+
+
+def test_the_loop_answers_while_tracking_writes_wait_on_a_lock(
+        served: tuple[Any, str, dict[str, str], Settings]) -> None:
+    app, url, headers, settings = served
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        run_id = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0"}
+                           ).json()["run"]["info"]["run_id"]
+    # More writers than the tracking write threads: they must take neither the threads of
+    # tracking reads nor those that serve synchronous routes (/livez, /readyz, native API).
+    writers = WRITE_THREADS + 4
+    answers: list[httpx.Response] = []
+    failures: list[BaseException] = []
+
+    def log(step: int) -> None:
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                answers.append(client.post(f"{MLFLOW}/runs/log-metric", json={
+                    "run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                    "timestamp": 1000 + step, "step": step}))
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    lock = _hold_write_lock(settings)
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(writers)]
+    try:
+        for thread in threads:
+            thread.start()
+        # Every tracking write thread is taken by a write waiting on the lock.
+        wait_until(lambda: getattr(app.state, "mlflow_write_threads", None) is not None
+                   and app.state.mlflow_write_threads.borrowed_tokens == WRITE_THREADS, 30,
+                   "the tracking writes reaching the database")
+        with httpx.Client(base_url=url, headers=headers, timeout=15) as http:
+            assert http.get("/livez").status_code == 200
+            assert http.get("/readyz").status_code == 200
+            experiments = http.get("/api/v1/experiments")
+            assert experiments.status_code == 200
+            assert {e["name"]: e["runs"] for e in experiments.json()["items"]}["Default"] == 1
+            assert http.get("/api/v1/runs", params={"experiment": "Default"}
+                            ).status_code == 200
+            # MLflow reads have threads of their own (and WAL readers never wait for a writer)
+            run = http.get(f"{MLFLOW}/runs/get", params={"run_id": run_id})
+            assert run.status_code == 200 and run.json()["run"]["data"].get("metrics") == []
+            found = http.post(f"{MLFLOW}/runs/search", json={"experiment_ids": ["0"]})
+            assert [r["info"]["run_id"] for r in found.json()["runs"]] == [run_id]
+            bad = http.get(f"{MLFLOW}/runs/get", params={"run_id": "nope"})
+            assert bad.status_code == 400
+            assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert not answers and not failures  # nothing got past the lock meanwhile
+    finally:
+        lock.rollback()
+        lock.close()
+        for thread in threads:
+            thread.join(120)
+    assert not failures
+    assert sorted(r.status_code for r in answers) == [200] * writers
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        history = http.get(f"{MLFLOW}/metrics/get-history",
+                           params={"run_id": run_id, "metric_key": "loss"}).json()["metrics"]
+    assert sorted(p["step"] for p in history) == list(range(writers))
