@@ -5,11 +5,13 @@ promote), so it is built per job (:data:`mlharbor.pipelines.jobs.KindFactory`): 
 policy *revision named in the job's request* (the one ``submit_retrain`` planned it under), so
 a policy applied while the job runs changes neither its steps nor its gates; the rollout reads
 traffic from the monitor's prediction log and feedback (:class:`LogSignals`) and rolls out the
-challenger the validate step passed (:func:`rollout_target`).
+challenger the validate step passed (:func:`rollout_target`). The ``train`` step records its
+training as a run (:mod:`mlharbor.pipelines.retrain_runs`) through one tracker per runner.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from mlharbor.pipelines.policy import Policy
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
+    from mlharbor.tracking.fluent import Tracker
 
 
 def policy_at(registry: Registry, endpoint: str, revision: int | None) -> Policy:
@@ -39,7 +42,9 @@ def policy_at(registry: Registry, endpoint: str, revision: int | None) -> Policy
 
 class RetrainKinds:
     """``kind_for(job)`` of the ``retrain`` kind: snapshot, train, validate, then the rollout
-    of the job's own policy revision, over one registry and (on first use) one monitor."""
+    of the job's own policy revision, over one registry and (on first use) one monitor and
+    one tracker, which records each job's training as a run in the registry's database, as
+    ``mlharbor train`` does."""
 
     def __init__(self, registry: Registry, settings: Settings,
                  monitor: Callable[[], Monitor], *, poll_seconds: float | None = None) -> None:
@@ -47,6 +52,18 @@ class RetrainKinds:
         self.settings = settings
         self.monitor = monitor
         self.poll_seconds = poll_seconds
+        self._tracker: Tracker | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tracker(self) -> Tracker:
+        """The tracker of the jobs' runs, opened on the registry on first use, once."""
+        with self._lock:
+            if self._tracker is None:
+                from mlharbor.bootstrap.tracking import open_tracker
+
+                self._tracker = open_tracker(self.settings, registry=self.registry)
+            return self._tracker
 
     def __call__(self, job: Job) -> JobKind:
         from mlharbor.pipelines.retrain import request_of, retrain_kind, rollout_target
@@ -65,7 +82,8 @@ class RetrainKinds:
             return policy
 
         return retrain_kind(self.registry, self.settings, feedback=monitor.feedback,
-                            policy_for=policy_for, rollout=rollout.steps())
+                            policy_for=policy_for, rollout=rollout.steps(),
+                            tracker=self.tracker)
 
 
 def job_notifier(settings: Settings) -> Callable[[Job, str], Any] | None:

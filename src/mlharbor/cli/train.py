@@ -136,24 +136,38 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(None, "--backend", help="local or dask (as for train)."),
         scheduler: str = typer.Option(
             None, "--scheduler", help="Dask scheduler for --backend dask: tcp://HOST:PORT."),
+        experiment: str = typer.Option(
+            None, "--experiment", help="Experiment the reproduction's run is recorded in "
+            "(default: the model's name, as for train)."),
     ) -> None:
-        """Re-run training from a version's stored lineage and check the metrics match."""
+        """Re-run training from a version's stored lineage and check the metrics match.
+
+        The reproduction is recorded as a run (with its candidates and search points, as a
+        training's), tagged mlharbor.reproduces=<version> and with the verdict."""
         from mlharbor.bootstrap import open_registry
+        from mlharbor.bootstrap.tracking import open_tracker
         from mlharbor.cli.main import settings_from
         from mlharbor.cli.output import print_json, print_table
         from mlharbor.pipelines.train_job import reproduce
 
         settings = settings_from(ctx)
         registry = open_registry(settings)
+        tracker = open_tracker(settings, registry=registry)
         try:
             with _RichProgress() as progress:
                 result = reproduce(registry, ref, settings=settings, progress=progress,
-                                   backend=backend, scheduler=scheduler)
+                                   backend=backend, scheduler=scheduler,
+                                   tracking=lambda default: tracker.start_run(
+                                       experiment=experiment or default,
+                                       run_name="reproduce "
+                                       + registry.get_version(ref).ref))
         finally:
+            tracker.flusher.close()
             registry.close()
         if as_json:  # stdout holds the JSON alone; the verdict is in it and in the exit code
             print_json({
                 "ref": result.ref, "matches": result.matches, "same_data": result.same_data,
+                "run_id": result.run_id,
                 "metrics": [{"metric": c.metric, "stored": c.stored,
                              "reproduced": c.reproduced, "matches": c.matches}
                             for c in result.checks],
@@ -162,6 +176,9 @@ def register(app: typer.Typer) -> None:
             print_table(f"Reproducing {result.ref}", ["metric", "stored", "reproduced", "match"],
                         [(c.metric, _num(c.stored), _num(c.reproduced),
                           "yes" if c.matches else "NO") for c in result.checks])
+            if result.run_id is not None:
+                sys.stdout.write(f"Run: {result.run_id} (mlharbor runs show "
+                                 f"{result.run_id})\n")
         if not result.same_data:
             sys.stderr.write(f"error: the data changed since {result.ref} was trained (its "
                              "fingerprint differs); metrics cannot be compared.\n")

@@ -7,7 +7,10 @@ Steps (each idempotent, see :mod:`mlharbor.pipelines.jobs`), then any rollout st
               recorded as a DatasetSnapshot; the base version (the champion) is fixed here
     train     the base's recipe from its lineage with the policy's overrides, trained on the
               snapshot by the training pipeline; the winner is registered as a version tagged
-              ``mlharbor.job=<job id>`` (status ``failed`` when a gate fails), no alias moved
+              ``mlharbor.job=<job id>`` (status ``failed`` when a gate fails), no alias moved;
+              with a tracker, the training is a run in the model's experiment with a child
+              per candidate and search point, tagged with the job, endpoint and trigger, and
+              the version and the run name each other (:mod:`.retrain_runs`)
     validate  the gates judged on one holdout -- the recipe's, the policy's extra ones, and
               always the naive baseline and the champion -- into an EvaluationReport; a
               challenger that fails is tagged ``mlharbor.verdict=rejected`` with the reason and
@@ -19,7 +22,9 @@ Steps (each idempotent, see :mod:`mlharbor.pipelines.jobs`), then any rollout st
 **Crash safety.** ``snapshot`` notes the stored snapshot and reuses it on a re-run (the file is
 content-addressed, so writing it twice stores it once). ``train`` notes the version right
 after registering and, on a re-run, finds a version registered by this job by its tag even
-when the crash fell between registering and noting, so a job registers at most one version.
+when the crash fell between registering and noting, so a job registers at most one version;
+the run an earlier attempt left open is linked to that version, or ended KILLED when the
+re-run has to train again.
 ``validate`` only tags and sets an alias to the same values again.
 
 The policy (:class:`~mlharbor.pipelines.policy.Policy`) comes from ``policy_for(job)``; the
@@ -51,7 +56,7 @@ from mlharbor.core.records import (
     VersionStatus,
     to_dict,
 )
-from mlharbor.pipelines.jobs import Job, JobKind, Step, StepContext
+from mlharbor.pipelines.jobs import CancelRequested, Job, JobKind, LeaseLost, Step, StepContext
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,8 +64,10 @@ if TYPE_CHECKING:
     from mlharbor.monitoring.feedback import Feedback
     from mlharbor.pipelines.policy import Policy
     from mlharbor.pipelines.rollout import RolloutTarget
+    from mlharbor.pipelines.train_runs import TrainingRecorder
     from mlharbor.registry.service import Registry
     from mlharbor.settings import Settings
+    from mlharbor.tracking.fluent import Tracker
     from mlharbor.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,7 @@ class Retrainer:
     settings: Settings
     feedback: Feedback | None = None
     policy_for: PolicyFor = default_policy
+    tracker: Tracker | None = None  # records the train step's training as a run
 
     def steps(self) -> tuple[Step, ...]:
         return (Step("snapshot", self.snapshot), Step("train", self.train),
@@ -255,46 +263,78 @@ class Retrainer:
     # -- train ---------------------------------------------------------------------------
 
     def train(self, ctx: StepContext) -> dict[str, Any]:
-        """Train on the snapshot and register the winner once (tagged with the job id)."""
-        from mlharbor.pipelines import train_job
-        from mlharbor.pipelines.snapshot import read_snapshot, snapshot_from_dict
-        from mlharbor.training.backend import choose_backend
+        """Train on the snapshot and register the winner once (tagged with the job id); with
+        a tracker, the training is a run (:mod:`mlharbor.pipelines.retrain_runs`)."""
+        from mlharbor.pipelines.retrain_runs import JobRuns
+        from mlharbor.pipelines.train_runs import RUN_ID_TAG
 
         made = ctx.results["snapshot"]
-        snapshot = snapshot_from_dict(made["snapshot"])
         base = self.registry.get_version(made["base"])
         version = self._registered(ctx, base.name)
         reused = version is not None
+        runs = JobRuns(self.tracker) if self.tracker is not None else None
+        if runs is not None:
+            runs.settle(ctx, version)  # what an attempt its runner died in left open
         if version is None:
-            policy = self.policy_for(ctx.job)
-            recipe = challenger_recipe(base, policy)
-            dataset = read_snapshot(self.registry, snapshot.uri, snapshot.fingerprint)
-            champion, error = self._champion(base)
-            ctx.check()
-            # where the fits run: the recipe's `training` section, else the settings (a
-            # retraining job on `mlharbor worker` uses the cluster its settings name)
-            backend, scheduler = choose_backend(
-                recipe, default_backend=self.settings.training.backend,
-                default_scheduler=self.settings.training.scheduler)
-            outcome = train_job.run_training(
-                recipe, dataset=dataset, champion=champion, champion_ref=base.ref,
-                champion_error=error, n_jobs=self.settings.training.n_jobs,
-                backend=backend, scheduler=scheduler,
-                s3_endpoint_url=self.settings.s3_endpoint_url,
-                s3_region=self.settings.s3_region,
-                trusted_types=self.settings.formats.skops_trusted_types)
-            ctx.check()
-            failed = outcome.failed_gates
-            reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
-            version = train_job.register_outcome(
-                self.registry, base.name, outcome, settings=self.settings,
-                actor=_actor(ctx.job), status="failed" if failed else "ready",
-                status_reason=reason, tags={JOB_TAG: ctx.job.id},
-                lineage={"retrain": {"job": ctx.job.id, "base": base.ref,
-                                     "snapshot": made["snapshot"]}})
+            recorder = runs.recorder(ctx, request_of(ctx.job), base) if runs else None
+            try:
+                version = self._train_and_register(ctx, base, made, recorder)
+            except BaseException as exc:
+                if recorder is not None:  # a cancelled or taken-over job's run was KILLED
+                    recorder.close(exc, killed=isinstance(exc, CancelRequested | LeaseLost))
+                raise
+            if recorder is not None:
+                recorder.close()  # the version exists: the run's work is done
             ctx.note(version=version.ref)
-        return {"version": version.ref, "status": version.status.value, "reused": reused,
-                "winner": version.params.get("candidate"), "base": base.ref}
+        result = {"version": version.ref, "status": version.status.value, "reused": reused,
+                  "winner": version.params.get("candidate"), "base": base.ref}
+        if version.tags.get(RUN_ID_TAG):
+            result["run_id"] = version.tags[RUN_ID_TAG]
+        return result
+
+    def _train_and_register(self, ctx: StepContext, base: ModelVersion,
+                            made: Mapping[str, Any], recorder: TrainingRecorder | None
+                            ) -> ModelVersion:
+        """Train the challenger on the snapshot (recorded by ``recorder``) and register it."""
+        from mlharbor.pipelines import train_job
+        from mlharbor.pipelines.snapshot import read_snapshot, snapshot_from_dict
+        from mlharbor.pipelines.train_runs import version_links
+        from mlharbor.training.backend import choose_backend
+
+        snapshot = snapshot_from_dict(made["snapshot"])
+        policy = self.policy_for(ctx.job)
+        recipe = challenger_recipe(base, policy)
+        dataset = read_snapshot(self.registry, snapshot.uri, snapshot.fingerprint)
+        champion, error = self._champion(base)
+        ctx.check()
+        # where the fits run: the recipe's `training` section, else the settings (a
+        # retraining job on `mlharbor worker` uses the cluster its settings name)
+        backend, scheduler = choose_backend(
+            recipe, default_backend=self.settings.training.backend,
+            default_scheduler=self.settings.training.scheduler)
+        outcome = train_job.run_training(
+            recipe, dataset=dataset, champion=champion, champion_ref=base.ref,
+            champion_error=error, n_jobs=self.settings.training.n_jobs,
+            backend=backend, scheduler=scheduler,
+            s3_endpoint_url=self.settings.s3_endpoint_url,
+            s3_region=self.settings.s3_region,
+            trusted_types=self.settings.formats.skops_trusted_types, recorder=recorder)
+        ctx.check()
+        run_id = recorder.run_id if recorder is not None else None
+        if recorder is not None:
+            recorder.finish(outcome)
+        failed = outcome.failed_gates
+        reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
+        tags, lineage = version_links(run_id)  # with a run: each names the other
+        version: ModelVersion = train_job.register_outcome(
+            self.registry, base.name, outcome, settings=self.settings,
+            actor=_actor(ctx.job), status="failed" if failed else "ready",
+            status_reason=reason, tags={JOB_TAG: ctx.job.id, **tags},
+            lineage={"retrain": {"job": ctx.job.id, "base": base.ref,
+                                 "snapshot": made["snapshot"]}, **lineage})
+        if recorder is not None:
+            recorder.registered(version.ref)
+        return version
 
     def _registered(self, ctx: StepContext, name: str) -> ModelVersion | None:
         """The version this job registered before a crash, if any (noted, else by its tag).
@@ -510,6 +550,7 @@ def retrain_steps(retrainer: Retrainer, rollout: Sequence[Step] = ()) -> tuple[S
 def retrain_kind(
     registry: Registry, settings: Settings, *, feedback: Feedback | None = None,
     policy_for: PolicyFor | None = None, rollout: Sequence[Step] = (),
+    tracker: Tracker | None = None,
 ) -> JobKind:
     """The ``retrain`` :class:`JobKind` for a :class:`~mlharbor.pipelines.jobs.JobRunner`.
 
@@ -518,9 +559,10 @@ def retrain_kind(
     ``rollout`` the steps that follow validation, e.g.
     ``Rollout(policy.rollout, registry=..., signals=..., target=rollout_target).steps()``
     (:mod:`mlharbor.pipelines.rollout`), which then roll out the challenger ``validate``
-    passed instead of one named in the request.
+    passed instead of one named in the request. With ``tracker``, each job's training is
+    recorded as a run (:mod:`mlharbor.pipelines.retrain_runs`), as ``mlharbor train``'s is.
     """
-    retrainer = Retrainer(registry, settings, feedback, policy_for or default_policy)
+    retrainer = Retrainer(registry, settings, feedback, policy_for or default_policy, tracker)
     return JobKind(JOB_KIND, retrain_steps(retrainer, rollout))
 
 

@@ -515,7 +515,7 @@ def _train_recorded(recipe: Recipe, recorder: TrainingRecorder | None, *, regist
                     ) -> TrainJobResult:
     """:func:`train` after its checks: train, register, move the alias; recorded by
     ``recorder`` (its run starts once the data is read and checked)."""
-    from mlharbor.pipelines.train_runs import RUN_ID_TAG
+    from mlharbor.pipelines.train_runs import version_links
 
     assert recipe.registration is not None
     name = recipe.registration.name
@@ -532,10 +532,7 @@ def _train_recorded(recipe: Recipe, recorder: TrainingRecorder | None, *, regist
         recorder.finish(outcome)
     failed = outcome.failed_gates
     reason = "; ".join(f"gate {v.gate!r} failed: {v.detail}" for v in failed) or None
-    tags, lineage = None, None  # with a run: the version names it, it names the version
-    if run_id is not None:
-        tags = {RUN_ID_TAG: run_id}
-        lineage = {"tracking": {"run_id": run_id, "source": f"runs:/{run_id}"}}
+    tags, lineage = version_links(run_id)  # with a run: each names the other
     version = register_outcome(registry, name, outcome, settings=settings, actor=actor,
                                status="failed" if failed else "ready", status_reason=reason,
                                tags=tags, lineage=lineage)
@@ -656,6 +653,7 @@ class ReproduceResult:
     same_data: bool
     checks: list[MetricCheck]
     outcome: TrainingOutcome
+    run_id: str | None = None  # the reproduction's run, when it was tracked
 
     @property
     def matches(self) -> bool:
@@ -665,9 +663,17 @@ class ReproduceResult:
 def reproduce(
     registry: Registry, ref: str, *, settings: Settings, progress: Progress | None = None,
     backend: str | None = None, scheduler: str | None = None,
+    tracking: StartRun | None = None,
 ) -> ReproduceResult:
     """Re-run training from a version's stored lineage and compare every stored metric
-    (on ``backend``, else the stored recipe's, else the settings'; the metrics are the same)."""
+    (on ``backend``, else the stored recipe's, else the settings'; the metrics are the same).
+
+    With ``tracking`` (given the default experiment, the model's name), the reproduction is a
+    run like a training's, with its candidates and search points, of kind ``reproduction``,
+    tagged ``mlharbor.reproduces`` with the version and with the verdict
+    (``mlharbor.reproduction.matches``, ``...same_data``); it registers nothing. It starts
+    once the data is read and checked: a version that cannot be reproduced records nothing."""
+    from mlharbor.pipelines.train_runs import KIND_TAG, REPRODUCES_TAG, TrainingRecorder
     from mlharbor.training.recipe import recipe_from_dict
 
     version = registry.get_version(ref)
@@ -684,12 +690,35 @@ def reproduce(
     backend, scheduler = choose_backend(
         recipe, backend, scheduler, default_backend=settings.training.backend,
         default_scheduler=settings.training.scheduler)
-    outcome = run_training(recipe, n_jobs=settings.training.n_jobs,
-                           s3_endpoint_url=settings.s3_endpoint_url,
-                           s3_region=settings.s3_region, progress=progress,
-                           backend=backend, scheduler=scheduler)
-    fingerprint = (version.lineage.get("dataset") or {}).get("fingerprint")
-    names = sorted(set(version.metrics) | set(outcome.metrics))
-    checks = [MetricCheck(n, version.metrics.get(n), outcome.metrics.get(n)) for n in names]
-    return ReproduceResult(version.ref, fingerprint == outcome.dataset.fingerprint, checks,
-                           outcome)
+    recorder = None
+    if tracking is not None:
+        start = tracking  # bound for the closure (mypy: not None inside it)
+        recorder = TrainingRecorder(lambda: start(version.name), tags={
+            KIND_TAG: "reproduction", REPRODUCES_TAG: version.ref})
+    try:
+        outcome = run_training(recipe, n_jobs=settings.training.n_jobs,
+                               s3_endpoint_url=settings.s3_endpoint_url,
+                               s3_region=settings.s3_region, progress=progress,
+                               backend=backend, scheduler=scheduler, recorder=recorder)
+        fingerprint = (version.lineage.get("dataset") or {}).get("fingerprint")
+        names = sorted(set(version.metrics) | set(outcome.metrics))
+        checks = [MetricCheck(n, version.metrics.get(n), outcome.metrics.get(n))
+                  for n in names]
+        result = ReproduceResult(version.ref, fingerprint == outcome.dataset.fingerprint,
+                                 checks, outcome,
+                                 run_id=recorder.run_id if recorder is not None else None)
+        if recorder is not None:
+            recorder.finish(outcome)
+            differing = ",".join(c.metric for c in checks if not c.matches)
+            recorder.run.set_tags({
+                "mlharbor.reproduction.matches": str(result.matches).lower(),
+                "mlharbor.reproduction.same_data": str(result.same_data).lower(),
+                **({"mlharbor.reproduction.differing": differing[:8000]} if differing
+                   else {})})
+    except BaseException as exc:
+        if recorder is not None:
+            recorder.close(exc)
+        raise
+    if recorder is not None:
+        recorder.close()
+    return result

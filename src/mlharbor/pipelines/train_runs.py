@@ -21,7 +21,14 @@ training does; it never sees the tracking store, so training depends on the prot
   names the run in its lineage, ``tracking.run_id``, and its tag ``mlharbor.run_id``).
 
 :meth:`~TrainingRecorder.close` ends the parent; a training that failed after it started
-ends every open run ``FAILED`` with the error (``KILLED`` on an interrupt).
+ends every open run ``FAILED`` with the error (``KILLED`` on an interrupt, or when the caller
+says so: a cancelled retraining job).
+
+Who records what: ``mlharbor train`` (:func:`mlharbor.pipelines.train_job.train`), a
+retraining job's ``train`` step (:mod:`mlharbor.pipelines.retrain_runs`: tags naming the job,
+endpoint and trigger) and ``mlharbor reproduce`` (kind ``reproduction``, tagged
+:data:`REPRODUCES_TAG` with the version it re-ran; it registers nothing, so it names no
+version of its own).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
     from mlharbor.training.recipe import Recipe
 
 RUN_ID_TAG = "mlharbor.run_id"  # on the registered version: the run that produced it
+REPRODUCES_TAG = "mlharbor.reproduces"  # on a reproduction's run: the version it re-ran
+KIND_TAG = "mlharbor.kind"  # training, candidate, search_point, reproduction
 MAX_PARAM_CHARS = 6000
 
 
@@ -69,9 +78,12 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 class TrainingRecorder:
     """Records a training as a run and its child runs (see the module docstring)."""
 
-    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[RunLogger]]
-                 ) -> None:
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[RunLogger]],
+                 *, tags: Mapping[str, str] | None = None) -> None:
+        """``start`` starts the parent run when :meth:`begin` is called; ``tags`` are set on
+        it after the recorder's own (so a caller may say ``mlharbor.kind: reproduction``)."""
         self._start = start
+        self._tags = dict(tags or {})
         self._stack = contextlib.ExitStack()
         self._run: RunLogger | None = None
         self._candidates: dict[str, RunLogger] = {}
@@ -110,11 +122,11 @@ class TrainingRecorder:
             DATA_FINGERPRINT_TAG: dataset_snapshot.get("fingerprint") or "",
             "mlharbor.dataset.uri": str(dataset_snapshot.get("uri") or "")[:8000],
             "mlharbor.dataset.rows": dataset_snapshot.get("rows", ""),
-            "mlflow.source.name": recipe.source, "mlharbor.kind": "training",
+            "mlflow.source.name": recipe.source, KIND_TAG: "training",
         }
         if code_version:
             tags[CODE_VERSION_TAG] = code_version
-        self.run.set_tags(tags)
+        self.run.set_tags({**tags, **self._tags})
         groups: dict[str, list[Any]] = {}
         for setting in settings:
             groups.setdefault(setting.candidate, []).append(setting)
@@ -194,18 +206,29 @@ class TrainingRecorder:
     def registered(self, ref: str) -> None:
         self.run.set_tags({MODEL_VERSION_TAG: ref})
 
-    def close(self, error: BaseException | None = None) -> None:
+    def close(self, error: BaseException | None = None, *, killed: bool = False) -> None:
         """End the runs still open: FINISHED, or with ``error`` FAILED (KILLED on an
-        interrupt) with the error recorded. Nothing to do when the run never started."""
+        interrupt, or with ``killed``: the caller stopped it, as a cancelled job) with the
+        error recorded. Nothing to do when the run never started."""
         if error is None:
             self._end_children(RunStatus.FINISHED, None)
             self._stack.close()
             return
-        status = RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED
+        text = f"{type(error).__name__}: {error}"
+        if not killed:
+            status = (RunStatus.KILLED if isinstance(error, KeyboardInterrupt)
+                      else RunStatus.FAILED)
+            try:
+                self._end_children(status, text)
+            finally:  # the parent's context manager ends it, the same way
+                self._stack.__exit__(type(error), error, error.__traceback__)
+            return
         try:
-            self._end_children(status, f"{type(error).__name__}: {error}")
+            self._end_children(RunStatus.KILLED, text)
+            if self._run is not None:
+                self._run.end(RunStatus.KILLED, text)
         finally:
-            self._stack.__exit__(type(error), error, error.__traceback__)
+            self._stack.close()  # the parent already ended: leaving it ends nothing more
 
     def _log_report(self, report: dict[str, Any]) -> None:
         from mlharbor.evaluation.html import render_html
@@ -226,6 +249,14 @@ class TrainingRecorder:
                   if r not in self._candidates.values()]
         for run in [*points, *self._candidates.values()]:
             run.end(status, error)
+
+
+def version_links(run_id: str | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The tag and lineage entry by which a registered version names the run that produced
+    it (nothing without a run): what ``mlharbor train`` and a retraining job both record."""
+    if run_id is None:
+        return {}, {}
+    return {RUN_ID_TAG: run_id}, {"tracking": {"run_id": run_id, "source": f"runs:/{run_id}"}}
 
 
 def _summary(folds: Sequence[Mapping[str, float]]) -> dict[str, float]:
