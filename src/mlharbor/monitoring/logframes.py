@@ -83,6 +83,13 @@ def split_records(records: Sequence[PredictionRecord], redaction: Redaction | No
 
 def encode(records: Sequence[PredictionRecord]) -> bytes:
     """One frame payload holding ``records`` (each accepted by :func:`split_records`)."""
+    return b"".join(encode_parts(records))
+
+
+def encode_parts(records: Sequence[PredictionRecord]) -> list[bytes | memoryview]:
+    """:func:`encode`'s payload as its parts (the magic and header, then each array's bytes),
+    which the journal checksums and writes one after the other: joining them would copy every
+    number once more, into megabytes of freshly allocated pages."""
     import numpy as np
 
     groups: dict[tuple[Any, ...], list[PredictionRecord]] = {}
@@ -97,7 +104,7 @@ def encode(records: Sequence[PredictionRecord]) -> bytes:
     offset = 0
 
     def put(array: np.ndarray) -> int:
-        # The array's own bytes (contiguous), joined once into the payload: no copy here.
+        # The array's own bytes (contiguous), written as they lie: no copy here.
         nonlocal offset
         at = offset
         raw = array.data.cast("B") if array.size else b""
@@ -132,7 +139,7 @@ def encode(records: Sequence[PredictionRecord]) -> bytes:
         blocks.append(block)
     header = orjson.dumps({"blocks": blocks}, option=orjson.OPT_SERIALIZE_NUMPY,
                           default=_plain_value)
-    return b"".join((MAGIC, len(header).to_bytes(4, "big"), header, *buffers))
+    return [MAGIC + len(header).to_bytes(4, "big") + header, *buffers]
 
 
 def _columns_of(group: Sequence[PredictionRecord], width: int, rows: int) -> np.ndarray:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import io
 import logging
 import threading
 import time
@@ -48,8 +47,13 @@ import orjson
 from mlharbor.core.clock import epoch_micros, utcnow
 from mlharbor.core.errors import CompactorUnavailable
 from mlharbor.core.records import PredictionRecord
-from mlharbor.monitoring.journal import Frame, Journal
-from mlharbor.monitoring.logframes import block_entries, blocks_table, encode, split_records
+from mlharbor.monitoring.journal import Frame, Journal, payload_size
+from mlharbor.monitoring.logframes import (
+    block_entries,
+    blocks_table,
+    encode_parts,
+    split_records,
+)
 from mlharbor.monitoring.logrows import (
     ENTRY_FORMAT,
     Redaction,
@@ -103,7 +107,8 @@ class PredictionLog:
         # In segment names: processes sharing a store (workers, replicas) each journal in
         # their own folder, with their own sequence numbers.
         self._slot = _writer_name(journal_dir)
-        self._pending: collections.deque[PredictionRecord] = collections.deque()
+        # Each record with its nbytes(), so the flusher need not ask it again.
+        self._pending: collections.deque[tuple[PredictionRecord, int]] = collections.deque()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._compact_lock = threading.Lock()
@@ -131,7 +136,7 @@ class PredictionLog:
             self.drops["buffer_full"] += 1
             return
         self._emitted_bytes += size
-        self._pending.append(record)
+        self._pending.append((record, size))
 
     @property
     def pending_bytes(self) -> int:
@@ -203,14 +208,16 @@ class PredictionLog:
         fit is dropped and counted.
         """
         with self._flush_lock:
-            records = []
+            taken = []
             pending = self._pending
             while True:
                 try:
-                    records.append(pending.popleft())
+                    taken.append(pending.popleft())
                 except IndexError:
                     break
-            self._flushed_bytes += sum(r.nbytes() for r in records)
+            records = [record for record, _size in taken]
+            self._flushed_bytes += sum(size for _record, size in taken)
+            del taken
             batches = list(self._unwritten)
             if records:
                 try:
@@ -244,7 +251,7 @@ class PredictionLog:
         frames: list[Frame] = []
         if binary:
             try:
-                frames.append((encode(binary), len(binary)))
+                frames.append((encode_parts(binary), len(binary)))
             except (TypeError, ValueError):  # an output orjson refuses: the JSON path copes
                 log.warning("binary journal frame failed; journaling %d record(s) as JSON",
                             len(binary), exc_info=True)
@@ -365,15 +372,17 @@ class PredictionLog:
                 tables.append(rows_table(legacy[endpoint]))
             table = tables[0] if len(tables) == 1 else pa.concat_tables(
                 tables, promote_options="permissive")
-            ats = table["at"]
-            first, last = pc.min(ats).as_py(), pc.max(ats).as_py()
+            span = pc.min_max(table["at"])
+            first, last = span["min"].as_py(), span["max"].as_py()
             name = f"endpoint={endpoint}/{first}-{last}-{self._slot}-{seq:010d}.parquet"
-            sink = io.BytesIO()
+            # Arrow's own growing buffer, handed over without a copy (a BytesIO grew by
+            # reallocating and getvalue() copied the whole segment once more).
+            sink = pa.BufferOutputStream()
             pq.write_table(table, sink, **_WRITE_OPTIONS, use_dictionary=_dictionary_columns(table))
-            data = sink.getvalue()
+            data: bytes | memoryview = memoryview(sink.getvalue())
             if self.sealer is not None:
                 name += ".sealed"
-                data = self.sealer.seal(data, name)
+                data = self.sealer.seal(bytes(data), name)
             self.segments.put(name, data)
         return len(entries.keys() | legacy.keys())
 
@@ -558,7 +567,7 @@ class _Batch:
     def __init__(self, frames: list[Frame], records: int) -> None:
         self.frames = frames
         self.records = records
-        self.size = sum(len(p) for p, _n in frames)
+        self.size = sum(payload_size(p) for p, _n in frames)
 
 
 class _LogMetrics:

@@ -27,7 +27,7 @@ KEY_CONTEXT = "mlharbor-prediction-log"
 
 
 class SegmentStore(Protocol):
-    def put(self, name: str, data: bytes) -> None: ...
+    def put(self, name: str, data: bytes | memoryview) -> None: ...
 
     def names(self, prefix: str = "") -> list[str]: ...
 
@@ -40,7 +40,7 @@ class LocalSegments:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unique per writer: two readers promoting the same feedback inbox at once write the
@@ -84,9 +84,10 @@ class S3Segments:
                 hint="Records stay in the local journal and are retried.",
             ) from exc
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        body = data if isinstance(data, bytes) else bytes(data)
         self._call("write", lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._key(name), Body=data))
+            Bucket=self.bucket, Key=self._key(name), Body=body))
 
     def names(self, prefix: str = "") -> list[str]:
         def listing() -> list[str]:
