@@ -186,6 +186,34 @@
     }, [xs, ys], box);
   }
 
+  // A version "churn:3" as a link to its page (Models), "" for none.
+  function versionLink(ref, id) {
+    const at = ref ? ref.lastIndexOf(":") : -1;
+    if (at < 1) return ref || "";
+    const a = link(ref, "models", ref.slice(0, at), ref.slice(at + 1));
+    if (id) a.id = id;
+    return a;
+  }
+
+  // `mlharbor reproduce`'s run: the version it re-ran (tags from pipelines/train_runs.py).
+  function reproduction(tags) {
+    const ref = tags["mlharbor.reproduces"];
+    if (!ref) return "";
+    const verdict = tags["mlharbor.reproduction.matches"];
+    return h("span", {}, versionLink(ref, "run-reproduces-link"),
+      verdict === "true" ? " (metrics matched)" : verdict === "false"
+        ? ` (did not match: ${tags["mlharbor.reproduction.differing"] || "the data changed"})` : "");
+  }
+
+  // A retraining job's run: the job (Jobs page), its endpoint and trigger (pipelines/retrain_runs.py).
+  function jobFacts(tags) {
+    const job = tags["mlharbor.job"];
+    if (!job || !tags["mlharbor.endpoint"]) return "";
+    const a = link(job.slice(0, 8), "jobs", job);
+    a.id = "run-job-link";
+    return h("span", {}, a, ` for endpoint ${tags["mlharbor.endpoint"]}, trigger ${tags["mlharbor.trigger"] || "?"}`);
+  }
+
   function facts(pairs) {
     const dl = h("dl", { className: "facts" });
     for (const [key, value] of pairs) {
@@ -205,7 +233,9 @@
       ["started", `${when(run.start_time)} by ${run.user || "?"}`], ["took", took(run.duration_s)],
       ["parent run", run.parent_run_id ? link(short(run.parent_run_id), "experiments", experiment, "runs", run.parent_run_id) : ""],
       ["data fingerprint", run.data_fingerprint], ["code version", run.code_version],
-      ["model version", run.model_version ? link(run.model_version, "models", ...run.model_version.split(":")) : ""],
+      ["model version", versionLink(run.model_version, "run-version-link")],
+      ["reproduces", reproduction(run.tags)],
+      ["retraining job", jobFacts(run.tags)],
       ["artifacts", run.artifact_uri]]));
     fill("run-metrics", Object.keys(run.metrics).length ? table(["metric", "latest value", "step"],
       Object.entries(run.metrics).map(([k, v]) => [k, metricValue(v), run.metric_steps[k]]), { id: "run-metrics-table" })

@@ -1,9 +1,17 @@
-// Models: the list -> a model's versions (metrics, aliases) -> a version's lineage and report.
+// Models: the list -> a model's versions (metrics, aliases) -> a version's lineage and report,
+// with links to the run that trained it and the runs that reproduced it (Experiments page).
 "use strict";
 
 (() => {
   const { h, link, table, fill, empty, number, pairs, when, aliases, clip } = MLH;
   const api = (...parts) => "api/v1/models/" + parts.map((p) => encodeURIComponent(String(p))).join("/");
+  const REPRODUCES_TAG = "mlharbor.reproduces";  // pipelines/train_runs.py
+  const MAX_REPRODUCTIONS = 20;
+  const runLink = (run, id) => {
+    const a = link(`${run.name} (${run.run_id.slice(0, 12)})`, "experiments", run.experiment, "runs", run.run_id);
+    if (id) a.id = id;
+    return a;
+  };
 
   function tags(object) {
     const entries = Object.entries(object || {});
@@ -63,7 +71,8 @@
       rows.push(["data checks", findings.length ? findings.map((f) => `${f.severity}: ${f.message}`).join("; ") : "no findings"]);
     }
     const known = new Set(["dataset", "winner", "seed", "code_version", "python", "platform",
-      "recipe_source", "training_seconds", "packages", "data_checks", "recipe", "schema", "recipe_base_dir"]);
+      "recipe_source", "training_seconds", "packages", "data_checks", "recipe", "schema", "recipe_base_dir",
+      "tracking"]);  // the run is linked above the table (runLines)
     for (const [key, value] of Object.entries(lineage)) {
       if (!known.has(key)) rows.push([key, typeof value === "object" ? JSON.stringify(value) : value]);
     }
@@ -100,11 +109,44 @@
     return nodes;
   }
 
+  // The run that trained the version (lineage "tracking", written by `mlharbor train`, a
+  // retraining job, the Python API and MLflow's register_model) and the runs that reproduced
+  // it (`mlharbor reproduce`), each a link to its page on the Experiments page.
+  async function runLines(ref, lineage) {
+    const runId = String((lineage.tracking || {}).run_id || "");
+    const lines = [];
+    if (runId) {
+      try {
+        const run = await MLH.getJson("api/v1/runs/" + encodeURIComponent(runId));
+        lines.push(h("p", { id: "version-run" }, "Trained in run ", runLink(run, "version-run-link"),
+          ` of experiment ${run.experiment} (${run.status})`));
+      } catch (err) {
+        if (err.status !== 404 && err.status !== 400) throw err;
+        lines.push(h("p", { id: "version-run", className: "muted" }, `Trained in run ${runId}, which is no longer stored.`));
+      }
+    }
+    if (!ref.includes("'")) {
+      const q = new URLSearchParams({ filter: `tags.\`${REPRODUCES_TAG}\` = '${ref}'`,
+        max_results: String(MAX_REPRODUCTIONS) });
+      const found = (await MLH.getJson("api/v1/runs?" + q.toString())).runs.filter((r) => !r.parent_run_id);
+      if (found.length) {
+        const box = h("p", { id: "version-reproductions" }, "Reproduced in ");
+        found.forEach((r, i) => {
+          const verdict = r.tags["mlharbor.reproduction.matches"];
+          box.append(i ? ", " : "", runLink(r), verdict ? ` (${verdict === "true" ? "matched" : "did not match"})` : "");
+        });
+        lines.push(box);
+      }
+    }
+    return lines;
+  }
+
   async function showVersion(name, version) {
     const lineage = await MLH.getJson(api(name, "versions", version, "lineage"));
     MLH.$("version-title").textContent = lineage.ref;
     fill("version-summary", h("p", {}, `Aliases: ${lineage.aliases.join(", ") || "none"}; ` +
-      `reference profile: ${lineage.has_reference_profile ? "stored" : "none"}`));
+      `reference profile: ${lineage.has_reference_profile ? "stored" : "none"}`),
+    ...await runLines(lineage.ref, lineage.lineage));
     fill("version-lineage", table(["field", "value"], lineageRows(lineage.lineage), { id: "lineage-table" }));
     fill("version-moves", lineage.alias_moves.length ? table(["at", "alias", "from", "to", "by", "reason"],
       lineage.alias_moves.slice().reverse().map((m) => [when(m.at), m.alias, m.from_version, m.to_version, m.actor, m.reason]))
