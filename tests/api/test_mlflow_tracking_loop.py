@@ -77,7 +77,7 @@ def test_the_loop_answers_while_tracking_writes_wait_on_a_lock(
             thread.start()
         # Every tracking write thread is taken by a write waiting on the lock.
         wait_until(lambda: getattr(app.state, "mlflow_write_threads", None) is not None
-                   and app.state.mlflow_write_threads.borrowed_tokens == WRITE_THREADS, 30,
+                   and app.state.mlflow_write_threads.busy == WRITE_THREADS, 30,
                    "the tracking writes reaching the database")
         with httpx.Client(base_url=url, headers=headers, timeout=15) as http:
             assert http.get("/livez").status_code == 200

@@ -157,3 +157,25 @@ def test_experiments_with_run_counts_in_one_query(store: TrackingStore) -> None:
                                                                         max_results=2)[0]] \
         == [("Default", 0), ("empty", 0)]
     assert store.count_runs(busy.experiment_id) == 4 and empty.name == "empty"
+
+
+def test_a_metric_write_failing_midway_writes_nothing(store: TrackingStore) -> None:
+    """The metric statements run on the transaction's own cursor: a driver error there comes
+    out as the database layer's error, and the transaction's earlier statements roll back."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
+
+    from mlharbor.core.errors import UnavailableError
+
+    run = store.create_run("0")
+    store.log_batch(run.run_id, metrics=[MetricPoint("loss", 1.0, 1, 0)])
+    with store.db.write() as conn:  # the latest-value table goes: its upsert will fail
+        conn.execute(text("DROP TABLE tracking_latest_metrics"))
+    with pytest.raises((UnavailableError, ProgrammingError)) as caught:
+        store.log_batch(run.run_id, metrics=[MetricPoint("loss", 0.5, 2, 1),
+                                             MetricPoint("acc", 0.9, 2, 1)])
+    if store.db.dialect == "sqlite":
+        assert isinstance(caught.value, UnavailableError)
+        assert "no such table" in str(caught.value)
+    points, _ = store.metric_history(run.run_id, "loss")
+    assert [(p.step, p.value) for p in points] == [(0, 1.0)]  # the series insert rolled back

@@ -12,15 +12,24 @@ write and :data:`READ_THREADS` for routes that only read. A burst of writes queu
 takes at most the write threads: reads (which neither SQLite in WAL mode nor PostgreSQL makes
 wait for a writer) keep their own, and anyio's shared pool, which runs every synchronous
 route (``/livez``, ``/readyz``, the native API), stays free.
+
+Why not ``anyio.to_thread.run_sync``: a training loop logging one metric per call pays the
+hand-over to a thread and back on every call. Measured here (loaded 2-core machine, a no-op
+call): anyio's ~80 us of CPU (~150 us wall), ``loop.run_in_executor`` ~50 us, a C
+``SimpleQueue`` read by waiting threads that post the result back with
+``call_soon_threadsafe`` ~27 us (~50 us wall). :class:`WorkerPool` is that queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
-import anyio
-import anyio.to_thread
 from fastapi import Request
 from starlette.responses import Response
 
@@ -31,29 +40,100 @@ T = TypeVar("T")
 Kind = Literal["read", "write"]
 Work = Callable[[Request, dict[str, Any]], Any]
 Endpoint = Callable[[Request], Awaitable[Response]]
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
 #: Threads the MLflow routes of one app use at most for writes and for reads. SQLite writes
 #: one transaction at a time and the GIL runs one thread's Python at a time: more would queue.
 WRITE_THREADS = 8
 READ_THREADS = 4
-_SIZES = {"read": READ_THREADS, "write": WRITE_THREADS}
+#: An idle thread ends after this long (a new one starts with the next call).
+IDLE_S = 60.0
 
 
-def limiter_of(request: Request, kind: Kind) -> anyio.CapacityLimiter:
-    """The app's own thread limiter for ``kind`` work (made on first use, on the app's
-    event loop, where nothing else runs between the look-up and the assignment)."""
+class WorkerPool:
+    """Up to ``size`` daemon threads running calls for event loops, started on demand and
+    ended when idle for :data:`IDLE_S`; calls past ``size`` wait in the queue, in order."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self.busy = 0  # calls running now (read by tests and for diagnostics)
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._queued = 0
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """``call()`` on one of the pool's threads (in the caller's context variables); its
+        result or its exception. Cancelling the caller does not stop a call once started."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        context = contextvars.copy_context()
+        with self._lock:
+            self._queued += 1
+            start = self._queued > self._idle and self._threads < self.size
+            if start:
+                self._threads += 1
+        self._jobs.put((loop, future, lambda: context.run(call)))
+        if start:
+            threading.Thread(target=self._work, name=f"{self.name}-{self._threads}",
+                             daemon=True).start()
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            try:
+                loop, future, call = self._jobs.get(timeout=IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    self._idle -= 1
+                    if self._queued == 0:  # else a call came in as the wait ended: take it
+                        self._threads -= 1
+                        return
+                continue
+            with self._lock:
+                self._idle -= 1
+                self._queued -= 1
+                self.busy += 1
+            try:
+                result, error = call(), None
+            except BaseException as exc:  # handed to the awaiting request, re-raised there
+                result, error = None, exc
+            finally:
+                with self._lock:
+                    self.busy -= 1
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            del loop, future, call, result, error
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (the client went away)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def pool_of(request: Request, kind: Kind) -> WorkerPool:
+    """The app's own pool for ``kind`` work (made on first use, on the app's event loop,
+    where nothing else runs between the look-up and the assignment)."""
     state = request.app.state
     name = f"mlflow_{kind}_threads"
-    limiter: anyio.CapacityLimiter | None = getattr(state, name, None)
-    if limiter is None:
-        limiter = anyio.CapacityLimiter(_SIZES[kind])
-        setattr(state, name, limiter)
-    return limiter
+    pool: WorkerPool | None = getattr(state, name, None)
+    if pool is None:
+        pool = WorkerPool(WRITE_THREADS if kind == "write" else READ_THREADS, name)
+        setattr(state, name, pool)
+    return pool
 
 
 async def off_loop(request: Request, call: Callable[[], T], *, kind: Kind = "write") -> T:
     """``call()`` on one of the app's ``kind`` threads; its result or its exception."""
-    return await anyio.to_thread.run_sync(call, limiter=limiter_of(request, kind))
+    return await pool_of(request, kind).run(call)
 
 
 def reading(work: Work) -> Endpoint:
@@ -78,8 +158,7 @@ def in_thread(work: Work, kind: Kind) -> Endpoint:
 
     async def endpoint(request: Request) -> Response:
         fields = await body_of(request)
-        return await anyio.to_thread.run_sync(_answer, work, request, fields,
-                                              limiter=limiter_of(request, kind))
+        return await pool_of(request, kind).run(lambda: _answer(work(request, fields)))
 
     endpoint.__name__ = work.__name__
     endpoint.__qualname__ = work.__qualname__
@@ -88,6 +167,5 @@ def in_thread(work: Work, kind: Kind) -> Endpoint:
     return endpoint
 
 
-def _answer(work: Work, request: Request, fields: dict[str, Any]) -> Response:
-    result = work(request, fields)
+def _answer(result: Any) -> Response:
     return result if isinstance(result, Response) else JsonResponse(result)
