@@ -3,9 +3,9 @@ root's job runner (build_control_plane) runs a real ``retrain`` job on a home ho
 champion churn:1 and the ``churn`` endpoint (tests/pipelines/loophome.py); the run is in the
 experiment ``churn`` with a child per candidate and search point, tagged with the job,
 endpoint and trigger; the challenger and the run name each other. A training that fails
-leaves its run FAILED with the error; a runner that dies mid-training leaves a run the re-run
-ends KILLED, and one that dies right after registering leaves a run the re-run links to the
-version it reuses."""
+leaves its run FAILED with the error, a job cancelled while it trains its run KILLED; a runner
+that dies mid-training leaves a run the re-run ends KILLED, and one that dies right after
+registering leaves a run the re-run links to the version it reuses."""
 
 from __future__ import annotations
 
@@ -149,6 +149,42 @@ def test_a_retraining_that_fails_leaves_its_run_failed_with_the_error(
     assert [(c.name, c.status) for c in store.child_runs(run.run_id)] == [
         ("logistic", RunStatus.FINISHED)]  # trained and scored before the outage
     assert [v.version for v in services.registry.list_versions("churn").items] == [1]
+
+
+def test_a_job_cancelled_while_it_trains_leaves_its_run_killed(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlharbor.pipelines.jobs import StepContext
+    from mlharbor.pipelines.retrain import Retrainer
+
+    contexts: list[StepContext] = []
+    real_train, real_fold = Retrainer.train, TrainingRecorder.fold
+
+    def train(self: Retrainer, ctx: StepContext) -> dict[str, Any]:
+        contexts.append(ctx)
+        return real_train(self, ctx)
+
+    def fold(self: TrainingRecorder, key: str, scores: Any) -> None:
+        if not plane.jobs.get(job.id).cancel_requested:  # someone cancels mid-training
+            plane.jobs.cancel(job.id, actor="tester", reason="wrong data")
+            wait_until(contexts[0].cancel_requested.is_set, 30, "the runner to see it")
+        real_fold(self, key, scores)
+
+    monkeypatch.setattr(Retrainer, "train", train)
+    monkeypatch.setattr(TrainingRecorder, "fold", fold)
+    plane = build_control_plane(_settings(home, job_lease_s=0.3), owner="cancel-test")
+    try:
+        job = _submit(plane, ONE_CANDIDATE)
+        done = plane.runner.run_once()
+        assert done is not None and done.state is JobState.CANCELLED
+        store = _store(plane)
+        run = store.get_run(_step(done, "train").progress["run"])
+        assert run.status is RunStatus.KILLED
+        assert run.error == f"Job {job.id} was cancelled while it trained."
+        assert [(c.name, c.status) for c in store.child_runs(run.run_id)] == [
+            ("logistic", RunStatus.KILLED)]
+        assert [v.version for v in plane.registry.list_versions("churn").items] == [1]
+    finally:
+        plane.close()
 
 
 def _take_over(runner: JobRunner) -> Job:

@@ -279,9 +279,14 @@ class Retrainer:
             recorder = runs.recorder(ctx, request_of(ctx.job), base) if runs else None
             try:
                 version = self._train_and_register(ctx, base, made, recorder)
+            except CancelRequested as exc:
+                if recorder is not None:
+                    recorder.close(exc, killed=True, reason=f"Job {ctx.job.id} was "
+                                   "cancelled while it trained.")
+                raise
             except BaseException as exc:
-                if recorder is not None:  # a cancelled or taken-over job's run was KILLED
-                    recorder.close(exc, killed=isinstance(exc, CancelRequested | LeaseLost))
+                if recorder is not None:  # a taken-over job's run was KILLED, others FAILED
+                    recorder.close(exc, killed=isinstance(exc, LeaseLost))
                 raise
             if recorder is not None:
                 recorder.close()  # the version exists: the run's work is done

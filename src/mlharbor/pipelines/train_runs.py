@@ -206,15 +206,17 @@ class TrainingRecorder:
     def registered(self, ref: str) -> None:
         self.run.set_tags({MODEL_VERSION_TAG: ref})
 
-    def close(self, error: BaseException | None = None, *, killed: bool = False) -> None:
+    def close(self, error: BaseException | None = None, *, killed: bool = False,
+              reason: str | None = None) -> None:
         """End the runs still open: FINISHED, or with ``error`` FAILED (KILLED on an
         interrupt, or with ``killed``: the caller stopped it, as a cancelled job) with the
-        error recorded. Nothing to do when the run never started."""
+        error (or ``reason``, when given) recorded. Nothing to do when the run never
+        started."""
         if error is None:
             self._end_children(RunStatus.FINISHED, None)
             self._stack.close()
             return
-        text = f"{type(error).__name__}: {error}"
+        text = reason or f"{type(error).__name__}: {error}"
         if not killed:
             status = (RunStatus.KILLED if isinstance(error, KeyboardInterrupt)
                       else RunStatus.FAILED)
