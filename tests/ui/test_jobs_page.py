@@ -193,7 +193,8 @@ def jobs_harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsHarbor
         Step("snapshot", scripted({"snapshot": to_dict(SNAPSHOT), "base": "fraud:3",
                                    "model": "fraud", "champion_alias": "champion"})),
         Step("train", scripted({"version": "fraud:4", "status": "ready", "reused": False,
-                                "winner": "logistic", "base": "fraud:3"})),
+                                "winner": "logistic", "base": "fraud:3",
+                                "run_id": "ab" * 16, "experiment": "fraud"})),
         Step("validate", scripted({**to_dict(REPORT), "challenger": "fraud:4",
                                    "base": "fraud:3"})),
     ))])
@@ -338,6 +339,8 @@ def test_a_retrain_shows_its_snapshot_challenger_and_gates(jobs_harbor: JobsHarb
     assert SNAPSHOT.fingerprint in snapshot and "1240 rows" in snapshot
     assert "champion_data" in snapshot and "production" in snapshot
     assert "fraud:4 (ready)" in page.inner_text("#job-steps article[data-step='train']")
+    # the training's run, on the Experiments page
+    assert page.get_attribute("#job-run-link", "href") == f"#/experiments/fraud/runs/{'ab' * 16}"
     validate = page.inner_text("#job-steps article[data-step='validate']")
     assert "fraud:4 judged against fraud:3 on 310 holdout rows" in validate
     assert "0.7120" in validate and "0.6880" in validate  # challenger vs champion

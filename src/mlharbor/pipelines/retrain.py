@@ -295,6 +295,7 @@ class Retrainer:
                   "winner": version.params.get("candidate"), "base": base.ref}
         if version.tags.get(RUN_ID_TAG):
             result["run_id"] = version.tags[RUN_ID_TAG]
+            result["experiment"] = base.name  # the run's experiment (retrain_runs.py)
         return result
 
     def _train_and_register(self, ctx: StepContext, base: ModelVersion,

@@ -205,6 +205,11 @@
       parts.push(h("p", {}, h("strong", {}, "Challenger "), `${r.version} (${r.status})` +
         (r.winner ? `, winning candidate ${r.winner}` : "") + (r.base ? `, retrained from ${r.base}` : "") +
         (r.reused ? "; registered before its runner stopped, reused" : "")));
+      if (r.run_id) {
+        const run = link(`run ${r.run_id.slice(0, 12)}`, "experiments", r.experiment || r.version.split(":")[0], "runs", r.run_id);
+        run.id = "job-run-link";
+        parts.push(h("p", {}, "Trained in ", run, " (Experiments page)"));
+      }
     }
     if (r.approval) {
       const a = r.approval;
