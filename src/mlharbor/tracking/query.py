@@ -1,22 +1,25 @@
 """Search clauses (:mod:`mlharbor.tracking.search`) compiled to one SQL query over runs.
 
-A metric clause is ``run_id IN (runs whose latest value of the key compares)`` on
-``tracking_latest_metrics`` (indexed on key and value: the database reads the matching runs
-from the index once instead of probing every run of the experiments), a param or tag clause
-the same on its table, an attribute clause a column comparison, so the database answers the
-whole filter, sort and page in one statement. Only the columns a run record needs are read
-(not what MLflow's log-inputs sent, which can be large JSON). Sorting by a metric,
-param or tag puts runs without it last, in either direction, as MLflow does.
+A metric clause is a join to ``tracking_latest_metrics`` on the run, the key and the
+comparison (at most one row per run and key: its primary key), a param or tag clause the
+same on its table, an attribute clause a column comparison, so the database answers the
+whole filter, sort and page in one statement. Written as a join rather than ``run_id IN
+(subquery)``, SQLite's planner can start from the (key, value) index and look the few
+matching runs up by id; with ``IN`` it walked every run of the experiments and probed the
+list (900 hits of 10,000 runs: ~8 ms instead of ~17-27 ms on a loaded machine). Only the
+columns a run record needs are read (not what MLflow's log-inputs sent, which can be large
+JSON). Sorting by a metric, param or tag puts runs without it last, in either direction, as
+MLflow does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, func, literal, select
+from sqlalchemy import Select, and_, func, literal, select
 
 from mlharbor.tracking import schema as t
-from mlharbor.tracking.search import Clause, OrderBy, parse_filter, parse_order_by
+from mlharbor.tracking.search import OrderBy, parse_filter, parse_order_by
 
 #: What a run record is built from: every column but ``inputs`` and ``outputs``.
 RUN_COLUMNS = tuple(c for c in t.runs.c if c.name not in ("inputs", "outputs"))
@@ -26,6 +29,7 @@ _ATTRIBUTE_COLUMNS = {
     "lifecycle_stage": t.runs.c.lifecycle_stage, "start_time": t.runs.c.start_time,
     "created": t.runs.c.start_time, "end_time": t.runs.c.end_time,
 }
+_KEYED = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}
 
 
 def run_query(experiment_ids: list[int], filter: str | None,
@@ -33,8 +37,13 @@ def run_query(experiment_ids: list[int], filter: str | None,
     """The run rows (:data:`RUN_COLUMNS`) for the experiments, filter and order (no limit:
     the caller pages)."""
     q = select(*RUN_COLUMNS).where(t.runs.c.experiment_id.in_(experiment_ids))
-    for clause in parse_filter(filter):
-        q = q.where(_condition(clause))
+    for i, clause in enumerate(parse_filter(filter)):
+        if clause.kind == "attribute":
+            q = q.where(_compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value))
+            continue
+        table = _KEYED[clause.kind].alias(f"filter_{i}")
+        q = q.join(table, and_(table.c.run_id == t.runs.c.run_id, table.c.key == clause.key,
+                               _compare(table.c.value, clause.op, clause.value)))
     for order in parse_order_by(order_by):
         q = _order(q, order)
     return q.order_by(t.runs.c.start_time.desc(), t.runs.c.run_id)
@@ -62,19 +71,11 @@ def _compare(column: Any, op: str, value: Any) -> Any:
     return column.not_in(list(value))  # NOT IN
 
 
-def _condition(clause: Clause) -> Any:
-    if clause.kind == "attribute":
-        return _compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value)
-    table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[clause.kind]
-    return t.runs.c.run_id.in_(select(table.c.run_id).where(
-        table.c.key == clause.key, _compare(table.c.value, clause.op, clause.value)))
-
-
 def _order(q: Select[Any], order: OrderBy) -> Select[Any]:
     if order.kind == "attribute":
         column: Any = _ATTRIBUTE_COLUMNS[order.key]
     else:
-        table = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}[order.kind]
+        table = _KEYED[order.kind]
         column = (select(table.c.value).where(table.c.run_id == t.runs.c.run_id,
                                               table.c.key == order.key)
                   .scalar_subquery())

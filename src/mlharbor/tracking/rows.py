@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select
 
 from mlharbor.core.errors import InvalidInputError, NotFoundError
 from mlharbor.core.runs import Experiment, LifecycleStage, MetricPoint, Run, RunStatus
-from mlharbor.tracking import checks, writes
+from mlharbor.tracking import checks, dbapi, writes
 from mlharbor.tracking import schema as t
 
 if TYPE_CHECKING:
@@ -28,10 +28,6 @@ _INT64 = 2**63
 # Stored text -> enum member, looked up once per run of a (possibly large) search page.
 STATUSES = {s.value: s for s in RunStatus}
 STAGES = {s.value: s for s in LifecycleStage}
-#: Run ids per IN (...) list: under SQLite's default limit of bound parameters.
-CHUNK = 500
-
-
 def run_row(conn: Connection, run_id: str) -> RowMapping:
     """Run ``run_id``'s row (NotFoundError if there is none)."""
     row = conn.execute(select(t.runs).where(t.runs.c.run_id == run_id)).mappings().first()
@@ -60,24 +56,24 @@ def check_active(conn: Connection, run_id: str) -> None:
                                 field="run_id")
 
 
-def hydrate(conn: Connection, found: list[RowMapping]) -> list[Run]:
-    """Run records for run rows, with their params, tags and latest metric values (three
-    queries per :data:`CHUNK` runs, whatever the number of runs)."""
+def hydrate(conn: Connection, found: Sequence[RowMapping]) -> list[Run]:
+    """Run records for run rows, with their params, tags and latest metric values: three
+    reads per :data:`CHUNK` runs, whatever the number of runs, on the transaction's own
+    cursor (:mod:`.dbapi`)."""
     if not found:
         return []
     ids = [r["run_id"] for r in found]
     params: dict[str, dict[str, str]] = {i: {} for i in ids}
     tags: dict[str, dict[str, str]] = {i: {} for i in ids}
     metrics: dict[str, dict[str, MetricPoint]] = {i: {} for i in ids}
-    for chunk in chunks(ids, CHUNK):
-        for run_id, key, value in conn.execute(_by_run(t.params.name), {"ids": chunk}):
-            params[run_id][key] = value
-        for run_id, key, value in conn.execute(_by_run(t.tags.name), {"ids": chunk}):
-            tags[run_id][key] = value
-        for run_id, key, value, timestamp, step in conn.execute(
-                _by_run(t.latest_metrics.name), {"ids": chunk}):
-            metrics[run_id][key] = MetricPoint(key, math.nan if value is None else value,
-                                               timestamp, step)
+    for table in (t.params, t.tags, t.latest_metrics):
+        for run_id, key, *rest in by_run(conn, table, ids):
+            if table is t.latest_metrics:
+                value, timestamp, step = rest
+                metrics[run_id][key] = MetricPoint(key, math.nan if value is None else value,
+                                                   timestamp, step)
+            else:
+                (params if table is t.params else tags)[run_id][key] = rest[0]
     return [Run(run_id=r["run_id"], experiment_id=str(r["experiment_id"]), name=r["name"],
                 status=STATUSES[r["status"]], start_time=r["start_time"],
                 end_time=r["end_time"], lifecycle_stage=STAGES[r["lifecycle_stage"]],
@@ -87,13 +83,37 @@ def hydrate(conn: Connection, found: list[RowMapping]) -> list[Run]:
             for r in found]
 
 
+def by_run(conn: Connection, table: Table, run_ids: list[str]) -> Iterator[tuple[Any, ...]]:
+    """``(run_id, key, value[, timestamp, step])`` of ``table``'s rows for ``run_ids``.
+
+    One statement per size in :data:`_SIZES` (``run_id IN`` 1, 8, 64 or :data:`CHUNK`
+    parameters), compiled once: a shorter list is padded with an id no run has."""
+    for chunk in chunks(run_ids, CHUNK):
+        size = next(n for n in _SIZES if n >= len(chunk))
+        sql = dbapi.compiled(f"by_run_{table.name}_{size}",
+                             functools.partial(_by_run, table, size), conn.dialect)
+        values = dict(zip(_id_names()[:size], chunk + [""] * (size - len(chunk)),
+                          strict=True))
+        with dbapi.cursor(conn, sql) as cursor:
+            cursor.execute(sql.text, sql.params(values))
+            found = cursor.fetchall()
+        yield from found
+
+
+#: Run ids per IN (...) list: under SQLite's default limit of bound parameters.
+CHUNK = 500
+_SIZES = (1, 8, 64, CHUNK)
+
+
 @functools.cache
-def _by_run(table_name: str) -> Any:
-    """``SELECT run_id, key, value[, timestamp, step] FROM table WHERE run_id IN :ids``,
-    built on first use: building costs more than running these small reads."""
-    table = t.metadata.tables[table_name]
+def _id_names() -> tuple[str, ...]:
+    return tuple(f"id{i}" for i in range(CHUNK))
+
+
+def _by_run(table: Table, size: int) -> Any:
     columns = [c for c in table.c if c.name in ("run_id", "key", "value", "timestamp", "step")]
-    return select(*columns).where(table.c.run_id.in_(bindparam("ids", expanding=True)))
+    return select(*columns).where(table.c.run_id.in_([bindparam(n) for n in
+                                                      _id_names()[:size]]))
 
 
 def chunks(items: list[str], size: int) -> Iterator[list[str]]:
