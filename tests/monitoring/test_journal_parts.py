@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,3 +95,47 @@ def test_parts_through_the_log_store_every_row(tmp_path: Path) -> None:
                                                ("row", "ascending")])
     assert json_table["in.b"].to_pylist() == table["in.b"].to_pylist()
     log.close()
+
+
+def test_the_log_keeps_no_parsed_inputs_for_records_its_matrix_carries(tmp_path: Path) -> None:
+    from mlharbor.monitoring.logrows import Redaction
+
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in record(0, 4).matrix.tolist()]
+    binary = dataclasses.replace(record(1, 4), inputs=rows)
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"),
+                        redaction=Redaction({"other": {"a": "drop"}}))
+    log.emit(binary)
+    log.emit(dataclasses.replace(binary, request_id="r-other", endpoint="other"))
+    kept = [r for r, _size in log._pending]
+    assert kept[0].inputs is None and kept[0].matrix is binary.matrix
+    assert kept[1].inputs is rows  # a redacted endpoint needs the values as received
+    assert log.pending_bytes < binary.nbytes() * 2
+    log.close()
+    assert log.scan("churn").num_rows == 4
+    assert "in.a" not in log.scan("other").column_names
+
+
+def test_without_inputs_keeps_every_other_field() -> None:
+    from mlharbor.monitoring.logframes import without_inputs
+
+    full = PredictionRecord("id", "ep", "ep@champion", 3, [1], "outputs", 0.5,
+                            datetime(2026, 1, 1, tzinfo=UTC), shadow=True, fallback="ep:2",
+                            matrix="matrix", columns=("a",), error="ValueError")
+    assert without_inputs(full) == dataclasses.replace(full, inputs=None)
+
+
+def test_records_without_inputs_take_the_json_path_with_their_matrix_as_inputs(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    import mlharbor.monitoring.predlog as predlog
+
+    def refuse(records: Any) -> Any:
+        raise ValueError("a frame that cannot be encoded")
+
+    monkeypatch.setattr(predlog, "encode_parts", refuse)
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"))
+    rec = record(2, 9)
+    log.emit(dataclasses.replace(rec, inputs=[{"a": 0}]))  # dropped: the matrix is the inputs
+    log.close()
+    table = log.scan("churn").sort_by([("row", "ascending")])
+    assert table.num_rows == 9
+    assert table["in.c"].to_pylist() == rec.matrix[:, 2].tolist()

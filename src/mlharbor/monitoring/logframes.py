@@ -52,21 +52,29 @@ META = ("id", "ref", "ver", "at", "lat", "sh", "fb")
 
 def split_records(records: Sequence[PredictionRecord], redaction: Redaction | None
                   ) -> tuple[list[PredictionRecord], list[PredictionRecord]]:
-    """(records for a binary frame, the rest). A record qualifies when it carries its matrix,
-    its endpoint has no redaction rules (redaction needs the values as Python objects), and its
-    outputs are serving's: a 1-D prediction array, probabilities absent or one row per row. A
-    record of a copy that failed (``error`` set) has no outputs: it takes the JSON path, whose
-    entries carry the error (frames have no field for it)."""
-    import numpy as np
-
+    """(records for a binary frame, the rest): see :func:`binary_ok`."""
     binary: list[PredictionRecord] = []
     other: list[PredictionRecord] = []
     for record in records:
-        matrix, outputs = record.matrix, record.outputs
-        predictions = getattr(outputs, "predictions", None)
-        probabilities = getattr(outputs, "probabilities", None)
-        if (record.error is None and type(matrix) is np.ndarray and matrix.ndim == 2
-                and record.columns is not None
+        (binary if binary_ok(record, redaction) else other).append(record)
+    return binary, other
+
+
+def binary_ok(record: PredictionRecord, redaction: Redaction | None) -> bool:
+    """Whether ``record`` goes in a binary frame. It does when it carries its matrix, its
+    endpoint has no redaction rules (redaction needs the values as Python objects), and its
+    outputs are serving's: a 1-D prediction array, probabilities absent or one row per row. A
+    record of a copy that failed (``error`` set) has no outputs: it takes the JSON path, whose
+    entries carry the error (frames have no field for it)."""
+    matrix = record.matrix
+    if matrix is None or record.error is not None or record.columns is None:
+        return False
+    import numpy as np
+
+    outputs = record.outputs
+    predictions = getattr(outputs, "predictions", None)
+    probabilities = getattr(outputs, "probabilities", None)
+    return bool(type(matrix) is np.ndarray and matrix.ndim == 2
                 and type(predictions) is np.ndarray and predictions.ndim == 1
                 and predictions.dtype.kind != "O"
                 and len(predictions) == matrix.shape[0]
@@ -74,11 +82,29 @@ def split_records(records: Sequence[PredictionRecord], redaction: Redaction | No
                     type(probabilities) is np.ndarray and probabilities.ndim == 2
                     and probabilities.shape[0] == matrix.shape[0]
                     and probabilities.shape[1] >= 1 and probabilities.dtype.kind in "fiu"))
-                and (redaction is None or not redaction.rules_for(record.endpoint))):
-            binary.append(record)
-        else:
-            other.append(record)
-    return binary, other
+                and (redaction is None or not redaction.rules_for(record.endpoint)))
+
+
+def without_inputs(record: PredictionRecord) -> PredictionRecord:
+    """``record`` without its inputs as received, for one whose matrix carries them (a binary
+    frame stores nothing else). Positional on purpose: ``dataclasses.replace`` costs several
+    times more, on the event loop; tests pin the field order this relies on."""
+    return PredictionRecord(record.request_id, record.endpoint, record.model_ref,
+                            record.served_version, None, record.outputs, record.latency_s,
+                            record.at, record.shadow, record.fallback, record.matrix,
+                            record.columns, record.error)
+
+
+def with_inputs(record: PredictionRecord) -> PredictionRecord:
+    """A record :func:`without_inputs` took the inputs of, with them back as columns of its
+    matrix (for the JSON path, should a binary frame fail to encode)."""
+    import dataclasses
+
+    if record.inputs is not None or record.matrix is None or record.columns is None:
+        return record
+    matrix = record.matrix
+    return dataclasses.replace(record, inputs={
+        name: matrix[:, j].tolist() for j, name in enumerate(record.columns)})
 
 
 def encode(records: Sequence[PredictionRecord]) -> bytes:
