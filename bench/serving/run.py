@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serving/run.py [--seconds 10] [--home /tmp/mlh-bench]
                                           [--peers] [--batching-compare] [--log-compare]
-                                          [--rounds N]
+                                          [--rounds N] [--only floor-lr,mlharbor-lr]
 
 Trains RandomForestClassifier(n_estimators=100, max_depth=8) on 20 numeric features,
 registers it (skops + ONNX after the parity check), writes 1-row and 64-row payloads, then
@@ -611,6 +611,10 @@ def main() -> None:
     parser.add_argument("--log-compare", action="store_true",
                         help="mlharbor with the prediction log off "
                         "(MLHARBOR_MONITORING__LOG_PREDICTIONS=false), to compare with on")
+    parser.add_argument("--only", default="",
+                        help="measure only these servers, comma-separated (e.g. "
+                        "floor-lr,mlharbor-lr: the LogisticRegression's floor and ours; the "
+                        "names are those of the report)")
     args = parser.parse_args()
     load = os.getloadavg()
     compile_bytecode()
@@ -648,6 +652,14 @@ def main() -> None:
                                     "--port", str(port)],
                 {**ours_env, "MLHARBOR_SERVING__BATCHING": batching},
                 "/v1/endpoints/churnnative/predict", key, rows=(1,)))
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if only:
+        known = [server.name for server in servers]
+        missing = sorted(set(only) - set(known))
+        if missing:
+            parser.error(f"--only names unknown servers {', '.join(missing)}; with these "
+                         f"options the servers are {', '.join(known)}")
+        servers = [server for server in servers if server.name in only]
     runs = []
     for _round in range(args.rounds):
         run = Run()
