@@ -139,3 +139,34 @@ def test_records_without_inputs_take_the_json_path_with_their_matrix_as_inputs(
     table = log.scan("churn").sort_by([("row", "ascending")])
     assert table.num_rows == 9
     assert table["in.c"].to_pylist() == rec.matrix[:, 2].tolist()
+
+
+def test_segments_with_nullable_and_required_input_columns_scan_together(
+        tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "segments"))
+    rec = record(3, 5)
+    log.emit(rec)
+    log.flush()
+    log.compact()
+    (new,) = log.segment_names("churn")
+    written = pq.read_table(io.BytesIO(log.segments.get(new)))
+    assert not written.schema.field("in.a").nullable  # the matrix never holds a null
+    # A segment an older version wrote: every column nullable, a null input included.
+    old = written.slice(0, 2).cast(pa.schema([f.with_nullable(True) for f in written.schema]))
+    old = old.set_column(old.schema.get_field_index("in.a"), "in.a", pa.array([None, 1.5]))
+    old = old.set_column(old.schema.get_field_index("request_id"), "request_id",
+                         pa.array(["old-0", "old-1"]))
+    sink = io.BytesIO()
+    pq.write_table(old, sink)
+    at = written["at"][0].as_py()
+    log.segments.put(f"endpoint=churn/{at}-{at}-old-0000000001.parquet", sink.getvalue())
+    table = log.scan("churn").sort_by([("request_id", "ascending"), ("row", "ascending")])
+    assert table.num_rows == 7 and table.schema.field("in.a").nullable
+    assert table["in.a"].to_pylist()[:2] == [None, 1.5]
+    assert table["in.a"].to_pylist()[2:] == rec.matrix[:, 0].tolist()
+    log.close()
