@@ -107,3 +107,41 @@ def test_the_loop_answers_while_tracking_writes_wait_on_a_lock(
         history = http.get(f"{MLFLOW}/metrics/get-history",
                            params={"run_id": run_id, "metric_key": "loss"}).json()["metrics"]
     assert sorted(p["step"] for p in history) == list(range(writers))
+
+
+def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import time
+
+    from mlharbor.api.routes import mlflow_threads
+    from mlharbor.api.routes.mlflow_threads import WorkerPool
+
+    monkeypatch.setattr(mlflow_threads, "IDLE_S", 0.05)
+    pool = WorkerPool(3, "test-pool")
+    running, most = 0, 0
+    guard = threading.Lock()
+
+    def call(i: int) -> int:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)  # long enough for the others to start meanwhile
+        with guard:
+            running -= 1
+        if i == 7:
+            raise ValueError("call 7 fails")
+        return i * i
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(pool.run(lambda i=i: call(i)) for i in range(20)),
+                                    return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert results[:7] == [i * i for i in range(7)] and results[8:] == [
+        i * i for i in range(8, 20)]
+    assert isinstance(results[7], ValueError) and "call 7" in str(results[7])
+    assert most == 3  # the pool's size, never more
+    wait_until(lambda: pool._threads == 0, 30, "idle pool threads ending")
+    assert asyncio.run(pool.run(lambda: "again")) == "again"  # a new thread starts
