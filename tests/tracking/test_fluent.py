@@ -104,3 +104,18 @@ def test_register_model_from_run(tracker: Tracker, registry: Registry, tmp_path:
     assert version.lineage["tracking"]["run_id"] == run.run_id
     assert tracker.store.get_run(run.run_id).tags["mlharbor.model_version"] == ref
     assert registry.list_versions("fluent-model").total == 1
+
+
+def test_a_run_whose_end_is_refused_leaves_the_thread_free(tracker: Tracker) -> None:
+    """A run deleted while it ran (MLflow's delete_run from elsewhere) cannot be ended; the
+    error says so, and the thread can start its next run (no stuck "already active" entry)."""
+    from mlharbor.core.runs import LifecycleStage
+
+    run = fluent.start_run(run_name="deleted meanwhile")
+    tracker.store.set_run_lifecycle(run.run_id, LifecycleStage.DELETED)
+    with pytest.raises(InvalidInputError, match="is deleted; restore it"):
+        run.end()
+    assert fluent.active_run() is None
+    with fluent.start_run(run_name="next") as nxt:
+        fluent.log_metric("x", 1.0)
+    assert tracker.store.get_run(nxt.run_id).status is RunStatus.FINISHED

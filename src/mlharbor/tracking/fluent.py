@@ -132,9 +132,13 @@ class ActiveRun:
             status, error = RunStatus.FAILED, f"metrics not stored: {exc}"
             raise
         finally:
-            self.info = self._tracker.store.update_run(self.run_id, status=status,
-                                                       error=error)
-            self._tracker._pop(self)
+            try:
+                self.info = self._tracker.store.update_run(self.run_id, status=status,
+                                                           error=error)
+            finally:
+                # Off the thread's stack even when the store refused the update: a stuck
+                # entry would refuse every later run on this thread ("already active").
+                self._tracker._pop(self)
 
     def register_model(self, name: str, model: Any, **options: Any) -> str:
         """Register ``model`` (an object, file or folder) as a version of ``name`` through the
