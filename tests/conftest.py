@@ -22,6 +22,9 @@ import pytest
 from mlharbor.settings import Settings
 from tests.support import LiveServer, free_port, wait_for_port
 
+#: How `-n 2 --dist loadgroup` groups and orders the work (tests/scheduling.py).
+pytest_plugins = ["tests.scheduling"]
+
 REQUIRE_ALL = os.environ.get("MLHARBOR_REQUIRE_ALL") == "1"
 PG_HOST = os.environ.get("MLHARBOR_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("MLHARBOR_TEST_PG_PORT", "5432"))
@@ -130,9 +133,14 @@ def s3_bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 # -- Dask --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real two-worker Dask cluster (scheduler and workers as processes); yields its address."""
+    """A real two-worker Dask cluster (scheduler and workers as processes); yields its address.
+
+    One per session (per xdist worker): the modules that use it share the ``dask`` xdist
+    group, so they run on one worker, one after the other, and each start of a cluster costs
+    three Python processes importing Dask. Tests that kill workers start their own cluster
+    (tests/dask_cluster.py)."""
     if shutil.which("dask", path=str(VENV_BIN)) is None:
         pytest.skip("dask is not installed (pip install 'mlharbor[dask]')")
     from tests.dask_cluster import dask_cluster
