@@ -179,3 +179,31 @@ def test_a_metric_write_failing_midway_writes_nothing(store: TrackingStore) -> N
         assert "no such table" in str(caught.value)
     points, _ = store.metric_history(run.run_id, "loss")
     assert [(p.step, p.value) for p in points] == [(0, 1.0)]  # the series insert rolled back
+
+
+
+def test_a_filter_of_many_clauses_is_answered_or_refused_clearly(store: TrackingStore) -> None:
+    """Each metric, param or tag clause is a join: up to the limit the filter is answered
+    (both runs must pass every clause); past it the filter is refused as bad input, not
+    "the metadata database is unavailable" (SQLite joins at most 64 tables: 64 clauses came
+    back so) nor a PostgreSQL planner busy for minutes."""
+    from mlharbor.tracking.query import MAX_KEYED_CLAUSES
+
+    keys = [f"m{i}" for i in range(MAX_KEYED_CLAUSES - 1)]
+    hit = store.create_run("0", run_name="hit")
+    miss = store.create_run("0", run_name="miss")  # fails only the last clause
+    store.log_batch(hit.run_id, metrics=[MetricPoint(k, 1.0, 1, 0) for k in keys],
+                    params={"model": "rf"})
+    store.log_batch(miss.run_id, metrics=[MetricPoint(k, 1.0, 1, 0) for k in keys],
+                    params={"model": "lr"})
+    clauses = [f"metrics.{k} > 0" for k in keys] + ["params.model = 'rf'",
+                                                    "attributes.status = 'RUNNING'"]
+    found = store.search_runs(["0"], filter=" and ".join(clauses),
+                              order_by=["metrics.m0 DESC", "params.model"])
+    assert [r.name for r in found.runs] == ["hit"]
+    both = store.search_runs(["0"], filter=" and ".join(clauses[:-2]))
+    assert sorted(r.name for r in both.runs) == ["hit", "miss"]
+    for n in (MAX_KEYED_CLAUSES + 1, 64, 450):
+        many = " and ".join(f"tags.t{i} != 'x'" for i in range(n))
+        with pytest.raises(InvalidInputError, match=f"has {n} metric, param and tag clauses"):
+            store.search_runs(["0"], filter=many)

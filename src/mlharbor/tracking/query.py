@@ -6,7 +6,11 @@ same on its table, an attribute clause a column comparison, so the database answ
 whole filter, sort and page in one statement. Written as a join rather than ``run_id IN
 (subquery)``, SQLite's planner can start from the (key, value) index and look the few
 matching runs up by id; with ``IN`` it walked every run of the experiments and probed the
-list (900 hits of 10,000 runs: ~8 ms instead of ~17-27 ms on a loaded machine). Only the
+list (900 hits of 10,000 runs: ~8 ms instead of ~17-27 ms on a loaded machine). A filter
+holds at most :data:`MAX_KEYED_CLAUSES` such clauses: SQLite joins at most 64 tables in one
+statement (past that a valid filter came back as "the metadata database is unavailable"), and
+PostgreSQL's planner time grows steeply with them (100 clauses: seconds, as subqueries too;
+450: minutes). Only the
 columns a run record needs are read (not what MLflow's log-inputs sent, which can be large
 JSON). Sorting by a metric, param or tag puts runs without it last, in either direction, as
 MLflow does.
@@ -18,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, func, literal, select
 
+from mlharbor.core.errors import InvalidInputError
 from mlharbor.tracking import schema as t
 from mlharbor.tracking.search import OrderBy, parse_filter, parse_order_by
 
@@ -30,6 +35,8 @@ _ATTRIBUTE_COLUMNS = {
     "created": t.runs.c.start_time, "end_time": t.runs.c.end_time,
 }
 _KEYED = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}
+#: Metric, param and tag clauses a filter may hold (each is a join; SQLite allows 64 a query).
+MAX_KEYED_CLAUSES = 50
 
 
 def run_query(experiment_ids: list[int], filter: str | None,
@@ -37,7 +44,15 @@ def run_query(experiment_ids: list[int], filter: str | None,
     """The run rows (:data:`RUN_COLUMNS`) for the experiments, filter and order (no limit:
     the caller pages)."""
     q = select(*RUN_COLUMNS).where(t.runs.c.experiment_id.in_(experiment_ids))
-    for i, clause in enumerate(parse_filter(filter)):
+    clauses = parse_filter(filter)
+    keyed = sum(1 for c in clauses if c.kind != "attribute")
+    if keyed > MAX_KEYED_CLAUSES:
+        raise InvalidInputError(
+            f"The search filter has {keyed} metric, param and tag clauses; at most "
+            f"{MAX_KEYED_CLAUSES} are supported.",
+            hint="Filter on the few keys that narrow the runs, and compare the rest in the "
+            "runs found.", field="filter")
+    for i, clause in enumerate(clauses):
         if clause.kind == "attribute":
             q = q.where(_compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value))
             continue
