@@ -145,3 +145,53 @@ def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(
     assert most == 3  # the pool's size, never more
     wait_until(lambda: pool._threads == 0, 30, "idle pool threads ending")
     assert asyncio.run(pool.run(lambda: "again")) == "again"  # a new thread starts
+
+
+def test_the_worker_pools_stop_with_the_app(tmp_path: Any) -> None:
+    """The app's shutdown ends its MLflow worker threads (they lingered for IDLE_S, a
+    minute, holding the app: once per app a process built and stopped), and an app started
+    again makes new pools that work."""
+    settings = Settings(home=tmp_path / "home", security={"rate_limit_per_minute": 0})
+    headers = admin_headers_for(settings)
+    registry = open_registry(settings)
+    app = create_app(settings, registry=registry)
+    try:
+        pools = []
+        for _start in range(2):
+            with LiveServer(app) as live, httpx.Client(base_url=live.url, headers=headers,
+                                                       timeout=30) as http:
+                run = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0"})
+                assert run.status_code == 200
+                got = http.get(f"{MLFLOW}/runs/get",
+                               params={"run_id": run.json()["run"]["info"]["run_id"]})
+                assert got.status_code == 200
+                pools += [app.state.mlflow_write_threads, app.state.mlflow_read_threads]
+            assert app.state.mlflow_write_threads is None
+            assert app.state.mlflow_read_threads is None
+        assert len({id(p) for p in pools}) == 4  # new pools after the restart
+        wait_until(lambda: all(p._threads == 0 for p in pools), 20,
+                   "the worker threads of a stopped app ending")
+    finally:
+        registry.close()
+
+
+def test_a_closed_pool_finishes_its_queue_and_runs_later_calls() -> None:
+    import asyncio
+
+    from mlharbor.api.routes.mlflow_threads import WorkerPool
+
+    pool = WorkerPool(2, "test-close")
+    release = threading.Event()
+
+    async def scenario() -> list[Any]:
+        first = [asyncio.ensure_future(pool.run(lambda i=i: release.wait(30) and i))
+                 for i in range(4)]
+        await asyncio.sleep(0)  # the calls are queued (2 running, 2 waiting)
+        wait_until(lambda: pool.busy == 2, 20, "two calls running")
+        pool.close()  # queued before the close: they still run
+        release.set()
+        done = await asyncio.gather(*first)
+        wait_until(lambda: pool._threads == 0, 20, "the closed pool's threads ending")
+        return [*done, await pool.run(lambda: "after")]  # a later call starts a thread
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, "after"]

@@ -13,6 +13,10 @@ takes at most the write threads: reads (which neither SQLite in WAL mode nor Pos
 wait for a writer) keep their own, and anyio's shared pool, which runs every synchronous
 route (``/livez``, ``/readyz``, the native API), stays free.
 
+The pools stop with the app (:func:`lifespan`, merged into the app's own by the tracking
+router): their idle threads end at shutdown instead of lingering for :data:`IDLE_S`, holding
+the app, once per app a process builds and stops.
+
 Why not ``anyio.to_thread.run_sync``: a training loop logging one metric per call pays the
 hand-over to a thread and back on every call. Measured here (loaded 2-core machine, a no-op
 call): anyio's ~80 us of CPU (~150 us wall), ``loop.run_in_executor`` ~50 us, a C
@@ -27,7 +31,7 @@ import contextlib
 import contextvars
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
@@ -52,13 +56,14 @@ IDLE_S = 60.0
 
 class WorkerPool:
     """Up to ``size`` daemon threads running calls for event loops, started on demand and
-    ended when idle for :data:`IDLE_S`; calls past ``size`` wait in the queue, in order."""
+    ended when idle for :data:`IDLE_S` or by :meth:`close`; calls past ``size`` wait in the
+    queue, in order."""
 
     def __init__(self, size: int, name: str) -> None:
         self.size = size
         self.name = name
         self.busy = 0  # calls running now (read by tests and for diagnostics)
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
@@ -75,25 +80,38 @@ class WorkerPool:
             start = self._queued > self._idle and self._threads < self.size
             if start:
                 self._threads += 1
+                name = f"{self.name}-{self._threads}"
         self._jobs.put((loop, future, lambda: context.run(call)))
         if start:
-            threading.Thread(target=self._work, name=f"{self.name}-{self._threads}",
-                             daemon=True).start()
+            threading.Thread(target=self._work, name=name, daemon=True).start()
         return await future
+
+    def close(self) -> None:
+        """End the pool's threads once the calls queued before this one are done (without
+        waiting for them). A call made later still runs: it starts a thread again."""
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)  # the thread taking it ends (unless a call needs it)
 
     def _work(self) -> None:
         while True:
             with self._lock:
                 self._idle += 1
             try:
-                loop, future, call = self._jobs.get(timeout=IDLE_S)
+                job = self._jobs.get(timeout=IDLE_S)
             except queue.Empty:
+                job = None
+            if job is None:  # idle for IDLE_S, or closed
                 with self._lock:
                     self._idle -= 1
-                    if self._queued == 0:  # else a call came in as the wait ended: take it
+                    # A call queued meanwhile that no other waiting thread will take (run()
+                    # counted this one as idle and started none): stay and take it.
+                    if self._queued <= self._idle:
                         self._threads -= 1
                         return
                 continue
+            loop, future, call = job
             with self._lock:
                 self._idle -= 1
                 self._queued -= 1
@@ -107,7 +125,7 @@ class WorkerPool:
                     self.busy -= 1
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
                 loop.call_soon_threadsafe(_settle, future, result, error)
-            del loop, future, call, result, error
+            del job, loop, future, call, result, error
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -117,6 +135,20 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Closes the app's pools at shutdown (and forgets them: a restarted app makes new ones).
+    The tracking router carries it, and FastAPI merges it into the app's lifespan."""
+    try:
+        yield
+    finally:
+        for kind in ("read", "write"):
+            pool: WorkerPool | None = getattr(app.state, f"mlflow_{kind}_threads", None)
+            if pool is not None:
+                setattr(app.state, f"mlflow_{kind}_threads", None)
+                pool.close()
 
 
 def pool_of(request: Request, kind: Kind) -> WorkerPool:

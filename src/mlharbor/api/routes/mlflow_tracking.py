@@ -32,6 +32,7 @@ from mlharbor.api.mlflow_protocol import (
     text_field,
 )
 from mlharbor.api.responses import JsonResponse
+from mlharbor.api.routes.mlflow_threads import lifespan as pool_lifespan
 from mlharbor.api.routes.mlflow_threads import reading, writing
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.runs import LifecycleStage, MetricPoint
@@ -40,7 +41,8 @@ from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore, now_ms
 
 PREFIX = "/api/2.0/mlflow"
-router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
+router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute,
+                   lifespan=pool_lifespan)  # the worker pools stop with the app
 #: Mounted after every supported MLflow route: answers the rest with "not supported".
 fallback = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 _VIEWS = {"ACTIVE_ONLY": "active", "DELETED_ONLY": "deleted", "ALL": "all"}
