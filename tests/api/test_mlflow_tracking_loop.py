@@ -9,6 +9,7 @@ queue on SQLite's busy timeout.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -121,13 +122,16 @@ def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(
     pool = WorkerPool(3, "test-pool")
     running, most = 0, 0
     guard = threading.Lock()
+    together = threading.Barrier(3, timeout=30)
 
     def call(i: int) -> int:
         nonlocal running, most
         with guard:
             running += 1
             most = max(most, running)
-        time.sleep(0.05)  # long enough for the others to start meanwhile
+        if i < 3:  # the first three meet: the pool runs its size at once (else this breaks)
+            together.wait()
+        time.sleep(0.01)  # the later calls overlap too: none may make a fourth thread
         with guard:
             running -= 1
         if i == 7:
@@ -135,7 +139,7 @@ def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(
         return i * i
 
     async def burst() -> list[Any]:
-        return await asyncio.gather(*(pool.run(lambda i=i: call(i)) for i in range(20)),
+        return await asyncio.gather(*(pool.run(functools.partial(call, i)) for i in range(20)),
                                     return_exceptions=True)
 
     results = asyncio.run(burst())
@@ -183,8 +187,12 @@ def test_a_closed_pool_finishes_its_queue_and_runs_later_calls() -> None:
     pool = WorkerPool(2, "test-close")
     release = threading.Event()
 
+    def hold(i: int) -> int:
+        assert release.wait(30)
+        return i
+
     async def scenario() -> list[Any]:
-        first = [asyncio.ensure_future(pool.run(lambda i=i: release.wait(30) and i))
+        first = [asyncio.ensure_future(pool.run(functools.partial(hold, i)))
                  for i in range(4)]
         await asyncio.sleep(0)  # the calls are queued (2 running, 2 waiting)
         wait_until(lambda: pool.busy == 2, 20, "two calls running")
