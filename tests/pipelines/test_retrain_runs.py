@@ -269,3 +269,41 @@ def test_runs_left_by_dead_runners_are_settled_by_the_re_runs(
     finally:
         for plane in planes:
             plane.close()
+
+
+def test_a_left_run_deleted_meanwhile_does_not_block_the_re_run(tmp_path: Path) -> None:
+    """Someone deleted (soft) the run an earlier attempt left open: settling it must not
+    fail the step ("Run ... is deleted; restore it to change it"), which every re-run would
+    repeat, leaving the job stuck. The deleted run stays as it was."""
+    from types import SimpleNamespace
+
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.bootstrap.tracking import open_tracker
+    from mlharbor.core.runs import LifecycleStage
+    from mlharbor.pipelines.retrain_runs import JobRuns
+    from mlharbor.pipelines.train_runs import RUN_ID_TAG
+
+    settings = Settings(home=tmp_path / "home")
+    registry = open_registry(settings)
+    tracker = open_tracker(settings, registry=registry)
+    try:
+        store = tracker.store
+        left = store.create_run("0", run_name="left by a dead runner")
+        child = store.create_run("0", parent_run_id=left.run_id)
+        produced = store.create_run("0", run_name="registered before the crash")
+        for run in (left, produced):
+            store.set_run_lifecycle(run.run_id, LifecycleStage.DELETED)
+        ctx: Any = SimpleNamespace(job=SimpleNamespace(id="job-1"),
+                                   progress={"run": left.run_id})
+        JobRuns(tracker).settle(ctx, None)  # the re-run trains again
+        version: Any = SimpleNamespace(ref="churn:2", tags={RUN_ID_TAG: produced.run_id})
+        ctx.progress = {"run": produced.run_id}
+        JobRuns(tracker).settle(ctx, version)  # the re-run reuses the version
+        for run in (left, produced):
+            kept = store.get_run(run.run_id)
+            assert kept.status is RunStatus.RUNNING
+            assert kept.lifecycle_stage is LifecycleStage.DELETED
+        assert store.get_run(child.run_id).status is RunStatus.RUNNING
+    finally:
+        tracker.flusher.close()
+        registry.close()

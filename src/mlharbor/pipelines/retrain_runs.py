@@ -17,7 +17,8 @@ of the step (its runner died) settles what the earlier attempt left, before trai
 * it did not: its run, still RUNNING, ends KILLED with the reason, and so do its open child
   runs; the re-run trains under a new run.
 
-A run the earlier attempt already ended (FAILED with its error, say) keeps that record.
+A run the earlier attempt already ended (FAILED with its error, say) keeps that record, and so
+does one deleted meanwhile (the store changes no deleted run).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mlharbor.core.errors import NotFoundError
-from mlharbor.core.runs import MODEL_VERSION_TAG, RunStatus
+from mlharbor.core.runs import MODEL_VERSION_TAG, LifecycleStage, RunStatus
 
 if TYPE_CHECKING:
     from mlharbor.core.loop import RetrainRequest
@@ -101,11 +102,17 @@ class JobRuns:
                           "the job's train step ran again under a new run.")
 
     def _run(self, run_id: str) -> Run | None:
+        """The run to settle; None when it is gone or deleted (the store refuses to change a
+        deleted run, and refusing here would fail every re-run of the step)."""
         try:
-            return self.tracker.store.get_run(run_id)
+            run = self.tracker.store.get_run(run_id)
         except NotFoundError:  # deleted since: nothing left to settle
             log.info("run %s of a retraining job is gone; nothing to settle", run_id)
             return None
+        if run.lifecycle_stage is LifecycleStage.DELETED:
+            log.info("run %s of a retraining job was deleted; left as it is", run_id)
+            return None
+        return run
 
     def _end(self, run: Run, status: RunStatus, error: str | None) -> None:
         """End ``run`` and its open descendants (search points first) with ``status``."""
