@@ -207,3 +207,16 @@ def test_a_filter_of_many_clauses_is_answered_or_refused_clearly(store: Tracking
         many = " and ".join(f"tags.t{i} != 'x'" for i in range(n))
         with pytest.raises(InvalidInputError, match=f"has {n} metric, param and tag clauses"):
             store.search_runs(["0"], filter=many)
+
+
+def test_too_many_sort_keys_are_refused_as_bad_input(store: TrackingStore) -> None:
+    """SQLite refuses 1,000+ ORDER BY terms (two per key): 501 sort keys came back as "the
+    metadata database is unavailable"."""
+    from mlharbor.tracking.query import MAX_ORDER_BY
+
+    run = store.create_run("0")
+    keys = [f"metrics.m{i} DESC" for i in range(MAX_ORDER_BY)]
+    assert [r.run_id for r in store.search_runs(["0"], order_by=keys).runs] == [run.run_id]
+    for n in (MAX_ORDER_BY + 1, 501, 3000):
+        with pytest.raises(InvalidInputError, match=f"order_by names {n} keys"):
+            store.search_runs(["0"], order_by=[f"metrics.m{i}" for i in range(n)])

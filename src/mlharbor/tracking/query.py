@@ -13,7 +13,8 @@ PostgreSQL's planner time grows steeply with them (100 clauses: seconds, as subq
 450: minutes). Only the
 columns a run record needs are read (not what MLflow's log-inputs sent, which can be large
 JSON). Sorting by a metric, param or tag puts runs without it last, in either direction, as
-MLflow does.
+MLflow does; at most :data:`MAX_ORDER_BY` sort keys (past ~500 SQLite refused the statement,
+which came back as "the metadata database is unavailable").
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _ATTRIBUTE_COLUMNS = {
 _KEYED = {"metric": t.latest_metrics, "param": t.params, "tag": t.tags}
 #: Metric, param and tag clauses a filter may hold (each is a join; SQLite allows 64 a query).
 MAX_KEYED_CLAUSES = 50
+#: Sort keys a search may name (SQLite refuses 1,000+ ORDER BY terms: each key makes two).
+MAX_ORDER_BY = 20
 
 
 def run_query(experiment_ids: list[int], filter: str | None,
@@ -59,7 +62,11 @@ def run_query(experiment_ids: list[int], filter: str | None,
         table = _KEYED[clause.kind].alias(f"filter_{i}")
         q = q.join(table, and_(table.c.run_id == t.runs.c.run_id, table.c.key == clause.key,
                                _compare(table.c.value, clause.op, clause.value)))
-    for order in parse_order_by(order_by):
+    orders = parse_order_by(order_by)
+    if len(orders) > MAX_ORDER_BY:
+        raise InvalidInputError(f"order_by names {len(orders)} keys; at most {MAX_ORDER_BY} "
+                                "are supported.", field="order_by")
+    for order in orders:
         q = _order(q, order)
     return q.order_by(t.runs.c.start_time.desc(), t.runs.c.run_id)
 
