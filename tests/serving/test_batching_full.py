@@ -71,3 +71,23 @@ def test_a_full_request_behind_queued_ones_waits_its_turn() -> None:
 
     asyncio.run(main())
     assert order == [1, 2, 4]
+
+
+def test_run_now_answers_only_what_could_not_wait_for_company() -> None:
+    gate = threading.Event()
+    gate.set()
+    runner = GatedRunner(gate)
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1, "pool") as pool:
+            batcher = MicroBatcher(served(runner), pool, max_batch_size=4, inline_max_s=1.0)
+            full = np.ones((4, WIDTH))
+            assert batcher.run_now(full, 4) is None  # speed not known yet
+            await batcher.submit(full, 4)  # measured (in the pool)
+            assert batcher.run_now(np.ones((3, WIDTH)), 3) is None  # company may join it
+            out = batcher.run_now(full, 4)
+            assert out is not None and out.predictions.tolist() == [WIDTH] * 4
+            off = MicroBatcher(served(runner), pool, max_batch_size=4, enabled=False)
+            assert off.run_now(full, 4) is None  # batching off: the pool, always
+
+    asyncio.run(main())
