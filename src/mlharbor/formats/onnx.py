@@ -119,6 +119,16 @@ def make_session(source: Path | ModelBytes) -> Any:
 
     Given :class:`ModelBytes`, the session is built from those bytes (checked already), with
     external data, if any, resolved in the folder they came from.
+
+    No per-session memory arena: the arrays a run returns are views on ONNX Runtime's output
+    tensors (their base is a capsule holding the tensor), and a tensor allocated from the
+    session's arena keeps that arena alive, whole, for as long as any answer of the session is
+    referenced (a prediction record in a buffer, a slice in a response). A server that unloads
+    models then kept about 1 MiB per unloaded session resident (measured, issue 15: 178
+    unloads left 185 MiB in use with every model gone). Without the arena an output holds only
+    its own bytes, and a session takes ~1 MiB less. Measured on one core, interleaved: one row,
+    64 rows and 10,000 rows of a 100-tree forest and a linear model run as fast either way
+    (glibc's thread cache serves the small output buffers).
     """
     import onnxruntime as ort
 
@@ -127,6 +137,7 @@ def make_session(source: Path | ModelBytes) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
     model: str | bytes = str(source)
     if isinstance(source, ModelBytes):

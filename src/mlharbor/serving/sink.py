@@ -67,6 +67,9 @@ class SinkDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        # A NullSink gets no drain thread (start); buffering for it kept up to ``capacity``
+        # records (their inputs and outputs) alive forever in a server without monitoring.
+        self._discard = isinstance(sink, NullSink)
 
     @property
     def buffered_bytes(self) -> int:
@@ -75,6 +78,8 @@ class SinkDispatcher:
     def offer(self, record: PredictionRecord) -> None:
         """O(1), never blocks: buffer the record or drop it (counted) when the buffer is full
         in records or in bytes."""
+        if self._discard:  # nothing would ever drain the buffer: it only pinned memory
+            return
         size = record.nbytes()
         if (len(self._buffer) >= self.capacity
                 or self._offered_bytes - self._taken_bytes + size > self.max_bytes):
