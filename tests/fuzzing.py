@@ -26,6 +26,7 @@ the last line of the server-side traceback captured from the log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import traceback
@@ -56,6 +57,11 @@ _scalars = st.one_of(
 )
 
 
+#: A hostile value for one parameter: from the list, or any scalar.
+_hostile_value = st.one_of(st.sampled_from(HOSTILE), _scalars)
+
+
+@functools.cache  # built once: hypothesis validates a strategy object once, not every draw
 def hostile_json() -> st.SearchStrategy[Any]:
     """JSON with huge integers, deep nesting and mixed types; a share of it shaped like the
     bodies the routes take (labels, tensors, records) so it gets past the first check."""
@@ -136,6 +142,7 @@ class RouteFuzzer:
 
     def __post_init__(self) -> None:
         self.session = requests.Session()
+        self.session.trust_env = False  # loopback: no proxy or .netrc look-up per request
         self.errors = _Errors()
 
     @contextlib.contextmanager
@@ -194,7 +201,7 @@ class RouteFuzzer:
                 case.body = data.draw(hostile_json())
                 case.media_type = "application/json"
             else:
-                _set(case, where, name, data.draw(st.one_of(st.sampled_from(HOSTILE), _scalars)))
+                _set(case, where, name, data.draw(_hostile_value))
             return case
 
         return st.builds(mutate, op.as_strategy(), st.data())
