@@ -12,15 +12,11 @@ would miss) and exported as ``mlharbor_model_memory_bytes{model,version}``.
 Bounded memory (``serving.model_memory_budget`` bytes, ``serving.max_loaded_models``): the pool
 is *lazy*. Versions are known (state ``unloaded``) but load on the first request that needs
 them; loads run one at a time, so each is measured alone. Before a load, least recently used
-versions are unloaded until the version's expected size (its last measured size, else the
-mean of the loaded ones) and one more slot fit; after it, until the measured total fits.
+versions are unloaded until the load fits, after it until the loaded ones fit: in the
+estimates, and in what the process really holds above its baseline, the load's peak included
+(:mod:`mlharbor.serving.budget`).
 
-The estimates do not bound the whole process: memory of unloaded versions that the C
-allocator and Python's arenas keep in fragments is in no estimate. (Enforcing the budget on the
-process's trimmed RSS above a baseline was tried, issue 15 follow-up: under the many-models load
-~100 MiB above the baseline was resident in no loaded model, so the pool starved to 4-10
-loaded versions of 20 and the peak still passed baseline + budget; open.) A
-version with requests in flight is never unloaded (the budget may then be passed until they
+A version with requests in flight is never unloaded (the budget may then be passed until they
 finish, and is restored at the next load). A version whose model file, or measured size, is
 bigger than the whole budget is refused (state ``refused``; the reason gives both sizes) and
 never loaded again by this process. Unloading drops every reference the pool and the plans
@@ -42,7 +38,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
-from mlharbor.serving.memory import measured, release_free_memory
+from mlharbor.serving.budget import (
+    ResidentMemory,
+    expected_bytes,
+    expected_peak,
+    lru_victims,
+    victims_covering,
+)
+from mlharbor.serving.memory import LoadMemory, bound_heap, measured
 from mlharbor.serving.memory import resident_bytes as resident_bytes
 from mlharbor.serving.model import ServedModel
 
@@ -67,6 +70,7 @@ class PoolEntry:
     model: ServedModel | None = None
     load_seconds: float | None = None
     memory_bytes: int | None = None
+    peak_bytes: int | None = None  # the most resident memory rose while it loaded
     failed_at: float | None = None
     last_used: float = dataclasses.field(default_factory=time.monotonic)
     in_flight: int = 0
@@ -86,11 +90,13 @@ class PoolEntry:
             body["load_seconds"] = round(self.load_seconds, 4)
         if self.memory_bytes is not None:
             body["memory_bytes"] = self.memory_bytes
+        if self.peak_bytes is not None:
+            body["load_peak_bytes"] = self.peak_bytes
         return body
 
 
-def _measured(loader: ModelLoader, mv: ModelVersion) -> tuple[ServedModel, int | None]:
-    """Load ``mv`` and the growth of resident memory while it loaded (None: unknown)."""
+def _measured(loader: ModelLoader, mv: ModelVersion) -> tuple[ServedModel, LoadMemory]:
+    """Load ``mv``, and the memory it took and needed (see mlharbor.serving.memory)."""
     return measured(lambda: loader(mv))
 
 
@@ -129,6 +135,8 @@ class ModelPool:
         self._one_load = asyncio.Lock()
         self._primed: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[PoolEntry]] = set()
+        # What the process holds above its baseline: the budget is enforced on it too.
+        self.resident = ResidentMemory(load_executor)
 
     @property
     def lazy(self) -> bool:
@@ -160,7 +168,9 @@ class ModelPool:
         """Make the versions the plans want known: loaded now (no limits), or registered as
         ``unloaded`` to load on first request (lazy). A lazy pool first primes each runtime
         once (loads one version of each format and runtime, then drops it), so the libraries
-        are imported before the server takes requests and never counted as a model's memory."""
+        are imported before the server takes requests and never counted as a model's memory;
+        the first time, it then takes its baseline, and a runtime primed later (a new format
+        registered) adds what its libraries hold to the baseline."""
         versions = list(wanted)
         if not self.lazy:
             await asyncio.gather(*(self.ensure(mv) for mv in versions))
@@ -170,12 +180,33 @@ class ModelPool:
             self.versions[key] = mv
             if key not in self.entries:
                 self.entries[key] = PoolEntry(mv.name, mv.version, state="unloaded")
+        first: dict[tuple[str, str], ModelVersion] = {}
         for mv in versions:
             manifest = mv.manifest or {}
             kind = (str(manifest.get("model_format")), str(manifest.get("default_runtime")))
             if kind not in self._primed:
+                first.setdefault(kind, mv)
+        resident = self.resident
+        if not first and (resident.settled or not self.memory_budget):
+            return
+        if not self.memory_budget:  # max_loaded_models alone: nothing to measure
+            async with self._one_load:
+                for kind, mv in first.items():
+                    self._primed.add(kind)
+                    await self._prime(mv)
+            return
+        if not resident.settled:
+            bound_heap()
+        async with self._one_load:  # measured alone, like every load
+            before = await resident.measure() if resident.settled else None
+            for kind, mv in first.items():
                 self._primed.add(kind)
                 await self._prime(mv)
+            after = await resident.measure(collect=not resident.settled)
+            if not resident.settled:
+                resident.settle(None if self.loaded() else after)
+            elif resident.baseline is not None and before is not None and after is not None:
+                resident.baseline += max(0, after - before)
 
     async def _prime(self, mv: ModelVersion) -> None:
         loop = asyncio.get_running_loop()
@@ -183,7 +214,6 @@ class ModelPool:
             await loop.run_in_executor(self.load_executor, self.loader, mv)
         except Exception as exc:  # its own load reports the error when a request needs it
             log.info("priming the runtime with %s failed: %s", mv.ref, type(exc).__name__)
-        await loop.run_in_executor(self.load_executor, release_free_memory)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -221,7 +251,7 @@ class ModelPool:
             async with self._one_load:
                 entry = self._refuse_early(mv)
                 if entry is None:
-                    self._make_room(self._expected_bytes(key), keep=key)
+                    await self._make_room(key)
                     entry = await self._load_measured(mv)
                     if entry.state == "ready":
                         self._fit(entry)
@@ -238,8 +268,8 @@ class ModelPool:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            model, memory = await loop.run_in_executor(self.load_executor, _measured,
-                                                       self.loader, mv)
+            model, took = await loop.run_in_executor(self.load_executor, _measured,
+                                                     self.loader, mv)
         except Exception as exc:
             entry.state = "failed"
             entry.reason = f"{type(exc).__name__}: {exc}"[:500]
@@ -251,7 +281,10 @@ class ModelPool:
                 self.metrics.model_load_failed(mv.name)
             return entry
         entry.load_seconds = time.perf_counter() - started
-        entry.memory_bytes = memory
+        memory = entry.memory_bytes = took.size
+        # The highest peak seen: a load's peak includes what requests allocated meanwhile.
+        entry.peak_bytes = max(filter(None, (took.peak, entry.peak_bytes)), default=None)
+        self.resident.after_load = took.resident_after
         entry.last_used = time.monotonic()
         if self.memory_budget and memory is not None and memory > self.memory_budget:
             return self._refuse(entry, memory, "measured while it loaded")
@@ -259,7 +292,7 @@ class ModelPool:
         entry.state = "ready"
         log.info("loaded %s (%s) in %.3fs", mv.ref, model.runtime, entry.load_seconds,
                  extra={"event": "model.loaded", "model": mv.name, "version": mv.version,
-                        "memory_bytes": memory})
+                        "memory_bytes": memory, "load_peak_bytes": took.peak})
         if self.metrics is not None:
             self.metrics.model_loaded(mv.name, entry.load_seconds)
             if memory is not None:
@@ -289,41 +322,47 @@ class ModelPool:
             self.metrics.model_load_failed(entry.name)
         return entry
 
-    def _expected_bytes(self, key: Key) -> int:
+    async def _make_room(self, key: Key) -> None:
+        """Unload least recently used versions until ``key`` fits: its expected size and a
+        slot in the estimates, then its load's expected peak above what the process holds."""
         entry = self.entries.get(key)
-        if entry is not None and entry.memory_bytes is not None:
-            return entry.memory_bytes
-        sizes = [e.memory_bytes for e in self.loaded() if e.memory_bytes is not None]
-        return sum(sizes) // len(sizes) if sizes else 0
-
-    def _make_room(self, incoming: int, *, keep: Key) -> None:
-        """Unload least recently used versions until ``incoming`` bytes and a slot fit."""
-        self._evict(lambda used, count: (
+        incoming = expected_bytes(entry, self.loaded())
+        self._unload_all(lru_victims(self.loaded(), lambda used, count: (
             (not self.memory_budget or used + incoming <= self.memory_budget)
-            and (not self.max_loaded or count + 1 <= self.max_loaded)), keep=keep)
+            and (not self.max_loaded or count + 1 <= self.max_loaded)), keep=key))
+        if not self.memory_budget or self.resident.baseline is None:
+            return
+        need = expected_peak(entry, self.loaded())
+        while True:  # each round unloads at least one version, or stops
+            resident = await self.resident.measure()
+            if resident is None:
+                return
+            over = self.resident.over(resident, need, self.memory_budget)
+            victims = victims_covering(self.loaded(), over, keep=key) if over > 0 else []
+            if not victims:
+                if over > 0:
+                    self.resident.crowded(key, self.memory_budget, resident,
+                                          self.used_bytes(), need)
+                return
+            self._unload_all(victims)
 
     def _fit(self, entry: PoolEntry) -> None:
-        """After ``entry`` loaded: unload others until the loaded ones fit the limits."""
-        self._evict(lambda used, count: (
+        """After ``entry`` loaded: unload others until the loaded ones fit the limits, in the
+        estimates and in the trimmed RSS the load left."""
+        key = (entry.name, entry.version)
+        self._unload_all(lru_victims(self.loaded(), lambda used, count: (
             (not self.memory_budget or used <= self.memory_budget)
-            and (not self.max_loaded or count <= self.max_loaded)),
-            keep=(entry.name, entry.version))
+            and (not self.max_loaded or count <= self.max_loaded)), keep=key))
+        after = self.resident.after_load
+        if self.memory_budget and self.resident.baseline is not None and after is not None:
+            over = self.resident.over(after, 0, self.memory_budget)
+            if over > 0:
+                self._unload_all(victims_covering(self.loaded(), over, keep=key))
 
-    def _evict(self, fits: Callable[[int, int], bool], *, keep: Key) -> None:
-        loaded = self.loaded()
-        used = sum(e.memory_bytes or 0 for e in loaded)
-        count = len(loaded)
-        unloaded: set[Key] = set()
-        for victim in sorted(loaded, key=lambda e: e.last_used):
-            if fits(used, count):
-                break
-            if victim.in_flight or (victim.name, victim.version) == keep:
-                continue  # never a version with requests in flight
-            used -= victim.memory_bytes or 0
-            count -= 1
+    def _unload_all(self, victims: list[PoolEntry]) -> None:
+        for victim in victims:
             self._unload(victim)
-            unloaded.add((victim.name, victim.version))
-        self._changed(unloaded)
+        self._changed({(v.name, v.version) for v in victims})
 
     def _unload(self, entry: PoolEntry) -> None:
         """Forget ``entry``'s model: a fresh ``unloaded`` entry takes its place, so plans still
@@ -331,7 +370,8 @@ class ModelPool:
         key = (entry.name, entry.version)
         entry.state, entry.model = "unloaded", None
         fresh = PoolEntry(entry.name, entry.version, state="unloaded",
-                          memory_bytes=entry.memory_bytes, pending=entry.pending)
+                          memory_bytes=entry.memory_bytes, peak_bytes=entry.peak_bytes,
+                          pending=entry.pending)
         self.entries[key] = fresh
         log.info("unloaded %s", entry.ref, extra={"event": "model.unloaded",
                                                   "model": entry.name,
