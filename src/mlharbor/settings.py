@@ -178,10 +178,11 @@ class ServingSettings(BaseModel):
     default_endpoint: str | None = Field(None, description="Endpoint of /invocations.")
     access_log: bool = Field(False, description="One JSON log line per request.")
     model_memory_budget: int = Field(
-        0, ge=0, description="Bytes (or a size: 2GiB, 500MB) the loaded models of one "
-        "serving process may take together, enforced on its resident memory too (0 = no "
-        "limit). When set (or max_loaded_models), versions load on their first request and "
-        "the least recently used are unloaded to stay within it.")
+        0, ge=0, description="Bytes (or a size: 2GiB, 500MB) one serving process may hold "
+        "above its resident memory once started with no model loaded: its loaded models, "
+        "the next load's working memory and whatever else it took since (0 = no limit). "
+        "When set (or max_loaded_models), versions load on their first request and the "
+        "least recently used are unloaded to stay within it.")
     max_loaded_models: int = Field(
         0, ge=0, description="Most versions loaded at once in one serving process (0 = no "
         "limit); past it the least recently used is unloaded.")
