@@ -25,7 +25,7 @@ copies, the runtime's graph before it is optimised. Measured here: a 0.9 MiB sci
 kernel's peak-RSS mark (``VmHWM``) is reset just before a load (``/proc/self/clear_refs``, "5")
 and read after it: the load's *peak* is that mark above the trimmed RSS it started from.
 (Resetting the mark is why a serving process with a model memory budget reports a VmHWM of
-its last load, not of its whole life.)
+its last load, not of its whole life; without a budget no peak is measured.)
 
 What is left: allocations other threads make during the load (requests in flight, which are
 small and short-lived; they can only make a peak look larger). Loads that share a process are
@@ -181,11 +181,12 @@ class LoadMemory:
     resident_after: int | None = None
 
 
-def measured(load: Callable[[], T]) -> tuple[T, LoadMemory]:
-    """``load()`` and what it took (see :class:`LoadMemory` and the module doc)."""
+def measured(load: Callable[[], T], *, peak: bool = False) -> tuple[T, LoadMemory]:
+    """``load()`` and what it took (see :class:`LoadMemory` and the module doc); its peak only
+    when asked (``peak``: it resets the process's peak-RSS mark)."""
     release_free_memory()
     rss, heap = resident_bytes(), heap_bytes()
-    peaked = rss is not None and reset_peak()
+    peaked = peak and rss is not None and reset_peak()
     value = load()
     high = peak_resident_bytes() if peaked else None
     release_free_memory()
@@ -193,5 +194,5 @@ def measured(load: Callable[[], T]) -> tuple[T, LoadMemory]:
     growths = [after - before for before, after in ((rss, rss_after), (heap, heap_after))
                if before is not None and after is not None]
     size = max(0, *growths) if growths else None
-    peak = None if high is None or rss is None else max(high - rss, size or 0)
-    return value, LoadMemory(size, peak, rss_after)
+    rise = None if high is None or rss is None else max(high - rss, size or 0)
+    return value, LoadMemory(size, rise, rss_after)

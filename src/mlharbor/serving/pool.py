@@ -95,9 +95,10 @@ class PoolEntry:
         return body
 
 
-def _measured(loader: ModelLoader, mv: ModelVersion) -> tuple[ServedModel, LoadMemory]:
-    """Load ``mv``, and the memory it took and needed (see mlharbor.serving.memory)."""
-    return measured(lambda: loader(mv))
+def _measured(loader: ModelLoader, mv: ModelVersion, peak: bool
+              ) -> tuple[ServedModel, LoadMemory]:
+    """Load ``mv``, and the memory it took and (``peak``) needed (see serving.memory)."""
+    return measured(lambda: loader(mv), peak=peak)
 
 
 def model_file_bytes(mv: ModelVersion) -> int | None:
@@ -269,7 +270,7 @@ class ModelPool:
         loop = asyncio.get_running_loop()
         try:
             model, took = await loop.run_in_executor(self.load_executor, _measured,
-                                                     self.loader, mv)
+                                                     self.loader, mv, bool(self.memory_budget))
         except Exception as exc:
             entry.state = "failed"
             entry.reason = f"{type(exc).__name__}: {exc}"[:500]
