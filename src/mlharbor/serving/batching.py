@@ -121,11 +121,13 @@ class MicroBatcher:
         return await future
 
     def run_now(self, x: Any, rows: int) -> Outputs | None:
-        """The outputs of a request that fills a batch by itself, for a model fast enough to
-        run on the loop, with nothing queued: no company could join it, so it runs now,
-        without the future, the drain task and the loop turn a batch costs (~10% of a 64-row
-        request's CPU for a linear model), and its caller needs no timer for it. None: the
-        request goes through :meth:`submit`."""
+        """The outputs of a request that fills a batch by itself (``max_batch_size`` rows or
+        more), for a model fast enough to run on the loop, with nothing queued: no company
+        could join it, so it runs now, without the future, the drain task and the loop turn
+        a batch costs (~5 us), and its caller needs no timer for it (~5 us more). None: the
+        request goes through :meth:`submit`. Smaller requests are better off waiting for
+        company: at 64 rows, four requests in one ONNX Runtime call cost less CPU than four
+        calls (measured in process, LR, ``max_batch_size`` 256 vs 64)."""
         if (rows < self.max_batch_size or self._queue or not self.enabled
                 or self.run_s >= self.inline_max_s):
             return None
