@@ -47,3 +47,17 @@ def test_incomplete_or_extra_keys_and_ragged_rows_leave_the_fast_path() -> None:
     assert numeric_rows([[1.0, 2.0, 3.0], [1.0, 2.0]], NAMES) is None
     assert numeric_rows([[1.0, 2.0, 3.0], (1.0, 2.0, 3.0)], NAMES) is None
     assert numeric_matrix([{"a": 1, "b": 2, "c": 3}] * 2, NAMES).tolist() == [[1, 2, 3]] * 2
+
+
+def test_parsed_records_in_any_key_order_give_the_matrix_in_signature_order() -> None:
+    import orjson
+
+    body = orjson.dumps([{"c": 3.0, "a": 1.0, "b": 2}, {"b": 5.0, "c": 6.0, "a": 4.0},
+                         {"a": 7.0, "b": 8.0, "c": 9.0}])
+    out = numeric_matrix(orjson.loads(body), NAMES)
+    assert out is not None and out.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    missing = orjson.loads(b'[{"a": 1.0, "b": 2.0, "d": 3.0}, {"a": 1.0, "b": 2.0, "c": 3.0}]')
+    assert numeric_matrix(missing, NAMES) is None
+    later = orjson.loads(b'[{"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 1.0, "b": 2.0, "d": 3.0}]')
+    assert numeric_matrix(later, NAMES) is None
+    assert numeric_matrix([[1.0, 2.0, 3.0]], NAMES) is None  # rows are numeric_rows' shape
