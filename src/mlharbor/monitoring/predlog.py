@@ -150,6 +150,13 @@ class PredictionLog:
         self._emitted_bytes += size
         self._pending.append((record, size))
 
+    def wants_inputs(self, endpoint: str) -> bool:
+        """Whether records of ``endpoint`` must carry their inputs as received: only where
+        redaction rules apply (they work on the values as sent). Elsewhere a model of
+        numbers' float64 matrix is what the log stores, and serving may free the parsed
+        request at once (see serving's ``PredictionSink``)."""
+        return self.redaction is not None and bool(self.redaction.rules_for(endpoint))
+
     @property
     def pending_bytes(self) -> int:
         """Estimated bytes of the records waiting for the flusher."""

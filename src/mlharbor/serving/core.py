@@ -37,7 +37,7 @@ from mlharbor.core.errors import (
 )
 from mlharbor.core.records import PredictionRecord
 from mlharbor.serving.http import OverloadedError
-from mlharbor.serving.model import Outputs, ServedModel
+from mlharbor.serving.model import NumericRows, Outputs, ServedModel
 
 if TYPE_CHECKING:
     from mlharbor.serving.demand import OnDemand
@@ -160,6 +160,14 @@ class DataPlane:
                     raise
                 load_error = exc
         x, rows, matrix = prepared or self._prepare(plan, target.model, data)
+        if matrix is not None and type(data) is not NumericRows \
+                and not self.sink.wants_inputs(plan.name):
+            # The matrix holds the inputs (same values, in signature order): it stands for
+            # them from here on (record, fallbacks, shadow), and the parsed request is freed
+            # now, while its memory is still in the CPU's caches. Kept across the wait for
+            # the batch, 64 requests' parsed JSON (~6 MB at 64 rows) went cold before it was
+            # freed: ~55 us of allocator and dict-freeing cache misses per 64-row request.
+            data = NumericRows(matrix, target.model.names)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + plan.timeout_s
         try:

@@ -19,7 +19,14 @@ log = logging.getLogger("mlharbor.serving.sink")
 
 
 class PredictionSink(Protocol):
-    """Receives answered predictions; called from a background thread, never on a request."""
+    """Receives answered predictions; called from a background thread, never on a request.
+
+    A sink may also define ``wants_inputs(endpoint) -> bool``: False when the float64 matrix
+    of a model of numbers (``PredictionRecord.matrix``) is all it needs of the inputs, so the
+    data plane hands it that matrix as the inputs (``NumericRows``) and frees the parsed
+    request at once (see :meth:`~mlharbor.serving.core.DataPlane.predict`). Without it, the
+    inputs come as received.
+    """
 
     def write(self, records: Sequence[PredictionRecord]) -> None: ...
 
@@ -74,6 +81,12 @@ class SinkDispatcher:
     @property
     def buffered_bytes(self) -> int:
         return self._offered_bytes - self._taken_bytes
+
+    def wants_inputs(self, endpoint: str) -> bool:
+        """Whether records of ``endpoint`` must carry the inputs as received (see
+        :class:`PredictionSink`)."""
+        wants = getattr(self.sink, "wants_inputs", None)
+        return True if wants is None else bool(wants(endpoint))
 
     def offer(self, record: PredictionRecord) -> None:
         """O(1), never blocks: buffer the record or drop it (counted) when the buffer is full
@@ -134,7 +147,8 @@ class SinkDispatcher:
 
 
 class EmittingSink(Protocol):
-    """A sink whose ``emit`` is itself a non-blocking append of a few microseconds."""
+    """A sink whose ``emit`` is itself a non-blocking append of a few microseconds (it may
+    define ``wants_inputs`` too, see :class:`PredictionSink`)."""
 
     def emit(self, record: PredictionRecord) -> None: ...
 
@@ -149,6 +163,10 @@ class DirectDispatcher:
     def __init__(self, sink: EmittingSink) -> None:
         self.sink = sink
         self.dropped = 0
+
+    def wants_inputs(self, endpoint: str) -> bool:
+        wants = getattr(self.sink, "wants_inputs", None)
+        return True if wants is None else bool(wants(endpoint))
 
     def offer(self, record: PredictionRecord) -> None:
         self.sink.emit(record)

@@ -50,9 +50,10 @@ def routes(plane: DataPlane) -> list[Route]:
         request.endpoint = name
         plan = plane.plan(name)
         model = plan.targets[0].model
-        data = _instances(parse_json(request.body), model.names, model.numeric)
-        answer = await plane.predict(name, data, request_id=request.request_id,
-                                     headers=request.headers)
+        # Handed over, not kept: the data plane may free the parsed body before the batch.
+        answer = await plane.predict(name, _instances(parse_json(request.body), model.names,
+                                                      model.numeric),
+                                     request_id=request.request_id, headers=request.headers)
         return json_response({"predictions": jsonable(answer.outputs.predictions)},
                              headers=answer_headers(answer))
 

@@ -44,9 +44,10 @@ def routes(plane: DataPlane, pool: ModelPool, feedback: FeedbackWriter | None = 
     async def predict(request: Request) -> Response:
         name = request.params["name"]
         request.endpoint = name
-        data = records_or_columns(parse_json(request.body))
-        answer = await plane.predict(name, data, request_id=request.request_id,
-                                     headers=request.headers)
+        # The parsed body is handed over, not kept here: the data plane may free it before
+        # the request waits for its batch.
+        answer = await plane.predict(name, records_or_columns(parse_json(request.body)),
+                                     request_id=request.request_id, headers=request.headers)
         body: dict[str, Any] = {
             "endpoint": name, "model": answer.model.name, "version": answer.version,
             "request_id": request.request_id,
