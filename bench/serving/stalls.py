@@ -52,7 +52,8 @@ def serve(report: Path, ref: str, port: int) -> None:
     from mlharbor.settings import Settings
 
     events: dict[str, list[Any]] = {"lag": [], "gc": [], "flush": [], "compact": [],
-                                    "child": [], "auth_miss": [], "watchdog": []}
+                                    "child": [], "auth_miss": [], "watchdog": [],
+                                    "request": []}
     clock = time.monotonic
     gc_started: list[float] = [0.0]
 
@@ -120,7 +121,11 @@ def serve(report: Path, ref: str, port: int) -> None:
             if scope["type"] == "lifespan":
                 asyncio.get_running_loop().create_task(lag_probe())
                 threading.Thread(target=watchdog, daemon=True).start()
+                await app(scope, receive, send)
+                return
+            started = clock()
             await app(scope, receive, send)
+            events["request"].append((started, clock()))
 
         probed.__dict__["listening_on"] = getattr(app, "listening_on", None)
         return probed, close
@@ -208,6 +213,22 @@ def main() -> None:
         cpu = sorted(e[2] for e in flushes)
         print(f"  flush CPU per flush: median {cpu[len(cpu) // 2] * 1e3:.1f} ms, "
               f"max {cpu[-1] * 1e3:.1f} ms")
+    # Server-side request times (from the ASGI call to the last byte handed to uvicorn): the
+    # slowest 1% against what overlapped them, and against the rest.
+    requests = sorted((e for e in events["request"] if started <= e[0] <= ended),
+                      key=lambda e: e[1] - e[0])
+    if requests:
+        times = [e[1] - e[0] for e in requests]
+        p50, p99s = times[len(times) // 2], times[int(len(times) * 0.99)]
+        slow = [e for e in requests if e[1] - e[0] >= p99s]
+        print(f"  server-side request time: p50 {p50 * 1e3:.1f} ms, p99 {p99s * 1e3:.1f} ms; "
+              f"the slowest 1% ({len(slow)}) overlapped:")
+        for name in ("child", "flush", "gc", "auth_miss"):
+            spans = [x for x in events[name] if started - 10 <= x[0] <= ended]
+            hit = sum(1 for e in slow if overlaps(e, spans))
+            base = sum(1 for e in requests if overlaps(e, spans))
+            print(f"    {name:10s} {hit / len(slow):6.0%} of the slowest, "
+                  f"{base / len(requests):6.0%} of all requests")
     for lo, hi in in_run:
         parts = []
         for name in ("gc", "flush", "compact", "child", "auth_miss"):
