@@ -214,3 +214,25 @@ def test_links_out_of_the_bundle_are_refused(registry: Registry, tmp_path: Path)
 
     with pytest.raises(UnsafeArtifactError, match="links outside the bundle"):
         registry.register_version("churn", bundle)
+
+
+def test_a_table_gone_from_the_database_is_unavailable_not_a_crash(db_settings: Settings
+                                                                    ) -> None:
+    """A schema changed behind mlharbor's back (a table dropped by hand) is the store's trouble,
+    not the caller's: 503-class UnavailableError naming the database, on SQLite (where the
+    driver says OperationalError) and on PostgreSQL (ProgrammingError) alike."""
+    from sqlalchemy import text
+
+    from mlharbor.core.errors import UnavailableError
+
+    reg = Registry.from_settings(db_settings)
+    try:
+        cascade = "" if reg.store.db.is_sqlite else " CASCADE"
+        with reg.store.db.engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE registered_models{cascade}"))
+        with pytest.raises(UnavailableError) as info:
+            reg.get_model("churn")
+        assert reg.store.db.dialect in str(info.value)
+        assert "registered_models" in str(info.value)
+    finally:
+        reg.close()

@@ -16,7 +16,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DataError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from mlharbor.core.errors import ConfigError, ConflictError, InvalidInputError, UnavailableError
@@ -106,6 +113,22 @@ class Database:
                 f"The metadata database is unavailable ({self.dialect}): "
                 f"{_first_line(exc.orig)}.",
                 hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
+            ) from exc
+        except ProgrammingError as exc:
+            # PostgreSQL's answer to a missing table or column (SQLite's is an
+            # OperationalError): the schema is not the one this version expects.
+            raise UnavailableError(
+                f"The metadata database's schema does not match this mlharbor "
+                f"({self.dialect}): {_first_line(exc.orig)}.",
+                hint="A table or column is missing or altered: point MLHARBOR_DATABASE_URL at "
+                "mlharbor's own database, or restore it from a backup.",
+            ) from exc
+        except DatabaseError as exc:
+            # Anything else the database itself raised (an internal error, an unsupported
+            # feature): the request was fine, the store could not serve it.
+            raise UnavailableError(
+                f"The metadata database failed ({self.dialect}): {_first_line(exc.orig)}.",
+                hint="Try again; if it persists, check the database server's log.",
             ) from exc
 
     def migrate(self) -> None:
