@@ -40,7 +40,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -63,6 +63,9 @@ HEADER_SIZE = _HEAD.size
 Payload = bytes | list[bytes | memoryview]
 # One frame: (payload, how many records it holds).
 Frame = tuple[Payload, int]
+# One step of reading a file: ("payload", the frame's payload, (offset after it, records or
+# None when unknown)), or ("torn_records" / "torn_frames", how many, (offset, None)).
+_Step = tuple[str, Any, tuple[int, int | None]]
 # Buffers per writev call (the kernel takes at most IOV_MAX, 1024 on Linux).
 _IOV_BATCH = 512
 
@@ -247,55 +250,83 @@ class Journal:
         once the last of them is gone). Sealed journal files never change, so nothing
         truncates a mapped file under its reader.
         """
+        out = JournalContents()
+        for piece in self.pieces(path):
+            out.rows += piece.rows
+            out.torn_records += piece.torn_records
+            out.torn_frames += piece.torn_frames
+        return out
+
+    def pieces(self, path: Path, max_bytes: int | None = None) -> Iterator[JournalContents]:
+        """:meth:`contents` in pieces of whole frames, each holding at most ``max_bytes`` of
+        payload (or one frame, when a frame alone is larger); all in one piece when None.
+
+        What bounds a compactor's memory: a journal file holds seconds of traffic (tens of
+        megabytes at full load), and its rows expanded at once cost several times that. Once
+        the caller asks for the next piece, the pages of the mapping read so far are handed
+        back (``MADV_DONTNEED``): read through a mapping, a file's pages count in the reader's
+        resident memory until then, so without it reading a file in pieces would still map
+        all of it in. Arrays still viewing those pages stay valid (the kernel reads them in
+        again from the file)."""
         with path.open("rb") as fh:
             if os.fstat(fh.fileno()).st_size == 0:
-                return JournalContents()
+                return
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        if data[:len(FRAME_MAGIC)] == FRAME_MAGIC:
-            return self._checked(path, data)
-        return self._legacy(path, data)
+        steps = (self._checked(path, data) if data[:len(FRAME_MAGIC)] == FRAME_MAGIC
+                 else self._legacy(path, data))
+        piece, size, done = JournalContents(), 0, 0
+        for kind, value, offset in steps:
+            if kind == "torn_records":
+                piece.torn_records += value
+            elif kind == "torn_frames":
+                piece.torn_frames += value
+            else:
+                self._payload(piece, path, value, offset[1])
+                size += len(value)
+            if max_bytes is not None and size >= max_bytes:
+                yield piece
+                piece, size = JournalContents(), 0
+                done = _forget(data, done, offset[0])
+        if piece.rows or piece.torn_records or piece.torn_frames:
+            yield piece
 
-    def _checked(self, path: Path, data: mmap.mmap) -> JournalContents:
-        out = JournalContents()
+    def _checked(self, path: Path, data: mmap.mmap) -> Iterator[_Step]:
         offset, end = 0, len(data)
         view = memoryview(data)  # payloads are read in place, not copied out of the file
         while offset < end:
             head = _header(data, offset)
             if head is None:  # a torn header: how many records it held is unknown
-                out.torn_frames += 1
+                yield "torn_frames", 1, (offset, None)
                 found = _next_header(data, offset + 1)
             else:
                 size, records, crc = head
                 start = offset + HEADER_SIZE
                 payload = view[start:start + size]
                 if len(payload) == size and zlib.crc32(payload) == crc:
-                    self._payload(out, path, payload, records)
                     offset = start + size
+                    yield "payload", payload, (offset, records)
                     continue
                 # Torn: the next frame may begin inside the length this header claims.
-                out.torn_records += records
+                yield "torn_records", records, (offset, None)
                 found = _next_header(data, start)
             if found is None:
                 break
             offset = found
-        return out
 
-    def _legacy(self, path: Path, data: mmap.mmap) -> JournalContents:
+    def _legacy(self, path: Path, data: mmap.mmap) -> Iterator[_Step]:
         """A journal of ``length | payload`` frames (older versions): no record counts and no
         checksums, so a damaged frame is skipped as one frame and reading goes on after it."""
-        out = JournalContents()
         offset = 0
         while offset + 4 <= len(data):
             size = int.from_bytes(data[offset:offset + 4], "big")
             payload = data[offset + 4:offset + 4 + size]
             if len(payload) < size:
-                out.torn_frames += 1
-                break
+                yield "torn_frames", 1, (offset, None)
+                return
             offset += 4 + size
-            self._payload(out, path, payload, None)
+            yield "payload", payload, (offset, None)
         if 0 < len(data) - offset < 4:
-            out.torn_frames += 1
-        return out
+            yield "torn_frames", 1, (offset, None)
 
     def _payload(self, out: JournalContents, path: Path, payload: bytes | memoryview,
                  records: int | None) -> None:
@@ -363,6 +394,16 @@ def _write_all(fd: int, buffers: list[bytes | memoryview]) -> None:
             at += 1
         while at < len(buffers) and not _nbytes(buffers[at]):
             at += 1
+
+
+def _forget(data: mmap.mmap, done: int, upto: int) -> int:
+    """Hand back the mapped pages below ``upto`` (whole pages only); returns the new mark."""
+    upto -= upto % mmap.PAGESIZE
+    if upto > done and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            data.madvise(mmap.MADV_DONTNEED, 0, upto)
+        return upto
+    return done
 
 
 def _header(data: bytes | mmap.mmap, offset: int) -> tuple[int, int, int] | None:

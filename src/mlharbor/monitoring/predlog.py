@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import chain
 from pathlib import Path
@@ -67,6 +67,7 @@ from mlharbor.monitoring.logrows import (
     matrix_to_cols,
     record_entry,
 )
+from mlharbor.monitoring.segmentwriter import WRITE_OPTIONS, dictionary_columns
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -75,6 +76,12 @@ if TYPE_CHECKING:
     from mlharbor.monitoring.segments import Sealer, SegmentStore
 
 log = logging.getLogger("mlharbor.monitoring.predlog")
+
+# Frames read and written at a time when a journal file is compacted: what bounds the
+# compactor's working memory (the piece's rows and Arrow table, about 3x its frames, plus the
+# Parquet writer's row group), whatever the file's size. At 64 rows a request it is ~370
+# requests, ~25k rows: a row group large enough that Parquet's per-group costs stay small.
+PIECE_BYTES = 4 << 20
 
 DROP_REASONS = ("buffer_full", "journal_full", "write_failed", "unencodable", "torn")
 
@@ -341,22 +348,71 @@ class PredictionLog:
                     self.journal.recount()
             return self.compact_files(self.journal.sealed())
 
-    def compact_files(self, paths: Sequence[Path]) -> int:
+    def compact_files(self, paths: Sequence[Path],
+                      pace: Callable[[], None] | None = None) -> int:
         """Turn these journal files into segments and remove them; returns segments written.
-        A file gone meanwhile was compacted by another process (an orphaned compactor)."""
+        A file gone meanwhile was compacted by another process (an orphaned compactor).
+
+        Each file is read and written in pieces of at most :data:`PIECE_BYTES` of frames
+        (see :mod:`.segmentwriter`), and ``pace`` (when given) is called before each piece
+        but a file's first: the compactor child sleeps there to spread its work out."""
         written = 0
         for path in paths:
             try:
-                contents = self.journal.contents(path)
+                segments, rows, torn_records, torn_frames = self._compact_file(path, pace)
             except FileNotFoundError:
                 continue
-            written += self._write_segments(contents.rows, self.journal.seq_of(path))
+            written += segments
             self.journal.remove(path)
             # Counted once the file is gone: a store failure above retries the file later.
-            if contents.torn_records or contents.torn_frames:
-                self._count_torn(contents.torn_records, contents.torn_frames, path.name,
-                                 len(contents.rows))
+            if torn_records or torn_frames:
+                self._count_torn(torn_records, torn_frames, path.name, rows)
         return written
+
+    def _compact_file(self, path: Path, pace: Callable[[], None] | None
+                      ) -> tuple[int, int, int, int]:
+        """One journal file as segments, all or nothing: every endpoint's segment is a draft
+        until the file's last piece is written, and a failure discards them all (the file
+        stays, to be compacted again). Returns (segments, rows, torn records, torn frames)."""
+        from mlharbor.monitoring.segments import draft_segment
+        from mlharbor.monitoring.segmentwriter import SchemaChanged, SegmentWriter
+
+        seq = self.journal.seq_of(path)
+        writers: dict[str, SegmentWriter] = {}
+        rows = torn_records = torn_frames = 0
+        try:
+            for number, piece in enumerate(self.journal.pieces(path, PIECE_BYTES)):
+                if pace is not None and number:
+                    pace()
+                rows += len(piece.rows)
+                torn_records += piece.torn_records
+                torn_frames += piece.torn_frames
+                for endpoint, table in _endpoint_tables(piece.rows):
+                    writer = writers.get(endpoint)
+                    if writer is None:
+                        writer = writers[endpoint] = SegmentWriter(
+                            draft_segment(self.segments, self.sealer), table.schema)
+                    writer.write(table)
+                del piece
+            for endpoint, writer in writers.items():
+                writer.publish(functools.partial(self._segment_name, endpoint, seq))
+        except SchemaChanged as exc:
+            for writer in writers.values():
+                writer.discard()
+            log.info("journal %s: %s; compacting it whole", path.name, exc)
+            contents = self.journal.contents(path)
+            return (self._write_segments(contents.rows, seq), len(contents.rows),
+                    contents.torn_records, contents.torn_frames)
+        except BaseException:
+            for writer in writers.values():
+                writer.discard()
+            raise
+        return len(writers), rows, torn_records, torn_frames
+
+    def _segment_name(self, endpoint: str, seq: int, first: int, last: int) -> str:
+        """Derived from the journal file, so a file compacted twice writes the same names."""
+        name = f"endpoint={endpoint}/{first}-{last}-{self._slot}-{seq:010d}.parquet"
+        return name + ".sealed" if self.sealer is not None else name
 
     def _count_torn(self, records: int, frames: int, where: str = "the journal",
                     kept: int | None = None) -> None:
@@ -370,40 +426,26 @@ class PredictionLog:
             self._drop("torn", records, f"half-written frames in {where}{rest}")
 
     def _write_segments(self, items: list[dict[str, Any]], seq: int) -> int:
+        """A journal file's entries as segments, whole (the file's entries all in memory)."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        # Format-2 entries (one per record, ``"v": 2``) and, from journals an older version
-        # left behind, format-1 rows (one per row, never a ``"v"`` key: inputs are ``in.*``).
-        entries: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        legacy: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        for item in items:
-            if item.get("v") == ENTRY_FORMAT:
-                entries[str(item.get("ep"))].append(item)
-            else:
-                legacy[str(item.get("endpoint"))].append(item)
-        for endpoint in dict.fromkeys([*entries, *legacy]):
-            tables = []
-            if endpoint in entries:
-                tables.append(entries_table(entries[endpoint]))
-            if endpoint in legacy:
-                tables.append(rows_table(legacy[endpoint]))
-            table = tables[0] if len(tables) == 1 else pa.concat_tables(
-                tables, promote_options="permissive")
+        written = 0
+        for endpoint, table in _endpoint_tables(items):
             span = pc.min_max(table["at"])
-            first, last = span["min"].as_py(), span["max"].as_py()
-            name = f"endpoint={endpoint}/{first}-{last}-{self._slot}-{seq:010d}.parquet"
+            name = self._segment_name(endpoint, seq, span["min"].as_py(), span["max"].as_py())
             # Arrow's own growing buffer, handed over without a copy (a BytesIO grew by
             # reallocating and getvalue() copied the whole segment once more).
             sink = pa.BufferOutputStream()
-            pq.write_table(table, sink, **_WRITE_OPTIONS, use_dictionary=_dictionary_columns(table))
+            pq.write_table(table, sink, **WRITE_OPTIONS,
+                           use_dictionary=dictionary_columns(table.schema))
             data: bytes | memoryview = memoryview(sink.getvalue())
             if self.sealer is not None:
-                name += ".sealed"
                 data = self.sealer.seal(bytes(data), name)
             self.segments.put(name, data)
-        return len(entries.keys() | legacy.keys())
+            written += 1
+        return written
 
     def _flush_loop(self) -> None:
         # A fifth of the interval, so a record is durable within one interval even when the
@@ -535,20 +577,28 @@ def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
-# LZ4 and dictionaries only where values repeat: dictionary-encoding columns of measured
-# numbers (Arrow's default for every column) is work thrown away, and made compaction cost
-# about ten times more CPU than it does with these options.
-_WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4"}
-_UNIQUE_TEXT = frozenset({"request_id"})
+def _endpoint_tables(items: list[dict[str, Any]]) -> Iterator[tuple[str, pa.Table]]:
+    """Journal entries as one table per endpoint, in the order endpoints first appear.
 
-
-def _dictionary_columns(table: pa.Table) -> list[str]:
-    """Text and flag columns (endpoint, model, categories ...), except the unique ids."""
+    Format-2 entries (one per record, ``"v": 2``) and, from journals an older version left
+    behind, format-1 rows (one per row, never a ``"v"`` key: inputs are ``in.*``)."""
     import pyarrow as pa
 
-    return [f.name for f in table.schema if f.name not in _UNIQUE_TEXT and (
-        pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-        or pa.types.is_boolean(f.type) or pa.types.is_dictionary(f.type))]
+    entries: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    legacy: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for item in items:
+        if item.get("v") == ENTRY_FORMAT:
+            entries[str(item.get("ep"))].append(item)
+        else:
+            legacy[str(item.get("endpoint"))].append(item)
+    for endpoint in dict.fromkeys([*entries, *legacy]):
+        tables = []
+        if endpoint in entries:
+            tables.append(entries_table(entries.pop(endpoint)))
+        if endpoint in legacy:
+            tables.append(rows_table(legacy.pop(endpoint)))
+        yield endpoint, (tables[0] if len(tables) == 1 else pa.concat_tables(
+            tables, promote_options="permissive"))
 
 
 def _writer_name(journal_dir: Path) -> str:

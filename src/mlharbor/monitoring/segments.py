@@ -36,6 +36,72 @@ class SegmentStore(Protocol):
     def delete(self, name: str) -> None: ...
 
 
+class SegmentDraft(Protocol):
+    """A segment being written piece by piece (``sink``, a binary file for the Parquet
+    writer), invisible to readers until :meth:`publish` names it at once (its name holds its
+    rows' time span, known only at the end)."""
+
+    sink: Any
+
+    def publish(self, name: str) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+def draft_segment(store: SegmentStore, sealer: Sealer | None) -> SegmentDraft:
+    """A draft written straight to the store's disk where it can be (a local folder, no key),
+    so its bytes never sit in memory whole; elsewhere in memory, then sealed and put whole:
+    AES-GCM seals a blob at once, and an S3 ``put_object`` takes one body."""
+    # Exactly a local folder: a subclass may change how a segment is written (its put), and
+    # a draft published by renaming would go around it.
+    if sealer is None and type(store) is LocalSegments:
+        return store.draft()
+    return _MemoryDraft(store, sealer)
+
+
+class _MemoryDraft:
+    def __init__(self, store: SegmentStore, sealer: Sealer | None) -> None:
+        import pyarrow as pa
+
+        self.store, self.sealer = store, sealer
+        self.sink = pa.BufferOutputStream()
+
+    def publish(self, name: str) -> None:
+        # Arrow's own growing buffer, handed over without a copy.
+        data: bytes | memoryview = memoryview(self.sink.getvalue())
+        if self.sealer is not None:
+            data = self.sealer.seal(bytes(data), name)
+        self.store.put(name, data)
+
+    def discard(self) -> None:
+        self.sink = None
+
+
+class _FileDraft:
+    """A temporary file in the store's folder, renamed into place when published."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        # Ends in .tmp: listings skip it, like put()'s temporary files.
+        self.path = root / f".draft-{uuid.uuid4().hex}.tmp"
+        self.sink = self.path.open("wb")
+
+    def publish(self, name: str) -> None:
+        self.sink.flush()
+        os.fsync(self.sink.fileno())
+        self.sink.close()
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path.replace(target)  # atomic: a reader sees the whole segment or none of it
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sink.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
 class LocalSegments:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -61,6 +127,10 @@ class LocalSegments:
 
     def get(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
+
+    def draft(self) -> SegmentDraft:
+        """A segment written to a temporary file here, published by renaming it."""
+        return _FileDraft(self.root)
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
