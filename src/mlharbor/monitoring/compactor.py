@@ -45,6 +45,16 @@ log = logging.getLogger("mlharbor.monitoring.compactor")
 # Below serving (nice 0): under full load the child still gets about a quarter of a busy core,
 # more than compaction needs, and idle time whenever there is any.
 NICENESS = 5
+# The share of a core the child's work may take while the backlog is small: after each piece
+# of a journal file (predlog.PIECE_BYTES) it sleeps nine times the CPU the piece took. A whole
+# file at once took ~25% of the server's core for 2-2.6 s, and every request in that window
+# was slowed; in pieces of ~10 ms of CPU each, spread out, no stretch of requests is. At 64
+# rows a request the child needs ~5% of a core at full load, half this share.
+DUTY = 0.1
+# Journal bytes waiting (every file in the folder, the active one included) from which the
+# child works flat out: pacing must never let the journal grow until it is full and records
+# are dropped (the journal's bound is 1 GiB by default; at full load ~14 MB a second arrive).
+PACE_BELOW_BYTES = 128 << 20
 # Children that die before answering, in a row, before compaction stays in-process for good.
 MAX_START_FAILURES = 3
 
@@ -56,26 +66,33 @@ class CompactorProcess:
     """
 
     def __init__(self, settings: Settings, journal_dir: Path, *,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, duty: float = DUTY,
+                 pace_below_bytes: int = PACE_BELOW_BYTES) -> None:
         self._config = orjson.dumps({"settings": revealed(settings),
-                                     "journal": str(journal_dir)})
+                                     "journal": str(journal_dir),
+                                     "pacing": {"duty": duty,
+                                                "below_bytes": pace_below_bytes}})
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._failed_starts = 0
         self._answered = False
+        # Seconds the child slept between pieces to spread its work, over every request.
+        self.paced_s = 0.0
 
     def compact(self, upto: int,
-                on_torn: Callable[[int, int], None] | None = None) -> int:
+                on_torn: Callable[[int, int], None] | None = None, *,
+                pace: bool = True) -> int:
         """Compact the journal files numbered below ``upto``; returns segments written.
         ``on_torn(records, frames)`` hears what the child skipped as torn, also when it then
-        failed on a later file."""
+        failed on a later file. With ``pace`` the child spreads its work out (see
+        :class:`Pacer`); without, it works flat out (at shutdown)."""
         with self._lock:
             proc = self._running()
             stdin, stdout = _pipes(proc)
             try:
-                stdin.write(orjson.dumps({"upto": upto}) + b"\n")
+                stdin.write(orjson.dumps({"upto": upto, "pace": pace}) + b"\n")
                 stdin.flush()
                 line = self._reply(stdout)
             except (BrokenPipeError, OSError, ValueError) as exc:
@@ -89,6 +106,7 @@ class CompactorProcess:
         torn = int(reply.get("torn_records", 0)), int(reply.get("torn_frames", 0))
         if on_torn is not None and any(torn):
             on_torn(*torn)
+        self.paced_s += float(reply.get("paced_s", 0.0))
         if "error" in reply:
             raise CompactionFailed(str(reply["error"]))
         return int(reply["written"])
@@ -161,6 +179,43 @@ class CompactorProcess:
             self._proc = None
 
 
+class Pacer:
+    """Spreads the child's work: called before each piece of a journal file (but a request's
+    first), it sleeps ``(1 / duty - 1)`` times the CPU this process used since the last call,
+    so the child's share of a core stays below ``duty`` -- unless the journal holds
+    ``below_bytes`` or more, when it does not sleep at all, so a backlog always drains as fast
+    as the child can go (the bounded-backlog guarantee)."""
+
+    def __init__(self, backlog: Callable[[], int], *, duty: float = DUTY,
+                 below_bytes: int = PACE_BELOW_BYTES,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError(f"duty must be in (0, 1], got {duty}")
+        self.backlog = backlog
+        self.duty = duty
+        self.below_bytes = below_bytes
+        self._sleep = sleep
+        self._mark = time.process_time()
+        self.slept_s = 0.0
+
+    def restart(self) -> None:
+        """A new request: the CPU counted from now."""
+        self._mark = time.process_time()
+
+    def delay(self, cpu_s: float, backlog_bytes: int) -> float:
+        """Seconds to sleep after ``cpu_s`` of work with ``backlog_bytes`` waiting."""
+        if backlog_bytes >= self.below_bytes:
+            return 0.0
+        return max(0.0, cpu_s) * (1.0 / self.duty - 1.0)
+
+    def __call__(self) -> None:
+        pause = self.delay(time.process_time() - self._mark, self.backlog())
+        if pause > 0:
+            self._sleep(pause)
+            self.slept_s += pause
+        self._mark = time.process_time()
+
+
 def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
     assert proc.stdin is not None and proc.stdout is not None
     return proc.stdin, proc.stdout
@@ -208,24 +263,35 @@ def main() -> int:
         compactor = PredictionLog(Path(config["journal"]),
                                   open_segments(log_uri(settings), settings),
                                   sealer=sealer_from_settings(settings))
+        pacing = config.get("pacing") or {}
+        pacer = Pacer(compactor.journal.bytes_on_disk,
+                      duty=float(pacing.get("duty", DUTY)),
+                      below_bytes=int(pacing.get("below_bytes", PACE_BELOW_BYTES)))
     except Exception as exc:  # the parent sees the pipe close and compacts itself
         sys.stderr.write(f"mlharbor log compactor: cannot start ({type(exc).__name__}).\n")
         return 1
     for line in stdin:
         torn = compactor.drops["torn"], compactor.torn_frames
+        slept = pacer.slept_s
         try:
-            upto = int(orjson.loads(line)["upto"])
+            request = orjson.loads(line)
+            upto = int(request["upto"])
+            pace = pacer if request.get("pace", True) else None
+            pacer.restart()
             written = 0
-            for path in compactor.journal.sealed_before(upto):
+            for number, path in enumerate(compactor.journal.sealed_before(upto)):
                 if os.getppid() != parent:  # orphaned: whoever claims the slot next recovers
                     return 0
-                written += compactor.compact_files([path])
+                if pace is not None and number:
+                    pace()
+                written += compactor.compact_files([path], pace)
             reply: dict[str, Any] = {"written": written}
         except Exception as exc:  # reported to the parent, which backs off and retries
             reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         # The parent counts them (its metrics); this process only logged them.
         reply["torn_records"] = compactor.drops["torn"] - torn[0]
         reply["torn_frames"] = compactor.torn_frames - torn[1]
+        reply["paced_s"] = round(pacer.slept_s - slept, 6)
         stdout.write(orjson.dumps(reply) + b"\n")
         stdout.flush()
         _release_memory()

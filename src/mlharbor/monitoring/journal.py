@@ -223,6 +223,16 @@ class Journal:
         a compactor in another process may turn into segments."""
         return [p for p in self._files() if self._seq_of(p) < seq]
 
+    def bytes_on_disk(self) -> int:
+        """Bytes of every journal file in the folder, the active one included, as found now
+        (another process may be appending or compacting): what a compactor has to catch up
+        with."""
+        total = 0
+        for path in self._files():
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
     def recount(self) -> None:
         """Re-read the sealed files' sizes, after another process compacted some of them."""
         with self._lock:

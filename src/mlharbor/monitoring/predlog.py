@@ -321,11 +321,13 @@ class PredictionLog:
         log.error("prediction log: %d record(s) dropped (%s): %s; %d dropped since start",
                   count, reason, why, self.dropped)
 
-    def compact(self) -> int:
+    def compact(self, *, pace: bool = False) -> int:
         """Turn sealed journal files into segments; returns the segments written.
 
         With a compactor (see :mod:`.compactor`) the work runs in its child process; when the
-        child cannot run, here.
+        child cannot run, here. ``pace``: the child spreads its work out unless the backlog
+        is large (:class:`~.compactor.Pacer`); the background loop asks for it, an explicit
+        call (shutdown, tests, tools) gets the work done at once.
         """
         with self._compact_lock:
             self.journal.rotate()
@@ -336,7 +338,8 @@ class PredictionLog:
                 return 0
             if compactor is not None:
                 try:
-                    return compactor.compact(self.journal.active_seq, self._count_torn)
+                    return compactor.compact(self.journal.active_seq, self._count_torn,
+                                             pace=pace)
                 except CompactorUnavailable as exc:
                     if compactor.disabled:
                         self.compactor = None
@@ -461,7 +464,7 @@ class PredictionLog:
         failing = False
         while not self._stop.wait(delay):
             try:
-                self.compact()
+                self.compact(pace=True)
                 delay = self.segment_interval_s
                 if failing:
                     failing = False
