@@ -6,8 +6,14 @@ a shared registry database.
 
 The base image comes from scripts/build-base-image.sh (debootstrap; the rootfs tarball is
 cached in .cache/deploy, the wheels in .cache/deploy/wheels), built once per session. Two
-images are built per session (baked and not baked): their build stages are the same, but
-`--layers=false` keeps builds reproducible rather than cached, so each takes a few minutes.
+images are built per module (baked, then not baked). The generated Dockerfile installs the
+dependencies in a layer keyed by requirements.txt (the wheels' hashes), below mlharbor and the
+model, and builders build with their layer cache: the baked image (a module fixture, built
+first whichever test runs first) installs them, and the no-bake build must reuse that layer
+from the cache rather than install ~1 GB again. That reuse is asserted (buildah's "Using
+cache" on the install step, and the shared layers of the two images), as a user rebuilding
+for a new model version relies on it. The cached dependency layers stay in the container
+storage for the next session; the tagged images are removed.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ def test_dockerfile_passes_hadolint_and_a_broken_one_fails(deployed: Deployed, t
     assert "USER 10001:10001" in text and "HEALTHCHECK" in text
     assert "--no-index" in text  # no network during the build
     assert ("COPY model/" in text) is bake
+    # What changes least comes first, so a layer cache keeps the dependency install across
+    # model versions and mlharbor versions: its key (requirements.txt) is copied before it.
+    order = [text.index("COPY requirements.txt"), text.index("-r /build/requirements.txt"),
+             text.index("COPY --from=deps"), text.index("COPY requirements-mlharbor.txt"),
+             text.index("COPY entrypoint.sh"), text.index("LABEL"),
+             text.index("MLHARBOR_MODEL_REF")]
+    assert order == sorted(order)
+    if bake:
+        assert text.index("requirements-mlharbor.txt\nRUN") < text.index("COPY model/") \
+            < text.index("LABEL")
     good = tmp_path / "Dockerfile"
     good.write_text(text)
     result = hadolint(good)
@@ -128,64 +144,110 @@ def base_image() -> str:
     return BASE_IMAGE
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_built_image_answers_like_the_python_api(deployed: Deployed, tmp_path: Path,
-                                                 container: list[str], base_image: str) -> None:
-    started = time.monotonic()
-    out = tmp_path / "context"
+@dataclass
+class BakedImage:
+    tag: str
+    context: Path
+    key: str  # the predictor key `--api-key` printed
+    layers: list[str]  # the image's layer diff ids, base first
+
+
+def image_layers(tag: str) -> list[str]:
+    """The diff ids of ``tag``'s layers, base first (the same locally and after a push)."""
+    inspected = subprocess.run(["podman", "image", "inspect", "--format",
+                                "{{json .RootFS.Layers}}", tag], capture_output=True,
+                               text=True, check=True)
+    layers = json.loads(inspected.stdout)
+    assert isinstance(layers, list) and layers, inspected.stdout
+    return [str(layer) for layer in layers]
+
+
+def check_requirements(context: Path) -> None:
+    """requirements.txt + requirements-mlharbor.txt name every wheel of the context once,
+    with its sha256: they are the install layers' cache keys."""
+    import hashlib
+
+    lines = [line for name in ("requirements.txt", "requirements-mlharbor.txt")
+             for line in (context / name).read_text().splitlines()
+             if line and not line.startswith("#")]
+    wheels = sorted((context / "wheels").glob("*.whl"))
+    assert len(lines) == len(wheels) > 10
+    hashes = {line.split("--hash=sha256:")[1] for line in lines}
+    assert hashes == {hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels}
+    own = (context / "requirements-mlharbor.txt").read_text()
+    assert own.count("--hash=") == 1 and "\nmlharbor==" in own
+
+
+@pytest.fixture(scope="module")
+def baked_image(deployed: Deployed, base_image: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[BakedImage]:
+    """The baked image of churn@champion with a predictor key, built once per module: the
+    first build, which fills the layer cache with the dependency install."""
+    folder = tmp_path_factory.mktemp("baked-image")
+    out = folder / "context"
     tag = f"localhost/mlharbor-test/churn:{uuid.uuid4().hex[:8]}"
-    env = cli_env(deployed.settings)
+    started = time.monotonic()
     written = run_cli("build", "churn@champion", "--output", str(out), "--api-key",
                       "--base-image", base_image, "--wheel-cache", str(CACHE / "wheels"),
-                      env=env, timeout=600)
+                      env=cli_env(deployed.settings), timeout=600)
     assert written.returncode == 0, written.stderr
     key = written.stdout.split("api key (shown once, store it now): ", 1)[1].split()[0]
-    assert hadolint(out / "Dockerfile").returncode == 0
-    try:
-        built = run_cli("build", "churn@champion", "--output", str(tmp_path / "again"),
-                        "--dry-run", "--build", env=env)
-        assert built.returncode == 0
-        from mlharbor.deploy.imagebuild import build_image
+    from mlharbor.deploy.imagebuild import build_image
 
+    try:
         image = build_image(out, tag, builder="buildah", base_image=base_image, pull=False)
         sys.stderr.write(f"\nimage {tag}: built in {image.seconds:.0f} s, "
-                         f"{(image.size_bytes or 0) / 1e6:.0f} MB; whole test so far "
+                         f"{(image.size_bytes or 0) / 1e6:.0f} MB; with its context "
                          f"{time.monotonic() - started:.0f} s\n")
-        port = free_port()
-        name = f"mlharbor-test-{uuid.uuid4().hex[:8]}"
-        container.append(name)
-        # SageMaker's contract: the image is run as `IMAGE serve`; Vertex AI's AIP_HTTP_PORT.
-        subprocess.run([*PODMAN_RUN, "--name", name, "-e", f"AIP_HTTP_PORT={port}", tag,
-                        "serve"], check=True, capture_output=True)
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, name)
-        auth = {"Authorization": f"Bearer {key}"}
-        assert httpx.get(f"{url}/ping").status_code == 200
-        assert httpx.post(f"{url}/invocations", json={"dataframe_records": deployed.rows}
-                          ).status_code == 401  # secure by default
-        mlflow = httpx.post(f"{url}/invocations", json={"dataframe_records": deployed.rows},
-                            headers=auth)
-        assert mlflow.status_code == 200, mlflow.text
-        assert mlflow.json()["predictions"] == deployed.expected
-        v2 = httpx.post(f"{url}/v2/models/churn/infer", json=_oip_request(deployed.rows),
-                        headers=auth)
-        assert v2.status_code == 200, v2.text
-        outputs = {o["name"]: o for o in v2.json()["outputs"]}
-        assert outputs["predictions"]["data"] == deployed.expected
-        proba = np.asarray(outputs["probabilities"]["data"]).reshape(
-            outputs["probabilities"]["shape"])
-        assert np.allclose(proba, deployed.expected_proba, rtol=0, atol=1e-9)
-        vertex = httpx.post(f"{url}/v1/models/churn:predict",
-                            json={"instances": deployed.rows}, headers=auth)
-        assert vertex.status_code == 200, vertex.text
-        assert vertex.json()["predictions"] == deployed.expected
-        user = subprocess.run(["podman", "exec", name, "id", "-u"], capture_output=True,
-                              text=True, check=True)
-        assert user.stdout.strip() == "10001"
+        yield BakedImage(tag, out, key, image_layers(tag))
     finally:
         subprocess.run(["buildah", "rmi", "--force", tag], capture_output=True, check=False)
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_built_image_answers_like_the_python_api(deployed: Deployed, tmp_path: Path,
+                                                 container: list[str],
+                                                 baked_image: BakedImage) -> None:
+    out, tag, key = baked_image.context, baked_image.tag, baked_image.key
+    env = cli_env(deployed.settings)
+    assert hadolint(out / "Dockerfile").returncode == 0
+    check_requirements(out)
+    built = run_cli("build", "churn@champion", "--output", str(tmp_path / "again"),
+                    "--dry-run", "--build", env=env)
+    assert built.returncode == 0
+    assert not (tmp_path / "again").exists()
+    port = free_port()
+    name = f"mlharbor-test-{uuid.uuid4().hex[:8]}"
+    container.append(name)
+    # SageMaker's contract: the image is run as `IMAGE serve`; Vertex AI's AIP_HTTP_PORT.
+    subprocess.run([*PODMAN_RUN, "--name", name, "-e", f"AIP_HTTP_PORT={port}", tag,
+                    "serve"], check=True, capture_output=True)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url, name)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{url}/ping").status_code == 200
+    assert httpx.post(f"{url}/invocations", json={"dataframe_records": deployed.rows}
+                      ).status_code == 401  # secure by default
+    mlflow = httpx.post(f"{url}/invocations", json={"dataframe_records": deployed.rows},
+                        headers=auth)
+    assert mlflow.status_code == 200, mlflow.text
+    assert mlflow.json()["predictions"] == deployed.expected
+    v2 = httpx.post(f"{url}/v2/models/churn/infer", json=_oip_request(deployed.rows),
+                    headers=auth)
+    assert v2.status_code == 200, v2.text
+    outputs = {o["name"]: o for o in v2.json()["outputs"]}
+    assert outputs["predictions"]["data"] == deployed.expected
+    proba = np.asarray(outputs["probabilities"]["data"]).reshape(
+        outputs["probabilities"]["shape"])
+    assert np.allclose(proba, deployed.expected_proba, rtol=0, atol=1e-9)
+    vertex = httpx.post(f"{url}/v1/models/churn:predict",
+                        json={"instances": deployed.rows}, headers=auth)
+    assert vertex.status_code == 200, vertex.text
+    assert vertex.json()["predictions"] == deployed.expected
+    user = subprocess.run(["podman", "exec", name, "id", "-u"], capture_output=True,
+                          text=True, check=True)
+    assert user.stdout.strip() == "10001"
 
 @dataclass
 class LocalRegistry:
@@ -280,7 +342,7 @@ def _shared_registry(deployed: Deployed, folder: Path) -> str:
 @pytest.mark.timeout(900)
 def test_no_bake_image_is_pushed_pulled_and_serves_from_the_shared_registry(
         deployed: Deployed, tmp_path: Path, container: list[str], base_image: str,
-        local_registry: LocalRegistry) -> None:
+        local_registry: LocalRegistry, baked_image: BakedImage) -> None:
     from mlharbor.core.errors import UnavailableError
     from mlharbor.deploy.imagebuild import RegistryAuth, push_image
 
@@ -299,6 +361,15 @@ def test_no_bake_image_is_pushed_pulled_and_serves_from_the_shared_registry(
                          timeout=800)
         assert result.returncode == 0, result.stderr[-3000:]
         pushed_at = time.monotonic()
+        # The dependency install came from the layer cache the baked image's build filled:
+        # buildah says so for that step, and the two images share its layers (the base's, the
+        # user's, the venv's), while mlharbor's own wheel and everything above differ.
+        log = (tmp_path / "context.build.log").read_text()
+        install_step = log.split("-r /build/requirements.txt", 1)[1].split("STEP", 1)[0]
+        assert "--> Using cache" in install_step, log[-3000:]
+        shared = len(image_layers(base_image)) + 2
+        assert image_layers(tag)[:shared] == baked_image.layers[:shared]
+        assert len(baked_image.layers) > shared
         assert f"pushed {tag}@sha256:" in result.stderr, result.stderr
         digest = result.stderr.split(f"pushed {tag}@", 1)[1].split()[0]
         assert digest.startswith("sha256:")

@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
         build), runs as a non-root user, answers health checks on /livez and /readyz, and
         honours the platform contracts: port 8080 (PORT, AIP_HTTP_PORT), SageMaker's `serve`
         argument with /ping and /invocations, Open Inference v2 and KServe v1 routes.
+        Its dependency layer sits below mlharbor and the model, so a builder's layer cache
+        reuses it when the next build has the same dependency wheels.
         """
         from rich.console import Console
 
@@ -106,7 +108,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"build: {ref} -> {source.version.ref} (image {source.image})")
                 where = f"{output}/" if output is not None else ""
                 for item in ("Dockerfile", ".dockerignore", "entrypoint.sh", "build.json",
-                             "wheels/ (mlharbor and every dependency)"):
+                             "wheels/ (mlharbor and every dependency)",
+                             "requirements.txt, requirements-mlharbor.txt (the wheels' "
+                             "hashes: the install layers' cache keys)"):
                     typer.echo(f"  write  {where}{item}")
                 if bake:
                     typer.echo(f"  write  {where}model/ (a registry holding only "

@@ -7,17 +7,25 @@
     entrypoint.sh    maps platform contracts (SageMaker ``serve``, PORT, AIP_HTTP_PORT) to
                      ``mlharbor serve``
     wheels/          mlharbor's own wheel and every dependency, so the build needs no network
+    requirements.txt            every dependency wheel, ``name==version --hash=sha256:...``
+    requirements-mlharbor.txt   mlharbor's own wheel, the same way
     model/           the baked one-version registry (absent with ``bake=False``: the image then
                      fetches the version from the registry its settings name, at start)
     build.json       what was built from what (ref, version, digests, base image)
 
 Dependencies are pinned to the versions installed where the context is built, so the image
 answers exactly like the Python API here. Wheels are kept in a cache folder between builds.
+
+The two requirements files are the cache keys of the image's two install layers (a builder does
+not hash a bind-mounted folder, it hashes a copied file): rebuilding for another model version,
+or with another mlharbor, reuses the dependency layer as long as every dependency wheel is
+byte-for-byte the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata as metadata
 import json
 import os
@@ -102,6 +110,7 @@ def write_build_context(
     try:
         progress("building wheels (mlharbor and its dependencies)")
         wheels = collect_wheels(staging / "wheels", requirement, options.wheel_cache)
+        write_requirements(staging / "wheels", staging)
         if options.bake:
             progress(f"baking {source.version.ref} into the image")
             bake_version(registry, source.version, staging / "model", actor=actor)
@@ -166,6 +175,28 @@ def collect_wheels(dest: Path, requirement: str, cache: Path | None) -> int:
                 raise UnavailableError(f"Collecting wheels failed: {_last_line(result.stderr)}")
         shutil.copy2(own, dest / own.name)
     return len(list(dest.glob("*.whl")))
+
+
+OWN_REQUIREMENTS = "requirements-mlharbor.txt"
+DEPENDENCY_REQUIREMENTS = "requirements.txt"
+
+
+def write_requirements(wheels: Path, folder: Path) -> None:
+    """Write ``requirements.txt`` (the dependencies) and ``requirements-mlharbor.txt``
+    (mlharbor's own wheel) into ``folder``: one ``name==version --hash=sha256:...`` line per
+    wheel in ``wheels``, sorted, so the same wheels always give the same bytes."""
+    own: list[str] = []
+    deps: list[str] = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]  # PEP 427: name-version(-build)?-py-abi-plat
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        line = f"{name}=={version} --hash=sha256:{digest}\n"
+        (own if name.lower() == "mlharbor" else deps).append(line)
+    if len(own) != 1:
+        raise UnavailableError(f"Expected one mlharbor wheel in {wheels}, found {len(own)}.")
+    header = "# Written by mlharbor build from wheels/; pip install --require-hashes -r.\n"
+    (folder / DEPENDENCY_REQUIREMENTS).write_text(header + "".join(deps), encoding="utf-8")
+    (folder / OWN_REQUIREMENTS).write_text(header + "".join(own), encoding="utf-8")
 
 
 def _forget_own_wheels(cache: Path) -> None:

@@ -4,7 +4,10 @@
 answers, ``buildah info`` / ``podman info`` succeed) before anything is written.
 
 buildah and podman build without a daemon (``--isolation chroot``) and write Docker-format
-images, so HEALTHCHECK is kept (the OCI image format has no health check).
+images, so HEALTHCHECK is kept (the OCI image format has no health check). They build with
+``--layers`` (docker caches layers by default): the generated Dockerfile puts the dependency
+install below mlharbor's own wheel and the model, so rebuilding an image for a new model version
+reuses the dependency layer (hundreds of MB of wheels installed and compiled) from the cache.
 
 Pushing goes to the registry the tag names (a short name is refused rather than sent to
 Docker Hub by default). Credentials come from an auth file or from an environment variable
@@ -90,7 +93,7 @@ def build_command(builder: str, context: Path, tag: str, *, base_image: str | No
                                 f"{', '.join(BUILDERS)}.", received=builder)
     cmd = [builder, "build"] if builder != "buildah" else ["buildah", "bud"]
     if builder != "docker":
-        cmd += ["--isolation", "chroot", "--format", "docker", "--layers=false"]
+        cmd += ["--isolation", "chroot", "--format", "docker", "--layers"]
         if not pull:
             cmd.append("--pull=never")
     cmd += ["-t", tag, "-f", str(context / "Dockerfile")]
