@@ -130,17 +130,19 @@ class AuthMiddleware:
         # Refusals of a websocket handshake close it (policy violation) instead of replying.
         out = send if scope["type"] == "http" else closing_send(send)
         method = scope.get("method", "GET")
-        rule, params, path_known = self.table.resolve(method, route_path(scope))
+        path = route_path(scope)
+        rule, params, path_known = self.table.resolve(method, path)
         if rule is not None and rule.action == PUBLIC:
             await self.app(scope, receive, send)
             return
         action = rule.action if rule else "unknown"
         resource = rule.resource_for(params) if rule else None
-        target = str(resource) if resource else scope.get("path", "")
-        client = (scope.get("client") or ("?", 0))[0]
         try:
             principal = await self._authenticate(scope)
         except AuthenticationError as exc:
+            # The audit's target and the client address are worked out on refusals only.
+            target = str(resource) if resource else scope.get("path", "")
+            client = (scope.get("client") or ("?", 0))[0]
             if scope["type"] == "http" and wants_login_page(scope, method):
                 await self._to_login(scope, out, exc, action, target, client)
                 return
@@ -154,13 +156,13 @@ class AuthMiddleware:
             await self._reply(scope, out, 503, exc.code, exc.message, exc.hint)
             return
         try:
-            self._limiter_for(route_path(scope)).check(principal.credential)
+            self._limiter_for(path).check(principal.credential)
         except LimitExceededError as exc:
             await self._limited(scope, out, exc)
             return
         if rule is None:
             if path_known:
-                allowed = self._allowed(route_path(scope))
+                allowed = self._allowed(path)
                 await self._reply(scope, out, 405, "method_not_allowed",
                                   f"No route {method} {scope.get('path')}; it takes "
                                   f"{', '.join(allowed)}.",
@@ -170,6 +172,7 @@ class AuthMiddleware:
                                   f"No route {method} {scope.get('path')}.")
             return
         if rule.action != AUTHENTICATED and not allows(principal, rule.action, resource):
+            target = str(resource) if resource else scope.get("path", "")
             await self._refuse(scope, out, 403, _forbidden(principal, rule, target),
                                principal.name, action, target)
             return

@@ -94,13 +94,23 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._last_items = 0
 
-    async def submit(self, x: Any, rows: int) -> Outputs:
-        """The outputs of one prepared request, computed alone or within a batch."""
+    async def submit(self, x: Any, rows: int, deadline: float | None = None) -> Outputs:
+        """The outputs of one prepared request, computed alone or within a batch.
+
+        ``deadline`` (the loop's clock): past it, the request fails with ``TimeoutError`` and
+        its rows are left out of any batch not yet started, as under ``asyncio.timeout_at``.
+        A queued request gets one timer on its future instead of a timeout context around the
+        await (~1 us instead of ~3.5: no ``Timeout`` object, no task cancellation and
+        uncancel bookkeeping; a 1-row request's whole platform cost is ~100 us)."""
         loop = asyncio.get_running_loop()
         if not self.enabled:
             if self.on_batch is not None:
                 self.on_batch(rows)
-            return await loop.run_in_executor(self.executor, self.model.run, x)
+            running = loop.run_in_executor(self.executor, self.model.run, x)
+            if deadline is None:
+                return await running
+            async with asyncio.timeout_at(deadline):
+                return await running
         now = self.run_now(x, rows)
         if now is not None:
             return now
@@ -118,7 +128,13 @@ class MicroBatcher:
         self.queued_bytes += nbytes
         if self._worker is None:
             self._worker = loop.create_task(self._drain())
-        return await future
+        if deadline is None:
+            return await future
+        timer = loop.call_at(deadline, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def run_now(self, x: Any, rows: int) -> Outputs | None:
         """The outputs of a request that fills a batch by itself (``max_batch_size`` rows or
@@ -203,3 +219,10 @@ class MicroBatcher:
             elapsed = time.perf_counter() - started
             last = self.run_s
             self.run_s = elapsed if last == float("inf") else last + _EWMA * (elapsed - last)
+
+
+def _expire(future: asyncio.Future[Outputs]) -> None:
+    """A queued request's deadline passed: fail it (its rows are skipped by :meth:`_take`;
+    a batch already running drops its answer)."""
+    if not future.done():
+        future.set_exception(TimeoutError("the request's deadline passed"))

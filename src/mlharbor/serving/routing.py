@@ -57,7 +57,7 @@ class Batcher(Protocol):
 
     def run_now(self, x: Any, rows: int) -> Outputs | None: ...
 
-    async def submit(self, x: Any, rows: int) -> Outputs: ...
+    async def submit(self, x: Any, rows: int, deadline: float | None = None) -> Outputs: ...
 
 
 class CountedBatcher:
@@ -80,12 +80,12 @@ class CountedBatcher:
         finally:
             entry.in_flight -= 1
 
-    async def submit(self, x: Any, rows: int) -> Outputs:
+    async def submit(self, x: Any, rows: int, deadline: float | None = None) -> Outputs:
         entry = self.entry
         entry.in_flight += 1
         entry.last_used = time.monotonic()
         try:
-            return await self.inner.submit(x, rows)
+            return await self.inner.submit(x, rows, deadline)
         finally:
             entry.in_flight -= 1
 
@@ -101,7 +101,7 @@ class PendingBatcher:
     def run_now(self, x: Any, rows: int) -> Outputs | None:
         return None  # submit refuses, with the stand-in's error
 
-    async def submit(self, x: Any, rows: int) -> Outputs:
+    async def submit(self, x: Any, rows: int, deadline: float | None = None) -> Outputs:
         return self.model.run(x)
 
 

@@ -1,0 +1,133 @@
+"""Instructions per serving request, counted by callgrind: what CPU time cannot show here.
+
+    valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \\
+        --callgrind-out-file=/tmp/cg.%p .venv/bin/python bench/serving/instr.py \\
+        --home /tmp/mlh-profile --reuse --case rf-native-1 --case lr-native-1
+    grep summary /tmp/cg.PID.N-*            # per dump N (one per case) and thread
+    callgrind_annotate /tmp/cg.PID.N-01      # the event loop's, by symbol
+
+Drives the app ``mlharbor serve`` builds in process (every default on, as ``hotpath.py``;
+``PYTHONPATH=/other/tree/src`` measures another checkout with the same driver),
+``--concurrency`` requests in flight at once so micro-batching joins them as under wrk.
+Per case: a warm-up wave; callgrind's counters are zeroed; ``--requests`` requests run; the
+prediction log's flusher is let finish them; the counters are dumped under the case's name.
+Per request = a dump's total / ``--requests``; start-up and warm-up are out
+(``--instr-atstart=no`` runs start-up uninstrumented, so fast; collection is per thread in
+callgrind, so it stays on and the counters are zeroed instead). The journal is compacted
+outside the counted window.
+
+The event loop's thread (``-01``) is the steady figure: other threads do work whose amount
+depends on timing under valgrind's 50x slowdown (the flusher's flush sizes, the key cache's
+background re-check, a query, every ~5 s of wall time), so the whole-process total of one
+case moved by up to 10% between runs of the same code; the loop's by ~1%.
+
+The counters are toggled with callgrind's client requests from a tiny C shim built with the
+system compiler (the macros are inline assembly). Outside valgrind they do nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hotpath import Driver, payloads, prepare
+
+SHIM = r"""
+#include <valgrind/callgrind.h>
+void cg_zero(void) { CALLGRIND_ZERO_STATS; }
+void cg_on(void) { CALLGRIND_START_INSTRUMENTATION; }
+void cg_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
+"""
+
+
+def shim() -> ctypes.CDLL:
+    """Build and load the client-request shim (a few lines of C)."""
+    out = Path(tempfile.gettempdir()) / "mlh_cgshim.so"
+    if not out.exists():
+        src = out.with_suffix(".c")
+        src.write_text(SHIM)
+        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(out), str(src)], check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.cg_dump.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+async def run(home: Path, key: str, requests: int, concurrency: int, cases: list[str]) -> None:
+    from mlharbor.bootstrap.serving import ServingProcess
+    from mlharbor.settings import Settings
+
+    cg = shim()
+    settings = Settings(home=home, serving={"rate_limit_per_minute": 0},
+                        monitoring={"compaction": "thread", "segment_interval_s": 3600})
+    app, close = ServingProcess(settings, None, json_logs=False)()
+    driver = Driver(app, key)
+    log = app.dispatcher.sink
+    await driver.lifespan("startup")
+
+    async def wave(path: str, body: bytes, model: str, count: int) -> None:
+        for start in range(0, count, concurrency):
+            n = min(concurrency, count - start)
+            await asyncio.gather(*(driver.request(path, body, model) for _ in range(n)))
+
+    def settle() -> None:  # the flusher has journaled everything (it runs every 0.2 s)
+        deadline = time.monotonic() + 120
+        while log.backlog()["pending_records"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+
+    try:
+        for name in cases:
+            model, rest = name.split("-", 1)
+            protocol, rows = rest.rsplit("-", 1)
+            path, body = payloads(home, model, int(rows))[protocol]
+            status, answer = await driver.request(path, body, model)
+            if status != 200:
+                raise SystemExit(f"{name}: HTTP {status}: {answer[:300]!r}")
+            await wave(path, body, model, 2 * concurrency)  # warm
+            settle()
+            log.compact()
+            cg.cg_on()
+            cg.cg_zero()
+            await wave(path, body, model, requests)
+            settle()
+            cg.cg_dump(name.encode())
+            log.compact()
+            print(f"{name}: dumped ({requests} requests)", flush=True)
+    finally:
+        await driver.lifespan("shutdown")
+        close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/mlh-profile"))
+    parser.add_argument("--case", action="append", required=True, help="e.g. rf-native-1")
+    parser.add_argument("--reuse", action="store_true", help="keep the registered home")
+    args = parser.parse_args()
+    keyfile = args.home / "key.txt"
+    if args.reuse and keyfile.exists():
+        key = keyfile.read_text()
+    else:
+        key = prepare(args.home)
+        keyfile.write_text(key)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(args.home, key, args.requests, args.concurrency, args.case))
+
+
+if __name__ == "__main__":
+    main()
