@@ -135,8 +135,8 @@ def submit(runner: JobRunner, base_ref: str | None = None) -> Job:
     return job
 
 
-#: The champion saw part of the snapshot's holdout (its own training rows are in it), so its
-#: score there is optimistic; the policy allows the challenger a wider margin than the recipe.
+#: The holdout is drawn from the production rows alone (the champion never trained on them):
+#: 100 of 400 rows, so the policy allows the challenger a wider margin than the recipe.
 OVERRIDES = {"validation": {"bootstrap": 50},
              "gates": ["f1 >= 0.4", "better than baseline",
                        "not worse than champion by more than 0.05"]}
@@ -224,6 +224,11 @@ def test_a_job_snapshots_trains_validates_and_registers_one_challenger(
     assert v2.lineage["recipe"]["validation"]["folds"] == 3
     assert report["champion"]["f1"] > 0 and "f1" in report["baseline"]
     assert report["metrics"]["accuracy"] >= 0.6
+    # Judged on rows the champion never saw: the holdout came from the 400 production rows
+    # only (the recipe's quarter of them), every champion row trained the challenger.
+    splits = v2.lineage["evaluation"]["splits"]
+    assert splits["holdout_pool_rows"] == 400 and report["holdout_rows"] == 100
+    assert splits["train_rows"] == 800 + 300
 
     # The hook for the rollout steps: the challenger validate passed, the champion it beat.
     target = target_from_results({s.name: s.result for s in done.steps}, registry)

@@ -27,6 +27,10 @@ class Dataset:
     uri: str
     fingerprint: str
     format: str
+    # Which rows the holdout may be drawn from (a boolean mask over ``frame``), or None: any.
+    # A retraining snapshot sets it to the rows the champion never trained on, so the
+    # champion comparison is not judged on the champion's own training data.
+    holdout_from: Any = None
 
     @property
     def rows(self) -> int:

@@ -49,8 +49,10 @@ def _data_rows(card: ModelCard) -> list[tuple[str, str]]:
         rows.append(("features", ", ".join(f"{k} ({v})" for k, v in features.items())))
     splits = card.evaluation.get("splits") or {}
     if splits:
+        pool = splits.get("holdout_pool_rows")
+        drawn = "" if pool is None else f" (drawn from the {pool} rows the champion never saw)"
         rows.append(("split", f"{splits.get('train_rows')} training rows, "
-                              f"{splits.get('holdout_rows')} holdout rows, "
+                              f"{splits.get('holdout_rows')} holdout rows{drawn}, "
                               f"{splits.get('folds')} folds ({splits.get('strategy')})"))
     return rows
 

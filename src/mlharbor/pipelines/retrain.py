@@ -303,7 +303,11 @@ class Retrainer:
                             ) -> ModelVersion:
         """Train the challenger on the snapshot (recorded by ``recorder``) and register it."""
         from mlharbor.pipelines import train_job
-        from mlharbor.pipelines.snapshot import read_snapshot, snapshot_from_dict
+        from mlharbor.pipelines.snapshot import (
+            read_snapshot,
+            snapshot_from_dict,
+            unseen_by_champion,
+        )
         from mlharbor.pipelines.train_runs import version_links
         from mlharbor.training.backend import choose_backend
 
@@ -311,6 +315,13 @@ class Retrainer:
         policy = self.policy_for(ctx.job)
         recipe = challenger_recipe(base, policy)
         dataset = read_snapshot(self.registry, snapshot.uri, snapshot.fingerprint)
+        # the champion is judged on rows it never trained on (see unseen_by_champion)
+        schema = base.lineage.get("schema") or {}
+        unseen = unseen_by_champion(
+            dataset.frame, snapshot.parts, holdout=recipe.validation.holdout,
+            columns=[c for c in (*schema.get("features", {}), schema.get("target"))
+                     if c in dataset.frame.columns])
+        dataset = dataclasses.replace(dataset, holdout_from=unseen)
         champion, error = self._champion(base)
         ctx.check()
         # where the fits run: the recipe's `training` section, else the settings (a

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 #: The ``uri`` of a snapshot kept in the artifact store: this prefix and the blob's digest.
 ARTIFACT_PREFIX = "artifact:sha256:"
+#: Fewer rows than this in a holdout drawn from new rows alone would judge the challenger
+#: on too little: the holdout is then drawn from every row, as for a first training.
+MIN_UNSEEN_HOLDOUT_ROWS = 30
 
 
 def champion_data(registry: Registry, version: ModelVersion, settings: Settings) -> Dataset:
@@ -215,3 +218,32 @@ def _recipe_of(version: ModelVersion) -> Any:
         raise InvalidInputError(f"Version {version.ref} has no stored recipe in its lineage.")
     return recipe_from_dict(stored, source=f"recipe of {version.ref}",
                             base_dir=Path(version.lineage.get("recipe_base_dir") or "."))
+
+
+def unseen_by_champion(frame: pd.DataFrame, parts: Sequence[DatasetPart], *,
+                       columns: Sequence[str], holdout: float) -> Any:
+    """The snapshot rows the champion never trained on (a boolean mask), or None.
+
+    When the snapshot starts with the champion's own data and adds production rows, a holdout
+    drawn from every row would hold rows the champion was fitted on, and the champion
+    comparison would favour it. The rows the champion cannot have seen are the added ones
+    whose ``columns`` (features and target) match no row of its data: a production window
+    that overlaps the previous job's repeats rows already in the champion's snapshot.
+    None when there is nothing to limit (no champion data, or no added rows) or too few
+    unseen rows for a holdout (``MIN_UNSEEN_HOLDOUT_ROWS``).
+    """
+    import numpy as np
+    import pandas as pd
+
+    if len(parts) < 2 or parts[0].kind != "champion_data":
+        return None
+    first = parts[0].rows
+    if sum(p.rows for p in parts) != len(frame) or first >= len(frame):
+        return None
+    digests = pd.util.hash_pandas_object(frame[list(columns)], index=False).to_numpy()
+    unseen = np.zeros(len(frame), dtype=bool)
+    unseen[first:] = ~np.isin(digests[first:], digests[:first])
+    if int(unseen.sum() * holdout) < MIN_UNSEEN_HOLDOUT_ROWS:
+        return None
+    return unseen
+

@@ -254,6 +254,8 @@ def _run_training(
     recorder: TrainingRecorder | None = None,
 ) -> TrainingOutcome:
     """:func:`run_training`'s work, with the engine for the fits open (None: local joblib)."""
+    import numpy as np
+
     from mlharbor.core.warning_tally import CaughtWarning, WarningTally, catching
     from mlharbor.data.profile import build_profile
     from mlharbor.data.splits import plan_splits
@@ -280,11 +282,15 @@ def _run_training(
         checks = check_data(recipe, dataset, schema, warn=progress.note)
     progress.finish("checks")
     spec, validation = recipe.data, recipe.validation
-    frame = dataset.frame[dataset.frame[spec.target].notna()].reset_index(drop=True)
+    labelled = dataset.frame[spec.target].notna().to_numpy()
+    frame = dataset.frame[labelled].reset_index(drop=True)
+    holdout_from = (None if dataset.holdout_from is None
+                    else np.asarray(dataset.holdout_from, dtype=bool)[labelled])
     splits = plan_splits(
         frame, spec.target, task=schema.task, strategy=validation.strategy,
         holdout=validation.holdout, folds=validation.folds, seed=validation.seed,
         group_column=validation.group_column, time_column=spec.time_column,
+        holdout_from=holdout_from,
     )
     X = frame[schema.feature_names]
     y = frame[spec.target].to_numpy()
