@@ -93,6 +93,9 @@ class TrainingOutcome:
     sample_input: pd.DataFrame
     training_data: pd.DataFrame
     seconds: float
+    # The recipe folder's git commit, read once when training started: the run and the
+    # version record the same one even if HEAD moves meanwhile; None outside a repository.
+    code_version: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -302,11 +305,11 @@ def _run_training(
     settings = _candidate_settings(plan, schema, X)
     if trusted_types is not None:
         check_trusted(recipe, settings[0].pipeline, trusted_types)
-    if recorder is not None:  # issue 16: a child run per candidate and search point
-        from mlharbor.registry.lineage import git_commit
+    from mlharbor.registry.lineage import git_commit
 
-        recorder.begin(recipe, dataset.snapshot(), settings, primary,
-                       git_commit(recipe.base_dir))
+    code_version = git_commit(recipe.base_dir)
+    if recorder is not None:  # issue 16: a child run per candidate and search point
+        recorder.begin(recipe, dataset.snapshot(), settings, primary, code_version)
     total = (len(settings) + 1) * len(splits.folds)  # + the baseline
     advance = _fold_progress(progress, settings, len(splits.folds))
     label = {s.key: f"candidate {s.candidate}" for s in settings}
@@ -373,7 +376,7 @@ def _run_training(
         sample_input=train_part.head(5).reset_index(drop=True),
         training_data=train_part.sample(min(len(train_part), 1000),
                                         random_state=validation.seed).reset_index(drop=True),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, code_version=code_version,
     )
 
 
@@ -618,8 +621,6 @@ StartRun = Callable[[str], contextlib.AbstractContextManager["RunLogger"]]
 
 def lineage_of(outcome: TrainingOutcome) -> dict[str, Any]:
     """Where the version came from; enough for ``reproduce`` to re-run it."""
-    from mlharbor.registry.lineage import git_commit
-
     recipe = outcome.recipe
     lineage: dict[str, Any] = {
         "dataset": outcome.dataset.snapshot(),
@@ -634,9 +635,9 @@ def lineage_of(outcome: TrainingOutcome) -> dict[str, Any]:
         "evaluation": outcome.report,
         "reference_profile": outcome.profile,
     }
-    commit = git_commit(recipe.base_dir)
-    if commit:
-        lineage["code_version"] = commit
+    # Always the recipe folder's commit, None outside a repository: the registering process's
+    # own working directory (environment_lineage) says nothing about the training code.
+    lineage["code_version"] = outcome.code_version
     return lineage
 
 
