@@ -8,7 +8,6 @@ httpx's ASGI transport where the scheme must be HTTPS, against a real database.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -33,7 +32,7 @@ from tests.security.test_session_cookie import (
     session,
     token_of,
 )
-from tests.support import LiveServer
+from tests.support import LiveServer, wait_until
 
 
 @pytest.fixture
@@ -156,20 +155,24 @@ def _key_id(registry: Any, key: str) -> int:
 
 def test_sessions_expire_with_their_ttl_and_with_their_key(
         live: Any, registry: Any, make_key: Any) -> None:
-    short = make_key("viewer", expires_at=utcnow() + timedelta(seconds=3))
+    # Keys are made once the server answers, with expiries seconds away, and expiry is awaited
+    # by polling (never a fixed sleep): a loaded machine only makes the test wait longer.
     durable = make_key("viewer")
-    with live(session_ttl_s=1.5) as server, watched_client(server.url) as client:
+    with live(session_ttl_s=3.0) as server, watched_client(server.url) as client:
+        expires = utcnow() + timedelta(seconds=6)
+        short = make_key("viewer", expires_at=expires)
         by_ttl = login(client, durable)
         by_key = login(client, short)
-        started = time.monotonic()
         assert _reads(client, by_ttl) == _reads(client, by_key) == 200
-        time.sleep(max(0.0, 1.6 - (time.monotonic() - started)))
-        assert _reads(client, by_ttl) == 401  # absolute: reading did not extend it
+        # Absolute: the session ends although it is read all along (a read that extended it
+        # would keep it alive and this wait would time out).
+        wait_until(lambda: _reads(client, by_ttl) == 401, 60, "the session's TTL ended it")
         refused = client.get("/ui", headers={**HTML, **session(by_ttl)})
         assert refused.status_code == 303 and refused.headers["location"] == "/ui/login"
         assert client.get("/api/v1/models", headers=bearer(durable)).status_code == 200
-        time.sleep(max(0.0, 3.1 - (time.monotonic() - started)))
-        # The key expired before the session's 1.5 s ran out for this fresh login: refused.
+        wait_until(lambda: utcnow() > expires + timedelta(seconds=0.1), 60, "the key expired")
+        # The key expired before a fresh session's TTL would have: refused, and so is the
+        # session made with it.
         assert client.post("/ui/login", data={"key": short},
                            headers=same_origin(client)).status_code == 401
         assert _reads(client, by_key) == 401
@@ -179,11 +182,12 @@ def test_sessions_expire_with_their_ttl_and_with_their_key(
 
 def test_a_session_of_a_key_that_expires_first_ends_with_the_key(
         live: Any, make_key: Any) -> None:
-    key = make_key("viewer", expires_at=utcnow() + timedelta(seconds=1.5))
     with live() as server, watched_client(server.url) as client:
+        expires = utcnow() + timedelta(seconds=3)
+        key = make_key("viewer", expires_at=expires)
         token = login(client, key)  # the session itself would last 8 hours
         assert _reads(client, token) == 200
-        time.sleep(1.6)
+        wait_until(lambda: utcnow() > expires + timedelta(seconds=0.1), 60, "the key expired")
         assert _reads(client, token) == 401
 
 
