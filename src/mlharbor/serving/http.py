@@ -26,7 +26,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -397,4 +397,32 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if _SAFE_ID.fullmatch(value):
                 return value.decode()
             break
-    return os.urandom(16).hex()
+    return _random_ids.next()
+
+
+class _RandomIds:
+    """128-bit random request ids (32 hex digits) from the kernel's generator, read 256 ids at
+    a time: ``os.urandom`` per request was a ``getrandom`` system call on every request the
+    client gave no id. Ids are handed out by a list iterator, whose ``next`` is one C call
+    under the interpreter lock, so loops in several threads never get the same id; the pool
+    is emptied in a forked child (uvicorn's workers), so processes never share ids."""
+
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._ids: Iterator[str] = iter(())
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._ids = iter(())
+
+    def next(self) -> str:
+        try:
+            return next(self._ids)
+        except StopIteration:
+            pool = os.urandom(16 * self.BATCH).hex()
+            self._ids = iter([pool[i:i + 32] for i in range(0, len(pool), 32)])
+            return next(self._ids)
+
+
+_random_ids = _RandomIds()

@@ -61,6 +61,9 @@ class ServedModel:
         # Computed once: the protocols read them on every request.
         self.names = self._names
         self.numeric = self._numeric
+        self.answer_headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"x-mlharbor-model", name.encode()),
+            (b"x-mlharbor-model-version", str(version).encode()))
 
     @property
     def ref(self) -> str:

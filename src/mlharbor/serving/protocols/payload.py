@@ -36,8 +36,9 @@ def jsonable(values: np.ndarray | None) -> Any:
 
 
 def answer_headers(answer: Answer) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-mlharbor-model", answer.model.name.encode()),
-               (b"x-mlharbor-model-version", str(answer.version).encode())]
+    """The model and version that answered (encoded once per loaded version), and the
+    fallback that did, if any."""
+    headers = list(answer.model.answer_headers)
     if answer.fallback is not None:
         headers.append((b"x-mlharbor-fallback", str(answer.fallback["to"]).encode()))
     return headers
