@@ -112,6 +112,17 @@ def test_rows_are_the_same_in_pieces_and_whole(tmp_path: Path) -> None:
     assert not list((tmp_path / "seg").rglob("*.tmp"))
 
 
+def test_a_server_compacting_itself_paces_too_and_loses_nothing(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"))
+    count = 2 * PIECE_BYTES // (64 * 21 * 8) + 10
+    log_records(log, 0, count, per_flush=100)
+    log.journal.rotate()
+    log_records(log, count, 5)
+    assert log.compact(pace=True) == 2
+    assert log.scan("churn").num_rows == 64 * (count + 5)
+    assert log.backlog()["journal_bytes"] == 0
+
+
 def test_a_file_that_fails_midway_leaves_no_segment_and_stays(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"))
     log_records(log, 0, 2 * PIECE_BYTES // (64 * 21 * 8) + 10, per_flush=100)

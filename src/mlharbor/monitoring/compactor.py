@@ -7,6 +7,11 @@ child process (``python -m mlharbor.monitoring.compactor``, started on first use
 scheduling priority) the operating system shares the CPU at a fine grain instead, and a crash
 in the Parquet writer cannot take serving down.
 
+The child compacts a journal file in pieces (bounded memory, see :mod:`.segmentwriter`) and,
+asked by the background loop, paces them (:class:`Pacer`): a short piece, then a pause several
+times as long, so it never takes its full share of the server's core for seconds at a time,
+unless the journal's backlog has grown past :data:`PACE_BELOW_BYTES`.
+
 The serving process still owns the journal: it seals the active file, then asks the child to
 compact every file numbered below the new active one and waits (on a pipe, without the
 interpreter lock) for the reply, which also says how many records it found torn (half-written)
@@ -46,11 +51,12 @@ log = logging.getLogger("mlharbor.monitoring.compactor")
 # more than compaction needs, and idle time whenever there is any.
 NICENESS = 5
 # The share of a core the child's work may take while the backlog is small: after each piece
-# of a journal file (predlog.PIECE_BYTES) it sleeps nine times the CPU the piece took. A whole
-# file at once took ~25% of the server's core for 2-2.6 s, and every request in that window
-# was slowed; in pieces of ~10 ms of CPU each, spread out, no stretch of requests is. At 64
-# rows a request the child needs ~5% of a core at full load, half this share.
-DUTY = 0.1
+# of a journal file (predlog.PIECE_BYTES, a flush's frame or two) it sleeps (1 / DUTY - 1)
+# times the CPU the piece took. A whole file at once took ~25% of the server's core (nice 5)
+# for 2-3 s, and every request in that window was slowed; paced, it runs for at most a piece
+# (~10-35 ms of CPU) and then leaves the core for at least five times as long. Compaction
+# costs ~34 us per 64-row request, ~4.5% of a core at full load: a third of this share.
+DUTY = 0.15
 # Journal bytes waiting (every file in the folder, the active one included) from which the
 # child works flat out: pacing must never let the journal grow until it is full and records
 # are dropped (the journal's bound is 1 GiB by default; at full load ~14 MB a second arrive).
@@ -180,27 +186,30 @@ class CompactorProcess:
 
 
 class Pacer:
-    """Spreads the child's work: called before each piece of a journal file (but a request's
-    first), it sleeps ``(1 / duty - 1)`` times the CPU this process used since the last call,
-    so the child's share of a core stays below ``duty`` -- unless the journal holds
+    """Spreads compaction out: called before each piece of a journal file (but a request's
+    first), it sleeps ``(1 / duty - 1)`` times the CPU used since the last call (``cpu``:
+    this process's in the child, the compacting thread's in a server compacting itself), so
+    compaction's share of a core stays below ``duty`` -- unless the journal holds
     ``below_bytes`` or more, when it does not sleep at all, so a backlog always drains as fast
-    as the child can go (the bounded-backlog guarantee)."""
+    as compaction can go (the bounded-backlog guarantee)."""
 
     def __init__(self, backlog: Callable[[], int], *, duty: float = DUTY,
                  below_bytes: int = PACE_BELOW_BYTES,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 cpu: Callable[[], float] = time.process_time) -> None:
         if not 0 < duty <= 1:
             raise ValueError(f"duty must be in (0, 1], got {duty}")
         self.backlog = backlog
         self.duty = duty
         self.below_bytes = below_bytes
         self._sleep = sleep
-        self._mark = time.process_time()
+        self._cpu = cpu
+        self._mark = cpu()
         self.slept_s = 0.0
 
     def restart(self) -> None:
         """A new request: the CPU counted from now."""
-        self._mark = time.process_time()
+        self._mark = self._cpu()
 
     def delay(self, cpu_s: float, backlog_bytes: int) -> float:
         """Seconds to sleep after ``cpu_s`` of work with ``backlog_bytes`` waiting."""
@@ -209,11 +218,11 @@ class Pacer:
         return max(0.0, cpu_s) * (1.0 / self.duty - 1.0)
 
     def __call__(self) -> None:
-        pause = self.delay(time.process_time() - self._mark, self.backlog())
+        pause = self.delay(self._cpu() - self._mark, self.backlog())
         if pause > 0:
             self._sleep(pause)
             self.slept_s += pause
-        self._mark = time.process_time()
+        self._mark = self._cpu()
 
 
 def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
@@ -283,7 +292,7 @@ def main() -> int:
                 if os.getppid() != parent:  # orphaned: whoever claims the slot next recovers
                     return 0
                 if pace is not None and number:
-                    pace()
+                    pace()  # between files (compact_files paces between pieces)
                 written += compactor.compact_files([path], pace)
             reply: dict[str, Any] = {"written": written}
         except Exception as exc:  # reported to the parent, which backs off and retries

@@ -5,9 +5,10 @@ Path of a record::
     emit(record)  -- deque.append, a few hundred nanoseconds, never blocks (serving's thread)
       -> flusher thread, every flush_interval / 5: one entry per record (inputs as received,
          or redacted columns; outputs as arrays) -> one fsync'd journal frame
-      -> compactor thread, every segment_interval: sealed journal -> rows expanded column-wise
-         -> Parquet segment per endpoint (local folder or S3, sealed when a key is set)
-         -> journal file removed
+      -> compactor thread, every segment_interval: sealed journal, in pieces of PIECE_BYTES
+         -> rows expanded column-wise -> a row group of the endpoint's Parquet segment
+         (local folder or S3, sealed when a key is set; published once the file is done)
+         -> journal file removed (in the compactor child process when serving)
 
 A crash loses at most what was emitted in the last flush interval; a restart turns every
 journal left behind into segments (:meth:`PredictionLog.start`, in the background: a store that
@@ -349,7 +350,17 @@ class PredictionLog:
                         log.warning("%s Compacting in the serving process this time.", exc)
                 finally:
                     self.journal.recount()
-            return self.compact_files(self.journal.sealed())
+            return self.compact_files(self.journal.sealed(),
+                                      self._thread_pacer() if pace else None)
+
+    def _thread_pacer(self) -> Callable[[], None]:
+        """Pacing for compaction in this process: the compacting thread's own CPU counts (the
+        process's would count serving's), and it sleeps without the interpreter lock."""
+        import time as clock
+
+        from mlharbor.monitoring.compactor import Pacer
+
+        return Pacer(self.journal.bytes_on_disk, cpu=clock.thread_time)
 
     def compact_files(self, paths: Sequence[Path],
                       pace: Callable[[], None] | None = None) -> int:
@@ -358,11 +369,12 @@ class PredictionLog:
 
         Each file is read and written in pieces of at most :data:`PIECE_BYTES` of frames
         (see :mod:`.segmentwriter`), and ``pace`` (when given) is called before each piece
-        but a file's first: the compactor child sleeps there to spread its work out."""
+        but the first: a :class:`~.compactor.Pacer` sleeps there to spread the work out."""
         written = 0
-        for path in paths:
+        for number, path in enumerate(paths):
             try:
-                segments, rows, torn_records, torn_frames = self._compact_file(path, pace)
+                segments, rows, torn_records, torn_frames = self._compact_file(
+                    path, pace, paced_first=number > 0)
             except FileNotFoundError:
                 continue
             written += segments
@@ -372,8 +384,8 @@ class PredictionLog:
                 self._count_torn(torn_records, torn_frames, path.name, rows)
         return written
 
-    def _compact_file(self, path: Path, pace: Callable[[], None] | None
-                      ) -> tuple[int, int, int, int]:
+    def _compact_file(self, path: Path, pace: Callable[[], None] | None, *,
+                      paced_first: bool = False) -> tuple[int, int, int, int]:
         """One journal file as segments, all or nothing: every endpoint's segment is a draft
         until the file's last piece is written, and a failure discards them all (the file
         stays, to be compacted again). Returns (segments, rows, torn records, torn frames)."""
@@ -385,7 +397,7 @@ class PredictionLog:
         rows = torn_records = torn_frames = 0
         try:
             for number, piece in enumerate(self.journal.pieces(path, PIECE_BYTES)):
-                if pace is not None and number:
+                if pace is not None and (number or paced_first):
                     pace()
                 rows += len(piece.rows)
                 torn_records += piece.torn_records
