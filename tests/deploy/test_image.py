@@ -63,14 +63,16 @@ def test_dockerfile_passes_hadolint_and_a_broken_one_fails(deployed: Deployed, t
     source = resolve_source(deployed.registry, "churn@champion")
     text = dockerfile(source, requirement=requirement_for(source), bake=bake)
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
-    assert text.count("FROM ${BASE_IMAGE}") == 2  # multi-stage
+    assert text.count("FROM ") == 1  # one stage: the wheels are bind-mounted, never a layer
+    assert text.count("--mount=type=bind,source=wheels,") == 2
+    assert "COPY wheels" not in text and "ADD " not in text
     assert "USER 10001:10001" in text and "HEALTHCHECK" in text
     assert "--no-index" in text  # no network during the build
     assert ("COPY model/" in text) is bake
     # What changes least comes first, so a layer cache keeps the dependency install across
     # model versions and mlharbor versions: its key (requirements.txt) is copied before it.
-    order = [text.index("COPY requirements.txt"), text.index("-r /build/requirements.txt"),
-             text.index("COPY --from=deps"), text.index("COPY requirements-mlharbor.txt"),
+    order = [text.index("COPY requirements.txt"), text.index("-r /opt/mlharbor/requirements.txt"),
+             text.index("RUN groupadd"), text.index("COPY requirements-mlharbor.txt"),
              text.index("COPY entrypoint.sh"), text.index("LABEL"),
              text.index("MLHARBOR_MODEL_REF")]
     assert order == sorted(order)
@@ -362,12 +364,13 @@ def test_no_bake_image_is_pushed_pulled_and_serves_from_the_shared_registry(
         assert result.returncode == 0, result.stderr[-3000:]
         pushed_at = time.monotonic()
         # The dependency install came from the layer cache the baked image's build filled:
-        # buildah says so for that step, and the two images share its layers (the base's, the
-        # user's, the venv's), while mlharbor's own wheel and everything above differ.
+        # buildah says so for that step, and the two images share its layers (the base's,
+        # requirements.txt's, the venv's, the user's), while mlharbor's own wheel and everything
+        # above differ.
         log = (tmp_path / "context.build.log").read_text()
-        install_step = log.split("-r /build/requirements.txt", 1)[1].split("STEP", 1)[0]
+        install_step = log.split("-r /opt/mlharbor/requirements.txt", 1)[1].split("STEP")[0]
         assert "--> Using cache" in install_step, log[-3000:]
-        shared = len(image_layers(base_image)) + 2
+        shared = len(image_layers(base_image)) + 3  # + requirements.txt, the venv, the user
         assert image_layers(tag)[:shared] == baked_image.layers[:shared]
         assert len(baked_image.layers) > shared
         assert f"pushed {tag}@sha256:" in result.stderr, result.stderr

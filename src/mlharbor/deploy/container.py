@@ -2,7 +2,7 @@
 
 ``write_build_context`` writes, into an empty folder::
 
-    Dockerfile       multi-stage, ``BASE_IMAGE`` build arg, non-root, HEALTHCHECK
+    Dockerfile       ``BASE_IMAGE`` build arg, wheels bind-mounted, non-root, HEALTHCHECK
     .dockerignore
     entrypoint.sh    maps platform contracts (SageMaker ``serve``, PORT, AIP_HTTP_PORT) to
                      ``mlharbor serve``
