@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -60,17 +62,48 @@ def shim() -> ctypes.CDLL:
     return lib
 
 
-async def run(home: Path, key: str, requests: int, concurrency: int, cases: list[str]) -> None:
-    from mlharbor.bootstrap.serving import ServingProcess
-    from mlharbor.settings import Settings
+def overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=JSON`` items (``monitoring.log_predictions=false``) as settings sections."""
+    sections: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        section, _, field = name.partition(".")
+        sections.setdefault(section, {})[field] = json.loads(value)
+    return sections
 
+
+class _NoLog:
+    def backlog(self) -> dict[str, int]:
+        return {"pending_records": 0}
+
+    def compact(self) -> None:
+        return None
+
+
+async def run(home: Path, key: str, requests: int, concurrency: int, cases: list[str],
+              sets: list[str], floor: Path | None) -> None:
     cg = shim()
-    settings = Settings(home=home, serving={"rate_limit_per_minute": 0},
-                        monitoring={"compaction": "thread", "segment_interval_s": 3600})
-    app, close = ServingProcess(settings, None, json_logs=False)()
+    close: Any = None
+    log: Any = _NoLog()
+    if floor is not None:  # the floor app (floor_app.py) on the same driver: its own cost
+        from floor_app import make_app
+
+        app: Any = make_app(str(floor))
+    else:
+        from mlharbor.bootstrap.serving import ServingProcess
+        from mlharbor.settings import Settings
+
+        extra = overrides(sets)
+        settings = Settings(home=home, serving={"rate_limit_per_minute": 0,
+                                                **extra.pop("serving", {})},
+                            monitoring={"compaction": "thread", "segment_interval_s": 3600,
+                                        **extra.pop("monitoring", {})}, **extra)
+        app, close = ServingProcess(settings, None, json_logs=False)()
+        if settings.monitoring.log_predictions:
+            log = app.dispatcher.sink
     driver = Driver(app, key)
-    log = app.dispatcher.sink
-    await driver.lifespan("startup")
+    if close is not None:
+        await driver.lifespan("startup")
 
     async def wave(path: str, body: bytes, model: str, count: int) -> None:
         for start in range(0, count, concurrency):
@@ -102,8 +135,9 @@ async def run(home: Path, key: str, requests: int, concurrency: int, cases: list
             log.compact()
             print(f"{name}: dumped ({requests} requests)", flush=True)
     finally:
-        await driver.lifespan("shutdown")
-        close()
+        if close is not None:
+            await driver.lifespan("shutdown")
+            close()
 
 
 def main() -> None:
@@ -113,6 +147,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/mlh-profile"))
     parser.add_argument("--case", action="append", required=True, help="e.g. rf-native-1")
     parser.add_argument("--reuse", action="store_true", help="keep the registered home")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                        help="a setting, e.g. monitoring.log_predictions=false (ablations)")
+    parser.add_argument("--floor", type=Path, metavar="MODEL.onnx",
+                        help="drive floor_app.py's app on this ONNX file instead (native "
+                             "cases: the same records)")
     args = parser.parse_args()
     keyfile = args.home / "key.txt"
     if args.reuse and keyfile.exists():
@@ -126,7 +165,8 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args.home, key, args.requests, args.concurrency, args.case))
+    asyncio.run(run(args.home, key, args.requests, args.concurrency, args.case, args.set,
+                    args.floor))
 
 
 if __name__ == "__main__":
