@@ -12,8 +12,8 @@ model, and builders build with their layer cache: the baked image (a module fixt
 first whichever test runs first) installs them, and the no-bake build must reuse that layer
 from the cache rather than install ~1 GB again. That reuse is asserted (buildah's "Using
 cache" on the install step, and the shared layers of the two images), as a user rebuilding
-for a new model version relies on it. The cached dependency layers stay in the container
-storage for the next session; the tagged images are removed.
+for a new model version relies on it. Removing the tagged images at the end removes their
+untagged parents too (the cached layers): each session starts cold and leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -224,7 +224,11 @@ def _own_wheel(dest: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                "--only-binary=:all:", "--dest", str(dest),
                f"mlharbor=={metadata.version('mlharbor')}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Zip entries carry timestamps: with a fixed one (unless the caller set their own) the same
+    # source gives the same wheel bytes, so requirements-mlharbor.txt is unchanged and a
+    # builder's cache keeps the mlharbor layer too when only the model changes.
+    env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     found = sorted(dest.glob("mlharbor-*.whl"))
     if result.returncode != 0 or not found:
         raise UnavailableError(f"Building the mlharbor wheel failed: "
