@@ -39,15 +39,21 @@ class Recorder:
     """The requests the MLflow client sent, by phase (``with recorder.phase(name):``)."""
 
     phases: dict[str, list[Request]] = field(default_factory=dict)
+    #: Seconds the client spent inside ``Session.send`` (waiting for the server) per phase:
+    #: the phase's time less this is the client's own work between requests.
+    waited: dict[str, float] = field(default_factory=dict)
     _current: list[Request] | None = None
+    _name: str | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         self._current = self.phases.setdefault(name, [])
+        self._name = name
         try:
             yield
         finally:
             self._current = None
+            self._name = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -67,9 +73,15 @@ class Recorder:
                     {k: v for k, v in prepared.headers.items()
                      if k.lower() not in ("connection", "accept-encoding")},
                     body.encode() if isinstance(body, str) else bytes(body)))
-            return original(session, prepared, **kwargs)
+            start = time.perf_counter()
+            try:
+                return original(session, prepared, **kwargs)
+            finally:
+                if recorder._name is not None:
+                    recorder.waited[recorder._name] = (recorder.waited.get(
+                        recorder._name, 0.0) + time.perf_counter() - start)
 
-        requests.Session.send = send  # type: ignore[method-assign]
+        requests.Session.send = send  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:
@@ -78,22 +90,32 @@ class Recorder:
 
 @dataclass(frozen=True)
 class Timing:
-    """A replay: how many requests, their total and per-request median, in seconds."""
+    """A replay: how many requests, their total, per-request median and mean, in seconds,
+    and the pause between requests it kept (``pace_s``)."""
 
     calls: int
     total_s: float
     median_s: float
     statuses: dict[int, int]
+    pace_s: float = 0.0
+
+    @property
+    def mean_s(self) -> float:
+        return self.total_s / self.calls if self.calls else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "total_s": self.total_s, "median_s": self.median_s,
+                "mean_s": self.mean_s, "pace_s": self.pace_s,
                 "statuses": {str(k): v for k, v in self.statuses.items()}}
 
 
 def replay(url: str, requests_: list[Request], *, swap: tuple[str, str] | None = None,
-           limit: int | None = None) -> Timing:
+           limit: int | None = None, pace_s: float = 0.0) -> Timing:
     """Send ``requests_`` (the first ``limit``) to ``url`` one at a time on one connection;
-    ``swap`` replaces a run id with another in paths and bodies."""
+    ``swap`` replaces a run id with another in paths and bodies. ``pace_s``: after each
+    answer, keep this process's CPU busy that long before the next request, as the MLflow
+    client does while it builds the next call (back to back, a server's threads never go
+    idle between requests; at the client's pace they do, see the README)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
     times: list[float] = []
@@ -110,10 +132,14 @@ def replay(url: str, requests_: list[Request], *, swap: tuple[str, str] | None =
             response.read()
             times.append(time.perf_counter() - start)
             statuses[response.status] = statuses.get(response.status, 0) + 1
+            if pace_s > 0:
+                until = time.perf_counter() + pace_s
+                while time.perf_counter() < until:  # busy, as the client is: not a sleep
+                    pass
     finally:
         conn.close()
     return Timing(len(times), sum(times), statistics.median(times) if times else 0.0,
-                  statuses)
+                  statuses, pace_s)
 
 
 def run_id_of(requests_: list[Request]) -> str | None:

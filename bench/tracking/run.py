@@ -216,6 +216,12 @@ def one_round(url: str, token: str | None, args: argparse.Namespace, single: int
             continue
         new = fresh_run(url, headers, out["experiment_id"])
         answers[phase] = replay(url, sent, swap=(old, new), limit=args.replay_max).as_dict()
+        # The same requests again, at the client's own pace: its work between two calls
+        # (the phase's time less what it waited in Session.send) as busy time between them.
+        pace = max(out[f"{phase}_s"] - recorder.waited.get(phase, 0.0), 0.0) / len(sent)
+        new = fresh_run(url, headers, out["experiment_id"])
+        answers[f"{phase}_paced"] = replay(url, sent, swap=(old, new), limit=args.replay_max,
+                                           pace_s=pace).as_dict()
     answers["search"] = replay(url, recorder.phases["search"]).as_dict()
     out["server"] = answers
     return out
@@ -281,19 +287,28 @@ def report(rounds: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         x, y, z = ([r[key] for r in rs] for rs in (a, b, f))
         print(f"{labels[phase]:30}{med(x):>10.3f}{med(y):>10.3f}{med(y) / med(x):>9.1f}x"
               f"{med(z):>9.3f}{med(y) / med(z):>12.1f}x   {each(x)} | {each(y)} | {each(z)}")
-    print("\nThe servers' own answers to the same requests, replayed (ms per request)")
+    print("\nThe servers' own answers to the same requests, replayed (ms per request; median,"
+          " then mean (e2e figures are means), then at the client's pace, mean)")
     print(f"{'':30}{'mlharbor':>10}{'mlflow':>10}{'speed-up':>10}{'replay':>9}"
           f"{'net':>8}   rounds: mlharbor | mlflow | replay to the floor")
-    for phase in PHASES:
-        x, y, z = ([r["server"][phase]["median_s"] for r in rs if phase in r["server"]]
+    rows = [(phase, "median_s", labels[phase]) for phase in PHASES] + [
+        (phase, "mean_s", f"  {phase}, mean") for phase in PHASES if phase != "search"] + [
+        (f"{phase}_paced", "mean_s", f"  {phase}, client's pace") for phase in PHASES
+        if phase != "search"]
+    for phase, stat, label in rows:
+        x, y, z = ([r["server"][phase][stat] for r in rs
+                    if phase in r["server"] and stat in r["server"][phase]]
                    for rs in (a, b, f))
         if not (x and y and z):
             continue
         net = (med(y) - med(z)) / max(med(x) - med(z), 1e-9)
-        print(f"{labels[phase]:30}{med(x) * 1e3:>10.3f}{med(y) * 1e3:>10.3f}"
+        print(f"{label:30}{med(x) * 1e3:>10.3f}{med(y) * 1e3:>10.3f}"
               f"{med(y) / med(x):>9.1f}x{med(z) * 1e3:>9.3f}{net:>7.1f}x   "
               f"{each(x, 1e3)} | {each(y, 1e3)} | {each(z, 1e3)}")
     replayed = {p: a[0]["server"][p]["calls"] for p in PHASES if p in a[0]["server"]}
+    paces = {p: round(a[0]["server"][f"{p}_paced"]["pace_s"] * 1e3, 2) for p in PHASES
+             if f"{p}_paced" in a[0]["server"]}
+    print(f"client's own work between calls (ms, mlharbor's first round): {paces}")
     print(f"\nreplayed per round: {replayed} (of {a[0]['calls']}); search hits: mlharbor "
           f"{a[0]['search_hits']}, mlflow {b[0]['search_hits']}")
     for phase in PHASES:
