@@ -91,6 +91,28 @@ def test_dockerfile_passes_hadolint_and_a_broken_one_fails(deployed: Deployed, t
     assert "DL3002" in failed.stdout or "DL3003" in failed.stdout  # last USER root / cd
 
 
+def test_builds_use_the_layer_cache_unless_told_not_to(deployed: Deployed,
+                                                       tmp_path: Path) -> None:
+    """Every builder keeps and reuses layers by default (what lets a rebuild skip the
+    dependency install, checked for real below); ``--no-cache`` asks each for a clean build."""
+    from mlharbor.deploy.imagebuild import BUILDERS, build_command
+
+    for builder in BUILDERS:
+        cached = build_command(builder, tmp_path, "localhost/x:1")
+        clean = build_command(builder, tmp_path, "localhost/x:1", cache=False)
+        assert "--no-cache" not in cached and "--layers=false" not in cached
+        assert ("--layers" in cached) is (builder != "docker")  # docker caches by default
+        assert clean == [*cached[:cached.index("-t")], "--no-cache", *cached[cached.index("-t"):]]
+    env = cli_env(deployed.settings)
+    planned = run_cli("build", "churn@champion", "--dry-run", "--build", "--builder", "buildah",
+                      "--no-cache", env=env)
+    if planned.returncode != 0 and "not usable" in planned.stderr:
+        pytest.skip(f"buildah is not usable here: {planned.stderr.strip()}")
+    assert planned.returncode == 0, planned.stderr
+    assert "with buildah, no layer cache" in planned.stdout
+    assert "requirements.txt" in planned.stdout
+
+
 def _image_tools() -> None:
     missing = [t for t in ("buildah", "podman", "runc", "debootstrap") if not shutil.which(t)]
     if missing:

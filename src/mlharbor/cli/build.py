@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
                                         "well (repeatable), e.g. aws-lambda for Lambda."),
         api_key: bool = typer.Option(False, "--api-key", help="Create a predictor API key in "
                                      "the baked registry and print it (once)."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse the builder's "
+                                   "cached layers (the dependency install when its wheels "
+                                   "are the same), or rebuild every layer."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be written "
                                      "and built; change nothing."),
     ) -> None:
@@ -116,7 +119,8 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"  write  {where}model/ (a registry holding only "
                                f"{source.version.ref})")
                 if do_build or push:
-                    typer.echo(f"  build  image {source.image} from {base} with {chosen}")
+                    typer.echo(f"  build  image {source.image} from {base} with {chosen}"
+                               + ("" if cache else ", no layer cache"))
                 if push:
                     tls = "TLS verified" if tls_verify else "TLS not verified, plain HTTP allowed"
                     typer.echo(f"  push   {source.image} to {host} ({tls}; "
@@ -131,14 +135,14 @@ def register(app: typer.Typer) -> None:
                 settings.home / "cache" / "wheels"), extras=tuple(extra or ()))
             assert output is not None  # checked above: only a dry run goes without
             _build(registry, source, output, options, console, do_build or push,
-                   auth if push else None, chosen, tls_verify, cli_actor(), api_key)
+                   auth if push else None, chosen, tls_verify, cli_actor(), api_key, cache)
         finally:
             registry.close()
 
 
 def _build(reg: Registry, src: DeploymentSource, output: Path, opts: ContextOptions,
            out: Console, do_build: bool, push: RegistryAuth | None, builder: str | None,
-           tls_verify: bool, actor: str, api_key: bool = False) -> None:
+           tls_verify: bool, actor: str, api_key: bool = False, cache: bool = True) -> None:
     """Write the context, then build and push as asked (``push``: the RegistryAuth to push
     with, or None); audited either way."""
     from mlharbor.core.errors import MlharborError
@@ -160,7 +164,8 @@ def _build(reg: Registry, src: DeploymentSource, output: Path, opts: ContextOpti
             with out.status(f"building {src.image} ..."):
                 built = build_image(context.path, src.image, builder=builder,
                                     base_image=opts.base_image,
-                                    pull=not opts.base_image.startswith("localhost/"))
+                                    pull=not opts.base_image.startswith("localhost/"),
+                                    cache=cache)
             size = f", {built.size_bytes / 1e6:.0f} MB" if built.size_bytes else ""
             out.print(f"built {built.tag} with {built.builder} in {built.seconds:.0f} s{size}")
             details["builder"] = built.builder

@@ -87,7 +87,9 @@ def _unusable(builder: str) -> str | None:
 
 
 def build_command(builder: str, context: Path, tag: str, *, base_image: str | None = None,
-                  pull: bool = True) -> list[str]:
+                  pull: bool = True, cache: bool = True) -> list[str]:
+    """The build command line. With ``cache`` (the default) every builder keeps and reuses
+    layers; without it, nothing is taken from the cache (a clean rebuild)."""
     if builder not in BUILDERS:
         raise InvalidInputError(f"Unknown image builder {builder!r}; known: "
                                 f"{', '.join(BUILDERS)}.", received=builder)
@@ -96,6 +98,8 @@ def build_command(builder: str, context: Path, tag: str, *, base_image: str | No
         cmd += ["--isolation", "chroot", "--format", "docker", "--layers"]
         if not pull:
             cmd.append("--pull=never")
+    if not cache:
+        cmd.append("--no-cache")
     cmd += ["-t", tag, "-f", str(context / "Dockerfile")]
     if base_image:
         cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
@@ -103,7 +107,7 @@ def build_command(builder: str, context: Path, tag: str, *, base_image: str | No
 
 
 def build_image(context: Path, tag: str, *, builder: str | None = None,
-                base_image: str | None = None, pull: bool = True,
+                base_image: str | None = None, pull: bool = True, cache: bool = True,
                 log: Path | None = None) -> BuiltImage:
     """Build the context at ``context`` as ``tag``; the builder's output goes to ``log``.
 
@@ -111,7 +115,7 @@ def build_image(context: Path, tag: str, *, builder: str | None = None,
     one, the first usable builder is found.
     """
     chosen = builder or find_builder()
-    cmd = build_command(chosen, context, tag, base_image=base_image, pull=pull)
+    cmd = build_command(chosen, context, tag, base_image=base_image, pull=pull, cache=cache)
     started = time.monotonic()
     log_path = log or context.parent / f"{context.name}.build.log"
     with log_path.open("w", encoding="utf-8") as out:
