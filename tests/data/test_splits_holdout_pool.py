@@ -35,21 +35,47 @@ def test_the_holdout_comes_only_from_the_allowed_rows(n: int, seed: int, share: 
                                                       strategy: str) -> None:
     frame = _frame(n, seed)
     mask = np.random.default_rng(seed + 1).random(n) < share
-    try:
-        plan = _plan(frame, strategy, mask)
-    except InvalidInputError:  # too few allowed rows (or groups) for the split: said clearly
-        assert strategy == "group" or mask.sum() < 20
-        return
+    plan = _plan(frame, strategy, mask)
     train, holdout = set(plan.train.tolist()), set(plan.holdout.tolist())
     assert train.isdisjoint(holdout)
     assert train | holdout == set(range(n))  # every row is used, once
-    assert holdout <= set(np.flatnonzero(mask).tolist())
-    assert set(np.flatnonzero(~mask).tolist()) <= train  # the rest always trains
+    if plan.holdout_note is None:
+        assert plan.holdout_pool is not None
+        assert holdout <= set(np.flatnonzero(mask).tolist())
+        assert set(np.flatnonzero(~mask).tolist()) <= train  # the rest always trains
+        assert set(frame.y.iloc[sorted(holdout)]) == set(frame.y)  # every class is scored
+    else:  # the allowed rows could not make a holdout: the split without a mask, said why
+        assert plan.holdout_pool is None and "drawn from every row" in plan.holdout_note
+        unlimited = _plan(frame, strategy)
+        np.testing.assert_array_equal(plan.holdout, unlimited.holdout)
     if strategy == "group":
         assert set(frame.g.iloc[sorted(train)]).isdisjoint(frame.g.iloc[sorted(holdout)])
+    if strategy == "time":  # never trained on its holdout's future
+        assert frame.t.iloc[sorted(train)].max() < frame.t.iloc[sorted(holdout)].min()
     for inner_train, inner_test in plan.folds:
         assert set(inner_train.tolist()).isdisjoint(inner_test.tolist())
         assert max(inner_train.max(), inner_test.max()) < len(plan.train)
+
+
+def test_new_rows_missing_a_class_or_all_before_the_champions_leave_the_holdout_unlimited(
+        ) -> None:
+    """A holdout of the new rows alone that could not score every class, or (time) that
+    would come before rows the model trains on, is not used: the plain split is, with the
+    reason recorded in the report."""
+    frame = _frame(300, 5)
+    one_class = (frame.y == 1).to_numpy()  # the new rows are all of class 1
+    plan = _plan(frame, "stratified", one_class)
+    assert plan.holdout_pool is None and "class(es) 0" in str(plan.holdout_note)
+    assert "holdout_note" in plan.describe()
+    np.testing.assert_array_equal(plan.holdout, _plan(frame, "stratified").holdout)
+    single = one_class.copy()
+    single[np.flatnonzero(frame.y == 0)[0]] = True  # class 0 once: cannot stratify
+    assert "single row" in str(_plan(frame, "stratified", single).holdout_note)
+    early = (frame.t < 100).to_numpy()  # the new rows all precede the champion's
+    assert "too few" in str(_plan(frame, "time", early).holdout_note)
+    late = (frame.t >= 200).to_numpy()
+    timed = _plan(frame, "time", late)
+    assert timed.holdout_pool == 100 and set(frame.t.iloc[timed.holdout]) >= {299}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

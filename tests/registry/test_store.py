@@ -236,3 +236,38 @@ def test_a_table_gone_from_the_database_is_unavailable_not_a_crash(db_settings: 
         assert "registered_models" in str(info.value)
     finally:
         reg.close()
+
+
+def test_a_missing_privilege_is_named_as_such(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL's permission-denied (42501) is not a schema mismatch: the answer says which,
+    and points at the statements that grant mlharbor's privileges."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from mlharbor.core.errors import UnavailableError
+    from tests.conftest import _pg_admin_connect
+
+    owner = Registry.from_settings(Settings(home=tmp_path / "owner", database_url=pg_url))
+    owner.close()
+    role = f"mlh_noaccess_{uuid.uuid4().hex[:8]}"
+    url = make_url(pg_url)
+    with _pg_admin_connect() as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        stranger = Registry.from_settings(Settings(
+            home=tmp_path / "stranger",
+            database_url=url.set(username=role).render_as_string(hide_password=False)),
+            migrate=False)
+        try:
+            with pytest.raises(UnavailableError) as info:
+                stranger.get_model("churn")
+            assert "lack of a privilege" in str(info.value)
+            assert "db-roles" in (info.value.hint or "")
+        finally:
+            stranger.close()
+    finally:
+        with _pg_admin_connect(url.database or "postgres") as conn:
+            conn.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA public FROM "{role}"')
+        with _pg_admin_connect() as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -115,14 +115,7 @@ class Database:
                 hint="Check that the database is running and MLHARBOR_DATABASE_URL is right.",
             ) from exc
         except ProgrammingError as exc:
-            # PostgreSQL's answer to a missing table or column (SQLite's is an
-            # OperationalError): the schema is not the one this version expects.
-            raise UnavailableError(
-                f"The metadata database's schema does not match this mlharbor "
-                f"({self.dialect}): {_first_line(exc.orig)}.",
-                hint="A table or column is missing or altered: point MLHARBOR_DATABASE_URL at "
-                "mlharbor's own database, or restore it from a backup.",
-            ) from exc
+            raise _refused(self.dialect, exc) from exc
         except DatabaseError as exc:
             # Anything else the database itself raised (an internal error, an unsupported
             # feature): the request was fine, the store could not serve it.
@@ -215,3 +208,31 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
 def _first_line(exc: object) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+#: PostgreSQL's SQLSTATEs for a table or a column that does not exist.
+_SCHEMA_STATES = ("42P01", "42703")
+_PRIVILEGE_STATE = "42501"
+
+
+def _refused(dialect: str, exc: ProgrammingError) -> UnavailableError:
+    """A statement the database refused, by its SQLSTATE: a schema that is not the one this
+    mlharbor expects, a missing privilege, or (anything else) a statement it could not run."""
+    state = getattr(exc.orig, "sqlstate", None)
+    if state in _SCHEMA_STATES:
+        return UnavailableError(
+            f"The metadata database's schema does not match this mlharbor ({dialect}): "
+            f"{_first_line(exc.orig)}.",
+            hint="A table or column is missing or altered: point MLHARBOR_DATABASE_URL at "
+            "mlharbor's own database, or restore it from a backup.")
+    if state == _PRIVILEGE_STATE:
+        return UnavailableError(
+            f"The metadata database refused this for lack of a privilege ({dialect}): "
+            f"{_first_line(exc.orig)}.",
+            hint="Grant the database role mlharbor's privileges: `mlharbor admin db-roles` "
+            "prints the statements.")
+    return UnavailableError(
+        f"The metadata database could not run a statement ({dialect}): "
+        f"{_first_line(exc.orig)}.",
+        hint="Try again; if it persists, report it with the server's log.")
+
