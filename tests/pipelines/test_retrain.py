@@ -229,6 +229,8 @@ def test_a_job_snapshots_trains_validates_and_registers_one_challenger(
     splits = v2.lineage["evaluation"]["splits"]
     assert splits["holdout_pool_rows"] == 400 and report["holdout_rows"] == 100
     assert splits["train_rows"] == 800 + 300
+    assert v2.lineage["retrain"]["holdout_from"] == {
+        "rule": "unseen_by_champion", "columns": [*FEATURES, "churn"], "rows": 400}
 
     # The hook for the rollout steps: the challenger validate passed, the champion it beat.
     target = target_from_results({s.name: s.result for s in done.steps}, registry)

@@ -317,10 +317,10 @@ class Retrainer:
         dataset = read_snapshot(self.registry, snapshot.uri, snapshot.fingerprint)
         # the champion is judged on rows it never trained on (see unseen_by_champion)
         schema = base.lineage.get("schema") or {}
-        unseen = unseen_by_champion(
-            dataset.frame, snapshot.parts, holdout=recipe.validation.holdout,
-            columns=[c for c in (*schema.get("features", {}), schema.get("target"))
-                     if c in dataset.frame.columns])
+        compared = [c for c in (*schema.get("features", {}), schema.get("target"))
+                    if c in dataset.frame.columns]
+        unseen = unseen_by_champion(dataset.frame, snapshot.parts, columns=compared,
+                                    holdout=recipe.validation.holdout)
         dataset = dataclasses.replace(dataset, holdout_from=unseen)
         champion, error = self._champion(base)
         ctx.check()
@@ -347,8 +347,15 @@ class Retrainer:
             self.registry, base.name, outcome, settings=self.settings,
             actor=_actor(ctx.job), status="failed" if failed else "ready",
             status_reason=reason, tags={JOB_TAG: ctx.job.id, **tags},
-            lineage={"retrain": {"job": ctx.job.id, "base": base.ref,
-                                 "snapshot": made["snapshot"]}, **lineage})
+            lineage={"retrain": {
+                "job": ctx.job.id, "base": base.ref, "snapshot": made["snapshot"],
+                # how the holdout mask was made, so the split can be made again from the
+                # snapshot: the rows after the champion's whose `compared` columns repeat
+                # none of its rows (None: no mask)
+                "holdout_from": None if unseen is None else {
+                    "rule": "unseen_by_champion", "columns": compared,
+                    "rows": int(unseen.sum())}},
+                **lineage})
         if recorder is not None:
             recorder.registered(version.ref)
         return version
