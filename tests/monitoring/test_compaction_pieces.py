@@ -142,6 +142,18 @@ def test_a_file_that_fails_midway_leaves_no_segment_and_stays(tmp_path: Path) ->
     assert log.scan("churn").num_rows == 64 * (2 * PIECE_BYTES // (64 * 21 * 8) + 10)
 
 
+def test_drafts_a_crash_left_are_swept_once_old(tmp_path: Path) -> None:
+    store = LocalSegments(tmp_path / "seg")
+    (tmp_path / "seg").mkdir()
+    old, fresh = tmp_path / "seg" / ".draft-old.tmp", tmp_path / "seg" / ".draft-new.tmp"
+    old.write_bytes(b"PAR1")
+    fresh.write_bytes(b"PAR1")  # a live compactor's, perhaps: kept
+    os.utime(old, (0, 0))
+    store.draft().discard()
+    assert not old.exists() and fresh.exists()
+    assert store.names() == []
+
+
 def test_the_pacer_sleeps_in_proportion_to_cpu_only_while_the_backlog_is_small() -> None:
     backlog = [0]
     slept: list[float] = []

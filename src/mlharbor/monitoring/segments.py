@@ -105,6 +105,7 @@ class _FileDraft:
 class LocalSegments:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._swept = False
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         path = self.root / name
@@ -129,8 +130,25 @@ class LocalSegments:
         return (self.root / name).read_bytes()
 
     def draft(self) -> SegmentDraft:
-        """A segment written to a temporary file here, published by renaming it."""
+        """A segment written to a temporary file here, published by renaming it. The first
+        draft of this store sweeps away drafts a crashed compactor left (see
+        :meth:`sweep_drafts`)."""
+        if not self._swept:
+            self._swept = True
+            self.sweep_drafts()
         return _FileDraft(self.root)
+
+    def sweep_drafts(self, max_age_s: float = 3600.0) -> int:
+        """Delete drafts older than ``max_age_s`` (a compactor that crashed mid-file left
+        them; a live one finishes a file within its timeout, minutes); returns how many."""
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for path in self.root.glob(".draft-*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
