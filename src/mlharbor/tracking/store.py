@@ -30,7 +30,7 @@ from sqlalchemy import delete, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import LifecycleStage, MetricPoint, Run, RunPage, RunStatus
-from mlharbor.tracking import checks, rows, writes
+from mlharbor.tracking import checkpoint, checks, rows, writes
 from mlharbor.tracking import schema as t
 from mlharbor.tracking.experiments import (
     PROXY_SCHEME,
@@ -178,7 +178,11 @@ class TrackingStore(ExperimentStore):
             with self.db.read() as conn:
                 rows.check_active(conn, run_id)
             return
+        checkpointer = (self._checkpointer() if len(points) >= checkpoint.DEFER_POINTS
+                        else None)
         with self.db.write() as conn:
+            if checkpointer is not None:
+                checkpointer.defer(conn)
             rows.check_active(conn, run_id)
             if clean_params:
                 self._write_params(conn, run_id, clean_params)
@@ -191,6 +195,14 @@ class TrackingStore(ExperimentStore):
                         name=clean_tags[RUN_NAME_TAG][: checks.MAX_NAME_CHARS]))
             if points:
                 writes.write_metrics(conn, run_id, points)
+        if checkpointer is not None:
+            checkpointer.wrote(len(points))
+
+    def _checkpointer(self) -> checkpoint.Checkpointer | None:
+        """On a SQLite file: the database's WAL checkpoint thread (:mod:`.checkpoint`), which
+        metric writes leave their checkpoints to."""
+        engine = getattr(self.db, "engine", None)
+        return None if engine is None else checkpoint.for_engine(engine)
 
     @staticmethod
     def _write_params(conn: Connection, run_id: str, params: dict[str, str]) -> None:
