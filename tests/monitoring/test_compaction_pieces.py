@@ -125,6 +125,44 @@ def test_a_server_compacting_itself_paces_too_and_loses_nothing(tmp_path: Path) 
     assert log.backlog()["journal_bytes"] == 0
 
 
+def test_a_column_that_changes_type_midway_restarts_the_file_in_pieces(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"))
+    count = 2 * PIECE_BYTES // (64 * 21 * 8) + 10
+    log_records(log, 0, count, per_flush=100)  # no fallback: an all-null column so far
+    late = record(count)
+    log.emit(PredictionRecord(late.request_id, late.endpoint, late.model_ref, 1, None,
+                              late.outputs, 0.001, late.at, fallback="churn:1",
+                              matrix=late.matrix, columns=COLUMNS))
+    log.flush()
+    with caplog.at_level("INFO", logger="mlharbor.monitoring.predlog"):
+        assert log.compact() == 1
+    assert "compacting it again with the columns joined" in caplog.text
+    assert "compacting it whole" not in caplog.text
+    table = log.scan("churn", columns=["request_id", "fallback"])
+    assert table.num_rows == 64 * (count + 1)
+    assert table["fallback"].null_count == 64 * count
+    assert set(table["fallback"].drop_null().to_pylist()) == {"churn:1"}
+
+
+def test_columns_that_do_not_join_send_the_file_whole(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"))
+    count = 2 * PIECE_BYTES // (64 * 21 * 8) + 10
+    log_records(log, 0, count, per_flush=100)  # integer predictions
+    late = record(count)
+    log.emit(PredictionRecord(late.request_id, late.endpoint, late.model_ref, 1, None,
+                              Outputs(np.array(["no", "yes"] * 32), None), 0.001, late.at,
+                              matrix=late.matrix, columns=COLUMNS))
+    log.flush()
+    with caplog.at_level("INFO", logger="mlharbor.monitoring.predlog"):
+        assert log.compact() == 1
+    assert "compacting it whole" in caplog.text
+    table = log.scan("churn", columns=["request_id", "prediction"])
+    assert table.num_rows == 64 * (count + 1)
+    assert {"no", "yes"} <= set(table["prediction"].to_pylist())
+
+
 def test_a_file_that_fails_midway_leaves_no_segment_and_stays(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path / "journal", LocalSegments(tmp_path / "seg"))
     log_records(log, 0, 2 * PIECE_BYTES // (64 * 21 * 8) + 10, per_flush=100)

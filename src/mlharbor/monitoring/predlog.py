@@ -83,6 +83,9 @@ log = logging.getLogger("mlharbor.monitoring.predlog")
 # Parquet writer's row group), whatever the file's size. At 64 rows a request it is ~370
 # requests, ~25k rows: a row group large enough that Parquet's per-group costs stay small.
 PIECE_BYTES = 4 << 20
+# Times a journal file is started over in pieces with a wider schema before it is compacted
+# whole (see PredictionLog._compact_file).
+SCHEMA_RESTARTS = 3
 
 DROP_REASONS = ("buffer_full", "journal_full", "write_failed", "unencodable", "torn")
 
@@ -388,11 +391,41 @@ class PredictionLog:
                       paced_first: bool = False) -> tuple[int, int, int, int]:
         """One journal file as segments, all or nothing: every endpoint's segment is a draft
         until the file's last piece is written, and a failure discards them all (the file
-        stays, to be compacted again). Returns (segments, rows, torn records, torn frames)."""
+        stays, to be compacted again). Returns (segments, rows, torn records, torn frames).
+
+        A segment's schema is its first piece's; a later piece that does not fit it (a column
+        all null so far that now holds text, an error column) starts the file over with the
+        two schemas joined, up to :data:`SCHEMA_RESTARTS` times; past that, or when they do
+        not join, the file is compacted whole (all of it in memory, as before pieces)."""
+        from mlharbor.monitoring.segmentwriter import SchemaChanged, widened
+
+        seq = self.journal.seq_of(path)
+        schemas: dict[str, pa.Schema] = {}
+        for _attempt in range(SCHEMA_RESTARTS + 1):
+            try:
+                return self._compact_pieces(path, seq, schemas, pace, paced_first)
+            except SchemaChanged as exc:
+                wider = (widened(exc.schema, exc.piece)
+                         if exc.schema is not None and exc.piece is not None else None)
+                if wider is None or exc.endpoint is None:
+                    log.info("journal %s: %s; compacting it whole", path.name, exc)
+                    break
+                log.info("journal %s: %s; compacting it again with the columns joined",
+                         path.name, exc)
+                schemas[exc.endpoint] = wider
+                paced_first = True
+        contents = self.journal.contents(path)
+        return (self._write_segments(contents.rows, seq), len(contents.rows),
+                contents.torn_records, contents.torn_frames)
+
+    def _compact_pieces(self, path: Path, seq: int, schemas: dict[str, pa.Schema],
+                        pace: Callable[[], None] | None, paced_first: bool
+                        ) -> tuple[int, int, int, int]:
+        """:meth:`_compact_file`'s pass over the pieces, with ``schemas`` given per endpoint
+        (others take their first piece's)."""
         from mlharbor.monitoring.segments import draft_segment
         from mlharbor.monitoring.segmentwriter import SchemaChanged, SegmentWriter
 
-        seq = self.journal.seq_of(path)
         writers: dict[str, SegmentWriter] = {}
         rows = torn_records = torn_frames = 0
         try:
@@ -406,18 +439,16 @@ class PredictionLog:
                     writer = writers.get(endpoint)
                     if writer is None:
                         writer = writers[endpoint] = SegmentWriter(
-                            draft_segment(self.segments, self.sealer), table.schema)
-                    writer.write(table)
+                            draft_segment(self.segments, self.sealer),
+                            schemas.get(endpoint, table.schema))
+                    try:
+                        writer.write(table)
+                    except SchemaChanged as exc:
+                        exc.endpoint = endpoint
+                        raise
                 del piece
             for endpoint, writer in writers.items():
                 writer.publish(functools.partial(self._segment_name, endpoint, seq))
-        except SchemaChanged as exc:
-            for writer in writers.values():
-                writer.discard()
-            log.info("journal %s: %s; compacting it whole", path.name, exc)
-            contents = self.journal.contents(path)
-            return (self._write_segments(contents.rows, seq), len(contents.rows),
-                    contents.torn_records, contents.torn_frames)
         except BaseException:
             for writer in writers.values():
                 writer.discard()

@@ -9,8 +9,9 @@ last piece is written.
 
 A Parquet file has one schema, fixed by the first piece. A later piece whose columns are a
 subset of it, of types that cast without loss, is cast to it; anything else (a new column, a
-type that does not fit) raises :class:`SchemaChanged`, and the caller compacts that file whole
-as before, so no file ever fails for being written in pieces.
+type that does not fit) raises :class:`SchemaChanged`, and the caller starts the file over
+with the schemas joined (:func:`widened`) or, when they do not join, compacts it whole as
+before: no file ever fails for being written in pieces.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ _UNIQUE_TEXT = frozenset({"request_id"})
 
 
 class SchemaChanged(Exception):
-    """A piece's columns do not fit the schema the segment was started with."""
+    """A piece's columns do not fit the schema the segment was started with: ``schema`` is
+    the segment's, ``piece`` the piece's (when known), ``endpoint`` set by the caller."""
+
+    def __init__(self, message: str, schema: pa.Schema | None = None,
+                 piece: pa.Schema | None = None) -> None:
+        super().__init__(message)
+        self.schema = schema
+        self.piece = piece
+        self.endpoint: str | None = None
 
 
 class SegmentWriter:
@@ -54,7 +63,10 @@ class SegmentWriter:
         import pyarrow.compute as pc
 
         if table.schema != self.schema:
-            table = conform(table, self.schema)
+            try:
+                table = conform(table, self.schema)
+            except SchemaChanged as exc:
+                raise SchemaChanged(str(exc), self.schema, table.schema) from exc
         span = pc.min_max(table["at"])
         first, last = span["min"].as_py(), span["max"].as_py()
         if first is not None:
@@ -101,6 +113,26 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             raise SchemaChanged(f"column {field.name!r} holds nulls")
         arrays.append(column)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def widened(schema: pa.Schema, piece: pa.Schema) -> pa.Schema | None:
+    """A schema both fit (:func:`conform`): types promoted as Arrow joins tables
+    ("permissive"), a column missing from either nullable; None when they do not join."""
+    import pyarrow as pa
+
+    try:
+        joined = pa.unify_schemas([schema, piece], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    fields = []
+    for field in joined:
+        if field.name in schema.names and field.name in piece.names:
+            nullable = (schema.field(field.name).nullable
+                        or piece.field(field.name).nullable)
+        else:
+            nullable = True
+        fields.append(field.with_nullable(nullable))
+    return pa.schema(fields)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
