@@ -64,7 +64,9 @@ def test_dockerfile_passes_hadolint_and_a_broken_one_fails(deployed: Deployed, t
     text = dockerfile(source, requirement=requirement_for(source), bake=bake)
     assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in text
     assert text.count("FROM ") == 1  # one stage: the wheels are bind-mounted, never a layer
-    assert text.count("--mount=type=bind,source=wheels,") == 2
+    # the dependency install mounts the dependencies only; mlharbor's own wheel comes after
+    assert text.count("--mount=type=bind,source=wheels,") == 1
+    assert text.count("--mount=type=bind,source=wheels-mlharbor,") == 1
     assert "COPY wheels" not in text and "ADD " not in text
     assert "USER 10001:10001" in text and "HEALTHCHECK" in text
     assert "--no-index" in text  # no network during the build
@@ -195,6 +197,10 @@ def check_requirements(context: Path) -> None:
              for line in (context / name).read_text().splitlines()
              if line and not line.startswith("#")]
     wheels = sorted((context / "wheels").glob("*.whl"))
+    own_wheels = sorted((context / "wheels-mlharbor").glob("*.whl"))
+    assert [w.name.split("-")[0] for w in own_wheels] == ["mlharbor"]
+    assert not any(w.name.startswith("mlharbor-") for w in wheels)
+    wheels += own_wheels
     assert len(lines) == len(wheels) > 10
     hashes = {line.split("--hash=sha256:")[1] for line in lines}
     assert hashes == {hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels}

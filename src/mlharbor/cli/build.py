@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"build: {ref} -> {source.version.ref} (image {source.image})")
                 where = f"{output}/" if output is not None else ""
                 for item in ("Dockerfile", ".dockerignore", "entrypoint.sh", "build.json",
-                             "wheels/ (mlharbor and every dependency)",
+                             "wheels/ (every dependency), wheels-mlharbor/ (mlharbor)",
                              "requirements.txt, requirements-mlharbor.txt (the wheels' "
                              "hashes: the install layers' cache keys)"):
                     typer.echo(f"  write  {where}{item}")

@@ -6,7 +6,8 @@
     .dockerignore
     entrypoint.sh    maps platform contracts (SageMaker ``serve``, PORT, AIP_HTTP_PORT) to
                      ``mlharbor serve``
-    wheels/          mlharbor's own wheel and every dependency, so the build needs no network
+    wheels/          every dependency's wheel, so the build needs no network
+    wheels-mlharbor/ mlharbor's own wheel
     requirements.txt            every dependency wheel, ``name==version --hash=sha256:...``
     requirements-mlharbor.txt   mlharbor's own wheel, the same way
     model/           the baked one-version registry (absent with ``bake=False``: the image then
@@ -111,6 +112,13 @@ def write_build_context(
         progress("building wheels (mlharbor and its dependencies)")
         wheels = collect_wheels(staging / "wheels", requirement, options.wheel_cache)
         write_requirements(staging / "wheels", staging)
+        # mlharbor's own wheel in a folder of its own: the dependency install mounts only
+        # wheels/, so a builder that keys a layer on its bind mounts (BuildKit, newer buildah)
+        # still reuses it when mlharbor alone changes.
+        own = staging / OWN_WHEELS
+        own.mkdir()
+        for wheel in (staging / "wheels").glob("mlharbor-*.whl"):
+            wheel.rename(own / wheel.name)
         if options.bake:
             progress(f"baking {source.version.ref} into the image")
             bake_version(registry, source.version, staging / "model", actor=actor)
@@ -179,6 +187,7 @@ def collect_wheels(dest: Path, requirement: str, cache: Path | None) -> int:
 
 OWN_REQUIREMENTS = "requirements-mlharbor.txt"
 DEPENDENCY_REQUIREMENTS = "requirements.txt"
+OWN_WHEELS = "wheels-mlharbor"  # the build context's folder of mlharbor's own wheel
 
 
 def write_requirements(wheels: Path, folder: Path) -> None:
