@@ -104,6 +104,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             continue
         column = table[field.name]
         if column.type != field.type:
+            if not _widens(column, field.type):
+                raise SchemaChanged(f"column {field.name!r} is {column.type}, "
+                                    f"not {field.type}")
             try:
                 column = column.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
@@ -142,3 +145,31 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name not in _UNIQUE_TEXT and (
         pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
         or pa.types.is_boolean(f.type) or pa.types.is_dictionary(f.type))]
+
+
+#: Integers a float64 holds exactly.
+_EXACT_IN_FLOAT64 = 1 << 53
+
+
+def _widens(column: pa.ChunkedArray, target: pa.DataType) -> bool:
+    """Whether ``column`` becomes ``target`` without changing a value: from nulls, between
+    integers (Arrow's safe cast refuses an overflow), or integers into a float64 that holds
+    them exactly. Anything else (text into numbers, numbers into booleans, floats into
+    integers) is left to the whole-file path, which keeps what was logged (as text where
+    types mix), so where a piece boundary falls never changes a stored value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    source = column.type
+    if pa.types.is_null(source):
+        return True
+    if pa.types.is_integer(source) and pa.types.is_integer(target):
+        return True
+    if pa.types.is_integer(source) and pa.types.is_float64(target):
+        if column.null_count == len(column):
+            return True
+        span = pc.min_max(column)
+        low, high = span["min"].as_py(), span["max"].as_py()
+        return bool(low >= -_EXACT_IN_FLOAT64 and high <= _EXACT_IN_FLOAT64)
+    return False
+
