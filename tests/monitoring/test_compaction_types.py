@@ -44,3 +44,17 @@ def test_values_are_stored_as_logged_whatever_the_pieces(
     monkeypatch.setattr(predlog, "PIECE_BYTES", 1)
     assert _logged(tmp_path / "pieces", values) == whole
     assert whole == stored
+
+
+def test_a_small_journal_bound_lowers_the_pacing_threshold() -> None:
+    """Pacing stops at a quarter of a journal bound smaller than the default threshold, so a
+    journal configured small still drains flat out before it fills (and drops records)."""
+    from mlharbor.monitoring.compactor import PACE_BELOW_BYTES, CompactorProcess, pace_below
+    from mlharbor.settings import Settings
+
+    assert pace_below(1 << 30) == PACE_BELOW_BYTES
+    assert pace_below(64 << 20) == 16 << 20
+    assert pace_below(1) == 1
+    small = Settings(monitoring={"buffer_max_bytes": 32 << 20})
+    config = CompactorProcess(small, Path("/nonexistent"))._config
+    assert b'"below_bytes":8388608' in config

@@ -62,6 +62,13 @@ DUTY = 0.15
 # child works flat out: pacing must never let the journal grow until it is full and records
 # are dropped (the journal's bound is 1 GiB by default; at full load ~14 MB a second arrive).
 PACE_BELOW_BYTES = 128 << 20
+
+
+def pace_below(journal_max_bytes: int) -> int:
+    """The backlog from which compaction stops pacing, for a journal bounded at
+    ``journal_max_bytes``: :data:`PACE_BELOW_BYTES`, or a quarter of a smaller bound, so a
+    journal configured small still drains flat out long before it is full."""
+    return min(PACE_BELOW_BYTES, max(journal_max_bytes // 4, 1))
 # Children that die before answering, in a row, before compaction stays in-process for good.
 MAX_START_FAILURES = 3
 
@@ -74,7 +81,9 @@ class CompactorProcess:
 
     def __init__(self, settings: Settings, journal_dir: Path, *,
                  timeout_s: float = 300.0, duty: float = DUTY,
-                 pace_below_bytes: int = PACE_BELOW_BYTES) -> None:
+                 pace_below_bytes: int | None = None) -> None:
+        if pace_below_bytes is None:
+            pace_below_bytes = pace_below(settings.monitoring.buffer_max_bytes)
         self._config = orjson.dumps({"settings": revealed(settings),
                                      "journal": str(journal_dir),
                                      "pacing": {"duty": duty,

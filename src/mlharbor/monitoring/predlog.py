@@ -361,9 +361,10 @@ class PredictionLog:
         process's would count serving's), and it sleeps without the interpreter lock."""
         import time as clock
 
-        from mlharbor.monitoring.compactor import Pacer
+        from mlharbor.monitoring.compactor import Pacer, pace_below
 
-        return Pacer(self.journal.bytes_on_disk, cpu=clock.thread_time)
+        return Pacer(self.journal.bytes_on_disk, cpu=clock.thread_time,
+                     below_bytes=pace_below(self.journal.max_bytes))
 
     def compact_files(self, paths: Sequence[Path],
                       pace: Callable[[], None] | None = None) -> int:
