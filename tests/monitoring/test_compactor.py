@@ -54,6 +54,8 @@ def test_compaction_runs_in_a_child_process(settings: Settings) -> None:
     assert log.scan("churn").num_rows == 300
     log.close()
     assert child.poll() is not None  # closing the log ends the child
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin.closed and child.stdout.closed  # and no descriptor stays open
 
 
 def test_a_dead_child_is_replaced_and_a_broken_one_falls_back_to_this_process(
@@ -72,6 +74,7 @@ def test_a_dead_child_is_replaced_and_a_broken_one_falls_back_to_this_process(
     log.flush()
     assert log.compact() == 1  # a new child did it
     assert compactor._proc is not None and compactor._proc.pid != child.pid
+    assert child.stdout is not None and child.stdout.closed  # the dead one's pipes: closed
     compactor._proc.kill()
     compactor._proc.wait()
     compactor._config = b"not the settings"  # the next child dies on start

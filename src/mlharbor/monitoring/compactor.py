@@ -140,6 +140,7 @@ class CompactorProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        _close_pipes(proc)
         self._proc = None
 
     @property
@@ -168,6 +169,8 @@ class CompactorProcess:
                 f"The log compactor failed to start {MAX_START_FAILURES} times in a row.")
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
+        if self._proc is not None:  # it died between requests: its pipes go with it
+            _close_pipes(self._proc)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlharbor.monitoring.compactor"],
@@ -192,6 +195,7 @@ class CompactorProcess:
             with contextlib.suppress(OSError):
                 self._proc.kill()
             self._proc.wait()
+            _close_pipes(self._proc)
             self._proc = None
 
 
@@ -233,6 +237,15 @@ class Pacer:
             self._sleep(pause)
             self.slept_s += pause
         self._mark = self._cpu()
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    """Close our ends of a finished child's pipes: left to the collector they stay open file
+    descriptors until then (one pair per restart after a crash) and warn when collected."""
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
