@@ -136,6 +136,42 @@ class Driver:
         return out["status"], out["body"]
 
 
+def session_key(home: Path, *, reuse: bool) -> str:
+    """The API key of ``home`` (trained and registered by :func:`prepare` unless ``reuse``
+    finds one), with uvloop installed when present, as the server runs."""
+    keyfile = home / "key.txt"
+    if reuse and keyfile.exists():
+        key = keyfile.read_text()
+    else:
+        key = prepare(home)
+        keyfile.write_text(key)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return key
+
+
+async def send_waves(driver: Driver, path: str, body: bytes, model: str, count: int,
+                     concurrency: int) -> None:
+    """``count`` requests, ``concurrency`` at a time."""
+    for start in range(0, count, concurrency):
+        n = min(concurrency, count - start)
+        await asyncio.gather(*(driver.request(path, body, model) for _ in range(n)))
+
+
+def settle_log(log: Any, *, wait_s: float, after_s: float) -> None:
+    """Wait until the log's flusher has journaled everything (it runs every 0.2 s)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while log.backlog()["pending_records"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(after_s)
+
+
 async def run(home: Path, key: str, requests: int, top: int, cases: list[str] | None) -> None:
     from mlharbor.bootstrap.serving import ServingProcess
     from mlharbor.settings import Settings
@@ -190,15 +226,10 @@ async def cpu_run(home: Path, key: str, requests: int, concurrency: int, rounds:
     flusher_clock = time.pthread_getcpuclockid(flusher.ident)
 
     async def wave(path: str, body: bytes, model: str, count: int) -> None:
-        for start in range(0, count, concurrency):
-            n = min(concurrency, count - start)
-            await asyncio.gather(*(driver.request(path, body, model) for _ in range(n)))
+        await send_waves(driver, path, body, model, count, concurrency)
 
-    def settle() -> None:  # the flusher has journaled everything (it runs every 0.2 s)
-        deadline = time.monotonic() + 10
-        while log.backlog()["pending_records"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
+    def settle() -> None:
+        settle_log(log, wait_s=10, after_s=0.3)
 
     try:
         print("case                       loop us  flusher us  compaction us  total us "
@@ -273,18 +304,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of --requests per case (--cpu); the lowest is reported")
     args = parser.parse_args()
-    keyfile = args.home / "key.txt"
-    if args.reuse and keyfile.exists():
-        key = keyfile.read_text()
-    else:
-        key = prepare(args.home)
-        keyfile.write_text(key)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    key = session_key(args.home, reuse=args.reuse)
     if args.cpu:
         asyncio.run(cpu_run(args.home, key, args.requests, args.concurrency, args.rounds,
                             args.case))

@@ -34,13 +34,12 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hotpath import Driver, payloads, prepare
+from hotpath import Driver, payloads, send_waves, session_key, settle_log
 
 SHIM = r"""
 #include <valgrind/callgrind.h>
@@ -106,15 +105,10 @@ async def run(home: Path, key: str, requests: int, concurrency: int, cases: list
         await driver.lifespan("startup")
 
     async def wave(path: str, body: bytes, model: str, count: int) -> None:
-        for start in range(0, count, concurrency):
-            n = min(concurrency, count - start)
-            await asyncio.gather(*(driver.request(path, body, model) for _ in range(n)))
+        await send_waves(driver, path, body, model, count, concurrency)
 
-    def settle() -> None:  # the flusher has journaled everything (it runs every 0.2 s)
-        deadline = time.monotonic() + 120
-        while log.backlog()["pending_records"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+    def settle() -> None:
+        settle_log(log, wait_s=120, after_s=0.5)
 
     try:
         for name in cases:
@@ -153,18 +147,7 @@ def main() -> None:
                         help="drive floor_app.py's app on this ONNX file instead (native "
                              "cases: the same records)")
     args = parser.parse_args()
-    keyfile = args.home / "key.txt"
-    if args.reuse and keyfile.exists():
-        key = keyfile.read_text()
-    else:
-        key = prepare(args.home)
-        keyfile.write_text(key)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    key = session_key(args.home, reuse=args.reuse)
     asyncio.run(run(args.home, key, args.requests, args.concurrency, args.case, args.set,
                     args.floor))
 
