@@ -37,6 +37,17 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+def _open_files(pid: int) -> list[str]:
+    """What the process has open; a descriptor it closes while we list them is skipped."""
+    files = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            files.append(str(fd.readlink()))
+        except FileNotFoundError:
+            continue
+    return files
+
+
 def test_compaction_runs_in_a_child_process(settings: Settings) -> None:
     log = open_prediction_log(settings)
     assert log.compactor is not None
@@ -48,7 +59,7 @@ def test_compaction_runs_in_a_child_process(settings: Settings) -> None:
     assert child is not None and child.pid != os.getpid() and child.poll() is None
     # It does not hold the journal slot's lock: a server restarted after a crash claims the
     # same slot at once and recovers it.
-    fds = [str(p.readlink()) for p in Path(f"/proc/{child.pid}/fd").iterdir()]
+    fds = _open_files(child.pid)
     assert not any(f.endswith("/.lock") for f in fds), fds
     assert log.backlog()["journal_bytes"] == 0  # the parent saw the child's work
     assert log.scan("churn").num_rows == 300

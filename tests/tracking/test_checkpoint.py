@@ -39,18 +39,18 @@ def test_metric_writes_checkpoint_on_the_thread_and_the_log_stays_bounded(
         reg: Registry, settings: Settings) -> None:
     store = TrackingStore(reg.store.db)
     run = store.create_run(store.create_experiment("e").experiment_id)
-    for step in range(200):  # up to ~120 pages a batch on a long run
+    for step in range(400):  # ~13 pages a batch: past RESTART_PAGES in all
         store.log_batch(run.run_id, metrics=_batch(step))
     found = checkpoint.for_engine(reg.store.db.engine)
     assert found is not None
     wait_until(lambda: found.checkpoints >= 1, 60, "a checkpoint on the thread")
     found.checkpoint()  # and one now: the log is long unless it restarted already
-    store.log_batch(run.run_id, metrics=_batch(200))
+    store.log_batch(run.run_id, metrics=_batch(400))
     # The WAL header's checkpoint sequence counts the times the log started over.
     header = _wal(settings).read_bytes()[:16]
     assert int.from_bytes(header[12:16], "big") > 0
     points = store.metric_history(run.run_id, "k7", max_results=1000)[0]
-    assert [p.step for p in points] == list(range(201))
+    assert [p.step for p in points] == list(range(401))
     with reg.store.db.read() as conn:  # the pooled connection's own setting came back
         raw = conn.connection.driver_connection
         assert raw is not None

@@ -3,25 +3,27 @@ request that happened to take the log past SQLite's threshold.
 
 In WAL mode SQLite appends each commit's pages to the ``-wal`` file, and the connection whose
 commit takes the log past ``wal_autocheckpoint`` pages (1000) copies the log back into the
-database file, with an ``fsync`` of each, before its commit returns. A batch of 100 metrics of
-a long run dirties ~120 pages (one index leaf per metric key, plus the latest values), so every
+database file, with an ``fsync`` of each, before its commit returns. When the series index
+was keyed by metric first, a batch of 100 metrics of a long run dirtied ~120 pages, so every
 ~6-8th ``mlflow.log_metrics`` call paid for a checkpoint: with the real client, 300 batched
-calls gave 98 ``fdatasync`` on the server, 0.29 s in all (median 2.1 ms, slowest 48 ms).
+calls gave 98 ``fdatasync`` on the server, 0.29 s in all (median 2.1 ms, slowest 48 ms). Keyed
+by step (migration 0009) such a batch adds ~13 pages, so the checkpoint comes every ~80th
+call; this module keeps it out of that call too.
 
 So the tracking store's metric writes of :data:`DEFER_POINTS` points or more
-(:meth:`Checkpointer.defer`) turn the connection's
-automatic checkpoint off for their transaction (the setting goes back as the connection
-returns to the pool, before anyone else can check it out) and, after the commit, count the
-pages they added (:meth:`Checkpointer.wrote`: an estimate, :data:`PAGES_PER_COMMIT` a commit
-and one a point). Every :data:`PAGES` pages the database's checkpoint thread runs
-``PRAGMA wal_checkpoint(PASSIVE)`` on a pooled connection, outside any transaction: it never
-blocks readers or writers. Under continuous writes a passive checkpoint is never caught up when
-the next writer starts, and SQLite restarts the log only then, so once the log is past
+(:meth:`Checkpointer.defer`) turn the connection's automatic checkpoint off for their
+transaction (the setting goes back as the connection returns to the pool, before anyone else
+can check it out) and, after the commit, count the pages they added
+(:meth:`Checkpointer.wrote`: an estimate, :data:`PAGES_PER_COMMIT` a commit and one per
+:data:`POINTS_PER_PAGE` points). Every :data:`PAGES` pages the database's checkpoint thread
+runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a pooled connection, outside any transaction: it
+never blocks readers or writers. Under continuous writes a passive checkpoint is never caught
+up when the next writer starts, and SQLite restarts the log only then, so once the log is past
 :data:`RESTART_PAGES` the thread runs a ``RESTART`` checkpoint: it waits for the writer of the
 moment, holds new writers off while it copies what the passive ones left (little), and the log
 starts over. Measured in process at the client's pace (100 points a call, 4 ms of other work
-between calls, alternating runs, load ~3): ``log_batch`` 3.13/2.91/3.62 -> 2.59/2.73/2.27 ms
-of wall a call on average, the log at most ~24 MB.
+between calls, alternating runs, load ~3): ``log_batch`` 3.13/2.91/3.62 -> 2.59/2.73/2.27 ms of
+wall a call on average, the log at most ~24 MB.
 
 Durability is unchanged: a commit returns once it is in the WAL (``synchronous=NORMAL``), which
 survives a crash of the process, and the log is synced at each checkpoint, as often as before
@@ -49,8 +51,11 @@ log = logging.getLogger(__name__)
 DEFER_POINTS = 20
 #: A checkpoint after metric writes have added about this many pages (SQLite's own default).
 PAGES = 1000
-#: Pages a metric-write commit adds besides one per point (run row look-up, latest values).
-PAGES_PER_COMMIT = 4
+#: Pages a metric-write commit adds besides its points' (run row, table and index tails).
+PAGES_PER_COMMIT = 3
+#: Points of one commit that fill about a page of the log: 100-point batches of a long run
+#: added 2,559 pages in 200 commits (measured in the WAL, migration 0009's layout).
+POINTS_PER_PAGE = 10
 #: Past this many pages in the log, a RESTART checkpoint so the log starts over.
 RESTART_PAGES = 4000
 #: The checkpoint thread ends after this long without work (the next request starts another).
@@ -100,7 +105,7 @@ class Checkpointer:
         """A deferred transaction with ``points`` metric points committed: a checkpoint on
         the thread once about :data:`PAGES` pages have gathered."""
         with self._lock:
-            self._pages += PAGES_PER_COMMIT + points
+            self._pages += PAGES_PER_COMMIT + points // POINTS_PER_PAGE
             if self._pages < PAGES or self._closed:
                 return
             self._pages = 0

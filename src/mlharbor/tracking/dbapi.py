@@ -41,6 +41,17 @@ class Sql:
         """``values`` in the driver's parameter style."""
         return values if self.order is None else tuple(values[n] for n in self.order)
 
+    def rows(self, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[Any]:
+        """``rows`` (each the values of ``names``, in that order) in the driver's parameter
+        style: the very list when the statement takes them in that order, as a batch of
+        ``executemany`` usually does, so a batch is not copied into dictionaries and back."""
+        if self.order == names:
+            return rows
+        if self.order is None:
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        where = [names.index(n) for n in self.order]
+        return [tuple(row[i] for i in where) for row in rows]
+
 
 def compiled(name: str, build: Callable[[], Any], dialect: Dialect) -> Sql:
     """Statement ``name`` (made by ``build()``, SQLAlchemy Core with named bind parameters)

@@ -1,9 +1,9 @@
 """The tracking tables, as SQLAlchemy Core: experiments, runs, params, tags, metric points,
 the latest value of each metric, run artifact files and logged models.
 
-Created and changed only by migration ``0008_tracking`` (a test compares the two). They live in
-the registry's database, so a run and the version registered from it share one transaction
-log and one backup.
+Created and changed only by migrations ``0008_tracking`` and ``0009_metrics_by_step`` (a test
+compares them). They live in the registry's database, so a run and the version registered from
+it share one transaction log and one backup.
 
 Why a ``latest_metrics`` table beside the full series: ``search_runs`` filters and sorts on a
 run's latest value of a metric, and over 10,000 runs a lookup on ``(key, value)`` is what keeps
@@ -92,7 +92,7 @@ metrics = Table(
     Column("value", Float, nullable=True),
     Column("timestamp", BigInteger, nullable=False),
     Column("step", BigInteger, nullable=False),
-    Index("ix_tracking_metrics_run_key_step", "run_id", "key", "step"),
+    Index("ix_tracking_metrics_run_step_key", "run_id", "step", "key"),
 )
 
 latest_metrics = Table(

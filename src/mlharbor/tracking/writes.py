@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select
@@ -65,9 +65,8 @@ def write_metrics(conn: Connection, run_id: str, points: Sequence[MetricPoint]) 
         if held is None or rank(p) > rank(held):
             best[p.key] = p
     with dbapi.cursor(conn, series) as cursor:
-        cursor.executemany(series.text, [series.params(_values(run_id, p)) for p in points])
-        cursor.executemany(latest.text, [latest.params(_values(run_id, p))
-                                         for p in best.values()])
+        cursor.executemany(series.text, series.rows(_POINT, _values(run_id, points)))
+        cursor.executemany(latest.text, latest.rows(_POINT, _values(run_id, best.values())))
 
 
 def rank(p: MetricPoint) -> tuple[int, int, bool, float]:
@@ -76,9 +75,10 @@ def rank(p: MetricPoint) -> tuple[int, int, bool, float]:
     return p.step, p.timestamp, not nan, -math.inf if nan else p.value
 
 
-def _values(run_id: str, p: MetricPoint) -> dict[str, Any]:
-    return {"run_id": run_id, "key": p.key, "value": None if math.isnan(p.value) else p.value,
-            "timestamp": p.timestamp, "step": p.step}
+def _values(run_id: str, points: Iterable[MetricPoint]) -> list[tuple[Any, ...]]:
+    """The rows of ``points`` in :data:`_POINT` order (NaN stored as NULL)."""
+    return [(run_id, p.key, None if p.value != p.value else p.value, p.timestamp, p.step)
+            for p in points]
 
 
 def _run_stage() -> Any:
