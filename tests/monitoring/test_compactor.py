@@ -18,6 +18,7 @@ from mlharbor.core.errors import CompactionFailed
 from mlharbor.core.records import PredictionRecord
 from mlharbor.monitoring.service import open_prediction_log
 from mlharbor.settings import Settings
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +68,25 @@ def test_compaction_runs_in_a_child_process(settings: Settings) -> None:
     assert child.poll() is not None  # closing the log ends the child
     assert child.stdin is not None and child.stdout is not None
     assert child.stdin.closed and child.stdout.closed  # and no descriptor stays open
+
+
+def test_the_child_starts_once_records_are_journaled_not_before(settings: Settings) -> None:
+    log = open_prediction_log(settings)
+    assert log.compactor is not None
+    log.start()
+    try:
+        time.sleep(log.flush_interval_s)  # rounds of the flusher with nothing to journal
+        assert log.compactor._proc is None  # a server nobody calls runs no child
+        log.emit(record(0))
+        # Started by the flusher (every flush_interval / 5), not by a compaction round (every
+        # segment_interval, 5 s): no file needs compacting yet.
+        wait_until(lambda: log.compactor is not None and log.compactor._proc is not None,
+                   30, "the compactor child after the first journaled record")
+        child = log.compactor._proc
+        assert child is not None and child.poll() is None
+    finally:
+        log.close()
+    assert child.poll() is not None
 
 
 def test_a_dead_child_is_replaced_and_a_broken_one_falls_back_to_this_process(

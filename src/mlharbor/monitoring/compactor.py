@@ -3,8 +3,8 @@
 Turning journal files into Parquet segments is a burst of CPU every few seconds. In the serving
 process it competed with requests for the interpreter lock, and the requests that arrived
 during a burst waited for it: that was most of the p99 latency the prediction log added. In a
-child process (``python -m mlharbor.monitoring.compactor``, started on first use, at a lower
-scheduling priority) the operating system shares the CPU at a fine grain instead, and a crash
+child process (``python -m mlharbor.monitoring.compactor``, started once the log has journaled
+its first records, at a lower scheduling priority) the operating system shares the CPU at a fine grain instead, and a crash
 in the Parquet writer cannot take serving down.
 
 The child compacts a journal file in pieces (bounded memory, see :mod:`.segmentwriter`) and,
@@ -126,6 +126,23 @@ class CompactorProcess:
         if "error" in reply:
             raise CompactionFailed(str(reply["error"]))
         return int(reply["written"])
+
+    def start(self) -> None:
+        """Start the child now if it is not running, without waiting for its first request.
+
+        The prediction log calls this once it has journaled its first records: the child's
+        start-up (an interpreter and pyarrow, ~0.3 s of CPU) then falls in the first quiet
+        moment after the first answers, not in the middle of the load whose first journal
+        file it would be started for. A failed start is logged and counted, as on a request.
+        """
+        if not self._lock.acquire(blocking=False):
+            return  # a request holds the child (and starts it): the caller must not wait
+        try:
+            self._running()
+        except CompactorUnavailable as exc:
+            log.warning("%s", exc)
+        finally:
+            self._lock.release()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child (it finishes the file it is on) and wait for it."""

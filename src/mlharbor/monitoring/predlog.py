@@ -497,11 +497,18 @@ class PredictionLog:
     def _flush_loop(self) -> None:
         # A fifth of the interval, so a record is durable within one interval even when the
         # write or a busy machine delays a round or two.
+        warm = self.compactor is not None
         while not self._stop.wait(self.flush_interval_s / 5):
             try:
-                self.flush()
+                written = self.flush()
             except Exception:
                 log.exception("prediction journal write failed")
+                continue
+            if warm and written and self.compactor is not None:
+                # The child will be needed for the first sealed file: start it now, while
+                # serving is quiet, rather than under the load that fills that file.
+                warm = False
+                self.compactor.start()
 
     def _compact_loop(self) -> None:
         delay = 0.0  # the first round at once: it recovers what an earlier process left
