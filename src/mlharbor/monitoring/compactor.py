@@ -4,8 +4,8 @@ Turning journal files into Parquet segments is a burst of CPU every few seconds.
 process it competed with requests for the interpreter lock, and the requests that arrived
 during a burst waited for it: that was most of the p99 latency the prediction log added. In a
 child process (``python -m mlharbor.monitoring.compactor``, started once the log has journaled
-its first records, at a lower scheduling priority) the operating system shares the CPU at a fine grain instead, and a crash
-in the Parquet writer cannot take serving down.
+its first records, at a lower scheduling priority) the operating system shares the CPU at a
+fine grain instead, and a crash in the Parquet writer cannot take serving down.
 
 The child compacts a journal file in pieces (bounded memory, see :mod:`.segmentwriter`) and,
 asked by the background loop, paces them (:class:`Pacer`): a short piece, then a pause several
