@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from mlharbor.serving.app import GC_YOUNG_THRESHOLD
+from mlharbor.core.heap import GC_YOUNG_THRESHOLD
 
 ROW = {f"f{i}": 0.1 * i for i in range(20)}
 

@@ -12,6 +12,7 @@ from mlharbor import __version__
 from mlharbor.api.errors import error_body, install_error_handlers
 from mlharbor.api.requests import RequestIdMiddleware
 from mlharbor.api.responses import JsonResponse
+from mlharbor.core.heap import freeze_startup_objects
 
 if TYPE_CHECKING:
     from mlharbor.bootstrap.control import ControlPlaneServices
@@ -142,6 +143,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if mine is not None:  # a caller's own monitor, set on the app before startup
         services.monitor = mine
     services.start()
+    freeze_startup_objects()
     try:
         yield
     finally:

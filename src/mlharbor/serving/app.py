@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from mlharbor.core.heap import freeze_startup_objects
 from mlharbor.serving.batching import MicroBatcher, inline_max_for
 from mlharbor.serving.core import DataPlane
 from mlharbor.serving.http import JSON_ONLY, HttpApp, Request, Response, Route, Router, asgi_handler
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlharbor.serving")
 SHADOW_THREADS = 1  # threads running shadow models, apart from the primaries' threads
 QUIET_S = 0.5  # no request for this long after a busy spell: free heap pages are released
-GC_YOUNG_THRESHOLD = 10_000  # see _freeze_startup_objects
 
 
 class ServingApp:
@@ -79,32 +79,6 @@ class ServingApp:
         (the runner calls it in each worker of ``serve --workers N``); the snapshot is
         written while the app runs (see mlharbor.telemetry.metrics)."""
         self.http.metrics.share(directory)
-
-
-def _freeze_startup_objects() -> None:
-    """Move everything alive after start-up (libraries, loaded models) out of the garbage
-    collector's view. A full collection walks every tracked object, a few hundred thousand
-    once ONNX Runtime, scikit-learn and pandas are loaded, which stalled every request in
-    flight for tens of milliseconds several times a minute under load: the p99 latency.
-    Once per process (the app is built once); the price is that objects of that moment which
-    later become cyclic garbage (a version swapped out by a rollout) are never collected.
-
-    No collection first: imports and loading leave almost no cyclic garbage by then (46
-    unreachable objects of 85,000 measured for an ONNX-served model), and a full collection
-    there cost 40-200 ms before the first answer (issue 18's launch time).
-
-    The youngest generation's threshold is raised too (:data:`GC_YOUNG_THRESHOLD`). Young
-    collections start when the count of container objects alive grows by the threshold, and
-    what grows under load is not garbage: the requests in flight and the records waiting for
-    the prediction log's flusher (about 70 objects per request, freed by reference counting a
-    moment later; a collection finds almost no cycles among them). At Python's 700 that was a
-    young collection every ten or so requests, walking live objects for nothing: ~30 us of
-    CPU per 64-row request, and a stream of pauses."""
-    import gc
-
-    gc.freeze()
-    young, older, oldest = gc.get_threshold()
-    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), older, oldest)
 
 
 async def _write_snapshots(shared: SharedMetrics) -> None:
@@ -288,7 +262,7 @@ def create_serving_app(
             except Exception as exc:  # the poller retries; readiness stays false meanwhile
                 plane.sync_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("first sync failed: %s", plane.sync_error)
-            _freeze_startup_objects()
+            freeze_startup_objects()
             reconciler.start()
         elif phase == "shutdown":
             for task in background:
