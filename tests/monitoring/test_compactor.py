@@ -71,6 +71,8 @@ def test_compaction_runs_in_a_child_process(settings: Settings) -> None:
 
 
 def test_the_child_starts_once_records_are_journaled_not_before(settings: Settings) -> None:
+    # No compaction round but the first (at start, nothing to compact) within the test.
+    settings.monitoring.segment_interval_s = 3600.0
     log = open_prediction_log(settings)
     assert log.compactor is not None
     log.start()
@@ -78,12 +80,15 @@ def test_the_child_starts_once_records_are_journaled_not_before(settings: Settin
         time.sleep(log.flush_interval_s)  # rounds of the flusher with nothing to journal
         assert log.compactor._proc is None  # a server nobody calls runs no child
         log.emit(record(0))
-        # Started by the flusher (every flush_interval / 5), not by a compaction round (every
-        # segment_interval, 5 s): no file needs compacting yet.
+        # Started by the flusher (every flush_interval / 5), not by a compaction round: no
+        # file needs compacting yet.
         wait_until(lambda: log.compactor is not None and log.compactor._proc is not None,
                    30, "the compactor child after the first journaled record")
         child = log.compactor._proc
         assert child is not None and child.poll() is None
+        # And it loads pyarrow then, not in the first compaction request (none was sent).
+        maps = Path(f"/proc/{child.pid}/maps")
+        wait_until(lambda: "libarrow" in maps.read_text(), 60, "pyarrow in the idle child")
     finally:
         log.close()
     assert child.poll() is not None

@@ -320,6 +320,7 @@ def main() -> int:
     except Exception as exc:  # the parent sees the pipe close and compacts itself
         sys.stderr.write(f"mlharbor log compactor: cannot start ({type(exc).__name__}).\n")
         return 1
+    threading.Thread(target=_preload, name="preload", daemon=True).start()
     for line in stdin:
         torn = compactor.drops["torn"], compactor.torn_frames
         slept = pacer.slept_s
@@ -346,6 +347,18 @@ def main() -> int:
         stdout.flush()
         _release_memory()
     return 0
+
+
+def _preload() -> None:
+    """Import what compacting a file takes (pyarrow and its Parquet writer, ~60 MB) now,
+    while serving is quiet, rather than in the first request, which comes under the load
+    that filled the first file. On a thread: a request arriving meanwhile waits for the
+    import it needs anyway, and a child closed at once exits without finishing it."""
+    with contextlib.suppress(Exception):  # the request that needs it reports the failure
+        import pyarrow.compute
+        import pyarrow.parquet  # noqa: F401
+
+        from mlharbor.monitoring import segmentwriter  # noqa: F401
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):
