@@ -233,20 +233,20 @@ def own_rss_mb(pid: int) -> float:
 
 
 def settled_rss_mb(root: int, *, least_s: float = 1.0, most_s: float = 10.0) -> float:
-    """The tree's RSS once it is at rest: after ``least_s``, the first of two samples 0.5 s
-    apart that differ by under 1 MB (at most ``most_s``). A child still starting (mlharbor's
-    log compactor, started once the first answers are journaled) is counted whole, not
-    half-imported: at 1 s flat it was caught at 36 of its ~100 MB."""
+    """The tree's RSS once it is at rest: after ``least_s``, three samples 0.5 s apart
+    within 1 MB of each other (at most ``most_s``, said when reached). A child still starting
+    (mlharbor's log compactor, started once the first answers are journaled) is counted
+    whole, not half-imported: at 1 s flat it was caught at 36 of its ~100 MB."""
     time.sleep(least_s)
     deadline = time.monotonic() + most_s - least_s
-    last = rss_mb(root)
+    samples = [rss_mb(root)]
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = rss_mb(root)
-        if abs(now - last) < 1.0:
-            return now
-        last = now
-    return last
+        samples = [*samples[-2:], rss_mb(root)]
+        if len(samples) == 3 and max(samples) - min(samples) < 1.0:
+            return samples[-1]
+    print(f"  (idle RSS still moving after {most_s:.0f} s: {samples})", flush=True)
+    return samples[-1]
 
 
 def rss_mb(root: int) -> float:

@@ -44,13 +44,20 @@ def test_metric_writes_checkpoint_on_the_thread_and_the_log_stays_bounded(
     found = checkpoint.for_engine(reg.store.db.engine)
     assert found is not None
     wait_until(lambda: found.checkpoints >= 1, 60, "a checkpoint on the thread")
-    found.checkpoint()  # and one now: the log is long unless it restarted already
-    store.log_batch(run.run_id, metrics=_batch(400))
-    # The WAL header's checkpoint sequence counts the times the log started over.
-    header = _wal(settings).read_bytes()[:16]
-    assert int.from_bytes(header[12:16], "big") > 0
+    steps = iter(range(400, 1000))
+
+    def started_over() -> bool:
+        # A checkpoint now (one running on the thread meanwhile leaves this one incomplete,
+        # then the next try), then a write: after a complete checkpoint it starts the log over.
+        found.checkpoint()
+        store.log_batch(run.run_id, metrics=_batch(next(steps)))
+        # The WAL header's checkpoint sequence counts the times the log started over.
+        return int.from_bytes(_wal(settings).read_bytes()[12:16], "big") > 0
+
+    wait_until(started_over, 60, "the log starting over", interval=0.1)
+    written = next(steps)
     points = store.metric_history(run.run_id, "k7", max_results=1000)[0]
-    assert [p.step for p in points] == list(range(401))
+    assert [p.step for p in points] == list(range(written))
     with reg.store.db.read() as conn:  # the pooled connection's own setting came back
         raw = conn.connection.driver_connection
         assert raw is not None
@@ -85,3 +92,17 @@ def test_after_dispose_sqlite_checkpoints_itself(settings: Settings) -> None:
         assert raw is not None
         assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     reg.close()
+
+
+def test_checkpoints_follow_the_pages_the_log_really_grew_by(reg: Registry) -> None:
+    store = TrackingStore(reg.store.db)
+    run = store.create_run(store.create_experiment("e").experiment_id)
+    found = checkpoint.for_engine(reg.store.db.engine)
+    assert found is not None
+    for step in range(300):  # ~13 pages a batch here, not the first estimate's ~200
+        store.log_batch(run.run_id, metrics=_batch(step))
+    wait_until(lambda: found.checkpoints >= 1, 60, "a checkpoint on the thread")
+    # The first estimate asks for one every ~5 batches; measured, every ~75: a fixed
+    # estimate would have asked ~60 times in 300 batches.
+    assert found.checkpoints <= 12
+    assert 0.01 <= found._per_point < 0.5

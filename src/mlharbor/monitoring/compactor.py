@@ -138,7 +138,10 @@ class CompactorProcess:
         if not self._lock.acquire(blocking=False):
             return  # a request holds the child (and starts it): the caller must not wait
         try:
-            self._running()
+            if not self._closed:
+                self._running()
+                if self._closed:  # close() ran meanwhile and saw no child: no orphan
+                    self._reap()
         except CompactorUnavailable as exc:
             log.warning("%s", exc)
         finally:
@@ -188,6 +191,13 @@ class CompactorProcess:
             return self._proc
         if self._proc is not None:  # it died between requests: its pipes go with it
             _close_pipes(self._proc)
+            if not self._answered:  # started early (start()) and died before any request
+                self._failed_starts += 1
+                self._proc = None
+                if self.disabled:
+                    raise CompactorUnavailable(
+                        f"The log compactor failed to start {MAX_START_FAILURES} times in a "
+                        "row.")
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlharbor.monitoring.compactor"],
@@ -350,15 +360,14 @@ def main() -> int:
 
 
 def _preload() -> None:
-    """Import what compacting a file takes (pyarrow and its Parquet writer, ~60 MB) now,
-    while serving is quiet, rather than in the first request, which comes under the load
-    that filled the first file. On a thread: a request arriving meanwhile waits for the
-    import it needs anyway, and a child closed at once exits without finishing it."""
+    """Import what compacting a file takes (pyarrow, its compute functions and its Parquet
+    writer, ~60 MB) now, while serving is quiet, rather than in the first request, which
+    comes under the load that filled the first file. On a thread: a request arriving
+    meanwhile waits for the import it needs anyway, and a child closed at once exits without
+    finishing it."""
     with contextlib.suppress(Exception):  # the request that needs it reports the failure
         import pyarrow.compute
         import pyarrow.parquet  # noqa: F401
-
-        from mlharbor.monitoring import segmentwriter  # noqa: F401
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):

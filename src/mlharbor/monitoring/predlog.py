@@ -504,11 +504,15 @@ class PredictionLog:
             except Exception:
                 log.exception("prediction journal write failed")
                 continue
-            if warm and written and self.compactor is not None:
+            compactor = self.compactor
+            if warm and written and compactor is not None:
                 # The child will be needed for the first sealed file: start it now, while
                 # serving is quiet, rather than under the load that fills that file.
                 warm = False
-                self.compactor.start()
+                try:
+                    compactor.start()
+                except Exception:  # the first compaction tries again; journaling goes on
+                    log.exception("the log compactor could not start")
 
     def _compact_loop(self) -> None:
         delay = 0.0  # the first round at once: it recovers what an earlier process left

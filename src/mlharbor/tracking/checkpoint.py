@@ -7,23 +7,24 @@ database file, with an ``fsync`` of each, before its commit returns. When the se
 was keyed by metric first, a batch of 100 metrics of a long run dirtied ~120 pages, so every
 ~6-8th ``mlflow.log_metrics`` call paid for a checkpoint: with the real client, 300 batched
 calls gave 98 ``fdatasync`` on the server, 0.29 s in all (median 2.1 ms, slowest 48 ms). Keyed
-by step (migration 0009) such a batch adds ~13 pages, so the checkpoint comes every ~80th
-call; this module keeps it out of that call too.
+by step (migration 0009) such a batch adds ~13 pages while few runs share its keys; once
+thousands do, the latest values' ``(key, value)`` index moves an entry per key and a batch adds
+~200 pages again. Either way this module keeps the checkpoint out of the request.
 
 So the tracking store's metric writes of :data:`DEFER_POINTS` points or more
 (:meth:`Checkpointer.defer`) turn the connection's automatic checkpoint off for their
 transaction (the setting goes back as the connection returns to the pool, before anyone else
 can check it out) and, after the commit, count the pages they added
-(:meth:`Checkpointer.wrote`: an estimate, :data:`PAGES_PER_COMMIT` a commit and one per
-:data:`POINTS_PER_PAGE` points). Every :data:`PAGES` pages the database's checkpoint thread
-runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a pooled connection, outside any transaction: it
-never blocks readers or writers. Under continuous writes a passive checkpoint is never caught
-up when the next writer starts, and SQLite restarts the log only then, so once the log is past
-:data:`RESTART_PAGES` the thread runs a ``RESTART`` checkpoint: it waits for the writer of the
-moment, holds new writers off while it copies what the passive ones left (little), and the log
-starts over. Measured in process at the client's pace (100 points a call, 4 ms of other work
-between calls, alternating runs, load ~3): ``log_batch`` 3.13/2.91/3.62 -> 2.59/2.73/2.27 ms of
-wall a call on average, the log at most ~24 MB.
+(:meth:`Checkpointer.wrote`: an estimate, :data:`PAGES_PER_COMMIT` a commit and the pages per
+point each checkpoint measures in the log). Every :data:`PAGES` pages the database's checkpoint
+thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a pooled connection, outside any transaction:
+it never blocks readers or writers. Under continuous writes a passive checkpoint is never
+caught up when the next writer starts, and SQLite restarts the log only then, so once the log
+is past :data:`RESTART_PAGES` the thread runs a ``RESTART`` checkpoint: it waits for the writer
+of the moment, holds new writers off while it copies what the passive ones left (little), and
+the log starts over. Measured in process at the client's pace (100 points a call, 4 ms of other
+work between calls, alternating runs, load ~3): ``log_batch`` 3.13/2.91/3.62 -> 2.59/2.73/2.27
+ms of wall a call on average, the log at most ~24 MB.
 
 Durability is unchanged: a commit returns once it is in the WAL (``synchronous=NORMAL``), which
 survives a crash of the process, and the log is synced at each checkpoint, as often as before
@@ -53,9 +54,13 @@ DEFER_POINTS = 20
 PAGES = 1000
 #: Pages a metric-write commit adds besides its points' (run row, table and index tails).
 PAGES_PER_COMMIT = 3
-#: Points of one commit that fill about a page of the log: 100-point batches of a long run
-#: added 2,559 pages in 200 commits (measured in the WAL, migration 0009's layout).
-POINTS_PER_PAGE = 10
+#: Pages of the log a metric point adds, until the first checkpoint has measured it: the most
+#: it takes (a leaf of each index a point moves), so the first checkpoint never comes late.
+#: What it really is depends on the database: ~0.1 for 100-key batches of a long run when few
+#: runs share those keys (migration 0009 keeps a batch on one or two leaves of the series
+#: index), ~2 once thousands of runs do (each value moves its entry of the latest values'
+#: (key, value) index to another leaf).
+FIRST_PAGES_PER_POINT = 2.0
 #: Past this many pages in the log, a RESTART checkpoint so the log starts over.
 RESTART_PAGES = 4000
 #: The checkpoint thread ends after this long without work (the next request starts another).
@@ -85,7 +90,11 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._pages = 0
+        self._points = 0  # metric points committed since the last checkpoint measured the log
+        self._commits = 0
+        self._per_point = FIRST_PAGES_PER_POINT  # pages a point adds, as last measured
+        self._frames = 0  # the log's length at the last checkpoint
+        self._requested = False
         self.checkpoints = 0  # how many ran (tests, diagnostics)
         event.listen(engine, "checkin", _restore)
         event.listen(engine, "engine_disposed", self._on_dispose)
@@ -103,12 +112,15 @@ class Checkpointer:
 
     def wrote(self, points: int) -> None:
         """A deferred transaction with ``points`` metric points committed: a checkpoint on
-        the thread once about :data:`PAGES` pages have gathered."""
+        the thread once about :data:`PAGES` pages have gathered, by the pages per point the
+        last checkpoint measured."""
         with self._lock:
-            self._pages += PAGES_PER_COMMIT + points // POINTS_PER_PAGE
-            if self._pages < PAGES or self._closed:
+            self._points += points
+            self._commits += 1
+            if self._closed or self._requested or \
+                    self._commits * PAGES_PER_COMMIT + self._points * self._per_point < PAGES:
                 return
-            self._pages = 0
+            self._requested = True  # until that checkpoint has run: one request, not one a call
             self._wanted.set()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
@@ -136,13 +148,29 @@ class Checkpointer:
                 cursor = raw.driver_connection
                 _busy, pages, _done = cursor.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self._measured(int(pages))
                 if pages > RESTART_PAGES:
                     cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    self._frames = 0
             finally:
                 raw.close()
         except Exception:  # a failed checkpoint leaves the log to the next one
             log.warning("WAL checkpoint failed", exc_info=True)
+        with self._lock:
+            self._requested = False
         self.checkpoints += 1
+
+    def _measured(self, pages: int) -> None:
+        """The log holds ``pages`` frames: learn what a point added since the last look. The
+        log starts over after a complete checkpoint, so a shorter log grew from nothing. Other
+        writers' pages count as the points' (checkpoints come early, never late)."""
+        with self._lock:
+            grown = pages - self._frames if pages >= self._frames else pages
+            if self._points:
+                per_point = (grown - self._commits * PAGES_PER_COMMIT) / self._points
+                self._per_point = min(max(per_point, 0.01), 4.0)
+            self._points = self._commits = 0
+            self._frames = pages
 
     def _on_dispose(self, _engine: Engine) -> None:
         with self._lock:
