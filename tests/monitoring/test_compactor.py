@@ -4,6 +4,7 @@ pipe, a dead child is replaced by in-process compaction, and the child dies with
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import signal
 import subprocess
@@ -201,3 +202,21 @@ def test_a_journal_file_compacted_by_another_process_meanwhile_is_skipped(
     assert log.scan("churn").num_rows == 1
     twin.close()
     log.close()
+
+
+def test_a_log_dropped_without_closing_lets_its_child_go(settings: Settings) -> None:
+    log = open_prediction_log(settings)
+    assert log.compactor is not None
+    log.emit(record(0))
+    log.flush()
+    log.compact()
+    child = log.compactor._proc
+    assert child is not None and child.poll() is None
+    del log
+    gc.collect()
+    # Its pipes closed (no descriptors left for the collector to warn about at exit), the
+    # child sees its stdin end and exits.
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdin.closed and child.stdout.closed
+    assert child.wait(timeout=60) == 0
+

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -90,6 +91,11 @@ class CompactorProcess:
                                                 "below_bytes": pace_below_bytes}})
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        # The running child, for a finalizer that holds no reference to this handle: a log
+        # dropped without close(), or alive at exit, closes its pipes (the child sees its
+        # stdin end and exits) instead of leaving them to the collector's warnings.
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        weakref.finalize(self, _close_all, self._spawned)
         self._lock = threading.Lock()
         self._closed = False
         self._failed_starts = 0
@@ -210,6 +216,7 @@ class CompactorProcess:
             self._failed_starts += 1
             raise CompactorUnavailable(f"The log compactor could not start: {exc}.") from exc
         self._proc, self._answered = proc, False
+        self._spawned[:] = [proc]
         return proc
 
     def _died(self) -> None:
@@ -273,6 +280,11 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
         if pipe is not None:
             with contextlib.suppress(OSError):
                 pipe.close()
+
+
+def _close_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        _close_pipes(proc)
 
 
 def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
