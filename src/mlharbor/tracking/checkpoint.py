@@ -148,10 +148,10 @@ class Checkpointer:
                 cursor = raw.driver_connection
                 _busy, pages, _done = cursor.execute(
                     "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                self._measured(int(pages))
-                if pages > RESTART_PAGES:
+                restart = pages > RESTART_PAGES
+                if restart:
                     cursor.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    self._frames = 0
+                self._measured(int(pages), restarted=restart)
             finally:
                 raw.close()
         except Exception:  # a failed checkpoint leaves the log to the next one
@@ -160,17 +160,19 @@ class Checkpointer:
             self._requested = False
         self.checkpoints += 1
 
-    def _measured(self, pages: int) -> None:
-        """The log holds ``pages`` frames: learn what a point added since the last look. The
-        log starts over after a complete checkpoint, so a shorter log grew from nothing. Other
-        writers' pages count as the points' (checkpoints come early, never late)."""
+    def _measured(self, pages: int, *, restarted: bool = False) -> None:
+        """The log held ``pages`` frames: learn what a point added since the last look. The
+        log starts over after a complete checkpoint, so a shorter log grew from nothing (and
+        after a RESTART checkpoint the next look starts from nothing). Other writers' pages
+        count as the points' (checkpoints come early, never late). Under the lock: a
+        checkpoint asked for directly may run beside the thread's."""
         with self._lock:
             grown = pages - self._frames if pages >= self._frames else pages
             if self._points:
                 per_point = (grown - self._commits * PAGES_PER_COMMIT) / self._points
                 self._per_point = min(max(per_point, 0.01), 4.0)
             self._points = self._commits = 0
-            self._frames = pages
+            self._frames = 0 if restarted else pages
 
     def _on_dispose(self, _engine: Engine) -> None:
         with self._lock:
