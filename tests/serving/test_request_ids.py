@@ -8,7 +8,7 @@ import os
 import re
 import threading
 
-from mlharbor.serving.http import _request_id
+from mlharbor.core.requestids import request_id as _request_id
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-import uuid
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+from mlharbor.core.requestids import request_id as request_id_of
 
 
 class RequestIdMiddleware:
@@ -18,12 +15,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
-        for key, value in scope.get("headers", ()):
-            if key == b"x-request-id":
-                given = value.decode("latin-1")
-                break
-        request_id = given if given and _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = request_id_of(scope.get("headers", ()))
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:

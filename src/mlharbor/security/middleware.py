@@ -307,6 +307,8 @@ def credential_of(scope: Scope) -> str | None:
     the anonymous grants.
     """
     for key, value in scope.get("headers") or ():
+        if key != b"authorization" and key != b"x-api-key":
+            continue
         text = bytes(value).decode("latin-1").strip()
         if key == b"authorization":
             scheme, _, token = text.partition(" ")

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,12 +37,12 @@ from mlharbor.core.errors import (
     UnavailableError,
     UnsupportedMediaTypeError,
 )
+from mlharbor.core.requestids import request_id as request_id_of
 
 if TYPE_CHECKING:
     from mlharbor.telemetry.metrics import ServingMetrics
 
 log = logging.getLogger("mlharbor.serving.http")
-_SAFE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 JSON = b"application/json"
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -280,7 +279,7 @@ class HttpApp:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         self.handled += 1
-        request_id = _request_id(scope["headers"])
+        request_id = request_id_of(scope["headers"])
         route, params, exists = self.router.match(scope["method"], scope["path"])
         request: Request | None = None
         counted = False
@@ -388,41 +387,3 @@ class OverloadedError(UnavailableError):
     """Too many predictions in flight: shed with 503 (UnavailableError's status) + Retry-After."""
 
     code = "overloaded"
-
-
-
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    for key, value in headers:
-        if key == b"x-request-id":
-            if _SAFE_ID.fullmatch(value):
-                return value.decode()
-            break
-    return _random_ids.next()
-
-
-class _RandomIds:
-    """128-bit random request ids (32 hex digits) from the kernel's generator, read 256 ids at
-    a time: ``os.urandom`` per request was a ``getrandom`` system call on every request the
-    client gave no id. Ids are handed out by a list iterator, whose ``next`` is one C call
-    under the interpreter lock, so loops in several threads never get the same id; the pool
-    is emptied in a forked child (uvicorn's workers), so processes never share ids."""
-
-    BATCH = 256
-
-    def __init__(self) -> None:
-        self._ids: Iterator[str] = iter(())
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._ids = iter(())
-
-    def next(self) -> str:
-        try:
-            return next(self._ids)
-        except StopIteration:
-            pool = os.urandom(16 * self.BATCH).hex()
-            self._ids = iter([pool[i:i + 32] for i in range(0, len(pool), 32)])
-            return next(self._ids)
-
-
-_random_ids = _RandomIds()

@@ -48,7 +48,11 @@ def active_run(conn: Connection, run_id: str) -> RowMapping:
 def check_active(conn: Connection, run_id: str) -> None:
     """NotFoundError for no such run, InvalidInputError for a deleted one (reads one column:
     the check every logging call makes)."""
-    stage = writes.run_stage(conn, run_id)
+    require_active(run_id, writes.run_stage(conn, run_id))
+
+
+def require_active(run_id: str, stage: str | None) -> None:
+    """:func:`check_active`'s refusals for a run read as ``stage`` (None: no such run)."""
     if stage is None:
         raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
     if stage != LifecycleStage.ACTIVE.value:

@@ -9,6 +9,7 @@ and the dashboard all use:
   extends): create, get, get by name, list (with run counts), rename, delete or restore, tag;
 * runs: :meth:`create_run`, :meth:`get_run`, :meth:`get_runs`, :meth:`update_run`,
   :meth:`set_run_lifecycle`, :meth:`log_batch` (metrics, params, tags in one transaction),
+  :meth:`log_metrics_nowait` (a few points, only if no other writer must be waited for),
   :meth:`delete_tag`, :meth:`metric_history`, :meth:`child_runs`, :meth:`record_io`;
 * search: :meth:`search_runs` (MLflow's filter and order_by grammar, :mod:`.search`, compiled
   to one SQL query by :mod:`.query`).
@@ -30,7 +31,7 @@ from sqlalchemy import delete, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import LifecycleStage, MetricPoint, Run, RunPage, RunStatus
-from mlharbor.tracking import checkpoint, checks, rows, writes
+from mlharbor.tracking import checkpoint, checks, quick, rows, writes
 from mlharbor.tracking import schema as t
 from mlharbor.tracking.experiments import (
     PROXY_SCHEME,
@@ -197,6 +198,18 @@ class TrackingStore(ExperimentStore):
                 writes.write_metrics(conn, run_id, points)
         if checkpointer is not None:
             checkpointer.wrote(len(points))
+
+    def log_metrics_nowait(self, run_id: str, metrics: Sequence[MetricPoint]) -> bool:
+        """Record a few metric points now if that needs no wait (:mod:`.quick`): True once
+        committed; False, with nothing written, when it would have to wait for another
+        writer, for more than :data:`~mlharbor.tracking.quick.MAX_POINTS` points, or on a
+        database other than a SQLite file: then :meth:`log_batch` records them. Refuses
+        what :meth:`log_batch` refuses, the same way."""
+        checks.check_run_id(run_id)
+        points = [rows.check_point(p, i) for i, p in enumerate(metrics)]
+        engine = getattr(self.db, "engine", None)
+        writer = None if engine is None else quick.for_engine(engine)
+        return writer is not None and writer.write(run_id, points, self._checkpointer())
 
     def _checkpointer(self) -> checkpoint.Checkpointer | None:
         """On a SQLite file: the database's WAL checkpoint thread (:mod:`.checkpoint`), which

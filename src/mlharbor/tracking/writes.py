@@ -25,6 +25,7 @@ from mlharbor.tracking import schema as t
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.engine import Dialect
 
 _POINT = ("run_id", "key", "value", "timestamp", "step")
 
@@ -48,25 +49,37 @@ def run_stage(conn: Connection, run_id: str) -> str | None:
     """The lifecycle stage of run ``run_id`` (None: no such run), reading nothing else."""
     sql = dbapi.compiled("run_stage", _run_stage, conn.dialect)
     with dbapi.cursor(conn, sql) as cursor:
-        cursor.execute(sql.text, sql.params({"run_id": run_id}))
-        row = cursor.fetchone()
+        return stage_of(cursor, conn.dialect, run_id)
+
+
+def stage_of(cursor: Any, dialect: Dialect, run_id: str) -> str | None:
+    """:func:`run_stage` on a DBAPI cursor of ``dialect``."""
+    sql = dbapi.compiled("run_stage", _run_stage, dialect)
+    cursor.execute(sql.text, sql.params({"run_id": run_id}))
+    row = cursor.fetchone()
     return None if row is None else str(row[0])
 
 
 def write_metrics(conn: Connection, run_id: str, points: Sequence[MetricPoint]) -> None:
     """Append ``points`` to the run's series and move its latest values forward."""
     series = dbapi.compiled("insert_metrics", _insert_metrics, conn.dialect)
-    latest = dbapi.compiled(f"upsert_latest_{conn.dialect.name}",
-                            functools.partial(_upsert_latest, conn.dialect.name),
-                            conn.dialect)
+    with dbapi.cursor(conn, series) as cursor:
+        insert_metrics(cursor, conn.dialect, run_id, points)
+
+
+def insert_metrics(cursor: Any, dialect: Dialect, run_id: str,
+                   points: Sequence[MetricPoint]) -> None:
+    """:func:`write_metrics` on a DBAPI cursor of ``dialect``, inside its transaction."""
+    series = dbapi.compiled("insert_metrics", _insert_metrics, dialect)
+    latest = dbapi.compiled(f"upsert_latest_{dialect.name}",
+                            functools.partial(_upsert_latest, dialect.name), dialect)
     best: dict[str, MetricPoint] = {}
     for p in points:  # MLflow's order: the highest step, then time, then value wins
         held = best.get(p.key)
         if held is None or rank(p) > rank(held):
             best[p.key] = p
-    with dbapi.cursor(conn, series) as cursor:
-        cursor.executemany(series.text, series.rows(_POINT, _values(run_id, points)))
-        cursor.executemany(latest.text, latest.rows(_POINT, _values(run_id, best.values())))
+    cursor.executemany(series.text, series.rows(_POINT, _values(run_id, points)))
+    cursor.executemany(latest.text, latest.rows(_POINT, _values(run_id, best.values())))
 
 
 def rank(p: MetricPoint) -> tuple[int, int, bool, float]:

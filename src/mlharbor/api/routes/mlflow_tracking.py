@@ -33,10 +33,10 @@ from mlharbor.api.mlflow_protocol import (
 )
 from mlharbor.api.responses import JsonResponse
 from mlharbor.api.routes.mlflow_threads import lifespan as pool_lifespan
-from mlharbor.api.routes.mlflow_threads import reading, writing
+from mlharbor.api.routes.mlflow_threads import reading, writing, writing_unless
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.runs import LifecycleStage, MetricPoint
-from mlharbor.tracking import checks
+from mlharbor.tracking import checks, quick
 from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore, now_ms
 
@@ -246,8 +246,15 @@ def _point(item: Any, where: str) -> MetricPoint:
                        checks.check_int(item.get("step"), field=f"{where}.step", default=0))
 
 
+def _log_metric_now(request: Request, body: dict[str, Any]) -> Any:
+    """The point written on the event loop if that needs no wait (:mod:`.quick`), else None."""
+    run_id = required(body, "run_id", "run_uuid")
+    done = store_of(request).log_metrics_nowait(run_id, [_point(body, "metric")])
+    return {} if done else None
+
+
 @router.post("/runs/log-metric")
-@writing
+@writing_unless(_log_metric_now)
 def log_metric(request: Request, body: dict[str, Any]) -> Any:
     run_id = required(body, "run_id", "run_uuid")
     store_of(request).log_batch(run_id, metrics=[_point(body, "metric")])
@@ -286,13 +293,27 @@ def delete_tag(request: Request, body: dict[str, Any]) -> Any:
     return {}
 
 
-@router.post("/runs/log-batch")
-@writing
-def log_batch(request: Request, body: dict[str, Any]) -> Any:
-    metrics = body.get("metrics") or []
+def _log_batch_now(request: Request, body: dict[str, Any]) -> Any:
+    """A batch of a few metrics and nothing else (``mlflow.log_metrics`` of a few keys a
+    step) written on the event loop if that needs no wait (:mod:`.quick`), else None."""
+    metrics = body.get("metrics")
+    if body.get("params") or body.get("tags") or not isinstance(metrics, list) \
+            or not 0 < len(metrics) <= quick.MAX_POINTS:
+        return None
+    done = store_of(request).log_metrics_nowait(required(body, "run_id"), _points(metrics))
+    return {} if done else None
+
+
+def _points(metrics: Any) -> list[MetricPoint]:
     if not isinstance(metrics, list):
         raise InvalidInputError("'metrics' must be a list.", field="metrics")
-    points = [_point(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
+    return [_point(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
+
+
+@router.post("/runs/log-batch")
+@writing_unless(_log_batch_now)
+def log_batch(request: Request, body: dict[str, Any]) -> Any:
+    points = _points(body.get("metrics") or [])
     store_of(request).log_batch(required(body, "run_id"), metrics=points,
                                 params=key_values(body, "params"),
                                 tags=key_values(body, "tags"))
