@@ -110,6 +110,42 @@ def test_the_loop_answers_while_tracking_writes_wait_on_a_lock(
     assert sorted(p["step"] for p in history) == list(range(writers))
 
 
+def test_small_metric_writes_are_answered_on_the_loop_when_nothing_holds_the_database(
+        served: tuple[Any, str, dict[str, str], Settings]) -> None:
+    """A log-metric, and a log-batch of a few metrics and nothing else, are written at once
+    on the event loop (mlharbor.tracking.quick): no write thread is ever started for them.
+    Anything else, or the same while another writer holds the database, takes the threads."""
+    from mlharbor.tracking import quick
+
+    app, url, headers, _settings = served
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        run_id = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0"}
+                           ).json()["run"]["info"]["run_id"]
+        assert getattr(app.state, "mlflow_write_threads", None) is not None  # runs/create
+        app.state.mlflow_write_threads = None  # forget it: a new pool shows a thread was used
+        for step in range(3):
+            assert http.post(f"{MLFLOW}/runs/log-metric", json={
+                "run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                "timestamp": 1000 + step, "step": step}).status_code == 200
+        assert http.post(f"{MLFLOW}/runs/log-batch", json={"run_id": run_id, "metrics": [
+            {"key": k, "value": 0.5, "timestamp": 2000, "step": 3} for k in ("acc", "loss")]}
+                         ).status_code == 200
+        assert app.state.mlflow_write_threads is None  # every write so far was on the loop
+        writer = quick.for_engine(app.state.registry.store.db.engine)
+        assert writer is not None and writer.writes == 4
+        # A batch with a param is not a quick write: a thread takes it.
+        assert http.post(f"{MLFLOW}/runs/log-batch", json={
+            "run_id": run_id, "params": [{"key": "lr", "value": "0.1"}]}).status_code == 200
+        assert app.state.mlflow_write_threads is not None
+        history = http.get(f"{MLFLOW}/metrics/get-history",
+                           params={"run_id": run_id, "metric_key": "loss"}).json()["metrics"]
+        assert [p["step"] for p in history] == [0, 1, 2, 3]
+        # Refusals on the loop are MLflow's, as on the threads.
+        gone = http.post(f"{MLFLOW}/runs/log-metric", json={
+            "run_id": "f" * 32, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0})
+        assert gone.status_code == 404 and gone.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
 def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio

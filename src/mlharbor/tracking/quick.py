@@ -26,6 +26,7 @@ regular path then runs and reports it as every other write does.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import weakref
@@ -64,12 +65,15 @@ def for_engine(engine: Engine) -> QuickWriter | None:
 
 
 class _Connection:
-    """A thread's connection, in a holder the writer can reach weakly (to close it)."""
+    """A thread's connection, in a holder the writer can reach weakly (to close it), with
+    the process that opened it (a forked child opens its own: SQLite's connections must not
+    cross a fork)."""
 
-    __slots__ = ("__weakref__", "raw")
+    __slots__ = ("__weakref__", "pid", "raw")
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
+        self.pid = os.getpid()
 
 
 class QuickWriter:
@@ -127,7 +131,7 @@ class QuickWriter:
         """This thread's connection (opened on first use); None if the file cannot be opened
         or is not in WAL mode (a commit would then ``fsync``)."""
         held: _Connection | None = getattr(self._local, "conn", None)
-        if held is not None:
+        if held is not None and held.pid == os.getpid():
             return held.raw
         try:
             raw = sqlite3.connect(self._path, timeout=0, isolation_level=None,

@@ -300,7 +300,8 @@ def _log_batch_now(request: Request, body: dict[str, Any]) -> Any:
     if body.get("params") or body.get("tags") or not isinstance(metrics, list) \
             or not 0 < len(metrics) <= quick.MAX_POINTS:
         return None
-    done = store_of(request).log_metrics_nowait(required(body, "run_id"), _points(metrics))
+    points = _points(metrics)  # checked in log_batch's order: the same error first
+    done = store_of(request).log_metrics_nowait(required(body, "run_id"), points)
     return {} if done else None
 
 
