@@ -31,7 +31,9 @@ MLFLOW = "/api/2.0/mlflow"
 
 @pytest.fixture
 def served(tmp_path: Any) -> Iterator[tuple[Any, str, dict[str, str], Settings]]:
-    settings = Settings(home=tmp_path / "home", security={"rate_limit_per_minute": 0})
+    # No job runner or trigger loop: their writes would take the lock at moments of their own.
+    settings = Settings(home=tmp_path / "home", security={"rate_limit_per_minute": 0},
+                        pipelines={"run_jobs": False, "triggers": False})
     headers = admin_headers_for(settings)
     registry = open_registry(settings)
     app = create_app(settings, registry=registry)
@@ -114,7 +116,8 @@ def test_small_metric_writes_are_answered_on_the_loop_when_nothing_holds_the_dat
         served: tuple[Any, str, dict[str, str], Settings]) -> None:
     """A log-metric, and a log-batch of a few metrics and nothing else, are written at once
     on the event loop (mlharbor.tracking.quick): no write thread is ever started for them.
-    Anything else, or the same while another writer holds the database, takes the threads."""
+    Any other write takes the threads (and so do these while another writer holds the
+    database: the lock test above)."""
     from mlharbor.tracking import quick
 
     app, url, headers, _settings = served
@@ -122,7 +125,8 @@ def test_small_metric_writes_are_answered_on_the_loop_when_nothing_holds_the_dat
         run_id = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0"}
                            ).json()["run"]["info"]["run_id"]
         assert getattr(app.state, "mlflow_write_threads", None) is not None  # runs/create
-        app.state.mlflow_write_threads = None  # forget it: a new pool shows a thread was used
+        app.state.mlflow_write_threads.close()  # and forget it: a new pool shows a thread
+        app.state.mlflow_write_threads = None  # was used
         for step in range(3):
             assert http.post(f"{MLFLOW}/runs/log-metric", json={
                 "run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
@@ -144,6 +148,76 @@ def test_small_metric_writes_are_answered_on_the_loop_when_nothing_holds_the_dat
         gone = http.post(f"{MLFLOW}/runs/log-metric", json={
             "run_id": "f" * 32, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0})
         assert gone.status_code == 404 and gone.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_every_acknowledged_point_is_stored_once_whichever_path_wrote_it(
+        served: tuple[Any, str, dict[str, str], Settings]) -> None:
+    """Loops logging one point a call (written on the event loop when the database is free),
+    others logging batches with params (always on the write threads), and another connection
+    taking the database's write lock now and then (sending the quick writes to the threads
+    meanwhile): every point answered 200 is in its key's history exactly once."""
+    import time
+
+    _app, url, headers, settings = served
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        run_id = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0"}
+                           ).json()["run"]["info"]["run_id"]
+    acknowledged: dict[str, list[int]] = {}
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def single(key: str) -> None:
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                for step in range(40):
+                    answer = client.post(f"{MLFLOW}/runs/log-metric", json={
+                        "run_id": run_id, "key": key, "value": float(step),
+                        "timestamp": 1000 + step, "step": step})
+                    if answer.status_code == 200:
+                        acknowledged.setdefault(key, []).append(step)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    def batches(key: str) -> None:
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                for step in range(15):
+                    answer = client.post(f"{MLFLOW}/runs/log-batch", json={
+                        "run_id": run_id, "tags": [{"key": f"t-{key}", "value": str(step)}],
+                        "metrics": [{"key": key, "value": 1.0, "timestamp": 5, "step": step}]})
+                    if answer.status_code == 200:
+                        acknowledged.setdefault(key, []).append(step)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def locker() -> None:
+        while not done.is_set():
+            lock = _hold_write_lock(settings)
+            time.sleep(0.02)
+            lock.rollback()
+            lock.close()
+            time.sleep(0.01)
+
+    workers = [threading.Thread(target=single, args=(f"s{i}",)) for i in range(4)] + [
+        threading.Thread(target=batches, args=(f"b{i}",)) for i in range(2)]
+    holder = threading.Thread(target=locker)
+    holder.start()
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(300)
+    finally:
+        done.set()
+        holder.join(30)
+    assert not failures
+    assert {k: len(v) for k, v in acknowledged.items()} == {
+        **{f"s{i}": 40 for i in range(4)}, **{f"b{i}": 15 for i in range(2)}}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        for key, steps in acknowledged.items():
+            history = http.get(f"{MLFLOW}/metrics/get-history", params={
+                "run_id": run_id, "metric_key": key}).json()["metrics"]
+            assert sorted(p["step"] for p in history) == sorted(steps), key
 
 
 def test_worker_pool_runs_every_call_at_most_size_at_once_and_ends_idle_threads(

@@ -44,3 +44,18 @@ def test_every_template_without_parameters_resolves_to_its_own_rule() -> None:
         if "{" not in rule.path:
             found, params, known = TABLE.resolve(rule.method, rule.path)
             assert (found, params, known) == (TABLE.lookup(rule.method, rule.path), {}, True)
+
+
+def test_a_path_parameter_matching_nothing_still_wins_as_in_the_walk() -> None:
+    """``{rest:path}`` may match the empty string, so a template with one can have as many
+    literal characters as a parameterless one, and come first in the walk: the dictionary
+    must not answer for it (found in review)."""
+    from mlharbor.security.routemap import PUBLIC, RouteRule
+
+    table = RouteTable([RouteRule("GET", "/files/{rest:path}", "read"),
+                        RouteRule("GET", "/files/", PUBLIC),
+                        RouteRule("get", "/lower", PUBLIC)])
+    for method, path in [("GET", "/files/"), ("HEAD", "/files/"), ("GET", "/files/a"),
+                         ("GET", "/lower"), ("POST", "/files/")]:
+        normal = "GET" if method == "HEAD" else method
+        assert table.resolve(method, path) == table._walk(normal, path), (method, path)

@@ -32,7 +32,7 @@ class _RandomIds:
 
     def __init__(self) -> None:
         self._ids: Iterator[str] = iter(())
-        os.register_at_fork(after_in_child=self._forget)
+        self._hooked = False  # the fork hook is registered with the first pool, not on import
 
     def _forget(self) -> None:
         self._ids = iter(())
@@ -41,6 +41,9 @@ class _RandomIds:
         try:
             return next(self._ids)
         except StopIteration:
+            if not self._hooked:
+                self._hooked = True
+                os.register_at_fork(after_in_child=self._forget)
             pool = os.urandom(16 * self.BATCH).hex()
             self._ids = iter([pool[i:i + 32] for i in range(0, len(pool), 32)])
             return next(self._ids)

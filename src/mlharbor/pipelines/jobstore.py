@@ -233,6 +233,10 @@ class JobStore:
         now = utcnow()
         free = or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at < now)
         active = jobs.c.state.in_([s.value for s in CLAIMABLE_STATES])
+        with self.db.read() as conn:  # an idle runner polls without taking the write lock
+            if conn.execute(select(jobs.c.id).where(jobs.c.kind.in_(list(kinds)), active, free)
+                            .limit(1)).first() is None:
+                return None
         with self.db.write() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.state, jobs.c.attempt)

@@ -62,6 +62,10 @@ class Database:
     def _make_engine(self, url: Any, *, echo: bool) -> Engine:
         if self.dialect == "sqlite":
             if url.database and url.database != ":memory:":
+                if not url.query:
+                    # Absolute once, here: every connection to the file (the pool's, the quick
+                    # metric writer's) opens the same one whatever the working folder is later.
+                    url = url.set(database=str(Path(url.database).expanduser().absolute()))
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(
                 url,

@@ -241,9 +241,10 @@ class RouteTable:
         self._compiled = [(rule, *compile_path(rule.path)[::2]) for rule in ordered]
         # Templates without parameters by (method, path): a request for one of them is
         # answered by its rule without walking the patterns (a training loop's MLflow calls
-        # matched ~40 patterns each). No template with parameters can take such a path from
-        # it: matching the path in full, it would have fewer literal characters.
-        self._exact = {key: rule for key, rule in self._rules.items() if "{" not in key[1]}
+        # matched ~40 patterns each). Only where the walk gives that very rule (a {rest:path}
+        # parameter may match nothing, and win), so both always answer alike.
+        self._exact = {key: rule for key, rule in self._rules.items()
+                       if "{" not in key[1] and self._walk(*key)[0] is rule}
 
     def lookup(self, method: str, path: str) -> RouteRule | None:
         """The rule for a declared (method, template)."""

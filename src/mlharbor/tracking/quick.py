@@ -15,7 +15,13 @@ what lets the MLflow routes run it on the event loop: it never blocks on a lock,
 bounded (at most :data:`MAX_POINTS` points; the commit appends the transaction's pages to the
 WAL, without ``fsync``). The connection never checkpoints (``wal_autocheckpoint=0``, which would
 ``fsync`` inside the request): its commits are counted for the database's checkpoint thread
-(:mod:`.checkpoint`), as the store's large batches are.
+(:mod:`.checkpoint`), as the store's large batches are. That thread also starts the log over
+itself after a checkpoint that caught it up (the first writer after such a checkpoint writes a
+new log header and syncs it), so the sync is not left to the next quick write.
+
+A connection must not cross a ``fork`` (SQLite's locks and shared memory are per process): in a
+forked child the writer takes nothing and leaves every write to the regular path, whose engine
+the child must make anew (as SQLAlchemy asks for any pool).
 
 Same statements (:mod:`.writes`), same checks (:func:`~mlharbor.tracking.rows.require_active`),
 same durability (the commit is in the WAL with ``synchronous=NORMAL``, as on the regular path).
@@ -65,22 +71,20 @@ def for_engine(engine: Engine) -> QuickWriter | None:
 
 
 class _Connection:
-    """A thread's connection, in a holder the writer can reach weakly (to close it), with
-    the process that opened it (a forked child opens its own: SQLite's connections must not
-    cross a fork)."""
+    """A thread's connection, in a holder the writer can reach weakly (to close it)."""
 
-    __slots__ = ("__weakref__", "pid", "raw")
+    __slots__ = ("__weakref__", "raw")
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
-        self.pid = os.getpid()
 
 
 class QuickWriter:
     """Writes of at most :data:`MAX_POINTS` metric points that never wait for a lock."""
 
     def __init__(self, engine: Engine) -> None:
-        self._path = str(engine.url.database)
+        self._path = str(engine.url.database)  # absolute: Database makes it so
+        self._pid = os.getpid()  # the process whose connections these are
         self._dialect = engine.dialect
         self._local = threading.local()
         self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
@@ -97,7 +101,8 @@ class QuickWriter:
         nothing written, when that would mean waiting (another writer holds the database),
         for more than :data:`MAX_POINTS` points, or on any database error; NotFoundError or
         InvalidInputError (nothing written) for a missing or deleted run."""
-        if not points or len(points) > MAX_POINTS or not self._busy.acquire(blocking=False):
+        if not points or len(points) > MAX_POINTS or os.getpid() != self._pid \
+                or not self._busy.acquire(blocking=False):
             return False
         try:
             conn = None if self._closed else self._connection()
@@ -129,14 +134,16 @@ class QuickWriter:
 
     def _connection(self) -> sqlite3.Connection | None:
         """This thread's connection (opened on first use); None if the file cannot be opened
-        or is not in WAL mode (a commit would then ``fsync``)."""
+        or is not in WAL mode (a commit would then ``fsync``), which turns quick writes off
+        (every later write would try again on the event loop)."""
         held: _Connection | None = getattr(self._local, "conn", None)
-        if held is not None and held.pid == os.getpid():
+        if held is not None:
             return held.raw
         try:
             raw = sqlite3.connect(self._path, timeout=0, isolation_level=None,
                                   check_same_thread=False)
         except sqlite3.Error:
+            self._closed = True
             return None
         try:
             mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
@@ -147,6 +154,7 @@ class QuickWriter:
             mode = None
         if str(mode).lower() != "wal":
             raw.close()
+            self._closed = True
             return None
         held = _Connection(raw)
         self._local.conn = held
@@ -154,11 +162,13 @@ class QuickWriter:
         return raw
 
     def _on_dispose(self, _engine: Engine) -> None:
-        """The engine is disposed: close every thread's connection (once none is in use)."""
+        """The engine is disposed: close every thread's connection (once none is in use);
+        in a forked child, close none of them (they are the parent's)."""
         with self._busy:
             self._closed = True
-            for held in list(self._open):
-                held.raw.close()
+            if os.getpid() == self._pid:
+                for held in list(self._open):
+                    held.raw.close()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
