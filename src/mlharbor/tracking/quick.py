@@ -135,7 +135,8 @@ class QuickWriter:
     def _connection(self) -> sqlite3.Connection | None:
         """This thread's connection (opened on first use); None if the file cannot be opened
         or is not in WAL mode (a commit would then ``fsync``), which turns quick writes off
-        (every later write would try again on the event loop)."""
+        (every later write would try again on the event loop), or if it is busy this moment
+        (the next write tries again)."""
         held: _Connection | None = getattr(self._local, "conn", None)
         if held is not None:
             return held.raw
@@ -150,8 +151,9 @@ class QuickWriter:
             for pragma in ("synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0",
                            "wal_autocheckpoint=0"):
                 raw.execute(f"PRAGMA {pragma}")
-        except sqlite3.Error:
-            mode = None
+        except sqlite3.Error:  # locked for a moment (no wait here): the next write tries again
+            raw.close()
+            return None
         if str(mode).lower() != "wal":
             raw.close()
             self._closed = True

@@ -180,8 +180,8 @@ def writing(work: Work) -> Endpoint:
 
 def writing_unless(now: Work) -> Callable[[Work], Endpoint]:
     """:func:`writing`, unless ``now(request, fields)``, tried first on the event loop,
-    answers: what it returns, unless None. For work that never waits (no lock, no network)
-    and is small: the metric writes of :mod:`mlharbor.tracking.quick`, which spare a
+    answers: what it returns, unless None. For work that never waits for a lock or the
+    network and is small: the metric writes of :mod:`mlharbor.tracking.quick`, which spare a
     one-point ``log_metric`` the two hand-overs to a thread and back."""
     return lambda work: in_thread(work, "write", now=now)
 
