@@ -5,7 +5,6 @@ goes back to SQLite's own checkpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ from mlharbor.settings import Settings
 from mlharbor.tracking import checkpoint
 from mlharbor.tracking.store import TrackingStore
 from tests.support import wait_until
-
-
-@pytest.fixture
-def reg(settings: Settings) -> Iterator[Registry]:
-    registry = Registry.from_settings(settings)
-    yield registry
-    registry.close()
 
 
 def _batch(step: int, keys: int = 100) -> list[MetricPoint]:

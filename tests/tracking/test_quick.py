@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,13 +22,6 @@ from mlharbor.settings import Settings
 from mlharbor.tracking import checkpoint, quick
 from mlharbor.tracking.store import TrackingStore
 from tests.support import wait_until
-
-
-@pytest.fixture
-def reg(settings: Settings) -> Iterator[Registry]:
-    registry = Registry.from_settings(settings)
-    yield registry
-    registry.close()
 
 
 @pytest.fixture

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from mlharbor.tracking.dbapi import PerSqliteFile
+
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
@@ -70,19 +72,11 @@ RESTART_PAGES = 4000
 #: The checkpoint thread ends after this long without work (the next request starts another).
 IDLE_S = 30.0
 _DEFERRED = "mlharbor_wal_autocheckpoint"  # the pooled connection's own setting, to put back
-_LOCK = threading.Lock()
-_BY_ENGINE: weakref.WeakKeyDictionary[Engine, Checkpointer] = weakref.WeakKeyDictionary()
 
 
 def for_engine(engine: Engine) -> Checkpointer | None:
     """The checkpointer of ``engine`` if it is a SQLite file database (made on first use)."""
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
-        return None
-    with _LOCK:
-        found = _BY_ENGINE.get(engine)
-        if found is None:
-            found = _BY_ENGINE[engine] = Checkpointer(engine)
-        return found
+    return _BY_ENGINE.get(engine)
 
 
 class Checkpointer:
@@ -218,6 +212,9 @@ def _log_generation(path: str) -> int | None:
     except OSError:
         return None
     return int.from_bytes(head[12:16], "big") if len(head) == 16 else None
+
+
+_BY_ENGINE: PerSqliteFile[Checkpointer] = PerSqliteFile(Checkpointer)
 
 
 def _restore(dbapi_connection: Any, record: Any) -> None:

@@ -18,15 +18,19 @@ mlharbor error as for every other statement.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
+    from sqlalchemy import Connection, Engine
     from sqlalchemy.engine import Dialect
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,23 @@ def cursor(conn: Connection, sql: Sql) -> Iterator[Any]:
                                   dialect=conn.dialect) from exc
     finally:
         raw.close()
+
+
+class PerSqliteFile(Generic[T]):
+    """One ``make(engine)`` per engine on a SQLite file (made on first use, forgotten with
+    the engine): the WAL checkpointer and the quick metric writer each keep theirs here."""
+
+    def __init__(self, make: Callable[[Engine], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._by_engine: weakref.WeakKeyDictionary[Engine, T] = weakref.WeakKeyDictionary()
+
+    def get(self, engine: Engine) -> T | None:
+        """``engine``'s own, or None unless it is a SQLite file database."""
+        if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+            return None
+        with self._lock:
+            found = self._by_engine.get(engine)
+            if found is None:
+                found = self._by_engine[engine] = self._make(engine)
+            return found

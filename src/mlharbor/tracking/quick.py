@@ -43,6 +43,7 @@ from sqlalchemy import event
 
 from mlharbor.core.runs import MetricPoint
 from mlharbor.tracking import rows, writes
+from mlharbor.tracking.dbapi import PerSqliteFile
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -52,22 +53,12 @@ if TYPE_CHECKING:
 #: The most points one quick write takes: a ``log_metric``, or a ``log_metrics`` of a few keys
 #: per step (larger batches go to the write threads, whose checkpoints are deferred anyway).
 MAX_POINTS = 10
-_LOCK = threading.Lock()
-_BY_ENGINE: weakref.WeakKeyDictionary[Engine, QuickWriter] = weakref.WeakKeyDictionary()
 
 
 def for_engine(engine: Engine) -> QuickWriter | None:
     """The quick writer of ``engine`` if it is a plain SQLite file database (made on first
     use); None for anything else (PostgreSQL, in memory, a URL with options)."""
-    url = engine.url
-    if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:") \
-            or url.query:
-        return None
-    with _LOCK:
-        found = _BY_ENGINE.get(engine)
-        if found is None:
-            found = _BY_ENGINE[engine] = QuickWriter(engine)
-        return found
+    return None if engine.url.query else _BY_ENGINE.get(engine)
 
 
 class _Connection:
@@ -171,6 +162,9 @@ class QuickWriter:
             if os.getpid() == self._pid:
                 for held in list(self._open):
                     held.raw.close()
+
+
+_BY_ENGINE: PerSqliteFile[QuickWriter] = PerSqliteFile(QuickWriter)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
