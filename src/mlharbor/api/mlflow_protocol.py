@@ -172,7 +172,8 @@ def number_json(value: float) -> float | str:
 
 
 def _kv(mapping: dict[str, str]) -> list[dict[str, str]]:
-    return [{"key": k, "value": v} for k, v in sorted(mapping.items())]
+    return [{"key": k, "value": v} for k, v in (sorted(mapping.items()) if len(mapping) > 1
+                                                 else mapping.items())]
 
 
 def experiment_json(exp: Experiment) -> dict[str, Any]:
@@ -184,24 +185,30 @@ def experiment_json(exp: Experiment) -> dict[str, Any]:
 
 
 def metric_json(point: MetricPoint) -> dict[str, Any]:
-    return {"key": point.key, "value": number_json(point.value),
+    """A point as MLflow's ``Metric`` message (``value - value == 0``: a finite value)."""
+    value = point.value
+    return {"key": point.key, "value": value if value - value == 0 else number_json(value),
             "timestamp": point.timestamp, "step": point.step}
 
 
 def run_info_json(run: Run) -> dict[str, Any]:
+    # status and lifecycle_stage are text enums: the members themselves render as their text.
     info: dict[str, Any] = {
         "run_id": run.run_id, "run_uuid": run.run_id, "run_name": run.name,
         "experiment_id": run.experiment_id, "user_id": run.user_id,
-        "status": run.status.value, "start_time": run.start_time,
-        "artifact_uri": run.artifact_uri, "lifecycle_stage": run.lifecycle_stage.value}
+        "status": run.status, "start_time": run.start_time,
+        "artifact_uri": run.artifact_uri, "lifecycle_stage": run.lifecycle_stage}
     if run.end_time is not None:
         info["end_time"] = run.end_time
     return info
 
 
 def run_json(run: Run) -> dict[str, Any]:
+    """A run as MLflow's ``Run`` message (a search page renders up to 50,000 of them)."""
+    metrics = run.metrics
     return {"info": run_info_json(run),
-            "data": {"metrics": [metric_json(m) for _k, m in sorted(run.metrics.items())],
+            "data": {"metrics": [metric_json(metrics[k]) for k in (
+                         sorted(metrics) if len(metrics) > 1 else metrics)],
                      "params": _kv(run.params), "tags": _kv(run.tags)},
             "inputs": {}, "outputs": {}}
 

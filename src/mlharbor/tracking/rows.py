@@ -60,31 +60,48 @@ def require_active(run_id: str, stage: str | None) -> None:
                                 field="run_id")
 
 
-def hydrate(conn: Connection, found: Sequence[RowMapping]) -> list[Run]:
-    """Run records for run rows, with their params, tags and latest metric values: three
-    reads per :data:`CHUNK` runs, whatever the number of runs, on the transaction's own
-    cursor (:mod:`.dbapi`)."""
+#: The columns a run record is built from, in the order :func:`hydrate` reads them: every
+#: column but ``inputs`` and ``outputs`` (what MLflow's log-inputs sent, which can be large).
+RUN_COLUMNS = tuple(t.runs.c[name] for name in (
+    "run_id", "experiment_id", "name", "status", "start_time", "end_time", "lifecycle_stage",
+    "user_id", "artifact_uri", "parent_run_id", "error"))
+
+
+def run_record(conn: Connection, run_id: str) -> Run:
+    """Run ``run_id`` with its params, tags and latest metrics (NotFoundError if none)."""
+    row = conn.execute(select(*RUN_COLUMNS).where(t.runs.c.run_id == run_id)).first()
+    if row is None:
+        raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+    return hydrate(conn, [row])[0]
+
+
+def hydrate(conn: Connection, found: Sequence[Sequence[Any]]) -> list[Run]:
+    """Run records for run rows (each the values of :data:`RUN_COLUMNS`, in order), with
+    their params, tags and latest metric values: three reads per :data:`CHUNK` runs,
+    whatever the number of runs, on the transaction's own cursor (:mod:`.dbapi`).
+
+    A search page may hold 50,000 runs, so the loops stay plain: one per table, rows
+    unpacked as they come, each record built once with its fields in order."""
     if not found:
         return []
-    ids = [r["run_id"] for r in found]
+    ids = [r[0] for r in found]
     params: dict[str, dict[str, str]] = {i: {} for i in ids}
     tags: dict[str, dict[str, str]] = {i: {} for i in ids}
     metrics: dict[str, dict[str, MetricPoint]] = {i: {} for i in ids}
-    for table in (t.params, t.tags, t.latest_metrics):
-        for run_id, key, *rest in by_run(conn, table, ids):
-            if table is t.latest_metrics:
-                value, timestamp, step = rest
-                metrics[run_id][key] = MetricPoint(key, math.nan if value is None else value,
-                                                   timestamp, step)
-            else:
-                (params if table is t.params else tags)[run_id][key] = rest[0]
-    return [Run(run_id=r["run_id"], experiment_id=str(r["experiment_id"]), name=r["name"],
-                status=STATUSES[r["status"]], start_time=r["start_time"],
-                end_time=r["end_time"], lifecycle_stage=STAGES[r["lifecycle_stage"]],
-                user_id=r["user_id"], artifact_uri=r["artifact_uri"],
-                parent_run_id=r["parent_run_id"], metrics=metrics[r["run_id"]],
-                params=params[r["run_id"]], tags=tags[r["run_id"]], error=r["error"])
-            for r in found]
+    for run_id, key, value in by_run(conn, t.params, ids):
+        params[run_id][key] = value
+    for run_id, key, value in by_run(conn, t.tags, ids):
+        tags[run_id][key] = value
+    nan = math.nan
+    for run_id, key, number, timestamp, step in by_run(conn, t.latest_metrics, ids):
+        metrics[run_id][key] = MetricPoint(key, nan if number is None else number,
+                                           timestamp, step)
+    statuses, stages = STATUSES, STAGES
+    return [Run(run_id, str(experiment_id), name, statuses[status], start_time, end_time,
+                stages[stage], user_id, artifact_uri, parent_run_id, metrics[run_id],
+                params[run_id], tags[run_id], error)
+            for (run_id, experiment_id, name, status, start_time, end_time, stage, user_id,
+                 artifact_uri, parent_run_id, error) in found]
 
 
 def by_run(conn: Connection, table: Table, run_ids: list[str]) -> Iterator[tuple[Any, ...]]:
@@ -96,10 +113,9 @@ def by_run(conn: Connection, table: Table, run_ids: list[str]) -> Iterator[tuple
         size = next(n for n in _SIZES if n >= len(chunk))
         sql = dbapi.compiled(f"by_run_{table.name}_{size}",
                              functools.partial(_by_run, table, size), conn.dialect)
-        values = dict(zip(_id_names()[:size], chunk + [""] * (size - len(chunk)),
-                          strict=True))
+        padded = tuple(chunk) + ("",) * (size - len(chunk))
         with dbapi.cursor(conn, sql) as cursor:
-            cursor.execute(sql.text, sql.params(values))
+            cursor.execute(sql.text, sql.rows(_id_names()[:size], [padded])[0])
             found = cursor.fetchall()
         yield from found
 
@@ -115,7 +131,8 @@ def _id_names() -> tuple[str, ...]:
 
 
 def _by_run(table: Table, size: int) -> Any:
-    columns = [c for c in table.c if c.name in ("run_id", "key", "value", "timestamp", "step")]
+    columns = [table.c[n] for n in ("run_id", "key", "value", "timestamp", "step")
+               if n in table.c]
     return select(*columns).where(table.c.run_id.in_([bindparam(n) for n in
                                                       _id_names()[:size]]))
 

@@ -31,7 +31,7 @@ from sqlalchemy import delete, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import LifecycleStage, MetricPoint, Run, RunPage, RunStatus
-from mlharbor.tracking import checkpoint, checks, quick, rows, writes
+from mlharbor.tracking import checkpoint, checks, dbapi, quick, rows, writes
 from mlharbor.tracking import schema as t
 from mlharbor.tracking.experiments import (
     PROXY_SCHEME,
@@ -89,19 +89,19 @@ class TrackingStore(ExperimentStore):
                 f"/artifacts", parent_run_id=parent, error=None, inputs=[], outputs=[]))
             conn.execute(insert(t.tags), [{"run_id": run_id, "key": k, "value": v}
                                           for k, v in clean_tags.items()])
-            return rows.hydrate(conn, [rows.run_row(conn, run_id)])[0]
+            return rows.run_record(conn, run_id)
 
     def get_run(self, run_id: str) -> Run:
         checks.check_run_id(run_id)
         with self.db.read() as conn:
-            return rows.hydrate(conn, [rows.run_row(conn, run_id)])[0]
+            return rows.run_record(conn, run_id)
 
     def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
         """The runs ``run_ids`` in that order (NotFoundError naming the first missing)."""
         ids = [checks.check_run_id(r) for r in run_ids]
         with self.db.read() as conn:
-            found = {r["run_id"]: r for r in conn.execute(
-                select(t.runs).where(t.runs.c.run_id.in_(ids))).mappings()}
+            found = {r[0]: r for r in conn.execute(
+                select(*rows.RUN_COLUMNS).where(t.runs.c.run_id.in_(ids)))}
             missing = [r for r in ids if r not in found]
             if missing:
                 raise NotFoundError(f"No run with id {missing[0]!r}.", field="run_id")
@@ -110,9 +110,9 @@ class TrackingStore(ExperimentStore):
     def child_runs(self, run_id: str) -> list[Run]:
         checks.check_run_id(run_id)
         with self.db.read() as conn:
-            children = conn.execute(select(t.runs).where(t.runs.c.parent_run_id == run_id)
-                                    .order_by(t.runs.c.start_time, t.runs.c.run_id)
-                                    ).mappings().all()
+            children = conn.execute(select(*rows.RUN_COLUMNS)
+                                    .where(t.runs.c.parent_run_id == run_id)
+                                    .order_by(t.runs.c.start_time, t.runs.c.run_id)).all()
             return rows.hydrate(conn, list(children))
 
     def update_run(self, run_id: str, *, status: RunStatus | str | None = None,
@@ -145,7 +145,7 @@ class TrackingStore(ExperimentStore):
                 rows.upsert(conn, t.tags, [{"run_id": run_id, "key": RUN_NAME_TAG,
                                             "value": values["name"]}], ("run_id", "key"),
                             ("value",))
-            return rows.hydrate(conn, [rows.run_row(conn, run_id)])[0]
+            return rows.run_record(conn, run_id)
 
     def set_run_lifecycle(self, run_id: str, stage: LifecycleStage) -> None:
         checks.check_run_id(run_id)
@@ -267,15 +267,18 @@ class TrackingStore(ExperimentStore):
                     ) -> RunPage:
         """Runs of the experiments matching MLflow's ``filter`` grammar, sorted by
         ``order_by`` (newest first by default), a page at a time."""
-        from mlharbor.tracking.query import run_query
+        from mlharbor.tracking import query
 
         ids = [checks.check_experiment_id(e, field="experiment_ids") for e in experiment_ids]
         limit = checks.check_max_results(max_results, default=1000)
         offset = checks.decode_token(page_token)
-        q = rows.lifecycle(run_query(ids, filter, order_by), t.runs.c.lifecycle_stage, view)
         with self.db.read() as conn:
-            found = conn.execute(q.limit(limit + 1).offset(offset)).mappings().all()
-            runs = rows.hydrate(conn, list(found[:limit]))
+            sql, values = query.search_sql(conn.dialect, ids, filter, order_by, view)
+            with dbapi.cursor(conn, sql) as cursor:
+                cursor.execute(sql.text, sql.params(
+                    {**values, query.PAGE_LIMIT: limit + 1, query.PAGE_OFFSET: offset}))
+                found = cursor.fetchall()
+            runs = rows.hydrate(conn, found[:limit])
         return RunPage(runs, checks.encode_token(offset + limit) if len(found) > limit
                        else None)
 
