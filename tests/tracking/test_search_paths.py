@@ -126,14 +126,13 @@ def test_the_compiled_search_is_kept_and_its_values_are_not_shared(
     kept values (a second page would start where the first call's left it)."""
     from mlharbor.tracking import query
 
-    store, eids = seeded
+    store, _ = seeded
     with store.db.read() as conn:
         first = query.search_sql(conn.dialect, [0], "metrics.a > 0", None, "active")
         again = query.search_sql(conn.dialect, [0], "metrics.a > 0", None, "active")
     assert first is again
-    assert query.PAGE_LIMIT not in first[1] or first[1][query.PAGE_LIMIT] == 0
     one = store.search_runs(["0"], filter="metrics.a > 0", max_results=1)
     two = store.search_runs(["0"], filter="metrics.a > 0", max_results=1,
                             page_token=one.next_page_token)
     assert one.runs and two.runs and one.runs[0].run_id != two.runs[0].run_id
-    assert first[1].get(query.PAGE_LIMIT, 0) == 0
+    assert (first[1][query.PAGE_LIMIT], first[1][query.PAGE_OFFSET]) == (0, 0)
