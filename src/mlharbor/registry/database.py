@@ -25,6 +25,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.pool import QueuePool
 
 from mlharbor.core.errors import ConfigError, ConflictError, InvalidInputError, UnavailableError
 
@@ -33,6 +34,11 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PG_MIGRATION_LOCK = 0x6D6C6801
 PG_AUDIT_LOCK = 0x6D6C6802
 SQLITE_BUSY_TIMEOUT_S = 60
+#: Page cache per SQLite connection, KiB (SQLite's default is 2,000). A search over 10,000
+#: runs reads ~6 MB of runs, tags and latest metrics: with the default each search read most
+#: pages again from the file. Taken only as pages are read; the pool reuses the connection
+#: used last (``pool_use_lifo``), so one connection's cache stays warm.
+SQLITE_CACHE_KIB = 32 * 1024
 
 
 class Database:
@@ -71,6 +77,10 @@ class Database:
                 url,
                 echo=echo,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+                # A file's pool hands out the connection used last (warm cache); a database
+                # in memory has one connection per thread and no such choice.
+                **({"pool_use_lifo": True} if issubclass(
+                    url.get_dialect().get_pool_class(url), QueuePool) else {}),
             )
             _install_sqlite_hooks(engine)
             return engine
@@ -200,6 +210,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
