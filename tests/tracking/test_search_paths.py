@@ -34,8 +34,11 @@ def seeded(db_settings: Settings) -> Iterator[tuple[TrackingStore, list[str]]]:
     reg = Registry.from_settings(db_settings)
     store = TrackingStore(reg.store.db)
     eids = ["0", store.create_experiment("second").experiment_id]
+    parent = None
     for i in range(12):
-        run = store.create_run(eids[i % 2], run_name=f"r{i % 5}", start_time=1000 + i // 2)
+        run = store.create_run(eids[i % 2], run_name=f"r{i % 5}", start_time=1000 + i // 2,
+                               user_id=f"u{i % 3}", parent_run_id=parent)
+        parent = run.run_id if i % 4 == 0 else parent
         metrics = [MetricPoint(k, NUMBERS[(i + j) % len(NUMBERS)], 5, i)
                    for j, k in enumerate(KEYS) if (i + j) % 3]
         if i == 7:
@@ -45,8 +48,10 @@ def seeded(db_settings: Settings) -> Iterator[tuple[TrackingStore, list[str]]]:
                                 for j, k in enumerate(KEYS) if (i + j) % 4},
                         tags={k: VALUES[(i * 3 + j) % len(VALUES)] for j, k in enumerate(KEYS)
                               if (i + j) % 2})
-        if i == 3:
-            store.update_run(run.run_id, status="FINISHED")
+        if i in (3, 8):
+            store.update_run(run.run_id, status="FINISHED", end_time=2000 + i)
+        if i == 9:
+            store.update_run(run.run_id, status="FAILED", error="boom")
         if i == 5:
             store.set_run_lifecycle(run.run_id, LifecycleStage.DELETED)
     yield store, eids
@@ -65,10 +70,14 @@ attribute = st.one_of(
     st.builds(Clause, st.just("attribute"), st.sampled_from(["status", "run_name"]),
               st.sampled_from(["=", "!=", "LIKE"]),
               st.sampled_from(("RUNNING", "FINISHED", "r1", "r%"))),
+    st.builds(Clause, st.just("attribute"), st.sampled_from(["end_time"]),
+              st.sampled_from(["=", ">", "<="]), st.sampled_from((2003.0, 2008.0))),
+    st.builds(Clause, st.just("attribute"), st.sampled_from(["user_id"]),
+              st.sampled_from(["=", "!=", "LIKE"]), st.sampled_from(("u1", "u%"))),
     st.builds(Clause, st.just("attribute"), st.just("status"),
               st.sampled_from(["IN", "NOT IN"]),
-              st.lists(st.sampled_from(("RUNNING", "FINISHED")), min_size=1, max_size=2)
-              .map(tuple)))
+              st.lists(st.sampled_from(("RUNNING", "FINISHED", "FAILED")), min_size=1,
+                       max_size=3, unique=True).map(tuple)))
 order = st.builds("{}.{} {}".format, st.sampled_from(["metrics", "params", "tags"]), keys,
                   st.sampled_from(["ASC", "DESC"])) | st.sampled_from(
     ["attributes.start_time ASC", "attributes.run_name DESC", "attributes.status"])
@@ -88,21 +97,27 @@ def _same(a: list[Run], b: list[Run]) -> bool:
         metrics = {k: (None if math.isnan(p.value) else p.value, p.timestamp, p.step)
                    for k, p in run.metrics.items()}
         return (run.run_id, run.name, run.status, run.lifecycle_stage, run.start_time,
-                run.end_time, run.experiment_id, run.params, run.tags, metrics)
+                run.end_time, run.experiment_id, run.user_id, run.artifact_uri,
+                run.parent_run_id, run.error, run.params, run.tags, metrics)
     return [plain(r) for r in a] == [plain(r) for r in b]
 
 
 @settings(derandomize=True, deadline=None, max_examples=60,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(clauses=st.lists(st.one_of(metric, textual, attribute), max_size=3),
+       run_ids=st.lists(st.integers(0, 11), max_size=12, unique=True),
        order_by=st.none() | st.lists(order, max_size=3),
        view=st.sampled_from(["active", "deleted", "all"]), page=st.integers(1, 5),
        both=st.booleans())
 def test_the_cursor_path_answers_as_sqlalchemy_does(
-        seeded: tuple[TrackingStore, list[str]], clauses: list[Clause],
+        seeded: tuple[TrackingStore, list[str]], clauses: list[Clause], run_ids: list[int],
         order_by: list[str] | None, view: str, page: int, both: bool) -> None:
     store, eids = seeded
     eids = eids if both else eids[:1]
+    if run_ids:  # run_id IN (...) of up to every run, by its real id
+        every = _through_sqlalchemy(store, eids, None, None, "all")
+        ids = tuple(every[i % len(every)].run_id for i in run_ids)
+        clauses = [*clauses, Clause("attribute", "run_id", "IN", ids)]
     filter = render(clauses) if clauses else None
     expected = _through_sqlalchemy(store, eids, filter, order_by, view)
     whole = store.search_runs(eids, filter=filter, order_by=order_by, view=view).runs
@@ -136,3 +151,32 @@ def test_the_compiled_search_is_kept_and_its_values_are_not_shared(
                             page_token=one.next_page_token)
     assert one.runs and two.runs and one.runs[0].run_id != two.runs[0].run_id
     assert (first[1][query.PAGE_LIMIT], first[1][query.PAGE_OFFSET]) == (0, 0)
+
+
+def test_a_page_past_two_to_the_31_is_empty_not_refused(
+        seeded: tuple[TrackingStore, list[str]]) -> None:
+    """A page token's offset may pass a 32-bit integer (PostgreSQL's INTEGER refused it)."""
+    from mlharbor.tracking import checks
+
+    store, eids = seeded
+    page = store.search_runs(eids, page_token=checks.encode_token(2**31))
+    assert (page.runs, page.next_page_token) == ([], None)
+
+
+def test_a_long_search_is_answered_and_not_kept(seeded: tuple[TrackingStore, list[str]]
+                                                 ) -> None:
+    """Searches of many experiments or long text are compiled each time, not kept (a key
+    holds its text: 256 kept of megabytes each would be gigabytes)."""
+    from mlharbor.tracking import query
+
+    store, eids = seeded
+    many = [*eids, *(str(i) for i in range(1000, 1100))]
+    long_filter = " and ".join(["params.a != 'zz'"] * 40) + " and params.a != '" + "z" * 5000 + "'"
+    info = query._cached_search_sql.cache_info()
+    assert store.search_runs(many).runs
+    assert len(store.search_runs(eids, filter=long_filter).runs) == len(
+        _through_sqlalchemy(store, eids, long_filter, None, "active"))
+    assert query._cached_search_sql.cache_info().currsize == info.currsize
+    ascending = store.search_runs(eids, order_by=["attributes.start_time ASC"]).runs
+    assert [r.run_id for r in store.search_runs(
+        eids, order_by=iter(["attributes.start_time ASC"])).runs] == [r.run_id for r in ascending]

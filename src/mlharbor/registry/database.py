@@ -67,7 +67,9 @@ class Database:
 
     def _make_engine(self, url: Any, *, echo: bool) -> Engine:
         if self.dialect == "sqlite":
-            if url.database and url.database != ":memory:":
+            # A "file:" URI names its file itself (SQLite opens it as the URI says).
+            if url.database and url.database != ":memory:" \
+                    and not url.database.startswith("file:"):
                 if not url.query:
                     # Absolute once, here: every connection to the file (the pool's, the quick
                     # metric writer's) opens the same one whatever the working folder is later.

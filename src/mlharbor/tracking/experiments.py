@@ -21,7 +21,7 @@ from mlharbor.tracking import checks, rows
 from mlharbor.tracking import schema as t
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, RowMapping
+    from sqlalchemy import Connection, Engine, RowMapping
 
 #: Where an experiment created without an artifact location keeps its runs' files: the
 #: artifact proxy (``mlflow-artifacts:/<experiment id>``).
@@ -32,6 +32,7 @@ class TransactionalDb(Protocol):
     """What the store needs of the metadata database (``registry.database.Database``)."""
 
     dialect: str
+    engine: Engine
 
     def read(self) -> contextlib.AbstractContextManager[Connection]: ...
 

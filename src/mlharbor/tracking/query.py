@@ -23,7 +23,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, bindparam, func, literal, select
+from sqlalchemy import BigInteger, Select, and_, bindparam, func, literal, select
 
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.tracking import dbapi, rows
@@ -86,13 +86,26 @@ def search_sql(dialect: Dialect, experiment_ids: Sequence[int], filter: str | No
     runs, building, compiling and reading the statement through SQLAlchemy's result rows
     took as long again as SQLite's own work. The last :data:`_CACHED` searches stay compiled
     (a dashboard or a training script repeats the same few)."""
-    if order_by is not None and not all(isinstance(o, str) for o in order_by):
-        return _search_sql(dialect, tuple(experiment_ids), filter, order_by, view)  # refused
-    return _cached_search_sql(dialect, tuple(experiment_ids), filter,
-                              None if order_by is None else tuple(order_by), view)
+    order = None if order_by is None else list(order_by)
+    ids = tuple(experiment_ids)
+    if _cacheable(ids, filter, order, view):
+        return _cached_search_sql(dialect, ids, filter, None if order is None else tuple(order),
+                                  view)
+    return _search_sql(dialect, ids, filter, order, view)  # or refused, as bad input
 
 
+#: Searches kept compiled, and the most text one may hold to be kept (a key holds its
+#: filter, sort keys and experiment ids; a longer search is compiled each time).
 _CACHED = 256
+_CACHED_TEXT = 4096
+_CACHED_IDS = 64
+
+
+def _cacheable(ids: tuple[int, ...], filter: Any, order: list[Any] | None, view: Any) -> bool:
+    return (isinstance(filter, str | None) and isinstance(view, str) and len(ids) <= _CACHED_IDS
+            and (order is None or all(isinstance(o, str) for o in order))
+            and len(filter or "") + sum(len(o) for o in order or ()) + len(view)
+            <= _CACHED_TEXT)
 
 
 def _search_sql(dialect: Dialect, experiment_ids: tuple[int, ...], filter: str | None,
@@ -100,15 +113,20 @@ def _search_sql(dialect: Dialect, experiment_ids: tuple[int, ...], filter: str |
     q = rows.lifecycle(run_query(list(experiment_ids), filter,
                                  None if order_by is None else list(order_by)),
                        t.runs.c.lifecycle_stage, view)
-    q = q.limit(bindparam(PAGE_LIMIT, 0)).offset(bindparam(PAGE_OFFSET, 0))
+    q = q.limit(bindparam(PAGE_LIMIT, 0, type_=BigInteger)).offset(
+        bindparam(PAGE_OFFSET, 0, type_=BigInteger))
     done = q.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    # The values as SQLAlchemy would bind them (its type's conversion, e.g. to float); an
-    # expanded IN list's values (name_1_1, name_1_2 ...) convert as their list's (name_1).
+    # The values as SQLAlchemy would bind them (its type's conversion, e.g. to float); the
+    # values of an expanded IN list (name_1, name_2 ... of list ``name``) as the list's.
     convert = {name: bind.type.dialect_impl(dialect).bind_processor(dialect)
                for name, bind in done.binds.items()}
+    expanded = {name for name, bind in done.binds.items() if bind.expanding}
     values = {}
     for name, value in done.params.items():
-        to = convert.get(name) or convert.get(name.rsplit("_", 1)[0])
+        to = convert.get(name)
+        if name not in convert:
+            base, _, index = name.rpartition("_")
+            to = convert.get(base) if index.isdigit() and base in expanded else None
         values[name] = value if to is None else to(value)
     sql = dbapi.Sql(done.string, tuple(done.positiontup or ()) if done.positional else None)
     return sql, values

@@ -272,8 +272,9 @@ class TrackingStore(ExperimentStore):
         ids = [checks.check_experiment_id(e, field="experiment_ids") for e in experiment_ids]
         limit = checks.check_max_results(max_results, default=1000)
         offset = checks.decode_token(page_token)
+        # Compiled (or refused as bad input) before a connection is taken.
+        sql, values = query.search_sql(self.db.engine.dialect, ids, filter, order_by, view)
         with self.db.read() as conn:
-            sql, values = query.search_sql(conn.dialect, ids, filter, order_by, view)
             with dbapi.cursor(conn, sql) as cursor:
                 cursor.execute(sql.text, sql.params(
                     {**values, query.PAGE_LIMIT: limit + 1, query.PAGE_OFFSET: offset}))
