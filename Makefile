@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
-# Tests run on both cores; override with `make test PYTEST_ARGS=...`.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+# Tests run on both cores and name the 15 slowest (the suite must stay near 15 minutes);
+# override with `make test PYTEST_ARGS=...`.
+PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=15
 
 .PHONY: run test lint venv install install-dev clean
 
