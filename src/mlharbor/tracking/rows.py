@@ -28,11 +28,16 @@ _INT64 = 2**63
 # Stored text -> enum member, looked up once per run of a (possibly large) search page.
 STATUSES = {s.value: s for s in RunStatus}
 STAGES = {s.value: s for s in LifecycleStage}
+def no_run(run_id: str) -> NotFoundError:
+    """The error for a run id no run has (every read and write says it the same way)."""
+    return NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+
+
 def run_row(conn: Connection, run_id: str) -> RowMapping:
     """Run ``run_id``'s row (NotFoundError if there is none)."""
     row = conn.execute(select(t.runs).where(t.runs.c.run_id == run_id)).mappings().first()
     if row is None:
-        raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+        raise no_run(run_id)
     return row
 
 
@@ -54,7 +59,7 @@ def check_active(conn: Connection, run_id: str) -> None:
 def require_active(run_id: str, stage: str | None) -> None:
     """:func:`check_active`'s refusals for a run read as ``stage`` (None: no such run)."""
     if stage is None:
-        raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+        raise no_run(run_id)
     if stage != LifecycleStage.ACTIVE.value:
         raise InvalidInputError(f"Run {run_id} is deleted; restore it to change it.",
                                 field="run_id")
@@ -71,7 +76,7 @@ def run_record(conn: Connection, run_id: str) -> Run:
     """Run ``run_id`` with its params, tags and latest metrics (NotFoundError if none)."""
     row = conn.execute(select(*RUN_COLUMNS).where(t.runs.c.run_id == run_id)).first()
     if row is None:
-        raise NotFoundError(f"No run with id {run_id!r}.", field="run_id")
+        raise no_run(run_id)
     return hydrate(conn, [row])[0]
 
 

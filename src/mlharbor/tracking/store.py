@@ -104,7 +104,7 @@ class TrackingStore(ExperimentStore):
                 select(*rows.RUN_COLUMNS).where(t.runs.c.run_id.in_(ids)))}
             missing = [r for r in ids if r not in found]
             if missing:
-                raise NotFoundError(f"No run with id {missing[0]!r}.", field="run_id")
+                raise rows.no_run(missing[0])
             return rows.hydrate(conn, [found[r] for r in ids])
 
     def child_runs(self, run_id: str) -> list[Run]:
@@ -207,15 +207,13 @@ class TrackingStore(ExperimentStore):
         what :meth:`log_batch` refuses, the same way."""
         checks.check_run_id(run_id)
         points = [rows.check_point(p, i) for i, p in enumerate(metrics)]
-        engine = getattr(self.db, "engine", None)
-        writer = None if engine is None else quick.for_engine(engine)
+        writer = quick.for_engine(self.db.engine)
         return writer is not None and writer.write(run_id, points, self._checkpointer())
 
     def _checkpointer(self) -> checkpoint.Checkpointer | None:
         """On a SQLite file: the database's WAL checkpoint thread (:mod:`.checkpoint`), which
         metric writes leave their checkpoints to."""
-        engine = getattr(self.db, "engine", None)
-        return None if engine is None else checkpoint.for_engine(engine)
+        return checkpoint.for_engine(self.db.engine)
 
     @staticmethod
     def _write_params(conn: Connection, run_id: str, params: dict[str, str]) -> None:
