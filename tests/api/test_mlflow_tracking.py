@@ -160,5 +160,69 @@ def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
     assert run_after.data.tags["mlharbor.model_version"] == "churn-skops:1"
 
 
+def test_autolog_and_the_scripts_own_model_in_one_run_register_the_latest(mlflow: Any) -> None:
+    """MLflow 3 registers, of a run's logged models of one name, the one get-run lists at the
+    latest step (the newest of equal steps): autolog's pickle and the script's own skops model
+    share the name 'model', and the script's, logged last, is the one registered."""
+    import mlflow.sklearn
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    mlflow.set_experiment("autolog-and-own-model")
+    mlflow.sklearn.autolog(log_input_examples=False, log_model_signatures=False)
+    try:
+        with warnings.catch_warnings(), mlflow.start_run() as run:
+            warnings.simplefilter("ignore")
+            fitted = LogisticRegression(max_iter=200).fit(x, y)
+            mlflow.sklearn.log_model(fitted, name="model", serialization_format="skops")
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+    got = mlflow.tracking.MlflowClient().get_run(run.info.run_id)
+    outputs = got.outputs.model_outputs
+    assert len(outputs) == 2 and {o.step for o in outputs} == {0}
+    (dataset,) = got.inputs.dataset_inputs  # autolog's training data, by its digest
+    assert dataset.dataset.digest and {(t.key, t.value) for t in dataset.tags} == {
+        ("mlflow.data.context", "train")}
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "churn-own-model")
+    assert version.source == f"models:/{outputs[1].model_id}"
+
+
+def test_bad_inputs_and_outputs_are_refused_and_write_nothing(mlflow: Any, server: Any) -> None:
+    mlflow.set_experiment("io-errors")
+    with mlflow.start_run() as run:
+        pass
+    url, token, _settings = server
+    good = {"model_id": "m-1", "step": "3"}
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        ("runs/outputs", {"models": [good, {"model_id": 5}]}, "models[1].model_id"),
+        ("runs/outputs", {"models": [good, {"model_id": "m-2", "step": "late"}]},
+         "models[1].step"),
+        ("runs/outputs", {"models": {"model_id": "m-1"}}, "'models' must be a list"),
+        ("runs/log-inputs", {"datasets": [{"tags": []}]}, "datasets[0] must hold a 'dataset'"),
+        ("runs/log-inputs", {"datasets": [{"dataset": {"name": "d", "digest": "x" * 40,
+                                                       "source_type": "local", "source": "s"}}]},
+         "datasets[0].digest"),
+        ("runs/log-inputs", {"datasets": [{"dataset": {"name": "d", "digest": "x",
+                                                       "source_type": "local"}}]},
+         "datasets[0].source"),
+        ("runs/log-inputs", {"models": [{"model_id": ""}]}, "models[0].model_id"),
+    ]
+    with httpx.Client(base_url=f"{url}/api/2.0/mlflow",
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        for path, body, said in bad:
+            r = http.post(path, json={"run_id": run.info.run_id, **body})
+            assert r.status_code == 400, (path, body, r.text)
+            assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert said in r.json()["message"], (said, r.json()["message"])
+        got = mlflow.tracking.MlflowClient().get_run(run.info.run_id)
+        assert not got.outputs.model_outputs and not got.inputs.dataset_inputs
+        # and the run still takes good entries
+        assert http.post("runs/outputs", json={"run_id": run.info.run_id,
+                                               "models": [good]}).status_code == 200
+    outputs = mlflow.tracking.MlflowClient().get_run(run.info.run_id).outputs.model_outputs
+    assert [(o.model_id, o.step) for o in outputs] == [("m-1", 3)]
+
+
 def test_token_is_not_left_in_env() -> None:
     assert "MLFLOW_TRACKING_TOKEN" not in os.environ

@@ -24,7 +24,15 @@ from starlette.responses import Response
 
 from mlharbor.api.responses import JsonResponse
 from mlharbor.core import errors
-from mlharbor.core.runs import Experiment, LoggedModel, MetricPoint, Run
+from mlharbor.core.runs import (
+    DatasetInput,
+    Experiment,
+    LoggedModel,
+    MetricPoint,
+    ModelOutput,
+    Run,
+    RunIO,
+)
 from mlharbor.core.status import status_for
 
 log = logging.getLogger("mlharbor.api.mlflow")
@@ -203,14 +211,83 @@ def run_info_json(run: Run) -> dict[str, Any]:
     return info
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    """A run as MLflow's ``Run`` message (a search page renders up to 50,000 of them)."""
+def run_json(run: Run, io: RunIO | None = None) -> dict[str, Any]:
+    """A run as MLflow's ``Run`` message (a search page renders up to 50,000 of them, without
+    their datasets and models: ``io``, which get-run gives)."""
     metrics = run.metrics
     return {"info": run_info_json(run),
             "data": {"metrics": [metric_json(metrics[k]) for k in (
                          sorted(metrics) if len(metrics) > 1 else metrics)],
                      "params": _kv(run.params), "tags": _kv(run.tags)},
-            "inputs": {}, "outputs": {}}
+            **(_io_json(io) if io is not None else {"inputs": {}, "outputs": {}})}
+
+
+def _io_json(io: RunIO) -> dict[str, Any]:
+    """MLflow's ``RunInputs`` and ``RunOutputs`` (empty lists left out, as proto3 JSON)."""
+    inputs: dict[str, Any] = {}
+    if io.datasets:
+        inputs["dataset_inputs"] = [
+            {"tags": [{"key": k, "value": v} for k, v in d.tags.items()],
+             "dataset": {"name": d.name, "digest": d.digest, "source_type": d.source_type,
+                         "source": d.source,
+                         **({"schema": d.schema} if d.schema else {}),
+                         **({"profile": d.profile} if d.profile else {})}}
+            for d in io.datasets]
+    if io.model_inputs:
+        inputs["model_inputs"] = [{"model_id": m} for m in io.model_inputs]
+    outputs = {"model_outputs": [{"model_id": o.model_id, "step": o.step}
+                                 for o in io.model_outputs]} if io.model_outputs else {}
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def _objects(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    items = body.get(name) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise errors.InvalidInputError(f"'{name}' must be a list of objects.", field=name)
+    return items
+
+
+def dataset_inputs(body: dict[str, Any]) -> list[DatasetInput]:
+    """The ``datasets`` of a log-inputs request (MLflow's ``DatasetInput`` messages); their
+    fields are checked by the store."""
+    out = []
+    for i, item in enumerate(_objects(body, "datasets")):
+        dataset = item.get("dataset")
+        if not isinstance(dataset, dict):
+            raise errors.InvalidInputError(f"datasets[{i}] must hold a 'dataset' object "
+                                           "(name, digest, source_type, source).",
+                                           field=f"datasets[{i}].dataset")
+        where = f"datasets[{i}].dataset"
+        name, digest, source_type, source, schema, profile = (
+            _text(dataset, f, where) for f in ("name", "digest", "source_type", "source",
+                                               "schema", "profile"))
+        out.append(DatasetInput(name, digest, source_type, source, schema, profile,
+                                key_values(item, "tags")))
+    return out
+
+
+def model_inputs(body: dict[str, Any]) -> list[str]:
+    """The logged-model ids of a log-inputs request's ``models``."""
+    return [_text(m, "model_id", f"models[{i}]") for i, m in enumerate(_objects(body, "models"))]
+
+
+def model_outputs(body: dict[str, Any]) -> list[ModelOutput]:
+    """The ``models`` of a log-outputs request (MLflow's ``LoggedModelOutput``: an id and
+    the step it was logged at)."""
+    # The step (an int64: MLflow's JSON may send it as text) is checked by the store.
+    return [ModelOutput(_text(m, "model_id", f"models[{i}]"), m.get("step", 0))
+            for i, m in enumerate(_objects(body, "models"))]
+
+
+def _text(item: dict[str, Any], name: str, where: str) -> str:
+    """Field ``name`` of ``item`` as text ("" if absent: the store says what is required)."""
+    value = item.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise errors.InvalidInputError(f"{where}.{name} must be text; received "
+                                       f"{errors.describe_value(value)}.", field=f"{where}.{name}")
+    return value
 
 
 def logged_model_json(model: LoggedModel) -> dict[str, Any]:

@@ -109,6 +109,39 @@ class LoggedModel:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DatasetInput:
+    """A dataset a run used, as MLflow's ``log_input`` names it: its identity, not its rows.
+
+    ``tags`` carry MLflow's ``mlflow.data.context`` (``training``, ``eval`` ...)."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str = ""
+    profile: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """A logged model a run produced, and the step it was logged at (MLflow 3 registers the
+    one of the latest step when a run logged several under one name)."""
+
+    model_id: str
+    step: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunIO:
+    """What a run read and produced: datasets and logged models in, logged models out."""
+
+    datasets: list[DatasetInput]
+    model_inputs: list[str]
+    model_outputs: list[ModelOutput]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RunPage:
     """A page of runs and the token for the next (``None`` on the last page)."""
 

@@ -30,8 +30,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
-from mlharbor.core.runs import LifecycleStage, MetricPoint, Run, RunPage, RunStatus
-from mlharbor.tracking import checkpoint, checks, dbapi, quick, rows, writes
+from mlharbor.core.runs import (
+    DatasetInput,
+    LifecycleStage,
+    MetricPoint,
+    ModelOutput,
+    Run,
+    RunIO,
+    RunPage,
+    RunStatus,
+)
+from mlharbor.tracking import checkpoint, checks, dbapi, quick, rows, runio, writes
 from mlharbor.tracking import schema as t
 from mlharbor.tracking.experiments import (
     PROXY_SCHEME,
@@ -281,12 +290,33 @@ class TrackingStore(ExperimentStore):
         return RunPage(runs, checks.encode_token(offset + limit) if len(found) > limit
                        else None)
 
-    def record_io(self, run_id: str, *, inputs: list[Any] | None = None,
-                  outputs: list[Any] | None = None) -> None:
-        """Append what MLflow's log-inputs / log-outputs sent (datasets, model outputs)."""
+    def record_io(self, run_id: str, *, datasets: Sequence[DatasetInput] = (),
+                  model_inputs: Sequence[str] = (), model_outputs: Sequence[ModelOutput] = (),
+                  mlmodels: Sequence[str] = ()) -> None:
+        """Add the datasets and logged models run ``run_id`` read and produced (MLflow's
+        log-inputs, log-outputs and, for MLflow 2, log-model); what it already holds is not
+        added twice. Every entry is checked before anything is written."""
         checks.check_run_id(run_id)
+        ins = [*(runio.dataset_entry(runio.check_dataset(d, field=f"datasets[{i}]"))
+                 for i, d in enumerate(datasets)),
+               *(runio.model_input_entry(runio.check_model_id(m, field=f"models[{i}].model_id"))
+                 for i, m in enumerate(model_inputs))]
+        outs = [*(runio.model_output_entry(runio.check_output(o, field=f"models[{i}]"))
+                  for i, o in enumerate(model_outputs)),
+                *(runio.mlmodel_entry(checks.check_text(m, field="model_json",
+                                                        limit=runio.MAX_MLMODEL_CHARS))
+                  for m in mlmodels)]
         with self.db.write() as conn:
             row = rows.active_run(conn, run_id)
             conn.execute(update(t.runs).where(t.runs.c.run_id == run_id).values(
-                inputs=[*(row["inputs"] or []), *(inputs or [])][-1000:],
-                outputs=[*(row["outputs"] or []), *(outputs or [])][-1000:]))
+                inputs=runio.merged(row["inputs"], ins),
+                outputs=runio.merged(row["outputs"], outs)))
+
+    def get_run_io(self, run_id: str) -> tuple[Run, RunIO]:
+        """Run ``run_id`` and the datasets and logged models it read and produced."""
+        checks.check_run_id(run_id)
+        with self.db.read() as conn:
+            run = rows.run_record(conn, run_id)
+            stored = conn.execute(select(t.runs.c.inputs, t.runs.c.outputs)
+                                  .where(t.runs.c.run_id == run_id)).one()
+        return run, runio.read(stored[0], stored[1])

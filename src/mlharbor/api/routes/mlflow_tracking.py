@@ -22,10 +22,13 @@ from fastapi import APIRouter, Request
 
 from mlharbor.api.mlflow_protocol import (
     MlflowRoute,
+    dataset_inputs,
     experiment_json,
     key_values,
     metric_json,
     mlflow_error,
+    model_inputs,
+    model_outputs,
     required,
     run_info_json,
     run_json,
@@ -194,7 +197,7 @@ def create_run(request: Request, body: dict[str, Any]) -> Any:
 @router.get("/runs/get")
 @reading
 def get_run(request: Request, body: dict[str, Any]) -> Any:
-    return {"run": run_json(store_of(request).get_run(required(body, "run_id", "run_uuid")))}
+    return {"run": run_json(*store_of(request).get_run_io(required(body, "run_id", "run_uuid")))}
 
 
 @router.post("/runs/update")
@@ -324,32 +327,24 @@ def log_batch(request: Request, body: dict[str, Any]) -> Any:
 @router.post("/runs/log-inputs")
 @writing
 def log_inputs(request: Request, body: dict[str, Any]) -> Any:
-    items = [*(body.get("datasets") or []), *(body.get("models") or [])]
-    store_of(request).record_io(required(body, "run_id"), inputs=_json_list(items))
+    store_of(request).record_io(required(body, "run_id"), datasets=dataset_inputs(body),
+                                model_inputs=model_inputs(body))
     return {}
 
 
 @router.post("/runs/outputs")
 @writing
 def log_outputs(request: Request, body: dict[str, Any]) -> Any:
-    store_of(request).record_io(required(body, "run_id"),
-                                outputs=_json_list(body.get("models") or []))
+    store_of(request).record_io(required(body, "run_id"), model_outputs=model_outputs(body))
     return {}
 
 
 @router.post("/runs/log-model")
 @writing
 def log_model(request: Request, body: dict[str, Any]) -> Any:
-    model_json = text_field(body, "model_json") or ""
     store_of(request).record_io(required(body, "run_id"),
-                                outputs=[{"mlmodel": model_json[:100_000]}])
+                                mlmodels=[text_field(body, "model_json") or "{}"])
     return {}
-
-
-def _json_list(items: Any) -> list[Any]:
-    if not isinstance(items, list) or len(items) > 1000:
-        raise InvalidInputError("Expected a list of at most 1000 entries.")
-    return items
 
 
 @router.post("/runs/search")
