@@ -188,6 +188,64 @@ def test_autolog_and_the_scripts_own_model_in_one_run_register_the_latest(mlflow
     assert version.source == f"models:/{outputs[1].model_id}"
 
 
+def test_registry_searches_and_aliases_through_the_mlflow_client(mlflow: Any, server: Any,
+                                                                 monkeypatch: Any) -> None:
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from mlharbor.bootstrap import open_identities
+
+    x, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    mlflow.set_experiment("registry-reads")
+    runs = []
+    for c in (0.5, 1.0):
+        with warnings.catch_warnings(), mlflow.start_run() as run:
+            warnings.simplefilter("ignore")
+            mlflow.sklearn.log_model(LogisticRegression(C=c).fit(x, y), name="model",
+                                     serialization_format="skops")
+        mlflow.register_model(f"runs:/{run.info.run_id}/model", "reads-churn")
+        runs.append(run.info.run_id)
+    client = mlflow.tracking.MlflowClient()
+    # MLflow's client adds "tag.`mlflow.prompt.is_prompt` != 'true'" to every model search
+    names = [m.name for m in client.search_registered_models(filter_string="name LIKE 'reads-%'")]
+    assert names == ["reads-churn"]
+    assert client.search_registered_models(filter_string="name = 'nope'") == []
+    versions = client.search_model_versions("name = 'reads-churn'")
+    assert [v.version for v in versions] == ["2", "1"]  # newest first, as MLflow
+    (first,) = client.search_model_versions(f"name = 'reads-churn' AND run_id = '{runs[0]}'")
+    assert first.version == "1" and first.run_id == runs[0]
+    client.set_registered_model_alias("reads-churn", "champion", "1")
+    assert client.get_model_version_by_alias("reads-churn", "champion").version == "1"
+    assert client.get_registered_model("reads-churn").aliases == {"champion": "1"}
+    client.delete_registered_model_alias("reads-churn", "champion")
+    with pytest.raises(MlflowException) as caught:
+        client.get_model_version_by_alias("reads-churn", "champion")
+    assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException, match="filtered by name, tags"):
+        client.search_registered_models(filter_string="description = 'x'")
+    with pytest.raises(MlflowException, match="run_id compares with =, !="):
+        client.search_model_versions("run_id LIKE 'a%'")
+    # moving an alias needs alias.write, as on mlharbor's own alias route
+    _url, _token, settings = server
+    from mlharbor.bootstrap import open_registry
+
+    reg = open_registry(settings)
+    try:
+        ids = open_identities(reg)
+        ids.create_identity("mlflow-reader", grants=["viewer"], actor="test")
+        _info, viewer = ids.create_key("mlflow-reader", actor="test")
+    finally:
+        reg.close()
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", viewer)
+    assert [v.version for v in client.search_model_versions("name = 'reads-churn'")] == [
+        "2", "1"]
+    with pytest.raises(MlflowException) as caught:
+        client.set_registered_model_alias("reads-churn", "champion", "2")
+    assert caught.value.error_code == "PERMISSION_DENIED"
+
+
 def test_bad_inputs_and_outputs_are_refused_and_write_nothing(mlflow: Any, server: Any) -> None:
     mlflow.set_experiment("io-errors")
     with mlflow.start_run() as run:

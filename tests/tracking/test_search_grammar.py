@@ -4,6 +4,8 @@ mistakes users make get messages that say how to fix them."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,9 @@ from mlharbor.core.errors import InvalidInputError
 from mlharbor.tracking.search import (
     NUMERIC_ATTRIBUTES,
     Clause,
+    FieldClause,
+    like_regex,
+    parse_field_filter,
     parse_filter,
     parse_order_by,
     render,
@@ -83,3 +88,75 @@ def test_order_by() -> None:
     for bad in (["metrics.rmse DOWN"], ["rmse"], [""], ["attributes.colour"]):
         with pytest.raises(InvalidInputError):
             parse_order_by(bad)
+
+
+# -- filters over a listing's own fields (experiments, logged models, registry searches) -----
+
+FIELDS = {"name": ("=", "!=", "LIKE", "ILIKE"), "run_id": ("=",), "tags": ("=", "!=", "LIKE")}
+field_clauses = st.one_of(
+    st.builds(FieldClause, st.just("name"), st.sampled_from(FIELDS["name"]), texts),
+    st.builds(FieldClause, st.just("run_id"), st.just("="), texts),
+    st.builds(FieldClause, st.just("tags"), st.sampled_from(FIELDS["tags"]), texts,
+              keys.filter(lambda k: "`" not in k)))
+
+
+def _render_field(c: FieldClause) -> str:
+    value = "'" + c.value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{'tags.`' + c.key + '`' if c.field == 'tags' else c.field} {c.op} {value}"
+
+
+@settings(derandomize=True, deadline=None, max_examples=300)
+@given(st.lists(field_clauses, min_size=1, max_size=4))
+def test_field_filters_parse_back_equal(clauses: list[FieldClause]) -> None:
+    text = " AND ".join(_render_field(c) for c in clauses)
+    assert parse_field_filter(text, FIELDS, what="Things") == clauses
+
+
+@settings(derandomize=True, deadline=None, max_examples=300)
+@given(st.text(max_size=80))
+def test_any_field_filter_text_parses_or_is_refused_clearly(text: str) -> None:
+    try:
+        parse_field_filter(text, FIELDS, what="Things")
+    except InvalidInputError as exc:
+        assert exc.details.get("field") == "filter"
+
+
+like_text = st.text(st.sampled_from("abAB%_.x"), max_size=8)
+
+
+@settings(derandomize=True, deadline=None, max_examples=400)
+@given(like_text, like_text)
+def test_like_matches_as_sqlite_does(pattern: str, text: str) -> None:
+    """SQLite (case-sensitive LIKE on, no escape character) is the reference."""
+    db = sqlite3.connect(":memory:")
+    db.execute("PRAGMA case_sensitive_like = ON")
+    (expected,) = db.execute("SELECT ? LIKE ?", (text, pattern)).fetchone()
+    (folded,) = db.execute("SELECT lower(?) LIKE lower(?)", (text, pattern)).fetchone()
+    db.close()
+    assert FieldClause("name", "LIKE", pattern).matches(text) == bool(expected)
+    assert FieldClause("name", "ILIKE", pattern).matches(text) == bool(folded)
+    assert like_regex(pattern).fullmatch(text) is not None or not expected
+
+
+def test_field_filter_spellings_and_tags() -> None:
+    got = parse_field_filter("attributes.name LIKE 'churn%' and tag.`mlflow.prompt.is_prompt` "
+                             "!= 'true' AND run_id = \"r1\"", FIELDS, what="Things")
+    assert got == [FieldClause("name", "LIKE", "churn%"),
+                   FieldClause("tags", "!=", "true", "mlflow.prompt.is_prompt"),
+                   FieldClause("run_id", "=", "r1")]
+    # a tag the record lacks matches only !=
+    assert got[1].matches(None) and not FieldClause("tags", "=", "x", "k").matches(None)
+    assert parse_field_filter("  ", FIELDS, what="Things") == []
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("colour = 'red'", "Things are filtered by name, run_id, tags, not 'colour'"),
+    ("run_id LIKE 'r%'", "run_id compares with =, not LIKE"),
+    ("name = 'a' or name = 'b'", "OR is not supported"),
+    ("name = 3", "compares with a quoted value"),
+    ("metrics.x = 'a'", "not 'metrics.x'"),
+    ("name =", "ends where a value was expected"),
+])
+def test_field_filter_mistakes_are_named(text: str, says: str) -> None:
+    with pytest.raises(InvalidInputError, match=says):
+        parse_field_filter(text, FIELDS, what="Things")

@@ -108,19 +108,21 @@ class MlflowRoute(APIRoute):
 
 
 async def body_of(request: Request) -> dict[str, Any]:
-    """The request's fields: the JSON object body (POST/PATCH) or the query parameters."""
+    """The request's fields: the query parameters (GET), the JSON object body (POST, PATCH),
+    or for DELETE either (MLflow's client sends a JSON body with DELETE)."""
+    out: dict[str, Any] = {}
     if request.method in ("GET", "DELETE"):
-        out: dict[str, Any] = {}
         for key, value in request.query_params.multi_items():
             if key in out:
                 prev = out[key]
                 out[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
             else:
                 out[key] = value
-        return out
+        if request.method == "GET":
+            return out
     raw = await request.body()
     if not raw.strip():
-        return {}
+        return out
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -130,7 +132,7 @@ async def body_of(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.InvalidInputError(
             f"The request body must be a JSON object; received {type(data).__name__}.")
-    return data
+    return out | data
 
 
 def required(body: dict[str, Any], *names: str) -> Any:

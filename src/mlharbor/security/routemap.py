@@ -85,7 +85,8 @@ _MLFLOW_RULES: tuple[RouteRule, ...] = (
     *_rules("GET", "read", None, *(f"{_ML}/{p}" for p in (
         "experiments/get", "experiments/get-by-name", "runs/get", "metrics/get-history",
         "artifacts/list", "logged-models/{model_id}", "registered-models/get",
-        "model-versions/get")), _MLA, f"{_MLA}/{{path:path}}"),
+        "model-versions/get", "registered-models/search", "model-versions/search",
+        "registered-models/alias")), _MLA, f"{_MLA}/{{path:path}}"),
     *_rules("POST", "read", None, *(f"{_ML}/{p}" for p in (
         "experiments/search", "runs/search", "logged-models/search",
         "registered-models/get-latest-versions"))),
@@ -97,6 +98,8 @@ _MLFLOW_RULES: tuple[RouteRule, ...] = (
         "runs/delete-tag", "runs/log-batch", "runs/log-inputs", "runs/outputs",
         "runs/log-model", "logged-models", "logged-models/{model_id}/params",
         "registered-models/create", "model-versions/create"))),
+    *_rules("POST", "alias.write", None, f"{_ML}/registered-models/alias"),
+    *_rules("DELETE", "alias.write", None, f"{_ML}/registered-models/alias"),
     *_rules("PATCH", "model.write", None, f"{_ML}/logged-models/{{model_id}}",
             f"{_ML}/logged-models/{{model_id}}/tags"),
     *_rules("DELETE", "model.write", None, f"{_ML}/logged-models/{{model_id}}/tags/{{tag_key}}",

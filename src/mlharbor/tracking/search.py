@@ -95,9 +95,9 @@ def _tokens(text: str, starts: list[int] | None = None) -> list[tuple[str, str]]
     return out
 
 
-def _error(what: str, text: str) -> InvalidInputError:
+def _error(what: str, text: str, hint: str = _HELP) -> InvalidInputError:
     shown = text if len(text) <= 200 else text[:200] + "..."
-    return InvalidInputError(f"Invalid search filter {shown!r}: {what}.", hint=_HELP,
+    return InvalidInputError(f"Invalid search filter {shown!r}: {what}.", hint=hint,
                              field="filter")
 
 
@@ -107,8 +107,9 @@ def _unquote(token: str) -> str:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, hint: str = _HELP) -> None:
         self.text = text
+        self.hint = hint
         self.starts: list[int] = []
         self.toks = _tokens(text, self.starts)
         self.i = 0
@@ -117,7 +118,7 @@ class _Parser:
         """The error for the token just taken, naming its position (or the end)."""
         at = (f"at position {self.starts[self.i - 1]}" if not at_end and 0 < self.i
               <= len(self.starts) else f"at position {len(self.text)}, the end")
-        return _error(f"{what} ({at})", self.text)
+        return _error(f"{what} ({at})", self.text, self.hint)
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -142,6 +143,20 @@ class _Parser:
         if not key:
             raise self.fail(f"the key after {entity}. is empty")
         return ENTITY_ALIASES[entity.lower()], key
+
+    def and_follows(self) -> bool:
+        """Whether another clause follows (after AND): False at the end; OR and anything
+        else refused."""
+        nxt = self.peek()
+        if nxt is None:
+            return False
+        self.i += 1
+        if nxt[0] == "word" and nxt[1].upper() == "OR":
+            raise self.fail("OR is not supported (MLflow's grammar joins clauses with AND "
+                            "only); run two searches instead")
+        if nxt[0] != "word" or nxt[1].upper() != "AND":
+            raise self.fail(f"expected AND between clauses, found {nxt[1]!r}")
+        return True
 
     def comparator(self) -> str:
         kind, tok = self.take("a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN)")
@@ -194,15 +209,80 @@ def parse_filter(text: str | None) -> list[Clause]:
         kind, key = parser.identifier()
         op = parser.comparator()
         clauses.append(_check(Clause(kind, key, op, parser.value(op)), text))
-        nxt = parser.peek()
-        if nxt is None:
+        if not parser.and_follows():
             return clauses
-        parser.i += 1
-        if nxt[0] == "word" and nxt[1].upper() == "OR":
-            raise parser.fail("OR is not supported (MLflow's grammar joins clauses with AND "
-                              "only); run two searches instead")
-        if nxt[0] != "word" or nxt[1].upper() != "AND":
-            raise parser.fail(f"expected AND between clauses, found {nxt[1]!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldClause:
+    """One comparison of a listed record's own field, ``name LIKE 'churn%'``, or of one of
+    its tags (``field`` "tags", ``key`` the tag's): what MLflow's clients send to search
+    experiments, logged models, registered models and versions."""
+
+    field: str
+    op: str
+    value: str
+    key: str = ""
+
+    def matches(self, text: str | None) -> bool:
+        """Whether a record whose field (or tag) is ``text`` matches; None, a tag the record
+        does not have, matches only ``!=``."""
+        if text is None:
+            return self.op == "!="
+        if self.op == "=":
+            return text == self.value
+        if self.op == "!=":
+            return text != self.value
+        return like_regex(self.value, ignore_case=self.op == "ILIKE").fullmatch(text) is not None
+
+
+def like_regex(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
+    """SQL ``LIKE`` ``pattern`` as a regular expression: ``%`` any text, ``_`` one character."""
+    body = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
+    return re.compile(body, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+def parse_field_filter(text: str | None, fields: dict[str, tuple[str, ...]], *, what: str
+                       ) -> list[FieldClause]:
+    """The clauses of a filter over ``fields`` (each with the comparators it takes), such
+    as ``name LIKE 'churn%' AND run_id = '...'`` (an ``attributes.`` prefix is allowed), or
+    InvalidInputError saying what is wrong and where. ``what`` names the records listed."""
+    if text is None or not text.strip():
+        return []
+    if not isinstance(text, str) or len(text) > MAX_FILTER_CHARS:
+        raise InvalidInputError(f"The search filter must be text of at most "
+                                f"{MAX_FILTER_CHARS} characters.", field="filter")
+    names = ", ".join(fields)
+    example = next(iter(fields))
+    parser = _Parser(text, hint=f"{what} are filtered by {names}; for example "
+                                f"{example} {fields[example][-1]} 'x'.")
+    clauses: list[FieldClause] = []
+    while True:
+        kind, tok = parser.take(f"a field ({names})")
+        name, key = tok.lower(), ""
+        if kind == "ident":
+            entity, _, rest = tok.partition(".")
+            entity = entity.lower()
+            if entity in ("attribute", "attributes", "attr"):
+                name = rest.lower()
+            elif ENTITY_ALIASES.get(entity) == "tag" and rest.strip("`'\""):
+                name, key = "tags", _unquote(rest) if rest[:1] in "`'\"" else rest
+            else:
+                name = ""
+        elif kind != "word":
+            name = ""
+        if name not in fields:
+            raise parser.fail(f"{what} are filtered by {names}, not {tok!r}")
+        op = parser.comparator()
+        if op not in fields[name]:
+            raise parser.fail(f"{name} compares with {', '.join(fields[name])}, not {op}")
+        value = parser.value(op)
+        if not isinstance(value, str):
+            raise parser.fail(f"{name} compares with a quoted value such as 'x', not "
+                              f"{value!r}")
+        clauses.append(FieldClause(name, op, value, key))
+        if not parser.and_follows():
+            return clauses
 
 
 def _check(clause: Clause, text: str) -> Clause:

@@ -9,7 +9,6 @@ refused saying so.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,11 +24,9 @@ from mlharbor.api.mlflow_protocol import (
 from mlharbor.api.routes.mlflow_threads import off_loop, reading, writing
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of
 from mlharbor.core.errors import InvalidInputError
-from mlharbor.tracking import checks
+from mlharbor.tracking import checks, search
 
 router = APIRouter(prefix=f"{PREFIX}/logged-models", tags=["mlflow"], route_class=MlflowRoute)
-_CLAUSE = re.compile(r"\s*(?:attributes\.)?(name|source_run_id)\s*=\s*'((?:[^'\\]|\\.)*)'\s*",
-                     re.IGNORECASE)
 
 
 @router.post("")
@@ -64,17 +61,9 @@ def search_logged_models(request: Request, body: dict[str, Any]) -> Any:
 
 
 def _filter(text: str | None) -> dict[str, str]:
-    if not text or not text.strip():
-        return {}
-    out: dict[str, str] = {}
-    for part in re.split(r"\s+AND\s+", text, flags=re.IGNORECASE):
-        match = _CLAUSE.fullmatch(part)
-        if match is None:
-            raise InvalidInputError(
-                f"Logged-model filter {text[:200]!r} is not supported: mlharbor filters "
-                "logged models by name = '...' and source_run_id = '...'.", field="filter")
-        out[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", match.group(2))
-    return out
+    clauses = search.parse_field_filter(text, {"name": ("=",), "source_run_id": ("=",)},
+                                        what="Logged models")
+    return {c.field: c.value for c in clauses}
 
 
 @router.get("/{model_id}")

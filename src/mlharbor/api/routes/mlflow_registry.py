@@ -1,13 +1,16 @@
-"""The MLflow model-registry routes ``mlflow.register_model`` uses, on mlharbor's registry.
+"""The MLflow model-registry routes, on mlharbor's registry.
 
-``registered-models/create|get`` and ``model-versions/create|get`` (plus
-``registered-models/get-latest-versions``). A new version's files come from where MLflow put
-them (a run's artifacts, a logged model, an ``mlflow-artifacts:`` URI) and go through
-mlharbor's normal registration (:func:`mlharbor.registry.bundles.register_model`) with its
-format checks: a skops or ONNX model registers; a pickle (MLflow's default for scikit-learn)
-is refused unless trusted by its sha256, which the message gives, with how to fix it. The
-version links to its run (lineage ``tracking``) and the run to the version (tag
-``mlharbor.model_version``).
+``registered-models/create|get|search|get-latest-versions``, ``model-versions/create|get|
+search`` and aliases (``registered-models/alias``: get, set and delete, with the guard, audit
+record and ``alias.write`` permission of mlharbor's own alias route). Searches filter by
+``name`` (``=``, ``!=``, ``LIKE``, ``ILIKE``), tags and, for versions, ``run_id``.
+
+A new version's files come from where MLflow put them (a run's artifacts, a logged model, an
+``mlflow-artifacts:`` URI) and go through mlharbor's normal registration
+(:func:`mlharbor.registry.bundles.register_model`) with its format checks: a skops or ONNX
+model registers; a pickle (MLflow's default for scikit-learn) is refused unless trusted by its
+sha256, which the message gives, with how to fix it. The version links to its run (lineage
+``tracking``) and the run to the version (tag ``mlharbor.model_version``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from mlharbor.api.context import actor_of, registry_of
+from mlharbor.api.context import actor_of, registry_of, request_id_of
 from mlharbor.api.mlflow_protocol import MlflowRoute, key_values, required, text_field
 from mlharbor.api.routes.mlflow_threads import reading, writing
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of, store_of
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifactError
 from mlharbor.core.records import ModelVersion, RegisteredModel
 from mlharbor.core.runs import MODEL_VERSION_TAG
+from mlharbor.tracking import checks, search
 from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore
 
@@ -102,6 +106,126 @@ def get_model_version(request: Request, body: dict[str, Any]) -> Any:
                                 field="version")
     return {"model_version": _version_json(registry_of(request).get_version(
         f"{required(body, 'name')}:{version}"))}
+
+
+@router.get("/registered-models/search")
+@reading
+def search_registered_models(request: Request, body: dict[str, Any]) -> Any:
+    clauses = search.parse_field_filter(text_field(body, "filter"),
+                                        {"name": _TEXT_OPS, "tags": _TEXT_OPS},
+                                        what="Registered models")
+    _default_order(body, "registered models come by name")
+    models = [m for m in _every_model(request)
+              if all(c.matches(_field(c, m.name, m.tags)) for c in clauses)]
+    page, token = _page(body, models)
+    out: dict[str, Any] = {"registered_models": [_model_json(m) for m in page]}
+    return out | ({"next_page_token": token} if token else {})
+
+
+@router.get("/model-versions/search")
+@reading
+def search_model_versions(request: Request, body: dict[str, Any]) -> Any:
+    clauses = search.parse_field_filter(text_field(body, "filter"),
+                                        {"name": _TEXT_OPS, "run_id": ("=", "!="),
+                                         "tags": _TEXT_OPS},
+                                        what="Model versions")
+    _default_order(body, "versions come by model name, then newest first")
+    names = [c for c in clauses if c.field == "name"]
+    others = [c for c in clauses if c.field != "name"]
+    registry = registry_of(request)
+    found: list[ModelVersion] = []
+    for model in _every_model(request):
+        if not all(c.matches(model.name) for c in names):
+            continue
+        token: str | None = None
+        while True:
+            versions = registry.list_versions(model.name, page_size=_LISTING, page_token=token)
+            found.extend(v for v in versions.items
+                         if all(c.matches(_field(c, _run_of(v), v.tags)) for c in others))
+            if not (token := versions.next_page_token):
+                break
+    found.sort(key=lambda v: (v.name, -v.version))
+    page, nxt = _page(body, found)
+    out: dict[str, Any] = {"model_versions": [_version_json(v) for v in page]}
+    return out | ({"next_page_token": nxt} if nxt else {})
+
+
+@router.get("/registered-models/alias")
+@reading
+def get_model_version_by_alias(request: Request, body: dict[str, Any]) -> Any:
+    ref = f"{_text(body, 'name')}@{_text(body, 'alias')}"
+    return {"model_version": _version_json(registry_of(request).get_version(ref))}
+
+
+@router.post("/registered-models/alias")
+@writing
+def set_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
+    """Moves the alias as mlharbor's own alias route does: the same guard, audit record and
+    permission (``alias.write``)."""
+    version = str(required(body, "version"))
+    if not version.isdigit():
+        raise InvalidInputError(f"version must be a whole number; received {version[:40]!r}.",
+                                field="version")
+    registry_of(request).set_alias(_text(body, "name"), _text(body, "alias"), int(version),
+                                   actor=actor_of(request), request_id=request_id_of(request))
+    return {}
+
+
+@router.delete("/registered-models/alias")
+@writing
+def delete_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
+    registry_of(request).delete_alias(_text(body, "name"), _text(body, "alias"),
+                                      actor=actor_of(request),
+                                      request_id=request_id_of(request))
+    return {}
+
+
+_TEXT_OPS = ("=", "!=", "LIKE", "ILIKE")
+_LISTING = 500  # registry page size while collecting a search's matches
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = required(body, name)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"'{name}' must be text.", field=name)
+    return value
+
+
+def _default_order(body: dict[str, Any], order: str) -> None:
+    if body.get("order_by") not in (None, "", []):
+        raise InvalidInputError(f"order_by is not supported here: {order}.",
+                                hint="Leave order_by out, or sort the results yourself.",
+                                field="order_by")
+
+
+def _every_model(request: Request) -> list[RegisteredModel]:
+    registry = registry_of(request)
+    models: list[RegisteredModel] = []
+    token: str | None = None
+    while True:
+        listed = registry.list_models(page_size=_LISTING, page_token=token)
+        models.extend(listed.items)
+        if not (token := listed.next_page_token):
+            return sorted(models, key=lambda m: m.name)
+
+
+def _page(body: dict[str, Any], items: list[Any]) -> tuple[list[Any], str | None]:
+    """The page of ``items`` the request's ``max_results`` and ``page_token`` ask for."""
+    limit = checks.check_max_results(body.get("max_results"), default=100, limit=1000)
+    offset = checks.decode_token(body.get("page_token"))
+    return items[offset:offset + limit], (checks.encode_token(offset + limit)
+                                          if offset + limit < len(items) else None)
+
+
+def _field(clause: search.FieldClause, value: str, tags: dict[str, str]) -> str | None:
+    """What ``clause`` compares: ``value`` (the record's own field), or one of its tags."""
+    return tags.get(clause.key) if clause.field == "tags" else value
+
+
+def _run_of(mv: ModelVersion) -> str:
+    tracking = mv.lineage.get("tracking") if isinstance(mv.lineage, dict) else None
+    run_id = tracking.get("run_id") if isinstance(tracking, dict) else None
+    return run_id if isinstance(run_id, str) else ""
 
 
 @router.post("/model-versions/create")

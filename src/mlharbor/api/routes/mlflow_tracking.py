@@ -39,7 +39,7 @@ from mlharbor.api.routes.mlflow_threads import lifespan as pool_lifespan
 from mlharbor.api.routes.mlflow_threads import reading, writing, writing_unless
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.runs import LifecycleStage, MetricPoint
-from mlharbor.tracking import checks, quick
+from mlharbor.tracking import checks, quick, search
 from mlharbor.tracking.files import TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore, now_ms
 
@@ -125,18 +125,15 @@ def search_experiments(request: Request, body: dict[str, Any]) -> Any:
 
 def _experiment_filter(text: str | None) -> str | None:
     """``name = 'x'`` / ``name LIKE 'x%'`` (what MLflow's clients send) as a LIKE pattern."""
-    if not text or not text.strip():
+    clauses = search.parse_field_filter(text, {"name": ("=", "LIKE", "ILIKE")},
+                                        what="Experiments")
+    if len(clauses) > 1:
+        raise InvalidInputError("Experiments are filtered by one name clause (name = 'x' or "
+                                "name LIKE 'x%').", field="filter")
+    if not clauses:
         return None
-    import re
-
-    match = re.fullmatch(r"\s*(?:attributes\.)?name\s+(=|LIKE|ILIKE)\s+(['\"])(.*)\2\s*", text,
-                         re.IGNORECASE | re.DOTALL)
-    if match is None:
-        raise InvalidInputError(
-            f"Experiment filter {text[:200]!r} is not supported: mlharbor filters experiments "
-            "by name only (name = 'x' or name LIKE 'x%').", field="filter")
-    value = match.group(3)
-    if match.group(1) == "=":
+    value = clauses[0].value
+    if clauses[0].op == "=":
         return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return value
 
