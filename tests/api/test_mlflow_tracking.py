@@ -89,6 +89,20 @@ def test_logging_nested_runs_search_and_history(mlflow: Any, tmp_path: Path) -> 
     assert Path(local).read_text() == "first try"
 
 
+def test_artifact_folders_that_differ_only_in_case_stay_apart(mlflow: Any,
+                                                              tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("upper")
+    (tmp_path / "b.txt").write_text("lower")
+    mlflow.set_experiment("artifact-case")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(tmp_path / "a.txt"), "Model")
+        mlflow.log_artifact(str(tmp_path / "b.txt"), "model")
+    client = mlflow.tracking.MlflowClient()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/b.txt"]
+    got = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dl")))
+    assert sorted(p.name for p in got.iterdir()) == ["b.txt"]
+
+
 def test_failed_run_and_bad_input_get_mlflow_errors(mlflow: Any, server: Any) -> None:
     from mlflow.exceptions import MlflowException
 

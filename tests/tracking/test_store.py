@@ -14,6 +14,7 @@ from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import LifecycleStage, MetricPoint, RunStatus
 from mlharbor.registry.service import Registry
 from mlharbor.settings import Settings
+from mlharbor.tracking.search import TEXT_OPS, parse_field_filter
 from mlharbor.tracking.store import TrackingStore
 
 
@@ -220,3 +221,35 @@ def test_too_many_sort_keys_are_refused_as_bad_input(store: TrackingStore) -> No
     for n in (MAX_ORDER_BY + 1, 501, 3000):
         with pytest.raises(InvalidInputError, match=f"order_by names {n} keys"):
             store.search_runs(["0"], order_by=[f"metrics.m{i}" for i in range(n)])
+
+
+def test_like_tells_case_apart_and_ilike_does_not_on_both_databases(
+        store: TrackingStore) -> None:
+    """MLflow's grammar: LIKE is case-sensitive, ILIKE is not. SQLite folds ASCII case in
+    LIKE by default, so the same search used to answer differently on SQLite and PostgreSQL."""
+    exp = store.create_experiment("Case-Study", tags={"team": "Growth"})
+    store.create_experiment("case-study-2")
+    lower = store.create_run(exp.experiment_id, run_name="lower")
+    upper = store.create_run(exp.experiment_id, run_name="upper")
+    store.log_batch(lower.run_id, params={"model": "rf"})
+    store.log_batch(upper.run_id, params={"model": "RF"})
+
+    def names(text: str) -> set[str]:
+        return {r.name for r in store.search_runs([exp.experiment_id], filter=text).runs}
+
+    assert names("params.model LIKE 'rf%'") == {"lower"}
+    assert names("params.model LIKE 'R%'") == {"upper"}
+    assert names("params.model ILIKE 'rf%'") == {"lower", "upper"}
+
+    def experiments(text: str) -> list[str]:
+        where = parse_field_filter(text, {"name": TEXT_OPS, "tags": TEXT_OPS},
+                                   what="Experiments")
+        return [e.name for e in store.list_experiments(where=where)[0]]
+
+    assert experiments("name LIKE 'case%'") == ["case-study-2"]
+    assert experiments("name ILIKE 'case%'") == ["Case-Study", "case-study-2"]
+    assert experiments("tags.team = 'Growth'") == ["Case-Study"]
+    assert experiments("tags.team LIKE 'g%'") == []
+    # an experiment without the tag matches != (as MLflow's clients expect of a missing tag)
+    assert experiments("tags.team != 'Growth'") == ["Default", "case-study-2"]
+    assert experiments("name != 'Default' AND tags.team ILIKE 'g%'") == ["Case-Study"]

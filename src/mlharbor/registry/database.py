@@ -213,6 +213,10 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        # LIKE tells case apart, as on PostgreSQL and in MLflow's search grammar (ILIKE is
+        # the one that does not); SQLite's default folds ASCII case, so a search, a listing
+        # by prefix or an artifact folder would answer differently on the two databases.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

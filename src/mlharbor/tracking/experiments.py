@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import Experiment, LifecycleStage
-from mlharbor.tracking import checks, rows
+from mlharbor.tracking import checks, query, rows
 from mlharbor.tracking import schema as t
+from mlharbor.tracking.search import FieldClause
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, RowMapping
@@ -87,11 +88,13 @@ class ExperimentStore:
             raise NotFoundError(f"No experiment named {name!r}.", field="experiment_name")
         return rows.experiment(row)
 
-    def list_experiments(self, *, view: str = "active", name_like: str | None = None,
+    def list_experiments(self, *, view: str = "active", where: Sequence[FieldClause] = (),
                          max_results: int = 1000, offset: int = 0) -> tuple[list[Experiment],
                                                                             int | None]:
-        """Experiments by id (``view``: active, deleted or all); the next offset or None."""
-        found, nxt = self._list(view, name_like, max_results, offset, counts=False)
+        """Experiments by id (``view``: active, deleted or all) matching every clause of
+        ``where`` (on ``name`` or ``tags``, :func:`.search.parse_field_filter`'s); the next
+        offset or None."""
+        found, nxt = self._list(view, where, max_results, offset, counts=False)
         return [e for e, _count in found], nxt
 
     def list_experiments_with_counts(self, *, view: str = "active", max_results: int = 1000,
@@ -99,9 +102,9 @@ class ExperimentStore:
                                      ) -> tuple[list[tuple[Experiment, int]], int | None]:
         """Experiments by id, each with its number of runs (of every lifecycle stage), in
         one query; the next offset or None."""
-        return self._list(view, None, max_results, offset, counts=True)
+        return self._list(view, (), max_results, offset, counts=True)
 
-    def _list(self, view: str, name_like: str | None, max_results: int, offset: int, *,
+    def _list(self, view: str, where: Sequence[FieldClause], max_results: int, offset: int, *,
               counts: bool) -> tuple[list[tuple[Experiment, int]], int | None]:
         q: Any = select(t.experiments)
         if counts:
@@ -113,8 +116,13 @@ class ExperimentStore:
                  .outerjoin(per, per.c.experiment_id == t.experiments.c.id))
         q = rows.lifecycle(q.order_by(t.experiments.c.id), t.experiments.c.lifecycle_stage,
                            view)
-        if name_like:
-            q = q.where(t.experiments.c.name.like(name_like))
+        for clause in where:
+            column = t.experiments.c.name if clause.field == "name" else \
+                t.experiments.c.tags[clause.key].as_string()
+            # A tag the experiment lacks matches only != (as FieldClause.matches).
+            q = q.where(or_(column.is_(None), query.compare(column, clause.op, clause.value))
+                        if clause.op == "!=" and clause.field == "tags"
+                        else query.compare(column, clause.op, clause.value))
         with self.db.read() as conn:
             found = conn.execute(q.limit(max_results + 1).offset(offset)).mappings().all()
         more = len(found) > max_results

@@ -63,11 +63,11 @@ def run_query(experiment_ids: list[int], filter: str | None,
             "runs found.", field="filter")
     for i, clause in enumerate(clauses):
         if clause.kind == "attribute":
-            q = q.where(_compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value))
+            q = q.where(compare(_ATTRIBUTE_COLUMNS[clause.key], clause.op, clause.value))
             continue
         table = _KEYED[clause.kind].alias(f"filter_{i}")
         q = q.join(table, and_(table.c.run_id == t.runs.c.run_id, table.c.key == clause.key,
-                               _compare(table.c.value, clause.op, clause.value)))
+                               compare(table.c.value, clause.op, clause.value)))
     orders = parse_order_by(order_by)
     if len(orders) > MAX_ORDER_BY:
         raise InvalidInputError(f"order_by names {len(orders)} keys; at most {MAX_ORDER_BY} "
@@ -135,7 +135,8 @@ def _search_sql(dialect: Dialect, experiment_ids: tuple[int, ...], filter: str |
 _cached_search_sql = functools.lru_cache(maxsize=_CACHED)(_search_sql)
 
 
-def _compare(column: Any, op: str, value: Any) -> Any:
+def compare(column: Any, op: str, value: Any) -> Any:
+    """``column op value`` in SQL, for the comparators of MLflow's search grammar."""
     if op == "=":
         return column == value
     if op == "!=":

@@ -112,7 +112,7 @@ def get_model_version(request: Request, body: dict[str, Any]) -> Any:
 @reading
 def search_registered_models(request: Request, body: dict[str, Any]) -> Any:
     clauses = search.parse_field_filter(text_field(body, "filter"),
-                                        {"name": _TEXT_OPS, "tags": _TEXT_OPS},
+                                        {"name": search.TEXT_OPS, "tags": search.TEXT_OPS},
                                         what="Registered models")
     _default_order(body, "registered models come by name")
     models = [m for m in _every_model(request)
@@ -126,8 +126,8 @@ def search_registered_models(request: Request, body: dict[str, Any]) -> Any:
 @reading
 def search_model_versions(request: Request, body: dict[str, Any]) -> Any:
     clauses = search.parse_field_filter(text_field(body, "filter"),
-                                        {"name": _TEXT_OPS, "run_id": ("=", "!="),
-                                         "tags": _TEXT_OPS},
+                                        {"name": search.TEXT_OPS, "run_id": ("=", "!="),
+                                         "tags": search.TEXT_OPS},
                                         what="Model versions")
     _default_order(body, "versions come by model name, then newest first")
     names = [c for c in clauses if c.field == "name"]
@@ -180,7 +180,6 @@ def delete_registered_model_alias(request: Request, body: dict[str, Any]) -> Any
     return {}
 
 
-_TEXT_OPS = ("=", "!=", "LIKE", "ILIKE")
 _LISTING = 500  # registry page size while collecting a search's matches
 
 

@@ -112,30 +112,17 @@ def get_experiment_by_name(request: Request, body: dict[str, Any]) -> Any:
 @router.post("/experiments/search")
 @reading
 def search_experiments(request: Request, body: dict[str, Any]) -> Any:
-    name_like = _experiment_filter(text_field(body, "filter"))
+    where = search.parse_field_filter(text_field(body, "filter"),
+                                      {"name": search.TEXT_OPS, "tags": search.TEXT_OPS},
+                                      what="Experiments")
     exps, nxt = store_of(request).list_experiments(
-        view=_view(body.get("view_type")), name_like=name_like,
+        view=_view(body.get("view_type")), where=where,
         max_results=checks.check_max_results(body.get("max_results"), default=1000),
         offset=checks.decode_token(body.get("page_token")))
     out: dict[str, Any] = {"experiments": [experiment_json(e) for e in exps]}
     if nxt is not None:
         out["next_page_token"] = checks.encode_token(nxt)
     return out
-
-
-def _experiment_filter(text: str | None) -> str | None:
-    """``name = 'x'`` / ``name LIKE 'x%'`` (what MLflow's clients send) as a LIKE pattern."""
-    clauses = search.parse_field_filter(text, {"name": ("=", "LIKE", "ILIKE")},
-                                        what="Experiments")
-    if len(clauses) > 1:
-        raise InvalidInputError("Experiments are filtered by one name clause (name = 'x' or "
-                                "name LIKE 'x%').", field="filter")
-    if not clauses:
-        return None
-    value = clauses[0].value
-    if clauses[0].op == "=":
-        return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return value
 
 
 @router.post("/experiments/update")
