@@ -237,12 +237,26 @@ def test_registry_searches_and_aliases_through_the_mlflow_client(mlflow: Any, se
     with pytest.raises(MlflowException) as caught:
         client.get_model_version_by_alias("reads-churn", "champion")
     assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    client.delete_registered_model_alias("reads-churn", "champion")  # none: nothing to do
+    with pytest.raises(MlflowException) as caught:
+        client.delete_registered_model_alias("no-such-model", "champion")
+    assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    url, token, _settings = server
+    with httpx.Client(base_url=f"{url}/api/2.0/mlflow",
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        for version in ("\u00b2", "9" * 5000, "9" * 20, "0", 1.5, None):
+            r = http.post("registered-models/alias", json={
+                "name": "reads-churn", "alias": "champion", "version": version})
+            assert r.status_code == 400, (version, r.text)
+            assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        r = http.get("model-versions/get", params={"name": "reads-churn", "version": "\u00b2"})
+        assert r.status_code == 400 and "version" in r.json()["message"]
     with pytest.raises(MlflowException, match="filtered by name, tags"):
         client.search_registered_models(filter_string="description = 'x'")
     with pytest.raises(MlflowException, match="run_id compares with =, !="):
         client.search_model_versions("run_id LIKE 'a%'")
     # moving an alias needs alias.write, as on mlharbor's own alias route
-    _url, _token, settings = server
+    settings = server[2]
     from mlharbor.bootstrap import open_registry
 
     reg = open_registry(settings)
@@ -255,9 +269,11 @@ def test_registry_searches_and_aliases_through_the_mlflow_client(mlflow: Any, se
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", viewer)
     assert [v.version for v in client.search_model_versions("name = 'reads-churn'")] == [
         "2", "1"]
-    with pytest.raises(MlflowException) as caught:
-        client.set_registered_model_alias("reads-churn", "champion", "2")
-    assert caught.value.error_code == "PERMISSION_DENIED"
+    for move in (lambda: client.set_registered_model_alias("reads-churn", "champion", "2"),
+                 lambda: client.delete_registered_model_alias("reads-churn", "champion")):
+        with pytest.raises(MlflowException) as caught:
+            move()
+        assert caught.value.error_code == "PERMISSION_DENIED"
 
 
 def test_bad_inputs_and_outputs_are_refused_and_write_nothing(mlflow: Any, server: Any) -> None:

@@ -42,10 +42,10 @@ def test_inputs_and_outputs_read_back_once_each(store: TrackingStore) -> None:
     got, io = store.get_run_io(run.run_id)
     assert got == store.get_run(run.run_id)
     assert io == RunIO([TRAIN], ["m-base"], [ModelOutput("m-1", 0), ModelOutput("m-2", 7)])
-    # another context of the same dataset is another entry
+    # a dataset is kept once per name and digest, its first context kept (as MLflow does)
     store.record_io(run.run_id, datasets=[DatasetInput("churn", "cc297ed2", "local", "s", tags={
         "mlflow.data.context": "eval"})])
-    assert len(store.get_run_io(run.run_id)[1].datasets) == 2
+    assert store.get_run_io(run.run_id)[1].datasets == [TRAIN]
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -81,7 +81,7 @@ def test_deleted_and_missing_runs_are_refused(store: TrackingStore) -> None:
         store.get_run_io("f" * 32)
 
 
-def test_rows_of_older_versions_read_leniently_and_stay_bounded(store: TrackingStore) -> None:
+def test_rows_of_older_versions_read_leniently(store: TrackingStore) -> None:
     run = store.create_run("0")
     # what earlier versions kept: the request's entries as sent, whatever their shape
     with store.db.write() as conn:
@@ -91,7 +91,22 @@ def test_rows_of_older_versions_read_leniently_and_stay_bounded(store: TrackingS
             outputs=[{"mlmodel": "{}"}, {"model_id": "m-old", "step": "x"}, None]))
     io = store.get_run_io(run.run_id)[1]
     assert io == RunIO([DatasetInput("old", "", "", "")], ["m-in"], [ModelOutput("m-old", 0)])
-    outputs = [ModelOutput(f"m-{i}", i) for i in range(runio.MAX_ENTRIES + 5)]
-    store.record_io(run.run_id, model_outputs=outputs)
-    kept = store.get_run_io(run.run_id)[1].model_outputs
-    assert kept == outputs[-runio.MAX_ENTRIES:]
+    # an old row's dataset (fields missing, a number for its digest) is still the same
+    # dataset when logged again; another digest is another dataset
+    store.record_io(run.run_id, datasets=[DatasetInput("old", "5", "local", "s"),
+                                          DatasetInput("old", "6", "local", "s")])
+    assert [d.digest for d in store.get_run_io(run.run_id)[1].datasets] == ["", "6"]
+
+
+def test_a_run_keeps_its_latest_entries_and_a_request_is_bounded(
+        store: TrackingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runio, "MAX_OUTPUTS", 25)
+    monkeypatch.setattr(runio, "MAX_NEW_ENTRIES", 10)
+    run = store.create_run("0")
+    outputs = [ModelOutput(f"m-{i}", i) for i in range(30)]
+    for start in range(0, 30, 10):
+        store.record_io(run.run_id, model_outputs=outputs[start:start + 10])
+    assert store.get_run_io(run.run_id)[1].model_outputs == outputs[-25:]
+    with pytest.raises(InvalidInputError, match="At most 10 models a request"):
+        store.record_io(run.run_id, model_outputs=[ModelOutput("m-new")] * 11)
+    assert store.get_run_io(run.run_id)[1].model_outputs == outputs[-25:]

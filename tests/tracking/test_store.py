@@ -250,6 +250,18 @@ def test_like_tells_case_apart_and_ilike_does_not_on_both_databases(
     assert experiments("name ILIKE 'case%'") == ["Case-Study", "case-study-2"]
     assert experiments("tags.team = 'Growth'") == ["Case-Study"]
     assert experiments("tags.team LIKE 'g%'") == []
-    # an experiment without the tag matches != (as MLflow's clients expect of a missing tag)
-    assert experiments("tags.team != 'Growth'") == ["Default", "case-study-2"]
+    # an experiment without the tag matches nothing, != included (as in MLflow)
+    assert experiments("tags.team != 'Growth'") == []
     assert experiments("name != 'Default' AND tags.team ILIKE 'g%'") == ["Case-Study"]
+    # \_ is a literal underscore in LIKE (PostgreSQL's default escape, on both databases);
+    # = compares the text as it is (on SQLite it was run as LIKE, so _ matched any character)
+    store.create_experiment("my_exp")
+    store.create_experiment("myXexp")
+    assert experiments("name LIKE 'my\\_exp'") == ["my_exp"]
+    assert experiments("name LIKE 'my_exp'") == ["my_exp", "myXexp"]
+    assert experiments("name = 'my_exp'") == ["my_exp"]
+    assert experiments("name ILIKE 'MY\\_EXP'") == ["my_exp"]
+    store.log_batch(lower.run_id, params={"path": "a_b"})
+    store.log_batch(upper.run_id, params={"path": "aXb"})
+    assert names("params.path LIKE 'a\\_b'") == {"lower"}
+    assert names("params.path ILIKE 'A\\_B'") == {"lower"}

@@ -263,8 +263,9 @@ def dataset_inputs(body: dict[str, Any]) -> list[DatasetInput]:
         name, digest, source_type, source, schema, profile = (
             _text(dataset, f, where) for f in ("name", "digest", "source_type", "source",
                                                "schema", "profile"))
+        tags = f"datasets[{i}].tags"
         out.append(DatasetInput(name, digest, source_type, source, schema, profile,
-                                key_values(item, "tags")))
+                                key_values({tags: item.get("tags")}, tags)))
     return out
 
 

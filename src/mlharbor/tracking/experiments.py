@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, select, update
 
 from mlharbor.core.errors import ConflictError, InvalidInputError, NotFoundError
 from mlharbor.core.runs import Experiment, LifecycleStage
@@ -119,10 +119,8 @@ class ExperimentStore:
         for clause in where:
             column = t.experiments.c.name if clause.field == "name" else \
                 t.experiments.c.tags[clause.key].as_string()
-            # A tag the experiment lacks matches only != (as FieldClause.matches).
-            q = q.where(or_(column.is_(None), query.compare(column, clause.op, clause.value))
-                        if clause.op == "!=" and clause.field == "tags"
-                        else query.compare(column, clause.op, clause.value))
+            # A tag the experiment lacks is NULL: it matches nothing (as FieldClause.matches).
+            q = q.where(query.compare(column, clause.op, clause.value))
         with self.db.read() as conn:
             found = conn.execute(q.limit(max_results + 1).offset(offset)).mappings().all()
         more = len(found) > max_results

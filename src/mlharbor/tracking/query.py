@@ -149,10 +149,10 @@ def compare(column: Any, op: str, value: Any) -> Any:
         return column < value
     if op == "<=":
         return column <= value
-    if op == "LIKE":
-        return column.like(value)
+    if op == "LIKE":  # \ escapes % and _ on both databases (PostgreSQL's default)
+        return column.like(value, escape="\\")
     if op == "ILIKE":
-        return func.lower(column).like(func.lower(literal(value)))
+        return func.lower(column).like(func.lower(literal(value)), escape="\\")
     if op == "IN":
         return column.in_(list(value))
     return column.not_in(list(value))  # NOT IN

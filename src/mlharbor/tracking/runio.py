@@ -12,24 +12,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from mlharbor.core.errors import InvalidInputError
 from mlharbor.core.runs import DatasetInput, ModelOutput, RunIO
 from mlharbor.tracking import checks
 
-#: Entries kept per column: a run logging more keeps its latest.
-MAX_ENTRIES = 1000
+#: Entries one request may add (MLflow's client sends one to a few).
+MAX_NEW_ENTRIES = 1000
+#: Entries kept per column: a run logging more keeps its latest. Model outputs are kept
+#: longer: MLflow registers ``runs:/<run>/<name>`` by the steps of all of a run's outputs.
+MAX_INPUTS = 1000
+MAX_OUTPUTS = 10_000
 #: An MLmodel description MLflow 2's log-model sends (MLflow 3's goes to a logged model).
 MAX_MLMODEL_CHARS = 100_000
 
 
-def merged(stored: Any, new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def merged(stored: Any, new: Sequence[dict[str, Any]], *, limit: int) -> list[dict[str, Any]]:
     """``stored`` with the ``new`` entries it does not already hold appended (the latest
-    :data:`MAX_ENTRIES`)."""
+    ``limit``). A dataset is held once per name and digest, the first context logged kept, as
+    MLflow keeps it; any other entry once per content."""
     out = [e for e in stored if isinstance(e, dict)] if isinstance(stored, list) else []
+    seen = {_key(e) for e in out}
     for entry in new:
-        if entry not in out:
+        key = _key(entry)
+        if key not in seen:
+            seen.add(key)
             out.append(entry)
-    return out[-MAX_ENTRIES:]
+    return out[-limit:]
+
+
+def _key(entry: dict[str, Any]) -> Any:
+    dataset = entry.get("dataset")
+    if isinstance(dataset, dict):
+        return ("dataset", str(dataset.get("name")), str(dataset.get("digest")))
+    return orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
 
 
 def dataset_entry(dataset: DatasetInput) -> dict[str, Any]:

@@ -22,6 +22,7 @@ A clause on a metric, param or tag matches only runs that have it, as in MLflow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Literal
 
@@ -102,8 +103,10 @@ def _error(what: str, text: str, hint: str = _HELP) -> InvalidInputError:
 
 
 def _unquote(token: str) -> str:
+    """A quoted token's text: ``\\'``, ``\\"`` and ``\\\\`` unescaped; ``\\%`` and ``\\_`` kept, so
+    a LIKE pattern can name a literal ``%`` or ``_`` (as on PostgreSQL and in MLflow)."""
     body = token[1:-1]
-    return re.sub(r"\\(.)", r"\1", body) if token[0] in "'\"" else body
+    return re.sub(r"\\([^%_])", r"\1", body) if token[0] in "'\"" else body
 
 
 class _Parser:
@@ -226,20 +229,62 @@ class FieldClause:
 
     def matches(self, text: str | None) -> bool:
         """Whether a record whose field (or tag) is ``text`` matches; None, a tag the record
-        does not have, matches only ``!=``."""
+        does not have, matches nothing (not even ``!=``, as in MLflow's search)."""
         if text is None:
-            return self.op == "!="
+            return False
         if self.op == "=":
             return text == self.value
         if self.op == "!=":
             return text != self.value
-        return like_regex(self.value, ignore_case=self.op == "ILIKE").fullmatch(text) is not None
+        return like_match(self.value, text, ignore_case=self.op == "ILIKE")
 
 
-def like_regex(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
-    """SQL ``LIKE`` ``pattern`` as a regular expression: ``%`` any text, ``_`` one character."""
-    body = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in pattern)
-    return re.compile(body, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+def like_match(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
+    """Whether ``text`` matches SQL ``LIKE`` ``pattern`` (``%`` any text, ``_`` one
+    character, ``\\`` escaping the next), in time linear in the pattern's segments times the
+    text: each piece between ``%`` is fixed-length and found leftmost, never backtracked
+    (a regular expression with ``.*`` per ``%`` takes exponential time on some patterns)."""
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    pieces = _like_pieces(pattern, flags)
+    if len(pieces) == 1:
+        return pieces[0][0].fullmatch(text) is not None
+    (first, _), *middle, (last, last_len) = pieces
+    found = first.match(text)
+    if found is None:
+        return False
+    pos, end = found.end(), len(text) - last_len
+    for piece, _length in middle:
+        found = piece.search(text, pos, max(end, pos))
+        if found is None:
+            return False
+        pos = found.end()
+    return pos <= end and last.fullmatch(text, end) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _like_pieces(pattern: str, flags: int) -> list[tuple[re.Pattern[str], int]]:
+    """The fixed-length pieces of ``pattern`` between its unescaped ``%``: each a regular
+    expression without repetition, and its length."""
+    pieces: list[tuple[re.Pattern[str], int]] = []
+    body: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "%":
+            pieces.append((re.compile("".join(body), flags), len(body)))
+            body = []
+        elif ch == "\\":
+            body.append(re.escape(next(chars, "\\")))
+        else:
+            body.append("." if ch == "_" else re.escape(ch))
+    pieces.append((re.compile("".join(body), flags), len(body)))
+    return pieces
+
+
+def check_like_pattern(value: str, text: str) -> None:
+    """Refuses a LIKE pattern ending in a lone escape (PostgreSQL errors on it)."""
+    if (len(value) - len(value.rstrip("\\"))) % 2:
+        raise _error(f"the LIKE pattern {value[:60]!r} ends with a lone backslash; write "
+                     "\\\\ for a backslash", text)
 
 
 def parse_field_filter(text: str | None, fields: dict[str, tuple[str, ...]], *, what: str
@@ -265,11 +310,14 @@ def parse_field_filter(text: str | None, fields: dict[str, tuple[str, ...]], *, 
             entity = entity.lower()
             if entity in ("attribute", "attributes", "attr"):
                 name = rest.lower()
-            elif ENTITY_ALIASES.get(entity) == "tag" and rest.strip("`'\""):
+            elif ENTITY_ALIASES.get(entity) == "tag" and (rest[1:-1] if rest[:1] in "`'\""
+                                                          else rest):
                 name, key = "tags", _unquote(rest) if rest[:1] in "`'\"" else rest
             else:
                 name = ""
         elif kind != "word":
+            name = ""
+        if name == "tags" and not key:  # a tag is named: tags.<key>
             name = ""
         if name not in fields:
             raise parser.fail(f"{what} are filtered by {names}, not {tok!r}")
@@ -280,6 +328,8 @@ def parse_field_filter(text: str | None, fields: dict[str, tuple[str, ...]], *, 
         if not isinstance(value, str):
             raise parser.fail(f"{name} compares with a quoted value such as 'x', not "
                               f"{value!r}")
+        if op in ("LIKE", "ILIKE"):
+            check_like_pattern(value, text)
         clauses.append(FieldClause(name, op, value, key))
         if not parser.and_follows():
             return clauses
@@ -308,6 +358,8 @@ def _check(clause: Clause, text: str) -> Clause:
     if not isinstance(value, str):
         raise _error(f"{_name(kind, key)} compares with a quoted value such as 'x', not "
                      f"{value!r}", text)
+    if op in ("LIKE", "ILIKE"):
+        check_like_pattern(value, text)
     return clause
 
 

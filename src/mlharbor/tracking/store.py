@@ -297,6 +297,12 @@ class TrackingStore(ExperimentStore):
         log-inputs, log-outputs and, for MLflow 2, log-model); what it already holds is not
         added twice. Every entry is checked before anything is written."""
         checks.check_run_id(run_id)
+        for name, given in (("datasets", datasets), ("models", [*model_inputs, *model_outputs]),
+                            ("model_json", mlmodels)):
+            if len(given) > runio.MAX_NEW_ENTRIES:
+                raise InvalidInputError(f"At most {runio.MAX_NEW_ENTRIES} {name} a request; "
+                                        f"received {len(given)}.", field=name,
+                                        hint="Send them in several requests.")
         ins = [*(runio.dataset_entry(runio.check_dataset(d, field=f"datasets[{i}]"))
                  for i, d in enumerate(datasets)),
                *(runio.model_input_entry(runio.check_model_id(m, field=f"models[{i}].model_id"))
@@ -309,8 +315,8 @@ class TrackingStore(ExperimentStore):
         with self.db.write() as conn:
             row = rows.active_run(conn, run_id)
             conn.execute(update(t.runs).where(t.runs.c.run_id == run_id).values(
-                inputs=runio.merged(row["inputs"], ins),
-                outputs=runio.merged(row["outputs"], outs)))
+                inputs=runio.merged(row["inputs"], ins, limit=runio.MAX_INPUTS),
+                outputs=runio.merged(row["outputs"], outs, limit=runio.MAX_OUTPUTS)))
 
     def get_run_io(self, run_id: str) -> tuple[Run, RunIO]:
         """Run ``run_id`` and the datasets and logged models it read and produced."""

@@ -35,6 +35,7 @@ from mlharbor.tracking.store import TrackingStore
 router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 TRUST_TAG = "mlharbor.trust_pickle_sha256"
 VERSION_TAG = MODEL_VERSION_TAG  # the one spelling, in core.runs
+PROMPT_TAG = "mlflow.prompt.is_prompt"
 #: MLmodel flavours and the key naming their model file, in the order they are preferred.
 FLAVOR_FILES = (("onnx", "data"), ("sklearn", "pickled_model"), ("xgboost", "data"),
                 ("lightgbm", "data"), ("python_function", "model_path"))
@@ -100,12 +101,8 @@ def get_latest_versions(request: Request, body: dict[str, Any]) -> Any:
 @router.get("/model-versions/get")
 @reading
 def get_model_version(request: Request, body: dict[str, Any]) -> Any:
-    version = str(required(body, "version"))
-    if not version.isdigit():
-        raise InvalidInputError(f"version must be a whole number; received {version[:40]!r}.",
-                                field="version")
     return {"model_version": _version_json(registry_of(request).get_version(
-        f"{required(body, 'name')}:{version}"))}
+        f"{required(body, 'name')}:{_version_number(body)}"))}
 
 
 @router.get("/registered-models/search")
@@ -114,39 +111,52 @@ def search_registered_models(request: Request, body: dict[str, Any]) -> Any:
     clauses = search.parse_field_filter(text_field(body, "filter"),
                                         {"name": search.TEXT_OPS, "tags": search.TEXT_OPS},
                                         what="Registered models")
-    _default_order(body, "registered models come by name")
+    _default_order(body, ("NAME", "NAME ASC"), "registered models come by name")
+    limit, offset = _window(body, default=100, maximum=1000)  # MLflow's bounds
     models = [m for m in _every_model(request)
               if all(c.matches(_field(c, m.name, m.tags)) for c in clauses)]
-    page, token = _page(body, models)
-    out: dict[str, Any] = {"registered_models": [_model_json(m) for m in page]}
-    return out | ({"next_page_token": token} if token else {})
+    nxt = checks.encode_token(offset + limit) if len(models) > offset + limit else None
+    out: dict[str, Any] = {"registered_models": [_model_json(m) for m in
+                                                 models[offset:offset + limit]]}
+    return out | ({"next_page_token": nxt} if nxt else {})
 
 
 @router.get("/model-versions/search")
 @reading
 def search_model_versions(request: Request, body: dict[str, Any]) -> Any:
+    """Versions by model name, newest first (MLflow's default order). Only the versions up to
+    the requested page are read; a search by exact name reads that model's alone."""
     clauses = search.parse_field_filter(text_field(body, "filter"),
                                         {"name": search.TEXT_OPS, "run_id": ("=", "!="),
                                          "tags": search.TEXT_OPS},
                                         what="Model versions")
-    _default_order(body, "versions come by model name, then newest first")
+    _default_order(body, ("NAME", "NAME ASC", "VERSION_NUMBER DESC"),
+                   "versions come by model name, then newest first")
+    limit, offset = _window(body, default=_VERSIONS_PAGE, maximum=_VERSIONS_PAGE)
     names = [c for c in clauses if c.field == "name"]
     others = [c for c in clauses if c.field != "name"]
+    exact = next((c.value for c in names if c.op == "="), None)
     registry = registry_of(request)
     found: list[ModelVersion] = []
-    for model in _every_model(request):
+    for model in _every_model(request) if exact is None else _one_model(request, exact):
         if not all(c.matches(model.name) for c in names):
             continue
         token: str | None = None
-        while True:
-            versions = registry.list_versions(model.name, page_size=_LISTING, page_token=token)
+        while len(found) <= offset + limit:
+            try:
+                versions = registry.list_versions(model.name, page_size=_LISTING,
+                                                  page_token=token)
+            except NotFoundError:  # deleted while this search ran
+                break
             found.extend(v for v in versions.items
                          if all(c.matches(_field(c, _run_of(v), v.tags)) for c in others))
             if not (token := versions.next_page_token):
                 break
-    found.sort(key=lambda v: (v.name, -v.version))
-    page, nxt = _page(body, found)
-    out: dict[str, Any] = {"model_versions": [_version_json(v) for v in page]}
+        if len(found) > offset + limit:
+            break
+    nxt = checks.encode_token(offset + limit) if len(found) > offset + limit else None
+    out: dict[str, Any] = {"model_versions": [_version_json(v) for v in
+                                              found[offset:offset + limit]]}
     return out | ({"next_page_token": nxt} if nxt else {})
 
 
@@ -162,25 +172,33 @@ def get_model_version_by_alias(request: Request, body: dict[str, Any]) -> Any:
 def set_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
     """Moves the alias as mlharbor's own alias route does: the same guard, audit record and
     permission (``alias.write``)."""
-    version = str(required(body, "version"))
-    if not version.isdigit():
-        raise InvalidInputError(f"version must be a whole number; received {version[:40]!r}.",
-                                field="version")
-    registry_of(request).set_alias(_text(body, "name"), _text(body, "alias"), int(version),
-                                   actor=actor_of(request), request_id=request_id_of(request))
+    registry_of(request).set_alias(_text(body, "name"), _text(body, "alias"),
+                                   _version_number(body), actor=actor_of(request),
+                                   request_id=request_id_of(request))
     return {}
 
 
 @router.delete("/registered-models/alias")
 @writing
 def delete_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
-    registry_of(request).delete_alias(_text(body, "name"), _text(body, "alias"),
-                                      actor=actor_of(request),
-                                      request_id=request_id_of(request))
+    """Deleting an alias the model does not have does nothing, as in MLflow (a missing
+    model is still RESOURCE_DOES_NOT_EXIST)."""
+    name, alias = _text(body, "name"), _text(body, "alias")
+    registry = registry_of(request)
+    if alias in registry.get_model(name).aliases:
+        registry.delete_alias(name, alias, actor=actor_of(request),
+                              request_id=request_id_of(request))
     return {}
 
 
 _LISTING = 500  # registry page size while collecting a search's matches
+#: Versions a search page holds at most, and by default: what MLflow's client asks for.
+_VERSIONS_PAGE = 10_000
+
+
+def _version_number(body: dict[str, Any]) -> int:
+    """The request's ``version``: a whole number (MLflow sends it as text)."""
+    return checks.check_int(required(body, "version"), field="version", minimum=1)
 
 
 def _text(body: dict[str, Any], name: str) -> str:
@@ -190,11 +208,16 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def _default_order(body: dict[str, Any], order: str) -> None:
-    if body.get("order_by") not in (None, "", []):
-        raise InvalidInputError(f"order_by is not supported here: {order}.",
-                                hint="Leave order_by out, or sort the results yourself.",
-                                field="order_by")
+def _default_order(body: dict[str, Any], same: tuple[str, ...], order: str) -> None:
+    """Refuses an ``order_by`` other than the one the results come in anyway."""
+    given = body.get("order_by")
+    items = [given] if isinstance(given, str) else given if isinstance(given, list) else None
+    if given in (None, "", []) or (items is not None and all(
+            isinstance(i, str) and " ".join(i.upper().split()) in same for i in items)):
+        return
+    raise InvalidInputError(f"order_by {str(given)[:100]!r} is not supported here: {order}.",
+                            hint="Leave order_by out, or sort the results yourself.",
+                            field="order_by")
 
 
 def _every_model(request: Request) -> list[RegisteredModel]:
@@ -208,17 +231,28 @@ def _every_model(request: Request) -> list[RegisteredModel]:
             return sorted(models, key=lambda m: m.name)
 
 
-def _page(body: dict[str, Any], items: list[Any]) -> tuple[list[Any], str | None]:
-    """The page of ``items`` the request's ``max_results`` and ``page_token`` ask for."""
-    limit = checks.check_max_results(body.get("max_results"), default=100, limit=1000)
-    offset = checks.decode_token(body.get("page_token"))
-    return items[offset:offset + limit], (checks.encode_token(offset + limit)
-                                          if offset + limit < len(items) else None)
+def _one_model(request: Request, name: str) -> list[RegisteredModel]:
+    try:
+        return [registry_of(request).get_model(name)]
+    except (NotFoundError, InvalidInputError):  # no such model (or no such name can exist)
+        return []
+
+
+def _window(body: dict[str, Any], *, default: int, maximum: int) -> tuple[int, int]:
+    """The request's page: ``max_results`` (at most ``maximum``) and the offset its
+    ``page_token`` names."""
+    return (checks.check_max_results(body.get("max_results"), default=default, limit=maximum),
+            checks.decode_token(body.get("page_token")))
 
 
 def _field(clause: search.FieldClause, value: str, tags: dict[str, str]) -> str | None:
-    """What ``clause`` compares: ``value`` (the record's own field), or one of its tags."""
-    return tags.get(clause.key) if clause.field == "tags" else value
+    """What ``clause`` compares: ``value`` (the record's own field), or one of its tags (None
+    if it has not: that matches nothing). MLflow's client adds ``tag.`mlflow.prompt.is_prompt`
+    != 'true'`` to every model search; a model without that tag is not a prompt, as MLflow's
+    own server reads it."""
+    if clause.field != "tags":
+        return value
+    return tags.get(clause.key, "false" if clause.key == PROMPT_TAG else None)
 
 
 def _run_of(mv: ModelVersion) -> str:
