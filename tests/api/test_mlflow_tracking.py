@@ -174,6 +174,46 @@ def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
     assert run_after.data.tags["mlharbor.model_version"] == "churn-skops:1"
 
 
+def test_models_uri_loads_the_files_registered_which_never_change(mlflow: Any, server: Any,
+                                                                   tmp_path: Path) -> None:
+    """``models:/name/version`` through MLflow loads the version's files as registered:
+    replacing the logged model's files afterwards changes nothing it loads, and the kept
+    files refuse writes."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_classification(n_samples=80, n_features=4, random_state=1)
+    fitted = LogisticRegression().fit(x, y)
+    mlflow.set_experiment("models-uri")
+    with warnings.catch_warnings(), mlflow.start_run() as run:
+        warnings.simplefilter("ignore")
+        logged = mlflow.sklearn.log_model(fitted, name="model", serialization_format="skops")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "uri-churn")
+    client = mlflow.tracking.MlflowClient()
+    uri = client.get_model_version_download_uri("uri-churn", version.version)
+    assert uri == f"mlflow-artifacts:/registered-models/uri-churn/{version.version}"
+    url, token, _settings = server
+    with httpx.Client(base_url=f"{url}/api/2.0/mlflow-artifacts/artifacts",
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        # the logged model's own file replaced after registration ...
+        location = client.get_logged_model(logged.model_id).artifact_location
+        source = location.split(":/", 1)[1]
+        assert http.put(f"{source}/model.skops", content=b"not a model").status_code == 200
+        # ... and the kept files refuse any change
+        kept = uri.split(":/", 1)[1]
+        for r in (http.put(f"{kept}/model.skops", content=b"x"),
+                  http.delete(f"{kept}/MLmodel")):
+            assert r.status_code == 400 and "never change" in r.json()["message"]
+    loaded = mlflow.sklearn.load_model(f"models:/uri-churn/{version.version}",
+                                       dst_path=str(tmp_path))
+    assert (loaded.predict(x) == fitted.predict(x)).all()  # the registered model's answers
+    with pytest.raises(MlflowException) as caught:
+        client.get_model_version_download_uri("uri-churn", "99")
+    assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
 def test_autolog_and_the_scripts_own_model_in_one_run_register_the_latest(mlflow: Any) -> None:
     """MLflow 3 registers, of a run's logged models of one name, the one get-run lists at the
     latest step (the newest of equal steps): autolog's pickle and the script's own skops model

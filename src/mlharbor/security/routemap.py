@@ -86,7 +86,8 @@ _MLFLOW_RULES: tuple[RouteRule, ...] = (
         "experiments/get", "experiments/get-by-name", "runs/get", "metrics/get-history",
         "artifacts/list", "logged-models/{model_id}", "registered-models/get",
         "model-versions/get", "registered-models/search", "model-versions/search",
-        "registered-models/alias")), _MLA, f"{_MLA}/{{path:path}}"),
+        "registered-models/alias", "model-versions/get-download-uri")),
+      _MLA, f"{_MLA}/{{path:path}}"),
     *_rules("POST", "read", None, *(f"{_ML}/{p}" for p in (
         "experiments/search", "runs/search", "logged-models/search",
         "registered-models/get-latest-versions"))),

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from sqlalchemy import RowMapping
 
 MAX_KEY_CHARS = 1024
+#: Where the MLflow model files of a version registered through MLflow are kept, unchangeable:
+#: what ``models:/<name>/<version>`` loads is what mlharbor checked and registered.
+FROZEN_ROOT = "registered-models"
 _PART_BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -72,6 +75,15 @@ def check_key(text: Any, *, field: str = "path") -> str:
     return cleaned
 
 
+def _writable(key: str) -> str:
+    if key == FROZEN_ROOT or key.startswith(FROZEN_ROOT + "/"):
+        raise InvalidInputError(
+            f"Artifact path {key[:200]!r} holds a registered version's files, which never "
+            "change.", hint="Log to a run's or a logged model's location instead.",
+            field="path")
+    return key
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode()
@@ -102,7 +114,7 @@ class TrackingFiles:
 
     def put(self, key: str, source: Path) -> RunArtifact:
         """Store ``source``'s bytes under ``key`` (replacing what the key named)."""
-        key = check_key(key)
+        key = _writable(check_key(key))
         info = self.blobs.put_file(source)
         row = {"path": key, "sha256": info.sha256, "size": info.size,
                "created_at": now_ms()}
@@ -173,9 +185,30 @@ class TrackingFiles:
         return found
 
     def delete(self, key: str) -> None:
-        key = check_key(key)
+        key = _writable(check_key(key))
         with self.db.write() as conn:
             conn.execute(delete(t.files).where(t.files.c.path == key))
+
+    def freeze(self, found: list[RunArtifact], source: str, name: str, version: int) -> str:
+        """Keep ``found`` (the files under ``source``) as registered version ``name:version``'s
+        own, under :data:`FROZEN_ROOT`, where nothing may write or delete; the prefix. The
+        bytes are not copied: the rows name the same content-addressed blobs."""
+        base = check_key(f"{FROZEN_ROOT}/{name}/{version}")
+        cut = len(check_key(source)) + 1
+        rows = [{"path": check_key(f"{base}/{a.path[cut:]}"), "sha256": a.sha256,
+                 "size": a.size, "created_at": now_ms()} for a in found]
+        with self.db.write() as conn:
+            # a number is not given twice, but a failed registration may have left some
+            conn.execute(delete(t.files).where(t.files.c.path.startswith(base + "/",
+                                                                         autoescape=True)))
+            if rows:
+                conn.execute(insert(t.files), rows)
+        return base
+
+    def frozen(self, name: str, version: int) -> str | None:
+        """The prefix of ``name:version``'s kept MLflow model files (None if it has none)."""
+        base = f"{FROZEN_ROOT}/{name}/{version}"
+        return base if self.listing(base) else None
 
     # -- logged models (MLflow 3) ----------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The MLflow model-registry routes, on mlharbor's registry.
 
-``registered-models/create|get|search|get-latest-versions``, ``model-versions/create|get|
-search`` and aliases (``registered-models/alias``: get, set and delete, with the guard, audit
-record and ``alias.write`` permission of mlharbor's own alias route). Searches filter by
-``name`` (``=``, ``!=``, ``LIKE``, ``ILIKE``), tags and, for versions, ``run_id``.
+``registered-models/create|get|search|get-latest-versions``,
+``model-versions/create|get|search|get-download-uri`` and aliases
+(``registered-models/alias``: get, set and delete, with the guard, audit record and
+``alias.write`` permission of mlharbor's own alias route). Searches filter by ``name`` (``=``,
+``!=``, ``LIKE``, ``ILIKE``), tags and, for versions, ``run_id``. ``models:/<name>/<version>``
+loads, through MLflow, the files registered, kept where nothing may replace them.
 
 A new version's files come from where MLflow put them (a run's artifacts, a logged model, an
 ``mlflow-artifacts:`` URI) and go through mlharbor's normal registration
@@ -103,6 +105,21 @@ def get_latest_versions(request: Request, body: dict[str, Any]) -> Any:
 def get_model_version(request: Request, body: dict[str, Any]) -> Any:
     return {"model_version": _version_json(registry_of(request).get_version(
         f"{required(body, 'name')}:{_version_number(body)}"))}
+
+
+@router.get("/model-versions/get-download-uri")
+@reading
+def get_model_version_download_uri(request: Request, body: dict[str, Any]) -> Any:
+    """Where MLflow's client downloads ``models:/<name>/<version>`` from: the version's MLflow
+    model files as registered, kept where nothing may replace them."""
+    mv = registry_of(request).get_version(f"{_text(body, 'name')}:{_version_number(body)}")
+    prefix = files_of(request).frozen(mv.name, mv.version)
+    if prefix is None:
+        raise NotFoundError(
+            f"{mv.name}:{mv.version} has no MLflow model files on this server: it was not "
+            "registered through MLflow's register_model here (or was, before mlharbor kept "
+            "them).", hint=f"Serve it with `mlharbor serve {mv.name}:{mv.version}`.")
+    return {"artifact_uri": f"mlflow-artifacts:/{prefix}"}
 
 
 @router.get("/registered-models/search")
@@ -287,7 +304,7 @@ def _register(request: Request, name: str, source: str, run_id: str | None,
     trust = tags.pop(TRUST_TAG, None)
     with tempfile.TemporaryDirectory(prefix="mlharbor-mlflow-model-") as tmp:
         folder = Path(tmp)
-        files.download_tree(key, folder)
+        found = files.download_tree(key, folder)
         model_file = _model_file(folder)
         try:
             result = register_model(
@@ -307,6 +324,8 @@ def _register(request: Request, name: str, source: str, run_id: str | None,
                 hint="Log the model with mlflow.sklearn.log_model(..., "
                 f"serialization_format='skops'), or trust this exact file by registering "
                 f"with tags={{'{TRUST_TAG}': '{sha}'}}.") from exc
+    # what models:/<name>/<version> loads through MLflow: these files, never changed
+    files.freeze(found, key, name, result.version.version)
     if run is not None and run.lifecycle_stage.value == "active":
         store.log_batch(run.run_id, tags={VERSION_TAG: str(result.version.ref)})
     return result.version
