@@ -138,7 +138,17 @@ def test_failed_run_and_bad_input_get_mlflow_errors(mlflow: Any, server: Any) ->
         assert r.status_code == 401
 
 
-def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
+def _kept(server: Any) -> list[str]:
+    """The folders of registered versions' kept MLflow files, through the artifact proxy."""
+    url, token, _settings = server
+    r = httpx.get(f"{url}/api/2.0/mlflow-artifacts/artifacts",
+                  params={"path": "registered-models"},
+                  headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return sorted(f["path"] for f in r.json().get("files", []))
+
+
+def test_autolog_and_register_model_through_format_checks(mlflow: Any, server: Any) -> None:
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
     from sklearn.datasets import make_classification
@@ -158,9 +168,11 @@ def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
     got = mlflow.tracking.MlflowClient().get_run(run.info.run_id)
     assert "training_accuracy_score" in got.data.metrics
     assert got.data.params["max_iter"] == "200"
-    # autolog's default model is a pickle: refused, saying how to fix it
+    # autolog's default model is a pickle: refused, saying how to fix it, keeping nothing
+    kept_before = _kept(server)
     with pytest.raises(MlflowException) as caught:
         mlflow.register_model(f"runs:/{run.info.run_id}/model", "churn-pickle")
+    assert _kept(server) == kept_before
     message = str(caught.value)
     assert "serialization_format='skops'" in message and "mlharbor.trust_pickle_sha256" \
         in message
@@ -170,6 +182,7 @@ def test_autolog_and_register_model_through_format_checks(mlflow: Any) -> None:
                                  serialization_format="skops")
     version = mlflow.register_model(f"runs:/{run2.info.run_id}/model", "churn-skops")
     assert version.version == "1"
+    assert len(_kept(server)) == len(kept_before) + 1
     run_after = mlflow.tracking.MlflowClient().get_run(run2.info.run_id)
     assert run_after.data.tags["mlharbor.model_version"] == "churn-skops:1"
 
@@ -193,7 +206,7 @@ def test_models_uri_loads_the_files_registered_which_never_change(mlflow: Any, s
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "uri-churn")
     client = mlflow.tracking.MlflowClient()
     uri = client.get_model_version_download_uri("uri-churn", version.version)
-    assert uri == f"mlflow-artifacts:/registered-models/uri-churn/{version.version}"
+    assert uri.startswith("mlflow-artifacts:/registered-models/")
     url, token, _settings = server
     with httpx.Client(base_url=f"{url}/api/2.0/mlflow-artifacts/artifacts",
                       headers={"Authorization": f"Bearer {token}"}) as http:
@@ -212,6 +225,26 @@ def test_models_uri_loads_the_files_registered_which_never_change(mlflow: Any, s
     with pytest.raises(MlflowException) as caught:
         client.get_model_version_download_uri("uri-churn", "99")
     assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    # a version registered with mlharbor itself has no MLflow files, even under a name and
+    # number a version registered through MLflow once had (the model deleted and made again)
+    import skops.io
+
+    from mlharbor.bootstrap import open_registry
+    from mlharbor.registry.bundles import register_model
+
+    settings = server[2]
+    reg = open_registry(settings)
+    try:
+        reg.delete_model("uri-churn", actor="test")
+        reg.create_model("uri-churn", actor="test")
+        skops.io.dump(fitted, tmp_path / "native.skops")
+        register_model(reg, "uri-churn", tmp_path / "native.skops", settings=settings)
+    finally:
+        reg.close()
+    with pytest.raises(MlflowException) as caught:
+        client.get_model_version_download_uri("uri-churn", "1")
+    assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert "mlharbor serve uri-churn:1" in caught.value.message
 
 
 def test_autolog_and_the_scripts_own_model_in_one_run_register_the_latest(mlflow: Any) -> None:

@@ -126,6 +126,8 @@ def test_list_search_and_pagination(registry: Registry, tmp_path: Path) -> None:
         "model-1", "model-3"]
     assert [m.name for m in registry.list_models(name_contains="-4").items] == ["model-4"]
     assert registry.list_models(name_contains="%").total == 0
+    # a search box: case-blind on SQLite and PostgreSQL alike
+    assert [m.name for m in registry.list_models(name_contains="MODEL-4").items] == ["model-4"]
     with pytest.raises(InvalidInputError, match="page_token"):
         registry.list_models(page_token="garbage!")
     with pytest.raises(InvalidInputError, match="page_size"):

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlharbor.core.errors import InvalidInputError
+from mlharbor.tracking.checks import check_key
 from mlharbor.tracking.search import (
     NUMERIC_ATTRIBUTES,
     Clause,
@@ -93,11 +94,22 @@ def test_order_by() -> None:
 # -- filters over a listing's own fields (experiments, logged models, registry searches) -----
 
 FIELDS = {"name": ("=", "!=", "LIKE", "ILIKE"), "run_id": ("=",), "tags": ("=", "!=", "LIKE")}
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        check_key(key, field="k")
+    except InvalidInputError:
+        return False
+    return True
+
+
 field_clauses = st.one_of(
     st.builds(FieldClause, st.just("name"), st.sampled_from(FIELDS["name"]), texts),
     st.builds(FieldClause, st.just("run_id"), st.just("="), texts),
     st.builds(FieldClause, st.just("tags"), st.sampled_from(FIELDS["tags"]), texts,
-              keys.filter(lambda k: "`" not in k)))
+              st.text(st.sampled_from("abXY09_-. :/"), min_size=1, max_size=20).filter(
+                  _valid_key)))
 
 
 def _render_field(c: FieldClause) -> str:
@@ -175,6 +187,8 @@ def test_field_filter_spellings_and_tags() -> None:
     ("tags = 'x'", "not 'tags'"),
     ("attributes.tags = 'x'", "not 'attributes.tags'"),
     ("name LIKE 'a\\\\'", "ends with a lone backslash"),
+    ("name LIKE '" + "a" * 251 + "'", "at most 250 characters"),
+    ("tags.`k\"` = 'x'", "is not a valid key"),
 ])
 def test_field_filter_mistakes_are_named(text: str, says: str) -> None:
     with pytest.raises(InvalidInputError, match=says):

@@ -171,7 +171,8 @@ class MetadataStore:
         with self.db.read() as conn:
             query = select(models.c.name).order_by(models.c.name)
             if name_contains:
-                query = query.where(models.c.name.contains(name_contains, autoescape=True))
+                # a search box: case-blind on both databases
+                query = query.where(models.c.name.icontains(name_contains, autoescape=True))
             names = [r.name for r in conn.execute(query)]
             if tags:
                 rows = conn.execute(select(models.c.name, models.c.tags)).all()

@@ -189,26 +189,28 @@ class TrackingFiles:
         with self.db.write() as conn:
             conn.execute(delete(t.files).where(t.files.c.path == key))
 
-    def freeze(self, found: list[RunArtifact], source: str, name: str, version: int) -> str:
-        """Keep ``found`` (the files under ``source``) as registered version ``name:version``'s
-        own, under :data:`FROZEN_ROOT`, where nothing may write or delete; the prefix. The
-        bytes are not copied: the rows name the same content-addressed blobs."""
-        base = check_key(f"{FROZEN_ROOT}/{name}/{version}")
+    def freeze(self, found: list[RunArtifact], source: str) -> str:
+        """Keep ``found`` (the files under ``source``) under a new prefix of
+        :data:`FROZEN_ROOT`, where nothing may write or delete; the prefix. The bytes are not
+        copied: the rows name the same content-addressed blobs. Every key is checked before
+        anything is written."""
+        base = f"{FROZEN_ROOT}/{uuid.uuid4().hex}"
         cut = len(check_key(source)) + 1
         rows = [{"path": check_key(f"{base}/{a.path[cut:]}"), "sha256": a.sha256,
                  "size": a.size, "created_at": now_ms()} for a in found]
         with self.db.write() as conn:
-            # a number is not given twice, but a failed registration may have left some
-            conn.execute(delete(t.files).where(t.files.c.path.startswith(base + "/",
-                                                                         autoescape=True)))
             if rows:
                 conn.execute(insert(t.files), rows)
         return base
 
-    def frozen(self, name: str, version: int) -> str | None:
-        """The prefix of ``name:version``'s kept MLflow model files (None if it has none)."""
-        base = f"{FROZEN_ROOT}/{name}/{version}"
-        return base if self.listing(base) else None
+    def thaw(self, prefix: str) -> None:
+        """Drop what :meth:`freeze` kept under ``prefix`` (a registration that failed)."""
+        base = check_key(prefix) + "/"
+        if not base.startswith(FROZEN_ROOT + "/"):
+            raise InvalidInputError(f"{prefix[:200]!r} is not a kept prefix.", field="path")
+        with self.db.write() as conn:
+            conn.execute(delete(t.files).where(t.files.c.path.startswith(base,
+                                                                         autoescape=True)))
 
     # -- logged models (MLflow 3) ----------------------------------------------------------
 

@@ -27,6 +27,7 @@ import re
 from typing import Literal
 
 from mlharbor.core.errors import InvalidInputError
+from mlharbor.tracking import checks
 
 Kind = Literal["metric", "param", "tag", "attribute"]
 Value = float | str | tuple[str, ...]
@@ -244,8 +245,9 @@ def like_match(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     character, ``\\`` escaping the next), in time linear in the pattern's segments times the
     text: each piece between ``%`` is fixed-length and found leftmost, never backtracked
     (a regular expression with ``.*`` per ``%`` takes exponential time on some patterns)."""
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    pieces = _like_pieces(pattern, flags)
+    if ignore_case:  # folded once: a case-blind regex loses its fast literal search
+        pattern, text = pattern.lower(), text.lower()
+    pieces = _like_pieces(pattern, re.DOTALL)
     if len(pieces) == 1:
         return pieces[0][0].fullmatch(text) is not None
     (first, _), *middle, (last, last_len) = pieces
@@ -280,8 +282,16 @@ def _like_pieces(pattern: str, flags: int) -> list[tuple[re.Pattern[str], int]]:
     return pieces
 
 
+#: The longest LIKE pattern taken: matching costs up to the text's length times a piece's.
+MAX_LIKE_CHARS = 250
+
+
 def check_like_pattern(value: str, text: str) -> None:
-    """Refuses a LIKE pattern ending in a lone escape (PostgreSQL errors on it)."""
+    """Refuses a LIKE pattern ending in a lone escape (PostgreSQL errors on it), or longer
+    than :data:`MAX_LIKE_CHARS`."""
+    if len(value) > MAX_LIKE_CHARS:
+        raise _error(f"a LIKE pattern may hold at most {MAX_LIKE_CHARS} characters; this one "
+                     f"holds {len(value)}", text)
     if (len(value) - len(value.rstrip("\\"))) % 2:
         raise _error(f"the LIKE pattern {value[:60]!r} ends with a lone backslash; write "
                      "\\\\ for a backslash", text)
@@ -330,6 +340,8 @@ def parse_field_filter(text: str | None, fields: dict[str, tuple[str, ...]], *, 
                               f"{value!r}")
         if op in ("LIKE", "ILIKE"):
             check_like_pattern(value, text)
+        if key:
+            checks.check_key(key, field="filter")
         clauses.append(FieldClause(name, op, value, key))
         if not parser.and_follows():
             return clauses

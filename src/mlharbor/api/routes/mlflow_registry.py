@@ -17,6 +17,7 @@ sha256, which the message gives, with how to fix it. The version links to its ru
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,15 @@ from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifac
 from mlharbor.core.records import ModelVersion, RegisteredModel
 from mlharbor.core.runs import MODEL_VERSION_TAG
 from mlharbor.tracking import checks, search
-from mlharbor.tracking.files import TrackingFiles, key_of_uri
+from mlharbor.tracking.files import FROZEN_ROOT, TrackingFiles, key_of_uri
 from mlharbor.tracking.store import TrackingStore
 
 router = APIRouter(prefix=PREFIX, tags=["mlflow"], route_class=MlflowRoute)
 TRUST_TAG = "mlharbor.trust_pickle_sha256"
 VERSION_TAG = MODEL_VERSION_TAG  # the one spelling, in core.runs
 PROMPT_TAG = "mlflow.prompt.is_prompt"
+#: The lineage entry naming where a version's MLflow model files are kept.
+KEPT_FILES = "mlflow_files"
 #: MLmodel flavours and the key naming their model file, in the order they are preferred.
 FLAVOR_FILES = (("onnx", "data"), ("sklearn", "pickled_model"), ("xgboost", "data"),
                 ("lightgbm", "data"), ("python_function", "model_path"))
@@ -113,8 +116,9 @@ def get_model_version_download_uri(request: Request, body: dict[str, Any]) -> An
     """Where MLflow's client downloads ``models:/<name>/<version>`` from: the version's MLflow
     model files as registered, kept where nothing may replace them."""
     mv = registry_of(request).get_version(f"{_text(body, 'name')}:{_version_number(body)}")
-    prefix = files_of(request).frozen(mv.name, mv.version)
-    if prefix is None:
+    tracking = mv.lineage.get("tracking") if isinstance(mv.lineage, dict) else None
+    prefix = tracking.get(KEPT_FILES) if isinstance(tracking, dict) else None
+    if not isinstance(prefix, str) or not prefix.startswith(FROZEN_ROOT + "/"):
         raise NotFoundError(
             f"{mv.name}:{mv.version} has no MLflow model files on this server: it was not "
             "registered through MLflow's register_model here (or was, before mlharbor kept "
@@ -203,8 +207,9 @@ def delete_registered_model_alias(request: Request, body: dict[str, Any]) -> Any
     name, alias = _text(body, "name"), _text(body, "alias")
     registry = registry_of(request)
     if alias in registry.get_model(name).aliases:
-        registry.delete_alias(name, alias, actor=actor_of(request),
-                              request_id=request_id_of(request))
+        with contextlib.suppress(NotFoundError):  # deleted meanwhile: still nothing to do
+            registry.delete_alias(name, alias, actor=actor_of(request),
+                                  request_id=request_id_of(request))
     return {}
 
 
@@ -306,6 +311,11 @@ def _register(request: Request, name: str, source: str, run_id: str | None,
         folder = Path(tmp)
         found = files.download_tree(key, folder)
         model_file = _model_file(folder)
+        # What models:/<name>/<version> loads through MLflow: these files, kept before the
+        # version exists (a key too long is refused with nothing registered) and named by
+        # the version's lineage, so no other version (a model deleted and made again) can
+        # point at them.
+        kept = files.freeze(found, key)
         try:
             result = register_model(
                 registry, name, model_file, settings=request.app.state.settings,
@@ -314,9 +324,11 @@ def _register(request: Request, name: str, source: str, run_id: str | None,
                          if m.value == m.value and abs(m.value) != float("inf")},
                 params=dict(run.params) if run else None,
                 lineage={"tracking": {"run_id": run_id or "", "source": source,
-                                      "experiment_id": run.experiment_id if run else ""}},
+                                      "experiment_id": run.experiment_id if run else "",
+                                      KEPT_FILES: kept}},
                 actor=actor_of(request))
         except UnsafeArtifactError as exc:
+            files.thaw(kept)
             sha = digest_file(model_file).sha256
             raise UnsafeArtifactError(
                 f"{model_file.name} of {source!r} is a pickle, and loading a pickle runs "
@@ -324,8 +336,9 @@ def _register(request: Request, name: str, source: str, run_id: str | None,
                 hint="Log the model with mlflow.sklearn.log_model(..., "
                 f"serialization_format='skops'), or trust this exact file by registering "
                 f"with tags={{'{TRUST_TAG}': '{sha}'}}.") from exc
-    # what models:/<name>/<version> loads through MLflow: these files, never changed
-    files.freeze(found, key, name, result.version.version)
+        except BaseException:
+            files.thaw(kept)
+            raise
     if run is not None and run.lifecycle_stage.value == "active":
         store.log_batch(run.run_id, tags={VERSION_TAG: str(result.version.ref)})
     return result.version
