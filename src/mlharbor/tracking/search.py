@@ -242,8 +242,8 @@ class FieldClause:
 
 def like_match(pattern: str, text: str, *, ignore_case: bool = False) -> bool:
     """Whether ``text`` matches SQL ``LIKE`` ``pattern`` (``%`` any text, ``_`` one
-    character, ``\\`` escaping the next), in time linear in the pattern's segments times the
-    text: each piece between ``%`` is fixed-length and found leftmost, never backtracked
+    character, ``\\`` escaping the next), in time at most the text's length times the
+    pattern's: each piece between ``%`` is fixed-length and found leftmost, never backtracked
     (a regular expression with ``.*`` per ``%`` takes exponential time on some patterns)."""
     if ignore_case:  # folded once: a case-blind regex loses its fast literal search
         pattern, text = pattern.lower(), text.lower()
