@@ -249,6 +249,8 @@ def test_like_tells_case_apart_and_ilike_does_not_on_both_databases(
     assert experiments("name LIKE 'case%'") == ["case-study-2"]
     assert experiments("name ILIKE 'case%'") == ["Case-Study", "case-study-2"]
     assert experiments("tags.team = 'Growth'") == ["Case-Study"]
+    store.create_experiment("noted", tags={"mlflow.note.content": "hi"})  # a dotted key
+    assert experiments("tags.`mlflow.note.content` = 'hi'") == ["noted"]
     assert experiments("tags.team LIKE 'g%'") == []
     # an experiment without the tag matches nothing, != included (as in MLflow)
     assert experiments("tags.team != 'Growth'") == []

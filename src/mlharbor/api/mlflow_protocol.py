@@ -145,12 +145,27 @@ def required(body: dict[str, Any], *names: str) -> Any:
                                    field=names[0])
 
 
-def text_field(body: dict[str, Any], name: str, *, default: str | None = None) -> str | None:
-    value = body.get(name, default)
-    if value is None or isinstance(value, str):
+def text_field(body: dict[str, Any], name: str, *, default: str | None = None,
+               where: str = "") -> str | None:
+    """Field ``name`` of ``body`` as text (``default`` if absent or null); ``where`` names
+    the object it sits in (``datasets[0].dataset``) in the error."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, str):
         return value
-    raise errors.InvalidInputError(f"'{name}' must be text; received {type(value).__name__}.",
-                                   field=name)
+    label = f"{where}.{name}" if where else name
+    raise errors.InvalidInputError(f"'{label}' must be text; received "
+                                   f"{errors.describe_value(value)}.", field=label)
+
+
+def required_text(body: dict[str, Any], name: str) -> str:
+    """Field ``name`` of ``body``: present, and text."""
+    value = required(body, name)
+    if not isinstance(value, str):
+        raise errors.InvalidInputError(f"'{name}' must be text; received "
+                                       f"{errors.describe_value(value)}.", field=name)
+    return value
 
 
 def key_values(body: dict[str, Any], name: str) -> dict[str, str]:
@@ -261,8 +276,8 @@ def dataset_inputs(body: dict[str, Any]) -> list[DatasetInput]:
                                            field=f"datasets[{i}].dataset")
         where = f"datasets[{i}].dataset"
         name, digest, source_type, source, schema, profile = (
-            _text(dataset, f, where) for f in ("name", "digest", "source_type", "source",
-                                               "schema", "profile"))
+            text_field(dataset, f, default="", where=where) or "" for f in (
+                "name", "digest", "source_type", "source", "schema", "profile"))
         tags = f"datasets[{i}].tags"
         out.append(DatasetInput(name, digest, source_type, source, schema, profile,
                                 key_values({tags: item.get("tags")}, tags)))
@@ -271,26 +286,17 @@ def dataset_inputs(body: dict[str, Any]) -> list[DatasetInput]:
 
 def model_inputs(body: dict[str, Any]) -> list[str]:
     """The logged-model ids of a log-inputs request's ``models``."""
-    return [_text(m, "model_id", f"models[{i}]") for i, m in enumerate(_objects(body, "models"))]
+    return [text_field(m, "model_id", default="", where=f"models[{i}]") or ""
+            for i, m in enumerate(_objects(body, "models"))]
 
 
 def model_outputs(body: dict[str, Any]) -> list[ModelOutput]:
     """The ``models`` of a log-outputs request (MLflow's ``LoggedModelOutput``: an id and
     the step it was logged at)."""
     # The step (an int64: MLflow's JSON may send it as text) is checked by the store.
-    return [ModelOutput(_text(m, "model_id", f"models[{i}]"), m.get("step", 0))
+    return [ModelOutput(text_field(m, "model_id", default="", where=f"models[{i}]") or "",
+                        m.get("step", 0))
             for i, m in enumerate(_objects(body, "models"))]
-
-
-def _text(item: dict[str, Any], name: str, where: str) -> str:
-    """Field ``name`` of ``item`` as text ("" if absent: the store says what is required)."""
-    value = item.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise errors.InvalidInputError(f"{where}.{name} must be text; received "
-                                       f"{errors.describe_value(value)}.", field=f"{where}.{name}")
-    return value
 
 
 def logged_model_json(model: LoggedModel) -> dict[str, Any]:

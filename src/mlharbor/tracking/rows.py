@@ -28,6 +28,8 @@ _INT64 = 2**63
 # Stored text -> enum member, looked up once per run of a (possibly large) search page.
 STATUSES = {s.value: s for s in RunStatus}
 STAGES = {s.value: s for s in LifecycleStage}
+
+
 def no_run(run_id: str) -> NotFoundError:
     """The error for a run id no run has (every read and write says it the same way)."""
     return NotFoundError(f"No run with id {run_id!r}.", field="run_id")

@@ -25,7 +25,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from mlharbor.api.context import actor_of, registry_of, request_id_of
-from mlharbor.api.mlflow_protocol import MlflowRoute, key_values, required, text_field
+from mlharbor.api.mlflow_protocol import (
+    MlflowRoute,
+    key_values,
+    required,
+    required_text,
+    text_field,
+)
 from mlharbor.api.routes.mlflow_threads import reading, writing
 from mlharbor.api.routes.mlflow_tracking import PREFIX, files_of, store_of
 from mlharbor.core.errors import InvalidInputError, NotFoundError, UnsafeArtifactError
@@ -115,7 +121,7 @@ def get_model_version(request: Request, body: dict[str, Any]) -> Any:
 def get_model_version_download_uri(request: Request, body: dict[str, Any]) -> Any:
     """Where MLflow's client downloads ``models:/<name>/<version>`` from: the version's MLflow
     model files as registered, kept where nothing may replace them."""
-    mv = registry_of(request).get_version(f"{_text(body, 'name')}:{_version_number(body)}")
+    mv = registry_of(request).get_version(f"{required_text(body, 'name')}:{_version_number(body)}")
     tracking = mv.lineage.get("tracking") if isinstance(mv.lineage, dict) else None
     prefix = tracking.get(KEPT_FILES) if isinstance(tracking, dict) else None
     if not isinstance(prefix, str) or not prefix.startswith(FROZEN_ROOT + "/"):
@@ -136,10 +142,8 @@ def search_registered_models(request: Request, body: dict[str, Any]) -> Any:
     limit, offset = _window(body, default=100, maximum=1000)  # MLflow's bounds
     models = [m for m in _every_model(request)
               if all(c.matches(_field(c, m.name, m.tags)) for c in clauses)]
-    nxt = checks.encode_token(offset + limit) if len(models) > offset + limit else None
-    out: dict[str, Any] = {"registered_models": [_model_json(m) for m in
-                                                 models[offset:offset + limit]]}
-    return out | ({"next_page_token": nxt} if nxt else {})
+    return _page("registered_models", [_model_json(m) for m in models[offset:offset + limit]],
+                 more=len(models) > offset + limit, next_offset=offset + limit)
 
 
 @router.get("/model-versions/search")
@@ -175,16 +179,14 @@ def search_model_versions(request: Request, body: dict[str, Any]) -> Any:
                 break
         if len(found) > offset + limit:
             break
-    nxt = checks.encode_token(offset + limit) if len(found) > offset + limit else None
-    out: dict[str, Any] = {"model_versions": [_version_json(v) for v in
-                                              found[offset:offset + limit]]}
-    return out | ({"next_page_token": nxt} if nxt else {})
+    return _page("model_versions", [_version_json(v) for v in found[offset:offset + limit]],
+                 more=len(found) > offset + limit, next_offset=offset + limit)
 
 
 @router.get("/registered-models/alias")
 @reading
 def get_model_version_by_alias(request: Request, body: dict[str, Any]) -> Any:
-    ref = f"{_text(body, 'name')}@{_text(body, 'alias')}"
+    ref = f"{required_text(body, 'name')}@{required_text(body, 'alias')}"
     return {"model_version": _version_json(registry_of(request).get_version(ref))}
 
 
@@ -193,7 +195,7 @@ def get_model_version_by_alias(request: Request, body: dict[str, Any]) -> Any:
 def set_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
     """Moves the alias as mlharbor's own alias route does: the same guard, audit record and
     permission (``alias.write``)."""
-    registry_of(request).set_alias(_text(body, "name"), _text(body, "alias"),
+    registry_of(request).set_alias(required_text(body, "name"), required_text(body, "alias"),
                                    _version_number(body), actor=actor_of(request),
                                    request_id=request_id_of(request))
     return {}
@@ -204,7 +206,7 @@ def set_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
 def delete_registered_model_alias(request: Request, body: dict[str, Any]) -> Any:
     """Deleting an alias the model does not have does nothing, as in MLflow (a missing
     model is still RESOURCE_DOES_NOT_EXIST)."""
-    name, alias = _text(body, "name"), _text(body, "alias")
+    name, alias = required_text(body, "name"), required_text(body, "alias")
     registry = registry_of(request)
     if alias in registry.get_model(name).aliases:
         with contextlib.suppress(NotFoundError):  # deleted meanwhile: still nothing to do
@@ -221,13 +223,6 @@ _VERSIONS_PAGE = 10_000
 def _version_number(body: dict[str, Any]) -> int:
     """The request's ``version``: a whole number (MLflow sends it as text)."""
     return checks.check_int(required(body, "version"), field="version", minimum=1)
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = required(body, name)
-    if not isinstance(value, str):
-        raise InvalidInputError(f"'{name}' must be text.", field=name)
-    return value
 
 
 def _default_order(body: dict[str, Any], same: tuple[str, ...], order: str) -> None:
@@ -265,6 +260,14 @@ def _window(body: dict[str, Any], *, default: int, maximum: int) -> tuple[int, i
     ``page_token`` names."""
     return (checks.check_max_results(body.get("max_results"), default=default, limit=maximum),
             checks.decode_token(body.get("page_token")))
+
+
+def _page(key: str, items: list[dict[str, Any]], *, more: bool, next_offset: int
+          ) -> dict[str, Any]:
+    """A search's answer: the page's ``items`` and, if ``more`` follow, the next page's
+    token."""
+    return {key: items, **({"next_page_token": checks.encode_token(next_offset)} if more
+                           else {})}
 
 
 def _field(clause: search.FieldClause, value: str, tags: dict[str, str]) -> str | None:
